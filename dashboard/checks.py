@@ -1,0 +1,48 @@
+"""System checks that flag unsafe production setups (ids weathervane.W00x)."""
+
+from django.conf import settings
+from django.core.checks import Tags, Warning, register
+
+
+@register(Tags.security, deploy=True)
+def production_setup(app_configs, **kwargs):
+    problems = []
+    in_memory_layer = settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
+    if not settings.DEBUG and in_memory_layer:
+        problems.append(Warning(
+            "DEBUG is off but the channel layer is in-memory: live updates reach only the process that made them.",
+            hint="Set REDIS_URL so every process shares one channel layer.",
+            id="weathervane.W001",
+        ))
+    if not settings.DEBUG and not settings.SECRET_KEY_FROM_ENV:
+        problems.append(Warning(
+            "DEBUG is off but SECRET_KEY is not set; a key generated into the data directory is in use.",
+            hint="Set SECRET_KEY to a long random value shared by every process.",
+            id="weathervane.W002",
+        ))
+    if settings.DATABASE_URL and not settings.FERNET_KEYS_FROM_ENV:
+        problems.append(Warning(
+            "DATABASE_URL is set but the secret-encryption key is a local file: other machines cannot read the provider keys.",
+            hint="Set WEATHERVANE_FERNET_KEYS to the same value on every process.",
+            id="weathervane.W003",
+        ))
+    if not settings.DEBUG and settings.ALLOW_PRIVATE_UPSTREAMS:
+        problems.append(Warning(
+            "Provider URLs on private and loopback networks are allowed in production.",
+            hint="Unset WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS unless your providers really live on a private network.",
+            id="weathervane.W004",
+        ))
+    return problems
+
+
+@register()
+def embedded_setup(app_configs, **kwargs):
+    """Checks that apply in every mode, including `runserver` and tests."""
+    problems = []
+    if not settings.DEBUG and settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer":
+        problems.append(Warning(
+            "DEBUG is off with the in-memory channel layer.",
+            hint="Fine for a single process; set REDIS_URL when running several.",
+            id="weathervane.W005",
+        ))
+    return problems

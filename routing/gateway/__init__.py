@@ -1,0 +1,1 @@
+"""The data plane: an OpenAI-compatible raw ASGI app that applies route weights."""

@@ -1,0 +1,280 @@
+"""The registry: providers, their keys, deployments, routes with canary weights,
+gateway keys, and the append-only audit trail and operational event stream."""
+
+import hashlib
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from routing import crypto
+from routing.netguard import validate_upstream_url
+
+name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$",
+    "Use letters, digits and . _ : / @ - (start with a letter or digit, at most 100 characters).",
+)
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+
+
+class Provider(models.Model):
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator])
+    kind = models.CharField(max_length=20, choices=ProviderKind.choices, default=ProviderKind.OPENAI)
+    base_url = models.CharField(
+        max_length=500, validators=[validate_upstream_url], help_text="e.g. https://api.openai.com/v1"
+    )
+    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(60)])
+    read_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.5), MaxValueValidator(600)])
+    enabled = models.BooleanField(default=True)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class KeyState(models.TextChoices):
+    ACTIVE = "active", "Active"
+    RATE_LIMITED = "rate_limited", "Rate-limited"
+    INVALID = "invalid", "Invalid"
+    DISABLED = "disabled", "Disabled"
+
+
+class ApiKey(models.Model):
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
+    label = models.CharField(max_length=100)
+    secret_encrypted = models.TextField(editable=False)
+    secret_hint = models.CharField(max_length=20, editable=False, blank=True)
+    enabled = models.BooleanField(default=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; empty = no limit")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute; empty = no limit")
+    state = models.CharField(max_length=20, choices=KeyState.choices, default=KeyState.ACTIVE)
+    state_reason = models.CharField(max_length=300, blank=True)
+    state_since = models.DateTimeField(default=timezone.now)
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__name", "label"]
+        constraints = [models.UniqueConstraint(fields=["provider", "label"], name="unique_key_label_per_provider")]
+
+    def __str__(self):
+        return f"{self.provider.name}/{self.label}"
+
+    def set_secret(self, plaintext):
+        self.secret_encrypted = crypto.encrypt(plaintext)
+        self.secret_hint = crypto.mask(plaintext)
+
+    def reveal(self):
+        """Return the plaintext secret; only for outbound calls, never for display."""
+        return crypto.decrypt(self.secret_encrypted)
+
+    @property
+    def masked(self):
+        return self.secret_hint
+
+    def usable(self, now=None):
+        """Return True if the key may be sent traffic now."""
+        now = now or timezone.now()
+        if not self.enabled or self.state in (KeyState.INVALID, KeyState.DISABLED):
+            return False
+        return not (self.state == KeyState.RATE_LIMITED and self.rate_limited_until and self.rate_limited_until > now)
+
+
+class Deployment(models.Model):
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator], help_text="Identifier used in route weights")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_model = models.CharField(max_length=200, help_text="Model name sent to the provider")
+    display_name = models.CharField(max_length=200, blank=True)
+    input_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)])
+    output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)])
+    context_window = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def price_for(self, prompt_tokens, completion_tokens):
+        """Return the cost in currency units of one call with this usage."""
+        return (self.input_price_per_mtok * prompt_tokens + self.output_price_per_mtok * completion_tokens) / Decimal(1_000_000)
+
+
+class Route(models.Model):
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator], help_text="The model name clients ask the gateway for")
+    description = models.TextField(blank=True)
+    version = models.PositiveIntegerField(default=1, editable=False, help_text="Bumped on every change; used for conflict detection")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def weights(self):
+        """Return {deployment name: weight} for every target of this route."""
+        return {t.deployment.name: t.weight for t in self.targets.select_related("deployment").order_by("deployment__name")}
+
+    def active_targets(self):
+        """Return targets that can receive traffic: weight > 0 and an enabled deployment."""
+        return self.targets.filter(weight__gt=0, deployment__enabled=True, deployment__provider__enabled=True)
+
+
+class RouteTarget(models.Model):
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="targets")
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="targets")
+    weight = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
+
+    class Meta:
+        ordering = ["route__name", "deployment__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["route", "deployment"], name="unique_deployment_per_route"),
+            models.CheckConstraint(condition=models.Q(weight__lte=100), name="weight_at_most_100"),
+        ]
+
+    def __str__(self):
+        return f"{self.route.name} → {self.deployment.name} ({self.weight}%)"
+
+
+GATEWAY_KEY_PREFIX = "wv-"
+
+
+def hash_gateway_key(plaintext):
+    """Return the stored form of a gateway key (SHA-256; keys are 256-bit random, so no salt is needed)."""
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+class GatewayKey(models.Model):
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    all_routes = models.BooleanField(default=True, help_text="May call every route; otherwise only those listed")
+    routes = models.ManyToManyField(Route, blank=True, related_name="gateway_keys")
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute; empty = no limit")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    def generate(self):
+        """Give this key a fresh secret and return the plaintext, to be shown exactly once."""
+        body = secrets.token_urlsafe(32)
+        plaintext = f"{GATEWAY_KEY_PREFIX}{body}"
+        self.prefix = plaintext[:11]
+        self.key_hash = hash_gateway_key(plaintext)
+        return plaintext
+
+
+class AuditAction(models.TextChoices):
+    CREATE = "create", "Created"
+    UPDATE = "update", "Updated"
+    DELETE = "delete", "Deleted"
+    WEIGHTS = "weights", "Weights changed"
+    KEY_STATE = "key_state", "Key state changed"
+    ROTATE = "rotate", "Secrets re-encrypted"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise TypeError("Audit events are append-only.")
+
+    def delete(self):
+        raise TypeError("Audit events are append-only.")
+
+
+class AuditEvent(models.Model):
+    """Append-only record of a configuration change. Before/after never hold secrets."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=150, help_text="User name, or system:<part> / command:<name>")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=20, choices=AuditAction.choices)
+    object_type = models.CharField(max_length=50, db_index=True)
+    object_id = models.CharField(max_length=100)
+    object_repr = models.CharField(max_length=200)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_repr}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise TypeError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("Audit events are append-only.")
+
+
+class EventKind(models.TextChoices):
+    WEIGHTS = "weights", "Weights changed"
+    HEALTH = "health", "Health changed"
+    CIRCUIT_OPEN = "circuit_open", "Circuit opened"
+    CIRCUIT_HALF_OPEN = "circuit_half_open", "Circuit half-open"
+    CIRCUIT_CLOSED = "circuit_closed", "Circuit closed"
+    KEY_INVALID = "key_invalid", "Key marked invalid"
+    KEY_RATE_LIMITED = "key_rate_limited", "Key rate-limited"
+    KEY_ACTIVE = "key_active", "Key active again"
+
+
+class Event(models.Model):
+    """One operational happening for the timeline: what changed, on what, and why."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    kind = models.CharField(max_length=30, choices=EventKind.choices, db_index=True)
+    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    message = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.created_at:%H:%M:%S} {self.kind}: {self.message}"
+
+
+class CircuitState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open"
+
+
+class DeploymentCircuit(models.Model):
+    """The gateway's circuit-breaker state for one deployment, as last reported."""
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.CASCADE, related_name="circuit")
+    state = models.CharField(max_length=20, choices=CircuitState.choices, default=CircuitState.CLOSED)
+    reason = models.CharField(max_length=300, blank=True)
+    since = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)

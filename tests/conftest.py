@@ -1,0 +1,97 @@
+"""Shared fixtures: an admin, a read-only viewer, an outsider, API clients for
+each, a gateway key, and helpers that require real services under CI=true."""
+
+import os
+import socket
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name, host, port):
+    """Skip (locally) or fail (under CI=true) when a real service is missing."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it.")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def require_redis():
+    require_service("Redis", "127.0.0.1", 6379)
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def require_postgres():
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+
+
+def _token_client(user):
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def admin_user(db):
+    return User.objects.create_user("alice", "alice@example.com", "correct-horse-battery", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def viewer_user(db):
+    user = User.objects.create_user("victor", "victor@example.com", "correct-horse-battery")
+    user.groups.add(Group.objects.get_or_create(name=settings.VIEWER_GROUP)[0])
+    return user
+
+
+@pytest.fixture
+def outsider_user(db):
+    return User.objects.create_user("olga", "olga@example.com", "correct-horse-battery")
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    return _token_client(admin_user)
+
+
+@pytest.fixture
+def viewer_api(viewer_user):
+    return _token_client(viewer_user)
+
+
+@pytest.fixture
+def outsider_api(outsider_user):
+    return _token_client(outsider_user)
+
+
+@pytest.fixture
+def anon_api():
+    return APIClient()
+
+
+@pytest.fixture
+def gateway_key(db):
+    """A GatewayKey allowed on every route; `.plaintext` holds the bearer secret."""
+    from routing.models import GatewayKey
+
+    key = GatewayKey(name="test app")
+    key.plaintext = key.generate()
+    key.save()
+    return key
