@@ -145,11 +145,23 @@ FERNET_KEYS = env_list("WEATHERVANE_FERNET_KEYS") or [_local_secret("fernet.key"
 # Allowed by default in the embedded (DEBUG) mode, where the simulator is local.
 ALLOW_PRIVATE_UPSTREAMS = env_bool("WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS", DEBUG)
 
+# --- Embedded mode: the built-in simulator served beside the app -------------
+SIMULATOR_PORT = env_int("WEATHERVANE_SIMULATOR_PORT", 8001, minimum=1, maximum=65535)
+
 # --- Probes and the embedded scheduler ---------------------------------------
 PROBES_IN_PROCESS = env_bool("WEATHERVANE_PROBES_IN_PROCESS", not REDIS_URL)
 PROBE_DEFAULT_INTERVAL_S = env_int("WEATHERVANE_PROBE_INTERVAL", 30, minimum=5)
 PROBE_RAW_RETENTION_DAYS = env_int("WEATHERVANE_PROBE_RETENTION_DAYS", 7, minimum=1)
 ROLLUP_RETENTION_DAYS = env_int("WEATHERVANE_ROLLUP_RETENTION_DAYS", 90, minimum=1)
+PROBE_DOWN_AFTER = env_int("WEATHERVANE_PROBE_DOWN_AFTER", 3, minimum=1)  # consecutive failures
+PROBE_UP_AFTER = env_int("WEATHERVANE_PROBE_UP_AFTER", 2, minimum=1)  # consecutive successes once down
+PROBE_DEGRADED_LATENCY_MS = env_int("WEATHERVANE_PROBE_DEGRADED_MS", 5000, minimum=1)
+PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.2, minimum=0.0)
+PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
+PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
+# Redis redelivers a message a killed worker never acked after this many seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
+CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 
 # --- Gateway -----------------------------------------------------------------
 GATEWAY_MAX_BODY_BYTES = env_int("WEATHERVANE_GATEWAY_MAX_BODY", 4 * 1024 * 1024, minimum=1024)

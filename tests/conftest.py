@@ -95,3 +95,15 @@ def gateway_key(db):
     key.plaintext = key.generate()
     key.save()
     return key
+
+
+# The API must behave the same on SQLite and PostgreSQL: these modules also
+# run in the scaled pass of `make test` (scripts/run-scaled-tests.sh).
+SCALED_MODULES = ("test_api", "test_weights")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.stem
+        if module.startswith(SCALED_MODULES) and item.path.parent.name in ("routing", "probes"):
+            item.add_marker(pytest.mark.scaled)

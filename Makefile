@@ -1,0 +1,45 @@
+# Weathervane: `make run` (embedded demo) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# The scaled pass of `make test` runs against the machine's real services.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/weathervane
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/13
+
+.PHONY: install run test test-embedded test-scaled bench browser clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	$(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+browser:
+	bash scripts/install-chromium.sh
+
+test: install browser test-embedded test-scaled
+
+# Everything, on the embedded defaults (SQLite, in-memory channel layer).
+test-embedded: install
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -q
+
+# The API and the scaled-mode tests again, on PostgreSQL and Redis.
+test-scaled: install
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	  bash scripts/run-scaled-tests.sh $(PY)
+
+bench: install
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,86 @@
+"""Seed the embedded demo once: three simulated providers with distinct
+personalities, a route split 90/10, an admin and a gateway key.
+
+The admin password and the gateway key are printed exactly once, when they
+are created; running the command again changes nothing.
+"""
+
+import secrets
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from routing import audit
+from routing.models import ApiKey, AuditAction, Deployment, GatewayKey, Provider, Route, RouteTarget
+
+ACTOR = "command:seed_demo"
+ROUTE = "gpt-demo"
+# (provider, simulated personality, deployment name, $ in / out per 1M tokens)
+PROVIDERS = [
+    ("steady-cloud", "steady", "steady-gpt", "0.50", "1.50"),
+    ("tail-ai", "heavy-tailed", "tail-gpt", "0.30", "1.20"),
+    ("flaky-relay", "flaky", "flaky-gpt", "0.20", "0.80"),
+]
+SPLIT = {"steady-gpt": 90, "tail-gpt": 10, "flaky-gpt": 0}
+
+
+class Command(BaseCommand):
+    help = "Create the demo data (simulated providers, a route, an admin, a gateway key) if it is not there yet."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--simulator-url", default=f"http://127.0.0.1:{settings.SIMULATOR_PORT}/v1")
+
+    def handle(self, *args, simulator_url, **options):
+        if Route.objects.filter(name=ROUTE).exists():
+            self.stdout.write("Demo data already present; nothing changed.")
+            return
+        with transaction.atomic():
+            self._seed_registry(simulator_url)
+            password = self._seed_admin()
+            gateway_secret = self._seed_gateway_key()
+        self.stdout.write(self.style.SUCCESS("Demo seeded. These secrets are shown once; note them now:"))
+        if password:
+            self.stdout.write(f"  admin login:  admin / {password}")
+        self.stdout.write(f"  gateway key:  {gateway_secret}")
+        self.stdout.write(f"  try it:       curl -H 'Authorization: Bearer {gateway_secret}' http://127.0.0.1:8000/v1/models")
+
+    def _seed_registry(self, simulator_url):
+        for name, personality, deployment, price_in, price_out in PROVIDERS:
+            provider = Provider.objects.create(name=name, base_url=simulator_url, notes=f"Simulated: {personality}")
+            self._created(provider)
+            for label in ("primary", "secondary"):
+                key = ApiKey(provider=provider, label=label)
+                key.set_secret(f"sk-demo-{secrets.token_hex(12)}")
+                key.save()
+                self._created(key)
+            dep = Deployment.objects.create(
+                name=deployment, provider=provider, upstream_model=personality, display_name=f"{personality} (simulated)",
+                input_price_per_mtok=price_in, output_price_per_mtok=price_out, context_window=128000,
+            )
+            self._created(dep)
+        route = Route.objects.create(name=ROUTE, description="Demo route: steady baseline with a heavy-tailed canary")
+        for deployment, weight in SPLIT.items():
+            RouteTarget.objects.create(route=route, deployment=Deployment.objects.get(name=deployment), weight=weight)
+        self._created(route)
+
+    def _seed_admin(self):
+        Group.objects.get_or_create(name=settings.VIEWER_GROUP)
+        if User.objects.filter(username="admin").exists():
+            return None
+        password = secrets.token_urlsafe(12)
+        user = User.objects.create_superuser("admin", "admin@localhost", password)
+        audit.record(action=AuditAction.CREATE, object_type="user", object_id=str(user.pk), object_repr="admin", actor=ACTOR,
+                     after={"username": "admin", "is_staff": True})
+        return password
+
+    def _seed_gateway_key(self):
+        key = GatewayKey(name="demo app")
+        secret = key.generate()
+        key.save()
+        self._created(key)
+        return secret
+
+    def _created(self, obj):
+        audit.record(action=AuditAction.CREATE, obj=obj, actor=ACTOR, after=audit.snapshot(obj), reason="demo seed")
