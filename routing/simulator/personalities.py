@@ -1,0 +1,154 @@
+"""How a simulated model behaves: latency, pace, error rates and faults."""
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass
+
+# The 99th percentile of the standard normal distribution: a log-normal whose
+# median is m and p99 is p has sigma = ln(p / m) / Z_99.
+Z_99 = 2.3263478740408408
+
+
+class Fault(enum.StrEnum):
+    """Ways a chat completion goes wrong after the request was accepted.
+
+    Comments say what a client sees (checked with httpx, aiohttp and the
+    openai SDK under uvicorn). Embeddings ignore faults.
+    """
+
+    # TCP RST, no status line: httpx.ReadError "Connection reset by peer",
+    # aiohttp ClientOSError, openai APIConnectionError.
+    RESET_BEFORE_HEADERS = "reset_before_headers"
+    # Nothing at all until the client's read timeout (httpx.ReadTimeout);
+    # the connection is dropped after 300 s or when the server stops.
+    SILENCE = "silence"
+    # Headers at once, then the first byte of the body after fault_delay_s (5 s).
+    SLOW_FIRST_TOKEN = "slow_first_token"
+    # Half the tokens, then the connection closes mid chunked body:
+    # httpx.RemoteProtocolError "incomplete chunked read", aiohttp ClientPayloadError.
+    # No finish_reason and no [DONE]; a non-streaming body is cut in half the same way.
+    CUT_MIDWAY = "cut_midway"
+    # Half the tokens, fault_delay_s (30 s) of quiet on an open connection, then the rest.
+    STALL = "stall"
+    # One extra `data:` event midway that is not valid JSON; the tokens around it
+    # are all there. A non-streaming body is half a JSON document.
+    MALFORMED_CHUNK = "malformed_chunk"
+    # A complete stream with finish_reason (and usage) but no `data: [DONE]`.
+    # Non-streaming answers are normal.
+    NO_DONE = "no_done"
+    # HTTP 200 whose only event is `data: {"error": {...}}`; the openai SDK raises
+    # APIError. A non-streaming 200 carries the same error object as its body.
+    ERROR_FIRST_EVENT = "error_first_event"
+
+
+class Outcome(enum.StrEnum):
+    """What the simulator did with a request; a fault's name is used as is."""
+
+    OK = "ok"
+    ERROR_500 = "error_500"
+    ERROR_503 = "error_503"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+
+
+@dataclass(frozen=True)
+class Personality:
+    """One simulated model. Times in ms or s as named; rates are 0..1.
+
+    Latency is the wait before the status line, log-normal from its median
+    and p99 (constant when p99 is not above the median). tokens_per_s paces a
+    stream, 0 meaning as fast as possible. A request gets rate_429, then
+    error_rate (500 and 503 in turn), then fault with fault_rate. answer
+    replaces the "tok0 tok1 ..." content; report_model is the model name
+    reported back, for a silent swap.
+    """
+
+    latency_median_ms: float = 0
+    latency_p99_ms: float = 0
+    tokens_per_s: float = 0
+    output_tokens: int = 16
+    max_output_tokens: int = 4096
+    error_rate: float = 0
+    rate_429: float = 0
+    retry_after_s: float = 1
+    fault: Fault | None = None
+    fault_rate: float = 1.0
+    fault_delay_s: float | None = None
+    answer: str | None = None
+    report_model: str | None = None
+
+    def __post_init__(self):
+        """Raises ValueError naming the first field that makes no sense."""
+        if self.fault is not None:
+            object.__setattr__(self, "fault", Fault(self.fault))
+        for name in ("error_rate", "rate_429", "fault_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.error_rate + self.rate_429 > 1:
+            raise ValueError("error_rate + rate_429 must not exceed 1")
+        for name in ("latency_median_ms", "latency_p99_ms", "tokens_per_s", "retry_after_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.output_tokens < 0 or self.max_output_tokens < 1:
+            raise ValueError("output_tokens must be >= 0 and max_output_tokens >= 1")
+
+    def sample_latency_s(self, rng):
+        """Return one time-to-first-byte in seconds, log-normal around the median."""
+        median = self.latency_median_ms
+        if median <= 0:
+            return 0.0
+        if self.latency_p99_ms <= median:
+            return median / 1000
+        sigma = math.log(self.latency_p99_ms / median) / Z_99
+        return rng.lognormvariate(math.log(median), sigma) / 1000
+
+    def output_length(self, max_tokens):
+        """Return how many tokens to generate when the client asked for max_tokens (or None)."""
+        return min(max_tokens or self.output_tokens, self.max_output_tokens)
+
+    def delay_s(self):
+        """Return how long slow_first_token or stall holds the response."""
+        if self.fault_delay_s is not None:
+            return float(self.fault_delay_s)
+        return 30.0 if self.fault == Fault.STALL else 5.0
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _fault_personalities():
+    return {f"fault-{fault.value.replace('_', '-')}": Personality(fault=fault) for fault in Fault}
+
+
+PERSONALITIES = {
+    "steady": Personality(latency_median_ms=40, latency_p99_ms=80, tokens_per_s=200),
+    "heavy-tailed": Personality(latency_median_ms=60, latency_p99_ms=900),
+    "flaky": Personality(latency_median_ms=50, error_rate=0.15, rate_429=0.1),
+    "fast": Personality(),
+    **_fault_personalities(),
+}
+
+
+def personality_from(value):
+    """Return a Personality given one, a built-in's name, or JSON-style fields.
+
+    In fields, "base" names a built-in to start from. Raises ValueError for an
+    unknown name, field or value.
+    """
+    if isinstance(value, Personality):
+        return value
+    if isinstance(value, str):
+        value = {"base": value}
+    if not isinstance(value, dict):
+        raise ValueError("a personality is a built-in name or an object of fields")
+    fields = dict(value)
+    base = fields.pop("base", None)
+    if base is not None and base not in PERSONALITIES:
+        raise ValueError(f"unknown base personality {base!r}")
+    try:
+        return dataclasses.replace(PERSONALITIES[base] if base else Personality(), **fields)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
