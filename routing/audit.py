@@ -3,9 +3,12 @@ all call `record`, so every change leaves one AuditEvent with the same shape."""
 
 from decimal import Decimal
 
+from django.db import router
+from django.db.models.deletion import Collector
 
 
-from routing.models import AuditEvent
+
+from routing.models import AuditEvent, RouteTarget
 
 # Fields that must never be copied into an audit row (masked forms are kept).
 SECRET_FIELDS = {"secret_encrypted", "key_hash", "password"}
@@ -69,4 +72,17 @@ def changed_fields(before, after):
     return sorted(k for k in keys if (before or {}).get(k) != (after or {}).get(k))
 
 
+def deleted_with(obj):
+    """Return the registry objects (other than route targets, which their route's
+    snapshot covers) that deleting `obj` would delete too, e.g. a provider's keys."""
+    collector = Collector(using=router.db_for_write(type(obj)))
+    collector.collect([obj])
+    cascaded = [o for model, objs in collector.data.items() if model in _config_models() for o in objs]
+    cascaded += [o for queryset in collector.fast_deletes if queryset.model in _config_models() for o in queryset]
+    return [o for o in cascaded if o != obj and not isinstance(o, RouteTarget)]
 
+
+def _config_models():
+    from routing.signals import CONFIG_MODELS
+
+    return CONFIG_MODELS

@@ -1,0 +1,305 @@
+"""Admin pages for the routing registry.
+
+Every save and delete made here leaves an AuditEvent (actor = the admin
+user), like the REST API does. Secrets are write-only: an API key's secret
+field never renders its value, and a new gateway key is shown exactly once.
+Split changes go through routing.weights, so they are validated, versioned
+and announced the same way as from the API.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.forms.models import BaseInlineFormSet
+from django.utils import timezone
+
+from routing import weights
+from routing.audit import deleted_with
+from routing.audit import actor_name, record, snapshot
+from routing.models import (
+    ApiKey,
+    AuditAction,
+    AuditEvent,
+    Deployment,
+    DeploymentCircuit,
+    Event,
+    GatewayKey,
+    KeyState,
+    Provider,
+    RequestLog,
+    Route,
+    RouteTarget,
+)
+
+
+def _audit(request, action, obj, before, after, reason="", object_id=None):
+    record(action=action, obj=obj, actor=actor_name(request.user), user=request.user, before=before, after=after,
+           reason=reason, object_id=object_id)
+
+
+def _stored_snapshot(obj):
+    """Snapshot of `obj` as it is in the database (the form has already changed the instance)."""
+    return snapshot(type(obj)._default_manager.get(pk=obj.pk))
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Record one AuditEvent per save and delete, with actor = the admin user.
+
+    The after-snapshot is taken once the inlines are saved, so a route's
+    record shows its new weights. Inline objects (e.g. API keys on a provider)
+    get records of their own, except route targets, which the route's covers.
+    """
+
+    def save_model(self, request, obj, form, change):
+        request._audit_before = _stored_snapshot(obj) if change else None
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        self.related_saved(request, form, change)
+        action = AuditAction.UPDATE if change else AuditAction.CREATE
+        reason = form.cleaned_data.get("reason", "")
+        _audit(request, action, form.instance, getattr(request, "_audit_before", None), snapshot(form.instance), reason)
+
+    def related_saved(self, request, form, change):
+        """Hook run after the inlines are saved and before the audit record."""
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is RouteTarget:
+            return super().save_formset(request, form, formset, change)
+        before = {f.instance.pk: _stored_snapshot(f.instance) for f in formset.initial_forms if f.instance.pk and f.has_changed()}
+        before |= {f.instance.pk: _stored_snapshot(f.instance) for f in formset.deleted_forms if f.instance.pk}
+        deleted = [(obj.pk, obj) for obj in (f.instance for f in formset.deleted_forms) if obj.pk]
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            _audit(request, AuditAction.CREATE, obj, None, snapshot(obj))
+        for obj, _fields in formset.changed_objects:
+            _audit(request, AuditAction.UPDATE, obj, before.get(obj.pk), snapshot(obj))
+        for pk, obj in deleted:
+            _audit(request, AuditAction.DELETE, obj, before.get(pk), None, object_id=str(pk))
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            _audit_deletion(request, obj)
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                _audit_deletion(request, obj)
+            super().delete_queryset(request, queryset)
+
+
+def _audit_deletion(request, obj):
+    for doomed in [obj, *deleted_with(obj)]:
+        _audit(request, AuditAction.DELETE, doomed, snapshot(doomed), None)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written by the system: viewable, never added, changed or deleted by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# --- Providers and their keys -----------------------------------------------------------
+
+
+class ApiKeyAdminForm(forms.ModelForm):
+    """The secret is write-only: required for a new key, blank keeps the stored one."""
+
+    secret = forms.CharField(
+        required=False, max_length=4096,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The provider's API key. Leave blank to keep the stored secret; it is never shown again.",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["provider", "label", "secret", "enabled", "rpm_limit", "tpm_limit", "state", "state_reason"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "state" in self.fields:
+            # The gateway and probes set rate_limited/invalid; people set active or disabled.
+            settable = {KeyState.ACTIVE, KeyState.DISABLED, self.instance.state}
+            self.fields["state"].choices = [c for c in KeyState.choices if c[0] in settable]
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.instance.pk and not cleaned.get("secret"):
+            self.add_error("secret", "A new key needs its secret.")
+        return cleaned
+
+    def save(self, commit=True):
+        if self.cleaned_data.get("secret"):
+            self.instance.set_secret(self.cleaned_data["secret"])
+        if self.instance.pk and "state" in self.changed_data:
+            self.instance.state_since = timezone.now()
+            self.instance.rate_limited_until = None
+        return super().save(commit)
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    form = ApiKeyAdminForm
+    fields = ["label", "secret", "masked", "enabled", "rpm_limit", "tpm_limit", "state"]
+    readonly_fields = ["masked"]
+    extra = 0
+    show_change_link = True
+
+
+@admin.register(Provider)
+class ProviderAdmin(AuditedAdmin):
+    list_display = ["name", "kind", "base_url", "enabled"]
+    list_filter = ["kind", "enabled"]
+    search_fields = ["name", "base_url"]
+    readonly_fields = ["created_at", "updated_at"]
+    inlines = [ApiKeyInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(AuditedAdmin):
+    form = ApiKeyAdminForm
+    list_display = ["__str__", "masked", "state", "enabled", "rpm_limit", "tpm_limit", "state_since"]
+    list_filter = ["state", "enabled", "provider"]
+    search_fields = ["label", "provider__name"]
+    readonly_fields = ["masked", "state_since", "rate_limited_until", "created_at", "updated_at"]
+    list_select_related = ["provider"]
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(AuditedAdmin):
+    list_display = ["name", "provider", "upstream_model", "input_price_per_mtok", "output_price_per_mtok", "enabled"]
+    list_filter = ["enabled", "provider"]
+    search_fields = ["name", "upstream_model", "display_name"]
+    readonly_fields = ["created_at", "updated_at"]
+    list_select_related = ["provider"]
+
+
+# --- Routes and their split ---------------------------------------------------------------
+
+
+class RouteTargetFormSet(BaseInlineFormSet):
+    """The split of the targets on the page must be valid as a whole (sum 100, enabled deployments)."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return
+        split = {
+            f.cleaned_data["deployment"].name: f.cleaned_data["weight"]
+            for f in self.forms
+            if f.cleaned_data.get("deployment") and not f.cleaned_data.get("DELETE")
+        }
+        if not split:
+            if self.instance.pk and self.instance.targets.exists():
+                raise ValidationError("A route needs at least one target; delete the route to retire it.")
+            return
+        problems = weights.check_weights(split)
+        if problems:
+            raise ValidationError([message for messages in problems.values() for message in messages])
+
+
+class RouteTargetInline(admin.TabularInline):
+    model = RouteTarget
+    formset = RouteTargetFormSet
+    fields = ["deployment", "weight"]
+    extra = 0
+
+
+class RouteAdminForm(forms.ModelForm):
+    reason = forms.CharField(
+        required=False, max_length=weights.MAX_REASON_LENGTH,
+        help_text="Why you make this change (kept in the audit trail; shown with weight changes).",
+    )
+
+    class Meta:
+        model = Route
+        fields = ["name", "description", "reason"]
+
+
+@admin.register(Route)
+class RouteAdmin(AuditedAdmin):
+    form = RouteAdminForm
+    list_display = ["name", "split", "version", "updated_at"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["version", "created_at", "updated_at"]
+    inlines = [RouteTargetInline]
+
+    @admin.display(description="Split")
+    def split(self, route):
+        return ", ".join(f"{name} {weight}%" for name, weight in route.weights().items()) or "—"
+
+    def save_model(self, request, obj, form, change):
+        request._weights_before = Route.objects.get(pk=obj.pk).weights() if change else None
+        super().save_model(request, obj, form, change)
+
+    def related_saved(self, request, form, change):
+        if change:
+            weights.note_split_change(
+                form.instance, request._weights_before, reason=form.cleaned_data.get("reason") or "changed in the admin",
+                actor=actor_name(request.user), user=request.user,
+            )
+
+
+# --- Gateway keys ----------------------------------------------------------------------------
+
+
+@admin.register(GatewayKey)
+class GatewayKeyAdmin(AuditedAdmin):
+    list_display = ["name", "prefix", "all_routes", "enabled", "rpm_limit", "last_used_at"]
+    list_filter = ["enabled", "all_routes"]
+    search_fields = ["name", "prefix"]
+    fields = ["name", "prefix", "all_routes", "routes", "rpm_limit", "enabled", "created_at", "last_used_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    filter_horizontal = ["routes"]
+
+    def save_model(self, request, obj, form, change):
+        plaintext = None if change else obj.generate()
+        super().save_model(request, obj, form, change)
+        if plaintext:
+            messages.success(request, f"Copy the new gateway key now; it will not be shown again: {plaintext}")
+
+
+# --- Records written by the system --------------------------------------------------------------
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "actor", "action", "object_type", "object_repr", "reason"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor", "object_repr", "object_id", "reason"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "kind", "route", "deployment", "api_key", "message"]
+    list_filter = ["kind"]
+    search_fields = ["message"]
+    date_hierarchy = "created_at"
+    list_select_related = ["route", "deployment", "api_key__provider"]
+
+
+@admin.register(DeploymentCircuit)
+class DeploymentCircuitAdmin(ReadOnlyAdmin):
+    list_display = ["deployment", "state", "reason", "since", "updated_at"]
+    list_filter = ["state"]
+    list_select_related = ["deployment"]
+
+
+@admin.register(RequestLog)
+class RequestLogAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "route_name", "deployment", "outcome", "status", "attempts", "latency_ms", "ttft_ms"]
+    list_filter = ["outcome", "stream"]
+    search_fields = ["request_id", "route_name"]
+    date_hierarchy = "created_at"
+    list_select_related = ["deployment"]

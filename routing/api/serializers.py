@@ -1,0 +1,234 @@
+"""REST representations of the registry. Secrets are write-only everywhere:
+an API key's `secret` goes in, only `masked` comes out; a gateway key's full
+value is returned once, by the create call."""
+
+from collections.abc import Mapping
+
+from django.db import transaction
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from routing import weights
+from routing.models import (
+    ApiKey,
+    AuditEvent,
+    Deployment,
+    DeploymentCircuit,
+    Event,
+    GatewayKey,
+    KeyState,
+    Provider,
+    Route,
+    RouteTarget,
+)
+
+# Form posts from the browsable API carry the CSRF token next to the fields.
+IGNORED_INPUT = {"csrfmiddlewaretoken"}
+SETTABLE_KEY_STATES = (KeyState.ACTIVE, KeyState.DISABLED)
+
+
+class StrictFieldsMixin:
+    """Reject input fields the serializer does not know, naming each one."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields) - IGNORED_INPUT)
+            if unknown:
+                raise serializers.ValidationError({name[:100]: ["Unknown field."] for name in unknown[:20]})
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer that must arrive as a JSON number without a fraction: no "5", 5.0 or true."""
+
+    def to_internal_value(self, data):
+        if type(data) is not int:
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _name_field(model, **kwargs):
+    return serializers.SlugRelatedField(slug_field="name", queryset=model.objects.all(), **kwargs)
+
+
+class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "created_at", "updated_at"]
+
+
+class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    provider = _name_field(Provider)
+    secret = serializers.CharField(
+        write_only=True, required=False, max_length=4096, style={"input_type": "password"},
+        help_text="The provider's API key. Required on create; on update it replaces (rotates) the stored secret. Never returned.",
+    )
+    masked = serializers.CharField(read_only=True, help_text="Display form of the secret, e.g. sk-…a1b2")
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id", "provider", "label", "secret", "masked", "enabled", "rpm_limit", "tpm_limit",
+            "state", "state_reason", "state_since", "rate_limited_until", "created_at", "updated_at",
+        ]
+        read_only_fields = ["state_since", "rate_limited_until"]
+        extra_kwargs = {"state": {"help_text": "Admins may set active or disabled; the gateway sets rate_limited and invalid."}}
+
+    def validate_state(self, value):
+        current = self.instance.state if self.instance else KeyState.ACTIVE
+        if value != current and value not in SETTABLE_KEY_STATES:
+            raise serializers.ValidationError("Only active or disabled can be set by hand.")
+        return value
+
+    def validate(self, attrs):
+        if self.instance is None and not attrs.get("secret"):
+            raise serializers.ValidationError({"secret": ["This field is required."]})
+        return attrs
+
+    def create(self, validated_data):
+        key = ApiKey(**{k: v for k, v in validated_data.items() if k != "secret"})
+        key.set_secret(validated_data["secret"])
+        key.save()
+        return key
+
+    def update(self, instance, validated_data):
+        secret = validated_data.pop("secret", None)
+        if secret:
+            instance.set_secret(secret)
+        if "state" in validated_data and validated_data["state"] != instance.state:
+            instance.state_since = timezone.now()
+            instance.rate_limited_until = None
+            validated_data.setdefault("state_reason", "")
+        return super().update(instance, validated_data)
+
+
+class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    provider = _name_field(Provider)
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "name", "provider", "upstream_model", "display_name", "input_price_per_mtok", "output_price_per_mtok",
+            "context_window", "enabled", "created_at", "updated_at",
+        ]
+
+
+class RouteTargetSerializer(StrictFieldsMixin, serializers.Serializer):
+    deployment = _name_field(Deployment)
+    weight = StrictIntegerField(min_value=0, max_value=100, help_text="Share of traffic in percent (0-100)")
+
+
+class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    targets = RouteTargetSerializer(
+        many=True, required=False,
+        help_text="Deployments and their weights (summing to 100). On update, the given list replaces the targets.",
+    )
+
+    class Meta:
+        model = Route
+        fields = ["name", "description", "version", "targets", "created_at", "updated_at"]
+        read_only_fields = ["version"]
+
+    def validate_targets(self, targets):
+        if not targets:
+            raise serializers.ValidationError("A route needs at least one target; leave targets out to add them later.")
+        names = [t["deployment"].name for t in targets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise serializers.ValidationError(f"Each deployment may be listed once; repeated: {', '.join(twice)}.")
+        errors = weights.check_weights({t["deployment"].name: t["weight"] for t in targets})
+        if errors:
+            raise serializers.ValidationError([m for messages in errors.values() for m in messages])
+        return targets
+
+    def create(self, validated_data):
+        targets = validated_data.pop("targets", [])
+        route = Route.objects.create(**validated_data)
+        RouteTarget.objects.bulk_create(RouteTarget(route=route, **t) for t in targets)
+        return route
+
+    def update(self, instance, validated_data):
+        targets = validated_data.pop("targets", None)
+        before = instance.weights()
+        with transaction.atomic():
+            instance = super().update(instance, validated_data)
+            if targets is not None:
+                _replace_targets(instance, targets)
+            audit = self.context["audit"]
+            weights.note_split_change(instance, before, reason=audit.reason, actor=audit.actor, user=audit.user)
+        return instance
+
+
+def _replace_targets(route, targets):
+    wanted = {t["deployment"].pk: t["weight"] for t in targets}
+    route.targets.exclude(deployment_id__in=wanted).delete()
+    for deployment_id, weight in wanted.items():
+        RouteTarget.objects.update_or_create(route=route, deployment_id=deployment_id, defaults={"weight": weight})
+
+
+class WeightsChangeSerializer(StrictFieldsMixin, serializers.Serializer):
+    weights = serializers.DictField(help_text='{"<deployment name>": <integer weight>, ...}, one entry per target, summing to 100')
+    reason = serializers.CharField(required=False, allow_blank=True, default="", help_text="Why; required, kept in the audit trail")
+    version = StrictIntegerField(required=False, min_value=1, help_text="The route version you edited (or send If-Match)")
+
+
+class WeightsRevertSerializer(StrictFieldsMixin, serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", help_text="Why; required, kept in the audit trail")
+    version = StrictIntegerField(required=False, min_value=1, help_text="The route version you edited (or send If-Match)")
+
+
+class GatewayKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    routes = _name_field(Route, many=True, required=False, help_text="Route names this key may call when all_routes is false")
+
+    class Meta:
+        model = GatewayKey
+        fields = ["id", "name", "prefix", "all_routes", "routes", "rpm_limit", "enabled", "created_at", "last_used_at"]
+
+    def create(self, validated_data):
+        routes = validated_data.pop("routes", [])
+        key = GatewayKey(**validated_data)
+        key.plaintext = key.generate()
+        key.save()
+        key.routes.set(routes)
+        return key
+
+
+class GatewayKeyCreatedSerializer(GatewayKeySerializer):
+    key = serializers.CharField(source="plaintext", read_only=True, help_text="The full key; shown only in this response")
+
+    class Meta(GatewayKeySerializer.Meta):
+        fields = GatewayKeySerializer.Meta.fields + ["key"]
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "created_at", "actor", "user", "action", "object_type", "object_id", "object_repr", "before", "after", "reason"]
+        read_only_fields = fields
+
+
+class EventSerializer(serializers.ModelSerializer):
+    route = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    api_key_label = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Event
+        fields = ["id", "created_at", "kind", "route", "deployment", "api_key", "api_key_label", "message", "data"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_api_key_label(self, event):
+        return str(event.api_key) if event.api_key_id else None
+
+
+class DeploymentCircuitSerializer(serializers.ModelSerializer):
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = DeploymentCircuit
+        fields = ["id", "deployment", "state", "reason", "since", "updated_at"]
+        read_only_fields = fields

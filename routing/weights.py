@@ -1,0 +1,172 @@
+"""The one validated path for changing a route's traffic split.
+
+The REST API, the admin and the dashboard's slider all call `apply_weights`
+(or `note_split_change` after they replaced targets themselves), so every
+split change is checked the same way, bumps `Route.version`, leaves one
+"weights" AuditEvent and one timeline Event, and reaches open dashboards.
+"""
+
+from django.db import transaction
+from django.utils import timezone
+
+from dashboard import live
+from routing.audit import record
+from routing.models import AuditAction, AuditEvent, Deployment, Event, EventKind, Route, RouteTarget
+
+MAX_REASON_LENGTH = 1000
+MAX_TARGETS = 100
+
+
+class WeightsInvalid(Exception):
+    """The requested split was rejected; `errors` maps a field to its messages."""
+
+    def __init__(self, errors):
+        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))
+        self.errors = errors
+
+
+class StaleVersion(Exception):
+    """The caller edited an older version of the route; `current` is the version now stored."""
+
+    def __init__(self, current):
+        super().__init__(f"The route changed meanwhile; its version is now {current}.")
+        self.current = current
+
+
+def check_weights(weights, targets=None):
+    """Return {field: [messages]} of everything wrong with `weights` ({} when valid).
+
+    `weights` maps deployment names to integer weights 0-100 that must add up
+    to 100; a deployment with weight > 0 must be enabled. With `targets` (the
+    deployment names of an existing route) the names must be exactly those.
+    Problems with one entry are reported under "weights.<deployment name>".
+    """
+    if not isinstance(weights, dict) or not weights:
+        return {"weights": ["Give an object that maps each target deployment's name to a whole-number weight."]}
+    if len(weights) > MAX_TARGETS:
+        return {"weights": [f"A route can have at most {MAX_TARGETS} targets."]}
+    deployments = Deployment.objects.select_related("provider").in_bulk([str(n) for n in weights], field_name="name")
+    errors = {}
+    for name, weight in weights.items():
+        problem = _entry_problem(name, weight, deployments.get(name), targets)
+        if problem:
+            errors[f"weights.{name}"] = [problem]
+    missing = sorted(set(targets or ()) - set(weights))
+    if missing:
+        errors["weights"] = [f"Every target needs a weight; missing: {', '.join(missing)}."]
+    total = sum(w for w in weights.values() if _is_weight(w))
+    if all(_is_weight(w) for w in weights.values()) and total != 100:
+        errors.setdefault("weights", []).append(f"Weights must add up to exactly 100, not {total}.")
+    return errors
+
+
+def _is_weight(value):
+    # bool is a subclass of int, and True must not pass as weight 1.
+    return type(value) is int and 0 <= value <= 100
+
+
+def _entry_problem(name, weight, deployment, targets):
+    if type(weight) is not int:
+        return f"Weight must be a whole number from 0 to 100, not {type(weight).__name__} {weight!r}."[:300]
+    if not 0 <= weight <= 100:
+        return f"Weight must be from 0 to 100, not {weight}."
+    if deployment is None:
+        return f"There is no deployment named {name!r}."
+    if targets is not None and name not in targets:
+        return f"Deployment {name!r} is not a target of this route."
+    if weight > 0 and not deployment.enabled:
+        return f"Deployment {name!r} is disabled; give it weight 0 or enable it first."
+    if weight > 0 and not deployment.provider.enabled:
+        return f"Provider {deployment.provider.name!r} of deployment {name!r} is disabled; give it weight 0."
+    return None
+
+
+def _check_reason(reason):
+    if not isinstance(reason, str) or not reason.strip():
+        return {"reason": ["Say why the split changes; the reason is kept in the audit trail."]}
+    if len(reason) > MAX_REASON_LENGTH:
+        return {"reason": [f"Keep the reason under {MAX_REASON_LENGTH} characters."]}
+    return {}
+
+
+def apply_weights(route, weights, *, reason, actor, user=None, expected_version=None):
+    """Set the split of `route` to `weights` and return the updated route.
+
+    Raises StaleVersion when `expected_version` is given and differs from the
+    stored version, WeightsInvalid when the weights or the reason are wrong.
+    Nothing is changed when it raises.
+    """
+    with transaction.atomic():
+        route = Route.objects.select_for_update().get(pk=route.pk)
+        if expected_version is not None and expected_version != route.version:
+            raise StaleVersion(route.version)
+        targets = {t.deployment.name: t for t in route.targets.select_related("deployment")}
+        errors = {**check_weights(weights, targets=set(targets)), **_check_reason(reason)}
+        if errors:
+            raise WeightsInvalid(errors)
+        before = route.weights()
+        for name, target in targets.items():
+            target.weight = weights[name]
+        RouteTarget.objects.bulk_update(targets.values(), ["weight"])
+        note_split_change(route, before, reason=reason, actor=actor, user=user, always=True)
+    return route
+
+
+def weights_history(route):
+    """Return the "weights" AuditEvents of `route`, newest first."""
+    return AuditEvent.objects.filter(object_type="route", object_id=str(route.pk), action=AuditAction.WEIGHTS)
+
+
+def revert_weights(route, *, reason, actor, user=None, expected_version=None):
+    """Restore the split that was in force before the last weights change; return the route.
+
+    Raises WeightsInvalid when there is no earlier change, or when the old split
+    no longer fits the route (targets added or removed, a deployment disabled).
+    """
+    with transaction.atomic():
+        route = Route.objects.select_for_update().get(pk=route.pk)
+        last = weights_history(route).first()
+        if last is None or not isinstance((last.before or {}).get("weights"), dict):
+            raise WeightsInvalid({"weights": [f"Route {route.name!r} has no earlier weights change to revert."]})
+        return apply_weights(
+            route, last.before["weights"], reason=reason, actor=actor, user=user, expected_version=expected_version
+        )
+
+
+def note_split_change(route, before, *, reason, actor, user=None, always=False):
+    """Bump `route.version` and, if its split differs from `before` (or `always`),
+    record the weights AuditEvent and timeline Event and tell open dashboards
+    once the transaction commits. Call inside the transaction that changed the targets.
+    """
+    old_version = route.version
+    route.version = old_version + 1
+    route.save(update_fields=["version", "updated_at"])
+    after = route.weights()
+    if before is None or (before == after and not always):
+        return
+    record(
+        action=AuditAction.WEIGHTS, obj=route, actor=actor, user=user, reason=reason,
+        before={"version": old_version, "weights": before}, after={"version": route.version, "weights": after},
+    )
+    event = Event.objects.create(
+        kind=EventKind.WEIGHTS, route=route, message=describe_change(route.name, before, after)[:500],
+        data={"version": route.version, "before": before, "after": after, "actor": actor, "reason": reason},
+    )
+    transaction.on_commit(lambda: _publish(route, after, actor, reason, event))
+
+
+def describe_change(route_name, before, after):
+    """Return a one-line summary such as "chat: stable 90→50, canary 10→50"."""
+    names = sorted(set(before) | set(after))
+    moves = [f"{n} {before.get(n, '–')}→{after.get(n, '–')}" for n in names if before.get(n) != after.get(n)]
+    return f"{route_name}: {', '.join(moves) or 'split unchanged'}"
+
+
+def _publish(route, weights, actor, reason, event):
+    at = event.created_at.isoformat() if event.created_at else timezone.now().isoformat()
+    live.weights_changed({
+        "route": route.name, "version": route.version, "weights": weights, "actor": actor, "reason": reason, "at": at,
+    })
+    live.timeline_event({
+        "id": event.pk, "kind": event.kind, "message": event.message, "deployment": None, "route": route.name, "api_key": None, "at": at,
+    })

@@ -1,0 +1,109 @@
+"""Settings from the environment, the deploy checks, and where upstream URLs may point."""
+
+import os
+import secrets
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from django.core.exceptions import ValidationError
+
+from routing import netguard
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+# Variables the settings read; stripped so the developer's own environment cannot leak in.
+SETTINGS_PREFIXES = ("WEATHERVANE_", "DJANGO_")
+SETTINGS_NAMES = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL", "CSRF_TRUSTED_ORIGINS",
+                  "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}
+
+
+def manage(*args, data_dir, **variables):
+    """Run manage.py with only `variables` configured; return the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES and not k.startswith(SETTINGS_PREFIXES)}
+    env |= {"WEATHERVANE_DATA_DIR": str(data_dir), **variables}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+
+
+def production(**overrides):
+    alphabet = string.ascii_letters + string.digits + "!@#%^&*(-_=+)"
+    return {
+        "DEBUG": "false",
+        "SECRET_KEY": "".join(secrets.choice(alphabet) for _ in range(50)),
+        "ALLOWED_HOSTS": "example.com",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+        "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode(),
+    } | overrides
+
+
+def test_a_production_setup_passes_the_deploy_checks(tmp_path):
+    result = manage("check", "--deploy", data_dir=tmp_path, **production())
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_production_without_redis_warns_about_the_in_memory_channel_layer(tmp_path):
+    variables = production()
+    del variables["REDIS_URL"]
+    result = manage("check", "--deploy", data_dir=tmp_path, **variables)
+    assert "weathervane.W001" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("WEATHERVANE_PROBE_INTERVAL", "abc"),
+    ("DEBUG", "maybe"),
+    ("DATABASE_URL", "ftp://admin:hunter2-db-password@db.example.com/weathervane"),
+])
+def test_a_malformed_variable_stops_the_start_naming_it_without_echoing_passwords(tmp_path, name, value):
+    result = manage("check", data_dir=tmp_path, **{name: value})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{name} must be" in output
+    assert "hunter2" not in output
+
+
+# --- Where provider base URLs may point -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "code"), [
+    ("https://user:password@api.example.com/v1", "credentials"),
+    ("ftp://api.example.com/v1", "scheme"),
+    ("file:///etc/passwd", "scheme"),
+    ("https:///v1", "host"),
+    ("https://api.example.com/v1?key=1", "query"),
+])
+def test_a_base_url_must_be_plain_http_without_credentials(url, code):
+    with pytest.raises(ValidationError) as refused:
+        netguard.validate_upstream_url(url, allow_private=True)
+    assert refused.value.code == code
+    assert "password" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8001/v1", "http://localhost/v1", "http://10.1.2.3/v1", "http://192.168.0.10/v1",
+    "http://169.254.169.254/latest", "http://[::1]/v1", "http://[::ffff:127.0.0.1]/v1", "http://db.internal/v1",
+])
+def test_internal_addresses_are_refused_unless_allowed(url):
+    with pytest.raises(ValidationError) as refused:
+        netguard.validate_upstream_url(url, allow_private=False)
+    assert refused.value.code == "private"
+    netguard.validate_upstream_url(url, allow_private=True)
+
+
+def test_a_public_address_is_allowed():
+    netguard.validate_upstream_url("https://api.openai.com/v1", allow_private=False)
+    netguard.validate_upstream_url("https://93.184.216.34/v1", allow_private=False)
+
+
+def test_a_hostname_is_checked_again_at_connect_time(monkeypatch):
+    resolved = {"api.example.com": "127.0.0.1", "cdn.example.com": "93.184.216.34"}
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", lambda host, *a, **k: [(2, 1, 6, "", (resolved[host], 0))])
+    netguard.validate_upstream_url("https://api.example.com/v1", allow_private=False)  # save time: not resolved
+
+    with pytest.raises(netguard.UpstreamBlocked, match="internal address"):
+        netguard.check_host("api.example.com", allow_private=False)
+    netguard.check_host("cdn.example.com", allow_private=False)
+    netguard.check_host("api.example.com", allow_private=True)
