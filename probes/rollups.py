@@ -156,3 +156,47 @@ def _figures(total):
         "tokens_per_s": total.tps_sum / total.tps_count if total.tps_count else None,
         "tokens_in": total.tokens_in, "tokens_out": total.tokens_out, "cost": str(total.cost),
     }
+
+
+# --- series for charts and per-target figures (added with the probes) ---------------
+
+
+def select_rows(deployment_id, source, since, until=None, api_key_id=None, exact_key=False):
+    """Return the Rollup rows of one deployment and source from `since` (to `until`).
+
+    With exact_key, api_key_id=None means the deployment-level rows only (a
+    rotating probe target's), not every key's; otherwise None means all rows.
+    """
+    rows = Rollup.objects.filter(deployment_id=deployment_id, source=source, minute__gte=minute_of(since))
+    if until is not None:
+        rows = rows.filter(minute__lt=until)
+    if api_key_id is not None:
+        rows = rows.filter(api_key_id=api_key_id)
+    elif exact_key:
+        rows = rows.filter(api_key__isnull=True)
+    return rows
+
+
+def series(deployment_id, source, since, until=None, api_key_id=None, step_minutes=1, exact_key=False):
+    """Return chart points, one per `step_minutes` bucket from `since` to `until` (now),
+    oldest first; buckets without data have count 0 and None latencies.
+
+    Each point: minute (ISO start), count, ok, errors, error_rate, p50_ms,
+    p95_ms, p99_ms, ttft_p50_ms, tokens_per_s, rps.
+    """
+    start = minute_of(since)
+    end = until or timezone.now()
+    step = timedelta(minutes=step_minutes)
+    buckets = {}
+    for row in select_rows(deployment_id, source, start, end, api_key_id, exact_key):
+        buckets.setdefault(int((row.minute - start) / step), []).append(row)
+    points, index = [], 0
+    while start + index * step < end:
+        figures = merge_rows(buckets.get(index, ()))
+        points.append({
+            "minute": (start + index * step).isoformat(),
+            **{k: figures[k] for k in ("count", "ok", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "tokens_per_s")},
+            "rps": figures["count"] / step.total_seconds(),
+        })
+        index += 1
+    return points

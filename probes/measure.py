@@ -1,0 +1,394 @@
+"""One probe: a tiny streaming chat completion, timed and classified.
+
+`probe(request)` sends it through `open_stream`, the one seam for probe HTTP
+(timeouts, the private-network check at connect time, no redirects), reads
+the server-sent events and returns a `Measurement` whose `outcome` is one of
+`probes.models.Outcome`. It never raises for anything the upstream does:
+failures are data.
+"""
+
+import json
+import re
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+from django.utils import timezone
+
+from probes.models import Outcome
+from routing.netguard import UpstreamBlocked, check_host
+
+
+USER_AGENT = "weathervane-probe/1"
+MAX_ERROR_BODY = 4096
+MAX_ANSWER = 2000
+DATED_SUFFIX = re.compile(r"\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|latest|v\d+(\.\d+)*")
+SECRET_LIKE = re.compile(r"\b(sk|key|wv)-[A-Za-z0-9_\-*.…]{6,}")
+
+
+@dataclass
+class ProbeRequest:
+    """Everything one probe sends; `secret` is the plaintext key (never logged or stored)."""
+
+    url: str
+    model: str
+    payload: dict
+    secret: str | None = field(default=None, repr=False)
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    expected_pattern: str = ""
+    expected_json: object = None
+
+
+@dataclass
+class Measurement:
+    """What one probe saw. Times in ms from just before the request was sent."""
+
+    outcome: str = Outcome.OK
+    status_code: int | None = None
+    ttfb_ms: float | None = None
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    tokens_per_s: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    completed: bool = False
+    saw_done: bool = False
+    finish_reason: str = ""
+    model_reported: str = ""
+    model_swapped: bool = False
+    retry_after_s: float | None = None
+    error: str = ""
+    text: str = ""
+
+
+class OutboundError(Exception):
+    """A probe's HTTP call failed before or while reading; `outcome` classifies it."""
+
+    def __init__(self, outcome, message, retryable):
+        super().__init__(message)
+        self.outcome = outcome
+        self.retryable = retryable
+
+
+def build_payload(model, prompt, max_tokens, reasoning_effort=""):
+    """Return the JSON body of a probe: streaming, tiny, deterministic where the model allows."""
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if reasoning_effort:
+        payload["reasoning_effort"] = reasoning_effort
+    return payload
+
+
+def chat_url(base_url):
+    return base_url.rstrip("/") + "/chat/completions"
+
+
+# --- the seam ------------------------------------------------------------------
+
+_client = None
+_client_lock = threading.Lock()
+
+
+def client():
+    """Return the process's shared httpx client (thread-safe pool, no redirects)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            _client = httpx.Client(limits=limits, follow_redirects=False, headers={"user-agent": USER_AGENT})
+        return _client
+
+
+@contextmanager
+def open_stream(request):
+    """Yield the httpx response (headers read) of a probe; raise OutboundError when none came."""
+    host = urlsplit(request.url).hostname or ""
+    try:
+        check_host(host)
+    except UpstreamBlocked as blocked:
+        raise OutboundError(Outcome.CONNECT_ERROR, str(blocked), retryable=False) from None
+    timeout = httpx.Timeout(request.timeout_s, connect=min(request.connect_timeout_s, request.timeout_s))
+    headers = {"accept": "text/event-stream"}
+    if request.secret:
+        headers["authorization"] = f"Bearer {request.secret}"
+    try:
+        with client().stream("POST", request.url, json=request.payload, headers=headers, timeout=timeout) as response:
+            yield response
+    except httpx.ConnectTimeout:
+        raise OutboundError(Outcome.CONNECT_ERROR, "connect timed out", retryable=True) from None
+    except httpx.TimeoutException:
+        raise OutboundError(Outcome.TIMEOUT, f"no answer within {request.timeout_s:g} s", retryable=True) from None
+    except httpx.DecodingError as exc:
+        raise OutboundError(Outcome.MALFORMED, _describe(exc), retryable=False) from None
+    except httpx.HTTPError as exc:  # connection refused or reset, protocol errors
+        raise OutboundError(Outcome.CONNECT_ERROR, _describe(exc), retryable=True) from None
+
+
+def _describe(exc):
+    return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+
+
+# --- one probe -----------------------------------------------------------------
+
+
+def probe(request):
+    """Send one probe and return its Measurement (never raises for upstream failures)."""
+    started = time.perf_counter()
+    result = Measurement()
+    try:
+        with open_stream(request) as response:
+            result.ttfb_ms = _ms(started)
+            result.status_code = response.status_code
+            if response.status_code != 200:
+                _read_error(response, result, request.secret)
+            else:
+                _read_stream(response, result, started, started + request.timeout_s)
+    except OutboundError as failure:
+        if result.ttfb_ms is not None and failure.outcome == Outcome.CONNECT_ERROR:
+            result.outcome, result.error = Outcome.TRUNCATED, f"stream broke: {failure}"
+        else:
+            result.outcome, result.error = failure.outcome, str(failure)
+    result.total_ms = _ms(started)
+    _judge(result, request)
+    result.error = redact(result.error, request.secret)
+    return result
+
+
+def _ms(started):
+    return (time.perf_counter() - started) * 1000
+
+
+def classify_status(status):
+    """Return the Outcome for a non-200 HTTP status."""
+    if status in (401, 403):
+        return Outcome.BAD_KEY
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status >= 500:
+        return Outcome.SERVER_ERROR
+    return Outcome.CLIENT_ERROR
+
+
+def _read_error(response, result, secret):
+    body = b""
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BODY:
+            break
+    result.outcome = classify_status(response.status_code)
+    if result.outcome == Outcome.RATE_LIMITED:
+        result.retry_after_s = retry_after(response.headers)
+    result.error = f"HTTP {response.status_code}: {_error_message(body)}"
+
+
+def _error_message(body):
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return body[:200].decode("utf-8", "replace").strip() or "no body"
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or error.get("type") or "error")[:200]
+    return str(error)[:200]
+
+
+def retry_after(headers):
+    """Return the upstream's requested wait in seconds (retry-after-ms, then Retry-After), or None."""
+    try:
+        if headers.get("retry-after-ms"):
+            return max(float(headers["retry-after-ms"]) / 1000, 0.0)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        if value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return max((parsedate_to_datetime(value) - timezone.now()).total_seconds(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def redact(text, secret):
+    """Return `text` with the secret and anything that looks like a key replaced by `…`."""
+    if secret:
+        text = text.replace(secret, "…")
+    return SECRET_LIKE.sub(lambda m: f"{m.group(1)}-…", text)
+
+
+# --- server-sent events ----------------------------------------------------------
+
+
+class _Stream:
+    """Accumulates the events of one streamed completion."""
+
+    def __init__(self, result, started):
+        self.result = result
+        self.started = started
+        self.first_token_at = None
+        self.last_token_at = None
+        self.token_chunks = 0
+        self.text = []
+
+    def take(self, data):
+        """Fold one event's data into the result; return False to stop reading."""
+        if data == "[DONE]":
+            self.result.saw_done = True
+            return False
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return self._fail(Outcome.MALFORMED, "an event was not valid JSON")
+        if not isinstance(event, dict):
+            return self._fail(Outcome.MALFORMED, "an event was not a JSON object")
+        if event.get("error"):
+            return self._fail(Outcome.SERVER_ERROR, f"error event: {_error_message(json.dumps(event).encode())}")
+        try:
+            self._take_chunk(event)
+        except (AttributeError, TypeError, ValueError):
+            return self._fail(Outcome.MALFORMED, "an event did not have the chat.completion.chunk shape")
+        return True
+
+    def _take_chunk(self, event):
+        if isinstance(event.get("model"), str) and event["model"]:
+            self.result.model_reported = event["model"]
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.result.tokens_in = int(usage.get("prompt_tokens") or 0)
+            self.result.tokens_out = int(usage.get("completion_tokens") or 0)
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self._token(delta["content"])
+            if choice.get("finish_reason"):
+                self.result.finish_reason = str(choice["finish_reason"])[:30]
+
+    def _token(self, content):
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            self.result.ttft_ms = (now - self.started) * 1000
+        self.last_token_at = now
+        self.token_chunks += 1
+        self.text.append(content)
+
+    def _fail(self, outcome, message):
+        self.result.outcome, self.result.error = outcome, message
+        return False
+
+    def finish(self):
+        result = self.result
+        result.text = "".join(self.text)[:MAX_ANSWER]
+        result.tokens_out = result.tokens_out or self.token_chunks
+        span = (self.last_token_at or 0) - (self.first_token_at or 0)
+        if result.tokens_out >= 2 and span > 0.0005:
+            result.tokens_per_s = (result.tokens_out - 1) / span
+        result.completed = result.saw_done and bool(result.finish_reason)
+
+
+def _read_stream(response, result, started, deadline):
+    if "text/event-stream" not in response.headers.get("content-type", ""):
+        result.outcome, result.error = Outcome.MALFORMED, "expected an event stream"
+        return
+    stream = _Stream(result, started)
+    for data in sse_data(response.iter_lines()):
+        if not stream.take(data):
+            break
+        if time.perf_counter() > deadline:
+            result.outcome, result.error = Outcome.TIMEOUT, "stream did not finish in time"
+            break
+    stream.finish()
+    if result.outcome == Outcome.OK and not result.completed:
+        missing = "[DONE]" if not result.saw_done else "finish_reason"
+        result.outcome, result.error = Outcome.TRUNCATED, f"stream ended without {missing}"
+
+
+def sse_data(lines):
+    """Yield the data of each server-sent event from an iterable of lines."""
+    data = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield "\n".join(data)
+
+
+# --- correctness -------------------------------------------------------------------
+
+
+def _judge(result, request):
+    """Flag silent model swaps and turn a wrong answer into the wrong_answer outcome."""
+    result.model_swapped = model_swapped(request.model, result.model_reported)
+    if result.outcome != Outcome.OK:
+        return
+    problem = answer_problem(result.text, request.expected_pattern, request.expected_json)
+    if problem:
+        result.outcome, result.error = Outcome.WRONG_ANSWER, problem[:300]
+
+
+def model_swapped(asked, reported):
+    """Return True when the answer names another model. A dated variant of the
+    asked name (gpt-4o → gpt-4o-2024-08-06) is the same model."""
+    if not reported or not asked or reported == asked or asked.endswith("/" + reported):
+        return False
+    suffix = reported[len(asked) + 1:] if reported.startswith(asked + "-") else None
+    return suffix is None or not DATED_SUFFIX.fullmatch(suffix)
+
+
+def answer_problem(text, pattern="", shape=None):
+    """Return why `text` fails the correctness check, or "" when it passes."""
+    if pattern and not re.search(pattern, text):
+        return f"answer {text[:80]!r} does not match {pattern!r}"
+    if shape is not None:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return f"answer {text[:80]!r} is not JSON"
+        if not matches_shape(value, shape):
+            return f"answer {text[:80]!r} does not have the expected JSON shape"
+    return ""
+
+
+def matches_shape(value, shape):
+    """Return True when `value` has `shape`: the same JSON types, and every key of
+    each object in the shape (extra keys allowed); a list's shape is its first item."""
+    if isinstance(shape, dict):
+        return isinstance(value, dict) and all(k in value and matches_shape(value[k], s) for k, s in shape.items())
+    if isinstance(shape, list):
+        return isinstance(value, list) and (not shape or all(matches_shape(v, shape[0]) for v in value))
+    if isinstance(shape, bool) or isinstance(value, bool):
+        return isinstance(shape, bool) and isinstance(value, bool)
+    if isinstance(shape, (int, float)):
+        return isinstance(value, (int, float))
+    if shape is None:
+        return value is None
+    return isinstance(value, type(shape))
+
+
+def request_for(target, key, deployment=None):
+    """Return the ProbeRequest for `target` sent with `key` (or none)."""
+    deployment = deployment or target.deployment
+    provider = deployment.provider
+    return ProbeRequest(
+        url=chat_url(provider.base_url),
+        model=deployment.upstream_model,
+        payload=build_payload(deployment.upstream_model, target.prompt, target.max_tokens, target.reasoning_effort),
+        secret=key.reveal() if key is not None else None,
+        timeout_s=target.timeout_s,
+        connect_timeout_s=min(provider.connect_timeout, target.timeout_s),
+        expected_pattern=target.expected_pattern,
+        expected_json=target.expected_json,
+    )
+

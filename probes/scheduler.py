@@ -1,0 +1,150 @@
+"""The embedded scheduler: probes without a broker, inside the web process.
+
+A daemon thread keeps a heap of (due slot, target) and hands each due probe
+to a small thread pool that calls `runner.run_probe`, the function the Celery
+task calls. Every few seconds it re-reads the targets, so edits, pauses and
+new deployments take effect without a restart. Each target's slots are
+spread over its interval (see probes.slots).
+
+    from probes import scheduler
+    scheduler.start()   # idempotent; scheduler.stop() ends it
+"""
+
+import heapq
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from probes import runner, slots
+from probes.models import ProbeTarget
+from probes.signals import ensure_all_targets
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 5.0
+CATCH_UP_SPREAD_MS = 5000
+
+
+class Scheduler:
+    def __init__(self, threads=None, refresh_s=REFRESH_S):
+        self.threads = threads or settings.PROBE_THREADS
+        self.refresh_s = refresh_s
+        self.intervals = {}  # target id → effective interval s
+        self.heap = []  # (slot ms, target id, interval s, repeats)
+        self.started = 0  # probes handed to the pool
+        self._stop = threading.Event()
+        self._thread = None
+        self._pool = None
+
+    def start(self):
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="probe")
+        self._thread = threading.Thread(target=self._loop, name="probe-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=5.0):
+        """Stop scheduling; probes under way may finish within `timeout`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def running(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self):
+        next_refresh = 0.0
+        while not self._stop.is_set():
+            now = runner.now_ms()
+            if now >= next_refresh:
+                self._safely(self.refresh, now)
+                next_refresh = now + self.refresh_s * 1000
+            self._fire_due(now)
+            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh)
+            self._stop.wait(max(wake - runner.now_ms(), 0) / 1000)
+        close_old_connections()
+
+    def refresh(self, now):
+        """Re-read the targets: schedule new ones from their next slot, drop paused or deleted ones.
+
+        A target seen for the first time that was never probed, or not within
+        its interval, also gets one catch-up probe in the next few seconds, so
+        a freshly started dashboard has figures at once.
+        """
+        ensure_all_targets()
+        current = {target_id: interval for target_id, interval, _ in runner.schedulable_targets()}
+        new = [target_id for target_id, interval in current.items() if self.intervals.get(target_id) != interval]
+        stale = self._stale(new, current, now)
+        close_old_connections()
+        for target_id in new:
+            interval = current[target_id]
+            heapq.heappush(self.heap, (slots.slot_at_or_after(target_id, interval, now), target_id, interval, True))
+        for i, target_id in enumerate(stale):
+            heapq.heappush(self.heap, (now + i * CATCH_UP_SPREAD_MS // len(stale), target_id, current[target_id], False))
+        self.intervals = current
+
+    def _stale(self, target_ids, intervals, now):
+        rows = ProbeTarget.objects.filter(pk__in=target_ids).values_list("pk", "last_probe_at")
+        return [pk for pk, last in rows if last is None or now - last.timestamp() * 1000 > intervals[pk] * 1000]
+
+    def _fire_due(self, now):
+        while self.heap and self.heap[0][0] <= now:
+            slot, target_id, interval, repeat = heapq.heappop(self.heap)
+            if self.intervals.get(target_id) != interval:
+                continue  # paused, deleted or rescheduled since it was queued
+            self._pool.submit(self._probe, target_id, slot)
+            self.started += 1
+            if repeat:
+                heapq.heappush(self.heap, (slot + int(interval * 1000), target_id, interval, True))
+
+    def _probe(self, target_id, slot):
+        try:
+            runner.run_probe(target_id, slot)
+        except runner.SlotBusy:
+            pass  # a Celery worker or another process has this slot
+        except Exception:  # one broken probe must not stop the others
+            log.exception("probe of target %s failed", target_id)
+        finally:
+            close_old_connections()
+
+    def _safely(self, func, *args):
+        try:
+            func(*args)
+        except Exception:
+            log.exception("probe scheduler: %s failed", func.__name__)
+
+
+_scheduler = None
+_lock = threading.Lock()
+
+
+def start(threads=None):
+    """Start the process's embedded scheduler (once) and return it."""
+    global _scheduler
+    with _lock:
+        if _scheduler is None:
+            _scheduler = Scheduler(threads)
+        return _scheduler.start()
+
+
+def stop():
+    global _scheduler
+    with _lock:
+        if _scheduler is not None:
+            _scheduler.stop()
+            _scheduler = None
+
+
+def start_if_embedded():
+    """Start the scheduler when settings.PROBES_IN_PROCESS says probes run in this process; return it or None."""
+    return start() if settings.PROBES_IN_PROCESS else None

@@ -1,0 +1,49 @@
+"""Celery tasks for the scaled mode. Thin: they take ids and call probes.runner.
+
+Beat runs `dispatch_due_probes` every PROBE_DISPATCH_EVERY_S seconds (see
+`manage.py setup_probe_schedule`); it hands each due (target, slot) out once
+and enqueues `run_probe` with a countdown to the slot's due time, so probes
+are spread over their interval. `run_probe` claims its slot, so a message
+delivered twice (a second beat, a worker killed before acking) still leaves
+exactly one result.
+"""
+
+from datetime import datetime, timezone
+
+from celery import shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from probes import runner
+
+# A dispatch covers two beat periods, so one late or lost tick skips nothing.
+HORIZON_PERIODS = 2
+
+
+@shared_task(
+    acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+    autoretry_for=(runner.SlotBusy, OperationalError, InterfaceError),
+    retry_backoff=2, retry_backoff_max=30, retry_jitter=False, max_retries=8,
+    expires=600, soft_time_limit=150, time_limit=180,
+)
+def run_probe(target_id, slot):
+    """Probe one target for one slot (epoch ms), at most once."""
+    result = runner.run_probe(target_id, slot)
+    return result.pk if result is not None else None
+
+
+@shared_task(ignore_result=True, expires=30)
+def dispatch_due_probes():
+    """Enqueue every (target, slot) due in the next two beat periods. Returns how many."""
+    planned = runner.plan_dispatch(settings.PROBE_DISPATCH_EVERY_S * HORIZON_PERIODS)
+    for target_id, slot, interval in planned:
+        due = datetime.fromtimestamp(slot / 1000, tz=timezone.utc)
+        expires = datetime.fromtimestamp(slot / 1000 + interval, tz=timezone.utc)
+        run_probe.apply_async((target_id, slot), eta=due, expires=expires)
+    return len(planned)
+
+
+@shared_task(ignore_result=True, acks_late=True, expires=3600)
+def prune_old_data():
+    """Delete probe data past its retention; returns {kind: rows deleted}."""
+    return runner.prune()

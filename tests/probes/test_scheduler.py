@@ -1,0 +1,78 @@
+"""The embedded scheduler probes on its own, spread over the interval, with no broker."""
+
+import time
+
+import pytest
+from django.db import OperationalError
+
+from probes import slots
+from probes.models import ProbeResult, ProbeTarget, Rollup
+from probes.scheduler import Scheduler
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
+
+
+def wait_for(check, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return True
+        except OperationalError:  # the in-memory test database locks whole tables while the probe threads write
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def scheduler():
+    running = Scheduler(threads=4, refresh_s=0.5)
+    yield running
+    running.stop()
+
+
+def test_it_probes_every_target_by_itself_and_rollups_appear_within_10_seconds(make_target, scheduler):
+    targets = [make_target("instant", interval_s=5) for _ in range(3)]
+    scheduler.start()
+    assert wait_for(lambda: Rollup.objects.filter(source="probe").count() >= 1
+                    and all(ProbeResult.objects.filter(target=t).exists() for t in targets), timeout=10)
+    lags = list(ProbeResult.objects.values_list("lag_ms", flat=True))
+    assert max(lags) < 1000, lags
+
+
+def test_a_paused_target_stops_being_probed(make_target, scheduler):
+    target = make_target("instant", interval_s=5, enabled=False)
+    scheduler.start()
+    time.sleep(1.5)
+    assert scheduler.intervals == {} and not ProbeResult.objects.exists()
+    ProbeTarget.objects.filter(pk=target.pk).update(enabled=True)
+    assert wait_for(lambda: scheduler.intervals == {target.pk: 5}, timeout=3)
+
+
+def test_stop_ends_the_thread(scheduler):
+    scheduler.start()
+    assert scheduler.running
+    scheduler.stop()
+    assert not scheduler.running
+
+
+def test_slots_of_many_targets_are_spread_over_the_interval():
+    interval_ms = 10_000
+    offsets = sorted(slots.offset_ms(target_id, interval_ms) for target_id in range(1, 201))
+    # 200 targets in 10 s would be 50 ms apart if perfectly even; no second holds more than a fifth of them.
+    per_second = [sum(1 for o in offsets if s * 1000 <= o < (s + 1) * 1000) for s in range(10)]
+    assert max(per_second) <= 40 and min(per_second) >= 5
+
+
+def test_slot_arithmetic_lands_on_the_targets_grid():
+    first = slots.slot_at_or_after(7, 10, 1_000_000)
+    assert first >= 1_000_000 and (first - slots.offset_ms(7, 10_000)) % 10_000 == 0
+    assert slots.slots_between(7, 10, first, first + 30_000) == [first, first + 10_000, first + 20_000]
+
+
+def test_a_target_never_probed_gets_a_first_probe_at_once_whatever_its_interval(make_target, scheduler):
+    target = make_target("instant", interval_s=3600)
+    scheduler.start()
+    assert wait_for(lambda: ProbeResult.objects.filter(target=target).exists(), timeout=8)
+    time.sleep(1)
+    assert ProbeResult.objects.filter(target=target).count() == 1  # then back to its hourly slots
