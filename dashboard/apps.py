@@ -6,3 +6,4 @@ class DashboardConfig(AppConfig):
 
     def ready(self):
         from dashboard import checks  # noqa: F401  (registers system checks)
+        from dashboard import live  # noqa: F401  (closes sockets on logout)

@@ -3,12 +3,17 @@
 Producers (probes, the gateway's rollup flusher, weight changes, health and
 circuit events) call the typed functions below; consumers only relay.
 Publishing never raises: a missing or broken channel layer degrades to a no-op.
+The functions may be called from sync code in any thread and from async code
+running on the server's event loop.
 """
 
+import asyncio
 import logging
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.contrib.auth.signals import user_logged_out
+from django.dispatch import receiver
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +25,50 @@ TRAFFIC_POINT = "traffic.point"
 WEIGHTS_CHANGED = "weights.changed"
 TIMELINE_EVENT = "timeline.event"
 HEALTH_CHANGED = "health.changed"
+SESSION_LOGOUT = "session.logout"  # sent to one user's group only: closes their sockets
+
+# The loop the consumers run on (set when a socket connects). The in-memory
+# layer's queues belong to that loop, so other threads must hand it their sends.
+_consumer_loop = None
+_in_flight = set()  # background sends started from async code (kept so they are not collected)
 
 
-def _send(message_type, payload):
+def user_group(user_id):
+    """Return the group every socket of one user joins (so logout can close them)."""
+    return f"user.{user_id}"
+
+
+def bind_loop(loop):
+    """Remember the event loop the consumers run on (called by the consumer)."""
+    global _consumer_loop
+    _consumer_loop = loop
+
+
+def _deliver(layer, group, message):
+    loop = _consumer_loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if isinstance(layer, InMemoryChannelLayer) and loop is not None and loop.is_running() and running is not loop:
+        # The in-memory layer's asyncio queues belong to the consumers' loop: a put
+        # from another thread is not thread-safe and would not wake that loop.
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
+    elif running is not None:
+        # Called from async code: async_to_sync would refuse; send in the background.
+        task = running.create_task(layer.group_send(group, message))
+        _in_flight.add(task)
+        task.add_done_callback(_in_flight.discard)
+    else:
+        async_to_sync(layer.group_send)(group, message)
+
+
+def _send(message_type, payload, group=GROUP_ALL):
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(GROUP_ALL, {"type": message_type, "payload": payload})
+        _deliver(layer, group, {"type": message_type, "payload": payload})
     except Exception:  # a dashboard update must never break the caller
         log.warning("live publish of %s failed", message_type, exc_info=True)
 
@@ -55,3 +96,14 @@ def health_changed(payload):
 def timeline_event(payload):
     """payload: {kind, message, deployment, route, api_key, at}"""
     _send(TIMELINE_EVENT, payload)
+
+
+def session_logout(user_id):
+    """Close every open dashboard socket of this user."""
+    _send(SESSION_LOGOUT, {"user": user_id}, group=user_group(user_id))
+
+
+@receiver(user_logged_out, dispatch_uid="dashboard.live.close_sockets_on_logout")
+def _close_sockets_on_logout(sender, user=None, **kwargs):
+    if user is not None and user.pk is not None:
+        session_logout(user.pk)

@@ -1,7 +1,16 @@
+"""The dashboard's pages and the JSON they re-read when the live socket (re)connects."""
+
 from django.urls import path
 
 from dashboard import views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("deployments/<path:name>/", views.deployment_detail, name="deployment"),
+    path("routes/", views.routes, name="routes"),
+    path("timeline/", views.timeline, name="timeline"),
+    path("dashboard-data/overview/", views.overview_json, name="overview-data"),
+    path("dashboard-data/deployments/<path:name>/", views.deployment_json, name="deployment-data"),
+    path("dashboard-data/routes/", views.routes_json, name="routes-data"),
+    path("dashboard-data/timeline/", views.timeline_json, name="timeline-data"),
 ]

@@ -103,6 +103,10 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # A file, not shared-cache memory: threads of the test server (gateway,
+            # probes, Daphne) then wait on the busy timeout instead of failing
+            # with "table is locked".
+            "TEST": {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -159,8 +163,14 @@ PROBE_DEGRADED_LATENCY_MS = env_int("WEATHERVANE_PROBE_DEGRADED_MS", 5000, minim
 PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.2, minimum=0.0)
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
-# Redis redelivers a message a killed worker never acked after this many seconds.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
+# Redis redelivers a message a killed worker never acked after this many seconds
+# (a short timeout also needs frequent sweeps for such messages).
+_VISIBILITY_TIMEOUT = env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 2)),
+    "unacked_restore_throttle": 1 if _VISIBILITY_TIMEOUT < 300 else 10,
+}
 CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 
 # --- Gateway -----------------------------------------------------------------
@@ -169,6 +179,19 @@ GATEWAY_DEADLINE_S = env_float("WEATHERVANE_GATEWAY_DEADLINE", 120.0, minimum=1.
 GATEWAY_LOG_SUCCESS_SAMPLE = env_float("WEATHERVANE_GATEWAY_LOG_SAMPLE", 0.01, minimum=0.0)
 GATEWAY_LOG_BODIES = env_bool("WEATHERVANE_GATEWAY_LOG_BODIES", False)
 GATEWAY_FLUSH_INTERVAL_S = env_float("WEATHERVANE_GATEWAY_FLUSH_INTERVAL", 5.0, minimum=0.1)
+# Retries per target before failing over, and attempts per request in all.
+GATEWAY_RETRIES_PER_TARGET = env_int("WEATHERVANE_GATEWAY_RETRIES", 1, minimum=0, maximum=10)
+GATEWAY_MAX_ATTEMPTS = env_int("WEATHERVANE_GATEWAY_MAX_ATTEMPTS", 6, minimum=1, maximum=50)
+# Retries may add at most this share of the request rate (plus a few per second).
+GATEWAY_RETRY_BUDGET = env_float("WEATHERVANE_GATEWAY_RETRY_BUDGET", 0.2, minimum=0.0)
+# A 429 asking to wait longer than this fails over at once instead of waiting.
+GATEWAY_MAX_RETRY_WAIT_S = env_float("WEATHERVANE_GATEWAY_MAX_RETRY_WAIT", 10.0, minimum=0.0)
+GATEWAY_BREAKER_FAILURES = env_int("WEATHERVANE_GATEWAY_BREAKER_FAILURES", 5, minimum=1)
+GATEWAY_BREAKER_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_COOLDOWN", 5.0, minimum=0.1)
+# Safety net behind the change notices: how often each gateway process checks the config for changes.
+GATEWAY_SNAPSHOT_POLL_S = env_float("WEATHERVANE_GATEWAY_SNAPSHOT_POLL", 1.0, minimum=0.1)
+GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervane")
+GATEWAY_LOG_RETENTION_DAYS = env_int("WEATHERVANE_GATEWAY_LOG_RETENTION_DAYS", 7, minimum=1)
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -194,6 +217,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One schema name per choice set, however many fields use it ("state" means different things).
+    "ENUM_NAME_OVERRIDES": {
+        "KeyStateEnum": "routing.models.KeyState",
+        "CircuitStateEnum": "routing.models.CircuitState",
+        "AuditActionEnum": "routing.models.AuditAction",
+        "EventKindEnum": "routing.models.EventKind",
+        "ProviderKindEnum": "routing.models.ProviderKind",
+        "HealthStateEnum": "probes.models.HealthState",
+        "ProbeOutcomeEnum": "probes.models.Outcome",
+    },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)
 
@@ -215,6 +248,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 # --- Production hardening (on whenever DEBUG is off) --------------------------
@@ -234,5 +268,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # httpx logs every request at INFO: a line per probe target per interval would drown the log.
+        "httpx": {"level": "WARNING"},
+    },
 }

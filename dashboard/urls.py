@@ -5,6 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from dashboard.consumers import LiveConsumer
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -17,4 +19,6 @@ urlpatterns = [
     path("", include("dashboard.page_urls")),
 ]
 
-websocket_urlpatterns = []
+websocket_urlpatterns = [
+    path("ws/live/", LiveConsumer.as_asgi()),
+]

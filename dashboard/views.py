@@ -1,7 +1,259 @@
+"""Dashboard pages and the JSON they are built from.
+
+Each page renders its data server-side and embeds the same dict with
+`json_script`; its JS re-reads the matching /dashboard-data/ view when the
+live socket (re)connects, so charts have no gaps. Staff may change things,
+the viewer group only looks, anyone else signed in gets 403.
+"""
+
+from functools import wraps
+
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.core.exceptions import PermissionDenied
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import HttpResponseBadRequest, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+
+from dashboard import metrics
+from probes.models import HealthState, Outcome, ProbeResult, Source
+from routing.api.permissions import is_viewer
+from routing.models import Deployment, Event, Route
+from routing.weights import weights_history
+
+TIMELINE_SIZE = 100
+HISTORY_SIZE = 10
+RECENT_PROBES = 20
 
 
-@login_required
+def dashboard_view(view):
+    """Require a signed-in staff member or viewer (anonymous → login, others → 403)."""
+
+    @wraps(view)
+    @login_required
+    def wrapper(request, *args, **kwargs):
+        if not is_viewer(request.user):
+            raise PermissionDenied("Only staff and members of the viewer group may see the dashboard.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _json(data):
+    return JsonResponse(data, encoder=DjangoJSONEncoder)
+
+
+def _page(request, template, data, **context):
+    return render(request, template, {"data": data, "can_change": request.user.is_staff, **context})
+
+
+def _circuit(deployment):
+    try:
+        return deployment.circuit
+    except Deployment.circuit.RelatedObjectDoesNotExist:
+        return None
+
+
+def _deployments():
+    return list(Deployment.objects.select_related("provider", "circuit").order_by("name"))
+
+
+def _health(deployments):
+    probes = metrics.probe_health([d.pk for d in deployments])
+    return {d.pk: metrics.deployment_health(d, probes.get(d.pk, []), _circuit(d)) for d in deployments}
+
+
+# --- Overview -------------------------------------------------------------------
+
+
+def overview_data(now=None):
+    """Return the overview: a tile per deployment and every route's split."""
+    now = now or timezone.now()
+    deployments = _deployments()
+    ids = [d.pk for d in deployments]
+    stats = metrics.figures_by_deployment(ids, now - metrics.TILE_SPAN)
+    sparks = metrics.sparklines(ids, now)
+    health = _health(deployments)
+    return {
+        "deployments": [_tile(d, stats[d.pk], sparks[d.pk], *health[d.pk]) for d in deployments],
+        "routes": [_split(route) for route in Route.objects.prefetch_related("targets__deployment")],
+        "at": now.isoformat(),
+    }
+
+
+def _tile(deployment, stats, spark, state, reason):
+    return {
+        "name": deployment.name, "label": deployment.display_name or deployment.name,
+        "provider": deployment.provider.name, "model": deployment.upstream_model,
+        "state": state, "state_label": HealthState(state).label, "reason": reason,
+        "p50": stats["p50_ms"], "p95": stats["p95_ms"], "ttft": stats["ttft_p50_ms"],
+        "error_rate": stats["error_rate"], "tps": stats["tokens_per_s"], "count": stats["count"],
+        "spark": spark,
+    }
+
+
+def _split(route):
+    targets = sorted(route.targets.all(), key=lambda t: (-t.weight, t.deployment.name))
+    return {"name": route.name, "version": route.version,
+            "targets": [{"deployment": t.deployment.name, "weight": t.weight} for t in targets]}
+
+
+@dashboard_view
 def overview(request):
-    return render(request, "dashboard/overview.html")
+    data = overview_data()
+    problems = [t for t in data["deployments"] if t["state"] in (HealthState.DOWN, HealthState.DEGRADED)]
+    return _page(request, "dashboard/overview.html", data, problems=problems)
+
+
+@dashboard_view
+def overview_json(request):
+    return _json(overview_data())
+
+
+# --- Deployment detail ----------------------------------------------------------
+
+
+def deployment_data(deployment, window, now=None):
+    """Return one deployment's charts over `window`, its keys' health and recent probes."""
+    now = now or timezone.now()
+    probes = metrics.probe_health([deployment.pk]).get(deployment.pk, [])
+    state, reason = metrics.deployment_health(deployment, probes, _circuit(deployment))
+    totals, series = metrics.series(deployment.pk, window, now)
+    return {
+        "name": deployment.name, "label": deployment.display_name or deployment.name,
+        "provider": deployment.provider.name, "model": deployment.upstream_model,
+        "state": state, "state_label": HealthState(state).label, "reason": reason,
+        "window": window.value, "window_label": window.label, "refresh_s": metrics.REFRESH_S[window],
+        "bucket_ms": int(metrics.BUCKET[window].total_seconds() * 1000),
+        "span_ms": int(metrics.SPAN[window].total_seconds() * 1000),
+        "totals": totals, "series": series,
+        "keys": [metrics.key_health(k, probes) for k in deployment.provider.keys.order_by("label")],
+        "probes": [_probe_row(r) for r in _recent_probes(deployment)],
+        "at": now.isoformat(),
+    }
+
+
+def _recent_probes(deployment):
+    return ProbeResult.objects.filter(deployment=deployment).select_related("api_key")[:RECENT_PROBES]
+
+
+def _probe_row(result):
+    return {
+        "at": result.started_at.isoformat(), "key": result.api_key.label if result.api_key else "",
+        "outcome": result.outcome, "ok": result.outcome == Outcome.OK, "status": result.status_code,
+        "ttft_ms": result.ttft_ms, "total_ms": result.total_ms, "tps": result.tokens_per_s, "error": result.error,
+    }
+
+
+def _window_or_400(request, as_json=False):
+    """Return (Window, None), or (None, a 400 response naming the `window` parameter)."""
+    try:
+        return metrics.parse_window(request.GET.get("window")), None
+    except ValueError as problem:
+        if as_json:
+            return None, JsonResponse({"window": [str(problem)]}, status=400)
+        return None, HttpResponseBadRequest(str(problem), content_type="text/plain; charset=utf-8")
+
+
+@dashboard_view
+def deployment_detail(request, name):
+    deployment = get_object_or_404(Deployment.objects.select_related("provider"), name=name)
+    window, bad = _window_or_400(request)
+    if bad:
+        return bad
+    return _page(request, "dashboard/deployment.html", deployment_data(deployment, window),
+                 deployment=deployment, windows=metrics.Window.choices)
+
+
+@dashboard_view
+def deployment_json(request, name):
+    deployment = get_object_or_404(Deployment.objects.select_related("provider"), name=name)
+    window, bad = _window_or_400(request, as_json=True)
+    return bad or _json(deployment_data(deployment, window))
+
+
+# --- Routes ---------------------------------------------------------------------
+
+
+def routes_data(now=None):
+    """Return every route's targets with weight and real traffic over the same window, and recent changes."""
+    now = now or timezone.now()
+    routes = list(Route.objects.prefetch_related("targets__deployment__provider"))
+    deployments = {t.deployment.pk: t.deployment for r in routes for t in r.targets.all()}
+    window = metrics.Window.M15
+    traffic = metrics.figures_by_deployment(list(deployments), now - metrics.SPAN[window], Source.TRAFFIC)
+    health = _health(list(deployments.values()))
+    seconds = metrics.SPAN[window].total_seconds()
+    return {
+        "window": window.value, "window_label": window.label, "at": now.isoformat(),
+        "routes": [_route_row(r, traffic, health, seconds) for r in routes],
+    }
+
+
+def _route_row(route, traffic, health, seconds):
+    targets = sorted(route.targets.all(), key=lambda t: t.deployment.name)
+    total = sum(traffic[t.deployment_id]["count"] for t in targets)
+    return {
+        "name": route.name, "description": route.description, "version": route.version,
+        "targets": [_target_row(t, traffic[t.deployment_id], health[t.deployment_id], total, seconds) for t in targets],
+        "history": _history(route),
+    }
+
+
+def _target_row(target, figures, health, total, seconds):
+    deployment = target.deployment
+    return {
+        "deployment": deployment.name, "weight": target.weight,
+        "enabled": deployment.enabled and deployment.provider.enabled,
+        "state": health[0], "state_label": HealthState(health[0]).label,
+        "share": figures["count"] / total if total else None, "count": figures["count"],
+        "rps": figures["count"] / seconds, "error_rate": figures["error_rate"],
+        "p50": figures["p50_ms"], "p95": figures["p95_ms"],
+    }
+
+
+def _history(route):
+    """Return the last HISTORY_SIZE weights changes of `route`, newest first."""
+    return [
+        {"at": e.created_at.isoformat(), "actor": e.actor, "reason": e.reason,
+         "before": (e.before or {}).get("weights"), "after": (e.after or {}).get("weights")}
+        for e in weights_history(route)[:HISTORY_SIZE]
+    ]
+
+
+@dashboard_view
+def routes(request):
+    return _page(request, "dashboard/routes.html", routes_data())
+
+
+@dashboard_view
+def routes_json(request):
+    return _json(routes_data())
+
+
+# --- Timeline -------------------------------------------------------------------
+
+
+def timeline_data():
+    """Return the latest TIMELINE_SIZE operational events, newest first."""
+    events = Event.objects.select_related("route", "deployment", "api_key")[:TIMELINE_SIZE]
+    return {"events": [_event_row(e) for e in events]}
+
+
+def _event_row(event):
+    return {
+        "id": event.pk, "kind": event.kind, "kind_label": event.get_kind_display(), "message": event.message,
+        "at": event.created_at.isoformat(), "route": event.route.name if event.route else None,
+        "deployment": event.deployment.name if event.deployment else None,
+        "api_key": event.api_key.label if event.api_key else None,
+    }
+
+
+@dashboard_view
+def timeline(request):
+    return _page(request, "dashboard/timeline.html", timeline_data())
+
+
+@dashboard_view
+def timeline_json(request):
+    return _json(timeline_data())

@@ -1,0 +1,150 @@
+/* Shared by every dashboard page: the live socket (reconnect with backoff,
+   backfill on every (re)connect), number and time formats in the viewer's
+   locale and time zone, and small fetch helpers. */
+(function () {
+  "use strict";
+
+  const DASH = "–";
+  const MIN_DELAY_MS = 500;
+  const MAX_DELAY_MS = 15000;
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const shortFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+  function ms(value) {
+    if (value === null || value === undefined) return DASH;
+    if (value >= 1000) return (value / 1000).toFixed(2) + " s";
+    return value < 10 ? value.toFixed(1) + " ms" : Math.round(value) + " ms";
+  }
+
+  function pct(ratio) {
+    return ratio === null || ratio === undefined ? DASH : (ratio * 100).toFixed(1) + " %";
+  }
+
+  function rate(value) {
+    if (value === null || value === undefined) return DASH;
+    return value < 10 ? value.toFixed(2) + "/s" : value.toFixed(1) + "/s";
+  }
+
+  function whole(value) {
+    return value === null || value === undefined ? DASH : String(Math.round(value));
+  }
+
+  /* Rewrite every <time datetime> under root into the viewer's time zone. */
+  function localizeTimes(root) {
+    (root || document).querySelectorAll("time[datetime]").forEach((el) => {
+      const when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when)) {
+        el.textContent = fullFormat.format(when);
+        el.title = el.getAttribute("datetime");
+      }
+    });
+  }
+
+  function timeElement(iso) {
+    const el = document.createElement("time");
+    el.setAttribute("datetime", iso);
+    el.textContent = iso;
+    localizeTimes({ querySelectorAll: () => [el] });
+    return el;
+  }
+
+  function initialData() {
+    const node = document.getElementById("initial-data");
+    return node ? JSON.parse(node.textContent) : {};
+  }
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    if (match) return decodeURIComponent(match[1]);
+    const field = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return field ? field.value : "";
+  }
+
+  /* GET JSON from one of our own views; a lost session sends the page to the login form. */
+  async function getJSON(url) {
+    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (response.redirected || response.status === 401 || response.status === 403) {
+      window.location.reload();
+      throw new Error("signed out");
+    }
+    if (!response.ok) throw new Error(url + " answered " + response.status);
+    return response.json();
+  }
+
+  function setStatus(state, text) {
+    const el = document.getElementById("live-status");
+    if (!el) return;
+    el.dataset.state = state;
+    el.textContent = text;
+  }
+
+  /* Open /ws/live/ and keep it open. onBatch(messages) gets each batch;
+     onConnect() runs on every (re)connect (and when the server dropped
+     messages) so the page can backfill what it missed. */
+  function connect(options) {
+    let delay = MIN_DELAY_MS;
+    let opened = false;
+
+    function open() {
+      const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+      const socket = new WebSocket(scheme + window.location.host + "/ws/live/");
+      opened = false;
+      socket.addEventListener("open", () => {
+        opened = true;
+        delay = MIN_DELAY_MS;
+        setStatus("live", "Live");
+        if (options.onConnect) options.onConnect();
+      });
+      socket.addEventListener("message", (event) => {
+        const frame = JSON.parse(event.data);
+        if (frame.type !== "batch") return;
+        options.onBatch(frame.messages);
+        if (frame.dropped && options.onConnect) options.onConnect();
+      });
+      socket.addEventListener("close", (event) => {
+        setStatus("offline", "Reconnecting…");
+        if (event.code === 4401 || event.code === 4403 || !opened) checkSession();
+        const wait = delay + Math.random() * delay * 0.5; // jitter: not every tab at once
+        delay = Math.min(delay * 2, MAX_DELAY_MS);
+        window.setTimeout(open, wait);
+      });
+    }
+
+    setStatus("connecting", "Connecting…");
+    open();
+  }
+
+  /* After a refused or closed socket: if the session is gone, show the login form. */
+  function checkSession() {
+    fetch(window.location.href, { credentials: "same-origin", redirect: "manual", method: "HEAD" })
+      .then((response) => {
+        if (response.type === "opaqueredirect" || response.status === 403) window.location.reload();
+      })
+      .catch(() => {});
+  }
+
+  /* Run fn at most once per `seconds`, trailing: calls in between are folded into one. */
+  function throttle(fn, seconds) {
+    let timer = null;
+    let last = 0;
+    return function () {
+      if (timer) return;
+      const wait = Math.max(0, last + seconds * 1000 - Date.now());
+      timer = window.setTimeout(() => {
+        timer = null;
+        last = Date.now();
+        fn();
+      }, wait);
+    };
+  }
+
+  window.Weathervane = {
+    ms, pct, rate, whole, localizeTimes, timeElement, initialData, csrfToken, getJSON, connect, throttle,
+    timeFormat, shortFormat, dayFormat, fullFormat,
+  };
+
+  document.addEventListener("DOMContentLoaded", () => localizeTimes(document));
+})();

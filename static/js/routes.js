@@ -1,0 +1,288 @@
+/* Routes: each route's split with live traffic side by side, and (for staff)
+   a slider form that applies a new split through the REST API. */
+(function () {
+  "use strict";
+  const W = window.Weathervane;
+  const REFRESH_S = 10;
+  const STATE_LABELS = { unknown: "Unknown", up: "Up", degraded: "Degraded", down: "Down" };
+
+  let data = W.initialData();
+
+  function routeOf(name) {
+    return (data.routes || []).find((r) => r.name === name);
+  }
+
+  function sectionOf(name) {
+    return document.querySelector(`section.route[data-route="${CSS.escape(name)}"]`);
+  }
+
+  function apiUrl(name, suffix) {
+    return "/api/v1/routes/" + name.split("/").map(encodeURIComponent).join("/") + "/" + suffix;
+  }
+
+  // --- The split form ------------------------------------------------------------
+
+  function weightRows(form) {
+    return [...form.querySelectorAll(".weight-row")];
+  }
+
+  function readWeights(form) {
+    const weights = {};
+    for (const row of weightRows(form)) weights[row.dataset.deployment] = Number(row.querySelector(".weight-number").value);
+    return weights;
+  }
+
+  function setWeights(form, weights) {
+    for (const row of weightRows(form)) {
+      const value = weights[row.dataset.deployment];
+      if (value === undefined) continue;
+      row.querySelector("input[type=range]").value = value;
+      row.querySelector(".weight-number").value = value;
+    }
+    showTotal(form);
+  }
+
+  function showTotal(form) {
+    const total = Object.values(readWeights(form)).reduce((a, b) => a + b, 0);
+    form.querySelector(".total-value").textContent = String(total);
+    form.querySelector(".total-hint").textContent = total === 100 ? "" : "— weights must add up to 100";
+    form.querySelector(".total").classList.toggle("bad", total !== 100);
+  }
+
+  /* With two targets one slider moves the other: the split always adds up to 100. */
+  function onWeightInput(form, row, value) {
+    const clamped = Math.max(0, Math.min(100, Math.round(Number(value) || 0)));
+    const weights = { [row.dataset.deployment]: clamped };
+    const rows = weightRows(form);
+    if (rows.length === 2) {
+      const other = rows.find((r) => r !== row);
+      weights[other.dataset.deployment] = 100 - clamped;
+    }
+    setWeights(form, weights);
+    form.dataset.dirty = "true";
+    message(form, "", "");
+  }
+
+  /* Return the split with `name` at 0 and its weight spread over the other
+     enabled targets in proportion to their weights (largest remainder). */
+  function drained(weights, name, enabled) {
+    const others = Object.keys(weights).filter((n) => n !== name && enabled(n));
+    if (!others.length) return null;
+    const freed = weights[name];
+    const base = others.reduce((sum, n) => sum + weights[n], 0);
+    const exact = others.map((n) => ({ n, v: weights[n] + freed * (base ? weights[n] / base : 1 / others.length) }));
+    const result = { ...weights, [name]: 0 };
+    exact.forEach((e) => { result[e.n] = Math.floor(e.v); });
+    let rest = 100 - Object.values(result).reduce((a, b) => a + b, 0);
+    exact.sort((a, b) => (b.v % 1) - (a.v % 1));
+    for (const e of exact) if (rest-- > 0) result[e.n] += 1;
+    return result;
+  }
+
+  function message(form, error, ok) {
+    form.querySelector(".form-error").textContent = error;
+    form.querySelector(".form-ok").textContent = ok;
+  }
+
+  /* Turn the API's {"field": ["message"]} or {"detail": "..."} into one readable line. */
+  function describeError(body, status) {
+    if (!body || typeof body !== "object") return `The server answered ${status}.`;
+    if (body.detail) return String(body.detail);
+    return Object.entries(body).map(([field, problems]) => {
+      const text = Array.isArray(problems) ? problems.join(" ") : String(problems);
+      return field === "non_field_errors" ? text : `${field}: ${text}`;
+    }).join(" ");
+  }
+
+  async function send(form, method, suffix, body) {
+    const response = await fetch(apiUrl(form.dataset.route, suffix), {
+      method, credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json",
+        "X-CSRFToken": W.csrfToken(), "If-Match": `"${form.dataset.version}"` },
+      body: JSON.stringify(body),
+    });
+    let answer = null;
+    try { answer = await response.json(); } catch (e) { answer = null; }
+    return { response, answer };
+  }
+
+  async function submit(form, method, suffix, body) {
+    const buttons = form.querySelectorAll("button");
+    buttons.forEach((b) => { b.disabled = true; });
+    message(form, "", "Applying…");
+    try {
+      const { response, answer } = await send(form, method, suffix, body);
+      if (response.ok) return applied(form, answer);
+      if (response.status === 409) return conflicted(form, answer);
+      message(form, describeError(answer, response.status), "");
+    } catch (error) {
+      message(form, "Could not reach the server; nothing was changed. Try again.", "");
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  function applied(form, route) {
+    form.dataset.version = route.version;
+    form.dataset.dirty = "";
+    form.querySelector("input[name=reason]").value = "";
+    setWeights(form, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    message(form, "", `Applied — now version ${route.version}.`);
+    refresh();
+  }
+
+  function conflicted(form, answer) {
+    form.dataset.dirty = "";
+    const route = routeOf(form.dataset.route);
+    if (route) setWeights(form, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    if (answer && answer.version) form.dataset.version = answer.version;
+    message(form, describeError(answer, 409) + " The form now shows the current split.", "");
+    refresh();
+  }
+
+  function reasonOf(form) {
+    const reason = form.querySelector("input[name=reason]");
+    if (!reason.value.trim()) {
+      reason.setCustomValidity("Say why the split changes; the reason is kept in the audit trail.");
+      reason.reportValidity();
+      reason.setCustomValidity("");
+      return null;
+    }
+    return reason.value.trim();
+  }
+
+  function wireForm(form) {
+    for (const row of weightRows(form)) {
+      row.querySelector("input[type=range]").addEventListener("input", (e) => onWeightInput(form, row, e.target.value));
+      row.querySelector(".weight-number").addEventListener("change", (e) => onWeightInput(form, row, e.target.value));
+    }
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const reason = reasonOf(form);
+      if (reason !== null) submit(form, "PUT", "weights", { weights: readWeights(form), reason });
+    });
+    form.addEventListener("click", (event) => {
+      const button = event.target.closest("button");
+      if (!button || button.disabled) return;
+      if (button.classList.contains("drain")) drain(form, button.dataset.deployment);
+      if (button.classList.contains("revert")) revert(form);
+    });
+    showTotal(form);
+  }
+
+  function drain(form, name) {
+    const route = routeOf(form.dataset.route);
+    const enabled = (n) => { const t = route && route.targets.find((x) => x.deployment === n); return !t || t.enabled; };
+    const split = drained(readWeights(form), name, enabled);
+    if (!split) {
+      message(form, `${name} is the only enabled target; there is nowhere to move its traffic.`, "");
+      return;
+    }
+    setWeights(form, split);
+    form.dataset.dirty = "true";
+    const reason = reasonOf(form);
+    if (reason !== null) submit(form, "PUT", "weights", { weights: split, reason });
+  }
+
+  function revert(form) {
+    const reason = reasonOf(form);
+    if (reason !== null) submit(form, "POST", "weights/revert", { reason });
+  }
+
+  // --- Live figures ---------------------------------------------------------------
+
+  function cell(row, field, text) {
+    const el = row.querySelector(`[data-field="${field}"]`);
+    if (el) el.textContent = text;
+  }
+
+  function showWeight(section, deployment, weight) {
+    const row = section.querySelector(`tbody tr[data-deployment="${CSS.escape(deployment)}"]`);
+    if (!row) return;
+    const box = row.querySelector("[data-field=weight]");
+    box.querySelector(".bar").style.setProperty("--w", weight + "%");
+    box.querySelector(".num").textContent = weight + "%";
+  }
+
+  /* A split changed (here or elsewhere): show it; an untouched form follows it. */
+  function applySplit(name, version, weights) {
+    const section = sectionOf(name);
+    if (!section) return;
+    const shown = section.querySelector("[data-field=version]");
+    if (Number(version) < Number(shown.textContent)) return; // an older message overtaken by a refresh
+    shown.textContent = String(version);
+    Object.entries(weights).forEach(([deployment, weight]) => showWeight(section, deployment, weight));
+    const route = routeOf(name);
+    if (route) route.targets.forEach((t) => { if (t.deployment in weights) t.weight = weights[t.deployment]; });
+    const form = section.querySelector("form.split-form");
+    if (form && !form.dataset.dirty) {
+      form.dataset.version = version;
+      setWeights(form, weights);
+    }
+  }
+
+  function historyRow(change) {
+    const row = document.createElement("tr");
+    const moves = Object.entries(change.after || {}).map(([n, w]) => {
+      const before = (change.before || {})[n];
+      return `${n} ${before === undefined || before === null ? "–" : before}→${w}%`;
+    }).join(", ");
+    for (const value of [W.timeElement(change.at), change.actor, moves, change.reason]) {
+      const td = document.createElement("td");
+      td.append(value);
+      row.append(td);
+    }
+    return row;
+  }
+
+  function applyRoute(route) {
+    const section = sectionOf(route.name);
+    if (!section) return;
+    applySplit(route.name, route.version, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    for (const t of route.targets) {
+      const row = section.querySelector(`tbody tr[data-deployment="${CSS.escape(t.deployment)}"]`);
+      if (!row) continue;
+      row.className = "state-" + t.state;
+      cell(row, "state", STATE_LABELS[t.state] || t.state);
+      cell(row, "share", W.pct(t.share));
+      cell(row, "rps", W.rate(t.rps));
+      cell(row, "error_rate", W.pct(t.error_rate));
+      cell(row, "p50", W.ms(t.p50));
+      cell(row, "p95", W.ms(t.p95));
+    }
+    const history = section.querySelector("[data-field=history]");
+    if (route.history.length) history.replaceChildren(...route.history.map(historyRow));
+  }
+
+  async function refresh() {
+    try {
+      const fresh = await W.getJSON("/dashboard-data/routes/");
+      const names = (r) => (r.routes || []).map((x) => x.name + ":" + x.targets.map((t) => t.deployment).join(",")).join("\n");
+      if (names(fresh) !== names(data)) return window.location.reload(); // routes or targets added/removed
+      data = fresh;
+      fresh.routes.forEach(applyRoute);
+    } catch (error) {
+      console.warn("routes refresh failed", error);
+    }
+  }
+  const refreshSoon = W.throttle(refresh, REFRESH_S);
+
+  function onBatch(messages) {
+    for (const m of messages) {
+      const p = m.payload || {};
+      if (m.type === "weights.changed") {
+        applySplit(p.route, p.version, p.weights || {});
+        refresh(); // the audit trail gained a row
+      } else if (m.type === "traffic.point" || m.type === "health.changed") {
+        refreshSoon();
+      }
+    }
+  }
+
+  document.querySelectorAll("form.split-form").forEach((form) => {
+    if (!form.querySelector("fieldset").disabled) wireForm(form);
+    else showTotal(form);
+  });
+  W.connect({ onBatch, onConnect: refresh });
+  window.WeathervaneRoutes = { drained }; // exposed for checks in the browser console and tests
+})();

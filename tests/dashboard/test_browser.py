@@ -1,0 +1,338 @@
+"""The dashboard in a real browser: Daphne serves dashboard.asgi.application on
+loopback, the simulator is the provider, Chromium is driven by Playwright.
+
+Runs only where /usr/bin/chromium exists (scripts/install-chromium.sh); under
+CI=true a missing Chromium fails instead of skipping.
+"""
+
+import math
+import os
+import random
+import re
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from tests.conftest import IN_CI
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
+VIEWPORT = {"width": 1280, "height": 800}
+PASSWORD = "correct-horse-battery"  # the shared fixtures' password
+
+
+class DaphneThread:
+    """Daphne serving an ASGI app on a free loopback port from a background thread.
+
+    Twisted's reactor runs once per process, so start this once per test session.
+    """
+
+    def __init__(self, application):
+        from daphne.server import Server
+
+        self.server = Server(application=application, endpoints=["tcp:port=0:interface=127.0.0.1"],
+                             signal_handlers=False, verbosity=0)
+        self.thread = threading.Thread(target=self.server.run, name="daphne-test", daemon=True)
+
+    def start(self, timeout=10.0):
+        """Start serving and return the base URL once the port is bound."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.listening_addresses:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("Daphne did not start")
+            time.sleep(0.02)
+        host, port = self.server.listening_addresses[0]
+        return f"http://{host}:{port}"
+
+    def stop(self):
+        from twisted.internet import reactor
+
+        reactor.callFromThread(reactor.stop)
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing; run scripts/install-chromium.sh"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true requires the browser tests).")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop set on this thread, which makes
+    # Django refuse ORM calls here; the test's own DB work is plain sync code.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(chromium):
+    """Daphne serving the real ASGI app (pages, API, WebSockets) in this process,
+    so the in-memory channel layer and the test database are shared with the test."""
+    from dashboard.asgi import application
+
+    server = DaphneThread(application)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def shared_db(transactional_db, monkeypatch):
+    """Let every server thread use this test's in-memory SQLite connection.
+
+    Django's own live server does the same: separate connections to a shared
+    in-memory database fail with "table is locked" when they overlap.
+    """
+    connection = connections["default"]
+    if connection.vendor != "sqlite" or not connection.is_in_memory_db():
+        yield
+        return
+    connection.inc_thread_sharing()
+    monkeypatch.setattr(connections, "_connections", SimpleNamespace(default=connection))
+    yield
+    connection.dec_thread_sharing()
+
+
+@pytest.fixture
+def simulator():
+    from routing.simulator import SimulatorServer
+
+    with SimulatorServer(seed=7) as server:
+        yield server
+
+
+@pytest.fixture
+def world(shared_db, simulator, admin_user, viewer_user):
+    """Provider on the simulator, deployments "stable" and "canary", route "chat" at 90/10."""
+    from probes.models import ProbeTarget
+    from routing import weights
+    from routing.models import ApiKey, Deployment, Provider, Route, RouteTarget
+
+    provider = Provider.objects.create(name="simulator", base_url=simulator.base_url)
+    key = ApiKey(provider=provider, label="primary")
+    key.set_secret("sk-browser-test-secret-0001")
+    key.save()
+    stable = Deployment.objects.create(name="stable", provider=provider, upstream_model="steady")
+    canary = Deployment.objects.create(name="canary", provider=provider, upstream_model="fast")
+    route = Route.objects.create(name="chat", description="The chat model every app asks for")
+    RouteTarget.objects.create(route=route, deployment=stable, weight=100)
+    RouteTarget.objects.create(route=route, deployment=canary, weight=0)
+    weights.apply_weights(route, {"stable": 90, "canary": 10}, reason="start the canary", actor="alice", user=admin_user)
+    seed_history([(stable, 18, 40.0, 0.0), (canary, 2, 55.0, 0.08)])
+    ProbeTarget.objects.filter(deployment=canary).update(health="degraded", health_reason="error rate 8% over the last probes")
+    return SimpleNamespace(route=route, probe=ProbeTarget.objects.get(deployment=stable, api_key=None))
+
+
+def seed_history(deployments, minutes=30):
+    """Roll up half an hour of traffic and probes: (deployment, requests/min, median ms, error rate)."""
+    from django.utils import timezone
+
+    from probes.rollups import Aggregator, save_deltas
+
+    rng = random.Random(5)
+    now = timezone.now()
+    for source, share in (("traffic", 1), ("probe", 0)):
+        aggregator = Aggregator(source)
+        for minute, (deployment, per_minute, median, errors) in (
+            (m, d) for m in range(minutes, 0, -1) for d in deployments
+        ):
+            for _ in range(per_minute * share or 2):
+                latency = rng.lognormvariate(math.log(median), 0.35)
+                failed = rng.random() < errors
+                aggregator.add(deployment.pk, when=now - timedelta(minutes=minute), outcome="server_error" if failed else "ok",
+                               latency_ms=None if failed else latency, ttft_ms=None if failed else latency / 2, tps=180.0)
+        save_deltas(aggregator.drain())
+
+
+def probe(target):
+    """Run one real probe against the simulator (it stores, rolls up and publishes live)."""
+    from probes.runner import run_probe
+
+    result = run_probe(target.pk)
+    assert result is not None and result.outcome == "ok", result and result.error
+
+
+def signed_in_page(chromium, app_url, username, path):
+    context = chromium.new_context(viewport=VIEWPORT, base_url=app_url)
+    page = context.new_page()
+    page.goto("/login/?next=" + path)
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(app_url + path.split("?")[0] + "*")
+    page.wait_for_selector("#live-status[data-state=live]")
+    return page
+
+
+def screenshot(page, name):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def test_the_overview_sparkline_takes_new_probe_points_without_a_reload(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "victor", "/")
+    tile = page.locator('.tile[data-deployment="stable"]')
+    before = int(tile.get_attribute("data-points") or 0)
+    probe(world.probe)
+    page.wait_for_function(
+        "n => Number(document.querySelector('.tile[data-deployment=\"stable\"]').dataset.points) > n", arg=before,
+        timeout=3000,
+    )
+    assert tile.locator("[data-field=state]").inner_text() in ("Up", "Unknown")
+    probe(world.probe)
+    page.wait_for_timeout(300)
+    screenshot(page, "overview")
+    page.context.close()
+
+
+def test_the_deployment_charts_take_new_points_without_a_reload(chromium, app_url, world):
+    probe(world.probe)
+    page = signed_in_page(chromium, app_url, "victor", "/deployments/stable/?window=15m")
+    count = "() => Chart.getChart('chart-latency').data.datasets[3].data.length"
+    assert page.evaluate(count) == 1  # the probe stored before the page opened
+    probe(world.probe)
+    page.wait_for_function(f"({count})() >= 2", timeout=3000)
+    page.wait_for_function("Chart.getChart('chart-latency').data.datasets[0].data.length >= 1", timeout=3000)
+    assert page.locator("#probe-rows tr").count() >= 2
+    page.click("#windows a[data-window='1h']")
+    page.wait_for_url("**window=1h")
+    assert page.evaluate(count) >= 2  # switching the window keeps the points
+    screenshot(page, "deployment")
+    page.context.close()
+
+
+def test_moving_the_canary_reaches_the_api_the_audit_trail_and_other_browsers(chromium, app_url, world, admin_api):
+    from routing.models import AuditAction, AuditEvent
+
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    viewer = signed_in_page(chromium, app_url, "victor", "/routes/")
+    canary_slider = admin.locator('.weight-row[data-deployment="canary"] input[type=range]')
+    canary_slider.focus()
+    for _ in range(15):
+        canary_slider.press("ArrowRight")  # the slider works from the keyboard
+    assert admin.locator('.weight-row[data-deployment="stable"] .weight-number').input_value() == "75"
+    admin.fill("input[name=reason]", "canary error rate is flat")
+    admin.click("button.apply")
+
+    viewer.wait_for_function(
+        "document.querySelector('tr[data-deployment=\"canary\"] [data-field=weight] .num').textContent === '25%'",
+        timeout=1000,
+    )
+    assert viewer.locator('.weight-row[data-deployment="canary"] .weight-number').input_value() == "25"
+    admin.wait_for_selector(".form-ok:has-text('Applied')")
+
+    route = admin_api.get("/api/v1/routes/chat/").json()
+    assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 75, "canary": 25}
+    change = AuditEvent.objects.filter(action=AuditAction.WEIGHTS).first()
+    assert (change.actor, change.reason) == ("alice", "canary error rate is flat")
+    assert change.after["weights"] == {"stable": 75, "canary": 25}
+    admin.wait_for_selector("[data-field=history] tr:has-text('canary 10→25%')")
+    screenshot(admin, "routes")
+    admin.context.close()
+    viewer.context.close()
+
+
+def test_a_viewer_cannot_change_the_split(chromium, app_url, world, admin_api):
+    viewer = signed_in_page(chromium, app_url, "victor", "/routes/")
+    assert viewer.locator('.weight-row[data-deployment="canary"] input[type=range]').is_disabled()
+    assert viewer.locator("button.apply").is_disabled()
+    answer = viewer.evaluate("""async () => {
+        const r = await fetch('/api/v1/routes/chat/weights', {method: 'PUT', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/json', 'X-CSRFToken': Weathervane.csrfToken()},
+            body: JSON.stringify({weights: {stable: 50, canary: 50}, reason: 'sneaky'})});
+        return [r.status, await r.text()];
+    }""")
+    assert answer[0] == 403 and "Only staff can change" in answer[1]
+    route = admin_api.get("/api/v1/routes/chat/").json()
+    assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 90, "canary": 10}
+    viewer.context.close()
+
+
+def test_the_api_rejection_is_shown_inline_and_changes_nothing(chromium, app_url, world, admin_api):
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    # Two sliders always add up to 100, so set an invalid total the way a hand-edited form would.
+    admin.evaluate("""() => document.querySelectorAll('.weight-number').forEach((input) => { input.value = '30'; })""")
+    admin.fill("input[name=reason]", "typo")
+    admin.click("button.apply")
+    admin.wait_for_selector(".form-error:has-text('Weights must add up to exactly 100, not 60.')", timeout=3000)
+    route = admin_api.get("/api/v1/routes/chat/").json()
+    assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 90, "canary": 10}
+    admin.context.close()
+
+
+def test_the_timeline_shows_new_events_without_a_reload(chromium, app_url, world):
+    from routing import weights
+
+    page = signed_in_page(chromium, app_url, "victor", "/timeline/")
+    assert "canary 0→10" in page.locator("#timeline li").first.inner_text()
+    weights.apply_weights(world.route, {"stable": 50, "canary": 50}, reason="half and half", actor="alice")
+    page.wait_for_selector("#timeline li:first-child:has-text('canary 10→50')", timeout=2000)
+    assert page.locator("#timeline li").count() == 2
+    page.context.close()
+
+
+def test_logging_out_closes_the_live_pages_of_that_browser(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "alice", "/routes/")
+    other = page.context.new_page()
+    other.goto("/deployments/stable/")
+    other.wait_for_selector("#live-status[data-state=live]")
+    page.click(".logout button")
+    page.wait_for_url(re.compile(r"/login/"))
+    # The other tab's socket was closed; it found the session gone and shows the login form.
+    other.wait_for_url(re.compile(r"/login/\?next=/deployments/stable/"), timeout=5000)
+    page.context.close()
+
+
+def test_drain_moves_a_targets_weight_to_the_others_and_revert_restores_it(chromium, app_url, world, admin_api):
+    def split():
+        route = admin_api.get("/api/v1/routes/chat/").json()
+        return {t["deployment"]: t["weight"] for t in route["targets"]}
+
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    assert admin.evaluate("WeathervaneRoutes.drained({a: 7, b: 2, c: 91}, 'c', () => true)") == {"a": 78, "b": 22, "c": 0}
+    admin.click('button.drain[data-deployment="canary"]')  # no reason yet: nothing is sent
+    admin.wait_for_timeout(300)
+    assert split() == {"stable": 90, "canary": 10}
+    admin.fill("input[name=reason]", "canary 5xx spike")
+    admin.click('button.drain[data-deployment="canary"]')
+    admin.wait_for_selector(".form-ok:has-text('Applied')")
+    assert split() == {"stable": 100, "canary": 0}
+    admin.fill("input[name=reason]", "false alarm")
+    admin.click("button.revert")
+    admin.wait_for_selector(".form-ok:has-text('now version 4')")
+    assert split() == {"stable": 90, "canary": 10}
+    assert admin.locator('.weight-row[data-deployment="canary"] .weight-number').input_value() == "10"
+    admin.context.close()
+
+
+def test_an_edit_of_a_split_changed_meanwhile_is_refused_and_the_form_catches_up(chromium, app_url, world, admin_api):
+    from routing import weights
+
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    admin.locator('.weight-row[data-deployment="canary"] input[type=range]').press("ArrowRight")  # an edit: 11%
+    weights.apply_weights(world.route, {"stable": 80, "canary": 20}, reason="from a script", actor="bob")
+    admin.wait_for_selector('tr[data-deployment="canary"] [data-field=weight] .num:text-is("20%")', timeout=2000)
+    canary_number = admin.locator('.weight-row[data-deployment="canary"] .weight-number')
+    assert canary_number.input_value() == "11"  # the user's unsaved edit is not overwritten
+    admin.fill("input[name=reason]", "my edit")
+    admin.click("button.apply")
+    admin.wait_for_selector(".form-error:has-text('changed meanwhile')")
+    assert canary_number.input_value() == "20"
+    route = admin_api.get("/api/v1/routes/chat/").json()
+    assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 80, "canary": 20}
+    admin.context.close()

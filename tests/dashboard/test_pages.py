@@ -1,0 +1,168 @@
+"""The dashboard's pages: who may see them, what they show, and that they stay offline-safe."""
+
+import json
+import re
+
+import pytest
+from django.test import Client
+
+from routing import weights
+
+PAGES = ["/", "/deployments/stable/", "/routes/", "/timeline/"]
+DATA = ["/dashboard-data/overview/", "/dashboard-data/deployments/stable/", "/dashboard-data/routes/",
+        "/dashboard-data/timeline/"]
+
+
+def signed_in(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def initial_data(response):
+    match = re.search(r'<script id="initial-data" type="application/json">(.*?)</script>', response.content.decode(), re.S)
+    return json.loads(match.group(1))
+
+
+@pytest.mark.parametrize("url", PAGES + DATA)
+def test_staff_and_viewers_see_every_page(url, seeded, admin_user, viewer_user):
+    assert signed_in(admin_user).get(url).status_code == 200
+    assert signed_in(viewer_user).get(url).status_code == 200
+
+
+@pytest.mark.parametrize("url", PAGES + DATA)
+def test_anonymous_visitors_are_sent_to_the_login_form(url, seeded):
+    response = Client().get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/?next=")
+
+
+@pytest.mark.parametrize("url", PAGES + DATA)
+def test_users_without_a_role_are_refused(url, seeded, outsider_user):
+    assert signed_in(outsider_user).get(url).status_code == 403
+
+
+def test_the_overview_shows_a_tile_per_deployment_with_its_figures_and_health(seeded, viewer_user):
+    response = signed_in(viewer_user).get("/")
+    page = response.content.decode()
+    assert 'data-deployment="stable"' in page and 'data-deployment="canary"' in page
+    tiles = {t["name"]: t for t in initial_data(response)["deployments"]}
+    assert tiles["canary"]["state"] == "down" and tiles["canary"]["error_rate"] == pytest.approx(0.5)
+    assert tiles["stable"]["error_rate"] == 0 and 40 <= tiles["stable"]["p50"] <= 46
+    assert "Needs attention" in page and "5 failures in a row" in page  # the problem stands out
+    assert "stable 90%" in page and "canary 10%" in page  # every route's split
+
+
+def test_the_overview_says_what_to_do_when_nothing_exists_yet(admin_user, viewer_user):
+    client = signed_in(admin_user)
+    page = client.get("/").content.decode()
+    assert "No deployments yet" in page and "/admin/routing/provider/add/" in page and "/api/docs/" in page
+    assert "No routes yet" in page
+    assert client.get("/admin/routing/provider/add/").status_code == 200  # the link leads somewhere
+    assert "Ask an administrator" in signed_in(viewer_user).get("/").content.decode()
+
+
+def test_the_deployment_page_has_charts_window_choices_keys_and_recent_probes(seeded, viewer_user):
+    response = signed_in(viewer_user).get("/deployments/canary/?window=15m")
+    page = response.content.decode()
+    for chart in ("chart-latency", "chart-ttft", "chart-errors", "chart-rps"):
+        assert f'id="{chart}"' in page
+    for window in ("15m", "1h", "24h", "7d"):
+        assert f'href="?window={window}"' in page
+    data = initial_data(response)
+    assert data["window"] == "15m" and data["series"][-1]["error_rate"] == pytest.approx(0.5)
+    assert data["probes"][0]["outcome"] == "server_error" and "HTTP 500" in page
+    assert "primary" in page and "sk-…1234" in page
+
+
+def test_no_page_reveals_a_provider_secret(seeded, admin_user):
+    client = signed_in(admin_user)
+    for url in PAGES + DATA:
+        assert "very-secret" not in client.get(url).content.decode()
+
+
+def test_an_unknown_window_is_refused_naming_the_field(seeded, viewer_user):
+    client = signed_in(viewer_user)
+    response = client.get("/dashboard-data/deployments/stable/?window=3y")
+    assert response.status_code == 400
+    assert response.json() == {"window": ["window must be one of 15m, 1h, 24h, 7d, not '3y'."]}
+    page = client.get("/deployments/stable/?window=3y")
+    assert page.status_code == 400 and "window must be one of" in page.content.decode()
+
+
+def test_an_unknown_deployment_is_404(seeded, viewer_user):
+    assert signed_in(viewer_user).get("/deployments/nope/").status_code == 404
+
+
+def test_the_routes_page_puts_weight_and_live_traffic_side_by_side(seeded, admin_user):
+    weights.apply_weights(seeded["route"], {"stable": 80, "canary": 20}, reason="more canary", actor="alice")
+    response = signed_in(admin_user).get("/routes/")
+    route = initial_data(response)["routes"][0]
+    targets = {t["deployment"]: t for t in route["targets"]}
+    assert targets["canary"]["weight"] == 20 and targets["canary"]["share"] == pytest.approx(0.1)
+    assert targets["canary"]["error_rate"] == pytest.approx(0.5) and targets["stable"]["error_rate"] == 0
+    assert route["history"][0]["actor"] == "alice" and route["history"][0]["reason"] == "more canary"
+    page = response.content.decode()
+    assert "canary 10→20%" in page and "more canary" in page
+
+
+def test_staff_get_enabled_split_controls(seeded, admin_user):
+    page = signed_in(admin_user).get("/routes/").content.decode()
+    controls = re.findall(r"<input[^>]*type=\"(?:range|number|text)\"[^>]*>", page)
+    assert len(controls) == 5  # two sliders, two numbers, the reason
+    assert not any("disabled" in c for c in controls)
+    assert 'data-version="1"' in page
+
+
+def test_viewers_see_the_split_but_no_enabled_control(seeded, viewer_user):
+    page = signed_in(viewer_user).get("/routes/").content.decode()
+    main = page.split('<main id="main">', 1)[1]
+    controls = re.findall(r"<(?:input|button)\b[^>]*>", main)
+    assert len(controls) == 9  # two sliders, two numbers, two drains, the reason, apply, revert
+    assert all(re.search(r"\sdisabled[\s>]", c) for c in controls), controls
+    assert "stable" in main and "90%" in main and "Read-only" in page
+
+
+def test_the_routes_page_explains_how_to_add_a_route(admin_user):
+    page = signed_in(admin_user).get("/routes/").content.decode()
+    assert "No routes yet" in page and "POST /api/v1/routes/" in page
+
+
+def test_the_timeline_lists_events_newest_first(seeded, viewer_user):
+    weights.apply_weights(seeded["route"], {"stable": 80, "canary": 20}, reason="first", actor="alice")
+    weights.apply_weights(seeded["route"], {"stable": 75, "canary": 25}, reason="second", actor="alice")
+    response = signed_in(viewer_user).get("/timeline/")
+    messages = [e["message"] for e in initial_data(response)["events"]]
+    assert messages == ["chat: canary 20→25, stable 80→75", "chat: canary 10→20, stable 90→80"]
+    assert messages[0] in response.content.decode()
+
+
+def test_the_timeline_says_so_when_empty(viewer_user):
+    page = signed_in(viewer_user).get("/timeline/").content.decode()
+    assert "Nothing has happened yet" in page and 'id="empty-state" hidden' not in page
+
+
+def test_chartjs_is_served_locally(admin_user):
+    response = Client().get("/static/vendor/chartjs/chart.umd.min.js")
+    assert response.status_code == 200
+    assert b"Chart.js v4" in b"".join(response.streaming_content)
+
+
+def test_no_page_loads_anything_from_another_host(seeded, admin_user):
+    client = signed_in(admin_user)
+    for url in PAGES + ["/login/"]:
+        page = client.get(url).content.decode()
+        references = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert references, url
+        assert all(ref.startswith(("/", "?", "#")) for ref in references), (url, references)
+    assert 'src="/static/vendor/chartjs/chart.umd.min.js"' in client.get("/deployments/stable/").content.decode()
+
+
+def test_deployment_names_with_a_slash_have_working_pages(seeded, viewer_user):
+    from routing.models import Deployment
+
+    Deployment.objects.create(name="openai/gpt-4o", provider=seeded["provider"], upstream_model="gpt-4o")
+    client = signed_in(viewer_user)
+    assert 'href="/deployments/openai/gpt-4o/"' in client.get("/").content.decode()
+    assert client.get("/deployments/openai/gpt-4o/").status_code == 200
+    assert client.get("/dashboard-data/deployments/openai/gpt-4o/?window=7d").json()["name"] == "openai/gpt-4o"
