@@ -278,3 +278,60 @@ class DeploymentCircuit(models.Model):
     reason = models.CharField(max_length=300, blank=True)
     since = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class RequestOutcome(models.TextChoices):
+    """How one gateway request (or one upstream attempt) ended.
+
+    The upstream kinds share their values with probes.models.Outcome, so probe
+    and traffic rollups count errors under the same names.
+    """
+
+    OK = "ok", "OK"
+    TIMEOUT = "timeout", "Timeout"
+    CONNECT_ERROR = "connect_error", "Connect error"
+    BAD_KEY = "bad_key", "Bad key (401/403)"
+    RATE_LIMITED = "rate_limited", "Rate-limited (429)"
+    CLIENT_ERROR = "client_error", "Client error (4xx)"
+    SERVER_ERROR = "server_error", "Server error (5xx)"
+    MALFORMED = "malformed", "Malformed response"
+    TRUNCATED = "truncated", "Truncated stream"
+    CLIENT_CLOSED = "client_closed", "Client disconnected"
+    NO_CAPACITY = "no_capacity", "No usable key or target"
+    REJECTED = "rejected", "Refused by the gateway (auth, limits, bad input)"
+
+
+class RequestLog(models.Model):
+    """A sampled gateway request: every failure and a share of successes.
+
+    Written in batches by the gateway's flusher, never on the request path.
+    Holds no message bodies unless WEATHERVANE_GATEWAY_LOG_BODIES is on, and never a secret.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    route_name = models.CharField(max_length=100, blank=True)
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    gateway_key = models.ForeignKey(GatewayKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    outcome = models.CharField(max_length=20, choices=RequestOutcome.choices, db_index=True)
+    status = models.PositiveSmallIntegerField()
+    stream = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    latency_ms = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    overhead_ms = models.FloatField(null=True, blank=True)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=16, decimal_places=8, default=0)
+    error = models.CharField(max_length=500, blank=True)
+    tried = models.JSONField(default=list, blank=True, help_text="[{deployment, key, outcome, status, ms}] per upstream attempt")
+    request_body = models.JSONField(null=True, blank=True)
+    response_body = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.created_at:%H:%M:%S} {self.request_id} {self.outcome}"

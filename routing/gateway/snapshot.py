@@ -1,5 +1,347 @@
-"""Placeholder until the gateway lands: config-change notices are no-ops."""
+"""The gateway's immutable view of the routing config, and how it stays fresh.
+
+Each gateway process serves from a `Snapshot`: routes with their weighted
+targets (deployment, provider URL and timeouts, upstream model, prices, keys
+with their secrets decrypted in memory only), and the gateway keys by hash.
+No request queries the database. A request takes `store.current` once and
+finishes on it even if a newer snapshot replaces it meanwhile.
+
+A config change calls `announce_change()` on commit (routing/signals.py).
+In-process it wakes every store's refresher thread; with REDIS_URL it also
+publishes a notice that the stores of all other gateway processes listen
+for. Behind both, each store compares a cheap fingerprint of the config
+tables every GATEWAY_SNAPSHOT_POLL_S, so a lost notice costs a second at most.
+"""
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connections
+from django.db.models import Prefetch
+
+from routing.crypto import SecretUnreadable
+from routing.models import ApiKey, Deployment, DeploymentCircuit, GatewayKey, KeyState, Provider, Route, RouteTarget
+from routing.netguard import UpstreamBlocked, check_host
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "weathervane:gateway:config"
+_listeners = set()  # the change events of every SnapshotStore in this process
+_publisher = {}
 
 
 def announce_change():
-    pass
+    """Tell every gateway process that the config changed (called on commit)."""
+    for event in list(_listeners):
+        event.set()
+    if settings.REDIS_URL:
+        _publish(settings.REDIS_URL)
+
+
+def _publish(url):
+    try:
+        import redis
+
+        client = _publisher.get(url)
+        if client is None:
+            client = _publisher[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client.publish(CHANNEL, str(time.time()))
+    except Exception:  # the version poll still catches the change
+        log.warning("could not publish the config-change notice to Redis", exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A provider key as the hot path needs it. `auth` holds the secret: never log it."""
+
+    id: int
+    provider_id: int
+    label: str
+    masked: str
+    auth: str = field(repr=False)
+    rpm_limit: int | None
+    tpm_limit: int | None
+    state: str
+    blocked_until: float  # epoch seconds the DB says the key is cooling until (0: usable)
+    updated: float  # epoch seconds of the row's last save
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    deployment_id: int
+    deployment: str
+    provider_id: int
+    provider: str
+    upstream_model: str
+    weight: int
+    chat_url: str
+    embeddings_url: str
+    timeout: aiohttp.ClientTimeout
+    read_timeout: float
+    price_in: float  # per token
+    price_out: float
+    keys: tuple
+
+    def cost(self, tokens_in, tokens_out):
+        return tokens_in * self.price_in + tokens_out * self.price_out
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    id: int
+    name: str
+    version: int
+    targets: tuple  # weight > 0, enabled, not blocked; probe-down ones left out unless all are
+    totals: tuple  # cumulative weights of `targets`
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKey:
+    """A gateway key: who may call which routes, how often."""
+
+    id: int
+    name: str
+    prefix: str
+    all_routes: bool
+    routes: frozenset
+    rpm_limit: int | None
+
+    def may_use(self, route_name):
+        return self.all_routes or route_name in self.routes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    fingerprint: str
+    routes: dict
+    client_keys: dict  # sha256 hex of the bearer token -> ClientKey
+    built_at: float
+    down: frozenset = frozenset()
+    keys: dict = field(default_factory=dict)  # provider key id -> KeyInfo
+    deployments: dict = field(default_factory=dict)  # deployment id -> name
+    circuits: dict = field(default_factory=dict)  # deployment id -> (state, since epoch, reason), as persisted
+
+    def routes_for(self, client_key):
+        """Return the sorted names of the routes `client_key` may use."""
+        return sorted(name for name in self.routes if client_key.may_use(name))
+
+
+EMPTY = Snapshot(0, "", {}, {}, 0.0)
+
+
+# --- building ----------------------------------------------------------------
+
+def probe_down_deployments():
+    """Return the ids of deployments whose enabled probes all say "down".
+
+    Read defensively: the probes app may not have its health state yet.
+    """
+    try:
+        from probes.models import HealthState, ProbeTarget
+
+        rows = list(ProbeTarget.objects.filter(enabled=True).values_list("deployment_id", "health"))
+    except (ImportError, AttributeError, DatabaseError):
+        return frozenset()
+    healths = {}
+    for deployment_id, health in rows:
+        healths.setdefault(deployment_id, set()).add(health)
+    return frozenset(d for d, states in healths.items() if states == {HealthState.DOWN})
+
+
+def fingerprint():
+    """Return a digest of every config row the snapshot depends on (cheap: small tables)."""
+    parts = [
+        list(Provider.objects.order_by("id").values_list("id", "updated_at", "enabled", "base_url", "connect_timeout", "read_timeout")),
+        list(ApiKey.objects.order_by("id").values_list("id", "updated_at", "enabled", "state", "rate_limited_until", "rpm_limit", "tpm_limit", "secret_encrypted")),
+        list(Route.objects.order_by("id").values_list("id", "name", "version")),
+        list(RouteTarget.objects.order_by("id").values_list("id", "route_id", "deployment_id", "weight")),
+        list(GatewayKey.objects.order_by("id").values_list("id", "key_hash", "enabled", "all_routes", "rpm_limit")),
+        list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
+        list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model", "provider_id")),
+        list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
+        sorted(probe_down_deployments()),
+    ]
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+def _epoch(when):
+    return when.timestamp() if when is not None else 0.0
+
+
+def _key_info(key):
+    """Return the KeyInfo of `key`, or None when it is unusable or its secret cannot be read."""
+    if not key.enabled or key.state in (KeyState.INVALID, KeyState.DISABLED):
+        return None
+    try:
+        secret = key.reveal()
+    except SecretUnreadable:
+        log.warning("API key %s (id %s) cannot be decrypted with the configured keys; skipped", key.label, key.pk)
+        return None
+    blocked = _epoch(key.rate_limited_until) if key.state == KeyState.RATE_LIMITED else 0.0
+    return KeyInfo(key.pk, key.provider_id, key.label, key.masked, f"Bearer {secret}", key.rpm_limit,
+                   key.tpm_limit, key.state, blocked, _epoch(key.updated_at))
+
+
+def _keys_by_provider():
+    keys = {}
+    for key in ApiKey.objects.filter(provider__enabled=True).order_by("id"):
+        info = _key_info(key)
+        if info is not None:
+            keys.setdefault(key.provider_id, []).append(info)
+    return {provider_id: tuple(infos) for provider_id, infos in keys.items()}
+
+
+def _blocked(base_url):
+    """Return a reason when the provider's URL points at a literal internal IP that is not allowed."""
+    try:
+        check_host(urlsplit(base_url).hostname or "", resolve=False)
+    except UpstreamBlocked as blocked:
+        return str(blocked)
+    return None
+
+
+def _target(row, keys):
+    deployment, provider = row.deployment, row.deployment.provider
+    base = provider.base_url.rstrip("/")
+    return Target(
+        deployment_id=deployment.pk, deployment=deployment.name, provider_id=provider.pk, provider=provider.name,
+        upstream_model=deployment.upstream_model, weight=row.weight,
+        chat_url=f"{base}/chat/completions", embeddings_url=f"{base}/embeddings",
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout, sock_read=provider.read_timeout),
+        read_timeout=provider.read_timeout,
+        price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
+        keys=keys.get(provider.pk, ()),
+    )
+
+
+def _route(route, keys, down):
+    rows = [t for t in route.targets.all() if t.weight > 0 and t.deployment.enabled and t.deployment.provider.enabled]
+    for row in list(rows):
+        reason = _blocked(row.deployment.provider.base_url)
+        if reason:
+            log.warning("route %s: target %s gets no traffic: %s", route.name, row.deployment.name, reason)
+            rows.remove(row)
+    healthy = [t for t in rows if t.deployment_id not in down]
+    # Probes see every target down: keep them all rather than send nothing.
+    targets = tuple(_target(t, keys) for t in (healthy or rows))
+    totals, running = [], 0
+    for target in targets:
+        running += target.weight
+        totals.append(running)
+    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals))
+
+
+def _client_keys():
+    keys = {}
+    for key in GatewayKey.objects.filter(enabled=True).prefetch_related("routes"):
+        routes = frozenset(r.name for r in key.routes.all())
+        keys[key.key_hash] = ClientKey(key.pk, key.name, key.prefix, key.all_routes, routes, key.rpm_limit)
+    return keys
+
+
+def build(version=1):
+    """Return a fresh Snapshot read from the database (sync; call it off the event loop)."""
+    stamp = fingerprint()
+    down = probe_down_deployments()
+    keys = _keys_by_provider()
+    targets = Prefetch("targets", queryset=RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name"))
+    routes = {r.name: _route(r, keys, down) for r in Route.objects.prefetch_related(targets)}
+    by_id = {info.id: info for infos in keys.values() for info in infos}
+    names = dict(Deployment.objects.values_list("id", "name"))
+    circuits = {c.deployment_id: (c.state, c.since.timestamp(), c.reason) for c in DeploymentCircuit.objects.all()}
+    return Snapshot(version, stamp, routes, _client_keys(), time.time(), down, by_id, names, circuits)
+
+
+# --- keeping it fresh ------------------------------------------------------------
+
+class SnapshotStore:
+    """Holds the current Snapshot of one gateway and rebuilds it in a thread.
+
+    `local_notices=False` ignores in-process notices (tests use it to prove
+    that the Redis notice alone propagates a change).
+    """
+
+    def __init__(self, poll_s=None, redis_url=None, local_notices=True, on_swap=None):
+        self.current = EMPTY
+        self.poll_s = poll_s if poll_s is not None else settings.GATEWAY_SNAPSHOT_POLL_S
+        self.redis_url = settings.REDIS_URL if redis_url is None else redis_url
+        self.local_notices = local_notices
+        self.on_swap = on_swap
+        self.changed = threading.Event()
+        self._stop = threading.Event()
+        self._threads = []
+        self._version = 0
+
+    def load(self):
+        """Build and install a snapshot now (sync); return it."""
+        self._version += 1
+        snapshot = build(self._version)
+        previous, self.current = self.current, snapshot
+        if self.on_swap is not None:
+            self.on_swap(previous, snapshot)
+        return snapshot
+
+    def start(self):
+        """Start the refresher thread (and the Redis listener with REDIS_URL)."""
+        if self.local_notices:
+            _listeners.add(self.changed)
+        self._spawn(self._refresh_loop, "gateway-snapshot")
+        if self.redis_url:
+            self._spawn(self._listen_loop, "gateway-notices")
+
+    def _spawn(self, target, name):
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout=2.0):
+        _listeners.discard(self.changed)
+        self._stop.set()
+        self.changed.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    def _refresh_loop(self):
+        try:
+            while not self._stop.is_set():
+                notified = self.changed.wait(self.poll_s)
+                if self._stop.is_set():
+                    break
+                self.changed.clear()
+                self._refresh(notified)
+        finally:
+            connections.close_all()
+
+    def _refresh(self, notified):
+        try:
+            close_old_connections()
+            if notified or fingerprint() != self.current.fingerprint:
+                self.load()
+        except Exception:  # keep serving the last good snapshot
+            log.warning("gateway snapshot refresh failed; still serving version %s", self.current.version, exc_info=True)
+
+    def _listen_loop(self):
+        import redis
+
+        while not self._stop.is_set():
+            try:
+                client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CHANNEL)
+                self.changed.set()  # catch up on anything missed while not listening
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=0.5) is not None:
+                        self.changed.set()
+                pubsub.close()
+                client.close()
+            except Exception:
+                log.warning("gateway lost its Redis change-notice subscription; retrying", exc_info=True)
+                self._stop.wait(1.0)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark (make bench): the shared mock upstream (or the
+# built-in simulator), the standalone gateway with 1 worker in front of it
+# (auth, routing, limits and recording all on), the shared harness
+# ../shared/bench/gateway_overhead.py, then bench/RESULTS.md.
+#
+# Knobs (env): UPSTREAM (mock | sim; default mock, the upstream of the LiteLLM
+# baseline), DURATION (10), STREAM_DURATION (10), WARMUP (3), CONC ("1,10,50"),
+# STREAM_CONC ("1,10"), MOCK_PORT (18100), GATEWAY_PORT (18180), OUT
+# (bench/results/<time>), NOTE, FLOOR=1 (also measure the shared bare
+# pass-through proxy in the same run, into $OUT/floor: this 2-core machine's
+# speed varies with what else runs on it). Everything started here is stopped
+# by PID on exit.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+PY=$ROOT/.venv/bin/python
+BENCH_PY=${BENCH_VENV:-/tmp/peers/bench-venv}/bin/python
+UPSTREAM=${UPSTREAM:-mock}
+MOCK_PORT=${MOCK_PORT:-18100}
+GATEWAY_PORT=${GATEWAY_PORT:-18180}
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=${OUT:-$ROOT/bench/results/$STAMP}
+# shellcheck source=/dev/null
+. "$SHARED/lib.sh"
+trap stop_all EXIT INT TERM
+
+[[ -x $BENCH_PY ]] && command -v wrk >/dev/null || bash "$SHARED/setup.sh"
+for port in "$MOCK_PORT" "$GATEWAY_PORT"; do
+  port_free "$port" || { log "port $port is busy; set MOCK_PORT / GATEWAY_PORT"; exit 1; }
+done
+
+DATA_DIR=$(mktemp -d /tmp/weathervane-bench.XXXXXX)
+export WEATHERVANE_DATA_DIR=$DATA_DIR WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS=true WEATHERVANE_LOG_LEVEL=WARNING
+unset DATABASE_URL REDIS_URL CELERY_BROKER_URL
+
+if [[ $UPSTREAM == sim ]]; then
+  echo '{"bench-model": {"base": "fast"}}' >"$DATA_DIR/sim.json"
+  UP=$(start_bg bench-sim "$PY" "$ROOT/manage.py" simulate --port "$MOCK_PORT" --config "$DATA_DIR/sim.json")
+else
+  UP=$(start_bg bench-mock "$BENCH_PY" "$SHARED/mock_upstream.py" --port "$MOCK_PORT" --name mock)
+fi
+wait_http "http://127.0.0.1:$MOCK_PORT/health" 30 "$UP"
+
+KEY=$("$PY" "$ROOT/bench/seed_gateway.py" --upstream "http://127.0.0.1:$MOCK_PORT/v1" | tail -1)
+GW=$(start_bg bench-gateway "$PY" "$ROOT/manage.py" gateway --port "$GATEWAY_PORT" --workers 1 --log-level warning)
+wait_http "http://127.0.0.1:$GATEWAY_PORT/v1/models" 30 "$GW" "Bearer $KEY"
+
+"$BENCH_PY" "$SHARED/gateway_overhead.py" \
+  --direct-url "http://127.0.0.1:$MOCK_PORT" --direct-auth "Bearer sk-mock" \
+  --gateway-url "http://127.0.0.1:$GATEWAY_PORT" --gateway-model bench-model --gateway-auth "Bearer $KEY" \
+  --gateway-pid "$GW" --direct-pid "$UP" --label weathervane --out-dir "$OUT" \
+  --concurrency "${CONC:-1,10,50}" --stream-concurrency "${STREAM_CONC:-1,10}" \
+  --duration "${DURATION:-10}" --stream-duration "${STREAM_DURATION:-10}" --warmup "${WARMUP:-3}" \
+  --python "$BENCH_PY" --note "${NOTE:-upstream=$UPSTREAM, 1 worker, auth+routing+limits+recording on}"
+
+stop_named bench-gateway
+if [[ ${FLOOR:-0} == 1 ]]; then
+  FL=$(start_bg bench-floor "$BENCH_PY" "$ROOT/bench/run_floor.py" "$SHARED/floor" "$GATEWAY_PORT" "$MOCK_PORT")
+  sleep 2
+  "$BENCH_PY" "$SHARED/gateway_overhead.py" \
+    --direct-url "http://127.0.0.1:$MOCK_PORT" --direct-auth "Bearer sk-mock" \
+    --gateway-url "http://127.0.0.1:$GATEWAY_PORT" --gateway-auth "" \
+    --gateway-pid "$FL" --direct-pid "$UP" --label floor --out-dir "$OUT/floor" \
+    --concurrency "${CONC:-1,10,50}" --stream-concurrency "${STREAM_CONC:-1,10}" \
+    --duration "${DURATION:-10}" --stream-duration "${STREAM_DURATION:-10}" --warmup "${WARMUP:-3}" \
+    --python "$BENCH_PY" --note "bare aiohttp pass-through, same run"
+fi
+stop_all
+rm -rf "$DATA_DIR"
+"$PY" "$ROOT/bench/write_results.py" "$OUT" "$ROOT/bench/RESULTS.md"
+log "results: $OUT; table: bench/RESULTS.md"

@@ -1,0 +1,485 @@
+"""The gateway as a raw ASGI application (no Django request handling: it costs
+~0.9 ms of CPU per request, more than this whole hot path).
+
+    POST /v1/chat/completions   JSON or SSE (stream_options.include_usage honoured)
+    POST /v1/embeddings         passed through
+    GET  /v1/models[/<id>]      the routes this gateway key may use
+    GET  /metrics               Prometheus
+
+A request is authenticated by the SHA-256 of its bearer token, counted
+against its key's limit, parsed once with orjson, resolved to a route in the
+in-memory snapshot, and handed to `proxy.Proxy`. Every response carries
+x-request-id, x-weathervane-route, x-weathervane-deployment,
+x-weathervane-attempts and x-weathervane-overhead-ms. `mount()` puts it in
+front of Django for the embedded single process.
+"""
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import math
+import random
+import re
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from time import perf_counter
+
+import orjson
+from django.conf import settings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from routing.gateway import errors, upstream
+from routing.gateway.breaker import BreakerPolicy, Breakers
+from routing.gateway.errors import GatewayError
+from routing.gateway.limits import Limits
+from routing.gateway.proxy import SSE_HEADERS, Call, Proxy, describe
+from routing.gateway.recorder import Record, Recorder
+from routing.gateway.retry import RetryBudget
+from routing.gateway.snapshot import SnapshotStore
+from routing.models import RequestOutcome
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = b"application/json"
+SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,100}$")
+MODELS_PREFIX = "/v1/models/"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Knobs of one gateway instance; `from_settings()` reads dashboard/settings.py."""
+
+    deadline_s: float = 120.0
+    max_body: int = 4 * 1024 * 1024
+    retries_per_target: int = 1
+    max_attempts: int = 6
+    retry_budget: float = 0.2
+    max_retry_wait_s: float = 10.0
+    flush_interval_s: float = 5.0
+    log_sample: float = 0.01
+    log_bodies: bool = False
+    poll_s: float = 1.0
+    redis_url: str = ""
+    limits_prefix: str = "weathervane"
+    local_notices: bool = True
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+
+    @classmethod
+    def from_settings(cls, **overrides):
+        s = settings
+        config = cls(
+            deadline_s=s.GATEWAY_DEADLINE_S, max_body=s.GATEWAY_MAX_BODY_BYTES, retries_per_target=s.GATEWAY_RETRIES_PER_TARGET,
+            max_attempts=s.GATEWAY_MAX_ATTEMPTS, retry_budget=s.GATEWAY_RETRY_BUDGET, max_retry_wait_s=s.GATEWAY_MAX_RETRY_WAIT_S,
+            flush_interval_s=s.GATEWAY_FLUSH_INTERVAL_S, log_sample=s.GATEWAY_LOG_SUCCESS_SAMPLE, log_bodies=s.GATEWAY_LOG_BODIES,
+            poll_s=s.GATEWAY_SNAPSHOT_POLL_S, redis_url=s.REDIS_URL, limits_prefix=s.GATEWAY_LIMITS_PREFIX,
+            breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S),
+        )
+        return replace(config, **overrides)
+
+
+def _read_headers(scope):
+    """Return (authorization, content-length, session id, request id, deadline) as bytes or None."""
+    auth = length = session = request_id = deadline = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            auth = value
+        elif name == b"content-length":
+            length = value
+        elif name == b"x-session-id" or name == b"x-weathervane-session":
+            session = value
+        elif name == b"x-request-id":
+            request_id = value
+        elif name == b"x-weathervane-deadline":
+            deadline = value
+    return auth, length, session, request_id, deadline
+
+
+def parse_request(raw, url_of):
+    """Return the request body as a dict. Raises GatewayError (400) naming what is wrong."""
+    if not raw:
+        raise errors.bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        request = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.bad_request(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if type(request) is not dict:
+        raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    model = request.get("model")
+    if type(model) is not str or not model:
+        raise errors.bad_request("'model' is required and must be the name of a model.", "model", "invalid_value")
+    if url_of == "chat_url":
+        _check_chat(request)
+    elif request.get("input") is None:
+        raise errors.bad_request("'input' is required: a string or a list of them.", "input", "invalid_value")
+    return request
+
+
+def _check_chat(request):
+    messages = request.get("messages")
+    if type(messages) is not list or not messages:
+        raise errors.bad_request("'messages' must be a non-empty list of messages.", "messages", "invalid_value")
+    if request.get("stream") is not None and type(request["stream"]) is not bool:
+        raise errors.bad_request("'stream' must be true or false.", "stream", "invalid_value")
+    options = request.get("stream_options")
+    if options is not None and type(options) is not dict:
+        raise errors.bad_request("'stream_options' must be an object.", "stream_options", "invalid_value")
+
+
+class Gateway:
+    """The ASGI app. One instance per process (uvicorn worker or the embedded Daphne)."""
+
+    def __init__(self, config=None, rng=None):
+        self.config = config = config or GatewayConfig.from_settings()
+        self.rng = rng or random.Random()
+        self.recorder = Recorder(config.flush_interval_s, config.log_sample, config.log_bodies, rng=self.rng)
+        self.store = SnapshotStore(config.poll_s, config.redis_url, config.local_notices, on_swap=self._on_swap)
+        self.breakers = Breakers(config.breaker, on_change=self.recorder.circuit_changed)
+        self.budget = RetryBudget(ratio=config.retry_budget)
+        self.limits = None
+        self.session = None
+        self.proxy = Proxy(self)
+        self.key_cursor = {}
+        self.key_blocked = {}  # provider key id -> (blocked until epoch, marked at epoch); inf = invalid
+        self.recovered = set()
+        self.retries_per_target = config.retries_per_target
+        self.max_attempts = config.max_attempts
+        self.max_retry_wait_s = config.max_retry_wait_s
+        self.started = False
+        self.loop = None
+        self._start_lock = None
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+        self.paths = {"/v1/chat/completions": self.chat, "/v1/embeddings": self.embeddings, "/v1/models": self.models,
+                      "/metrics": self.metrics}
+
+    # --- ASGI ------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            if not self.started:
+                await self.start()
+            handler = self.paths.get(scope["path"])
+            if handler is None:
+                handler = self.model if scope["path"].startswith(MODELS_PREFIX) else self.unknown_path
+            await handler(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self):
+        """Load the first snapshot (in a thread) and start the background threads; idempotent."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.started:
+                return
+            self.loop = asyncio.get_running_loop()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.store.load)
+            except Exception:  # e.g. not migrated yet: serve nothing, the refresher keeps trying
+                log.exception("gateway could not load its first config snapshot")
+            self.session = upstream.new_session()
+            self.limits = Limits(self.config.redis_url or None, self.config.limits_prefix)
+            self.store.start()
+            self.recorder.start()
+            self.started = True
+
+    async def stop(self):
+        if not self.started:
+            return
+        self.started = False
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.store.stop)
+        await loop.run_in_executor(None, self.recorder.stop)
+        await self.session.close()
+
+    # --- config snapshot and key state ---------------------------------------------
+
+    def _on_swap(self, previous, snapshot):
+        """Forget in-memory key marks that the database has caught up with (runs in the refresher thread)."""
+        now = time.time()
+        for key_id, (until, marked) in list(self.key_blocked.items()):
+            info = snapshot.keys.get(key_id)
+            if info is None or info.updated > marked or until <= now:
+                self.key_blocked.pop(key_id, None)
+        self.recovered.clear()
+        self.recorder.deployment_names = snapshot.deployments
+        self.recorder.metrics.snapshot_version = snapshot.version
+        if snapshot.circuits and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.breakers.adopt, snapshot.circuits)
+
+    def mark_key_invalid(self, key, reason):
+        if self.key_blocked.get(key.id, (0,))[0] != math.inf:
+            self.key_blocked[key.id] = (math.inf, time.time())
+            self.recorder.key_invalid(key, reason)
+
+    def cool_key(self, key, seconds, reason):
+        now = time.time()
+        until = now + seconds
+        current = self.key_blocked.get(key.id)
+        if current is None or current[0] < until - 1:
+            self.key_blocked[key.id] = (until, now)
+            self.recorder.key_cooling(key, until, reason)
+
+    def key_recovered(self, key):
+        if key.id not in self.recovered:
+            self.recovered.add(key.id)
+            self.recorder.key_recovered(key)
+
+    # --- responses -------------------------------------------------------------------
+
+    def _request_id(self, given):
+        if given is not None and SAFE_REQUEST_ID.match(given):
+            return given.decode()
+        return f"req_{self._id_prefix}{next(self._ids):x}"
+
+    def response_headers(self, call, deployment, content_type, length, unrecorded=1):
+        """Return the response headers of `call` (SSE when content_type is None); records the overhead.
+
+        `unrecorded` counts the answering attempt when it is not in call.tried yet.
+        """
+        overhead = call.overhead_ms()
+        call.record.overhead_ms = overhead
+        attempts = sum(1 for t in call.tried if t.outcome != RequestOutcome.NO_CAPACITY) + unrecorded
+        headers = _common_headers(call.request_id, call.route.name, deployment, attempts, overhead)
+        if content_type is None:
+            headers.extend(SSE_HEADERS)
+        else:
+            headers.append((b"content-type", content_type))
+            headers.append((b"content-length", str(length).encode()))
+        return headers
+
+    async def send_error(self, send, err, request_id, route, deployment, attempts, overhead):
+        body = err.body()
+        headers = _common_headers(request_id, route, deployment, attempts, overhead)
+        headers += [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode()), *err.headers]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    async def chat(self, scope, receive, send):
+        await self._proxy(scope, receive, send, "chat_url")
+
+    async def embeddings(self, scope, receive, send):
+        await self._proxy(scope, receive, send, "embeddings_url")
+
+    def _authenticate(self, snapshot, auth):
+        """Return the ClientKey of the bearer token. Raises GatewayError (401)."""
+        if auth is None:
+            raise errors.unauthorized(missing=True)
+        scheme, _, token = auth.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise errors.unauthorized(missing=True)
+        client = snapshot.client_keys.get(hashlib.sha256(token).hexdigest())
+        if client is None:
+            raise errors.unauthorized(missing=False)
+        return client
+
+    async def _admit(self, scope, receive, snapshot, headers, record, url_of):
+        """Authenticate, count, read and parse; return (client key, route, request, raw body)."""
+        auth, length, _, _, _ = headers
+        if scope["method"] != "POST":
+            raise errors.method_not_allowed("POST")
+        client = self._authenticate(snapshot, auth)
+        record.client_key_id = client.id
+        if client.rpm_limit is not None:
+            wait = await self.limits.client_key(client)
+            if wait is not None:
+                raise errors.rate_limited(f"This gateway key is over its limit of {client.rpm_limit} requests per minute.", wait)
+        raw = await self._read_body(receive, length)
+        request = parse_request(raw, url_of)
+        route = snapshot.routes.get(request["model"])
+        if route is None:
+            raise errors.unknown_model(request["model"], snapshot.routes_for(client))
+        if not client.may_use(route.name):
+            raise errors.route_not_allowed(route.name)
+        return client, route, request, raw
+
+    async def _read_body(self, receive, length):
+        limit = self.config.max_body
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise errors.too_large(limit) if length.isdigit() else errors.bad_request("Content-Length must be a number.")
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > limit:
+                raise errors.too_large(limit)
+            return body
+        parts, size = [body], len(body)
+        while message.get("more_body"):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise errors.too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _deadline(self, given):
+        seconds = self.config.deadline_s
+        if given is not None:
+            try:
+                seconds = min(seconds, max(float(given), 0.1))
+            except ValueError:
+                pass
+        return asyncio.get_running_loop().time() + seconds
+
+    async def _proxy(self, scope, receive, send, url_of):
+        t0 = perf_counter()
+        headers = _read_headers(scope)
+        request_id = self._request_id(headers[3])
+        snapshot = self.store.current
+        record = Record(request_id)
+        call = None
+        try:
+            client, route, request, raw = await self._admit(scope, receive, snapshot, headers, record, url_of)
+            record.route_id, record.route = route.id, route.name
+            session = headers[2].decode("latin-1") if headers[2] else None
+            call = Call(t0, request_id, route, request, raw, url_of, session, self._deadline(headers[4]), record)
+            record.stream = call.stream
+            if self.config.log_bodies:
+                record.request_body = request
+            self.budget.deposit()
+            await self._serve(call, send, receive)
+        except GatewayError as err:
+            await self._refuse(send, err, call, record, t0)
+        finally:
+            record.latency_ms = (perf_counter() - t0) * 1000
+            self.recorder.record(record)
+
+    async def _serve(self, call, send, receive):
+        try:
+            async with asyncio.timeout_at(call.deadline):
+                await self.proxy.run(call, send, receive)
+        except TimeoutError:
+            if not call.committed:
+                raise self._deadline_error(call) from None
+            await self._end_late_stream(call, send)
+
+    def _deadline_error(self, call):
+        summary = "; ".join(describe(t) for t in call.tried[-8:]) or "nothing answered"
+        seconds = self.config.deadline_s
+        return GatewayError(504, f"No answer within the request deadline ({seconds:g} s or as asked). Tried: {summary}.",
+                            "server_error", "deadline_exceeded")
+
+    async def _end_late_stream(self, call, send):
+        """The deadline struck mid-stream: end it with an error event (no [DONE])."""
+        record = call.record
+        record.outcome, record.error = RequestOutcome.TIMEOUT, "request deadline exceeded mid-stream"
+        if call.tried:
+            record.deployment_id, record.deployment = call.tried[-1].target.deployment_id, call.tried[-1].target.deployment
+        message = "The request deadline passed while the answer was streaming. The answer is incomplete."
+        try:
+            await send({"type": "http.response.body", "body": errors.sse_error_event(message, code="deadline_exceeded")})
+        except RuntimeError:  # the response had already ended
+            pass
+        if call.response is not None:
+            call.response.close()
+
+    async def _refuse(self, send, err, call, record, t0):
+        record.status = err.status
+        record.error = err.message[:500]
+        if call is not None and call.tried:
+            last = call.tried[-1]
+            record.outcome = RequestOutcome.TIMEOUT if err.code == "deadline_exceeded" else last.outcome
+            record.deployment_id, record.deployment = last.target.deployment_id, last.target.deployment
+        elif err.code == "deadline_exceeded":
+            record.outcome = RequestOutcome.TIMEOUT
+        else:
+            record.outcome = RequestOutcome.NO_CAPACITY if err.status in (502, 503, 504) else RequestOutcome.REJECTED
+        attempts = sum(1 for t in call.tried if t.outcome != RequestOutcome.NO_CAPACITY) if call is not None else 0
+        overhead = (perf_counter() - t0 - (call.upstream_s if call is not None else 0.0)) * 1000
+        record.overhead_ms = overhead
+        await self.send_error(send, err, record.request_id, record.route, "", attempts, overhead)
+
+    async def models(self, scope, receive, send):
+        await self._list(scope, send, None)
+
+    async def model(self, scope, receive, send):
+        await self._list(scope, send, scope["path"][len(MODELS_PREFIX):])
+
+    async def _list(self, scope, send, model_id):
+        t0 = perf_counter()
+        headers = _read_headers(scope)
+        request_id = self._request_id(headers[3])
+        snapshot = self.store.current
+        try:
+            if scope["method"] != "GET":
+                raise errors.method_not_allowed("GET")
+            client = self._authenticate(snapshot, headers[0])
+            names = snapshot.routes_for(client)
+            if model_id is None:
+                body = orjson.dumps({"object": "list", "data": [_model_entry(n) for n in names]})
+            elif model_id in names:
+                body = orjson.dumps(_model_entry(model_id))
+            else:
+                raise errors.unknown_model(model_id, names)
+        except GatewayError as err:
+            await self.send_error(send, err, request_id, "", "", 0, (perf_counter() - t0) * 1000)
+            return
+        out = _common_headers(request_id, "", "", 0, (perf_counter() - t0) * 1000)
+        out += [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    async def metrics(self, scope, receive, send):
+        body = generate_latest(self.recorder.metrics.registry)
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def unknown_path(self, scope, receive, send):
+        headers = _read_headers(scope)
+        await self.send_error(send, errors.not_found(scope["path"]), self._request_id(headers[3]), "", "", 0, 0.0)
+
+
+def _model_entry(name):
+    return {"id": name, "object": "model", "created": 0, "owned_by": "weathervane"}
+
+
+def _common_headers(request_id, route, deployment, attempts, overhead_ms):
+    return [
+        (b"x-request-id", request_id.encode()),
+        (b"x-weathervane-route", route.encode()),
+        (b"x-weathervane-deployment", deployment.encode()),
+        (b"x-weathervane-attempts", str(attempts).encode()),
+        (b"x-weathervane-overhead-ms", b"%.3f" % overhead_ms),
+    ]
+
+
+def mount(django_app, gateway=None):
+    """Return an ASGI app that sends /v1/… and /metrics to the gateway and the rest to Django.
+
+    Lifespan events start and stop the gateway (Django has none); servers
+    without lifespan (Daphne) start it on the first request instead.
+    """
+    gateway = gateway or Gateway()
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await gateway.lifespan(receive, send)
+        elif scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/metrics"):
+            await gateway(scope, receive, send)
+        else:
+            await django_app(scope, receive, send)
+
+    app.gateway = gateway
+    return app

@@ -1,0 +1,130 @@
+"""The gateway's Prometheus metrics (served at /metrics).
+
+Counts are kept in plain dicts and bucket lists on the event loop and turned
+into metric families only when scraped, through a prometheus_client custom
+collector. Measured: the library's own Counter/Histogram objects cost 9-10 µs
+per request here (a lock and a label lookup per observation, seven per
+request), more than a tenth of the gateway's whole per-request budget.
+"""
+
+from bisect import bisect_left
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from routing.models import CircuitState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+class Buckets:
+    """One histogram series: counts per upper bound (Prometheus `le`), plus the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value):
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self):
+        """Return [(le, cumulative count)] ending with +Inf, as the exposition format wants."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+def _bump(table, key, amount=1):
+    table[key] = table.get(key, 0) + amount
+
+
+class Metrics:
+    """Per-process gateway metrics; `registry` is what /metrics renders."""
+
+    def __init__(self):
+        self.requests = {}  # (route, deployment, outcome) -> count
+        self.attempts = {}  # (deployment, outcome) -> count
+        self.latency = {}  # (route, deployment) -> Buckets
+        self.ttft = {}
+        self.overhead = Buckets(OVERHEAD_BUCKETS)
+        self.tokens = {}  # (deployment, "in" | "out") -> count
+        self.cost = {}  # deployment -> currency units
+        self.circuits = {}  # deployment -> 0 closed, 1 half-open, 2 open
+        self.snapshot_version = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def observe(self, record):
+        """Count one finished request (recorder.Record)."""
+        route, deployment = record.route or "-", record.deployment or "-"
+        _bump(self.requests, (route, deployment, record.outcome))
+        for attempt in record.tried:
+            _bump(self.attempts, (attempt.target.deployment, attempt.outcome))
+        if record.latency_ms is not None and record.deployment:
+            self._series(self.latency, (route, deployment), LATENCY_BUCKETS).observe(record.latency_ms / 1000)
+        if record.ttft_ms is not None:
+            self._series(self.ttft, (route, deployment), LATENCY_BUCKETS).observe(record.ttft_ms / 1000)
+        if record.overhead_ms is not None:
+            self.overhead.observe(record.overhead_ms / 1000)
+        if record.tokens_in or record.tokens_out:
+            _bump(self.tokens, (deployment, "in"), record.tokens_in)
+            _bump(self.tokens, (deployment, "out"), record.tokens_out)
+        if record.cost:
+            _bump(self.cost, deployment, record.cost)
+
+    @staticmethod
+    def _series(table, labels, bounds):
+        series = table.get(labels)
+        if series is None:
+            series = table[labels] = Buckets(bounds)
+        return series
+
+    def circuit_changed(self, deployment, state):
+        self.circuits[deployment] = CIRCUIT_VALUES.get(state, 0)
+
+    # --- the custom collector ------------------------------------------------------
+
+    def collect(self):
+        yield self._counter("weathervane_gateway_requests", "Client requests by route, serving deployment and outcome",
+                            ["route", "deployment", "outcome"], self.requests)
+        yield self._counter("weathervane_gateway_upstream_attempts", "Upstream attempts by deployment and outcome",
+                            ["deployment", "outcome"], self.attempts)
+        yield self._histogram("weathervane_gateway_request_duration_seconds", "Total request latency",
+                              ["route", "deployment"], self.latency)
+        yield self._histogram("weathervane_gateway_ttft_seconds", "Time to first token of streamed requests",
+                              ["route", "deployment"], self.ttft)
+        yield self._histogram("weathervane_gateway_overhead_seconds", "Time the gateway itself spent per request",
+                              [], {(): self.overhead})
+        yield self._counter("weathervane_gateway_tokens", "Tokens by deployment and direction",
+                            ["deployment", "direction"], self.tokens)
+        yield self._counter("weathervane_gateway_cost", "Cost from the deployments' prices", ["deployment"],
+                            {(d,): v for d, v in self.cost.items()})
+        circuit = GaugeMetricFamily("weathervane_gateway_circuit_state",
+                                    "Circuit state per deployment (0 closed, 1 half-open, 2 open)", labels=["deployment"])
+        for deployment, value in list(self.circuits.items()):
+            circuit.add_metric([deployment], value)
+        yield circuit
+        yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
+                                value=self.snapshot_version)
+
+    @staticmethod
+    def _counter(name, documentation, labels, table):
+        family = CounterMetricFamily(name, documentation, labels=labels)
+        for key, value in list(table.items()):
+            family.add_metric(list(key), value)
+        return family
+
+    @staticmethod
+    def _histogram(name, documentation, labels, table):
+        family = HistogramMetricFamily(name, documentation, labels=labels)
+        for key, series in list(table.items()):
+            family.add_metric(list(key), series.cumulative(), series.sum)
+        return family

@@ -1,0 +1,499 @@
+"""One proxied request: choose a target and a key, send, retry or fail over
+before the first byte reached the client, then relay the answer.
+
+The rules (issue 3): retry with full-jitter backoff within a retry budget on
+connection errors, timeouts before the first byte, 429 (after its
+Retry-After, unless that outlasts the deadline: then fail over at once),
+5xx, malformed answers and an error as a stream's first event; never retry
+400/404/422 or context-length errors (they are passed through as the
+provider sent them). 401/403 marks the key invalid and tries another key.
+After a target's retries, fail over to another target by weight. A stream
+is committed (200 sent) only after its first event was read; after that
+nothing is retried, and a stream that breaks ends with an SSE error event
+and no [DONE].
+"""
+
+import asyncio
+import math
+import time
+from time import perf_counter
+
+import orjson
+
+from routing.gateway import errors, selection, sse, upstream
+from routing.gateway.errors import GatewayError
+from routing.gateway.limits import estimate_tokens
+from routing.gateway.retry import backoff
+from routing.gateway.upstream import UpstreamError
+from routing.models import KeyState, RequestOutcome
+
+SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
+# Failures that say something about the deployment's health (not the key's, not the client's).
+BREAKER_FAILURES = frozenset({RequestOutcome.TIMEOUT, RequestOutcome.CONNECT_ERROR, RequestOutcome.SERVER_ERROR,
+                              RequestOutcome.MALFORMED, RequestOutcome.TRUNCATED})
+DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
+MAX_COOLING_S = 3600.0
+
+
+class Try:
+    """One upstream attempt, as recorded."""
+
+    __slots__ = ("target", "key", "outcome", "status", "ms", "ttft_ms", "tokens_in", "tokens_out", "cost", "tps", "error")
+
+    def __init__(self, target, key, outcome, status, ms, error=""):
+        self.target, self.key, self.outcome, self.status, self.ms, self.error = target, key, outcome, status, ms, error
+        self.ttft_ms = self.tps = None
+        self.tokens_in = self.tokens_out = 0
+        self.cost = 0.0
+
+
+class Call:
+    """The state of one proxied request."""
+
+    __slots__ = ("t0", "request_id", "route", "request", "raw", "url_of", "stream", "wants_usage", "session",
+                 "deadline", "record", "upstream_s", "given_up", "committed", "client_gone", "tokens", "bodies",
+                 "limit_waits", "response")
+
+    def __init__(self, t0, request_id, route, request, raw, url_of, session, deadline, record):
+        self.t0 = t0
+        self.request_id = request_id
+        self.route = route
+        self.request = request
+        self.raw = raw
+        self.url_of = url_of
+        self.stream = request.get("stream") is True and url_of == "chat_url"
+        options = request.get("stream_options")
+        self.wants_usage = type(options) is dict and options.get("include_usage") is True
+        self.session = session
+        self.deadline = deadline
+        self.record = record
+        self.upstream_s = 0.0
+        self.given_up = set()
+        self.committed = False
+        self.client_gone = False
+        self.tokens = None
+        self.bodies = {}
+        self.limit_waits = []
+        self.response = None
+
+    @property
+    def tried(self):
+        return self.record.tried
+
+    def body_for(self, target):
+        """Return the upstream request body for `target` (model renamed; usage asked for on streams)."""
+        body = self.bodies.get(target.upstream_model)
+        if body is not None:
+            return body
+        if self.request.get("model") == target.upstream_model and (self.wants_usage or not self.stream):
+            body = self.raw
+        else:
+            request = dict(self.request, model=target.upstream_model)
+            if self.stream and not self.wants_usage:
+                options = self.request.get("stream_options")
+                request["stream_options"] = {**(options if type(options) is dict else {}), "include_usage": True}
+            body = orjson.dumps(request)
+        self.bodies[target.upstream_model] = body
+        return body
+
+    def token_estimate(self):
+        if self.tokens is None:
+            self.tokens = estimate_tokens(self.request)
+        return self.tokens
+
+    def overhead_ms(self):
+        return max((perf_counter() - self.t0 - self.upstream_s) * 1000, 0.0)
+
+
+class Proxy:
+    """Runs Calls for one Gateway (which owns the shared state passed in)."""
+
+    def __init__(self, gateway):
+        self.gw = gateway
+
+    # --- choosing --------------------------------------------------------------------
+
+    def pick_target(self, call):
+        """Return the next target to try, or None when every option is used up.
+
+        By weight (sticky with a session id) among targets not given up whose
+        circuit is not open. When every remaining target's circuit is open the
+        breakers are ignored ("panic mode"): trying beats refusing everyone.
+        """
+        route, breakers = call.route, self.gw.breakers
+        if not call.given_up and call.session is None:
+            target = selection.pick_weighted(route.targets, route.totals, self.gw.rng)
+            if target is None or breakers.available(target.deployment_id):
+                return target
+        candidates = [t for t in route.targets if t.deployment_id not in call.given_up]
+        pool = [t for t in candidates if breakers.available(t.deployment_id)] or candidates
+        if call.session is not None:
+            return selection.sticky_choice(pool, call.session)
+        return selection.choose(pool, self.gw.rng)
+
+    def key_usable(self, key, now):
+        if key.blocked_until > now:
+            return False
+        until = self.gw.key_blocked.get(key.id)
+        return until is None or until[0] <= now
+
+    async def pick_key(self, call, target):
+        """Return a usable key of the target's provider within its limits, round-robin, or None."""
+        gw, now = self.gw, time.time()
+        cursor = gw.key_cursor.get(target.provider_id, 0)
+        for step, key in enumerate(selection.rotation(target.keys, cursor)):
+            if not self.key_usable(key, now):
+                self._note_cooling(call, key, now)
+                continue
+            if key.rpm_limit is not None or key.tpm_limit is not None:
+                wait = await gw.limits.provider_key(key, call.token_estimate() if key.tpm_limit else 0)
+                if wait is not None:
+                    call.limit_waits.append(wait)
+                    continue
+            gw.key_cursor[target.provider_id] = cursor + step + 1
+            return key
+        return None
+
+    def _note_cooling(self, call, key, now):
+        """Remember how long a rate-limited key still cools (it becomes the Retry-After when nothing else is left)."""
+        until = max(key.blocked_until, self.gw.key_blocked.get(key.id, (0.0,))[0])
+        if now < until < math.inf:
+            call.limit_waits.append(until - now)
+
+    # --- the attempt loop ----------------------------------------------------------
+
+    async def run(self, call, send, receive):
+        """Serve `call` until an answer was sent; raises GatewayError when every option failed."""
+        gw = self.gw
+        target, retries = self.pick_target(call), 0
+        while True:
+            if target is None or len(call.tried) >= gw.max_attempts:
+                raise self.exhausted(call)
+            key = await self.pick_key(call, target)
+            if key is None:
+                call.tried.append(Try(target, None, RequestOutcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+                target, retries = self._fail_over(call, target)
+                continue
+            try:
+                await self.attempt(call, target, key, send, receive)
+                return
+            except UpstreamError as err:
+                failure = err
+                step = await self.after_failure(call, target, key, failure, retries)
+            if step == "pass":
+                await self.pass_through(call, target, failure, send)
+                return
+            if step == "retry":
+                retries += 1
+            elif step == "failover":
+                target, retries = self._fail_over(call, target)
+
+    def _no_key_reason(self, call):
+        if call.limit_waits:
+            return "every key is rate-limited or over its limit"
+        return "no usable key (invalid or disabled)"
+
+    def _fail_over(self, call, target):
+        call.given_up.add(target.deployment_id)
+        return self.pick_target(call), 0
+
+    async def after_failure(self, call, target, key, err, retries):
+        """Decide what follows a failed attempt: "pass" it to the client, "retry", "again" (another key) or "failover"."""
+        gw = self.gw
+        if err.outcome in BREAKER_FAILURES:
+            gw.breakers.failure(target.deployment_id, err.message)
+        if not err.retryable:
+            return "pass"
+        if err.outcome == RequestOutcome.BAD_KEY:
+            gw.mark_key_invalid(key, err.message)
+            return "again"
+        if err.outcome == RequestOutcome.RATE_LIMITED:
+            return await self._after_429(call, target, key, err, retries)
+        if retries >= gw.retries_per_target or not gw.budget.withdraw():
+            return "failover"
+        wait = backoff(retries + 1, gw.rng)
+        if not await self._sleep_within_deadline(call, wait):
+            return "failover"
+        return "retry"
+
+    async def _after_429(self, call, target, key, err, retries):
+        gw = self.gw
+        wait = err.retry_after if err.retry_after is not None else DEFAULT_COOLING_S
+        gw.cool_key(key, min(wait, MAX_COOLING_S), err.message)
+        now = time.time()
+        if any(self.key_usable(k, now) for k in target.keys if k is not key):
+            return "again"
+        if wait > gw.max_retry_wait_s or retries >= gw.retries_per_target or not gw.budget.withdraw():
+            return "failover"
+        # A little past the Retry-After, so the cooled key is usable again when we wake.
+        if not await self._sleep_within_deadline(call, wait + 0.01):
+            return "failover"
+        return "retry"
+
+    async def _sleep_within_deadline(self, call, seconds):
+        """Sleep `seconds` unless that would outlast the deadline; return whether it slept."""
+        loop = asyncio.get_running_loop()
+        if loop.time() + seconds >= call.deadline:
+            return False
+        started = perf_counter()
+        await asyncio.sleep(seconds)
+        call.upstream_s += perf_counter() - started  # waiting is not the gateway's own time
+        return True
+
+    def exhausted(self, call):
+        """Return the GatewayError for a request whose every option failed."""
+        tried = call.tried
+        if not tried:
+            return GatewayError(503, f"The model '{call.route.name}' has no target with traffic.", "server_error", "no_target")
+        summary = "; ".join(describe(t) for t in tried[-8:])
+        outcomes = {t.outcome for t in tried}
+        if outcomes <= {RequestOutcome.RATE_LIMITED, RequestOutcome.NO_CAPACITY} and (call.limit_waits or RequestOutcome.RATE_LIMITED in outcomes):
+            wait = min(call.limit_waits) if call.limit_waits else self._cooling_left(tried)
+            return errors.rate_limited(f"Every upstream key of '{call.route.name}' is rate-limited or over its limit. Tried: {summary}.", wait)
+        if outcomes <= {RequestOutcome.NO_CAPACITY}:
+            return GatewayError(503, f"No usable upstream for '{call.route.name}'. Tried: {summary}.", "server_error", "no_capacity")
+        status, code = (504, "upstream_timeout") if tried[-1].outcome == RequestOutcome.TIMEOUT else (502, "upstream_failed")
+        return GatewayError(status, f"Every upstream option failed after {len(tried)} attempts. Tried: {summary}.", "server_error", code)
+
+    def _cooling_left(self, tried):
+        now = time.time()
+        waits = [self.gw.key_blocked.get(t.key.id, (now + 1.0,))[0] - now for t in tried if t.key is not None]
+        return max(min(waits, default=1.0), 1.0)
+
+    # --- one attempt -------------------------------------------------------------
+
+    async def attempt(self, call, target, key, send, receive):
+        """Send one upstream request and relay its answer. Raises UpstreamError before anything was relayed."""
+        gw = self.gw
+        gw.breakers.begin(target.deployment_id)
+        started = perf_counter()
+        response = None
+        try:
+            response = await upstream.post(gw.session, getattr(target, call.url_of), call.body_for(target), key.auth,
+                                           target.timeout, call.request_id)
+            if response.status >= 300:
+                raise await upstream.failure(response)
+            if call.stream:
+                await self.relay_stream(call, target, key, response, started, send, receive)
+            else:
+                await self.relay_body(call, target, key, response, started, send)
+        except UpstreamError as err:
+            call.upstream_s += perf_counter() - started
+            call.tried.append(Try(target, key, err.outcome, err.status, (perf_counter() - started) * 1000, err.message))
+            raise
+        except asyncio.CancelledError:  # the request deadline struck during this attempt
+            if not call.committed:
+                call.upstream_s += perf_counter() - started
+            call.tried.append(Try(target, key, RequestOutcome.TIMEOUT, None, (perf_counter() - started) * 1000,
+                                  "the request deadline passed during this attempt"))
+            gw.breakers.failure(target.deployment_id, "request deadline passed")
+            raise
+        finally:
+            if response is not None:
+                response.release()  # back to the pool when fully read; closed otherwise
+
+    async def pass_through(self, call, target, err, send):
+        """Send an upstream's non-retryable error (400, 404, 422, context length) to the client as it came."""
+        call.record.outcome, call.record.status, call.record.error = err.outcome, err.status, err.message
+        call.record.deployment_id, call.record.deployment = target.deployment_id, target.deployment
+        body = err.body or errors.error_body(err.message, "invalid_request_error", "upstream_error")
+        content_type = (err.content_type or "application/json").encode("latin-1")
+        headers = self.gw.response_headers(call, target.deployment, content_type, len(body), unrecorded=0)
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _succeeded(self, call, target, key, attempt, usage):
+        """Book a successful attempt: tokens, cost, breaker, key recovery, token-limit correction."""
+        gw, record = self.gw, call.record
+        if usage is not None:
+            attempt.tokens_in, attempt.tokens_out = usage
+            attempt.cost = target.cost(*usage)
+        record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key.id
+        record.tokens_in, record.tokens_out, record.cost = attempt.tokens_in, attempt.tokens_out, attempt.cost
+        call.tried.append(attempt)
+        gw.breakers.success(target.deployment_id)
+        if key.state == KeyState.RATE_LIMITED:
+            gw.key_recovered(key)
+        if key.tpm_limit is not None and usage is not None:
+            return gw.limits.correct_tokens(key, call.token_estimate(), usage[0] + usage[1])
+        return None
+
+    async def relay_body(self, call, target, key, response, started, send):
+        body = await upstream.read_all(response)
+        ms = (perf_counter() - started) * 1000
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(RequestOutcome.MALFORMED, "the upstream's answer is not JSON", True) from None
+        problem = sse.error_of(payload)
+        if problem is not None:
+            raise UpstreamError(RequestOutcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
+        call.upstream_s += ms / 1000
+        content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
+        headers = self.gw.response_headers(call, target.deployment, content_type, len(body))
+        correction = self._succeeded(call, target, key, Try(target, key, RequestOutcome.OK, 200, ms), sse.usage_of(payload))
+        call.record.status = 200
+        if self.gw.recorder.log_bodies:
+            call.record.response_body = body.decode("utf-8", "replace")
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if correction is not None:
+            await correction
+
+    # --- streaming ------------------------------------------------------------------
+
+    async def _first_events(self, response):
+        """Read until the first data event; return (events, rest). Raises UpstreamError for an early error."""
+        buffer = b""
+        while True:
+            chunk = await upstream.read_chunk(response)
+            if not chunk:
+                raise UpstreamError(RequestOutcome.TRUNCATED, "the stream ended before its first event", True)
+            events, buffer = sse.split_events(buffer + chunk)
+            for event in events:
+                try:
+                    payload = sse.parse(sse.event_data(event))
+                except sse.Malformed as bad:
+                    raise UpstreamError(RequestOutcome.MALFORMED, str(bad), True) from None
+                problem = sse.error_of(payload)
+                if problem is not None:
+                    raise UpstreamError(RequestOutcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
+                if payload is not None:
+                    return events, buffer
+
+    async def relay_stream(self, call, target, key, response, started, send, receive):
+        events, buffer = await self._first_events(response)
+        now = perf_counter()
+        call.upstream_s += now - started
+        headers = self.gw.response_headers(call, target.deployment, None, None)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        call.committed, call.response = True, response
+        call.record.status = 200
+        relay = StreamRelay(call, target, key, started)
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, call, response))
+        try:
+            outcome, problem = await relay.run(response, events, buffer, send)
+        finally:
+            watcher.cancel()  # before reading on: once the response is sent, receive() reports a "disconnect" too
+        if outcome == RequestOutcome.OK:
+            await _read_to_end(response)
+        await self._finish_stream(call, target, key, relay, outcome, problem)
+
+    async def _finish_stream(self, call, target, key, relay, outcome, problem):
+        attempt = Try(target, key, outcome, 200, (perf_counter() - relay.started) * 1000, problem)
+        attempt.ttft_ms, attempt.tps = relay.ttft_ms, relay.tokens_per_s()
+        call.record.ttft_ms = relay.client_ttft_ms
+        if outcome == RequestOutcome.OK:
+            correction = self._succeeded(call, target, key, attempt, relay.usage)
+            if correction is not None:
+                await correction
+            return
+        record = call.record
+        record.outcome, record.error = outcome, problem
+        record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key.id
+        call.tried.append(attempt)
+        if outcome in BREAKER_FAILURES:
+            self.gw.breakers.failure(target.deployment_id, problem)
+
+
+def describe(attempt):
+    """Return one attempt as the error messages list it: deployment, key label (never the secret), outcome."""
+    key = f" with key '{attempt.key.label}'" if attempt.key is not None else ""
+    return f"{attempt.target.deployment}{key}: {attempt.outcome} ({attempt.error})"
+
+
+async def _read_to_end(response):
+    """Consume what follows [DONE] (the chunked terminator), so the connection can be reused."""
+    try:
+        for _ in range(3):
+            if response.content.at_eof() or not await response.content.readany():
+                return
+    except Exception:  # the answer is complete; a bad ending only costs the connection
+        response.close()
+
+
+async def _watch_disconnect(receive, call, response):
+    """Close the upstream response as soon as the client goes away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    call.client_gone = True
+    response.close()
+
+
+class StreamRelay:
+    """Forwards whole SSE events from a committed stream; ends a broken one with an error event."""
+
+    __slots__ = ("call", "target", "key", "started", "done", "usage", "ttft_ms", "client_ttft_ms", "first_content", "strip_usage")
+
+    def __init__(self, call, target, key, started):
+        self.call, self.target, self.key, self.started = call, target, key, started
+        self.done = False
+        self.usage = None
+        self.ttft_ms = self.client_ttft_ms = self.first_content = None
+        self.strip_usage = not call.wants_usage
+
+    def _select(self, events):
+        """Return (bytes to forward, problem): the events up to [DONE], or up to the first
+        malformed or error event, whose (outcome, message) is then the problem."""
+        out = []
+        for event in events:
+            try:
+                payload = sse.parse(sse.event_data(event))
+            except sse.Malformed as bad:
+                return b"".join(out), (RequestOutcome.MALFORMED, str(bad))
+            if type(payload) is dict:
+                if "error" in payload:
+                    return b"".join(out), (RequestOutcome.SERVER_ERROR, f"the upstream sent an error mid-stream: {sse.error_of(payload)}")
+                if self.first_content is None and sse.has_content(payload):
+                    self._first_token()
+                if payload.get("usage") is not None:
+                    self.usage = sse.usage_of(payload)
+                    if self.strip_usage and sse.is_usage_only(payload):
+                        continue
+            elif payload is sse.DONE:
+                self.done = True
+                out.append(event)
+                break
+            out.append(event)
+        return (out[0] if len(out) == 1 else b"".join(out)), None
+
+    def _first_token(self):
+        now = perf_counter()
+        self.first_content = now
+        self.ttft_ms = (now - self.started) * 1000
+        self.client_ttft_ms = (now - self.call.t0) * 1000
+
+    async def run(self, response, events, buffer, send):
+        """Relay until [DONE] or a failure; return (outcome, problem)."""
+        try:
+            while True:
+                data, problem = self._select(events)
+                if self.done:  # [DONE] and the end of the body in one write: clients stop reading at [DONE]
+                    await send({"type": "http.response.body", "body": data})
+                    return RequestOutcome.OK, ""
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                if problem is not None:
+                    return await self._broken(send, *problem)
+                chunk = await upstream.read_chunk(response)
+                if not chunk:
+                    if self.call.client_gone:
+                        return RequestOutcome.CLIENT_CLOSED, "the client disconnected"
+                    return await self._broken(send, RequestOutcome.TRUNCATED, "the upstream ended the stream without [DONE]")
+                events, buffer = sse.split_events(buffer + chunk)
+        except UpstreamError as err:
+            if self.call.client_gone:
+                return RequestOutcome.CLIENT_CLOSED, "the client disconnected"
+            return await self._broken(send, err.outcome, err.message)
+
+    async def _broken(self, send, outcome, problem):
+        message = f"The upstream stream broke after it started: {problem}. The answer is incomplete."
+        await send({"type": "http.response.body", "body": errors.sse_error_event(message)})
+        return outcome, problem
+
+    def tokens_per_s(self):
+        if self.usage is None or self.first_content is None:
+            return None
+        elapsed = perf_counter() - self.first_content
+        return self.usage[1] / elapsed if elapsed > 0 and self.usage[1] else None
+

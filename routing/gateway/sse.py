@@ -1,0 +1,87 @@
+"""Pure helpers for server-sent events as OpenAI streams them.
+
+An event is the bytes up to a blank line; its payload is the `data:` lines
+joined. The gateway only ever forwards whole events, so a stream that breaks
+never leaves half an event at the client.
+"""
+
+import orjson
+
+DONE = b"[DONE]"
+
+
+class Malformed(ValueError):
+    """An event's data is neither JSON nor [DONE]."""
+
+
+def split_events(buffer):
+    """Return (complete events, remaining bytes) from `buffer`.
+
+    Events are returned with their blank-line terminator, ready to forward.
+    CRLF framing is accepted.
+    """
+    if b"\r" in buffer:
+        buffer = buffer.replace(b"\r\n", b"\n")
+    end = buffer.rfind(b"\n\n")
+    if end < 0:
+        return [], buffer
+    end += 2
+    if buffer.find(b"\n\n") + 2 == end:  # the usual case: one event per read
+        head = buffer[:end] if end < len(buffer) else buffer
+        return ([head] if head.strip(b"\n") else []), buffer[end:]
+    return [e + b"\n\n" for e in buffer[: end - 2].split(b"\n\n") if e.strip(b"\n")], buffer[end:]
+
+
+def event_data(event):
+    """Return the data payload of one event (b"" for comments and data-less events)."""
+    if event.startswith(b"data: ") and event.count(b"\n") == 2:
+        return event[6:-2]  # the common one-line event, without a split
+    lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+def parse(data):
+    """Return the event's JSON object, DONE for [DONE], or None for an empty payload.
+
+    Raises Malformed when the payload is not JSON.
+    """
+    if not data:
+        return None
+    if data == DONE:
+        return DONE
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise Malformed(f"upstream sent an event that is not JSON: {data[:80]!r}") from None
+
+
+def error_of(payload):
+    """Return the upstream's error message when the event is an error, else None."""
+    if type(payload) is dict and "error" in payload:
+        error = payload["error"]
+        return str(error.get("message") if isinstance(error, dict) else error)[:300] or "upstream error"
+    return None
+
+
+def has_content(payload):
+    """Return True when a chunk carries generated content (text, tool calls or refusal)."""
+    if type(payload) is not dict:
+        return False
+    for choice in payload.get("choices") or ():
+        delta = choice.get("delta") if type(choice) is dict else None
+        if delta and (delta.get("content") or delta.get("tool_calls") or delta.get("refusal")):
+            return True
+    return False
+
+
+def usage_of(payload):
+    """Return (prompt_tokens, completion_tokens) from a chunk or body with usage, else None."""
+    usage = payload.get("usage") if type(payload) is dict else None
+    if type(usage) is not dict:
+        return None
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def is_usage_only(payload):
+    """Return True for the trailing usage chunk (no choices), sent when include_usage was asked."""
+    return type(payload) is dict and not payload.get("choices") and payload.get("usage") is not None

@@ -1,0 +1,138 @@
+"""The one outbound seam of the gateway's hot path (aiohttp).
+
+Every call has a connect timeout and a read timeout (time to first byte,
+then idle time between chunks) from the provider, never follows redirects,
+and refuses hosts that resolve to internal addresses unless
+ALLOW_PRIVATE_UPSTREAMS (checked when connecting, so DNS rebinding cannot
+slip past the check done when the provider was saved). Every failure is an
+`UpstreamError` that says what happened and whether another try may help.
+"""
+
+import asyncio
+import socket
+
+import aiohttp
+import orjson
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
+from django.conf import settings
+
+from routing.gateway import retry
+from routing.models import RequestOutcome
+from routing.netguard import is_internal
+
+MAX_ERROR_BODY = 64 * 1024
+USER_AGENT = "weathervane-gateway/1"
+
+
+class UpstreamError(Exception):
+    """An upstream attempt failed; `outcome` is a RequestOutcome, `retryable` says if trying again may help."""
+
+    def __init__(self, outcome, message, retryable, status=None, retry_after=None, body=b"", content_type=None):
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        self.content_type = content_type
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver plus the private-network policy of routing.netguard."""
+
+    def __init__(self):
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        infos = await self._inner.resolve(host, port, family)
+        if not settings.ALLOW_PRIVATE_UPSTREAMS:
+            for info in infos:
+                if is_internal(info["host"]):
+                    raise OSError(f"upstream host {host} resolves to an internal address; "
+                                  "set WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS=true to allow it")
+        return infos
+
+    async def close(self):
+        await self._inner.close()
+
+
+def new_session():
+    """Return the process's ClientSession (create it on the event loop that will use it)."""
+    connector = aiohttp.TCPConnector(limit=1000, ttl_dns_cache=30, resolver=GuardedResolver(), keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("Accept-Encoding",),  # identity bodies: the gateway parses the stream
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def _connection_error(exc, timeout):
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamError(RequestOutcome.TIMEOUT, f"no response within {timeout.sock_read:g} s", True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(RequestOutcome.CONNECT_ERROR, f"cannot connect: {exc.os_error or exc}", True)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamError(RequestOutcome.CONNECT_ERROR, "the upstream closed the connection before answering", True)
+    return UpstreamError(RequestOutcome.CONNECT_ERROR, f"connection failed: {type(exc).__name__}", True)
+
+
+async def post(session, url, body, auth, timeout, request_id):
+    """Send one POST and return the response once its headers arrived (any status).
+
+    Raises UpstreamError for connection failures and timeouts.
+    """
+    headers = {"Authorization": auth, "Content-Type": "application/json", "X-Request-Id": request_id}
+    try:
+        return await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise _connection_error(exc, timeout) from None
+
+
+async def failure(response):
+    """Return the UpstreamError for a non-2xx response (its body read, bounded), and release it."""
+    try:
+        body = await response.content.read(MAX_ERROR_BODY)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        body = b""
+    finally:
+        response.release()
+    outcome, retryable = retry.classify_status(response.status, body)
+    if outcome == RequestOutcome.CLIENT_ERROR and retry.is_context_length_error(body):
+        retryable = False
+    wait = retry.parse_retry_after(response.headers) if response.status in (429, 503) else None
+    message = f"HTTP {response.status}: {_error_message(body)}"
+    return UpstreamError(outcome, message, retryable, response.status, wait, body, response.headers.get("Content-Type"))
+
+
+def _error_message(body):
+    try:
+        error = orjson.loads(body).get("error")
+        text = error.get("message") if isinstance(error, dict) else error
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        text = body[:200].decode("utf-8", "replace")
+    return str(text or "no details")[:300]
+
+
+async def read_all(response):
+    """Return the whole body of a response. Raises UpstreamError (retryable: nothing was relayed yet)."""
+    try:
+        return await response.read()
+    except asyncio.TimeoutError:
+        raise UpstreamError(RequestOutcome.TIMEOUT, "the upstream stopped sending its answer", True) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(RequestOutcome.TRUNCATED, f"the answer broke off ({type(exc).__name__})", True) from None
+    finally:
+        response.release()
+
+
+async def read_chunk(response):
+    """Return the next bytes of a streamed body (b"" at its end). Raises UpstreamError."""
+    try:
+        return await response.content.readany()
+    except asyncio.TimeoutError:
+        raise UpstreamError(RequestOutcome.TIMEOUT, "the stream went silent", True) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(RequestOutcome.TRUNCATED, f"the stream broke off ({type(exc).__name__})", True) from None

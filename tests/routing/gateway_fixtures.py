@@ -1,0 +1,102 @@
+"""Shared pieces of the gateway tests: a simulator upstream, a registry built
+around it, and gateway servers on loopback.
+
+Test modules import the fixtures they use by name (pytest finds fixtures in
+a module's namespace). The gateway builds its snapshot in its own threads,
+so tests that serve it use `django_db(transaction=True)`.
+"""
+
+import logging
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.db import OperationalError
+
+from routing.gateway.app import Gateway, GatewayConfig
+from routing.gateway.serve import GatewayServer
+from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteTarget
+from routing.simulator import Simulator, SimulatorServer
+
+# httpx logs every request at INFO: thousands of lines in the load tests.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+# Short timeouts keep the fault tests fast; the defaults are for production.
+FAST = {"flush_interval_s": 0.2, "poll_s": 0.2, "deadline_s": 5.0}
+
+
+@pytest.fixture
+def sim():
+    """A simulator on loopback accepting any key; its built-in models plus "fast" ones."""
+    with SimulatorServer(Simulator(seed=7)) as server:
+        yield server
+
+
+def make_provider(server, name="sim", keys=("sk-test-key-0001",), read_timeout=2.0, connect_timeout=1.0, **key_fields):
+    provider = Provider.objects.create(name=name, base_url=server.base_url, read_timeout=read_timeout, connect_timeout=connect_timeout)
+    for n, secret in enumerate(keys):
+        key = ApiKey(provider=provider, label=f"key{n + 1}", **key_fields)
+        key.set_secret(secret)
+        key.save()
+    return provider
+
+
+def make_route(name, provider, weights, prices=None):
+    """Create route `name` with {deployment name: (upstream model, weight)} at `provider`."""
+    route = Route.objects.create(name=name)
+    for deployment_name, (model, weight) in weights.items():
+        deployment, _ = Deployment.objects.get_or_create(
+            name=deployment_name, defaults={"provider": provider, "upstream_model": model,
+                                            "input_price_per_mtok": Decimal("1"), "output_price_per_mtok": Decimal("2")},
+        )
+        RouteTarget.objects.create(route=route, deployment=deployment, weight=weight)
+    return route
+
+
+def client_key(name="app", rpm_limit=None, routes=None):
+    key = GatewayKey(name=name, rpm_limit=rpm_limit, all_routes=routes is None)
+    key.plaintext = key.generate()
+    key.save()
+    if routes:
+        key.routes.set(routes)
+    return key
+
+
+@pytest.fixture
+def serve_gateway():
+    """Start gateways: serve_gateway(**GatewayConfig overrides) -> GatewayServer (stopped at teardown)."""
+    servers = []
+
+    def start(rng=None, **overrides):
+        config = GatewayConfig.from_settings(**{**FAST, **overrides})
+        server = GatewayServer(Gateway(config, rng=rng)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def post_chat(server, key, model, stream=False, headers=None, timeout=10.0, **fields):
+    body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], "stream": stream, **fields}
+    auth = {"Authorization": f"Bearer {key.plaintext}"} if key is not None else {}
+    return httpx.post(f"{server.base_url}/chat/completions", json=body, headers={**auth, **(headers or {})}, timeout=timeout)
+
+
+def wait_until(condition, timeout=3.0, step=0.02):
+    """Poll `condition()` until it is truthy; return its last value.
+
+    The test database is SQLite's shared in-memory one, where a read can find
+    a table locked while a gateway thread writes: that counts as "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except OperationalError:
+            value = None
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
