@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make bench: every benchmark, one after another, each writing its numbers
+# into bench/RESULTS.md (raw outputs under bench/results/).
+#   1. gateway overhead vs the shared harness (bench/gateway.sh)
+#   2. probe scheduling: Celery worker with 200 targets, embedded with 100 (bench/probes.py; needs Redis)
+#   3. dashboard live path: probe recorded -> WebSocket client, 100 clients on one Daphne (bench/dashboard_ws.py)
+# SKIP="gateway probes dashboard" skips parts.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=$ROOT/.venv/bin/python
+SKIP=${SKIP:-}
+mkdir -p "$ROOT/bench/results"
+stamp=$(date +%Y%m%d-%H%M%S)
+
+if [[ $SKIP != *gateway* ]]; then
+  bash "$ROOT/bench/gateway.sh"
+fi
+if [[ $SKIP != *probes* ]]; then
+  "$PY" "$ROOT/bench/probes.py"
+  "$PY" "$ROOT/bench/write_sections.py" probes "$(ls -t "$ROOT"/bench/results/probes-*.json | head -1)" "$ROOT/bench/RESULTS.md"
+fi
+if [[ $SKIP != *dashboard* ]]; then
+  "$PY" "$ROOT/bench/dashboard_ws.py" --clients 100 --duration 60 --out "$ROOT/bench/results/dashboard-$stamp.json"
+  "$PY" "$ROOT/bench/write_sections.py" dashboard "$ROOT/bench/results/dashboard-$stamp.json" "$ROOT/bench/RESULTS.md"
+fi
+echo "bench/RESULTS.md updated"
