@@ -7,10 +7,10 @@
 # Knobs (env): UPSTREAM (mock | sim; default mock, the upstream of the LiteLLM
 # baseline), DURATION (10), STREAM_DURATION (10), WARMUP (3), CONC ("1,10,50"),
 # STREAM_CONC ("1,10"), MOCK_PORT (18100), GATEWAY_PORT (18180), OUT
-# (bench/results/<time>), NOTE, FLOOR=1 (also measure the shared bare
-# pass-through proxy in the same run, into $OUT/floor: this 2-core machine's
-# speed varies with what else runs on it). Everything started here is stopped
-# by PID on exit.
+# (bench/results/<time>), RESULTS (bench/RESULTS.md), NOTE, FLOOR (1 by default: also measure the shared
+# bare pass-through proxy in the same run, into $OUT/floor, because this
+# 2-core machine's speed varies with what else runs on it; FLOOR=0 skips it).
+# Everything started here is stopped by PID on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -55,7 +55,7 @@ wait_http "http://127.0.0.1:$GATEWAY_PORT/v1/models" 30 "$GW" "Bearer $KEY"
   --python "$BENCH_PY" --note "${NOTE:-upstream=$UPSTREAM, 1 worker, auth+routing+limits+recording on}"
 
 stop_named bench-gateway
-if [[ ${FLOOR:-0} == 1 ]]; then
+if [[ ${FLOOR:-1} == 1 ]]; then
   FL=$(start_bg bench-floor "$BENCH_PY" "$ROOT/bench/run_floor.py" "$SHARED/floor" "$GATEWAY_PORT" "$MOCK_PORT")
   sleep 2
   "$BENCH_PY" "$SHARED/gateway_overhead.py" \
@@ -68,5 +68,5 @@ if [[ ${FLOOR:-0} == 1 ]]; then
 fi
 stop_all
 rm -rf "$DATA_DIR"
-"$PY" "$ROOT/bench/write_results.py" "$OUT" "$ROOT/bench/RESULTS.md"
-log "results: $OUT; table: bench/RESULTS.md"
+"$PY" "$ROOT/bench/write_results.py" "$OUT" "${RESULTS:-$ROOT/bench/RESULTS.md}"
+log "results: $OUT; table: ${RESULTS:-bench/RESULTS.md}"

@@ -26,16 +26,17 @@ from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, Rout
 HIGH = 100_000_000
 
 
-def seed(upstream, model):
+def seed(upstream, model, limits=True):
+    limit = HIGH if limits else None
     provider = Provider.objects.create(name="bench-upstream", base_url=upstream, read_timeout=30, connect_timeout=5)
-    key = ApiKey(provider=provider, label="bench", rpm_limit=HIGH, tpm_limit=HIGH)
+    key = ApiKey(provider=provider, label="bench", rpm_limit=limit, tpm_limit=limit)
     key.set_secret("sk-mock")
     key.save()
     deployment = Deployment.objects.create(name="bench-deployment", provider=provider, upstream_model=model,
                                            input_price_per_mtok=1, output_price_per_mtok=2)
     route = Route.objects.create(name=model)
     RouteTarget.objects.create(route=route, deployment=deployment, weight=100)
-    client = GatewayKey(name="bench", rpm_limit=HIGH)
+    client = GatewayKey(name="bench", rpm_limit=limit)
     plaintext = client.generate()
     client.save()
     return plaintext
@@ -45,9 +46,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", default="http://127.0.0.1:18000/v1")
     parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--no-limits", action="store_true", help="leave every limit empty (to measure what they cost)")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
-    print(seed(args.upstream, args.model))
+    print(seed(args.upstream, args.model, limits=not args.no_limits))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@ issue 3, the LiteLLM baseline and the bare-Python floor side by side.
 
 usage: write_results.py <results dir> <RESULTS.md>
 
-Anything below the NOTES marker in an existing RESULTS.md is kept, so the
-analysis written by hand survives re-runs.
+Only the text between `<!-- gateway:start -->` and `<!-- gateway:end -->` is
+replaced (other benchmarks and the hand-written notes around it stay).
 """
 
 import json
 import sys
 from pathlib import Path
 
-NOTES = "<!-- notes below are kept when the benchmark re-runs -->"
+START, END = "<!-- gateway:start -->", "<!-- gateway:end -->"
 
 # (what, goal text, LiteLLM 1.106 1 worker, python floor) from ../shared/bench/RESULTS-*.md
 BASELINE = {
@@ -86,35 +86,41 @@ def _tables(summary_file):
     return text.split("\n", 2)[2] if text.startswith("## ") else text
 
 
-def main():
-    out_dir, target = Path(sys.argv[1]), Path(sys.argv[2])
+def section(out_dir, root):
     results = json.loads((out_dir / "results.json").read_text())
-    summary = _tables(out_dir / "summary.md")
     floor_file = out_dir / "floor" / "results.json"
     floor_results = json.loads(floor_file.read_text()) if floor_file.exists() else None
-    kept = ""
-    if target.exists() and NOTES in target.read_text():
-        kept = target.read_text().split(NOTES, 1)[1]
     info = results["info"]
-    text = "\n".join([
-        "# Gateway benchmark (bench/gateway.sh, `make bench`)",
+    shown = out_dir.relative_to(root) if out_dir.is_relative_to(root) else out_dir
+    return "\n".join([
+        "## Gateway overhead (`bench/gateway.sh`)",
         "",
-        f"Run {info['started']} on {info['machine']['nproc']} x {info['machine']['cpu_model']}; "
-        f"{info.get('note', '')}. Raw outputs: `{out_dir.relative_to(target.parent.parent) if out_dir.is_relative_to(target.parent.parent) else out_dir}`.",
+        f"Run {info['started']} on {info['machine']['nproc']} x {info['machine']['cpu_model']}; {info.get('note', '')}. "
+        f"Raw outputs: `{shown}`.",
         "",
-        "## Against the goals of issue 3 and the baselines",
+        "### Against the goals of issue 3 and the baselines",
         "",
         headline(results, floor_results),
         "",
-        "## Full tables from the harness",
+        "### Full tables from the harness",
         "",
-        summary,
-        *(["", "### The bare pass-through floor, measured in the same run", "", _tables(out_dir / "floor" / "summary.md")]
+        _tables(out_dir / "summary.md"),
+        *(["", "#### The bare pass-through floor, measured in the same run", "", _tables(out_dir / "floor" / "summary.md")]
           if floor_results else []),
-        "",
-        NOTES,
-    ]) + (kept if kept else "\n")
-    target.write_text(text)
+    ]) + "\n"
+
+
+def replace_section(text, body):
+    block = f"{START}\n{body}{END}"
+    if START in text and END in text:
+        return text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    return text.rstrip() + "\n\n" + block + "\n" if text.strip() else block + "\n"
+
+
+def main():
+    out_dir, target = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
+    body = section(out_dir, target.parent.parent)
+    target.write_text(replace_section(target.read_text() if target.exists() else "", body))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ that expires a minute after its first hit). Embedded mode keeps the counters
 in this process, in the library's synchronous memory storage (a dict, safe
 and fast on the event loop); with REDIS_URL every gateway process shares
 them in Redis. Tokens are estimated before the call (prompt + max_tokens)
-and corrected from the usage the upstream reports with the storage's
-`incr`/`decr`.
+and corrected from the usage the upstream reports (settled with the key's
+next call; see `Limits.correct_tokens`).
 """
 
 import logging
@@ -92,6 +92,7 @@ class Limits:
     def __init__(self, redis_url=None, prefix="weathervane"):
         self.backend = _RedisBackend(redis_url, prefix) if redis_url else _MemoryBackend()
         self._keys = {}
+        self._carry = {}  # provider key id -> reported minus estimated tokens, not yet counted
 
     def _counter(self, kind, owner_id, amount):
         """Return (storage key, item) of one counter; both are cached (building a key costs microseconds)."""
@@ -123,6 +124,7 @@ class Limits:
         """Count one request and `tokens` estimated tokens against a provider key's rpm and tpm.
 
         Returns None when both allow it (the tokens are then held), else the wait in seconds.
+        The tokens counted also settle this key's earlier estimates (see `correct_tokens`).
         """
         if key.rpm_limit is not None:
             wait = await self._hit("rpm", key.id, key.rpm_limit)
@@ -130,10 +132,12 @@ class Limits:
                 return wait
         if key.tpm_limit is None:
             return None
-        held = max(1, min(tokens, key.tpm_limit))
-        wait = await self._hit("tpm", key.id, key.tpm_limit, cost=held)
-        if wait is not None:  # give back what the refused call would have used
-            await self._give_back(key, held)
+        carry = self._carry.pop(key.id, 0)
+        cost = max(1, min(tokens, key.tpm_limit)) + carry
+        wait = await self._hit("tpm", key.id, key.tpm_limit, cost=cost)
+        if wait is not None:  # give back what the refused call would have used; keep the carry for later
+            self._carry[key.id] = self._carry.get(key.id, 0) + carry
+            await self._give_back(key, cost)
         return wait
 
     async def _give_back(self, key, tokens):
@@ -144,18 +148,16 @@ class Limits:
         except Exception:
             log.warning("rate-limit storage failed while giving back a refused call", exc_info=True)
 
-    async def correct_tokens(self, key, estimated, actual):
-        """Replace a key's estimated tokens by the reported usage."""
+    def correct_tokens(self, key, estimated, actual):
+        """Note the reported usage of a call that held `estimated` tokens.
+
+        The difference is settled with the key's next call (added to the
+        tokens it counts), which saves a storage round trip per request and
+        still decides every call on the usage reported so far. A difference
+        can land in the next one-minute window; that errs by one estimate.
+        """
         if key.tpm_limit is None:
             return
         held = max(1, min(estimated, key.tpm_limit))
-        if actual == held:
-            return
-        counter, item = self._counter("tpm", key.id, key.tpm_limit)
-        try:
-            if actual > held:
-                await self.backend.incr(counter, item, actual - held)
-            else:
-                await self.backend.decr(counter, held - actual)
-        except Exception:
-            log.warning("rate-limit storage failed while correcting tokens", exc_info=True)
+        if actual != held:
+            self._carry[key.id] = self._carry.get(key.id, 0) + actual - held

@@ -209,6 +209,8 @@ class Proxy:
             return "again"
         if err.outcome == RequestOutcome.RATE_LIMITED:
             return await self._after_429(call, target, key, err, retries)
+        if not gw.breakers.available(target.deployment_id):  # this failure opened its circuit: do not retry into it
+            return "failover"
         if retries >= gw.retries_per_target or not gw.budget.withdraw():
             return "failover"
         wait = backoff(retries + 1, gw.rng)
@@ -315,8 +317,7 @@ class Proxy:
         if key.state == KeyState.RATE_LIMITED:
             gw.key_recovered(key)
         if key.tpm_limit is not None and usage is not None:
-            return gw.limits.correct_tokens(key, call.token_estimate(), usage[0] + usage[1])
-        return None
+            gw.limits.correct_tokens(key, call.token_estimate(), usage[0] + usage[1])
 
     async def relay_body(self, call, target, key, response, started, send):
         body = await upstream.read_all(response)
@@ -331,14 +332,12 @@ class Proxy:
         call.upstream_s += ms / 1000
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
         headers = self.gw.response_headers(call, target.deployment, content_type, len(body))
-        correction = self._succeeded(call, target, key, Try(target, key, RequestOutcome.OK, 200, ms), sse.usage_of(payload))
+        self._succeeded(call, target, key, Try(target, key, RequestOutcome.OK, 200, ms), sse.usage_of(payload))
         call.record.status = 200
         if self.gw.recorder.log_bodies:
             call.record.response_body = body.decode("utf-8", "replace")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if correction is not None:
-            await correction
 
     # --- streaming ------------------------------------------------------------------
 
@@ -377,16 +376,14 @@ class Proxy:
             watcher.cancel()  # before reading on: once the response is sent, receive() reports a "disconnect" too
         if outcome == RequestOutcome.OK:
             await _read_to_end(response)
-        await self._finish_stream(call, target, key, relay, outcome, problem)
+        self._finish_stream(call, target, key, relay, outcome, problem)
 
-    async def _finish_stream(self, call, target, key, relay, outcome, problem):
+    def _finish_stream(self, call, target, key, relay, outcome, problem):
         attempt = Try(target, key, outcome, 200, (perf_counter() - relay.started) * 1000, problem)
         attempt.ttft_ms, attempt.tps = relay.ttft_ms, relay.tokens_per_s()
         call.record.ttft_ms = relay.client_ttft_ms
         if outcome == RequestOutcome.OK:
-            correction = self._succeeded(call, target, key, attempt, relay.usage)
-            if correction is not None:
-                await correction
+            self._succeeded(call, target, key, attempt, relay.usage)
             return
         record = call.record
         record.outcome, record.error = outcome, problem

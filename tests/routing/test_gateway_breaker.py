@@ -48,7 +48,7 @@ def test_one_dead_target_costs_no_client_errors_and_its_circuit_opens(sim, serve
     gateway.stop()
     # Open, either since the failures in a row or since a half-open trial failed again.
     circuit = DeploymentCircuit.objects.get(deployment__name="dead-one")
-    assert circuit.state == CircuitState.OPEN and "Simulated server error" in circuit.reason
+    assert circuit.state == CircuitState.OPEN and "HTTP 50" in circuit.reason  # a 500 or a 503
     opened = Event.objects.filter(kind=EventKind.CIRCUIT_OPEN, deployment__name="dead-one")
     assert any("5 consecutive failures" in event.message for event in opened)
     listed = admin_api.get("/api/v1/circuits/", {"deployment": "dead-one"}).json()
