@@ -32,6 +32,12 @@ def production_setup(app_configs, **kwargs):
             hint="Unset WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS unless your providers really live on a private network.",
             id="weathervane.W004",
         ))
+    if not settings.DEBUG and settings.GATEWAY_LOG_BODIES:
+        problems.append(Warning(
+            "The gateway's request log keeps message bodies in production.",
+            hint="Unset WEATHERVANE_GATEWAY_LOG_BODIES unless you need bodies for debugging; they may hold personal data.",
+            id="weathervane.W006",
+        ))
     return problems
 
 

@@ -19,6 +19,7 @@ from routing.models import (
     GatewayKey,
     KeyState,
     Provider,
+    RequestLog,
     Route,
     RouteTarget,
 )
@@ -231,4 +232,16 @@ class DeploymentCircuitSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeploymentCircuit
         fields = ["id", "deployment", "state", "reason", "since", "updated_at"]
+        read_only_fields = fields
+
+
+class RequestLogSerializer(serializers.ModelSerializer):
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    gateway_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True)
+
+    class Meta:
+        model = RequestLog
+        fields = ["id", "created_at", "request_id", "route_name", "deployment", "api_key", "gateway_key", "outcome", "status",
+                  "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost", "error",
+                  "tried", "request_body", "response_body"]
         read_only_fields = fields

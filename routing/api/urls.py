@@ -28,4 +28,5 @@ router.register("gateway-keys", views.GatewayKeyViewSet, basename="gatewaykey")
 router.register("audit", views.AuditEventViewSet, basename="auditevent")
 router.register("events", views.EventViewSet, basename="event")
 router.register("circuits", views.DeploymentCircuitViewSet, basename="circuit")
+router.register("request-log", views.RequestLogViewSet, basename="requestlog")
 urlpatterns = router.urls

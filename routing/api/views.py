@@ -40,6 +40,8 @@ from routing.models import (
     KeyState,
     Provider,
     ProviderKind,
+    RequestLog,
+    RequestOutcome,
     Route,
     RouteTarget,
 )
@@ -186,6 +188,16 @@ class EventFilter(TimeWindowFilter):
     class Meta:
         model = Event
         fields = ["kind", "route", "deployment", "api_key", "since", "until"]
+
+
+class RequestLogFilter(TimeWindowFilter):
+    outcome = filters.ChoiceFilter(choices=RequestOutcome.choices)
+    route = filters.CharFilter(field_name="route_name", help_text="Route name")
+    deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
+
+    class Meta:
+        model = RequestLog
+        fields = ["outcome", "route", "deployment", "request_id", "since", "until"]
 
 
 class CircuitFilter(filters.FilterSet):
@@ -385,3 +397,12 @@ class DeploymentCircuitViewSet(ReadOnlyViewSet):
     queryset = DeploymentCircuit.objects.select_related("deployment").order_by("deployment__name")
     serializer_class = s.DeploymentCircuitSerializer
     filterset_class = CircuitFilter
+
+
+@extend_schema(tags=["request log"])
+class RequestLogViewSet(ReadOnlyViewSet):
+    """The gateway's sampled request log: every failure and a share of successes, newest first."""
+
+    queryset = RequestLog.objects.select_related("deployment", "gateway_key")
+    serializer_class = s.RequestLogSerializer
+    filterset_class = RequestLogFilter

@@ -596,3 +596,19 @@ def test_the_docs_page_loads_only_local_assets(viewer_api):
     assets = re.findall(r"""(?:src|href)=["']/static/([^"'?#]+)""", html)
     assert assets and all(finders.find(asset) for asset in assets), assets
     assert viewer_api.get("/api/schema/", HTTP_ACCEPT="application/json").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_request_log_is_readable_by_viewers_filterable_and_read_only(admin_api, viewer_api, anon_api, outsider_api):
+    from routing.models import RequestLog
+
+    RequestLog.objects.create(request_id="req_1", route_name="chat", outcome="ok", status=200)
+    RequestLog.objects.create(request_id="req_2", route_name="chat", outcome="server_error", status=502, error="every upstream failed")
+    failures = viewer_api.get("/api/v1/request-log/?outcome=server_error")
+    assert failures.status_code == 200
+    assert [r["request_id"] for r in failures.json()["results"]] == ["req_2"]
+    assert admin_api.post("/api/v1/request-log/", {"request_id": "x"}, format="json").status_code == 405
+    assert anon_api.get("/api/v1/request-log/").status_code == 401
+    assert outsider_api.get("/api/v1/request-log/").status_code == 403
+    assert admin_api.get("/api/v1/request-log/?outcome=nonsense").status_code == 400
+    assert RequestLog.objects.count() == 2

@@ -52,6 +52,11 @@ def test_production_without_redis_warns_about_the_in_memory_channel_layer(tmp_pa
     assert "weathervane.W001" in result.stdout + result.stderr
 
 
+def test_production_with_request_bodies_logged_warns(tmp_path):
+    result = manage("check", "--deploy", data_dir=tmp_path, **production(WEATHERVANE_GATEWAY_LOG_BODIES="true"))
+    assert "weathervane.W006" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(("name", "value"), [
     ("WEATHERVANE_PROBE_INTERVAL", "abc"),
     ("DEBUG", "maybe"),
