@@ -4,11 +4,10 @@ thread on loopback for tests and demos."""
 
 import gc
 import os
-import socket
-import threading
-import time
 
 import uvicorn
+
+from routing.loopback import ThreadedServer
 
 UVICORN_OPTIONS = {
     "http": "httptools",
@@ -43,11 +42,13 @@ def run(host="127.0.0.1", port=8080, workers=1, log_level="info"):
                 log_level=log_level, backlog=2048, timeout_graceful_shutdown=5, **UVICORN_OPTIONS)
 
 
-class GatewayServer:
+class GatewayServer(ThreadedServer):
     """A Gateway served on loopback from a background thread; a context manager.
 
     `gateway` is a routing.gateway.app.Gateway (a default one is made when None).
     """
+
+    name = "gateway"
 
     def __init__(self, gateway=None, host="127.0.0.1", port=0):
         if gateway is None:
@@ -55,58 +56,10 @@ class GatewayServer:
 
             gateway = Gateway()
         self.gateway = gateway
-        self.host = host
-        self.port = port
-        self._server = None
-        self._thread = None
-
-    @property
-    def url(self):
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self):
-        return f"{self.url}/v1"
+        super().__init__(gateway, host=host, port=port, options={**UVICORN_OPTIONS, "loop": "none"}, graceful_s=2)
 
     def start(self, timeout=10.0):
-        sock = socket.create_server((self.host, self.port), backlog=2048)
-        self.port = sock.getsockname()[1]
-        options = {**UVICORN_OPTIONS, "loop": "none"}
-        config = uvicorn.Config(self.gateway, log_level="warning", log_config=None, timeout_graceful_shutdown=2, **options)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._serve, args=(sock,), name=f"gateway-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the gateway did not start on {self.url}")
-            time.sleep(0.005)
-        return self
-
-    def _serve(self, sock):
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-        try:
-            loop.run_until_complete(self._server.serve(sockets=[sock]))
-        finally:
-            loop.close()
-            sock.close()
+        return super().start(timeout)
 
     def stop(self, timeout=10.0):
-        if self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(1.0)
-        self._thread = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
+        super().stop(timeout)
