@@ -31,8 +31,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--simulator-url", default=f"http://127.0.0.1:{settings.SIMULATOR_PORT}/v1")
+        parser.add_argument("--server-url", default="http://127.0.0.1:8000", help="Where `serve` will listen (for the hint)")
 
-    def handle(self, *args, simulator_url, **options):
+    def handle(self, *args, simulator_url, server_url, **options):
         if Route.objects.filter(name=ROUTE).exists():
             self.stdout.write("Demo data already present; nothing changed.")
             return
@@ -44,7 +45,7 @@ class Command(BaseCommand):
         if password:
             self.stdout.write(f"  admin login:  admin / {password}")
         self.stdout.write(f"  gateway key:  {gateway_secret}")
-        self.stdout.write(f"  try it:       curl -H 'Authorization: Bearer {gateway_secret}' http://127.0.0.1:8000/v1/models")
+        self.stdout.write(f"  try it:       curl -H 'Authorization: Bearer {gateway_secret}' {server_url}/v1/models")
 
     def _seed_registry(self, simulator_url):
         for name, personality, deployment, price_in, price_out in PROVIDERS:

@@ -1,0 +1,79 @@
+"""The commands behind `make run`: seed_demo and serve."""
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from routing.models import ApiKey, AuditEvent, GatewayKey, Provider, Route, hash_gateway_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.django_db
+def test_seed_demo_creates_the_demo_once_and_prints_its_secrets_once():
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+    text = out.getvalue()
+    assert Provider.objects.count() == 3 and ApiKey.objects.count() == 6
+    assert Route.objects.get(name="gpt-demo").weights() == {"steady-gpt": 90, "tail-gpt": 10, "flaky-gpt": 0}
+    password = text.split("admin / ")[1].split()[0]
+    assert User.objects.get(username="admin").check_password(password)
+    gateway_key = text.split("gateway key:")[1].split()[0]
+    assert GatewayKey.objects.filter(key_hash=hash_gateway_key(gateway_key)).exists()
+    assert AuditEvent.objects.filter(actor="command:seed_demo").count() >= 10
+
+    again = StringIO()
+    call_command("seed_demo", stdout=again)
+    assert "nothing changed" in again.getvalue()
+    assert password not in again.getvalue() and gateway_key not in again.getvalue()
+    assert Provider.objects.count() == 3 and GatewayKey.objects.count() == 1
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_and_its_probes_move_within_ten_seconds(tmp_path):
+    """What `make run` starts: one process serving pages, with the simulator and probes running."""
+    port, sim_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"WEATHERVANE_DATA_DIR": str(tmp_path), "WEATHERVANE_SIMULATOR_PORT": str(sim_port), "DEBUG": "true"}
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True)
+    server = subprocess.Popen([*manage, "serve", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started = time.monotonic()
+        assert _wait_for(f"http://127.0.0.1:{port}/login/", 30) == 200
+        results = 0
+        while time.monotonic() - started < 10 and not results:
+            time.sleep(0.5)
+            with sqlite3.connect(tmp_path / "weathervane.sqlite3") as db:
+                results = db.execute("SELECT count(*) FROM probes_proberesult").fetchone()[0]
+        assert results, "no probe result within 10 s of starting serve"
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+def _wait_for(url, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return urllib.request.urlopen(url, timeout=2).status
+        except OSError:
+            time.sleep(0.25)
+    return None
