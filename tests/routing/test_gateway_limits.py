@@ -1,14 +1,22 @@
 """Rate limits: per gateway key rpm, per provider key rpm and tpm, and counters
 shared through Redis by two gateway processes."""
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_gateway_key_over_its_rpm_gets_429_with_retry_after_and_no_upstream_call(sim, serve_gateway):
@@ -79,3 +87,69 @@ def test_two_gateway_processes_share_one_limit_through_redis(sim, serve_gateway,
     assert 27 <= accepted <= 33  # within 10% of the limit, not twice it
     assert statuses.count(429) == len(statuses) - accepted
     assert len(sim.simulator.attempts()) == accepted
+
+
+SEED = """
+import django, sys
+django.setup()
+from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteTarget
+provider = Provider.objects.create(name="sim", base_url=sys.argv[1])
+key = ApiKey(provider=provider, label="k")
+key.set_secret("sk-test-key-0001")
+key.save()
+deployment = Deployment.objects.create(name="d", provider=provider, upstream_model="fast")
+RouteTarget.objects.create(route=Route.objects.create(name="r"), deployment=deployment, weight=100)
+client = GatewayKey(name="app", rpm_limit=30)
+print(client.generate())
+client.save()
+"""
+
+
+@pytest.mark.redis
+def test_two_gateway_os_processes_share_one_limit_through_redis(sim, require_redis, tmp_path):
+    """`manage.py gateway` twice, as a scaled deployment runs it: 30 rpm in all, not 30 each."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {"WEATHERVANE_DATA_DIR": str(tmp_path), "REDIS_URL": require_redis, "WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS": "true",
+            "WEATHERVANE_GATEWAY_LIMITS_PREFIX": f"wv-test-{uuid.uuid4().hex[:8]}", "DJANGO_SETTINGS_MODULE": "dashboard.settings"}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    seeded = subprocess.run([sys.executable, "-c", SEED, sim.base_url], cwd=ROOT, env=env, check=True, timeout=60,
+                            capture_output=True, text=True)
+    key = seeded.stdout.strip().splitlines()[-1]
+    ports = [_free_port(), _free_port()]
+    servers = [subprocess.Popen([sys.executable, "manage.py", "gateway", "--port", str(port), "--log-level", "warning"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        with httpx.Client(timeout=10) as client:
+            for port in ports:
+                _wait_until_up(client, f"http://127.0.0.1:{port}/v1/models", headers)
+            sim.simulator.reset()
+            statuses = [client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers).status_code
+                        for _ in range(40) for port in ports]
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(15)
+    accepted = statuses.count(200)
+    assert 27 <= accepted <= 33  # within 10% of the limit, not twice it
+    assert statuses.count(429) == len(statuses) - accepted
+    assert len(sim.simulator.attempts()) == accepted
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(client, url, headers, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get(url, headers=headers).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up")
