@@ -191,7 +191,7 @@ def test_the_overview_sparkline_takes_new_probe_points_without_a_reload(chromium
     probe(world.probe)
     page.wait_for_function(
         "n => Number(document.querySelector('.tile[data-deployment=\"stable\"]').dataset.points) > n", arg=before,
-        timeout=3000,
+        timeout=10_000,
     )
     assert tile.locator("[data-field=state]").inner_text() in ("Up", "Unknown")
     probe(world.probe)
@@ -206,8 +206,8 @@ def test_the_deployment_charts_take_new_points_without_a_reload(chromium, app_ur
     count = "() => Chart.getChart('chart-latency').data.datasets[3].data.length"
     assert page.evaluate(count) == 1  # the probe stored before the page opened
     probe(world.probe)
-    page.wait_for_function(f"({count})() >= 2", timeout=3000)
-    page.wait_for_function("Chart.getChart('chart-latency').data.datasets[0].data.length >= 1", timeout=3000)
+    page.wait_for_function(f"({count})() >= 2", timeout=10_000)
+    page.wait_for_function("Chart.getChart('chart-latency').data.datasets[0].data.length >= 1", timeout=10_000)
     assert page.locator("#probe-rows tr").count() >= 2
     page.click("#windows a[data-window='1h']")
     page.wait_for_url("**window=1h")
@@ -269,7 +269,7 @@ def test_the_api_rejection_is_shown_inline_and_changes_nothing(chromium, app_url
     admin.evaluate("""() => document.querySelectorAll('.weight-number').forEach((input) => { input.value = '30'; })""")
     admin.fill("input[name=reason]", "typo")
     admin.click("button.apply")
-    admin.wait_for_selector(".form-error:has-text('Weights must add up to exactly 100, not 60.')", timeout=3000)
+    admin.wait_for_selector(".form-error:has-text('Weights must add up to exactly 100, not 60.')", timeout=10_000)
     route = admin_api.get("/api/v1/routes/chat/").json()
     assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 90, "canary": 10}
     admin.context.close()
@@ -281,7 +281,7 @@ def test_the_timeline_shows_new_events_without_a_reload(chromium, app_url, world
     page = signed_in_page(chromium, app_url, "victor", "/timeline/")
     assert "canary 0→10" in page.locator("#timeline li").first.inner_text()
     weights.apply_weights(world.route, {"stable": 50, "canary": 50}, reason="half and half", actor="alice")
-    page.wait_for_selector("#timeline li:first-child:has-text('canary 10→50')", timeout=2000)
+    page.wait_for_selector("#timeline li:first-child:has-text('canary 10→50')", timeout=5000)
     assert page.locator("#timeline li").count() == 2
     page.context.close()
 
@@ -326,7 +326,7 @@ def test_an_edit_of_a_split_changed_meanwhile_is_refused_and_the_form_catches_up
     admin = signed_in_page(chromium, app_url, "alice", "/routes/")
     admin.locator('.weight-row[data-deployment="canary"] input[type=range]').press("ArrowRight")  # an edit: 11%
     weights.apply_weights(world.route, {"stable": 80, "canary": 20}, reason="from a script", actor="bob")
-    admin.wait_for_selector('tr[data-deployment="canary"] [data-field=weight] .num:text-is("20%")', timeout=2000)
+    admin.wait_for_selector('tr[data-deployment="canary"] [data-field=weight] .num:text-is("20%")', timeout=5000)
     canary_number = admin.locator('.weight-row[data-deployment="canary"] .weight-number')
     assert canary_number.input_value() == "11"  # the user's unsaved edit is not overwritten
     admin.fill("input[name=reason]", "my edit")
