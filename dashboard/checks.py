@@ -7,13 +7,6 @@ from django.core.checks import Tags, Warning, register
 @register(Tags.security, deploy=True)
 def production_setup(app_configs, **kwargs):
     problems = []
-    in_memory_layer = settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
-    if not settings.DEBUG and in_memory_layer:
-        problems.append(Warning(
-            "DEBUG is off but the channel layer is in-memory: live updates reach only the process that made them.",
-            hint="Set REDIS_URL so every process shares one channel layer.",
-            id="weathervane.W001",
-        ))
     if not settings.DEBUG and not settings.SECRET_KEY_FROM_ENV:
         problems.append(Warning(
             "DEBUG is off but SECRET_KEY is not set; a key generated into the data directory is in use.",
@@ -42,13 +35,12 @@ def production_setup(app_configs, **kwargs):
 
 
 @register()
-def embedded_setup(app_configs, **kwargs):
-    """Checks that apply in every mode, including `runserver` and tests."""
-    problems = []
-    if not settings.DEBUG and settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer":
-        problems.append(Warning(
-            "DEBUG is off with the in-memory channel layer.",
-            hint="Fine for a single process; set REDIS_URL when running several.",
-            id="weathervane.W005",
-        ))
-    return problems
+def shared_channel_layer(app_configs, **kwargs):
+    """Runs in every mode (not only --deploy): a production process without Redis is easy to start by mistake."""
+    if settings.DEBUG or settings.CHANNEL_LAYERS["default"]["BACKEND"] != "channels.layers.InMemoryChannelLayer":
+        return []
+    return [Warning(
+        "DEBUG is off but the channel layer is in-memory: live updates reach only the process that made them.",
+        hint="Fine for a single process; set REDIS_URL when running several.",
+        id="weathervane.W001",
+    )]

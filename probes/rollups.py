@@ -118,12 +118,7 @@ def window_stats(deployment_id, source, since, until=None, api_key_id=None):
     Keys: count, ok, errors, error_rate, availability, p50/p95/p99 (ms),
     ttft_p50/ttft_p95 (ms), tokens_per_s, tokens_in, tokens_out, cost.
     """
-    rows = Rollup.objects.filter(deployment_id=deployment_id, source=source, minute__gte=minute_of(since))
-    if until is not None:
-        rows = rows.filter(minute__lt=until)
-    if api_key_id is not None:
-        rows = rows.filter(api_key_id=api_key_id)
-    return merge_rows(rows)
+    return merge_rows(select_rows(deployment_id, source, since, until, api_key_id))
 
 
 def merge_rows(rows):

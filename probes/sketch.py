@@ -36,12 +36,6 @@ def from_json(data):
     return sketch
 
 
-def merge_json(a, b):
-    """Return the JSON form of the union of two JSON sketches."""
-    left = from_json(a)
-    left.merge(from_json(b))
-    return to_json(left)
-
 
 def quantiles(sketch, qs=(0.5, 0.95, 0.99)):
     """Return {q: value or None} for the given quantiles."""

@@ -66,11 +66,6 @@ def record(*, action, obj=None, actor, user=None, before=None, after=None, reaso
     )
 
 
-def changed_fields(before, after):
-    """Return the names of keys whose values differ between two snapshots."""
-    keys = set(before or {}) | set(after or {})
-    return sorted(k for k in keys if (before or {}).get(k) != (after or {}).get(k))
-
 
 def deleted_with(obj):
     """Return the registry objects (other than route targets, which their route's
