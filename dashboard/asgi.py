@@ -17,17 +17,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from dashboard.urls import websocket_urlpatterns  # noqa: E402
+from routing.gateway.app import mount  # noqa: E402
 
-
-def _http_app():
-    try:
-        from routing.gateway.app import mount
-    except ImportError:  # the gateway module is optional until it lands
-        return django_app
-    return mount(django_app)
-
+http_app = mount(django_app)
+gateway = http_app.gateway  # Daphne sends no lifespan events: `serve` calls gateway.close() on a clean stop
 
 application = ProtocolTypeRouter({
-    "http": _http_app(),
+    "http": http_app,
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })

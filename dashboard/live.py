@@ -9,6 +9,7 @@ running on the server's event loop.
 
 import asyncio
 import logging
+from dataclasses import asdict, dataclass, field
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -73,29 +74,78 @@ def _send(message_type, payload, group=GROUP_ALL):
         log.warning("live publish of %s failed", message_type, exc_info=True)
 
 
-def probe_result(payload):
-    """payload: {deployment, api_key, outcome, latency_ms, ttft_ms, tps, at (ISO time)}"""
-    _send(PROBE_RESULT, payload)
+# --- typed payloads: one per message type (times are ISO strings) -----------------------
 
 
-def traffic_point(payload):
-    """payload: {deployment, route, minute, count, ok, errors, p50_ms, p95_ms, ttft_p50_ms, at}"""
-    _send(TRAFFIC_POINT, payload)
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult:
+    deployment: str
+    outcome: str
+    at: str
+    target: int | None = None
+    api_key: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tps: float | None = None
+    model_swapped: bool = False
+    recorded_at: str | None = None
 
 
-def weights_changed(payload):
-    """payload: {route, version, weights: {deployment: weight}, actor, reason, at}"""
-    _send(WEIGHTS_CHANGED, payload)
+@dataclass(frozen=True, kw_only=True)
+class TrafficPoint:
+    """One route's traffic through one deployment in one minute (figures as in probes.rollups)."""
+
+    deployment: str
+    route: str
+    minute: str
+    count: int
+    ok: int = 0
+    errors: dict = field(default_factory=dict)
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    at: str | None = None
 
 
-def health_changed(payload):
-    """payload: {deployment, api_key, state, reason, at}"""
-    _send(HEALTH_CHANGED, payload)
+@dataclass(frozen=True, kw_only=True)
+class WeightsChanged:
+    route: str
+    version: int
+    weights: dict
+    actor: str
+    reason: str
+    at: str | None = None
 
 
-def timeline_event(payload):
-    """payload: {kind, message, deployment, route, api_key, at}"""
-    _send(TIMELINE_EVENT, payload)
+@dataclass(frozen=True, kw_only=True)
+class HealthChanged:
+    deployment: str
+    state: str
+    reason: str
+    at: str | None = None
+    api_key: str | None = None
+    target: int | None = None
+
+
+def probe_result(payload: ProbeResult):
+    _send(PROBE_RESULT, asdict(payload))
+
+
+def traffic_point(payload: TrafficPoint):
+    _send(TRAFFIC_POINT, asdict(payload))
+
+
+def weights_changed(payload: WeightsChanged):
+    _send(WEIGHTS_CHANGED, asdict(payload))
+
+
+def health_changed(payload: HealthChanged):
+    _send(HEALTH_CHANGED, asdict(payload))
+
+
+def timeline_event(event):
+    """Push a saved routing.models.Event: its payload is `Event.payload()`, as the page and the API show it."""
+    _send(TIMELINE_EVENT, event.payload())
 
 
 def session_logout(user_id):

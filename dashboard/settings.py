@@ -225,7 +225,7 @@ SPECTACULAR_SETTINGS = {
         "EventKindEnum": "routing.models.EventKind",
         "ProviderKindEnum": "routing.models.ProviderKind",
         "HealthStateEnum": "probes.models.HealthState",
-        "ProbeOutcomeEnum": "probes.models.Outcome",
+        "OutcomeEnum": "routing.outcomes.Outcome",
     },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)

@@ -16,7 +16,8 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
 from dashboard import metrics
-from probes.models import HealthState, Outcome, ProbeResult, Source
+from probes.models import HealthState, ProbeResult, Source
+from routing.outcomes import Outcome
 from routing.api.permissions import is_viewer
 from routing.models import Deployment, Event, Route
 from routing.weights import weights_history
@@ -181,17 +182,19 @@ def routes_data(now=None):
     routes = list(Route.objects.prefetch_related("targets__deployment__provider"))
     deployments = {t.deployment.pk: t.deployment for r in routes for t in r.targets.all()}
     window = metrics.Window.M15
-    traffic = metrics.figures_by_deployment(list(deployments), now - metrics.SPAN[window], Source.TRAFFIC)
+    since = now - metrics.SPAN[window]
     health = _health(list(deployments.values()))
     seconds = metrics.SPAN[window].total_seconds()
     return {
         "window": window.value, "window_label": window.label, "at": now.isoformat(),
-        "routes": [_route_row(r, traffic, health, seconds) for r in routes],
+        "routes": [_route_row(r, since, health, seconds) for r in routes],
     }
 
 
-def _route_row(route, traffic, health, seconds):
+def _route_row(route, since, health, seconds):
+    """One route with its own traffic per target (a deployment serving two routes is counted in each once)."""
     targets = sorted(route.targets.all(), key=lambda t: t.deployment.name)
+    traffic = metrics.figures_by_deployment([t.deployment_id for t in targets], since, Source.TRAFFIC, route.pk)
     total = sum(traffic[t.deployment_id]["count"] for t in targets)
     return {
         "name": route.name, "description": route.description, "version": route.version,
@@ -237,16 +240,7 @@ def routes_json(request):
 def timeline_data():
     """Return the latest TIMELINE_SIZE operational events, newest first."""
     events = Event.objects.select_related("route", "deployment", "api_key")[:TIMELINE_SIZE]
-    return {"events": [_event_row(e) for e in events]}
-
-
-def _event_row(event):
-    return {
-        "id": event.pk, "kind": event.kind, "kind_label": event.get_kind_display(), "message": event.message,
-        "at": event.created_at.isoformat(), "route": event.route.name if event.route else None,
-        "deployment": event.deployment.name if event.deployment else None,
-        "api_key": event.api_key.label if event.api_key else None,
-    }
+    return {"events": [e.payload() for e in events]}
 
 
 @dashboard_view

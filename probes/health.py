@@ -1,9 +1,9 @@
 """Health of each probe target: up, degraded or down, and what a probe means for its key.
 
 `judge` is the pure state machine; `after_probe` applies it to a target and a
-saved ProbeResult, storing an Event for every change and pushing it live.
-`down_deployment_ids` is the cheap query the gateway reads when it rebuilds
-its snapshot.
+saved ProbeResult, storing an Event for every change and pushing it live. Key
+states change through `ApiKey.change_state`, the rule the gateway uses too;
+"down by probes" is `ProbeTarget.down_deployment_ids`.
 """
 
 import statistics
@@ -15,9 +15,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from dashboard import live
-from probes.models import RECENT_SIZE, HealthState, Outcome, ProbeTarget
-from routing import audit
-from routing.models import AuditAction, Event, EventKind, KeyState
+from probes.models import RECENT_SIZE, HealthState, ProbeTarget
+from routing.models import ApiKey, Event, EventKind, KeyState
+from routing.outcomes import Outcome
 from routing.signals import config_changed
 
 ACTOR = "system:probes"
@@ -68,8 +68,13 @@ def judge(state, failures, successes, recent, ok, total_ms, outcome, thresholds)
         return Verdict(HealthState.DEGRADED, reason, failures, successes, recent)
     if state == HealthState.UNKNOWN and not ok:
         return Verdict(HealthState.UNKNOWN, "", failures, successes, recent)
-    return Verdict(HealthState.UP, f"{successes} consecutive successes" if successes else "probes succeed",
-                   failures, successes, recent)
+    return Verdict(HealthState.UP, _successes(successes), failures, successes, recent)
+
+
+def _successes(n):
+    if not n:
+        return "probes succeed"
+    return "1 success in a row" if n == 1 else f"{n} consecutive successes"
 
 
 def degraded_reason(recent, thresholds):
@@ -119,18 +124,13 @@ def _announce_health(target, previous, verdict):
     message = f"{target} is {verdict.state} (was {previous}): {verdict.reason}"[:500]
     event = Event.objects.create(kind=EventKind.HEALTH, deployment=target.deployment, api_key=target.api_key, message=message,
                                  data={"target": target.pk, "from": previous, "to": verdict.state, "reason": verdict.reason})
-    payload = {"deployment": target.deployment.name, "api_key": target.api_key.label if target.api_key_id else None,
-               "state": verdict.state, "reason": verdict.reason, "target": target.pk, "at": timezone.now().isoformat()}
+    payload = live.HealthChanged(deployment=target.deployment.name, state=verdict.state, reason=verdict.reason,
+                                 api_key=target.api_key.label if target.api_key_id else None, target=target.pk,
+                                 at=event.created_at.isoformat())
     transaction.on_commit(lambda: live.health_changed(payload))
-    _timeline(EventKind.HEALTH, message, target.deployment, target.api_key, event.pk)
+    transaction.on_commit(lambda: live.timeline_event(event))
     if HealthState.DOWN in (previous, verdict.state):
-        config_changed()  # the gateway's snapshot reads down_deployment_ids()
-
-
-def _timeline(kind, message, deployment, api_key, event_id=None):
-    payload = {"id": event_id, "kind": kind, "message": message, "deployment": deployment.name if deployment else None, "route": None,
-               "api_key": api_key.label if api_key else None, "at": timezone.now().isoformat()}
-    transaction.on_commit(lambda: live.timeline_event(payload))
+        config_changed()  # the gateway's snapshot reads ProbeTarget.down_deployment_ids()
 
 
 # --- keys ------------------------------------------------------------------------
@@ -138,39 +138,11 @@ def _timeline(kind, message, deployment, api_key, event_id=None):
 
 def apply_to_key(key, result):
     """Mark the key invalid on a bad-key outcome, rate-limited on a 429, active again on success."""
-    if key.state == KeyState.DISABLED:
-        return
-    if result.outcome == Outcome.BAD_KEY and key.state != KeyState.INVALID:
-        _set_key_state(key, KeyState.INVALID, f"probe got {result.error or 'HTTP 401/403'}"[:300], None, EventKind.KEY_INVALID)
+    if result.outcome == Outcome.BAD_KEY:
+        ApiKey.change_state(key.pk, KeyState.INVALID, f"probe got {result.error or 'HTTP 401/403'}", ACTOR)
     elif result.outcome == Outcome.RATE_LIMITED and result.status_code == 429:
-        until = timezone.now() + timedelta(seconds=result.retry_after_s if result.retry_after_s is not None else DEFAULT_RATE_LIMIT_S)
-        if key.state != KeyState.RATE_LIMITED or not key.rate_limited_until or key.rate_limited_until < until:
-            _set_key_state(key, KeyState.RATE_LIMITED, "probe got HTTP 429", until, EventKind.KEY_RATE_LIMITED)
-    elif result.outcome == Outcome.OK and key.state in (KeyState.INVALID, KeyState.RATE_LIMITED):
-        _set_key_state(key, KeyState.ACTIVE, "probe succeeded", None, EventKind.KEY_ACTIVE)
-
-
-def _set_key_state(key, state, reason, until, event_kind):
-    before = {"state": key.state, "rate_limited_until": _iso(key.rate_limited_until)}
-    key.state, key.state_reason, key.state_since, key.rate_limited_until = state, reason, timezone.now(), until
-    key.save(update_fields=["state", "state_reason", "state_since", "rate_limited_until", "updated_at"])
-    after = {"state": state, "rate_limited_until": _iso(until)}
-    if state != KeyState.RATE_LIMITED:  # 429s come and go; only lasting key states belong in the audit trail
-        audit.record(action=AuditAction.KEY_STATE, obj=key, actor=ACTOR, before=before, after=after, reason=reason)
-    message = f"key {key} is {state}: {reason}" + (f" until {until:%H:%M:%S}" if until else "")
-    event = Event.objects.create(kind=event_kind, api_key=key, message=message[:500],
-                                 data={"from": before["state"], "to": state, "until": after["rate_limited_until"]})
-    _timeline(event_kind, message, None, key, event.pk)
-
-
-def _iso(value):
-    return value.isoformat() if value else None
-
-
-# --- queries ---------------------------------------------------------------------
-
-
-def down_deployment_ids():
-    """Return the ids of deployments whose (enabled, rotating) probe target is down."""
-    rows = ProbeTarget.objects.filter(api_key__isnull=True, enabled=True, health=HealthState.DOWN)
-    return set(rows.values_list("deployment_id", flat=True))
+        wait = result.retry_after_s if result.retry_after_s is not None else DEFAULT_RATE_LIMIT_S
+        ApiKey.change_state(key.pk, KeyState.RATE_LIMITED, "probe got HTTP 429", ACTOR,
+                            until=timezone.now() + timedelta(seconds=wait))
+    elif result.outcome == Outcome.OK:
+        ApiKey.change_state(key.pk, KeyState.ACTIVE, "probe succeeded", ACTOR)

@@ -3,8 +3,9 @@
 `probe(request)` sends it through `open_stream`, the one seam for probe HTTP
 (timeouts, the private-network check at connect time, no redirects), reads
 the server-sent events and returns a `Measurement` whose `outcome` is one of
-`probes.models.Outcome`. It never raises for anything the upstream does:
-failures are data.
+`routing.outcomes.Outcome`, classified by the same rules as the gateway's
+traffic (routing.outcomes) and read with the same SSE reader (routing.sse).
+It never raises for anything the upstream does: failures are data.
 """
 
 import json
@@ -13,21 +14,19 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
-from django.utils import timezone
 
-from probes.models import Outcome
+from routing import sse
 from routing.netguard import UpstreamBlocked, check_host
+from routing.outcomes import Outcome, UpstreamError, error_message, http_failure, redact
 
 
 USER_AGENT = "weathervane-probe/1"
 MAX_ERROR_BODY = 4096
 MAX_ANSWER = 2000
 DATED_SUFFIX = re.compile(r"\d{4}-\d{2}-\d{2}|\d{4}|\d{8}|latest|v\d+(\.\d+)*")
-SECRET_LIKE = re.compile(r"\b(sk|key|wv)-[A-Za-z0-9_\-*.…]{6,}")
 
 
 @dataclass
@@ -64,15 +63,6 @@ class Measurement:
     retry_after_s: float | None = None
     error: str = ""
     text: str = ""
-
-
-class OutboundError(Exception):
-    """A probe's HTTP call failed before or while reading; `outcome` classifies it."""
-
-    def __init__(self, outcome, message, retryable):
-        super().__init__(message)
-        self.outcome = outcome
-        self.retryable = retryable
 
 
 def build_payload(model, prompt, max_tokens, reasoning_effort=""):
@@ -112,12 +102,12 @@ def client():
 
 @contextmanager
 def open_stream(request):
-    """Yield the httpx response (headers read) of a probe; raise OutboundError when none came."""
+    """Yield the httpx response (headers read) of a probe; raise UpstreamError when none came."""
     host = urlsplit(request.url).hostname or ""
     try:
         check_host(host)
     except UpstreamBlocked as blocked:
-        raise OutboundError(Outcome.CONNECT_ERROR, str(blocked), retryable=False) from None
+        raise UpstreamError(Outcome.CONNECT_ERROR, str(blocked), retryable=False) from None
     timeout = httpx.Timeout(request.timeout_s, connect=min(request.connect_timeout_s, request.timeout_s))
     headers = {"accept": "text/event-stream"}
     if request.secret:
@@ -126,13 +116,13 @@ def open_stream(request):
         with client().stream("POST", request.url, json=request.payload, headers=headers, timeout=timeout) as response:
             yield response
     except httpx.ConnectTimeout:
-        raise OutboundError(Outcome.CONNECT_ERROR, "connect timed out", retryable=True) from None
+        raise UpstreamError(Outcome.CONNECT_ERROR, "connect timed out", retryable=True) from None
     except httpx.TimeoutException:
-        raise OutboundError(Outcome.TIMEOUT, f"no answer within {request.timeout_s:g} s", retryable=True) from None
+        raise UpstreamError(Outcome.TIMEOUT, f"no answer within {request.timeout_s:g} s", retryable=True) from None
     except httpx.DecodingError as exc:
-        raise OutboundError(Outcome.MALFORMED, _describe(exc), retryable=False) from None
+        raise UpstreamError(Outcome.MALFORMED, _describe(exc), retryable=False) from None
     except httpx.HTTPError as exc:  # connection refused or reset, protocol errors
-        raise OutboundError(Outcome.CONNECT_ERROR, _describe(exc), retryable=True) from None
+        raise UpstreamError(Outcome.CONNECT_ERROR, _describe(exc), retryable=True) from None
 
 
 def _describe(exc):
@@ -154,30 +144,19 @@ def probe(request):
                 _read_error(response, result, request.secret)
             else:
                 _read_stream(response, result, started, started + request.timeout_s)
-    except OutboundError as failure:
+    except UpstreamError as failure:
         if result.ttfb_ms is not None and failure.outcome == Outcome.CONNECT_ERROR:
             result.outcome, result.error = Outcome.TRUNCATED, f"stream broke: {failure}"
         else:
             result.outcome, result.error = failure.outcome, str(failure)
     result.total_ms = _ms(started)
     _judge(result, request)
-    result.error = redact(result.error, request.secret)
+    result.error = redact(result.error, (request.secret,))
     return result
 
 
 def _ms(started):
     return (time.perf_counter() - started) * 1000
-
-
-def classify_status(status):
-    """Return the Outcome for a non-200 HTTP status."""
-    if status in (401, 403):
-        return Outcome.BAD_KEY
-    if status == 429:
-        return Outcome.RATE_LIMITED
-    if status >= 500:
-        return Outcome.SERVER_ERROR
-    return Outcome.CLIENT_ERROR
 
 
 def _read_error(response, result, secret):
@@ -186,42 +165,8 @@ def _read_error(response, result, secret):
         body += chunk
         if len(body) >= MAX_ERROR_BODY:
             break
-    result.outcome = classify_status(response.status_code)
-    if result.outcome == Outcome.RATE_LIMITED:
-        result.retry_after_s = retry_after(response.headers)
-    result.error = f"HTTP {response.status_code}: {_error_message(body)}"
-
-
-def _error_message(body):
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        return body[:200].decode("utf-8", "replace").strip() or "no body"
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("code") or error.get("type") or "error")[:200]
-    return str(error)[:200]
-
-
-def retry_after(headers):
-    """Return the upstream's requested wait in seconds (retry-after-ms, then Retry-After), or None."""
-    try:
-        if headers.get("retry-after-ms"):
-            return max(float(headers["retry-after-ms"]) / 1000, 0.0)
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        if value.strip().replace(".", "", 1).isdigit():
-            return float(value)
-        return max((parsedate_to_datetime(value) - timezone.now()).total_seconds(), 0.0)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def redact(text, secret):
-    """Return `text` with the secret and anything that looks like a key replaced by `…`."""
-    if secret:
-        text = text.replace(secret, "…")
-    return SECRET_LIKE.sub(lambda m: f"{m.group(1)}-…", text)
+    failure = http_failure(response.status_code, response.headers, body[:MAX_ERROR_BODY], (secret,))
+    result.outcome, result.error, result.retry_after_s = failure.outcome, failure.message, failure.retry_after
 
 
 # --- server-sent events ----------------------------------------------------------
@@ -238,19 +183,21 @@ class _Stream:
         self.token_chunks = 0
         self.text = []
 
-    def take(self, data):
-        """Fold one event's data into the result; return False to stop reading."""
-        if data == "[DONE]":
+    def take(self, event):
+        """Fold one raw event into the result; return False to stop reading."""
+        try:
+            event = sse.parse(sse.event_data(event))
+        except sse.Malformed:
+            return self._fail(Outcome.MALFORMED, "an event was not valid JSON")
+        if event is None:
+            return True
+        if event is sse.DONE:
             self.result.saw_done = True
             return False
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return self._fail(Outcome.MALFORMED, "an event was not valid JSON")
         if not isinstance(event, dict):
             return self._fail(Outcome.MALFORMED, "an event was not a JSON object")
         if event.get("error"):
-            return self._fail(Outcome.SERVER_ERROR, f"error event: {_error_message(json.dumps(event).encode())}")
+            return self._fail(Outcome.SERVER_ERROR, f"error event: {error_message(event)}")
         try:
             self._take_chunk(event)
         except (AttributeError, TypeError, ValueError):
@@ -299,8 +246,8 @@ def _read_stream(response, result, started, deadline):
         result.outcome, result.error = Outcome.MALFORMED, "expected an event stream"
         return
     stream = _Stream(result, started)
-    for data in sse_data(response.iter_lines()):
-        if not stream.take(data):
+    for event in _events(response):
+        if not stream.take(event):
             break
         if time.perf_counter() > deadline:
             result.outcome, result.error = Outcome.TIMEOUT, "stream did not finish in time"
@@ -311,18 +258,14 @@ def _read_stream(response, result, started, deadline):
         result.outcome, result.error = Outcome.TRUNCATED, f"stream ended without {missing}"
 
 
-def sse_data(lines):
-    """Yield the data of each server-sent event from an iterable of lines."""
-    data = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
-    if data:
-        yield "\n".join(data)
+def _events(response):
+    """Yield each whole server-sent event of a streamed response (routing.sse framing)."""
+    buffer = b""
+    for chunk in response.iter_bytes():
+        events, buffer = sse.split_events(buffer + chunk)
+        yield from events
+    if buffer.strip():
+        yield buffer + b"\n\n"
 
 
 # --- correctness -------------------------------------------------------------------

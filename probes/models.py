@@ -6,9 +6,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from routing.models import ApiKey, Deployment, Provider
+from routing.models import ApiKey, Deployment, Provider, Route
+from routing.outcomes import Outcome
 
 
 def validate_regex(value):
@@ -25,12 +27,15 @@ class Source(models.TextChoices):
 
 class Rollup(models.Model):
     """Counts, errors by kind, latency sketches and tokens for one deployment
-    (optionally one key), one source, one minute. Merged, never one row per request."""
+    (optionally one key and, for gateway traffic, one route), one source, one
+    minute. Merged, never one row per request (see probes.rollups)."""
 
     minute = models.DateTimeField(db_index=True, help_text="Start of the minute (UTC)")
     source = models.CharField(max_length=10, choices=Source.choices)
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rollups")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups")
+    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups",
+                              help_text="The route the gateway traffic came through (empty for probes)")
     count = models.PositiveIntegerField(default=0)
     ok = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=dict, help_text="{outcome kind: count} for non-ok outcomes")
@@ -46,30 +51,12 @@ class Rollup(models.Model):
         ordering = ["-minute"]
         constraints = [
             models.UniqueConstraint(
-                fields=["minute", "source", "deployment"], condition=models.Q(api_key__isnull=True),
-                name="one_rollup_per_deployment_minute",
-            ),
-            models.UniqueConstraint(
-                fields=["minute", "source", "deployment", "api_key"], condition=models.Q(api_key__isnull=False),
-                name="one_rollup_per_key_minute",
+                "minute", "source", "deployment", Coalesce("api_key", 0), Coalesce("route", 0),
+                name="one_rollup_per_minute_and_dimensions",
             ),
         ]
-        indexes = [models.Index(fields=["deployment", "source", "minute"])]
-
-
-class Outcome(models.TextChoices):
-    """How one probe (or one gateway request) ended. Only OK counts as a success."""
-
-    OK = "ok", "OK"
-    TIMEOUT = "timeout", "Timeout"
-    CONNECT_ERROR = "connect_error", "Connect error"
-    BAD_KEY = "bad_key", "Bad key (401/403)"
-    RATE_LIMITED = "rate_limited", "Rate-limited (429)"
-    CLIENT_ERROR = "client_error", "Client error (4xx)"
-    SERVER_ERROR = "server_error", "Server error (5xx)"
-    MALFORMED = "malformed", "Malformed response"
-    TRUNCATED = "truncated", "Truncated stream"
-    WRONG_ANSWER = "wrong_answer", "Wrong answer"
+        indexes = [models.Index(fields=["deployment", "source", "minute"]),
+                   models.Index(fields=["route", "source", "minute"])]
 
 
 class HealthState(models.TextChoices):
@@ -143,6 +130,17 @@ class ProbeTarget(models.Model):
     def clean(self):
         if self.api_key_id and self.deployment_id and self.api_key.provider_id != self.deployment.provider_id:
             raise ValidationError({"api_key": "The key must belong to the deployment's provider."})
+
+    @classmethod
+    def down_deployment_ids(cls):
+        """Return the ids of deployments whose enabled probes all say "down" (the one definition).
+
+        The gateway leaves them out of its routes' choices (unless every target is down).
+        """
+        healths = {}
+        for deployment_id, health in cls.objects.filter(enabled=True).values_list("deployment_id", "health"):
+            healths.setdefault(deployment_id, set()).add(health)
+        return frozenset(d for d, states in healths.items() if states == {HealthState.DOWN})
 
     def latency_threshold_ms(self):
         return self.degraded_latency_ms or settings.PROBE_DEGRADED_LATENCY_MS

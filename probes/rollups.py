@@ -1,35 +1,105 @@
-"""Per-minute rollups shared by probes and gateway traffic.
+"""Per-minute rollups shared by probes and gateway traffic: the one home of their arithmetic.
 
-Producers aggregate outcomes in memory into `RollupDelta`s (one per
-deployment, key, source and minute) and hand them to `save_deltas`, which
-merges them into `Rollup` rows. Queries over any window merge those rows, so
-p50/p95/p99 for 5 minutes or a week cost one indexed read.
+Producers aggregate outcomes in memory into `RollupDelta`s (one per minute,
+source, deployment, key and, for gateway traffic, route) and hand them to
+`save_delta`, which merges one into its `Rollup` row. Every merge, of a delta
+into a delta, a row or a window, is `RollupDelta.merge`. Every read of a
+window, its figures and its chart points, is `read_window`, used by the REST
+API and the dashboard alike, over the windows of `Window`.
 """
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from django.db import transaction
-from django.db.models import F
+from django.db import models, transaction
 from django.utils import timezone
 
 from probes import sketch
-from probes.models import Rollup
+from probes.models import Rollup, Source
+from routing.outcomes import Outcome
 
-OK = "ok"
+MAX_TOKENS = 10**9  # per request: a larger usage report is an upstream's bug, not a bill
+
+
+class Window(models.TextChoices):
+    """The windows figures and charts are read over (API `window`, dashboard selector)."""
+
+    M5 = "5m", "5 min"
+    M15 = "15m", "15 min"
+    H1 = "1h", "1 hour"
+    H24 = "24h", "24 hours"
+    D7 = "7d", "7 days"
+
+
+SPAN = {Window.M5: timedelta(minutes=5), Window.M15: timedelta(minutes=15), Window.H1: timedelta(hours=1),
+        Window.H24: timedelta(days=1), Window.D7: timedelta(days=7)}
+# Chart buckets that keep every window under ~100 points.
+BUCKET = {Window.M5: timedelta(minutes=1), Window.M15: timedelta(minutes=1), Window.H1: timedelta(minutes=1),
+          Window.H24: timedelta(minutes=15), Window.D7: timedelta(hours=2)}
+ALIASES = {"1d": Window.H24, "1w": Window.D7}
+
+
+def parse_window(value, default=Window.H1):
+    """Return the Window named by `value` (or an alias; the default when empty).
+
+    Raises ValueError naming the field and the choices.
+    """
+    if not value:
+        return Window(default)
+    if value in ALIASES:
+        return ALIASES[value]
+    try:
+        return Window(value)
+    except ValueError:
+        choices = ", ".join(Window.values)
+        raise ValueError(f"window must be one of {choices}, not {str(value)[:20]!r}.") from None
 
 
 def minute_of(when):
     return when.replace(second=0, microsecond=0)
 
 
+def floor_to(when, size):
+    """Return `when` rounded down to a multiple of `size` since the epoch."""
+    seconds = int(size.total_seconds())
+    return when - timedelta(seconds=int(when.timestamp()) % seconds, microseconds=when.microsecond)
+
+
+def epoch_ms(when):
+    return int(when.timestamp() * 1000)
+
+
+def _tokens(value):
+    """Return a usage count as a sane non-negative int (upstreams send negatives, floats, strings)."""
+    try:
+        value = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return min(max(value, 0), MAX_TOKENS)
+
+
+def _finite_ms(value):
+    """Return a duration in ms as a positive float for the sketch, or None when it is no duration."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return max(value, 0.001) if value == value and value != float("inf") else None
+
+
 @dataclass
 class RollupDelta:
-    minute: object
-    source: str
-    deployment_id: int
+    """Figures of one (minute, source, deployment, key, route), or of any merge of them."""
+
+    minute: object = None
+    source: str = ""
+    deployment_id: int | None = None
     api_key_id: int | None = None
+    route_id: int | None = None
     count: int = 0
     ok: int = 0
     errors: dict = field(default_factory=dict)
@@ -41,39 +111,101 @@ class RollupDelta:
     tps_count: int = 0
     cost: Decimal = Decimal(0)
 
+    @property
+    def key(self):
+        return (self.minute, self.source, self.deployment_id, self.api_key_id, self.route_id)
+
     def add(self, outcome, latency_ms=None, ttft_ms=None, tokens_in=0, tokens_out=0, tps=None, cost=0):
-        """Fold one request's outcome into this delta."""
+        """Fold one request's outcome into this delta; what an upstream reported is clamped to sane values."""
         self.count += 1
-        if outcome == OK:
+        if outcome == Outcome.OK:
             self.ok += 1
         else:
             self.errors[outcome] = self.errors.get(outcome, 0) + 1
-        if latency_ms is not None:
-            self.latency.add(max(latency_ms, 0.001))
-        if ttft_ms is not None:
-            self.ttft.add(max(ttft_ms, 0.001))
-        self.tokens_in += tokens_in or 0
-        self.tokens_out += tokens_out or 0
+        for value, target in ((_finite_ms(latency_ms), self.latency), (_finite_ms(ttft_ms), self.ttft)):
+            if value is not None:
+                target.add(value)
+        self.tokens_in += _tokens(tokens_in)
+        self.tokens_out += _tokens(tokens_out)
+        tps = _finite_ms(tps)
         if tps:
             self.tps_sum += tps
             self.tps_count += 1
-        self.cost += Decimal(str(cost or 0))
+        self.cost += _cost(cost)
+
+    def merge(self, other):
+        """Add `other`'s figures to this one's (the one merge of rollup arithmetic); return self."""
+        self.count += other.count
+        self.ok += other.ok
+        for kind, n in other.errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + n
+        self.latency.merge(other.latency)
+        self.ttft.merge(other.ttft)
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.tps_sum += other.tps_sum
+        self.tps_count += other.tps_count
+        self.cost += other.cost
+        return self
+
+    @classmethod
+    def of_row(cls, row):
+        """Return a Rollup row's figures as a delta."""
+        return cls(row.minute, row.source, row.deployment_id, row.api_key_id, row.route_id, row.count, row.ok,
+                   dict(row.errors or {}), sketch.from_json(row.latency), sketch.from_json(row.ttft), row.tokens_in,
+                   row.tokens_out, row.tps_sum, row.tps_count, Decimal(row.cost))
+
+    def row_values(self):
+        """Return the Rollup column values of these figures."""
+        return {"count": self.count, "ok": self.ok, "errors": self.errors, "latency": sketch.to_json(self.latency),
+                "ttft": sketch.to_json(self.ttft), "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "tps_sum": self.tps_sum, "tps_count": self.tps_count, "cost": self.cost}
+
+    def figures(self):
+        """Return the figures a reader sees: counts, rates, percentiles (ms), tokens and cost."""
+        lat = sketch.quantiles(self.latency)
+        ttft = sketch.quantiles(self.ttft, (0.5, 0.95))
+        return {
+            "count": self.count, "ok": self.ok, "errors": dict(self.errors),
+            "error_rate": (self.count - self.ok) / self.count if self.count else None,
+            "availability": self.ok / self.count if self.count else None,
+            "p50_ms": lat[0.5], "p95_ms": lat[0.95], "p99_ms": lat[0.99],
+            "ttft_p50_ms": ttft[0.5], "ttft_p95_ms": ttft[0.95],
+            "tokens_per_s": self.tps_sum / self.tps_count if self.tps_count else None,
+            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": str(self.cost),
+        }
+
+
+def _cost(value):
+    try:
+        cost = Decimal(str(value or 0))
+    except ArithmeticError:
+        return Decimal(0)
+    return cost if cost.is_finite() and cost >= 0 else Decimal(0)
 
 
 class Aggregator:
-    """Collects outcomes into deltas keyed by (minute, source, deployment, key)."""
+    """Collects outcomes into deltas keyed by (minute, source, deployment, key, route)."""
 
     def __init__(self, source):
         self.source = source
         self.deltas = {}
 
-    def add(self, deployment_id, api_key_id=None, when=None, **outcome):
+    def add(self, deployment_id, api_key_id=None, when=None, route_id=None, **outcome):
         minute = minute_of(when or timezone.now())
-        key = (minute, deployment_id, api_key_id)
+        key = (minute, self.source, deployment_id, api_key_id, route_id)
         delta = self.deltas.get(key)
         if delta is None:
-            delta = self.deltas[key] = RollupDelta(minute, self.source, deployment_id, api_key_id)
+            delta = self.deltas[key] = RollupDelta(minute, self.source, deployment_id, api_key_id, route_id)
         delta.add(**outcome)
+
+    def put_back(self, delta):
+        """Merge a delta that could not be saved back in, for the next flush."""
+        existing = self.deltas.get(delta.key)
+        if existing is None:
+            self.deltas[delta.key] = delta
+        else:
+            existing.merge(delta)
 
     def drain(self):
         """Return the collected deltas and start afresh."""
@@ -81,88 +213,48 @@ class Aggregator:
         return deltas
 
 
+def save_delta(delta):
+    """Merge one delta into its Rollup row, in a transaction of its own (safe with concurrent writers)."""
+    with transaction.atomic():
+        row, _ = Rollup.objects.select_for_update().get_or_create(
+            minute=delta.minute, source=delta.source, deployment_id=delta.deployment_id, api_key_id=delta.api_key_id,
+            route_id=delta.route_id,
+        )
+        merged = RollupDelta.of_row(row).merge(delta)
+        Rollup.objects.filter(pk=row.pk).update(**merged.row_values())
+
+
 def save_deltas(deltas):
-    """Merge deltas into Rollup rows (one transaction each; safe with concurrent writers)."""
+    """Merge each delta into its row (see save_delta)."""
     for delta in deltas:
-        with transaction.atomic():
-            row, _ = Rollup.objects.select_for_update().get_or_create(
-                minute=delta.minute, source=delta.source, deployment_id=delta.deployment_id, api_key_id=delta.api_key_id,
-            )
-            _merge_row(row, delta)
+        save_delta(delta)
 
 
-def _merge_row(row, delta):
-    errors = dict(row.errors or {})
-    for kind, n in delta.errors.items():
-        errors[kind] = errors.get(kind, 0) + n
-    latency = sketch.from_json(row.latency)
-    latency.merge(delta.latency)
-    ttft = sketch.from_json(row.ttft)
-    ttft.merge(delta.ttft)
-    Rollup.objects.filter(pk=row.pk).update(
-        count=F("count") + delta.count, ok=F("ok") + delta.ok, errors=errors,
-        latency=sketch.to_json(latency), ttft=sketch.to_json(ttft),
-        tokens_in=F("tokens_in") + delta.tokens_in, tokens_out=F("tokens_out") + delta.tokens_out,
-        tps_sum=F("tps_sum") + delta.tps_sum, tps_count=F("tps_count") + delta.tps_count,
-        cost=F("cost") + delta.cost,
-    )
+# --- reading ---------------------------------------------------------------------------
+
+ROW_FIELDS = ("minute", "source", "deployment_id", "api_key_id", "route_id", "count", "ok", "errors", "latency", "ttft",
+              "tokens_in", "tokens_out", "tps_sum", "tps_count", "cost")
 
 
-WINDOWS = {"5m": timedelta(minutes=5), "15m": timedelta(minutes=15), "1h": timedelta(hours=1),
-           "24h": timedelta(days=1), "1d": timedelta(days=1), "7d": timedelta(days=7), "1w": timedelta(days=7)}
+def select_rows(deployment_id=None, source=None, since=None, until=None, api_key_id=None, exact_key=False,
+                route_id=None):
+    """Return the Rollup rows matching the given dimensions from `since` (to `until`).
 
-
-def window_stats(deployment_id, source, since, until=None, api_key_id=None):
-    """Return merged figures for one deployment and source over [since, until).
-
-    Keys: count, ok, errors, error_rate, availability, p50/p95/p99 (ms),
-    ttft_p50/ttft_p95 (ms), tokens_per_s, tokens_in, tokens_out, cost.
+    `deployment_id` may be one id or a list. With exact_key, api_key_id=None
+    means the deployment-level rows only (a rotating probe target's), not
+    every key's; otherwise None means all rows.
     """
-    return merge_rows(select_rows(deployment_id, source, since, until, api_key_id))
-
-
-def merge_rows(rows):
-    """Return the figures of `window_stats` for any iterable of Rollup rows."""
-    total = RollupDelta(None, None, None)
-    for row in rows:
-        total.count += row.count
-        total.ok += row.ok
-        for kind, n in (row.errors or {}).items():
-            total.errors[kind] = total.errors.get(kind, 0) + n
-        total.latency.merge(sketch.from_json(row.latency))
-        total.ttft.merge(sketch.from_json(row.ttft))
-        total.tokens_in += row.tokens_in
-        total.tokens_out += row.tokens_out
-        total.tps_sum += row.tps_sum
-        total.tps_count += row.tps_count
-        total.cost += row.cost
-    return _figures(total)
-
-
-def _figures(total):
-    lat = sketch.quantiles(total.latency)
-    ttft = sketch.quantiles(total.ttft, (0.5, 0.95))
-    return {
-        "count": total.count, "ok": total.ok, "errors": total.errors,
-        "error_rate": (total.count - total.ok) / total.count if total.count else None,
-        "availability": total.ok / total.count if total.count else None,
-        "p50_ms": lat[0.5], "p95_ms": lat[0.95], "p99_ms": lat[0.99],
-        "ttft_p50_ms": ttft[0.5], "ttft_p95_ms": ttft[0.95],
-        "tokens_per_s": total.tps_sum / total.tps_count if total.tps_count else None,
-        "tokens_in": total.tokens_in, "tokens_out": total.tokens_out, "cost": str(total.cost),
-    }
-
-
-# --- series for charts and per-target figures (added with the probes) ---------------
-
-
-def select_rows(deployment_id, source, since, until=None, api_key_id=None, exact_key=False):
-    """Return the Rollup rows of one deployment and source from `since` (to `until`).
-
-    With exact_key, api_key_id=None means the deployment-level rows only (a
-    rotating probe target's), not every key's; otherwise None means all rows.
-    """
-    rows = Rollup.objects.filter(deployment_id=deployment_id, source=source, minute__gte=minute_of(since))
+    rows = Rollup.objects.only(*ROW_FIELDS)
+    if isinstance(deployment_id, (list, tuple, set)):
+        rows = rows.filter(deployment_id__in=list(deployment_id))
+    elif deployment_id is not None:
+        rows = rows.filter(deployment_id=deployment_id)
+    if source is not None:
+        rows = rows.filter(source=source)
+    if route_id is not None:
+        rows = rows.filter(route_id=route_id)
+    if since is not None:
+        rows = rows.filter(minute__gte=minute_of(since))
     if until is not None:
         rows = rows.filter(minute__lt=until)
     if api_key_id is not None:
@@ -172,26 +264,65 @@ def select_rows(deployment_id, source, since, until=None, api_key_id=None, exact
     return rows
 
 
-def series(deployment_id, source, since, until=None, api_key_id=None, step_minutes=1, exact_key=False):
-    """Return chart points, one per `step_minutes` bucket from `since` to `until` (now),
-    oldest first; buckets without data have count 0 and None latencies.
+def merge_rows(rows):
+    """Return the merged figures (RollupDelta.figures) of any iterable of Rollup rows."""
+    total = RollupDelta()
+    for row in rows:
+        total.merge(RollupDelta.of_row(row))
+    return total.figures()
 
-    Each point: minute (ISO start), count, ok, errors, error_rate, p50_ms,
-    p95_ms, p99_ms, ttft_p50_ms, tokens_per_s, rps.
+
+EMPTY = RollupDelta().figures()
+
+
+def window_stats(deployment_id, source, since, until=None, api_key_id=None, route_id=None):
+    """Return the merged figures of one deployment and source over [since, until)."""
+    return merge_rows(select_rows(deployment_id, source, since, until, api_key_id, route_id=route_id))
+
+
+def figures_by(rows, dimension="deployment_id"):
+    """Return {value of `dimension`: merged figures} of the rows."""
+    grouped = defaultdict(RollupDelta)
+    for row in rows:
+        grouped[getattr(row, dimension)].merge(RollupDelta.of_row(row))
+    return {value: delta.figures() for value, delta in grouped.items()}
+
+
+def read_window(rows, since, until, bucket, rate_source=None):
+    """Return (figures, points) of `rows` from `since` to `until` in `bucket`-sized steps.
+
+    Buckets are aligned to the epoch and every one is present, oldest first
+    (an empty one has count 0 and no latencies). Each point holds the figures
+    of its bucket, `t` (its start, epoch ms), `start` (ISO) and `rps`: requests
+    per second of `rate_source` rows only (all rows when None), over the part
+    of the bucket that has passed.
     """
-    start = minute_of(since)
-    end = until or timezone.now()
-    step = timedelta(minutes=step_minutes)
-    buckets = {}
-    for row in select_rows(deployment_id, source, start, end, api_key_id, exact_key):
-        buckets.setdefault(int((row.minute - start) / step), []).append(row)
-    points, index = [], 0
-    while start + index * step < end:
-        figures = merge_rows(buckets.get(index, ()))
-        points.append({
-            "minute": (start + index * step).isoformat(),
-            **{k: figures[k] for k in ("count", "ok", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "tokens_per_s")},
-            "rps": figures["count"] / step.total_seconds(),
-        })
-        index += 1
-    return points
+    first = floor_to(since, bucket)
+    total = RollupDelta()
+    buckets = defaultdict(RollupDelta)
+    rates = defaultdict(int)
+    for row in rows:
+        delta = RollupDelta.of_row(row)
+        start = floor_to(row.minute, bucket)
+        total.merge(delta)
+        buckets[start].merge(delta)
+        if rate_source is None or row.source == rate_source:
+            rates[start] += row.count
+    points, start = [], first
+    while start < until:
+        points.append(_point(start, buckets.get(start) or RollupDelta(), rates[start], bucket, until))
+        start += bucket
+    return total.figures(), points
+
+
+def _point(start, delta, count, bucket, until):
+    seconds = max(1.0, min(bucket.total_seconds(), (until - start).total_seconds()))
+    return {"t": epoch_ms(start), "start": start.isoformat(), **delta.figures(), "rps": count / seconds}
+
+
+def traffic_by_route(route_id, since, until=None):
+    """Return {deployment id: figures} of one route's own gateway traffic over [since, until).
+
+    One indexed read: the rows of a route's canary and baseline over the same window.
+    """
+    return figures_by(select_rows(source=Source.TRAFFIC, since=since, until=until, route_id=route_id))

@@ -15,10 +15,11 @@ from django.utils import timezone
 
 from dashboard import live
 from probes import health, measure, slots
-from probes.models import NoUsableKey, Outcome, ProbeBudget, ProbeResult, ProbeSlot, ProbeTarget, ProbeUsage, Rollup
+from probes.models import NoUsableKey, ProbeBudget, ProbeResult, ProbeSlot, ProbeTarget, ProbeUsage, Rollup, Source
 from probes.rollups import Aggregator, save_deltas
 from routing.crypto import SecretUnreadable
 from routing.models import KeyState
+from routing.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _count_usage(provider_id, when, tokens, cost):
 
 def _roll_up(target, result):
     complete = result.outcome in COMPLETE_ANSWERS
-    aggregator = Aggregator("probe")
+    aggregator = Aggregator(Source.PROBE)
     aggregator.add(
         target.deployment_id, api_key_id=target.api_key_id, when=result.started_at, outcome=result.outcome,
         latency_ms=result.total_ms if complete else None, ttft_ms=result.ttft_ms,
@@ -150,13 +151,12 @@ def _roll_up(target, result):
 
 
 def publish(result):
-    live.probe_result({
-        "target": result.target_id, "deployment": result.deployment.name,
-        "api_key": result.api_key.label if result.api_key_id else None, "outcome": result.outcome,
-        "latency_ms": result.total_ms, "ttft_ms": result.ttft_ms, "tps": result.tokens_per_s,
-        "model_swapped": result.model_swapped, "at": result.started_at.isoformat(),
-        "recorded_at": timezone.now().isoformat(),
-    })
+    live.probe_result(live.ProbeResult(
+        target=result.target_id, deployment=result.deployment.name,
+        api_key=result.api_key.label if result.api_key_id else None, outcome=result.outcome,
+        latency_ms=result.total_ms, ttft_ms=result.ttft_ms, tps=result.tokens_per_s,
+        model_swapped=result.model_swapped, at=result.started_at.isoformat(), recorded_at=timezone.now().isoformat(),
+    ))
 
 
 # --- which targets are due -------------------------------------------------------

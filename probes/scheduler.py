@@ -143,8 +143,3 @@ def stop():
         if _scheduler is not None:
             _scheduler.stop()
             _scheduler = None
-
-
-def start_if_embedded():
-    """Start the scheduler when settings.PROBES_IN_PROCESS says probes run in this process; return it or None."""
-    return start() if settings.PROBES_IN_PROCESS else None

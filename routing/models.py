@@ -3,15 +3,17 @@ gateway keys, and the append-only audit trail and operational event stream."""
 
 import hashlib
 import secrets
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from routing import crypto
 from routing.netguard import validate_upstream_url
+from routing.outcomes import Outcome
 
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$",
@@ -91,6 +93,59 @@ class ApiKey(models.Model):
             return False
         return not (self.state == KeyState.RATE_LIMITED and self.rate_limited_until and self.rate_limited_until > now)
 
+    # --- state changes made by the system (probes, gateway): the one home of their rules ---
+
+    @classmethod
+    def change_state(cls, key_id, state, reason, actor, until=None):
+        """Move the key to `state` (invalid, rate_limited or active) when its current row allows it.
+
+        The row is re-read under a lock, so a key that staff disabled (or that
+        another process already moved) is never overridden. Entering or
+        leaving INVALID is audited (a lasting state); 429 cooling comes and
+        goes and is not. Each change of state records an Event and pushes it
+        live after commit. Returns that Event, or None when nothing changed
+        (an extended cooling saves the new `until` without an Event).
+        """
+        from routing import audit
+
+        with transaction.atomic():
+            key = cls.objects.select_for_update().select_related("provider").filter(pk=key_id).first()
+            if key is None or not key._may_become(state, until):
+                return None
+            before, snapshot = key.state, audit.snapshot(key)
+            key._set_state(state, reason, until)
+            if before == state:
+                return None
+            if KeyState.INVALID in (before, state):
+                audit.record(action=AuditAction.KEY_STATE, obj=key, actor=actor, before=snapshot,
+                             after=audit.snapshot(key), reason=key.state_reason)
+            event = Event.objects.create(kind=KEY_EVENTS[state], api_key=key, message=key._state_message()[:500],
+                                         data={"from": before, "to": state, "reason": key.state_reason,
+                                               "until": until.isoformat() if until else None})
+            transaction.on_commit(lambda: _publish_event(event))
+        return event
+
+    def _may_become(self, state, until):
+        if not self.enabled or self.state == KeyState.DISABLED:
+            return False
+        if state == KeyState.INVALID:
+            return self.state != KeyState.INVALID
+        if state == KeyState.RATE_LIMITED:
+            cooling = self.state == KeyState.RATE_LIMITED and self.rate_limited_until is not None
+            return self.state != KeyState.INVALID and not (cooling and self.rate_limited_until >= until - timedelta(seconds=1))
+        return self.state in (KeyState.INVALID, KeyState.RATE_LIMITED)
+
+    def _set_state(self, state, reason, until):
+        self.state, self.state_reason, self.state_since = state, _storable(reason, 300), timezone.now()
+        self.rate_limited_until = until if state == KeyState.RATE_LIMITED else None
+        self.save(update_fields=["state", "state_reason", "state_since", "rate_limited_until", "updated_at"])
+
+    def _state_message(self):
+        text = f"Key {self} is {KeyState(self.state).label.lower()}"
+        if self.state == KeyState.RATE_LIMITED and self.rate_limited_until:
+            text += f" until {self.rate_limited_until:%H:%M:%S} UTC"
+        return f"{text}: {self.state_reason}" if self.state_reason else text
+
 
 class Deployment(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator], help_text="Identifier used in route weights")
@@ -131,10 +186,6 @@ class Route(models.Model):
     def weights(self):
         """Return {deployment name: weight} for every target of this route."""
         return {t.deployment.name: t.weight for t in self.targets.select_related("deployment").order_by("deployment__name")}
-
-    def active_targets(self):
-        """Return targets that can receive traffic: weight > 0 and an enabled deployment."""
-        return self.targets.filter(weight__gt=0, deployment__enabled=True, deployment__provider__enabled=True)
 
 
 class RouteTarget(models.Model):
@@ -263,6 +314,30 @@ class Event(models.Model):
     def __str__(self):
         return f"{self.created_at:%H:%M:%S} {self.kind}: {self.message}"
 
+    def payload(self):
+        """Return this event as the timeline shows it, live and on reload (the one builder)."""
+        return {
+            "id": self.pk, "kind": self.kind, "kind_label": self.get_kind_display(), "message": self.message,
+            "at": self.created_at.isoformat(), "route": self.route.name if self.route_id else None,
+            "deployment": self.deployment.name if self.deployment_id else None,
+            "api_key": str(self.api_key) if self.api_key_id else None,
+        }
+
+
+KEY_EVENTS = {KeyState.INVALID: EventKind.KEY_INVALID, KeyState.RATE_LIMITED: EventKind.KEY_RATE_LIMITED,
+              KeyState.ACTIVE: EventKind.KEY_ACTIVE}
+
+
+def _storable(text, limit):
+    """Return `text` without NUL characters (PostgreSQL refuses them), cut to `limit`."""
+    return (text or "").replace("\x00", "")[:limit]
+
+
+def _publish_event(event):
+    from dashboard import live
+
+    live.timeline_event(event)
+
 
 class CircuitState(models.TextChoices):
     CLOSED = "closed", "Closed"
@@ -280,27 +355,6 @@ class DeploymentCircuit(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
 
-class RequestOutcome(models.TextChoices):
-    """How one gateway request (or one upstream attempt) ended.
-
-    The upstream kinds share their values with probes.models.Outcome, so probe
-    and traffic rollups count errors under the same names.
-    """
-
-    OK = "ok", "OK"
-    TIMEOUT = "timeout", "Timeout"
-    CONNECT_ERROR = "connect_error", "Connect error"
-    BAD_KEY = "bad_key", "Bad key (401/403)"
-    RATE_LIMITED = "rate_limited", "Rate-limited (429)"
-    CLIENT_ERROR = "client_error", "Client error (4xx)"
-    SERVER_ERROR = "server_error", "Server error (5xx)"
-    MALFORMED = "malformed", "Malformed response"
-    TRUNCATED = "truncated", "Truncated stream"
-    CLIENT_CLOSED = "client_closed", "Client disconnected"
-    NO_CAPACITY = "no_capacity", "No usable key or target"
-    REJECTED = "rejected", "Refused by the gateway (auth, limits, bad input)"
-
-
 class RequestLog(models.Model):
     """A sampled gateway request: every failure and a share of successes.
 
@@ -315,7 +369,7 @@ class RequestLog(models.Model):
     deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     gateway_key = models.ForeignKey(GatewayKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    outcome = models.CharField(max_length=20, choices=RequestOutcome.choices, db_index=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, db_index=True)
     status = models.PositiveSmallIntegerField()
     stream = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)

@@ -164,9 +164,6 @@ def describe_change(route_name, before, after):
 
 def _publish(route, weights, actor, reason, event):
     at = event.created_at.isoformat() if event.created_at else timezone.now().isoformat()
-    live.weights_changed({
-        "route": route.name, "version": route.version, "weights": weights, "actor": actor, "reason": reason, "at": at,
-    })
-    live.timeline_event({
-        "id": event.pk, "kind": event.kind, "message": event.message, "deployment": None, "route": route.name, "api_key": None, "at": at,
-    })
+    live.weights_changed(live.WeightsChanged(route=route.name, version=route.version, weights=weights, actor=actor,
+                                             reason=reason, at=at))
+    live.timeline_event(event)

@@ -3,12 +3,11 @@
 from rest_framework import serializers
 
 from probes.models import HealthState, ProbeResult, ProbeTarget, Source
-from probes.rollups import WINDOWS
+from probes.rollups import SPAN, Window
 from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
-from routing.models import ApiKey, Deployment
+from routing.models import ApiKey, Deployment, Route
 
-CHART_WINDOWS = ("5m", "15m", "1h", "24h", "7d")
-HEALTH_WINDOWS = ("5m", "1h", "24h", "7d")
+HEALTH_WINDOWS = (Window.M5, Window.H1, Window.H24, Window.D7)
 MAX_POINTS = 720
 
 
@@ -72,13 +71,17 @@ class RollupQuerySerializer(serializers.Serializer):
     deployment = serializers.SlugRelatedField(slug_field="name", queryset=Deployment.objects.all(),
                                               error_messages={"does_not_exist": "No deployment is named {value}."})
     source = serializers.ChoiceField(choices=Source.choices, default=Source.PROBE)
-    window = serializers.ChoiceField(choices=CHART_WINDOWS, default="1h")
+    window = serializers.ChoiceField(choices=Window.choices, default=Window.H1)
     api_key = serializers.PrimaryKeyRelatedField(queryset=ApiKey.objects.all(), required=False)
+    route = serializers.SlugRelatedField(slug_field="name", queryset=Route.objects.all(), required=False,
+                                         help_text="Only gateway traffic that came through this route",
+                                         error_messages={"does_not_exist": "No route is named {value}."})
     step = serializers.IntegerField(min_value=1, max_value=1440, required=False,
                                     help_text="Minutes per point (default: 1, more for long windows)")
 
     def validate(self, attrs):
-        window_minutes = WINDOWS[attrs["window"]].total_seconds() / 60
+        attrs["window"] = Window(attrs["window"])
+        window_minutes = SPAN[attrs["window"]].total_seconds() / 60
         attrs.setdefault("step", max(1, int(-(-window_minutes // MAX_POINTS))))
         if window_minutes / attrs["step"] > MAX_POINTS * 2:
             raise serializers.ValidationError({"step": [f"Too many points; use a step of at least {int(window_minutes // (MAX_POINTS * 2)) + 1}."]})
@@ -88,18 +91,29 @@ class RollupQuerySerializer(serializers.Serializer):
         return attrs
 
 
-class RollupPointSerializer(serializers.Serializer):
-    minute = serializers.DateTimeField(help_text="Start of the bucket")
+class RollupFiguresSerializer(serializers.Serializer):
+    """Merged figures of a window or a bucket (probes.rollups.RollupDelta.figures)."""
+
     count = serializers.IntegerField()
     ok = serializers.IntegerField()
     errors = serializers.DictField(child=serializers.IntegerField(), help_text="{outcome: count}")
     error_rate = serializers.FloatField(allow_null=True)
+    availability = serializers.FloatField(allow_null=True)
     p50_ms = serializers.FloatField(allow_null=True)
     p95_ms = serializers.FloatField(allow_null=True)
     p99_ms = serializers.FloatField(allow_null=True)
     ttft_p50_ms = serializers.FloatField(allow_null=True)
+    ttft_p95_ms = serializers.FloatField(allow_null=True)
     tokens_per_s = serializers.FloatField(allow_null=True)
-    rps = serializers.FloatField()
+    tokens_in = serializers.IntegerField()
+    tokens_out = serializers.IntegerField()
+    cost = serializers.CharField(help_text="Decimal, in the prices' currency")
+
+
+class RollupPointSerializer(RollupFiguresSerializer):
+    t = serializers.IntegerField(help_text="Start of the bucket, epoch ms")
+    start = serializers.DateTimeField(help_text="Start of the bucket")
+    rps = serializers.FloatField(help_text="Requests per second over the part of the bucket that has passed")
 
 
 class RollupSeriesSerializer(serializers.Serializer):
@@ -109,10 +123,11 @@ class RollupSeriesSerializer(serializers.Serializer):
     source = serializers.ChoiceField(choices=Source.choices)
     window = serializers.CharField()
     api_key = serializers.IntegerField(allow_null=True)
+    route = serializers.CharField(allow_null=True)
     step_minutes = serializers.IntegerField()
     since = serializers.DateTimeField()
     until = serializers.DateTimeField()
-    summary = serializers.DictField(help_text="count, ok, errors, error_rate, availability, p50/p95/p99_ms, ttft_p50/p95_ms, tokens_per_s, tokens_in, tokens_out, cost")
+    summary = RollupFiguresSerializer()
     points = RollupPointSerializer(many=True)
 
 

@@ -5,6 +5,8 @@ Permissions are the project's default: staff write, viewers read. Every change
 to a target is saved with its AuditEvent in one transaction.
 """
 
+from datetime import timedelta
+
 from django.db import transaction
 from django.utils import timezone
 from django_filters import rest_framework as filters
@@ -16,11 +18,12 @@ from rest_framework.views import APIView
 
 from probes import runner
 from probes.api import serializers as s
-from probes.models import HealthState, Outcome, ProbeResult, ProbeTarget
-from probes.rollups import WINDOWS, merge_rows, select_rows, series
+from probes.models import HealthState, ProbeResult, ProbeTarget, Source
+from probes.rollups import SPAN, merge_rows, read_window, select_rows
 from routing.api.views import AuditedModelViewSet, ReadOnlyViewSet
 from routing.audit import record, snapshot
 from routing.models import AuditAction
+from routing.outcomes import Outcome
 
 
 class ProbeTargetFilter(filters.FilterSet):
@@ -47,7 +50,8 @@ class ProbeResultFilter(filters.FilterSet):
 def target_windows(target, windows=s.HEALTH_WINDOWS, now=None):
     """Return {window: figures} from the target's own rollup rows."""
     now = now or timezone.now()
-    return {name: merge_rows(select_rows(target.deployment_id, "probe", now - WINDOWS[name], api_key_id=target.api_key_id, exact_key=True))
+    return {name: merge_rows(select_rows(target.deployment_id, Source.PROBE, now - SPAN[name],
+                                         api_key_id=target.api_key_id, exact_key=True))
             for name in windows}
 
 
@@ -137,12 +141,14 @@ class RollupSeriesView(APIView):
         query.is_valid(raise_exception=True)
         q = query.validated_data
         now = timezone.now()
-        since = now - WINDOWS[q["window"]]
+        since = now - SPAN[q["window"]]
         key_id = q["api_key"].pk if q.get("api_key") else None
-        points = series(q["deployment"].pk, q["source"], since, now, key_id, q["step"])
-        summary = merge_rows(select_rows(q["deployment"].pk, q["source"], since, now, key_id))
+        route = q.get("route")
+        rows = select_rows(q["deployment"].pk, q["source"], since, None, key_id, route_id=route.pk if route else None)
+        summary, points = read_window(rows, since, now, timedelta(minutes=q["step"]))
         return Response({
             "deployment": q["deployment"].name, "source": q["source"], "window": q["window"], "api_key": key_id,
-            "step_minutes": q["step"], "since": since, "until": now, "summary": summary, "points": points,
+            "route": route.name if route else None, "step_minutes": q["step"], "since": since, "until": now,
+            "summary": summary, "points": points,
         })
 

@@ -41,10 +41,10 @@ from routing.models import (
     Provider,
     ProviderKind,
     RequestLog,
-    RequestOutcome,
     Route,
     RouteTarget,
 )
+from routing.outcomes import Outcome
 
 REASON_HEADER = "X-Audit-Reason"
 MAX_REASON_LENGTH = weights.MAX_REASON_LENGTH
@@ -191,7 +191,7 @@ class EventFilter(TimeWindowFilter):
 
 
 class RequestLogFilter(TimeWindowFilter):
-    outcome = filters.ChoiceFilter(choices=RequestOutcome.choices)
+    outcome = filters.ChoiceFilter(choices=Outcome.choices)
     route = filters.CharFilter(field_name="route_name", help_text="Route name")
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
 

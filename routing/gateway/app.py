@@ -38,7 +38,7 @@ from routing.gateway.proxy import SSE_HEADERS, Call, Proxy, describe
 from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
 from routing.gateway.snapshot import SnapshotStore
-from routing.models import RequestOutcome
+from routing.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,14 @@ class Gateway:
             self.recorder.start()
             self.started = True
 
+    def close(self):
+        """Stop the background threads after a last flush; for servers without lifespan events (Daphne).
+
+        Called once the server's loop has stopped, so nothing it collected is lost on a clean stop.
+        """
+        self.store.stop()
+        self.recorder.stop()
+
     async def stop(self):
         if not self.started:
             return
@@ -220,6 +228,7 @@ class Gateway:
                 self.key_blocked.pop(key_id, None)
         self.recovered.clear()
         self.recorder.deployment_names = snapshot.deployments
+        self.recorder.route_names = {route.id: name for name, route in snapshot.routes.items()}
         self.recorder.metrics.snapshot_version = snapshot.version
         if snapshot.circuits and self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.breakers.adopt, snapshot.circuits)
@@ -256,7 +265,7 @@ class Gateway:
         """
         overhead = call.overhead_ms()
         call.record.overhead_ms = overhead
-        attempts = sum(1 for t in call.tried if t.outcome != RequestOutcome.NO_CAPACITY) + unrecorded
+        attempts = sum(1 for t in call.tried if t.outcome != Outcome.NO_CAPACITY) + unrecorded
         headers = _common_headers(call.request_id, call.route.name, deployment, attempts, overhead)
         if content_type is None:
             headers.extend(SSE_HEADERS)
@@ -383,7 +392,7 @@ class Gateway:
     async def _end_late_stream(self, call, send):
         """The deadline struck mid-stream: end it with an error event (no [DONE])."""
         record = call.record
-        record.outcome, record.error = RequestOutcome.TIMEOUT, "request deadline exceeded mid-stream"
+        record.outcome, record.error = Outcome.TIMEOUT, "request deadline exceeded mid-stream"
         if call.tried:
             record.deployment_id, record.deployment = call.tried[-1].target.deployment_id, call.tried[-1].target.deployment
         message = "The request deadline passed while the answer was streaming. The answer is incomplete."
@@ -399,13 +408,13 @@ class Gateway:
         record.error = err.message[:500]
         if call is not None and call.tried:
             last = call.tried[-1]
-            record.outcome = RequestOutcome.TIMEOUT if err.code == "deadline_exceeded" else last.outcome
+            record.outcome = Outcome.TIMEOUT if err.code == "deadline_exceeded" else last.outcome
             record.deployment_id, record.deployment = last.target.deployment_id, last.target.deployment
         elif err.code == "deadline_exceeded":
-            record.outcome = RequestOutcome.TIMEOUT
+            record.outcome = Outcome.TIMEOUT
         else:
-            record.outcome = RequestOutcome.NO_CAPACITY if err.status in (502, 503, 504) else RequestOutcome.REJECTED
-        attempts = sum(1 for t in call.tried if t.outcome != RequestOutcome.NO_CAPACITY) if call is not None else 0
+            record.outcome = Outcome.NO_CAPACITY if err.status in (502, 503, 504) else Outcome.REJECTED
+        attempts = sum(1 for t in call.tried if t.outcome != Outcome.NO_CAPACITY) if call is not None else 0
         overhead = (perf_counter() - t0 - (call.upstream_s if call is not None else 0.0)) * 1000
         record.overhead_ms = overhead
         await self.send_error(send, err, record.request_id, record.route, "", attempts, overhead)

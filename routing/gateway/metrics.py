@@ -59,11 +59,15 @@ class Metrics:
         self.cost = {}  # deployment -> currency units
         self.circuits = {}  # deployment -> 0 closed, 1 half-open, 2 open
         self.snapshot_version = 0
+        self.unauthenticated = 0  # requests without a valid gateway key: counted, never logged one by one
+        self.drops = {}  # (what,) -> records the database refused, dropped after logging
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
     def observe(self, record):
         """Count one finished request (recorder.Record)."""
+        if record.client_key_id is None:
+            self.unauthenticated += 1
         route, deployment = record.route or "-", record.deployment or "-"
         _bump(self.requests, (route, deployment, record.outcome))
         for attempt in record.tried:
@@ -86,6 +90,9 @@ class Metrics:
         if series is None:
             series = table[labels] = Buckets(bounds)
         return series
+
+    def dropped(self, what):
+        _bump(self.drops, (what,))
 
     def circuit_changed(self, deployment, state):
         self.circuits[deployment] = CIRCUIT_VALUES.get(state, 0)
@@ -112,6 +119,10 @@ class Metrics:
         for deployment, value in list(self.circuits.items()):
             circuit.add_metric([deployment], value)
         yield circuit
+        yield CounterMetricFamily("weathervane_gateway_unauthenticated_requests",
+                                  "Requests refused for a missing or unknown gateway key", value=self.unauthenticated)
+        yield self._counter("weathervane_gateway_recorder_dropped", "Records the database refused (logged, then dropped)",
+                            ["what"], self.drops)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
                                 value=self.snapshot_version)
 

@@ -20,17 +20,15 @@ from time import perf_counter
 
 import orjson
 
-from routing.gateway import errors, selection, sse, upstream
+from routing import sse
+from routing.gateway import errors, selection, upstream
 from routing.gateway.errors import GatewayError
 from routing.gateway.limits import estimate_tokens
 from routing.gateway.retry import backoff
-from routing.gateway.upstream import UpstreamError
-from routing.models import KeyState, RequestOutcome
+from routing.models import KeyState
+from routing.outcomes import DEPLOYMENT_FAILURES, Outcome, UpstreamError, redact_bytes
 
 SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
-# Failures that say something about the deployment's health (not the key's, not the client's).
-BREAKER_FAILURES = frozenset({RequestOutcome.TIMEOUT, RequestOutcome.CONNECT_ERROR, RequestOutcome.SERVER_ERROR,
-                              RequestOutcome.MALFORMED, RequestOutcome.TRUNCATED})
 DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
 MAX_COOLING_S = 3600.0
 
@@ -171,7 +169,7 @@ class Proxy:
                 raise self.exhausted(call)
             key = await self.pick_key(call, target)
             if key is None:
-                call.tried.append(Try(target, None, RequestOutcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+                call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
                 target, retries = self._fail_over(call, target)
                 continue
             try:
@@ -181,7 +179,7 @@ class Proxy:
                 failure = err
                 step = await self.after_failure(call, target, key, failure, retries)
             if step == "pass":
-                await self.pass_through(call, target, failure, send)
+                await self.pass_through(call, target, key, failure, send)
                 return
             if step == "retry":
                 retries += 1
@@ -200,14 +198,14 @@ class Proxy:
     async def after_failure(self, call, target, key, err, retries):
         """Decide what follows a failed attempt: "pass" it to the client, "retry", "again" (another key) or "failover"."""
         gw = self.gw
-        if err.outcome in BREAKER_FAILURES:
+        if err.outcome in DEPLOYMENT_FAILURES:
             gw.breakers.failure(target.deployment_id, err.message)
         if not err.retryable:
             return "pass"
-        if err.outcome == RequestOutcome.BAD_KEY:
+        if err.outcome == Outcome.BAD_KEY:
             gw.mark_key_invalid(key, err.message)
             return "again"
-        if err.outcome == RequestOutcome.RATE_LIMITED:
+        if err.outcome == Outcome.RATE_LIMITED:
             return await self._after_429(call, target, key, err, retries)
         if not gw.breakers.available(target.deployment_id):  # this failure opened its circuit: do not retry into it
             return "failover"
@@ -249,12 +247,12 @@ class Proxy:
             return GatewayError(503, f"The model '{call.route.name}' has no target with traffic.", "server_error", "no_target")
         summary = "; ".join(describe(t) for t in tried[-8:])
         outcomes = {t.outcome for t in tried}
-        if outcomes <= {RequestOutcome.RATE_LIMITED, RequestOutcome.NO_CAPACITY} and (call.limit_waits or RequestOutcome.RATE_LIMITED in outcomes):
+        if outcomes <= {Outcome.RATE_LIMITED, Outcome.NO_CAPACITY} and (call.limit_waits or Outcome.RATE_LIMITED in outcomes):
             wait = min(call.limit_waits) if call.limit_waits else self._cooling_left(tried)
             return errors.rate_limited(f"Every upstream key of '{call.route.name}' is rate-limited or over its limit. Tried: {summary}.", wait)
-        if outcomes <= {RequestOutcome.NO_CAPACITY}:
+        if outcomes <= {Outcome.NO_CAPACITY}:
             return GatewayError(503, f"No usable upstream for '{call.route.name}'. Tried: {summary}.", "server_error", "no_capacity")
-        status, code = (504, "upstream_timeout") if tried[-1].outcome == RequestOutcome.TIMEOUT else (502, "upstream_failed")
+        status, code = (504, "upstream_timeout") if tried[-1].outcome == Outcome.TIMEOUT else (502, "upstream_failed")
         return GatewayError(status, f"Every upstream option failed after {len(tried)} attempts. Tried: {summary}.", "server_error", code)
 
     def _cooling_left(self, tried):
@@ -274,7 +272,7 @@ class Proxy:
             response = await upstream.post(gw.session, getattr(target, call.url_of), call.body_for(target), key.auth,
                                            target.timeout, call.request_id)
             if response.status >= 300:
-                raise await upstream.failure(response)
+                raise await upstream.failure(response, key.secret)
             if call.stream:
                 await self.relay_stream(call, target, key, response, started, send, receive)
             else:
@@ -286,7 +284,7 @@ class Proxy:
         except asyncio.CancelledError:  # the request deadline struck during this attempt
             if not call.committed:
                 call.upstream_s += perf_counter() - started
-            call.tried.append(Try(target, key, RequestOutcome.TIMEOUT, None, (perf_counter() - started) * 1000,
+            call.tried.append(Try(target, key, Outcome.TIMEOUT, None, (perf_counter() - started) * 1000,
                                   "the request deadline passed during this attempt"))
             gw.breakers.failure(target.deployment_id, "request deadline passed")
             raise
@@ -294,11 +292,12 @@ class Proxy:
             if response is not None:
                 response.release()  # back to the pool when fully read; closed otherwise
 
-    async def pass_through(self, call, target, err, send):
+    async def pass_through(self, call, target, key, err, send):
         """Send an upstream's non-retryable error (400, 404, 422, context length) to the client as it came."""
         call.record.outcome, call.record.status, call.record.error = err.outcome, err.status, err.message
         call.record.deployment_id, call.record.deployment = target.deployment_id, target.deployment
-        body = err.body or errors.error_body(err.message, "invalid_request_error", "upstream_error")
+        body = redact_bytes(err.body, (key.secret,)) if err.body else b""
+        body = body or errors.error_body(err.message, "invalid_request_error", "upstream_error")
         content_type = (err.content_type or "application/json").encode("latin-1")
         headers = self.gw.response_headers(call, target.deployment, content_type, len(body), unrecorded=0)
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
@@ -325,14 +324,14 @@ class Proxy:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise UpstreamError(RequestOutcome.MALFORMED, "the upstream's answer is not JSON", True) from None
+            raise UpstreamError(Outcome.MALFORMED, "the upstream's answer is not JSON", True) from None
         problem = sse.error_of(payload)
         if problem is not None:
-            raise UpstreamError(RequestOutcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
+            raise UpstreamError(Outcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
         call.upstream_s += ms / 1000
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
         headers = self.gw.response_headers(call, target.deployment, content_type, len(body))
-        self._succeeded(call, target, key, Try(target, key, RequestOutcome.OK, 200, ms), sse.usage_of(payload))
+        self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), sse.usage_of(payload))
         call.record.status = 200
         if self.gw.recorder.log_bodies:
             call.record.response_body = body.decode("utf-8", "replace")
@@ -347,16 +346,16 @@ class Proxy:
         while True:
             chunk = await upstream.read_chunk(response)
             if not chunk:
-                raise UpstreamError(RequestOutcome.TRUNCATED, "the stream ended before its first event", True)
+                raise UpstreamError(Outcome.TRUNCATED, "the stream ended before its first event", True)
             events, buffer = sse.split_events(buffer + chunk)
             for event in events:
                 try:
                     payload = sse.parse(sse.event_data(event))
                 except sse.Malformed as bad:
-                    raise UpstreamError(RequestOutcome.MALFORMED, str(bad), True) from None
+                    raise UpstreamError(Outcome.MALFORMED, str(bad), True) from None
                 problem = sse.error_of(payload)
                 if problem is not None:
-                    raise UpstreamError(RequestOutcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
+                    raise UpstreamError(Outcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
                 if payload is not None:
                     return events, buffer
 
@@ -374,7 +373,7 @@ class Proxy:
             outcome, problem = await relay.run(response, events, buffer, send)
         finally:
             watcher.cancel()  # before reading on: once the response is sent, receive() reports a "disconnect" too
-        if outcome == RequestOutcome.OK:
+        if outcome == Outcome.OK:
             await _read_to_end(response)
         self._finish_stream(call, target, key, relay, outcome, problem)
 
@@ -382,14 +381,14 @@ class Proxy:
         attempt = Try(target, key, outcome, 200, (perf_counter() - relay.started) * 1000, problem)
         attempt.ttft_ms, attempt.tps = relay.ttft_ms, relay.tokens_per_s()
         call.record.ttft_ms = relay.client_ttft_ms
-        if outcome == RequestOutcome.OK:
+        if outcome == Outcome.OK:
             self._succeeded(call, target, key, attempt, relay.usage)
             return
         record = call.record
         record.outcome, record.error = outcome, problem
         record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key.id
         call.tried.append(attempt)
-        if outcome in BREAKER_FAILURES:
+        if outcome in DEPLOYMENT_FAILURES:
             self.gw.breakers.failure(target.deployment_id, problem)
 
 
@@ -437,10 +436,10 @@ class StreamRelay:
             try:
                 payload = sse.parse(sse.event_data(event))
             except sse.Malformed as bad:
-                return b"".join(out), (RequestOutcome.MALFORMED, str(bad))
+                return b"".join(out), (Outcome.MALFORMED, str(bad))
             if type(payload) is dict:
                 if "error" in payload:
-                    return b"".join(out), (RequestOutcome.SERVER_ERROR, f"the upstream sent an error mid-stream: {sse.error_of(payload)}")
+                    return b"".join(out), (Outcome.SERVER_ERROR, f"the upstream sent an error mid-stream: {sse.error_of(payload)}")
                 if self.first_content is None and sse.has_content(payload):
                     self._first_token()
                 if payload.get("usage") is not None:
@@ -467,7 +466,7 @@ class StreamRelay:
                 data, problem = self._select(events)
                 if self.done:  # [DONE] and the end of the body in one write: clients stop reading at [DONE]
                     await send({"type": "http.response.body", "body": data})
-                    return RequestOutcome.OK, ""
+                    return Outcome.OK, ""
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                 if problem is not None:
@@ -475,12 +474,12 @@ class StreamRelay:
                 chunk = await upstream.read_chunk(response)
                 if not chunk:
                     if self.call.client_gone:
-                        return RequestOutcome.CLIENT_CLOSED, "the client disconnected"
-                    return await self._broken(send, RequestOutcome.TRUNCATED, "the upstream ended the stream without [DONE]")
+                        return Outcome.CLIENT_CLOSED, "the client disconnected"
+                    return await self._broken(send, Outcome.TRUNCATED, "the upstream ended the stream without [DONE]")
                 events, buffer = sse.split_events(buffer + chunk)
         except UpstreamError as err:
             if self.call.client_gone:
-                return RequestOutcome.CLIENT_CLOSED, "the client disconnected"
+                return Outcome.CLIENT_CLOSED, "the client disconnected"
             return await self._broken(send, err.outcome, err.message)
 
     async def _broken(self, send, outcome, problem):

@@ -14,29 +14,51 @@ GATEWAY_FLUSH_INTERVAL_S.
 
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
 from datetime import datetime, timedelta, timezone as dt_timezone
 
-from django.db import OperationalError, close_old_connections, connections, transaction
+from django.db import DatabaseError, OperationalError, close_old_connections, connections, transaction
 from django.utils import timezone
 
 from dashboard import live
 from probes import rollups
-from routing import audit
+from probes.models import Source
 from routing.gateway import snapshot
 from routing.gateway.metrics import Metrics
 from routing.models import (
-    ApiKey, AuditAction, CircuitState, DeploymentCircuit, Event, EventKind, GatewayKey, KeyState, RequestLog, RequestOutcome,
+    ApiKey, CircuitState, DeploymentCircuit, Event, EventKind, GatewayKey, KeyState, RequestLog,
 )
+from routing.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
-MAX_LOG_ROWS_PER_FLUSH = 1000
+MAX_LOG_ROWS_PER_FLUSH = 1000  # failures of authenticated traffic
+MAX_SAMPLED_ROWS_PER_FLUSH = 200  # sampled successes: never crowd out a failure
 ACTOR = "system:gateway"
 # Not held against a deployment in its rollups: no upstream call was made, or the client left.
-NOT_THE_DEPLOYMENTS = frozenset({RequestOutcome.NO_CAPACITY, RequestOutcome.CLIENT_CLOSED})
+NOT_THE_DEPLOYMENTS = frozenset({Outcome.NO_CAPACITY, Outcome.CLIENT_CLOSED})
+# Text PostgreSQL refuses (NUL) and control characters that only garble a log line.
+UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def storable(text, limit):
+    """Return `text` cut to `limit` characters without the characters a database refuses."""
+    text = text or ""
+    return UNSTORABLE.sub("", text)[:limit] if UNSTORABLE.search(text) else text[:limit]
+
+
+def _storable_json(value):
+    """Return a JSON value with NULs removed from every string (PostgreSQL's jsonb refuses \\u0000)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_storable_json(k): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_json(v) for v in value]
+    return value
 
 
 class Record:
@@ -53,7 +75,7 @@ class Record:
         self.route = route
         self.client_key_id = client_key_id
         self.deployment_id = self.deployment = self.key_id = None
-        self.outcome = RequestOutcome.OK
+        self.outcome = Outcome.OK
         self.status = 200
         self.stream = False
         self.tried = []
@@ -75,9 +97,10 @@ class Recorder:
         self.changes = deque()
         self.aggregator = rollups.Aggregator("traffic")
         self.log_rows = []
+        self.sampled_rows = []
         self.last_used = {}
-        self.routes_by_deployment = {}
         self.deployment_names = deployment_names if deployment_names is not None else {}
+        self.route_names = {}
         self.rng = rng or random.Random()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -97,6 +120,10 @@ class Recorder:
         with self._lock:
             self._fold(record)
 
+    def close(self):
+        """Stop the flusher after one last flush (a clean stop loses nothing it had collected)."""
+        self.stop()
+
     def key_invalid(self, key, reason):
         self.changes.append(("key_invalid", key.id, reason, time.time()))
 
@@ -113,21 +140,27 @@ class Recorder:
 
     def _fold(self, record):
         self.metrics.observe(record)
-        if record.client_key_id is not None:
-            self.last_used[record.client_key_id] = record.at
+        if record.client_key_id is None:  # anonymous: counted in /metrics, never logged row by row
+            return
+        self.last_used[record.client_key_id] = record.at
         when = self._minute(record.at)
         for attempt in record.tried:
             if attempt.outcome in NOT_THE_DEPLOYMENTS:
                 continue
-            deployment_id = attempt.target.deployment_id
-            self.aggregator.add(deployment_id, attempt.key.id if attempt.key is not None else None, when=when,
-                                outcome=attempt.outcome, latency_ms=attempt.ms, ttft_ms=attempt.ttft_ms, tps=attempt.tps,
-                                tokens_in=attempt.tokens_in, tokens_out=attempt.tokens_out, cost=attempt.cost)
-            if record.route:
-                self.routes_by_deployment[deployment_id] = record.route
-        if record.outcome != RequestOutcome.OK or self.rng.random() < self.log_sample:
-            if len(self.log_rows) < MAX_LOG_ROWS_PER_FLUSH:
-                self.log_rows.append(self._log_row(record, when))
+            self.aggregator.add(attempt.target.deployment_id, attempt.key.id if attempt.key is not None else None,
+                                when=when, route_id=record.route_id, outcome=attempt.outcome, latency_ms=attempt.ms,
+                                ttft_ms=attempt.ttft_ms, tps=attempt.tps, tokens_in=attempt.tokens_in,
+                                tokens_out=attempt.tokens_out, cost=attempt.cost)
+        if record.outcome != Outcome.OK:
+            self._keep(self.log_rows, MAX_LOG_ROWS_PER_FLUSH, record, when)
+        elif self.rng.random() < self.log_sample:
+            self._keep(self.sampled_rows, MAX_SAMPLED_ROWS_PER_FLUSH, record, when)
+
+    def _keep(self, rows, cap, record, when):
+        if len(rows) < cap:
+            rows.append(self._log_row(record, when))
+        else:
+            self.metrics.dropped("request_log")
 
     def _minute(self, at):
         """Return the UTC datetime of the minute of epoch `at` (cached: one per minute, not per request)."""
@@ -138,16 +171,18 @@ class Recorder:
 
     def _log_row(self, record, when):
         tried = [{"deployment": a.target.deployment, "key": a.key.label if a.key is not None else None,
-                  "outcome": a.outcome, "status": a.status, "ms": round(a.ms, 2), "error": a.error[:200]}
+                  "outcome": a.outcome, "status": a.status, "ms": round(a.ms, 2), "error": storable(a.error, 200)}
                  for a in record.tried]
         return RequestLog(
-            created_at=when, request_id=record.request_id, route_id=record.route_id, route_name=record.route or "",
+            created_at=when, request_id=record.request_id, route_id=record.route_id,
+            route_name=storable(record.route, 100),
             deployment_id=record.deployment_id, api_key_id=record.key_id, gateway_key_id=record.client_key_id,
             outcome=record.outcome, status=record.status, stream=record.stream, attempts=len(record.tried),
             latency_ms=record.latency_ms, ttft_ms=record.ttft_ms, overhead_ms=record.overhead_ms,
-            tokens_in=record.tokens_in, tokens_out=record.tokens_out, cost=round(record.cost, 8), error=record.error[:500],
-            tried=tried, request_body=record.request_body if self.log_bodies else None,
-            response_body=(record.response_body or "") if self.log_bodies else "",
+            tokens_in=record.tokens_in, tokens_out=record.tokens_out, cost=round(record.cost, 8),
+            error=storable(record.error, 500), tried=tried,
+            request_body=_storable_json(record.request_body) if self.log_bodies else None,
+            response_body=storable(record.response_body, 1_000_000) if self.log_bodies else "",
         )
 
     # --- flushing (the flusher thread) ----------------------------------------------
@@ -183,58 +218,64 @@ class Recorder:
             log.warning("gateway flush failed; will retry", exc_info=True)
 
     def _write_rollups(self):
+        """Save each delta on its own: one that cannot be saved never blocks the ones after it.
+
+        While the database is unreachable (OperationalError) the rest go back
+        for the next flush; a delta the database refuses (e.g. its deployment
+        was deleted) is logged, dropped and counted.
+        """
         with self._lock:
             deltas = self.aggregator.drain()
+        saved = []
         for done, delta in enumerate(deltas):
             try:
-                rollups.save_deltas([delta])
-            except Exception:
-                with self._lock:  # put back what was not saved, for the next flush to merge
+                rollups.save_delta(delta)
+            except OperationalError:
+                with self._lock:
                     for unsaved in deltas[done:]:
-                        self._readd(unsaved)
-                raise
-        for deployment_id, minute in {(d.deployment_id, d.minute) for d in deltas}:
-            self._push_traffic_point(deployment_id, minute)
+                        self.aggregator.put_back(unsaved)
+                log.warning("gateway rollups not saved (database unavailable); will retry", exc_info=True)
+                break
+            except DatabaseError:
+                self.metrics.dropped("rollup")
+                log.warning("dropped a gateway rollup delta the database refused", exc_info=True)
+            else:
+                saved.append(delta)
+        for route_id, deployment_id, minute in {(d.route_id, d.deployment_id, d.minute) for d in saved}:
+            self._push_traffic_point(route_id, deployment_id, minute)
 
-    def _readd(self, delta):
-        key = (delta.minute, delta.deployment_id, delta.api_key_id)
-        existing = self.aggregator.deltas.get(key)
-        if existing is None:
-            self.aggregator.deltas[key] = delta
-            return
-        existing.count += delta.count
-        existing.ok += delta.ok
-        for kind, n in delta.errors.items():
-            existing.errors[kind] = existing.errors.get(kind, 0) + n
-        existing.latency.merge(delta.latency)
-        existing.ttft.merge(delta.ttft)
-        existing.tokens_in += delta.tokens_in
-        existing.tokens_out += delta.tokens_out
-        existing.tps_sum += delta.tps_sum
-        existing.tps_count += delta.tps_count
-        existing.cost += delta.cost
-
-    def _push_traffic_point(self, deployment_id, minute):
-        stats = rollups.window_stats(deployment_id, "traffic", minute, minute + timedelta(minutes=1))
-        live.traffic_point({
-            "deployment": self.deployment_names.get(deployment_id, str(deployment_id)),
-            "route": self.routes_by_deployment.get(deployment_id, ""),
-            "minute": minute.isoformat(), "count": stats["count"], "ok": stats["ok"], "errors": stats["errors"],
-            "p50_ms": stats["p50_ms"], "p95_ms": stats["p95_ms"], "ttft_p50_ms": stats["ttft_p50_ms"],
-            "at": timezone.now().isoformat(),
-        })
+    def _push_traffic_point(self, route_id, deployment_id, minute):
+        stats = rollups.window_stats(deployment_id, Source.TRAFFIC, minute, minute + timedelta(minutes=1),
+                                     route_id=route_id)
+        live.traffic_point(live.TrafficPoint(
+            deployment=self.deployment_names.get(deployment_id, str(deployment_id)),
+            route=self.route_names.get(route_id, ""), minute=minute.isoformat(), count=stats["count"], ok=stats["ok"],
+            errors=stats["errors"], p50_ms=stats["p50_ms"], p95_ms=stats["p95_ms"], ttft_p50_ms=stats["ttft_p50_ms"],
+            at=timezone.now().isoformat(),
+        ))
 
     def _write_log(self):
         with self._lock:
-            rows, self.log_rows = self.log_rows, []
+            rows, self.log_rows, self.sampled_rows = self.log_rows + self.sampled_rows, [], []
         if not rows:
             return
         try:
             RequestLog.objects.bulk_create(rows)
         except OperationalError:
-            with self._lock:  # the next flush tries again
+            with self._lock:  # the next flush tries again, failures first
                 self.log_rows = (rows + self.log_rows)[:MAX_LOG_ROWS_PER_FLUSH]
             raise
+        except DatabaseError:  # one row the database refuses: save the others one by one
+            self._write_log_rows_one_by_one(rows)
+
+    def _write_log_rows_one_by_one(self, rows):
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    row.save(force_insert=True)
+            except DatabaseError:
+                self.metrics.dropped("request_log")
+                log.warning("dropped a request-log row the database refused (%s)", row.request_id, exc_info=True)
 
     def _write_last_used(self):
         with self._lock:
@@ -268,6 +309,7 @@ class Recorder:
                 self.changes.appendleft(change)
                 raise
             except Exception:
+                self.metrics.dropped(change[0])
                 log.warning("could not save the gateway's %s change; dropped", change[0], exc_info=True)
 
 
@@ -275,66 +317,19 @@ def _when(epoch):
     return datetime.fromtimestamp(epoch, dt_timezone.utc)
 
 
-def _timeline(event):
-    live.timeline_event({
-        "kind": event.kind, "message": event.message,
-        "deployment": event.deployment.name if event.deployment_id else None,
-        "route": None, "api_key": str(event.api_key) if event.api_key_id else None,
-        "at": event.created_at.isoformat(),
-    })
-
-
-def _set_key_state(key_id, state, reason, since, until=None):
-    """Save a key's new state with the ORM (so the config-change notice fires); return (key, before) or None."""
-    key = ApiKey.objects.select_for_update().select_related("provider").filter(pk=key_id).first()
-    if key is None:
-        return None
-    before = audit.snapshot(key)
-    key.state, key.state_reason, key.state_since, key.rate_limited_until = state, reason[:300], since, until
-    key.save(update_fields=["state", "state_reason", "state_since", "rate_limited_until", "updated_at"])
-    return key, before
-
-
 def _apply_key_invalid(change):
-    _, key_id, reason, at = change
-    with transaction.atomic():
-        current = ApiKey.objects.filter(pk=key_id).values_list("state", flat=True).first()
-        if current in (None, KeyState.INVALID, KeyState.DISABLED):
-            return
-        key, before = _set_key_state(key_id, KeyState.INVALID, reason, _when(at))
-        audit.record(action=AuditAction.KEY_STATE, obj=key, actor=ACTOR, before=before, after=audit.snapshot(key),
-                     reason=f"The upstream refused the key: {reason}")
-        event = Event.objects.create(kind=EventKind.KEY_INVALID, api_key=key, message=f"Key {key} marked invalid: {reason}"[:500],
-                                     data={"reason": reason})
-    _timeline(event)
+    _, key_id, reason, _ = change
+    ApiKey.change_state(key_id, KeyState.INVALID, f"the upstream refused the key: {reason}", ACTOR)
 
 
 def _apply_key_cooling(change):
     _, key_id, reason, until = change
-    with transaction.atomic():
-        row = ApiKey.objects.filter(pk=key_id).values_list("state", "rate_limited_until").first()
-        if row is None or row[0] in (KeyState.INVALID, KeyState.DISABLED):
-            return
-        if row[0] == KeyState.RATE_LIMITED and row[1] is not None and row[1].timestamp() >= until - 1:
-            return  # already cooling at least that long
-        key, _ = _set_key_state(key_id, KeyState.RATE_LIMITED, reason, timezone.now(), _when(until))
-        event = None
-        if row[0] != KeyState.RATE_LIMITED:
-            event = Event.objects.create(kind=EventKind.KEY_RATE_LIMITED, api_key=key,
-                                         message=f"Key {key} rate-limited until {_when(until):%H:%M:%S} UTC", data={"reason": reason})
-    if event is not None:
-        _timeline(event)
+    ApiKey.change_state(key_id, KeyState.RATE_LIMITED, reason, ACTOR, until=_when(until))
 
 
 def _apply_key_active(change):
-    _, key_id, _, at = change
-    with transaction.atomic():
-        state = ApiKey.objects.filter(pk=key_id).values_list("state", flat=True).first()
-        if state != KeyState.RATE_LIMITED:
-            return
-        key, _ = _set_key_state(key_id, KeyState.ACTIVE, "", _when(at))
-        event = Event.objects.create(kind=EventKind.KEY_ACTIVE, api_key=key, message=f"Key {key} is answering again")
-    _timeline(event)
+    _, key_id, _, _ = change
+    ApiKey.change_state(key_id, KeyState.ACTIVE, "answering again", ACTOR)
 
 
 CIRCUIT_EVENTS = {CircuitState.OPEN: EventKind.CIRCUIT_OPEN, CircuitState.HALF_OPEN: EventKind.CIRCUIT_HALF_OPEN,
@@ -349,7 +344,7 @@ def _apply_circuit(change):
         transaction.on_commit(snapshot.announce_change)  # other gateway processes adopt it
         event = Event.objects.create(kind=CIRCUIT_EVENTS[state], deployment_id=deployment_id, created_at=_when(at),
                                      message=f"Circuit {CircuitState(state).label.lower()}: {reason}"[:500], data={"reason": reason})
-    _timeline(Event.objects.select_related("deployment").get(pk=event.pk))
+    transaction.on_commit(lambda: live.timeline_event(event))
 
 
 APPLY = {"key_invalid": _apply_key_invalid, "key_cooling": _apply_key_cooling, "key_active": _apply_key_active,

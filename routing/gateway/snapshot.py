@@ -71,6 +71,11 @@ class KeyInfo:
     blocked_until: float  # epoch seconds the DB says the key is cooling until (0: usable)
     updated: float  # epoch seconds of the row's last save
 
+    @property
+    def secret(self):
+        """The plaintext key, for redacting it from upstream error text (never for display)."""
+        return self.auth[7:]
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -139,20 +144,9 @@ EMPTY = Snapshot(0, "", {}, {}, 0.0)
 # --- building ----------------------------------------------------------------
 
 def probe_down_deployments():
-    """Return the ids of deployments whose enabled probes all say "down".
+    from probes.models import ProbeTarget  # probes builds on routing: imported late
 
-    Read defensively: the probes app may not have its health state yet.
-    """
-    try:
-        from probes.models import HealthState, ProbeTarget
-
-        rows = list(ProbeTarget.objects.filter(enabled=True).values_list("deployment_id", "health"))
-    except (ImportError, AttributeError, DatabaseError):
-        return frozenset()
-    healths = {}
-    for deployment_id, health in rows:
-        healths.setdefault(deployment_id, set()).add(health)
-    return frozenset(d for d, states in healths.items() if states == {HealthState.DOWN})
+    return ProbeTarget.down_deployment_ids()
 
 
 def fingerprint():

@@ -12,31 +12,15 @@ import asyncio
 import socket
 
 import aiohttp
-import orjson
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
-from routing.gateway import retry
-from routing.models import RequestOutcome
 from routing.netguard import is_internal
+from routing.outcomes import Outcome, UpstreamError, http_failure
 
 MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = "weathervane-gateway/1"
-
-
-class UpstreamError(Exception):
-    """An upstream attempt failed; `outcome` is a RequestOutcome, `retryable` says if trying again may help."""
-
-    def __init__(self, outcome, message, retryable, status=None, retry_after=None, body=b"", content_type=None):
-        super().__init__(message)
-        self.outcome = outcome
-        self.message = message
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after
-        self.body = body
-        self.content_type = content_type
 
 
 class GuardedResolver(AbstractResolver):
@@ -71,12 +55,12 @@ def new_session():
 
 def _connection_error(exc, timeout):
     if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamError(RequestOutcome.TIMEOUT, f"no response within {timeout.sock_read:g} s", True)
+        return UpstreamError(Outcome.TIMEOUT, f"no response within {timeout.sock_read:g} s", True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(RequestOutcome.CONNECT_ERROR, f"cannot connect: {exc.os_error or exc}", True)
+        return UpstreamError(Outcome.CONNECT_ERROR, f"cannot connect: {exc.os_error or exc}", True)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError(RequestOutcome.CONNECT_ERROR, "the upstream closed the connection before answering", True)
-    return UpstreamError(RequestOutcome.CONNECT_ERROR, f"connection failed: {type(exc).__name__}", True)
+        return UpstreamError(Outcome.CONNECT_ERROR, "the upstream closed the connection before answering", True)
+    return UpstreamError(Outcome.CONNECT_ERROR, f"connection failed: {type(exc).__name__}", True)
 
 
 async def post(session, url, body, auth, timeout, request_id):
@@ -91,29 +75,18 @@ async def post(session, url, body, auth, timeout, request_id):
         raise _connection_error(exc, timeout) from None
 
 
-async def failure(response):
-    """Return the UpstreamError for a non-2xx response (its body read, bounded), and release it."""
+async def failure(response, secret):
+    """Return the UpstreamError for a non-2xx response (its body read, bounded), and release it.
+
+    `secret` is the key sent with the request: redacted from the message.
+    """
     try:
         body = await response.content.read(MAX_ERROR_BODY)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         body = b""
     finally:
         response.release()
-    outcome, retryable = retry.classify_status(response.status, body)
-    if outcome == RequestOutcome.CLIENT_ERROR and retry.is_context_length_error(body):
-        retryable = False
-    wait = retry.parse_retry_after(response.headers) if response.status in (429, 503) else None
-    message = f"HTTP {response.status}: {_error_message(body)}"
-    return UpstreamError(outcome, message, retryable, response.status, wait, body, response.headers.get("Content-Type"))
-
-
-def _error_message(body):
-    try:
-        error = orjson.loads(body).get("error")
-        text = error.get("message") if isinstance(error, dict) else error
-    except (orjson.JSONDecodeError, AttributeError, TypeError):
-        text = body[:200].decode("utf-8", "replace")
-    return str(text or "no details")[:300]
+    return http_failure(response.status, response.headers, body, (secret,))
 
 
 async def read_all(response):
@@ -121,9 +94,9 @@ async def read_all(response):
     try:
         return await response.read()
     except asyncio.TimeoutError:
-        raise UpstreamError(RequestOutcome.TIMEOUT, "the upstream stopped sending its answer", True) from None
+        raise UpstreamError(Outcome.TIMEOUT, "the upstream stopped sending its answer", True) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(RequestOutcome.TRUNCATED, f"the answer broke off ({type(exc).__name__})", True) from None
+        raise UpstreamError(Outcome.TRUNCATED, f"the answer broke off ({type(exc).__name__})", True) from None
     finally:
         response.release()
 
@@ -133,6 +106,6 @@ async def read_chunk(response):
     try:
         return await response.content.readany()
     except asyncio.TimeoutError:
-        raise UpstreamError(RequestOutcome.TIMEOUT, "the stream went silent", True) from None
+        raise UpstreamError(Outcome.TIMEOUT, "the stream went silent", True) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(RequestOutcome.TRUNCATED, f"the stream broke off ({type(exc).__name__})", True) from None
+        raise UpstreamError(Outcome.TRUNCATED, f"the stream broke off ({type(exc).__name__})", True) from None

@@ -17,7 +17,7 @@ from . import control
 from .bodies import Completion, answer_pieces, embedding_inputs, embeddings_body, estimate_prompt_tokens, token_pieces
 from .exchange import JSON_HEADERS, SSE_HEADERS, Attempt, Exchange, bearer_key, mask_key, read_json
 from .faults import body_script, stream_script
-from .personalities import PERSONALITIES, Fault, Outcome, Personality, personality_from
+from .personalities import PERSONALITIES, Fault, Reply, Personality, personality_from
 
 SILENCE_LIMIT_S = 300.0
 
@@ -99,7 +99,7 @@ class Simulator:
         """
         exchange, key = self._open(scope, receive, send)
         if scope["method"] != "POST":
-            await exchange.error(405, Outcome.BAD_REQUEST, "Use POST.", "method_not_allowed")
+            await exchange.error(405, Reply.BAD_REQUEST, "Use POST.", "method_not_allowed")
             return None
         request = await read_json(receive)
         if isinstance(request, dict):
@@ -110,12 +110,12 @@ class Simulator:
             return None
         if exchange.attempt.model is None:
             message = "The body must be a JSON object naming a model."
-            await exchange.error(400, Outcome.BAD_REQUEST, message, "invalid_json")
+            await exchange.error(400, Reply.BAD_REQUEST, message, "invalid_json")
             return None
         personality = self.personality(exchange.attempt.model)
         if personality is None:
             message = f"The model `{exchange.attempt.model}` does not exist."
-            await exchange.error(404, Outcome.NOT_FOUND, message, "model_not_found")
+            await exchange.error(404, Reply.NOT_FOUND, message, "model_not_found")
             return None
         return exchange, request, personality
 
@@ -144,7 +144,7 @@ class Simulator:
             (b"retry-after-ms", str(int(retry_after_s * 1000)).encode()),
         )
         message = "Simulated rate limit."
-        await exchange.error(429, Outcome.RATE_LIMITED, message, "rate_limit_exceeded", "requests", headers)
+        await exchange.error(429, Reply.RATE_LIMITED, message, "rate_limit_exceeded", "requests", headers)
 
     async def _server_error(self, exchange):
         # Alternate per model so a client sees both flavours of 5xx.
@@ -152,9 +152,9 @@ class Simulator:
         status = self._next_5xx.get(model, 500)
         self._next_5xx[model] = 503 if status == 500 else 500
         if status == 500:
-            await exchange.error(500, Outcome.ERROR_500, "Simulated server error.", "internal_error", "server_error")
+            await exchange.error(500, Reply.ERROR_500, "Simulated server error.", "internal_error", "server_error")
         else:
-            await exchange.error(503, Outcome.ERROR_503, "Simulated overload.", "overloaded", "server_error")
+            await exchange.error(503, Reply.ERROR_503, "Simulated overload.", "overloaded", "server_error")
 
     def _draw_fault(self, personality):
         fault = personality.fault
@@ -193,7 +193,7 @@ class Simulator:
             completion = self._completion(request, personality)
             if completion is None:
                 message = "messages must be a list and max_tokens a positive integer."
-                await exchange.error(400, Outcome.BAD_REQUEST, message, "invalid_value")
+                await exchange.error(400, Reply.BAD_REQUEST, message, "invalid_value")
             elif await self._serve_model(exchange, personality):
                 await self._answer(exchange, completion, personality)
         finally:
@@ -205,7 +205,7 @@ class Simulator:
         if fault is None and not stream:
             await exchange.reply(200, completion.body())
             return
-        exchange.attempt.outcome = str(fault or Outcome.OK)
+        exchange.attempt.outcome = str(fault or Reply.OK)
         if fault == Fault.RESET_BEFORE_HEADERS:
             await exchange.drop(reset=True)
         elif fault == Fault.SILENCE:
@@ -226,7 +226,7 @@ class Simulator:
             inputs = embedding_inputs(request.get("input"))
             if inputs is None:
                 message = "input must be a string or a non-empty list."
-                await exchange.error(400, Outcome.BAD_REQUEST, message, "invalid_value")
+                await exchange.error(400, Reply.BAD_REQUEST, message, "invalid_value")
             elif await self._serve_model(exchange, personality):
                 model = personality.report_model or exchange.attempt.model
                 await exchange.reply(200, embeddings_body(model, inputs, request.get("encoding_format")))
@@ -245,10 +245,10 @@ class Simulator:
 
 async def _unauthorized(exchange, key):
     if key is None:
-        await exchange.error(401, Outcome.UNAUTHORIZED, "Missing bearer API key.", "missing_api_key")
+        await exchange.error(401, Reply.UNAUTHORIZED, "Missing bearer API key.", "missing_api_key")
     else:
         message = f"Incorrect API key provided: {mask_key(key)}."
-        await exchange.error(401, Outcome.UNAUTHORIZED, message, "invalid_api_key")
+        await exchange.error(401, Reply.UNAUTHORIZED, message, "invalid_api_key")
 
 
 def _positive_int_or_none(value):

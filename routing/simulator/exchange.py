@@ -10,7 +10,7 @@ import orjson
 
 from .bodies import error_body
 from .faults import CUT
-from .personalities import Outcome
+from .personalities import Reply
 
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
@@ -101,7 +101,7 @@ class Exchange:
         self.attempt = attempt
         self._watcher = None
 
-    async def reply(self, status, body, outcome=Outcome.OK, headers=JSON_HEADERS):
+    async def reply(self, status, body, outcome=Reply.OK, headers=JSON_HEADERS):
         self.attempt.outcome = str(outcome)
         await send_json(self.send, status, body, headers)
         self.attempt.completed = True

@@ -42,8 +42,9 @@ class Fault(enum.StrEnum):
     ERROR_FIRST_EVENT = "error_first_event"
 
 
-class Outcome(enum.StrEnum):
-    """What the simulator did with a request; a fault's name is used as is."""
+class Reply(enum.StrEnum):
+    """What the simulator did with a request (its attempt log), not how a client should read it:
+    that is routing.outcomes. A fault's name is used as is."""
 
     OK = "ok"
     ERROR_500 = "error_500"

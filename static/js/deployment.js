@@ -66,14 +66,14 @@
 
   function applySeries(series) {
     const latency = charts.latency.data.datasets;
-    latency[0].data = xy(series, "p50");
-    latency[1].data = xy(series, "p95");
-    latency[2].data = xy(series, "p99");
-    charts.ttft.data.datasets[0].data = xy(series, "ttft_p50");
-    charts.ttft.data.datasets[1].data = xy(series, "ttft_p95");
+    latency[0].data = xy(series, "p50_ms");
+    latency[1].data = xy(series, "p95_ms");
+    latency[2].data = xy(series, "p99_ms");
+    charts.ttft.data.datasets[0].data = xy(series, "ttft_p50_ms");
+    charts.ttft.data.datasets[1].data = xy(series, "ttft_p95_ms");
     charts.errors.data.datasets[0].data = xy(series, "error_rate", 100);
     charts.rps.data.datasets[0].data = xy(series, "rps");
-    document.getElementById("no-data").hidden = series.length > 0 || probeDots.size > 0;
+    document.getElementById("no-data").hidden = series.some((p) => p.count > 0) || probeDots.size > 0;
   }
 
   function addProbeDot(at, latency, ttft, ok) {

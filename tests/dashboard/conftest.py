@@ -41,7 +41,8 @@ def seeded(db):
     from django.utils import timezone
 
     from probes import sketch
-    from probes.models import HealthState, Outcome, ProbeResult, ProbeTarget, Rollup, Source
+    from probes.models import HealthState, ProbeResult, ProbeTarget, Rollup, Source
+    from routing.outcomes import Outcome
     from routing.models import ApiKey, Deployment, Provider, Route, RouteTarget
 
     provider = Provider.objects.create(name="sim", base_url="http://127.0.0.1:9/v1")
@@ -58,8 +59,9 @@ def seeded(db):
     for value in (40, 42, 45, 300):
         latencies.add(value)
     Rollup.objects.create(minute=minute, source=Source.PROBE, deployment=stable, count=4, ok=4, latency=sketch.to_json(latencies))
-    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=stable, count=90, ok=90, latency=sketch.to_json(latencies))
-    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=canary, count=10, ok=5,
+    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=stable, route=route, count=90, ok=90,
+                          latency=sketch.to_json(latencies))
+    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=canary, route=route, count=10, ok=5,
                           errors={"server_error": 5}, latency=sketch.to_json(latencies))
     # Saving a deployment gives it a rotating probe target; mark the canary's down.
     target, _ = ProbeTarget.objects.update_or_create(

@@ -77,3 +77,34 @@ def _wait_for(url, timeout):
         except OSError:
             time.sleep(0.25)
     return None
+
+
+def test_a_clean_stop_of_serve_saves_the_last_requests_in_the_rollups(tmp_path):
+    """Daphne sends no lifespan events: Ctrl-C must still flush what the gateway collected."""
+    import signal
+
+    import httpx
+
+    port, sim_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"WEATHERVANE_DATA_DIR": str(tmp_path), "WEATHERVANE_SIMULATOR_PORT": str(sim_port), "DEBUG": "true",
+            "WEATHERVANE_GATEWAY_FLUSH_INTERVAL": "600"}  # only the flush at stop can save them
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True, text=True)
+    key = seeded.stdout.split("gateway key:")[1].split()[0]
+    server = subprocess.Popen([*manage, "serve", "--port", str(port), "--no-probes"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(f"http://127.0.0.1:{port}/login/", 30) == 200
+        body = {"model": "gpt-demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        for _ in range(5):
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                                headers={"Authorization": f"Bearer {key}"}, timeout=20)
+            assert answer.status_code == 200, answer.text
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    with sqlite3.connect(tmp_path / "weathervane.sqlite3") as db:
+        counted = db.execute("SELECT coalesce(sum(count), 0) FROM probes_rollup WHERE source = 'traffic'").fetchone()[0]
+    assert counted >= 5

@@ -5,15 +5,26 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
+from django.utils import timezone
 
 from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
+from routing.models import Event, EventKind
 from tests.dashboard.conftest import live_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PROBE = {"deployment": "gpt-main", "api_key": "sk-…a1b2", "outcome": "ok", "latency_ms": 41.5,
+PROBE = {"deployment": "gpt-main", "api_key": "key-1", "outcome": "ok", "latency_ms": 41.5,
          "ttft_ms": 20.0, "tps": 180.0, "at": "2025-01-01T12:00:00+00:00"}
+SENT = {"target": None, "model_swapped": False, "recorded_at": None, **PROBE}  # the payload with its defaults
+
+
+def probe(**changes):
+    return live.ProbeResult(**{**PROBE, **changes})
+
+
+def traffic(count, deployment="gpt-main"):
+    return live.TrafficPoint(deployment=deployment, route="chat", minute="m1", count=count)
 
 
 async def connected(user):
@@ -32,8 +43,8 @@ async def messages_of(socket, timeout=1):
 async def test_staff_receive_probe_results_published_by_the_live_module(admin_user):
     socket = await connected(admin_user)
     try:
-        await sync_to_async(live.probe_result)(PROBE)
-        assert await messages_of(socket) == [{"type": "probe.result", "payload": PROBE}]
+        await sync_to_async(live.probe_result)(probe())
+        assert await messages_of(socket) == [{"type": "probe.result", "payload": SENT}]
     finally:
         await socket.disconnect()
 
@@ -41,9 +52,10 @@ async def test_staff_receive_probe_results_published_by_the_live_module(admin_us
 async def test_viewers_receive_every_message_type(viewer_user):
     socket = await connected(viewer_user)
     try:
-        await sync_to_async(live.health_changed)({"deployment": "gpt-main", "state": "down", "reason": "5xx"})
-        await sync_to_async(live.timeline_event)({"kind": "health", "message": "gpt-main is down"})
-        await sync_to_async(live.traffic_point)({"deployment": "gpt-main", "route": "chat", "minute": "m1", "count": 3})
+        await sync_to_async(live.health_changed)(live.HealthChanged(deployment="gpt-main", state="down", reason="5xx"))
+        await sync_to_async(live.timeline_event)(Event(kind=EventKind.HEALTH, message="gpt-main is down",
+                                                       created_at=timezone.now()))
+        await sync_to_async(live.traffic_point)(traffic(3))
         received = await messages_of(socket)
         assert [m["type"] for m in received] == ["health.changed", "timeline.event", "traffic.point"]
     finally:
@@ -53,9 +65,10 @@ async def test_viewers_receive_every_message_type(viewer_user):
 async def test_a_weights_change_is_sent_at_once_without_waiting_for_the_batch(admin_user):
     socket = await connected(admin_user)
     try:
-        change = {"route": "chat", "version": 4, "weights": {"a": 75, "b": 25}, "actor": "alice", "reason": "canary"}
+        change = {"route": "chat", "version": 4, "weights": {"a": 75, "b": 25}, "actor": "alice", "reason": "canary",
+                  "at": None}
         started = asyncio.get_running_loop().time()
-        await sync_to_async(live.weights_changed)(change)
+        await sync_to_async(live.weights_changed)(live.WeightsChanged(**change))
         assert await messages_of(socket, timeout=0.2) == [{"type": "weights.changed", "payload": change}]
         assert asyncio.get_running_loop().time() - started < 0.2
     finally:
@@ -83,7 +96,7 @@ async def test_a_refused_socket_joins_no_group_and_receives_nothing(outsider_use
     socket = await live_socket(outsider_user)
     ok, _ = await socket.connect()
     assert not ok
-    await sync_to_async(live.probe_result)(PROBE)
+    await sync_to_async(live.probe_result)(probe())
     assert await socket.receive_nothing(timeout=0.4)
     assert channel_groups == {}
     await socket.disconnect()
@@ -124,7 +137,7 @@ async def test_a_burst_of_100_probe_points_arrives_in_a_few_batches(admin_user):
     socket = await connected(admin_user)
     try:
         for n in range(100):
-            await sync_to_async(live.probe_result)({**PROBE, "latency_ms": n})
+            await sync_to_async(live.probe_result)(probe(latency_ms=n))
         frames = []
         while not await socket.receive_nothing(timeout=0.6):
             frames.append(await socket.receive_json_from())
@@ -139,7 +152,7 @@ async def test_repeated_traffic_figures_for_one_minute_are_coalesced_to_the_late
     socket = await connected(admin_user)
     try:
         for count in (1, 2, 3):
-            await sync_to_async(live.traffic_point)({"deployment": "a", "route": "chat", "minute": "m1", "count": count})
+            await sync_to_async(live.traffic_point)(traffic(count, "a"))
         messages = await messages_of(socket)
         assert [m["payload"]["count"] for m in messages] == [3]
     finally:
@@ -149,7 +162,7 @@ async def test_repeated_traffic_figures_for_one_minute_are_coalesced_to_the_late
 async def test_publishing_from_async_code_on_the_server_loop_reaches_sockets(admin_user):
     socket = await connected(admin_user)
     try:
-        live.probe_result(PROBE)  # e.g. the gateway's flusher, running on the server's loop
-        assert await messages_of(socket) == [{"type": "probe.result", "payload": PROBE}]
+        live.probe_result(probe())  # e.g. the gateway's flusher, running on the server's loop
+        assert await messages_of(socket) == [{"type": "probe.result", "payload": SENT}]
     finally:
         await socket.disconnect()

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from django.utils import timezone
 from django.test import Client
 
 from routing import weights
@@ -85,7 +86,7 @@ def test_an_unknown_window_is_refused_naming_the_field(seeded, viewer_user):
     client = signed_in(viewer_user)
     response = client.get("/dashboard-data/deployments/stable/?window=3y")
     assert response.status_code == 400
-    assert response.json() == {"window": ["window must be one of 15m, 1h, 24h, 7d, not '3y'."]}
+    assert response.json() == {"window": ["window must be one of 5m, 15m, 1h, 24h, 7d, not '3y'."]}
     page = client.get("/deployments/stable/?window=3y")
     assert page.status_code == 400 and "window must be one of" in page.content.decode()
 
@@ -104,6 +105,20 @@ def test_the_routes_page_puts_weight_and_live_traffic_side_by_side(seeded, admin
     assert route["history"][0]["actor"] == "alice" and route["history"][0]["reason"] == "more canary"
     page = response.content.decode()
     assert "canary 10→20%" in page and "more canary" in page
+
+
+def test_a_deployment_serving_two_routes_counts_each_routes_own_traffic(seeded, admin_user):
+    from probes.models import Rollup, Source
+    from routing.models import Route, RouteTarget
+
+    other = Route.objects.create(name="chat-b")
+    RouteTarget.objects.create(route=other, deployment=seeded["stable"], weight=100)
+    minute = timezone.now().replace(second=0, microsecond=0)
+    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=seeded["stable"], route=other, count=30, ok=30)
+    routes = {r["name"]: r for r in initial_data(signed_in(admin_user).get("/routes/"))["routes"]}
+    chat = {t["deployment"]: t for t in routes["chat"]["targets"]}
+    assert chat["stable"]["count"] == 90 and chat["stable"]["share"] == pytest.approx(0.9)
+    assert routes["chat-b"]["targets"][0]["count"] == 30 and routes["chat-b"]["targets"][0]["share"] == 1.0
 
 
 def test_staff_get_enabled_split_controls(seeded, admin_user):

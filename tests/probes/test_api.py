@@ -6,7 +6,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from probes.models import Outcome, ProbeResult, ProbeTarget
+from probes.models import ProbeResult, ProbeTarget
+from routing.outcomes import Outcome
 from probes.rollups import Aggregator, save_deltas
 from probes.runner import run_probe
 from routing.models import ApiKey, AuditEvent

@@ -8,8 +8,9 @@ import pytest
 from django.utils import timezone
 
 from probes import health
-from probes.health import Thresholds, down_deployment_ids, judge
-from probes.models import HealthState, Outcome, ProbeBudget, ProbeTarget, ProbeUsage
+from probes.health import Thresholds, judge
+from probes.models import HealthState, ProbeBudget, ProbeTarget, ProbeUsage
+from routing.outcomes import Outcome
 from probes.runner import run_probe, schedulable_targets
 from routing.models import AuditEvent, Event, EventKind, KeyState
 from tests.probes.conftest import BAD_KEY, GOOD_KEY
@@ -57,8 +58,8 @@ def test_a_failing_deployment_goes_down_is_announced_and_recovers(make_target, s
     with mock.patch("dashboard.live.health_changed") as published, django_capture_on_commit_callbacks(execute=True):
         probe(target, 3)
     assert target.health == HealthState.DOWN and "3 consecutive failures" in target.health_reason
-    assert down_deployment_ids() == {target.deployment_id}
-    assert published.call_args.args[0]["state"] == "down"
+    assert ProbeTarget.down_deployment_ids() == {target.deployment_id}
+    assert published.call_args.args[0].state == "down"
     event = Event.objects.filter(kind=EventKind.HEALTH).first()
     assert event.deployment_id == target.deployment_id and "down" in event.message
 
@@ -66,7 +67,7 @@ def test_a_failing_deployment_goes_down_is_announced_and_recovers(make_target, s
     probe(target, 1)
     assert target.health == HealthState.DOWN  # one success is not enough
     probe(target, 1)
-    assert target.health == HealthState.UP and down_deployment_ids() == set()
+    assert target.health == HealthState.UP and ProbeTarget.down_deployment_ids() == set()
 
 
 def test_a_flaky_model_is_degraded_by_its_error_rate(make_target, simulator):
@@ -90,7 +91,7 @@ def test_a_paused_target_never_counts_as_down(make_target, simulator):
     target = make_target("dead")
     probe(target, 3)
     ProbeTarget.objects.filter(pk=target.pk).update(enabled=False)
-    assert down_deployment_ids() == set()
+    assert ProbeTarget.down_deployment_ids() == set()
 
 
 def test_a_rejected_key_is_marked_invalid_and_audited_without_its_secret(make_target):

@@ -7,10 +7,11 @@ import pytest
 from django.utils import timezone
 
 from probes import measure
-from probes.measure import ProbeRequest, answer_problem, matches_shape, model_swapped, sse_data
-from probes.models import Outcome, ProbeResult, ProbeUsage
+from probes.measure import ProbeRequest, answer_problem, matches_shape, model_swapped
+from probes.models import ProbeResult, ProbeUsage
 from probes.rollups import window_stats
 from probes.runner import run_probe
+from routing.outcomes import Outcome
 from tests.probes.conftest import BAD_KEY, GOOD_KEY
 
 pytestmark = pytest.mark.timeout(30)
@@ -125,9 +126,18 @@ def test_json_shapes_compare_types_and_required_keys():
     assert answer_problem("not json", shape={}) != ""
 
 
-def test_sse_data_joins_multi_line_events_and_skips_comments():
-    lines = [": keep-alive", "data: {\"a\":", "data: 1}", "", "data: [DONE]", ""]
-    assert list(sse_data(lines)) == ['{"a":\n1}', "[DONE]"]
+class ChunkedResponse:
+    def __init__(self, *chunks):
+        self.chunks = chunks
+
+    def iter_bytes(self):
+        yield from self.chunks
+
+
+def test_probes_read_events_split_anywhere_with_the_gateways_reader():
+    response = ChunkedResponse(b": keep-alive\n\nda", b'ta: {"a":\ndata: 1}\r\n\r', b"\ndata: [DONE]\n\n")
+    events = list(measure._events(response))
+    assert [measure.sse.parse(measure.sse.event_data(e)) for e in events] == [None, {"a": 1}, measure.sse.DONE]
 
 
 def test_run_probe_saves_one_result_counts_usage_and_rolls_up(make_target):
@@ -144,5 +154,5 @@ def test_run_probe_saves_one_result_counts_usage_and_rolls_up(make_target):
 def test_an_event_of_the_wrong_shape_is_malformed_not_a_crash():
     result = measure.Measurement()
     stream = measure._Stream(result, 0.0)
-    assert stream.take('{"choices": ["not an object"]}') is False
+    assert stream.take(b'data: {"choices": ["not an object"]}\n\n') is False
     assert result.outcome == Outcome.MALFORMED

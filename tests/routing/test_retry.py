@@ -1,60 +1,15 @@
-"""Retry policy, SSE parsing and the circuit breaker (pure, no I/O)."""
+"""Retry backoff and budget, SSE parsing and the circuit breaker (pure, no I/O)."""
 
 import random
 import time
-from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from routing.gateway import retry, sse
+from routing import sse
+from routing.gateway import retry
 from routing.gateway.breaker import BreakerPolicy, Breakers
-from routing.models import CircuitState, RequestOutcome
-
-
-@pytest.mark.parametrize("status, outcome, retryable", [
-    (500, RequestOutcome.SERVER_ERROR, True),
-    (502, RequestOutcome.SERVER_ERROR, True),
-    (503, RequestOutcome.SERVER_ERROR, True),
-    (504, RequestOutcome.SERVER_ERROR, True),
-    (429, RequestOutcome.RATE_LIMITED, True),
-    (401, RequestOutcome.BAD_KEY, True),
-    (403, RequestOutcome.BAD_KEY, True),
-    (400, RequestOutcome.CLIENT_ERROR, False),
-    (404, RequestOutcome.CLIENT_ERROR, False),
-    (422, RequestOutcome.CLIENT_ERROR, False),
-])
-def test_it_classifies_upstream_statuses(status, outcome, retryable):
-    assert retry.classify_status(status) == (outcome, retryable)
-
-
-def test_it_recognises_context_length_errors():
-    body = b'{"error": {"message": "This model\'s maximum context length is 8192 tokens.", "code": "context_length_exceeded"}}'
-    assert retry.is_context_length_error(body)
-    assert not retry.is_context_length_error(b'{"error": {"message": "Invalid value for temperature"}}')
-
-
-class Headers(dict):
-    def get(self, name, default=None):
-        return super().get(name.lower(), default)
-
-
-def test_retry_after_ms_wins_over_retry_after_seconds():
-    assert retry.parse_retry_after(Headers({"retry-after-ms": "250", "retry-after": "3"})) == 0.25
-    assert retry.parse_retry_after(Headers({"retry-after": "3"})) == 3.0
-
-
-def test_retry_after_can_be_an_http_date():
-    now = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
-    later = format_datetime(now + timedelta(seconds=42), usegmt=True)
-    assert retry.parse_retry_after(Headers({"retry-after": later}), now=now.timestamp()) == pytest.approx(42, abs=1)
-    earlier = format_datetime(now - timedelta(seconds=42), usegmt=True)
-    assert retry.parse_retry_after(Headers({"retry-after": earlier}), now=now.timestamp()) == 0.0
-
-
-def test_garbage_or_missing_retry_after_means_no_advice():
-    assert retry.parse_retry_after(Headers({"retry-after": "soon"})) is None
-    assert retry.parse_retry_after(Headers({})) is None
+from routing.models import CircuitState
+from routing.outcomes import Outcome
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap():

@@ -1,5 +1,7 @@
 """routing.weights: the one validated path for changing a route's split."""
 
+from dataclasses import asdict
+
 import pytest
 
 from dashboard import live
@@ -23,8 +25,8 @@ def route():
 def published(monkeypatch):
     """Collect what would be pushed to open dashboards."""
     sent = []
-    monkeypatch.setattr(live, "weights_changed", lambda payload: sent.append(("weights", payload)))
-    monkeypatch.setattr(live, "timeline_event", lambda payload: sent.append(("timeline", payload)))
+    monkeypatch.setattr(live, "weights_changed", lambda payload: sent.append(("weights", asdict(payload))))
+    monkeypatch.setattr(live, "timeline_event", lambda event: sent.append(("timeline", event.payload())))
     return sent
 
 

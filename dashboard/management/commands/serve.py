@@ -2,14 +2,10 @@
 the admin, WebSockets and the gateway at /v1/, with the built-in simulator
 and the in-process probe scheduler running beside it, until Ctrl-C."""
 
-import logging
-
 from daphne.endpoints import build_endpoint_description_strings
 from daphne.server import Server
 from django.conf import settings
 from django.core.management.base import BaseCommand
-
-log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -24,7 +20,7 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, no_simulator, no_probes, **options):
         simulator = None if no_simulator else self._start_simulator()
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
-        from dashboard.asgi import application
+        from dashboard.asgi import application, gateway
 
         self.stdout.write(self.style.SUCCESS(f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: /v1/)"))
         try:
@@ -36,6 +32,7 @@ class Command(BaseCommand):
                 verbosity=0,
             ).run()
         finally:
+            gateway.close()  # the last rollups, request-log rows and key/circuit changes are saved
             if scheduler is not None:
                 scheduler.stop()
             if simulator is not None:
@@ -49,11 +46,8 @@ class Command(BaseCommand):
         return server
 
     def _start_probes(self):
-        try:
-            from probes import scheduler
-        except ImportError:
-            log.warning("probes scheduler not available; running without probes")
-            return None
+        from probes import scheduler
+
         scheduler.start()
         self.stdout.write("Probes running in-process")
         return scheduler

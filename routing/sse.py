@@ -7,6 +7,8 @@ never leaves half an event at the client.
 
 import orjson
 
+from routing.outcomes import error_message
+
 DONE = b"[DONE]"
 
 
@@ -58,8 +60,7 @@ def parse(data):
 def error_of(payload):
     """Return the upstream's error message when the event is an error, else None."""
     if type(payload) is dict and "error" in payload:
-        error = payload["error"]
-        return str(error.get("message") if isinstance(error, dict) else error)[:300] or "upstream error"
+        return error_message(payload)
     return None
 
 
