@@ -18,11 +18,9 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import math
 import random
 import re
 import secrets
-import time
 from dataclasses import dataclass, field, replace
 from time import perf_counter
 
@@ -33,8 +31,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from routing.gateway import errors, upstream
 from routing.gateway.breaker import BreakerPolicy, Breakers
 from routing.gateway.errors import GatewayError
+from routing.gateway.keys import KeyRing
 from routing.gateway.limits import Limits
-from routing.gateway.proxy import SSE_HEADERS, Call, Proxy, describe
+from routing.gateway.proxy import Call, Proxy, common_headers, describe, finish
 from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
 from routing.gateway.snapshot import SnapshotStore
@@ -137,15 +136,10 @@ class Gateway:
         self.store = SnapshotStore(config.poll_s, config.redis_url, config.local_notices, on_swap=self._on_swap)
         self.breakers = Breakers(config.breaker, on_change=self.recorder.circuit_changed)
         self.budget = RetryBudget(ratio=config.retry_budget)
+        self.keys = KeyRing(self.recorder)
         self.limits = None
         self.session = None
-        self.proxy = Proxy(self)
-        self.key_cursor = {}
-        self.key_blocked = {}  # provider key id -> (blocked until epoch, marked at epoch); inf = invalid
-        self.recovered = set()
-        self.retries_per_target = config.retries_per_target
-        self.max_attempts = config.max_attempts
-        self.max_retry_wait_s = config.max_retry_wait_s
+        self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
         self.started = False
         self.loop = None
         self._start_lock = None
@@ -196,6 +190,7 @@ class Gateway:
                 log.exception("gateway could not load its first config snapshot")
             self.session = upstream.new_session()
             self.limits = Limits(self.config.redis_url or None, self.config.limits_prefix)
+            self.proxy.start(self.session, self.limits)
             self.store.start()
             self.recorder.start()
             self.started = True
@@ -220,36 +215,13 @@ class Gateway:
     # --- config snapshot and key state ---------------------------------------------
 
     def _on_swap(self, previous, snapshot):
-        """Forget in-memory key marks that the database has caught up with (runs in the refresher thread)."""
-        now = time.time()
-        for key_id, (until, marked) in list(self.key_blocked.items()):
-            info = snapshot.keys.get(key_id)
-            if info is None or info.updated > marked or until <= now:
-                self.key_blocked.pop(key_id, None)
-        self.recovered.clear()
+        """Adopt a new snapshot's names, key states and circuits (runs in the refresher thread)."""
+        self.keys.adopt(snapshot)
         self.recorder.deployment_names = snapshot.deployments
         self.recorder.route_names = {route.id: name for name, route in snapshot.routes.items()}
         self.recorder.metrics.snapshot_version = snapshot.version
         if snapshot.circuits and self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.breakers.adopt, snapshot.circuits)
-
-    def mark_key_invalid(self, key, reason):
-        if self.key_blocked.get(key.id, (0,))[0] != math.inf:
-            self.key_blocked[key.id] = (math.inf, time.time())
-            self.recorder.key_invalid(key, reason)
-
-    def cool_key(self, key, seconds, reason):
-        now = time.time()
-        until = now + seconds
-        current = self.key_blocked.get(key.id)
-        if current is None or current[0] < until - 1:
-            self.key_blocked[key.id] = (until, now)
-            self.recorder.key_cooling(key, until, reason)
-
-    def key_recovered(self, key):
-        if key.id not in self.recovered:
-            self.recovered.add(key.id)
-            self.recorder.key_recovered(key)
 
     # --- responses -------------------------------------------------------------------
 
@@ -258,25 +230,9 @@ class Gateway:
             return given.decode()
         return f"req_{self._id_prefix}{next(self._ids):x}"
 
-    def response_headers(self, call, deployment, content_type, length, unrecorded=1):
-        """Return the response headers of `call` (SSE when content_type is None); records the overhead.
-
-        `unrecorded` counts the answering attempt when it is not in call.tried yet.
-        """
-        overhead = call.overhead_ms()
-        call.record.overhead_ms = overhead
-        attempts = sum(1 for t in call.tried if t.outcome != Outcome.NO_CAPACITY) + unrecorded
-        headers = _common_headers(call.request_id, call.route.name, deployment, attempts, overhead)
-        if content_type is None:
-            headers.extend(SSE_HEADERS)
-        else:
-            headers.append((b"content-type", content_type))
-            headers.append((b"content-length", str(length).encode()))
-        return headers
-
     async def send_error(self, send, err, request_id, route, deployment, attempts, overhead):
         body = err.body()
-        headers = _common_headers(request_id, route, deployment, attempts, overhead)
+        headers = common_headers(request_id, route, deployment, attempts, overhead)
         headers += [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode()), *err.headers]
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -391,10 +347,9 @@ class Gateway:
 
     async def _end_late_stream(self, call, send):
         """The deadline struck mid-stream: end it with an error event (no [DONE])."""
-        record = call.record
-        record.outcome, record.error = Outcome.TIMEOUT, "request deadline exceeded mid-stream"
-        if call.tried:
-            record.deployment_id, record.deployment = call.tried[-1].target.deployment_id, call.tried[-1].target.deployment
+        last = call.tried[-1] if call.tried else None
+        call.finish(Outcome.TIMEOUT, 200, last and last.target, last and last.key and last.key.id,
+                    "request deadline exceeded mid-stream")
         message = "The request deadline passed while the answer was streaming. The answer is incomplete."
         try:
             await send({"type": "http.response.body", "body": errors.sse_error_event(message, code="deadline_exceeded")})
@@ -404,17 +359,9 @@ class Gateway:
             call.response.close()
 
     async def _refuse(self, send, err, call, record, t0):
-        record.status = err.status
-        record.error = err.message[:500]
-        if call is not None and call.tried:
-            last = call.tried[-1]
-            record.outcome = Outcome.TIMEOUT if err.code == "deadline_exceeded" else last.outcome
-            record.deployment_id, record.deployment = last.target.deployment_id, last.target.deployment
-        elif err.code == "deadline_exceeded":
-            record.outcome = Outcome.TIMEOUT
-        else:
-            record.outcome = Outcome.NO_CAPACITY if err.status in (502, 503, 504) else Outcome.REJECTED
-        attempts = sum(1 for t in call.tried if t.outcome != Outcome.NO_CAPACITY) if call is not None else 0
+        last = call.tried[-1] if call is not None and call.tried else None
+        finish(record, _refusal_outcome(err, last), err.status, last and last.target, None, err.message[:500])
+        attempts = call.attempts() if call is not None else 0
         overhead = (perf_counter() - t0 - (call.upstream_s if call is not None else 0.0)) * 1000
         record.overhead_ms = overhead
         await self.send_error(send, err, record.request_id, record.route, "", attempts, overhead)
@@ -444,7 +391,7 @@ class Gateway:
         except GatewayError as err:
             await self.send_error(send, err, request_id, "", "", 0, (perf_counter() - t0) * 1000)
             return
-        out = _common_headers(request_id, "", "", 0, (perf_counter() - t0) * 1000)
+        out = common_headers(request_id, "", "", 0, (perf_counter() - t0) * 1000)
         out += [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": body})
@@ -464,14 +411,13 @@ def _model_entry(name):
     return {"id": name, "object": "model", "created": 0, "owned_by": "weathervane"}
 
 
-def _common_headers(request_id, route, deployment, attempts, overhead_ms):
-    return [
-        (b"x-request-id", request_id.encode()),
-        (b"x-weathervane-route", route.encode()),
-        (b"x-weathervane-deployment", deployment.encode()),
-        (b"x-weathervane-attempts", str(attempts).encode()),
-        (b"x-weathervane-overhead-ms", b"%.3f" % overhead_ms),
-    ]
+def _refusal_outcome(err, last):
+    """Return the outcome of a request the gateway answered itself (`last`: its last attempt, if any)."""
+    if err.code == "deadline_exceeded":
+        return Outcome.TIMEOUT
+    if last is not None:
+        return last.outcome
+    return Outcome.NO_CAPACITY if err.status in (502, 503, 504) else Outcome.REJECTED
 
 
 def mount(django_app, gateway=None):

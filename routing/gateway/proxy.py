@@ -14,7 +14,7 @@ and no [DONE].
 """
 
 import asyncio
-import math
+import enum
 import time
 from time import perf_counter
 
@@ -25,12 +25,31 @@ from routing.gateway import errors, selection, upstream
 from routing.gateway.errors import GatewayError
 from routing.gateway.limits import estimate_tokens
 from routing.gateway.retry import backoff
-from routing.models import KeyState
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome, UpstreamError, redact_bytes
 
 SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
 MAX_COOLING_S = 3600.0
+
+
+class Next(enum.Enum):
+    """What follows a failed attempt."""
+
+    RELAY_ERROR = "pass the upstream's own error to the client"
+    RETRY = "try the same target again"
+    ANOTHER_KEY = "try the same target with another key"
+    FAIL_OVER = "try another target"
+
+
+def common_headers(request_id, route, deployment, attempts, overhead_ms):
+    """Return the headers every gateway response carries."""
+    return [
+        (b"x-request-id", request_id.encode()),
+        (b"x-weathervane-route", route.encode()),
+        (b"x-weathervane-deployment", deployment.encode()),
+        (b"x-weathervane-attempts", str(attempts).encode()),
+        (b"x-weathervane-overhead-ms", b"%.3f" % overhead_ms),
+    ]
 
 
 class Try:
@@ -102,12 +121,59 @@ class Call:
     def overhead_ms(self):
         return max((perf_counter() - self.t0 - self.upstream_s) * 1000, 0.0)
 
+    def attempts(self):
+        """Return how many upstream attempts were made (a target without a usable key is none)."""
+        return sum(1 for t in self.record.tried if t.outcome != Outcome.NO_CAPACITY)
+
+    def finish(self, outcome, status, target=None, key_id=None, error="", attempt=None):
+        """Fill in how the request ended: the one place a request record gets its result."""
+        finish(self.record, outcome, status, target, key_id, error, attempt)
+
+    def response_headers(self, deployment, content_type, length, unrecorded=1):
+        """Return the headers of the answer (SSE when content_type is None); records the overhead.
+
+        `unrecorded` counts the answering attempt when it is not in `tried` yet.
+        """
+        overhead = self.overhead_ms()
+        self.record.overhead_ms = overhead
+        headers = common_headers(self.request_id, self.route.name, deployment, self.attempts() + unrecorded, overhead)
+        if content_type is None:
+            headers.extend(SSE_HEADERS)
+        else:
+            headers.append((b"content-type", content_type))
+            headers.append((b"content-length", str(length).encode()))
+        return headers
+
+
+def finish(record, outcome, status, target=None, key_id=None, error="", attempt=None):
+    """Set a request record's outcome, status, serving deployment and key, error, and usage of `attempt`."""
+    record.outcome, record.status, record.error = outcome, status, error
+    if target is not None:
+        record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key_id
+    if attempt is not None:
+        record.tokens_in, record.tokens_out, record.cost = attempt.tokens_in, attempt.tokens_out, attempt.cost
+
 
 class Proxy:
-    """Runs Calls for one Gateway (which owns the shared state passed in)."""
+    """Runs Calls: choose, send, retry or fail over, relay.
 
-    def __init__(self, gateway):
-        self.gw = gateway
+    Its collaborators are the process's: key marks (`keys.KeyRing`), circuit
+    breakers, the retry budget, the rng, and (from `start`) the HTTP session
+    and the limits.
+    """
+
+    def __init__(self, config, keys, breakers, budget, rng, log_bodies=False):
+        self.config = config
+        self.keys = keys
+        self.breakers = breakers
+        self.budget = budget
+        self.rng = rng
+        self.log_bodies = log_bodies
+        self.session = None
+        self.limits = None
+
+    def start(self, session, limits):
+        self.session, self.limits = session, limits
 
     # --- choosing --------------------------------------------------------------------
 
@@ -118,54 +184,45 @@ class Proxy:
         circuit is not open. When every remaining target's circuit is open the
         breakers are ignored ("panic mode"): trying beats refusing everyone.
         """
-        route, breakers = call.route, self.gw.breakers
+        route, breakers = call.route, self.breakers
         if not call.given_up and call.session is None:
-            target = selection.pick_weighted(route.targets, route.totals, self.gw.rng)
+            target = selection.pick_weighted(route.targets, route.totals, self.rng)
             if target is None or breakers.available(target.deployment_id):
                 return target
         candidates = [t for t in route.targets if t.deployment_id not in call.given_up]
         pool = [t for t in candidates if breakers.available(t.deployment_id)] or candidates
         if call.session is not None:
             return selection.sticky_choice(pool, call.session)
-        return selection.choose(pool, self.gw.rng)
-
-    def key_usable(self, key, now):
-        if key.blocked_until > now:
-            return False
-        until = self.gw.key_blocked.get(key.id)
-        return until is None or until[0] <= now
+        return selection.choose(pool, self.rng)
 
     async def pick_key(self, call, target):
-        """Return a usable key of the target's provider within its limits, round-robin, or None."""
-        gw, now = self.gw, time.time()
-        cursor = gw.key_cursor.get(target.provider_id, 0)
-        for step, key in enumerate(selection.rotation(target.keys, cursor)):
-            if not self.key_usable(key, now):
-                self._note_cooling(call, key, now)
+        """Return a usable key of the target's provider within its limits, round-robin, or None.
+
+        A cooling key's remaining wait is noted: it becomes the Retry-After when nothing else is left.
+        """
+        now = time.time()
+        for position, key in self.keys.rotation(target):
+            if not self.keys.usable(key, now):
+                cooling = self.keys.cooling_left(key, now)
+                if cooling is not None:
+                    call.limit_waits.append(cooling)
                 continue
             if key.rpm_limit is not None or key.tpm_limit is not None:
-                wait = await gw.limits.provider_key(key, call.token_estimate() if key.tpm_limit else 0)
+                wait = await self.limits.provider_key(key, call.token_estimate() if key.tpm_limit else 0)
                 if wait is not None:
                     call.limit_waits.append(wait)
                     continue
-            gw.key_cursor[target.provider_id] = cursor + step + 1
+            self.keys.take(target, position)
             return key
         return None
-
-    def _note_cooling(self, call, key, now):
-        """Remember how long a rate-limited key still cools (it becomes the Retry-After when nothing else is left)."""
-        until = max(key.blocked_until, self.gw.key_blocked.get(key.id, (0.0,))[0])
-        if now < until < math.inf:
-            call.limit_waits.append(until - now)
 
     # --- the attempt loop ----------------------------------------------------------
 
     async def run(self, call, send, receive):
         """Serve `call` until an answer was sent; raises GatewayError when every option failed."""
-        gw = self.gw
         target, retries = self.pick_target(call), 0
         while True:
-            if target is None or len(call.tried) >= gw.max_attempts:
+            if target is None or len(call.tried) >= self.config.max_attempts:
                 raise self.exhausted(call)
             key = await self.pick_key(call, target)
             if key is None:
@@ -177,14 +234,15 @@ class Proxy:
                 return
             except UpstreamError as err:
                 failure = err
-                step = await self.after_failure(call, target, key, failure, retries)
-            if step == "pass":
+            step = await self.after_failure(call, target, key, failure, retries)
+            if step is Next.RELAY_ERROR:
                 await self.pass_through(call, target, key, failure, send)
                 return
-            if step == "retry":
+            if step is Next.RETRY:
                 retries += 1
-            elif step == "failover":
+            elif step is Next.FAIL_OVER:
                 target, retries = self._fail_over(call, target)
+            # Next.ANOTHER_KEY: the same target; pick_key passes over the key just marked
 
     def _no_key_reason(self, call):
         if call.limit_waits:
@@ -196,39 +254,37 @@ class Proxy:
         return self.pick_target(call), 0
 
     async def after_failure(self, call, target, key, err, retries):
-        """Decide what follows a failed attempt: "pass" it to the client, "retry", "again" (another key) or "failover"."""
-        gw = self.gw
+        """Return the Next step after a failed attempt (sleeping first when it is a retry)."""
         if err.outcome in DEPLOYMENT_FAILURES:
-            gw.breakers.failure(target.deployment_id, err.message)
+            self.breakers.failure(target.deployment_id, err.message)
         if not err.retryable:
-            return "pass"
+            return Next.RELAY_ERROR
         if err.outcome == Outcome.BAD_KEY:
-            gw.mark_key_invalid(key, err.message)
-            return "again"
+            self.keys.mark_invalid(key, err.message)
+            return Next.ANOTHER_KEY
         if err.outcome == Outcome.RATE_LIMITED:
             return await self._after_429(call, target, key, err, retries)
-        if not gw.breakers.available(target.deployment_id):  # this failure opened its circuit: do not retry into it
-            return "failover"
-        if retries >= gw.retries_per_target or not gw.budget.withdraw():
-            return "failover"
-        wait = backoff(retries + 1, gw.rng)
-        if not await self._sleep_within_deadline(call, wait):
-            return "failover"
-        return "retry"
+        if not self.breakers.available(target.deployment_id):  # this failure opened its circuit: do not retry into it
+            return Next.FAIL_OVER
+        if retries >= self.config.retries_per_target or not self.budget.withdraw():
+            return Next.FAIL_OVER
+        if not await self._sleep_within_deadline(call, backoff(retries + 1, self.rng)):
+            return Next.FAIL_OVER
+        return Next.RETRY
 
     async def _after_429(self, call, target, key, err, retries):
-        gw = self.gw
         wait = err.retry_after if err.retry_after is not None else DEFAULT_COOLING_S
-        gw.cool_key(key, min(wait, MAX_COOLING_S), err.message)
+        self.keys.cool(key, min(wait, MAX_COOLING_S), err.message)
         now = time.time()
-        if any(self.key_usable(k, now) for k in target.keys if k is not key):
-            return "again"
-        if wait > gw.max_retry_wait_s or retries >= gw.retries_per_target or not gw.budget.withdraw():
-            return "failover"
+        if any(self.keys.usable(k, now) for k in target.keys if k is not key):
+            return Next.ANOTHER_KEY
+        config = self.config
+        if wait > config.max_retry_wait_s or retries >= config.retries_per_target or not self.budget.withdraw():
+            return Next.FAIL_OVER
         # A little past the Retry-After, so the cooled key is usable again when we wake.
         if not await self._sleep_within_deadline(call, wait + 0.01):
-            return "failover"
-        return "retry"
+            return Next.FAIL_OVER
+        return Next.RETRY
 
     async def _sleep_within_deadline(self, call, seconds):
         """Sleep `seconds` unless that would outlast the deadline; return whether it slept."""
@@ -257,19 +313,18 @@ class Proxy:
 
     def _cooling_left(self, tried):
         now = time.time()
-        waits = [self.gw.key_blocked.get(t.key.id, (now + 1.0,))[0] - now for t in tried if t.key is not None]
+        waits = [self.keys.cooling_left(t.key, now) or 1.0 for t in tried if t.key is not None]
         return max(min(waits, default=1.0), 1.0)
 
     # --- one attempt -------------------------------------------------------------
 
     async def attempt(self, call, target, key, send, receive):
         """Send one upstream request and relay its answer. Raises UpstreamError before anything was relayed."""
-        gw = self.gw
-        gw.breakers.begin(target.deployment_id)
+        self.breakers.begin(target.deployment_id)
         started = perf_counter()
         response = None
         try:
-            response = await upstream.post(gw.session, getattr(target, call.url_of), call.body_for(target), key.auth,
+            response = await upstream.post(self.session, getattr(target, call.url_of), call.body_for(target), key.auth,
                                            target.timeout, call.request_id)
             if response.status >= 300:
                 raise await upstream.failure(response, key.secret)
@@ -286,7 +341,7 @@ class Proxy:
                 call.upstream_s += perf_counter() - started
             call.tried.append(Try(target, key, Outcome.TIMEOUT, None, (perf_counter() - started) * 1000,
                                   "the request deadline passed during this attempt"))
-            gw.breakers.failure(target.deployment_id, "request deadline passed")
+            self.breakers.failure(target.deployment_id, "request deadline passed")
             raise
         finally:
             if response is not None:
@@ -294,29 +349,25 @@ class Proxy:
 
     async def pass_through(self, call, target, key, err, send):
         """Send an upstream's non-retryable error (400, 404, 422, context length) to the client as it came."""
-        call.record.outcome, call.record.status, call.record.error = err.outcome, err.status, err.message
-        call.record.deployment_id, call.record.deployment = target.deployment_id, target.deployment
+        call.finish(err.outcome, err.status, target, key.id, err.message)
         body = redact_bytes(err.body, (key.secret,)) if err.body else b""
         body = body or errors.error_body(err.message, "invalid_request_error", "upstream_error")
         content_type = (err.content_type or "application/json").encode("latin-1")
-        headers = self.gw.response_headers(call, target.deployment, content_type, len(body), unrecorded=0)
+        headers = call.response_headers(target.deployment, content_type, len(body), unrecorded=0)
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _succeeded(self, call, target, key, attempt, usage):
         """Book a successful attempt: tokens, cost, breaker, key recovery, token-limit correction."""
-        gw, record = self.gw, call.record
         if usage is not None:
             attempt.tokens_in, attempt.tokens_out = usage
             attempt.cost = target.cost(*usage)
-        record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key.id
-        record.tokens_in, record.tokens_out, record.cost = attempt.tokens_in, attempt.tokens_out, attempt.cost
+        call.finish(Outcome.OK, 200, target, key.id, attempt=attempt)
         call.tried.append(attempt)
-        gw.breakers.success(target.deployment_id)
-        if key.state == KeyState.RATE_LIMITED:
-            gw.key_recovered(key)
+        self.breakers.success(target.deployment_id)
+        self.keys.answered(key)
         if key.tpm_limit is not None and usage is not None:
-            gw.limits.correct_tokens(key, call.token_estimate(), usage[0] + usage[1])
+            self.limits.correct_tokens(key, call.token_estimate(), usage[0] + usage[1])
 
     async def relay_body(self, call, target, key, response, started, send):
         body = await upstream.read_all(response)
@@ -330,10 +381,9 @@ class Proxy:
             raise UpstreamError(Outcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
         call.upstream_s += ms / 1000
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
-        headers = self.gw.response_headers(call, target.deployment, content_type, len(body))
+        headers = call.response_headers(target.deployment, content_type, len(body))
         self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), sse.usage_of(payload))
-        call.record.status = 200
-        if self.gw.recorder.log_bodies:
+        if self.log_bodies:
             call.record.response_body = body.decode("utf-8", "replace")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -363,10 +413,9 @@ class Proxy:
         events, buffer = await self._first_events(response)
         now = perf_counter()
         call.upstream_s += now - started
-        headers = self.gw.response_headers(call, target.deployment, None, None)
+        headers = call.response_headers(target.deployment, None, None)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         call.committed, call.response = True, response
-        call.record.status = 200
         relay = StreamRelay(call, target, key, started)
         watcher = asyncio.ensure_future(_watch_disconnect(receive, call, response))
         try:
@@ -384,12 +433,10 @@ class Proxy:
         if outcome == Outcome.OK:
             self._succeeded(call, target, key, attempt, relay.usage)
             return
-        record = call.record
-        record.outcome, record.error = outcome, problem
-        record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key.id
+        call.finish(outcome, 200, target, key.id, problem)
         call.tried.append(attempt)
         if outcome in DEPLOYMENT_FAILURES:
-            self.gw.breakers.failure(target.deployment_id, problem)
+            self.breakers.failure(target.deployment_id, problem)
 
 
 def describe(attempt):
