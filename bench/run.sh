@@ -4,7 +4,8 @@
 #   1. gateway overhead vs the shared harness (bench/gateway.sh)
 #   2. probe scheduling: Celery worker with 200 targets, embedded with 100 (bench/probes.py; needs Redis)
 #   3. dashboard live path: probe recorded -> WebSocket client, 100 clients on one Daphne (bench/dashboard_ws.py)
-# SKIP="gateway probes dashboard" skips parts.
+#   4. memory soak: RSS growth per million requests through one gateway worker (bench/soak.sh; SOAK=long for 5 min)
+# SKIP="gateway probes dashboard soak" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
@@ -22,5 +23,8 @@ fi
 if [[ $SKIP != *dashboard* ]]; then
   "$PY" "$ROOT/bench/dashboard_ws.py" --clients 100 --duration 60 --out "$ROOT/bench/results/dashboard-$stamp.json"
   "$PY" "$ROOT/bench/write_sections.py" dashboard "$ROOT/bench/results/dashboard-$stamp.json" "$ROOT/bench/RESULTS.md"
+fi
+if [[ $SKIP != *soak* ]]; then
+  bash "$ROOT/bench/soak.sh" ${SOAK:+--$SOAK}
 fi
 echo "bench/RESULTS.md updated"

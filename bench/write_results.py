@@ -1,5 +1,6 @@
-"""Write bench/RESULTS.md from a gateway_overhead.py results.json: the goals of
-issue 3, the LiteLLM baseline and the bare-Python floor side by side.
+"""Write bench/RESULTS.md from gateway_overhead.py results: the alternating
+gateway/floor pairs (median ratio and spread), the goals of issue 3, the
+LiteLLM baseline and the bare-Python floor side by side.
 
 usage: write_results.py <results dir> <RESULTS.md>
 
@@ -86,10 +87,63 @@ def _tables(summary_file):
     return text.split("\n", 2)[2] if text.startswith("## ") else text
 
 
+def _load(directory):
+    path = directory / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def pairs(out_dir):
+    """Return [(pair dir, gateway results, floor results or None)] in run order (one pair for older layouts)."""
+    dirs = sorted(out_dir.glob("pair-*"), key=lambda d: int(d.name.split("-")[1])) or [out_dir]
+    return [(d, _load(d), _load(d / "floor")) for d in dirs if _load(d) is not None]
+
+
+def _c50(results):
+    row = next((r for r in results["nonstream"] if r["concurrency"] == 50), None)
+    return (row["gateway"]["rps"], row["gateway"].get("cpu_ms_per_req")) if row else (None, None)
+
+
+def ratios(runs):
+    """Return [(pair name, gw rps, floor rps, rps ratio, gw cpu, floor cpu, cpu ratio)] at c=50."""
+    rows = []
+    for directory, gateway, floor in runs:
+        if floor is None:
+            continue
+        (g_rps, g_cpu), (f_rps, f_cpu) = _c50(gateway), _c50(floor)
+        if g_rps and f_rps:
+            cpu_ratio = g_cpu / f_cpu if g_cpu and f_cpu else None
+            rows.append((directory.name, g_rps, f_rps, g_rps / f_rps, g_cpu, f_cpu, cpu_ratio))
+    return rows
+
+
+def _median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def comparison(rows):
+    """Return the same-run comparison table and its median line."""
+    if not rows:
+        return ""
+    lines = ["| pair | gateway c=50 req/s | floor c=50 req/s | gateway / floor | gateway CPU ms/req | floor CPU ms/req | CPU ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for name, g_rps, f_rps, ratio, g_cpu, f_cpu, cpu_ratio in rows:
+        cpu = f"{g_cpu:.3f} | {f_cpu:.3f} | {cpu_ratio:.2f}" if cpu_ratio else "- | - | -"
+        lines.append(f"| {name} | {g_rps:,.0f} | {f_rps:,.0f} | {ratio:.1%} | {cpu} |")
+    throughput = [r[3] for r in rows]
+    cpu = [r[6] for r in rows if r[6]]
+    lines += ["", f"Median gateway/floor throughput at c=50: **{_median(throughput):.1%}** "
+                  f"(spread {min(throughput):.1%}-{max(throughput):.1%}, {len(rows)} alternating pairs)"
+                  + (f"; CPU per request {_median(cpu):.2f}x the floor's (spread {min(cpu):.2f}-{max(cpu):.2f})." if cpu else ".")]
+    return "\n".join(lines)
+
+
 def section(out_dir, root):
-    results = json.loads((out_dir / "results.json").read_text())
-    floor_file = out_dir / "floor" / "results.json"
-    floor_results = json.loads(floor_file.read_text()) if floor_file.exists() else None
+    runs = pairs(out_dir)
+    rows = ratios(runs)
+    median_name = sorted(rows, key=lambda r: r[3])[len(rows) // 2][0] if rows else runs[0][0].name
+    directory, results, floor_results = next(r for r in runs if r[0].name == median_name or len(runs) == 1)
     info = results["info"]
     shown = out_dir.relative_to(root) if out_dir.is_relative_to(root) else out_dir
     return "\n".join([
@@ -98,14 +152,18 @@ def section(out_dir, root):
         f"Run {info['started']} on {info['machine']['nproc']} x {info['machine']['cpu_model']}; {info.get('note', '')}. "
         f"Raw outputs: `{shown}`.",
         "",
-        "### Against the goals of issue 3 and the baselines",
+        "### Gateway and bare floor, alternating in one sitting",
+        "",
+        comparison(rows) or "No floor was measured (FLOOR=0).",
+        "",
+        f"### Against the goals of issue 3 and the baselines (the median pair, {directory.name})",
         "",
         headline(results, floor_results),
         "",
-        "### Full tables from the harness",
+        "### Full tables from the harness (the median pair)",
         "",
-        _tables(out_dir / "summary.md"),
-        *(["", "#### The bare pass-through floor, measured in the same run", "", _tables(out_dir / "floor" / "summary.md")]
+        _tables(directory / "summary.md"),
+        *(["", "#### The bare pass-through floor, measured in the same pair", "", _tables(directory / "floor" / "summary.md")]
           if floor_results else []),
     ]) + "\n"
 

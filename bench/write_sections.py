@@ -1,6 +1,6 @@
 """Put the probes or dashboard benchmark figures into bench/RESULTS.md.
 
-usage: write_sections.py probes|dashboard <results.json> <RESULTS.md>
+usage: write_sections.py probes|dashboard|soak <results.json> <RESULTS.md>
 
 Each part owns the text between its `<!-- NAME:start -->` and
 `<!-- NAME:end -->` markers; the rest of the file is left alone.
@@ -21,6 +21,21 @@ def probes(data):
     head = (f"## Probes (`bench/probes.py`)\n\nRun {data['at']}: database {data['database']}, broker {data['broker']}, "
             f"{data['cores']} cores, simulated upstream answering in {data['upstream_latency_ms']} ms.\n")
     return head + "\n" + "\n".join(rows) + "\n"
+
+
+def soak(data):
+    growth = data["mb_per_million_requests"]
+    met = growth is not None and growth < 1.0
+    shown = "not measured" if growth is None else f"{growth:+.2f} MB"
+    return (
+        "## Memory soak (`bench/soak.sh`)\n\n"
+        f"Run {data['at']}: one gateway worker, c={data['concurrency']} against the shared mock upstream for "
+        f"{data['duration_s']:.0f} s ({data['requests']:,.0f} requests); RSS sampled every few seconds and fitted "
+        f"against the request count after the first {data['warmup_share']:.0%} of the run.\n\n"
+        "| measure | goal | measured | met? |\n|---|---|---|---|\n"
+        f"| RSS growth per million requests after warm-up | < 1 MB | {shown} "
+        f"({data['rss_start_mb']} → {data['rss_end_mb']} MB) | {'yes' if met else '**no**'} |\n"
+    )
 
 
 def dashboard(data):
@@ -52,7 +67,7 @@ def replace_section(text, name, body):
 
 def main(kind, results, out):
     data = json.loads(Path(results).read_text())
-    body = {"probes": probes, "dashboard": dashboard}[kind](data)
+    body = {"probes": probes, "dashboard": dashboard, "soak": soak}[kind](data)
     path = Path(out)
     path.write_text(replace_section(path.read_text() if path.exists() else "", kind, body))
 
