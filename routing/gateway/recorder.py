@@ -95,7 +95,7 @@ class Recorder:
         self.log_bodies = log_bodies
         self.metrics = Metrics()
         self.changes = deque()
-        self.aggregator = rollups.Aggregator("traffic")
+        self.aggregator = rollups.Aggregator(Source.TRAFFIC)
         self.log_rows = []
         self.sampled_rows = []
         self.last_used = {}

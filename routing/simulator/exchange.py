@@ -26,7 +26,7 @@ class Attempt:
     key: str | None
     model: str | None = None
     stream: bool = False
-    outcome: str = "ok"
+    outcome: str = Reply.OK
     completed: bool = False
 
     def as_dict(self):

@@ -43,17 +43,10 @@ def seeded(db):
     from probes import sketch
     from probes.models import HealthState, ProbeResult, ProbeTarget, Rollup, Source
     from routing.outcomes import Outcome
-    from routing.models import ApiKey, Deployment, Provider, Route, RouteTarget
+    from tests.factories import canary_world
 
-    provider = Provider.objects.create(name="sim", base_url="http://127.0.0.1:9/v1")
-    key = ApiKey(provider=provider, label="primary")
-    key.set_secret("sk-test-very-secret-value-1234")
-    key.save()
-    stable = Deployment.objects.create(name="stable", provider=provider, upstream_model="steady")
-    canary = Deployment.objects.create(name="canary", provider=provider, upstream_model="flaky")
-    route = Route.objects.create(name="chat")
-    RouteTarget.objects.create(route=route, deployment=stable, weight=90)
-    RouteTarget.objects.create(route=route, deployment=canary, weight=10)
+    made = canary_world(models=("steady", "flaky"))
+    provider, key, stable, canary, route = made.provider, made.key, made.stable, made.canary, made.route
     minute = timezone.now().replace(second=0, microsecond=0)
     latencies = sketch.new()
     for value in (40, 42, 45, 300):

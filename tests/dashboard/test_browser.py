@@ -121,17 +121,11 @@ def world(shared_db, simulator, admin_user, viewer_user):
     """Provider on the simulator, deployments "stable" and "canary", route "chat" at 90/10."""
     from probes.models import ProbeTarget
     from routing import weights
-    from routing.models import ApiKey, Deployment, Provider, Route, RouteTarget
+    from tests.factories import canary_world
 
-    provider = Provider.objects.create(name="simulator", base_url=simulator.base_url)
-    key = ApiKey(provider=provider, label="primary")
-    key.set_secret("sk-browser-test-secret-0001")
-    key.save()
-    stable = Deployment.objects.create(name="stable", provider=provider, upstream_model="steady")
-    canary = Deployment.objects.create(name="canary", provider=provider, upstream_model="fast")
-    route = Route.objects.create(name="chat", description="The chat model every app asks for")
-    RouteTarget.objects.create(route=route, deployment=stable, weight=100)
-    RouteTarget.objects.create(route=route, deployment=canary, weight=0)
+    made = canary_world(simulator.base_url, (100, 0), "sk-browser-test-secret-0001", provider_name="simulator",
+                        description="The chat model every app asks for")
+    route, stable, canary = made.route, made.stable, made.canary
     weights.apply_weights(route, {"stable": 90, "canary": 10}, reason="start the canary", actor="alice", user=admin_user)
     seed_history([(stable, 18, 40.0, 0.0), (canary, 2, 55.0, 0.08)])
     ProbeTarget.objects.filter(deployment=canary).update(health="degraded", health_reason="error rate 8% over the last probes")

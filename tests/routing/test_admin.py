@@ -14,9 +14,9 @@ from routing.models import (
     GatewayKey,
     Provider,
     Route,
-    RouteTarget,
     hash_gateway_key,
 )
+from tests.factories import canary_world
 
 pytestmark = pytest.mark.django_db
 
@@ -47,15 +47,7 @@ def browser(admin_user):
 
 @pytest.fixture
 def route():
-    provider = Provider.objects.create(name="sim", base_url="http://127.0.0.1:9/v1")
-    key = ApiKey(provider=provider, label="main")
-    key.set_secret(SECRET)
-    key.save()
-    route = Route.objects.create(name="chat")
-    for name, weight in (("stable", 90), ("canary", 10)):
-        deployment = Deployment.objects.create(name=name, provider=provider, upstream_model=name)
-        RouteTarget.objects.create(route=route, deployment=deployment, weight=weight)
-    return route
+    return canary_world(secret=SECRET, key_label="main", models=("stable", "canary")).route
 
 
 def url(model, page, *args):

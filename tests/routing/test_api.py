@@ -21,6 +21,7 @@ from routing.models import (
     RouteTarget,
     hash_gateway_key,
 )
+from tests.factories import canary_world
 
 pytestmark = pytest.mark.django_db
 
@@ -56,16 +57,7 @@ def everything():
 @pytest.fixture
 def registry():
     """A provider with one key, two deployments and a route split 90/10."""
-    provider = Provider.objects.create(name="sim", base_url="http://127.0.0.1:9/v1")
-    key = ApiKey(provider=provider, label="main")
-    key.set_secret("sk-existing-secret-0001")
-    key.save()
-    stable = Deployment.objects.create(name="stable", provider=provider, upstream_model="steady")
-    canary = Deployment.objects.create(name="canary", provider=provider, upstream_model="fast")
-    route = Route.objects.create(name="chat")
-    RouteTarget.objects.create(route=route, deployment=stable, weight=90)
-    RouteTarget.objects.create(route=route, deployment=canary, weight=10)
-    return route
+    return canary_world(secret="sk-existing-secret-0001", key_label="main").route
 
 
 # --- The issue's user story ------------------------------------------------------------

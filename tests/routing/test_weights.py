@@ -7,18 +7,14 @@ import pytest
 from dashboard import live
 from routing import weights
 from routing.models import AuditEvent, Deployment, Event, Provider, Route, RouteTarget
+from tests.factories import canary_world
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def route():
-    provider = Provider.objects.create(name="sim", base_url="http://127.0.0.1:9/v1")
-    route = Route.objects.create(name="chat")
-    for name, weight in (("stable", 90), ("canary", 10)):
-        deployment = Deployment.objects.create(name=name, provider=provider, upstream_model=name)
-        RouteTarget.objects.create(route=route, deployment=deployment, weight=weight)
-    return route
+    return canary_world(secret=None, models=("stable", "canary")).route
 
 
 @pytest.fixture
