@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from dashboard import live
 from probes.models import RECENT_SIZE, HealthState, ProbeTarget
-from routing.models import ApiKey, Event, EventKind, KeyState
+from routing.models import ApiKey, DeploymentCircuit, Event, EventKind, KeyState
 from routing.outcomes import Outcome
 from routing.signals import config_changed
 
@@ -100,6 +100,8 @@ def after_probe(target_id, result):
         _announce_health(target, previous, verdict)
     if result.api_key_id:
         apply_to_key(result.api_key, result)
+    if ok:
+        DeploymentCircuit.probe_succeeded(target.deployment_id)
     return verdict
 
 

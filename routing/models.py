@@ -354,6 +354,26 @@ class DeploymentCircuit(models.Model):
     since = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
+    @classmethod
+    def probe_succeeded(cls, deployment_id):
+        """End an open circuit's cooldown because a probe of its deployment just succeeded.
+
+        The circuit is saved half-open (every gateway process lets its next
+        request through as the trial); returns True when a circuit was open.
+        """
+        reason = "a probe succeeded; the next request is the trial"
+        changed = cls.objects.filter(deployment_id=deployment_id, state=CircuitState.OPEN).update(
+            state=CircuitState.HALF_OPEN, reason=reason, since=timezone.now(), updated_at=timezone.now())
+        if not changed:
+            return False
+        event = Event.objects.create(kind=EventKind.CIRCUIT_HALF_OPEN, deployment_id=deployment_id,
+                                     message=f"Circuit half-open: {reason}", data={"reason": reason})
+        transaction.on_commit(lambda: _publish_event(event))
+        from routing.signals import config_changed
+
+        config_changed()
+        return True
+
 
 class RequestLog(models.Model):
     """A sampled gateway request: every failure and a share of successes.

@@ -73,7 +73,8 @@ class GatewayConfig:
             max_attempts=s.GATEWAY_MAX_ATTEMPTS, retry_budget=s.GATEWAY_RETRY_BUDGET, max_retry_wait_s=s.GATEWAY_MAX_RETRY_WAIT_S,
             flush_interval_s=s.GATEWAY_FLUSH_INTERVAL_S, log_sample=s.GATEWAY_LOG_SUCCESS_SAMPLE, log_bodies=s.GATEWAY_LOG_BODIES,
             poll_s=s.GATEWAY_SNAPSHOT_POLL_S, redis_url=s.REDIS_URL, limits_prefix=s.GATEWAY_LIMITS_PREFIX,
-            breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S),
+            breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S,
+                                  max_cooldown_s=max(s.GATEWAY_BREAKER_MAX_COOLDOWN_S, s.GATEWAY_BREAKER_COOLDOWN_S)),
         )
         return replace(config, **overrides)
 

@@ -5,8 +5,10 @@ row, or when at least `min_requests` requests in the current window failed
 at `failure_rate` or more. Open: no traffic until the cooldown ends, then
 half-open: one trial request at a time. A trial that succeeds closes the
 circuit and resets the cooldown; one that fails reopens it with the cooldown
-doubled (up to `max_cooldown_s`), so a target that stays broken is tried
-less and less often.
+doubled (up to `max_cooldown_s`, 30 s by default), so a target that stays
+broken is tried less often, yet one that recovers gets its traffic back within
+one capped cooldown. A successful probe of an open deployment ends its
+cooldown at once (the probes report it half-open; `adopt` takes that over).
 
 When every target of a route is open the gateway ignores the breakers for
 that request (see app.py, "panic mode"): trying a possibly-recovered target
@@ -32,7 +34,7 @@ class BreakerPolicy:
     min_requests: int = 20
     window_s: float = 30.0
     cooldown_s: float = 5.0
-    max_cooldown_s: float = 60.0
+    max_cooldown_s: float = 30.0
     trial_timeout_s: float = 30.0
 
 
@@ -128,8 +130,10 @@ class CircuitBreaker:
             self.state, self.open_until, self.trial_at = CircuitState.OPEN, now + remaining, None
         elif state == CircuitState.CLOSED:
             self.state, self.trial_at, self.consecutive = CircuitState.CLOSED, None, 0
+        elif self.state == CircuitState.OPEN:  # a probe succeeded: end the cooldown, the next request is the trial
+            self.open_until = now
         else:
-            return  # half-open is one process's trial in flight: nothing to take over
+            return  # half-open here too: one trial is enough
         self.reason, self.changed_at = f"{reason} (reported by another gateway process)"[:300], since
 
     def _count(self, now, failed):

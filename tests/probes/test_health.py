@@ -155,3 +155,16 @@ def test_thresholds_come_from_the_target_or_the_settings(make_target, settings):
     assert health.Thresholds.for_target(target).latency_ms == 1234
     target.degraded_latency_ms = 99
     assert health.Thresholds.for_target(target).latency_ms == 99
+
+
+def test_a_successful_probe_half_opens_an_open_circuit_for_every_gateway(make_target):
+    from routing.models import CircuitState, DeploymentCircuit
+
+    target = make_target("fixed-150")
+    circuit = DeploymentCircuit.objects.create(deployment=target.deployment, state=CircuitState.OPEN, reason="5 failures")
+    probe(target)
+    circuit.refresh_from_db()
+    assert circuit.state == CircuitState.HALF_OPEN and "probe succeeded" in circuit.reason
+    assert Event.objects.filter(kind=EventKind.CIRCUIT_HALF_OPEN, deployment=target.deployment).exists()
+    probe(target)  # a closed or half-open circuit is left alone
+    assert Event.objects.filter(kind=EventKind.CIRCUIT_HALF_OPEN).count() == 1

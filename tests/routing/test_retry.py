@@ -134,3 +134,34 @@ def test_a_newer_state_from_another_process_is_taken_over_and_an_older_one_ignor
     assert b.state(7) == CircuitState.OPEN
     b.adopt({7: (CircuitState.CLOSED, time.time() + 1, "trial request succeeded")})
     assert b.state(7) == CircuitState.CLOSED and changes == []  # nothing echoed back
+
+
+def test_by_default_a_recovered_primary_gets_traffic_back_within_30_seconds_of_recovering():
+    """Failing for a minute must not push the next trial further out than the capped cooldown."""
+    clock, changes = Clock(), []
+    b = Breakers(BreakerPolicy(), on_change=lambda *change: changes.append(change), clock=clock)
+    started = clock.now
+    while clock.now - started < 60:  # one minute of failures: every trial fails
+        if b.available(1):
+            b.begin(1)
+            b.failure(1, "HTTP 503")
+        clock.now += 0.5
+    recovered_at = clock.now
+    while not b.available(1):
+        clock.now += 0.5
+    assert clock.now - recovered_at <= BreakerPolicy().max_cooldown_s == 30
+    b.begin(1)
+    b.success(1)
+    assert b.state(1) == CircuitState.CLOSED
+
+
+def test_a_successful_probe_reported_half_open_ends_the_cooldown_at_once():
+    clock, changes = Clock(), []
+    b = breakers(clock, changes, cooldown_s=20)
+    for _ in range(3):
+        b.failure(1, "HTTP 503")
+    assert not b.available(1)
+    b.adopt({1: (CircuitState.HALF_OPEN, time.time() + 1, "a probe succeeded; the next request is the trial")})
+    assert b.available(1)
+    b.begin(1)
+    assert b.state(1) == CircuitState.HALF_OPEN and not b.available(1)  # still one trial at a time
