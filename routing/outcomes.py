@@ -20,13 +20,14 @@ class Outcome(models.TextChoices):
     """How one probe, gateway request or upstream attempt ended. Only OK counts as a success.
 
     Rollups count errors under these names whichever source recorded them.
-    The last three never come from an upstream: the gateway records them.
+    The last five never come from an upstream: the gateway records them, and
+    the client's own (closed, deadline) never count against a deployment.
     """
 
     OK = "ok", "OK"
     TIMEOUT = "timeout", "Timeout"
     CONNECT_ERROR = "connect_error", "Connect error"
-    BAD_KEY = "bad_key", "Bad key (401/403)"
+    BAD_KEY = "bad_key", "Bad key (401)"
     RATE_LIMITED = "rate_limited", "Rate-limited (429)"
     CLIENT_ERROR = "client_error", "Client error (4xx)"
     SERVER_ERROR = "server_error", "Server error (5xx)"
@@ -34,18 +35,19 @@ class Outcome(models.TextChoices):
     TRUNCATED = "truncated", "Truncated stream"
     WRONG_ANSWER = "wrong_answer", "Wrong answer"
     CLIENT_CLOSED = "client_closed", "Client disconnected"
+    CLIENT_DEADLINE = "client_deadline", "Client's own deadline passed"
     NO_CAPACITY = "no_capacity", "No usable key or target"
     REJECTED = "rejected", "Refused by the gateway (auth, limits, bad input)"
 
 
 # Failures that say something about the deployment's health: not the key's
-# (bad_key, rate_limited), not the client's (client_error, client_closed), and
-# not the gateway's own refusals.
+# (bad_key, rate_limited), not the client's (client_error, client_closed,
+# client_deadline), and not the gateway's own refusals.
 DEPLOYMENT_FAILURES = frozenset({Outcome.TIMEOUT, Outcome.CONNECT_ERROR, Outcome.SERVER_ERROR, Outcome.MALFORMED,
                                  Outcome.TRUNCATED})
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-BAD_KEY_STATUSES = frozenset({401, 403})
+BAD_KEY_STATUSES = frozenset({401})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 CONTEXT_MARKERS = ("context_length_exceeded", "context length", "maximum context", "context window", "too many tokens")
 MAX_RETRY_AFTER_S = 3600.0
@@ -61,9 +63,11 @@ SECRET_PATTERNS = re.compile(
 def classify_status(status, body=b""):
     """Return (outcome, retryable) for a non-2xx upstream status and its body.
 
-    401/403 are the key's fault (retryable with another key); 408 is the
-    upstream giving up on us, a timeout; 429 and 500/502/503/504 may pass;
-    other 4xx, and context-length errors, would fail again.
+    401 is the key's fault (retryable with another key). 403 is not: many
+    providers answer it for one request (moderation, model access), so it is
+    the client's and passed through. 408 is the upstream giving up on us, a
+    timeout; 429 and 500/502/503/504 may pass; other 4xx, and context-length
+    errors, would fail again.
     """
     if status in BAD_KEY_STATUSES:
         return Outcome.BAD_KEY, True

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import math
 import random
 import re
 import secrets
@@ -300,13 +301,16 @@ class Gateway:
         return b"".join(parts)
 
     def _deadline(self, given):
+        """Return (loop time of the deadline, whether it is the client's own: shorter than the gateway's)."""
         seconds = self.config.deadline_s
         if given is not None:
             try:
-                seconds = min(seconds, max(float(given), 0.1))
+                asked = max(float(given), 0.1)
             except ValueError:
-                pass
-        return asyncio.get_running_loop().time() + seconds
+                asked = math.inf
+            if asked < seconds:
+                return asyncio.get_running_loop().time() + asked, True
+        return asyncio.get_running_loop().time() + seconds, False
 
     async def _proxy(self, scope, receive, send, url_of):
         t0 = perf_counter()
@@ -319,7 +323,8 @@ class Gateway:
             client, route, request, raw = await self._admit(scope, receive, snapshot, headers, record, url_of)
             record.route_id, record.route = route.id, route.name
             session = headers[2].decode("latin-1") if headers[2] else None
-            call = Call(t0, request_id, route, request, raw, url_of, session, self._deadline(headers[4]), record)
+            deadline, clients = self._deadline(headers[4])
+            call = Call(t0, request_id, route, request, raw, url_of, session, deadline, record, clients)
             record.stream = call.stream
             if self.config.log_bodies:
                 record.request_body = request
@@ -342,14 +347,18 @@ class Gateway:
 
     def _deadline_error(self, call):
         summary = "; ".join(describe(t) for t in call.tried[-8:]) or "nothing answered"
+        if call.clients_deadline:
+            return GatewayError(504, f"No answer within the deadline this request asked for (x-weathervane-deadline). "
+                                f"Tried: {summary}.", "server_error", "client_deadline_exceeded")
         seconds = self.config.deadline_s
-        return GatewayError(504, f"No answer within the request deadline ({seconds:g} s or as asked). Tried: {summary}.",
+        return GatewayError(504, f"No answer within the request deadline ({seconds:g} s). Tried: {summary}.",
                             "server_error", "deadline_exceeded")
 
     async def _end_late_stream(self, call, send):
         """The deadline struck mid-stream: end it with an error event (no [DONE])."""
         last = call.tried[-1] if call.tried else None
-        call.finish(Outcome.TIMEOUT, 200, last and last.target, last and last.key and last.key.id,
+        outcome = Outcome.CLIENT_DEADLINE if call.clients_deadline else Outcome.TIMEOUT
+        call.finish(outcome, 200, last and last.target, last and last.key and last.key.id,
                     "request deadline exceeded mid-stream")
         message = "The request deadline passed while the answer was streaming. The answer is incomplete."
         try:
@@ -414,6 +423,8 @@ def _model_entry(name):
 
 def _refusal_outcome(err, last):
     """Return the outcome of a request the gateway answered itself (`last`: its last attempt, if any)."""
+    if err.code == "client_deadline_exceeded":
+        return Outcome.CLIENT_DEADLINE
     if err.code == "deadline_exceeded":
         return Outcome.TIMEOUT
     if last is not None:

@@ -23,6 +23,7 @@ class KeyRing:
         self.cursor = {}  # provider id -> index of the next key to offer
         self.blocked = {}  # key id -> (blocked until epoch, marked at epoch); inf = invalid
         self.recovered = set()  # keys reported answering again since the last snapshot
+        self.suspects = {}  # key id -> request id of the first 401: suspect until another request confirms it
 
     def usable(self, key, now):
         """Return True when neither the snapshot nor this process holds the key back at `now`."""
@@ -46,6 +47,21 @@ class KeyRing:
         """Note that the key at `position` of the rotation was chosen: the next request starts after it."""
         self.cursor[target.provider_id] = position + 1
 
+    def refused(self, key, request_id, reason, may_confirm=True):
+        """Note a 401 for `key` on request `request_id`; return True when this confirmed the key invalid.
+
+        One 401 makes a key suspect (the request moves on to another key); a
+        401 on another request confirms it. `may_confirm` is False once the
+        request has confirmed a key already: one request never disables two.
+        """
+        first = self.suspects.get(key.id)
+        if first is None or first == request_id or not may_confirm:
+            self.suspects.setdefault(key.id, request_id)
+            return False
+        del self.suspects[key.id]
+        self.mark_invalid(key, f"{reason} (refused on two requests)")
+        return True
+
     def mark_invalid(self, key, reason):
         if self.blocked.get(key.id, (0,))[0] != math.inf:
             self.blocked[key.id] = (math.inf, time.time())
@@ -61,6 +77,8 @@ class KeyRing:
 
     def answered(self, key):
         """Note a success with the key: one the snapshot has as rate-limited is active again."""
+        if self.suspects:
+            self.suspects.pop(key.id, None)
         if key.state == KeyState.RATE_LIMITED and key.id not in self.recovered:
             self.recovered.add(key.id)
             self.recorder.key_recovered(key)

@@ -68,10 +68,11 @@ class Call:
     """The state of one proxied request."""
 
     __slots__ = ("t0", "request_id", "route", "request", "raw", "url_of", "stream", "wants_usage", "session",
-                 "deadline", "record", "upstream_s", "given_up", "committed", "client_gone", "tokens", "bodies",
+                 "deadline", "clients_deadline", "record", "upstream_s", "given_up", "refused_keys", "confirmed_a_key",
+                 "committed", "client_gone", "tokens", "bodies",
                  "limit_waits", "response")
 
-    def __init__(self, t0, request_id, route, request, raw, url_of, session, deadline, record):
+    def __init__(self, t0, request_id, route, request, raw, url_of, session, deadline, record, clients_deadline=False):
         self.t0 = t0
         self.request_id = request_id
         self.route = route
@@ -83,9 +84,12 @@ class Call:
         self.wants_usage = type(options) is dict and options.get("include_usage") is True
         self.session = session
         self.deadline = deadline
+        self.clients_deadline = clients_deadline  # the client asked for a shorter deadline than the gateway's
         self.record = record
         self.upstream_s = 0.0
         self.given_up = set()
+        self.refused_keys = set()  # keys that answered 401 to this request: not tried again for it
+        self.confirmed_a_key = False
         self.committed = False
         self.client_gone = False
         self.tokens = None
@@ -202,6 +206,8 @@ class Proxy:
         """
         now = time.time()
         for position, key in self.keys.rotation(target):
+            if key.id in call.refused_keys:
+                continue
             if not self.keys.usable(key, now):
                 cooling = self.keys.cooling_left(key, now)
                 if cooling is not None:
@@ -260,7 +266,9 @@ class Proxy:
         if not err.retryable:
             return Next.RELAY_ERROR
         if err.outcome == Outcome.BAD_KEY:
-            self.keys.mark_invalid(key, err.message)
+            call.refused_keys.add(key.id)
+            if self.keys.refused(key, call.request_id, err.message, may_confirm=not call.confirmed_a_key):
+                call.confirmed_a_key = True
             return Next.ANOTHER_KEY
         if err.outcome == Outcome.RATE_LIMITED:
             return await self._after_429(call, target, key, err, retries)
@@ -339,9 +347,12 @@ class Proxy:
         except asyncio.CancelledError:  # the request deadline struck during this attempt
             if not call.committed:
                 call.upstream_s += perf_counter() - started
-            call.tried.append(Try(target, key, Outcome.TIMEOUT, None, (perf_counter() - started) * 1000,
-                                  "the request deadline passed during this attempt"))
-            self.breakers.failure(target.deployment_id, "request deadline passed")
+            ms = (perf_counter() - started) * 1000
+            if call.clients_deadline:  # the client's own impatience says nothing about the deployment
+                call.tried.append(Try(target, key, Outcome.CLIENT_DEADLINE, None, ms, "the client's deadline passed"))
+            else:
+                call.tried.append(Try(target, key, Outcome.TIMEOUT, None, ms, "the request deadline passed"))
+                self.breakers.failure(target.deployment_id, "request deadline passed")
             raise
         finally:
             if response is not None:

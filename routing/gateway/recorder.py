@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 MAX_LOG_ROWS_PER_FLUSH = 1000  # failures of authenticated traffic
 MAX_SAMPLED_ROWS_PER_FLUSH = 200  # sampled successes: never crowd out a failure
 ACTOR = "system:gateway"
-# Not held against a deployment in its rollups: no upstream call was made, or the client left.
-NOT_THE_DEPLOYMENTS = frozenset({Outcome.NO_CAPACITY, Outcome.CLIENT_CLOSED})
+# Not held against a deployment in its rollups: no upstream call was made, or the client left or gave up.
+NOT_THE_DEPLOYMENTS = frozenset({Outcome.NO_CAPACITY, Outcome.CLIENT_CLOSED, Outcome.CLIENT_DEADLINE})
 # Text PostgreSQL refuses (NUL) and control characters that only garble a log line.
 UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 

@@ -87,3 +87,28 @@ def test_a_circuit_one_gateway_process_opened_is_open_in_the_others(sim, serve_g
     before = len(sim.simulator.attempts("dead"))
     assert asyncio.run(fire(second, key, 40, 4)) == [200] * 40
     assert len(sim.simulator.attempts("dead")) == before  # the second one never tried it
+
+
+def test_fifty_requests_with_a_tiny_client_deadline_leave_the_circuit_closed_and_the_error_rate_untouched(
+        sim, serve_gateway):
+    """A client's own deadline is the client's outcome: it must not open a circuit for the whole fleet."""
+    from probes.models import Rollup
+
+    sim.simulator.configure("thoughtful", latency_median_ms=300)
+    provider = make_provider(sim)
+    make_route("r", provider, {"slow": ("thoughtful", 100)})
+    key = client_key()
+    gateway = serve_gateway(deadline_s=10.0)
+    statuses, codes = [], set()
+    with httpx.Client(base_url=gateway.base_url, timeout=10,
+                      headers={"Authorization": f"Bearer {key.plaintext}", "x-weathervane-deadline": "0.05"}) as client:
+        for _ in range(50):
+            response = client.post("/chat/completions", json=BODY)
+            statuses.append(response.status_code)
+            codes.add(response.json()["error"]["code"])
+    assert set(statuses) == {504} and codes == {"client_deadline_exceeded"}
+    deployment = Deployment.objects.get(name="slow")
+    assert gateway.gateway.breakers.state(deployment.pk) == CircuitState.CLOSED
+    gateway.stop()
+    assert not DeploymentCircuit.objects.filter(state=CircuitState.OPEN).exists()
+    assert not Rollup.objects.filter(deployment=deployment).exclude(errors={}).exists()  # no timeouts held against it

@@ -1,4 +1,5 @@
-"""Provider keys: rotation, a 401 marks a key invalid (audited), a 429 cools it."""
+"""Provider keys: rotation, a key refused (401) on two requests is marked invalid (audited), a 403 is the
+request's, a 429 cools the key."""
 
 import json
 import threading
@@ -26,7 +27,7 @@ def test_requests_rotate_over_the_providers_keys(sim, serve_gateway):
     assert Counter(a.key for a in sim.simulator.attempts()) == {"…aaaa": 2, "…bbbb": 2, "…cccc": 2}
 
 
-def test_a_key_the_upstream_refuses_is_marked_invalid_audited_and_not_used_again(serve_gateway, admin_api):
+def test_a_key_the_upstream_refuses_on_two_requests_is_marked_invalid_audited_and_not_used_again(serve_gateway, admin_api):
     with SimulatorServer(Simulator(keys={GOOD})) as strict:
         provider = make_provider(strict, keys=(BAD, GOOD))
         make_route("r", provider, {"d": ("fast", 100)})
@@ -34,9 +35,12 @@ def test_a_key_the_upstream_refuses_is_marked_invalid_audited_and_not_used_again
         gateway = serve_gateway()
         first = post_chat(gateway, key, "r")
         assert first.status_code == 200 and first.headers["x-weathervane-attempts"] == "2"
+        gateway.gateway.recorder.flush()
+        assert ApiKey.objects.get(label="key1").state == KeyState.ACTIVE  # one 401 only makes it suspect
         for _ in range(4):
             assert post_chat(gateway, key, "r").status_code == 200
-        assert [a.key for a in strict.simulator.attempts()] == ["…0001"] + ["…0002"] * 5
+        # The second request's 401 confirms it; after that it is never sent again.
+        assert [a.key for a in strict.simulator.attempts()] == ["…0001", "…0002", "…0001"] + ["…0002"] * 4
         gateway.stop()  # flushes what it recorded; no gateway thread touches the database after this
 
     bad = ApiKey.objects.get(label="key1")
@@ -47,6 +51,48 @@ def test_a_key_the_upstream_refuses_is_marked_invalid_audited_and_not_used_again
     assert BAD not in json.dumps([audit.before, audit.after, audit.reason])
     assert Event.objects.filter(kind=EventKind.KEY_INVALID, api_key=bad).count() == 1
     assert ApiKey.objects.get(label="key2").state == KeyState.ACTIVE
+
+
+def test_one_request_never_disables_more_than_one_key(serve_gateway):
+    with SimulatorServer(Simulator(keys={GOOD})) as strict:
+        provider = make_provider(strict, keys=("sk-bad-secret-00001", "sk-bad-secret-00002", GOOD))
+        make_route("r", provider, {"d": ("fast", 100)})
+        key = client_key()
+        gateway = serve_gateway()
+        assert post_chat(gateway, key, "r").status_code == 200  # both bad keys become suspect, neither invalid
+        gateway.gateway.recorder.flush()
+        assert set(ApiKey.objects.values_list("state", flat=True)) == {KeyState.ACTIVE}
+        assert post_chat(gateway, key, "r").status_code == 200  # this request may confirm one of them
+        gateway.stop()
+    assert ApiKey.objects.filter(state=KeyState.INVALID).count() == 1
+
+
+class Forbidden:
+    """An upstream that answers every request 403, as providers do for moderation or model access."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b'{"error": {"message": "This request was flagged by moderation.", "type": "invalid_request_error"}}'
+        await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_403_is_passed_to_the_client_and_leaves_every_key_active(serve_gateway):
+    from routing.loopback import ThreadedServer
+
+    with ThreadedServer(Forbidden()) as upstream:
+        provider = make_provider(upstream, keys=("sk-key-one-00001", "sk-key-two-00002"))
+        make_route("r", provider, {"d": ("fast", 100)})
+        key = client_key()
+        gateway = serve_gateway()
+        for _ in range(3):
+            response = post_chat(gateway, key, "r")
+            assert response.status_code == 403 and "moderation" in response.json()["error"]["message"]
+            assert response.headers["x-weathervane-attempts"] == "1"
+        gateway.stop()
+    assert set(ApiKey.objects.values_list("state", flat=True)) == {KeyState.ACTIVE}
+    assert not Event.objects.filter(kind=EventKind.KEY_INVALID).exists()
 
 
 def test_a_429_cools_the_key_until_its_retry_after(sim, serve_gateway):

@@ -15,7 +15,7 @@ from routing.outcomes import (
 CLASSIFICATION = {
     400: (Outcome.CLIENT_ERROR, False),
     401: (Outcome.BAD_KEY, True),
-    403: (Outcome.BAD_KEY, True),
+    403: (Outcome.CLIENT_ERROR, False),  # request-dependent at many providers: passed through, key untouched
     404: (Outcome.CLIENT_ERROR, False),
     408: (Outcome.TIMEOUT, True),
     409: (Outcome.CLIENT_ERROR, True),
