@@ -19,6 +19,16 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from dashboard.urls import websocket_urlpatterns  # noqa: E402
 
 
+def _refuse_diverging_keys():
+    """Daphne runs no system checks: with a shared database, check the encryption keys here (routing/keycheck.py)."""
+    from django.conf import settings
+
+    if settings.DATABASE_URL:
+        from routing.keycheck import verify_key_set
+
+        verify_key_set()
+
+
 def _http_app():
     try:
         from routing.gateway.app import mount
@@ -27,6 +37,7 @@ def _http_app():
     return mount(django_app)
 
 
+_refuse_diverging_keys()
 application = ProtocolTypeRouter({
     "http": _http_app(),
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),

@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import env_bool, env_float, env_int, env_list, env_str, env_url
 
@@ -132,8 +133,16 @@ CELERY_TIMEZONE = "UTC"
 
 # --- Secrets at rest ---------------------------------------------------------
 # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation).
-# Never derived from SECRET_KEY. Embedded mode generates one into DATA_DIR.
+# Never derived from SECRET_KEY. Only the embedded mode (no DATABASE_URL: one
+# machine, one data directory) may generate one into DATA_DIR; with a shared
+# database every process must be given the same keys, or each would make its own.
 FERNET_KEYS_FROM_ENV = bool(env_list("WEATHERVANE_FERNET_KEYS"))
+if DATABASE_URL and not FERNET_KEYS_FROM_ENV:
+    raise ImproperlyConfigured(
+        "WEATHERVANE_FERNET_KEYS must be set when DATABASE_URL is set: every process sharing the database needs the same "
+        "secret-encryption key (make one with: python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())')."
+    )
 
 
 def _new_fernet_key():
@@ -143,6 +152,8 @@ def _new_fernet_key():
 
 
 FERNET_KEYS = env_list("WEATHERVANE_FERNET_KEYS") or [_local_secret("fernet.key", _new_fernet_key)]
+# Named in error messages: where this process's keys came from.
+FERNET_KEYS_SOURCE = "WEATHERVANE_FERNET_KEYS" if FERNET_KEYS_FROM_ENV else str(DATA_DIR / "fernet.key")
 
 # --- Upstream safety ---------------------------------------------------------
 # Provider base URLs on loopback/private networks are refused unless allowed.

@@ -20,10 +20,15 @@ SETTINGS_NAMES = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS
                   "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}
 
 
+def settings_env(data_dir, **variables):
+    """Return this process's environment with only `variables` (and the data directory) configured."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES and not k.startswith(SETTINGS_PREFIXES)}
+    return env | {"WEATHERVANE_DATA_DIR": str(data_dir), **variables}
+
+
 def manage(*args, data_dir, **variables):
     """Run manage.py with only `variables` configured; return the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES and not k.startswith(SETTINGS_PREFIXES)}
-    env |= {"WEATHERVANE_DATA_DIR": str(data_dir), **variables}
+    env = settings_env(data_dir, **variables)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
 
 
