@@ -185,6 +185,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 
 # --- Gateway -----------------------------------------------------------------
+# Where clients reach the gateway when it runs on its own (`manage.py gateway`), ending in /v1;
+# empty means /v1 on the control plane's own address. Printed by the demo and `serve`.
+GATEWAY_URL = env_url("WEATHERVANE_GATEWAY_URL", ("http", "https")).rstrip("/")
 GATEWAY_MAX_BODY_BYTES = env_int("WEATHERVANE_GATEWAY_MAX_BODY", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_DEADLINE_S = env_float("WEATHERVANE_GATEWAY_DEADLINE", 120.0, minimum=1.0)
 GATEWAY_LOG_SUCCESS_SAMPLE = env_float("WEATHERVANE_GATEWAY_LOG_SAMPLE", 0.01, minimum=0.0)

@@ -26,7 +26,8 @@ class Command(BaseCommand):
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
         from dashboard.asgi import application
 
-        self.stdout.write(self.style.SUCCESS(f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: /v1/)"))
+        gateway = settings.GATEWAY_URL or "/v1/"
+        self.stdout.write(self.style.SUCCESS(f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: {gateway})"))
         try:
             Server(
                 application=application,
