@@ -266,13 +266,18 @@ STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 # --- Production hardening (on whenever DEBUG is off) --------------------------
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# HTTPS only: http redirects to https and cookies are secure, so logins fail over plain http.
+# Behind a TLS-terminating proxy, trust its X-Forwarded-Proto; for a local trial without TLS
+# anywhere, WEATHERVANE_PLAIN_HTTP turns the HTTPS-only parts off (check --deploy says so).
+PLAIN_HTTP = env_bool("WEATHERVANE_PLAIN_HTTP", False)
+_HTTPS_ONLY = not DEBUG and not PLAIN_HTTP
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _HTTPS_ONLY)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("WEATHERVANE_BEHIND_PROXY", False) else None
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
-SECURE_HSTS_PRELOAD = not DEBUG
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _HTTPS_ONLY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS_ONLY
+SECURE_HSTS_PRELOAD = _HTTPS_ONLY
+SESSION_COOKIE_SECURE = _HTTPS_ONLY
+CSRF_COOKIE_SECURE = _HTTPS_ONLY
 X_FRAME_OPTIONS = "DENY"
 
 LOG_LEVEL = env_str("WEATHERVANE_LOG_LEVEL", "INFO").upper()

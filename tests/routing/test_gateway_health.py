@@ -1,26 +1,15 @@
 """/livez, /readyz and /health on both servers: unauthenticated, cheap, and naming what is missing."""
 
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 from cryptography.fernet import Fernet
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
 from tests.routing.gateway_fixtures import FAST, serve_gateway  # noqa: F401
-from tests.routing.test_settings import BASE_DIR, settings_env
+from tests.routing.test_settings import free_port, get_when_up, serving, stop
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-CLOSED = f"127.0.0.1:{_free_port()}"  # nothing listens there: a stopped server
+CLOSED = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped server
 STOPPED_DATABASE = {"DATABASE_URL": f"postgres://postgres@{CLOSED}/weathervane", "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode()}
 
 
@@ -53,49 +42,27 @@ async def test_the_embedded_process_answers_health_before_django_sees_it():
         await app.gateway.stop()
 
 
-def _get_when_up(url, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return httpx.get(url, timeout=5)
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def _serving(tmp_path, command, port, **variables):
-    env = settings_env(tmp_path, **variables)
-    return subprocess.Popen([sys.executable, "manage.py", *command, "--port", str(port)], cwd=BASE_DIR, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _stop(server):
-    server.terminate()
-    return server.communicate(timeout=15)[1]
-
-
 def test_the_gateway_with_a_stopped_database_and_redis_is_alive_but_not_ready(tmp_path):
-    port = _free_port()
-    server = _serving(tmp_path, ["gateway", "--log-level", "warning"], port, **STOPPED_DATABASE, REDIS_URL=f"redis://{CLOSED}/0")
+    port = free_port()
+    server = serving(tmp_path, ["gateway", "--log-level", "warning"], port, **STOPPED_DATABASE, REDIS_URL=f"redis://{CLOSED}/0")
     try:
-        assert _get_when_up(f"http://127.0.0.1:{port}/livez").status_code == 200
+        assert get_when_up(f"http://127.0.0.1:{port}/livez").status_code == 200
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503
         assert ready.json() == {"status": "not ready", "missing": ["database", "config snapshot", "redis"]}
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 503
     finally:
-        log = _stop(server)
+        log = stop(server)
     assert STOPPED_DATABASE["WEATHERVANE_FERNET_KEYS"] not in ready.text + log
 
 
 def test_the_control_plane_over_plain_http_with_a_stopped_database_says_so_instead_of_redirecting(tmp_path):
-    port = _free_port()
-    server = _serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false", **STOPPED_DATABASE)
+    port = free_port()
+    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false", **STOPPED_DATABASE)
     try:
-        assert _get_when_up(f"http://127.0.0.1:{port}/livez").json() == {"status": "alive"}
+        assert get_when_up(f"http://127.0.0.1:{port}/livez").json() == {"status": "alive"}
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
         assert (ready.status_code, ready.json()["missing"]) == (503, ["database", "config snapshot"])
         assert httpx.get(f"http://127.0.0.1:{port}/login/").status_code == 301  # pages still go to HTTPS
     finally:
-        _stop(server)
+        stop(server)
