@@ -8,7 +8,6 @@ from routing.gateway.app import Gateway, GatewayConfig, mount
 from tests.routing.gateway_fixtures import FAST, serve_gateway  # noqa: F401
 from tests.routing.test_settings import free_port, get_when_up, serving, stop
 
-
 CLOSED = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped server
 STOPPED_DATABASE = {"DATABASE_URL": f"postgres://postgres@{CLOSED}/weathervane", "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode()}
 
