@@ -51,12 +51,17 @@ async def answer(gateway, scope, send):
 
 
 async def _wait_for_start(gateway):
+    """On the call that starts the gateway, wait up to START_WAIT_S for the snapshot and the Redis subscription."""
     if gateway.started:
         return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_WAIT_S
     try:
         await asyncio.wait_for(asyncio.shield(gateway.start()), START_WAIT_S)
     except TimeoutError:  # still loading: report what is missing now, the start goes on
-        pass
+        return
+    while missing(gateway) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _send(send, scope, status, payload, extra=()):
