@@ -1,5 +1,7 @@
 """/livez, /readyz and /health on both servers: unauthenticated, cheap, and naming what is missing."""
 
+import time
+
 import httpx
 import pytest
 from cryptography.fernet import Fernet
@@ -23,6 +25,27 @@ def test_a_running_gateway_is_alive_and_ready_without_credentials(serve_gateway)
     assert httpx.head(f"{root}/health").status_code == 200
     refused = httpx.post(f"{root}/readyz")
     assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_that_stops_answering_makes_a_ready_gateway_unready(serve_gateway, monkeypatch):  # noqa: F811
+    from django.db import OperationalError
+
+    from routing.gateway import snapshot
+
+    root = serve_gateway().base_url.removesuffix("/v1")
+    assert httpx.get(f"{root}/readyz").status_code == 200
+
+    def stopped():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(snapshot, "fingerprint", stopped)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{root}/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ready = httpx.get(f"{root}/readyz")
+    assert (ready.status_code, ready.json()["missing"]) == (503, ["database"])  # the last snapshot is still served
+    assert httpx.get(f"{root}/livez").status_code == 200
 
 
 @pytest.mark.django_db(transaction=True)
