@@ -74,6 +74,10 @@ def prepare_environment(args, data_dir):
         database = f"wv_bench_{uuid.uuid4().hex[:8]}"
         _postgres(server, f'CREATE DATABASE "{database}"')
         env["DATABASE_URL"] = urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
+        if not os.environ.get("WEATHERVANE_FERNET_KEYS"):  # required with DATABASE_URL; a throwaway one will do
+            from cryptography.fernet import Fernet
+
+            env["WEATHERVANE_FERNET_KEYS"] = Fernet.generate_key().decode()
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
     return server, database

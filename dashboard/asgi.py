@@ -19,6 +19,18 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from dashboard.urls import websocket_urlpatterns  # noqa: E402
 from routing.gateway.app import mount  # noqa: E402
 
+
+def _refuse_diverging_keys():
+    """Daphne runs no system checks: with a shared database, check the encryption keys here (routing/keycheck.py)."""
+    from django.conf import settings
+
+    if settings.DATABASE_URL:
+        from routing.keycheck import verify_key_set
+
+        verify_key_set()
+
+
+_refuse_diverging_keys()
 http_app = mount(django_app)
 gateway = http_app.gateway  # Daphne sends no lifespan events: `serve` calls gateway.close() on a clean stop
 

@@ -1,7 +1,8 @@
-"""System checks that flag unsafe production setups (ids weathervane.W00x)."""
+"""System checks that flag unsafe production setups (ids weathervane.W00x) and stop a process that
+would misread the stored secrets (weathervane.E001)."""
 
 from django.conf import settings
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 
 
 @register(Tags.security, deploy=True)
@@ -12,12 +13,6 @@ def production_setup(app_configs, **kwargs):
             "DEBUG is off but SECRET_KEY is not set; a key generated into the data directory is in use.",
             hint="Set SECRET_KEY to a long random value shared by every process.",
             id="weathervane.W002",
-        ))
-    if settings.DATABASE_URL and not settings.FERNET_KEYS_FROM_ENV:
-        problems.append(Warning(
-            "DATABASE_URL is set but the secret-encryption key is a local file: other machines cannot read the provider keys.",
-            hint="Set WEATHERVANE_FERNET_KEYS to the same value on every process.",
-            id="weathervane.W003",
         ))
     if not settings.DEBUG and settings.ALLOW_PRIVATE_UPSTREAMS:
         problems.append(Warning(
@@ -44,3 +39,15 @@ def shared_channel_layer(app_configs, **kwargs):
         hint="Fine for a single process; set REDIS_URL when running several.",
         id="weathervane.W001",
     )]
+
+
+@register()
+def encryption_keys(app_configs, **kwargs):
+    """Every manage.py command (serve, gateway, migrate, check, ...) refuses to start with keys the database cannot use."""
+    from routing.keycheck import KeysDiverge, verify_key_set
+
+    try:
+        verify_key_set()
+    except KeysDiverge as exc:
+        return [Error(str(exc), hint="Every process must have the same WEATHERVANE_FERNET_KEYS.", id="weathervane.E001")]
+    return []

@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import env_bool, env_float, env_int, env_list, env_str, env_url
 
@@ -132,8 +133,16 @@ CELERY_TIMEZONE = "UTC"
 
 # --- Secrets at rest ---------------------------------------------------------
 # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation).
-# Never derived from SECRET_KEY. Embedded mode generates one into DATA_DIR.
+# Never derived from SECRET_KEY. Only the embedded mode (no DATABASE_URL: one
+# machine, one data directory) may generate one into DATA_DIR; with a shared
+# database every process must be given the same keys, or each would make its own.
 FERNET_KEYS_FROM_ENV = bool(env_list("WEATHERVANE_FERNET_KEYS"))
+if DATABASE_URL and not FERNET_KEYS_FROM_ENV:
+    raise ImproperlyConfigured(
+        "WEATHERVANE_FERNET_KEYS must be set when DATABASE_URL is set: every process sharing the database needs the same "
+        "secret-encryption key (make one with: python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())')."
+    )
 
 
 def _new_fernet_key():
@@ -143,6 +152,8 @@ def _new_fernet_key():
 
 
 FERNET_KEYS = env_list("WEATHERVANE_FERNET_KEYS") or [_local_secret("fernet.key", _new_fernet_key)]
+# Named in error messages: where this process's keys came from.
+FERNET_KEYS_SOURCE = "WEATHERVANE_FERNET_KEYS" if FERNET_KEYS_FROM_ENV else str(DATA_DIR / "fernet.key")
 
 # --- Upstream safety ---------------------------------------------------------
 # Provider base URLs on loopback/private networks are refused unless allowed.
@@ -174,6 +185,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 
 # --- Gateway -----------------------------------------------------------------
+# Where clients reach the gateway when it runs on its own (`manage.py gateway`), ending in /v1;
+# empty means /v1 on the control plane's own address. Printed by the demo and `serve`.
+GATEWAY_URL = env_url("WEATHERVANE_GATEWAY_URL", ("http", "https")).rstrip("/")
 GATEWAY_MAX_BODY_BYTES = env_int("WEATHERVANE_GATEWAY_MAX_BODY", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_DEADLINE_S = env_float("WEATHERVANE_GATEWAY_DEADLINE", 120.0, minimum=1.0)
 GATEWAY_LOG_SUCCESS_SAMPLE = env_float("WEATHERVANE_GATEWAY_LOG_SAMPLE", 0.01, minimum=0.0)
@@ -253,13 +267,18 @@ STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 # --- Production hardening (on whenever DEBUG is off) --------------------------
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# HTTPS only: http redirects to https and cookies are secure, so logins fail over plain http.
+# Behind a TLS-terminating proxy, trust its X-Forwarded-Proto; for a local trial without TLS
+# anywhere, WEATHERVANE_PLAIN_HTTP turns the HTTPS-only parts off (check --deploy says so).
+PLAIN_HTTP = env_bool("WEATHERVANE_PLAIN_HTTP", False)
+_HTTPS_ONLY = not DEBUG and not PLAIN_HTTP
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _HTTPS_ONLY)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("WEATHERVANE_BEHIND_PROXY", False) else None
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
-SECURE_HSTS_PRELOAD = not DEBUG
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _HTTPS_ONLY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS_ONLY
+SECURE_HSTS_PRELOAD = _HTTPS_ONLY
+SESSION_COOKIE_SECURE = _HTTPS_ONLY
+CSRF_COOKIE_SECURE = _HTTPS_ONLY
 X_FRAME_OPTIONS = "DENY"
 
 LOG_LEVEL = env_str("WEATHERVANE_LOG_LEVEL", "INFO").upper()

@@ -58,7 +58,8 @@ def judge(state, failures, successes, recent, ok, total_ms, outcome, thresholds)
     recent = [*recent, [1 if ok else 0, round(total_ms or 0)]][-RECENT_SIZE:]
     failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
     if failures >= thresholds.down_after:
-        return Verdict(HealthState.DOWN, f"{failures} consecutive failures, last: {outcome}", failures, successes, recent)
+        reason = f"{consecutive(failures, 'failure', 'failures')}, last: {outcome}"
+        return Verdict(HealthState.DOWN, reason, failures, successes, recent)
     if state == HealthState.DOWN:
         if successes < thresholds.up_after:
             return Verdict(HealthState.DOWN, "", failures, successes, recent)
@@ -68,13 +69,13 @@ def judge(state, failures, successes, recent, ok, total_ms, outcome, thresholds)
         return Verdict(HealthState.DEGRADED, reason, failures, successes, recent)
     if state == HealthState.UNKNOWN and not ok:
         return Verdict(HealthState.UNKNOWN, "", failures, successes, recent)
-    return Verdict(HealthState.UP, _successes(successes), failures, successes, recent)
+    return Verdict(HealthState.UP, consecutive(successes, "success", "successes") if successes else "probes succeed",
+                   failures, successes, recent)
 
 
-def _successes(n):
-    if not n:
-        return "probes succeed"
-    return "1 success in a row" if n == 1 else f"{n} consecutive successes"
+def consecutive(count, one, many):
+    """Return "1 consecutive success", "3 consecutive successes"."""
+    return f"{count} consecutive {one if count == 1 else many}"
 
 
 def degraded_reason(recent, thresholds):

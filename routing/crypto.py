@@ -3,9 +3,11 @@
 The keys come from settings.FERNET_KEYS (WEATHERVANE_FERNET_KEYS, or a file
 generated in the data directory in the embedded mode): the first key encrypts,
 every key decrypts, so keys can be rotated with `manage.py rotate_secrets`.
-They are never derived from SECRET_KEY.
+They are never derived from SECRET_KEY. routing/keycheck.py makes sure every
+process uses the key the database's secrets were encrypted with.
 """
 
+import hashlib
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -51,6 +53,16 @@ def rotate(token):
         return fernet().rotate(token.encode()).decode()
     except InvalidToken:
         raise SecretUnreadable("stored secret cannot be decrypted with the configured keys") from None
+
+
+def fingerprint(key):
+    """Return a short one-way digest of one Fernet key (safe to show: it reveals nothing of the key)."""
+    return hashlib.sha256(b"weathervane-fernet-key:" + key.encode()).hexdigest()[:16]
+
+
+def fingerprints():
+    """Return the fingerprints of the configured keys, the encrypting one first."""
+    return [fingerprint(key) for key in settings.FERNET_KEYS]
 
 
 def mask(secret):

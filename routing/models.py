@@ -238,6 +238,20 @@ class GatewayKey(models.Model):
         return plaintext
 
 
+class EncryptionKeyCheck(models.Model):
+    """One row: the fingerprint of the key that encrypts the stored secrets, and a token only it opens.
+
+    Recorded on first use and replaced by `rotate_secrets`; see routing/keycheck.py.
+    """
+
+    fingerprint = models.CharField(max_length=16)
+    token = models.TextField()
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"encryption key {self.fingerprint}"
+
+
 class AuditAction(models.TextChoices):
     CREATE = "create", "Created"
     UPDATE = "update", "Updated"

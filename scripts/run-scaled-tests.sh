@@ -13,6 +13,11 @@ if ! reachable 5432 || ! reachable 6379; then
   echo "scaled tests skipped: PostgreSQL or Redis is not running on 127.0.0.1" >&2
   exit 0
 fi
+# A shared database needs one encryption key for every process (the test's subprocesses inherit it).
+if [[ -z ${WEATHERVANE_FERNET_KEYS:-} ]]; then
+  WEATHERVANE_FERNET_KEYS=$("$PY" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
+  export WEATHERVANE_FERNET_KEYS
+fi
 # pytest-django creates and drops its own test database (test_<name>).
 # tests/conftest.py marks the API test modules `scaled`, so they run here too.
 exec "$PY" -m pytest -q -m "scaled and not browser" --create-db

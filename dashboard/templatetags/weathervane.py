@@ -27,9 +27,13 @@ def pct(value):
 
 @register.filter
 def rate(value):
-    """A per-second rate: 0.4 → "0.40/s", 12.3 → "12.3/s"; None → "–"."""
+    """A per-second rate: 0.4 → "0.40/s", 12.3 → "12.3/s", 0.004 → "< 0.01/s" (not "0.00/s"), 0 → "0/s"; None → "–"."""
     if value is None:
         return DASH
+    if value == 0:
+        return "0/s"
+    if value < 0.01:
+        return "< 0.01/s"
     return f"{value:.2f}/s" if value < 10 else f"{value:.1f}/s"
 
 

@@ -5,6 +5,7 @@
     POST /v1/embeddings         passed through
     GET  /v1/models[/<id>]      the routes this gateway key may use
     GET  /metrics               Prometheus
+    GET  /livez, /readyz, /health   liveness and readiness (health.py)
 
 A request is authenticated by the SHA-256 of its bearer token, counted
 against its key's limit, parsed once with orjson, resolved to a route in the
@@ -29,7 +30,7 @@ import orjson
 from django.conf import settings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from routing.gateway import errors, upstream
+from routing.gateway import errors, health, upstream
 from routing.gateway.breaker import BreakerPolicy, Breakers
 from routing.gateway.errors import GatewayError
 from routing.gateway.keys import KeyRing
@@ -154,6 +155,9 @@ class Gateway:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
+            if scope["path"] in health.PATHS:  # before the start: liveness must answer while the snapshot loads
+                await health.answer(self, scope, send)
+                return
             if not self.started:
                 await self.start()
             handler = self.paths.get(scope["path"])
@@ -432,8 +436,11 @@ def _refusal_outcome(err, last):
     return Outcome.NO_CAPACITY if err.status in (502, 503, 504) else Outcome.REJECTED
 
 
+ROOT_PATHS = frozenset(("/metrics", *health.PATHS))
+
+
 def mount(django_app, gateway=None):
-    """Return an ASGI app that sends /v1/… and /metrics to the gateway and the rest to Django.
+    """Return an ASGI app that sends /v1/…, /metrics and the health paths to the gateway and the rest to Django.
 
     Lifespan events start and stop the gateway (Django has none); servers
     without lifespan (Daphne) start it on the first request instead.
@@ -443,7 +450,7 @@ def mount(django_app, gateway=None):
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             await gateway.lifespan(receive, send)
-        elif scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/metrics"):
+        elif scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] in ROOT_PATHS):
             await gateway(scope, receive, send)
         else:
             await django_app(scope, receive, send)

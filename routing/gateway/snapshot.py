@@ -272,11 +272,14 @@ class SnapshotStore:
         self._stop = threading.Event()
         self._threads = []
         self._version = 0
+        self.db_answered_at = None  # time.monotonic() of the last successful config read (readiness)
+        self.redis_listening = False  # subscribed to the change notices (readiness)
 
     def load(self):
         """Build and install a snapshot now (sync); return it."""
         self._version += 1
         snapshot = build(self._version)
+        self.db_answered_at = time.monotonic()
         previous, self.current = self.current, snapshot
         if self.on_swap is not None:
             self.on_swap(previous, snapshot)
@@ -317,7 +320,9 @@ class SnapshotStore:
     def _refresh(self, notified):
         try:
             close_old_connections()
-            if notified or fingerprint() != self.current.fingerprint:
+            stamp = fingerprint()
+            self.db_answered_at = time.monotonic()
+            if notified or stamp != self.current.fingerprint:
                 self.load()
         except Exception:  # keep serving the last good snapshot
             log.warning("gateway snapshot refresh failed; still serving version %s", self.current.version, exc_info=True)
@@ -331,11 +336,14 @@ class SnapshotStore:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CHANNEL)
                 self.changed.set()  # catch up on anything missed while not listening
+                self.redis_listening = True
                 while not self._stop.is_set():
                     if pubsub.get_message(timeout=0.5) is not None:
                         self.changed.set()
                 pubsub.close()
                 client.close()
             except Exception:
+                self.redis_listening = False
                 log.warning("gateway lost its Redis change-notice subscription; retrying", exc_info=True)
                 self._stop.wait(1.0)
+        self.redis_listening = False

@@ -29,7 +29,7 @@
     return line(label, color, { showLine: false, pointRadius: 3, borderWidth: 1 });
   }
 
-  function makeChart(id, datasets, format) {
+  function makeChart(id, datasets, format, unit) {
     return new window.Chart(document.getElementById(id), {
       type: "line",
       data: { datasets },
@@ -38,7 +38,7 @@
         interaction: { mode: "nearest", axis: "x", intersect: false },
         scales: {
           x: { type: "linear", ticks: { callback: tick, maxTicksLimit: 7, maxRotation: 0 } },
-          y: { beginAtZero: true, ticks: { callback: format } },
+          y: { beginAtZero: true, ticks: { callback: W.axisTicks(unit) } },
         },
         plugins: {
           legend: { position: "bottom", labels: { boxWidth: 12 } },
@@ -53,11 +53,11 @@
 
   const charts = {
     latency: makeChart("chart-latency", [line("p50", COLORS.p50), line("p95", COLORS.p95), line("p99", COLORS.p99),
-      dots("probe", COLORS.probe), dots("failed probe", COLORS.failed)], W.ms),
-    ttft: makeChart("chart-ttft", [line("p50", COLORS.p50), line("p95", COLORS.p95), dots("probe", COLORS.probe)], W.ms),
+      dots("probe", COLORS.probe), dots("failed probe", COLORS.failed)], W.ms, "ms"),
+    ttft: makeChart("chart-ttft", [line("p50", COLORS.p50), line("p95", COLORS.p95), dots("probe", COLORS.probe)], W.ms, "ms"),
     errors: makeChart("chart-errors", [line("error rate", COLORS.failed, { fill: "origin", backgroundColor: "rgba(185,28,28,.15)" })],
-      (v) => v.toFixed(v < 10 ? 1 : 0) + " %"),
-    rps: makeChart("chart-rps", [line("requests/s", COLORS.rps, { stepped: "before" })], (v) => W.rate(v)),
+      (v) => v.toFixed(v < 10 ? 1 : 0) + " %", "%"),
+    rps: makeChart("chart-rps", [line("requests/s", COLORS.rps, { stepped: "before" })], W.rate, "/s"),
   };
 
   function xy(points, key, scale) {
@@ -128,6 +128,16 @@
     return row;
   }
 
+  function emptyProbeRow() {
+    const row = document.createElement("tr");
+    row.className = "empty-row";
+    const cell = document.createElement("td");
+    cell.colSpan = 7;
+    cell.textContent = "No probe results yet.";
+    row.append(cell);
+    return row;
+  }
+
   function prependProbe(p) {
     const body = document.getElementById("probe-rows");
     body.querySelectorAll(".empty-row").forEach((r) => r.remove());
@@ -164,7 +174,7 @@
     const keys = document.getElementById("key-rows");
     if (keys) keys.replaceChildren(...fresh.keys.map(keyRow));
     fresh.probes.forEach((p) => addProbeDot(p.at, p.total_ms, p.ttft_ms, p.ok));
-    document.getElementById("probe-rows").replaceChildren(...fresh.probes.map(probeRow));
+    document.getElementById("probe-rows").replaceChildren(...(fresh.probes.length ? fresh.probes.map(probeRow) : [emptyProbeRow()]));
     drawProbeDots();
     applySeries(fresh.series);
     redraw();

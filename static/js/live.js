@@ -25,7 +25,30 @@
 
   function rate(value) {
     if (value === null || value === undefined) return DASH;
+    if (value === 0) return "0/s";
+    if (value < 0.01) return "< 0.01/s"; // not "0.00/s": there was traffic
     return value < 10 ? value.toFixed(2) + "/s" : value.toFixed(1) + "/s";
+  }
+
+  /* Decimals that tell apart axis ticks `step` apart (Chart.js steps like 0.005, 0.25 or 20). */
+  function stepDecimals(step) {
+    let decimals = 0;
+    while (decimals < 6 && step > 0 && Math.abs(step * 10 ** decimals - Math.round(step * 10 ** decimals)) > 1e-6) {
+      decimals += 1;
+    }
+    return decimals;
+  }
+
+  /* A Chart.js y-axis tick callback: `value unit` with just the decimals the ticks' step needs, so
+     neighbouring ticks never read alike at small values; zero reads "0". Latency axes (unit "ms")
+     switch to seconds from 1000 ms. */
+  function axisTicks(unit) {
+    return function (value, index, ticks) {
+      const step = ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) : 0;
+      if (value === 0) return "0" + (unit === "/s" ? unit : " " + unit);
+      if (unit === "ms" && value >= 1000) return (value / 1000).toFixed(stepDecimals(step / 1000)) + " s";
+      return value.toFixed(stepDecimals(step)) + (unit === "/s" ? unit : " " + unit);
+    };
   }
 
   function whole(value) {
@@ -142,7 +165,7 @@
   }
 
   window.Weathervane = {
-    ms, pct, rate, whole, localizeTimes, timeElement, initialData, csrfToken, getJSON, connect, throttle,
+    ms, pct, rate, whole, axisTicks, localizeTimes, timeElement, initialData, csrfToken, getJSON, connect, throttle,
     timeFormat, shortFormat, dayFormat, fullFormat,
   };
 

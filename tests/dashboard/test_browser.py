@@ -210,6 +210,19 @@ def test_the_deployment_charts_take_new_points_without_a_reload(chromium, app_ur
     page.context.close()
 
 
+def test_chart_axes_at_small_values_never_repeat_a_label(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "victor", "/deployments/canary/?window=1h")  # ~0.03 requests/s
+    page.wait_for_function("Chart.getChart('chart-rps').data.datasets[0].data.length > 0", timeout=10_000)
+    labels = page.evaluate("""() => Object.fromEntries(['chart-latency', 'chart-ttft', 'chart-errors', 'chart-rps']
+        .map((id) => [id, Chart.getChart(id).scales.y.ticks.map((t) => t.label)]))""")
+    for chart, ticks in labels.items():
+        assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), f"{chart} repeats a label: {ticks}"
+    assert labels["chart-rps"][0] == "0/s" and labels["chart-rps"][1] in ("0.005/s", "0.01/s")
+    assert labels["chart-latency"][0] == "0 ms" and labels["chart-errors"][0] == "0 %"
+    assert page.locator("#probe-rows").inner_text() == "No probe results yet."  # the empty state survives the refresh
+    page.context.close()
+
+
 def test_moving_the_canary_reaches_the_api_the_audit_trail_and_other_browsers(chromium, app_url, world, admin_api):
     from routing.models import AuditAction, AuditEvent
 

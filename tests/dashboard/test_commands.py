@@ -39,6 +39,29 @@ def test_seed_demo_creates_the_demo_once_and_prints_its_secrets_once():
     assert Provider.objects.count() == 3 and GatewayKey.objects.count() == 1
 
 
+def _try_it(**options):
+    out = StringIO()
+    call_command("seed_demo", stdout=out, **options)
+    return out.getvalue().split("try it:")[1].strip()
+
+
+@pytest.mark.django_db
+def test_the_demo_hint_points_at_the_gateway_on_its_own_port_when_it_runs_alone():
+    hint = _try_it(server_url="http://127.0.0.1:8000", gateway_url="http://127.0.0.1:8080/v1/")
+    assert hint.endswith(" http://127.0.0.1:8080/v1/models") and ":8000" not in hint
+
+
+@pytest.mark.django_db
+def test_the_demo_hint_takes_the_gateway_url_from_the_setting(settings):
+    settings.GATEWAY_URL = "https://gateway.example.com/v1"
+    assert _try_it().endswith(" https://gateway.example.com/v1/models")
+
+
+@pytest.mark.django_db
+def test_the_demo_hint_uses_the_embedded_gateway_when_there_is_no_other():
+    assert _try_it(server_url="http://127.0.0.1:9000").endswith(" http://127.0.0.1:9000/v1/models")
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

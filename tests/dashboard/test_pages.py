@@ -4,8 +4,9 @@ import json
 import re
 
 import pytest
-from django.utils import timezone
+from django.db import transaction
 from django.test import Client
+from django.utils import timezone
 
 from routing import weights
 
@@ -52,6 +53,29 @@ def test_the_overview_shows_a_tile_per_deployment_with_its_figures_and_health(se
     assert tiles["stable"]["error_rate"] == 0 and 40 <= tiles["stable"]["p50"] <= 46
     assert "Needs attention" in page and "5 failures in a row" in page  # the problem stands out
     assert "stable 90%" in page and "canary 10%" in page  # every route's split
+
+
+def test_one_successful_probe_reads_in_the_singular(seeded, viewer_user):
+    from probes import health
+    from probes.models import Outcome, ProbeResult, ProbeTarget
+
+    target = ProbeTarget.objects.get(deployment=seeded["stable"], api_key=None)
+    result = ProbeResult.objects.create(target=target, deployment=seeded["stable"], api_key=seeded["key"], slot=2,
+                                        started_at=timezone.now(), outcome=Outcome.OK, status_code=200, total_ms=40.0)
+    with transaction.atomic():
+        health.after_probe(target.pk, result)
+    client = signed_in(viewer_user)
+    for page in (client.get("/").content.decode(), client.get("/timeline/").content.decode()):
+        assert "1 consecutive success" in page and "1 consecutive successes" not in page
+
+
+def test_a_trickle_of_traffic_does_not_read_as_none(seeded, admin_user):
+    from probes.models import Rollup, Source
+
+    Rollup.objects.filter(source=Source.TRAFFIC, deployment=seeded["canary"]).update(count=1, ok=1, errors={})
+    page = signed_in(admin_user).get("/routes/").content.decode()
+    canary_row = page[page.index('data-deployment="canary"'):].split("</tr>")[0]
+    assert "&lt; 0.01/s" in canary_row and "0.00/s" not in page
 
 
 def test_the_overview_says_what_to_do_when_nothing_exists_yet(admin_user, viewer_user):

@@ -31,6 +31,15 @@ def feed(outcomes, state=HealthState.UNKNOWN, latency=100):
     return states
 
 
+def test_the_reason_counts_one_success_or_failure_in_the_singular():
+    first = judge(HealthState.UNKNOWN, 0, 0, [], True, 100, "ok", T)
+    assert first.reason == "1 consecutive success"
+    second = judge(first.state, first.failures, first.successes, first.recent, True, 100, "ok", T)
+    assert second.reason == "2 consecutive successes"
+    strict = Thresholds(down_after=1, up_after=1, latency_ms=500, error_rate=0.2)
+    assert judge(HealthState.UP, 0, 2, [], False, 100, "timeout", strict).reason == "1 consecutive failure, last: timeout"
+
+
 def test_three_consecutive_failures_make_a_target_down_and_two_successes_bring_it_back():
     assert feed([True, False, False, False, True, True]) == ["up", "up", "up", "down", "down", "up"]
 

@@ -2,11 +2,14 @@
 
 import os
 import secrets
+import socket
 import string
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 from django.core.exceptions import ValidationError
@@ -20,11 +23,46 @@ SETTINGS_NAMES = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS
                   "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}
 
 
+def settings_env(data_dir, **variables):
+    """Return this process's environment with only `variables` (and the data directory) configured."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES and not k.startswith(SETTINGS_PREFIXES)}
+    return env | {"WEATHERVANE_DATA_DIR": str(data_dir), **variables}
+
+
 def manage(*args, data_dir, **variables):
     """Run manage.py with only `variables` configured; return the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES and not k.startswith(SETTINGS_PREFIXES)}
-    env |= {"WEATHERVANE_DATA_DIR": str(data_dir), **variables}
+    env = settings_env(data_dir, **variables)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serving(data_dir, command, port, **variables):
+    """Start `manage.py <command> --port <port>` with only `variables` configured; return the Popen."""
+    env = settings_env(data_dir, **variables)
+    return subprocess.Popen([sys.executable, "manage.py", *command, "--port", str(port)], cwd=BASE_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def stop(server):
+    """Stop a `serving` process; return what it wrote to stderr."""
+    server.terminate()
+    return server.communicate(timeout=15)[1]
+
+
+def get_when_up(url, timeout=30, **options):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=5, **options)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def production(**overrides):
@@ -68,6 +106,51 @@ def test_a_malformed_variable_stops_the_start_naming_it_without_echoing_password
     assert result.returncode != 0
     assert f"{name} must be" in output
     assert "hunter2" not in output
+
+
+# --- HTTPS with DEBUG=false -------------------------------------------------------------------
+
+PASSWORD = "a-long-trial-password-4821"
+
+
+def test_with_debug_off_plain_http_goes_to_https(tmp_path):
+    port = free_port()
+    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false")
+    try:
+        answer = get_when_up(f"http://127.0.0.1:{port}/login/")
+        assert answer.status_code == 301 and answer.headers["location"] == f"https://127.0.0.1:{port}/login/"
+    finally:
+        stop(server)
+
+
+def test_a_local_trial_over_plain_http_can_log_in(tmp_path):
+    assert manage("migrate", "-v0", data_dir=tmp_path).returncode == 0
+    made = manage("createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com",
+                  data_dir=tmp_path, DJANGO_SUPERUSER_PASSWORD=PASSWORD)
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false", WEATHERVANE_PLAIN_HTTP="true")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert get_when_up(f"{base}/login/").status_code == 200
+        with httpx.Client(base_url=base, timeout=10) as browser:  # keeps cookies as a browser does: no secure ones over http
+            browser.get("/login/")
+            fields = {"username": "admin", "password": PASSWORD, "csrfmiddlewaretoken": browser.cookies["csrftoken"]}
+            signed_in = browser.post("/login/", data=fields)
+            assert signed_in.status_code == 302 and signed_in.headers["location"] == "/"
+            assert browser.get("/").status_code == 200
+    finally:
+        stop(server)
+
+
+def test_behind_a_tls_proxy_its_forwarded_proto_is_trusted(tmp_path):
+    port = free_port()
+    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false", WEATHERVANE_BEHIND_PROXY="true")
+    try:
+        assert get_when_up(f"http://127.0.0.1:{port}/login/", headers={"X-Forwarded-Proto": "https"}).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/login/").status_code == 301
+    finally:
+        stop(server)
 
 
 # --- Where provider base URLs may point -------------------------------------------------------

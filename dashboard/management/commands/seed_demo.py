@@ -32,8 +32,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--simulator-url", default=f"http://127.0.0.1:{settings.SIMULATOR_PORT}/v1")
         parser.add_argument("--server-url", default="http://127.0.0.1:8000", help="Where `serve` will listen (for the hint)")
+        parser.add_argument("--gateway-url", default=settings.GATEWAY_URL,
+                            help="Where clients reach the gateway when it runs on its own, ending in /v1 "
+                                 "(default: WEATHERVANE_GATEWAY_URL, else /v1 on the server URL)")
 
-    def handle(self, *args, simulator_url, server_url, **options):
+    def handle(self, *args, simulator_url, server_url, gateway_url, **options):
         if Route.objects.filter(name=ROUTE).exists():
             self.stdout.write("Demo data already present; nothing changed.")
             return
@@ -45,7 +48,10 @@ class Command(BaseCommand):
         if password:
             self.stdout.write(f"  admin login:  admin / {password}")
         self.stdout.write(f"  gateway key:  {gateway_secret}")
-        self.stdout.write(f"  try it:       curl -H 'Authorization: Bearer {gateway_secret}' {server_url}/v1/models")
+        gateway_url = (gateway_url or f"{server_url.rstrip('/')}/v1").rstrip("/")
+        self.stdout.write(f"  dashboard:    {server_url}")
+        self.stdout.write(f"  gateway:      {gateway_url}  (the base URL for OpenAI clients)")
+        self.stdout.write(f"  try it:       curl -H 'Authorization: Bearer {gateway_secret}' {gateway_url}/models")
 
     def _seed_registry(self, simulator_url):
         for name, personality, deployment, price_in, price_out in PROVIDERS:

@@ -22,7 +22,9 @@ class Command(BaseCommand):
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
         from dashboard.asgi import application, gateway
 
-        self.stdout.write(self.style.SUCCESS(f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: /v1/)"))
+        gateway_url = settings.GATEWAY_URL or "/v1/"
+        self.stdout.write(self.style.SUCCESS(
+            f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: {gateway_url})"))
         try:
             Server(
                 application=application,

@@ -7,7 +7,7 @@ ones after it), run this command, then drop the old keys.
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from routing import crypto
+from routing import crypto, keycheck
 from routing.audit import record
 from routing.models import ApiKey, AuditAction
 
@@ -20,6 +20,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         with transaction.atomic():
             rotated, unreadable = self.rotate_all()
+            keycheck.record_primary()
             record(
                 action=AuditAction.ROTATE, actor=ACTOR, object_type="apikey", object_id="*",
                 object_repr=f"{rotated} API key secrets", after={"rotated": rotated, "unreadable": unreadable},

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0002_gateway_request_log'),
+        ('routing', '0003_encryption_key_check'),
     ]
 
     operations = [
