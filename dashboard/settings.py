@@ -200,6 +200,8 @@ GATEWAY_MAX_ATTEMPTS = env_int("WEATHERVANE_GATEWAY_MAX_ATTEMPTS", 6, minimum=1,
 GATEWAY_RETRY_BUDGET = env_float("WEATHERVANE_GATEWAY_RETRY_BUDGET", 0.2, minimum=0.0)
 # A 429 asking to wait longer than this fails over at once instead of waiting.
 GATEWAY_MAX_RETRY_WAIT_S = env_float("WEATHERVANE_GATEWAY_MAX_RETRY_WAIT", 10.0, minimum=0.0)
+# Malformed events skipped in one stream before it counts as broken.
+GATEWAY_MAX_MALFORMED_EVENTS = env_int("WEATHERVANE_GATEWAY_MAX_MALFORMED_EVENTS", 3, minimum=0, maximum=1000)
 GATEWAY_BREAKER_FAILURES = env_int("WEATHERVANE_GATEWAY_BREAKER_FAILURES", 5, minimum=1)
 GATEWAY_BREAKER_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_COOLDOWN", 5.0, minimum=0.1)
 GATEWAY_BREAKER_MAX_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_MAX_COOLDOWN", 30.0, minimum=0.1)

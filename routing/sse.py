@@ -75,6 +75,13 @@ def has_content(payload):
     return False
 
 
+def has_finish(payload):
+    """Return True when a chunk ends a choice (it carries a finish_reason)."""
+    if type(payload) is not dict:
+        return False
+    return any(type(choice) is dict and choice.get("finish_reason") for choice in payload.get("choices") or ())
+
+
 def usage_of(payload):
     """Return (prompt_tokens, completion_tokens) from a chunk or body with usage, else None."""
     usage = payload.get("usage") if type(payload) is dict else None

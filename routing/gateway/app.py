@@ -58,6 +58,7 @@ class GatewayConfig:
     max_attempts: int = 6
     retry_budget: float = 0.2
     max_retry_wait_s: float = 10.0
+    max_malformed_events: int = 3
     flush_interval_s: float = 5.0
     log_sample: float = 0.01
     log_bodies: bool = False
@@ -73,6 +74,7 @@ class GatewayConfig:
         config = cls(
             deadline_s=s.GATEWAY_DEADLINE_S, max_body=s.GATEWAY_MAX_BODY_BYTES, retries_per_target=s.GATEWAY_RETRIES_PER_TARGET,
             max_attempts=s.GATEWAY_MAX_ATTEMPTS, retry_budget=s.GATEWAY_RETRY_BUDGET, max_retry_wait_s=s.GATEWAY_MAX_RETRY_WAIT_S,
+            max_malformed_events=s.GATEWAY_MAX_MALFORMED_EVENTS,
             flush_interval_s=s.GATEWAY_FLUSH_INTERVAL_S, log_sample=s.GATEWAY_LOG_SUCCESS_SAMPLE, log_bodies=s.GATEWAY_LOG_BODIES,
             poll_s=s.GATEWAY_SNAPSHOT_POLL_S, redis_url=s.REDIS_URL, limits_prefix=s.GATEWAY_LIMITS_PREFIX,
             breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S,

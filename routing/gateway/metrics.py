@@ -61,6 +61,7 @@ class Metrics:
         self.snapshot_version = 0
         self.unauthenticated = 0  # requests without a valid gateway key: counted, never logged one by one
         self.drops = {}  # (what,) -> records the database refused, dropped after logging
+        self.repairs = {}  # (deployment, note) -> answers repaired (a malformed event skipped, [DONE] added)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -68,6 +69,8 @@ class Metrics:
         """Count one finished request (recorder.Record)."""
         if record.client_key_id is None:
             self.unauthenticated += 1
+        for note in record.notes:
+            _bump(self.repairs, (record.deployment or "-", note))
         route, deployment = record.route or "-", record.deployment or "-"
         _bump(self.requests, (route, deployment, record.outcome))
         for attempt in record.tried:
@@ -121,6 +124,8 @@ class Metrics:
         yield circuit
         yield CounterMetricFamily("weathervane_gateway_unauthenticated_requests",
                                   "Requests refused for a missing or unknown gateway key", value=self.unauthenticated)
+        yield self._counter("weathervane_gateway_stream_repairs", "Streams repaired yet successful, by kind",
+                            ["deployment", "kind"], self.repairs)
         yield self._counter("weathervane_gateway_recorder_dropped", "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",

@@ -32,6 +32,13 @@ DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
 MAX_COOLING_S = 3600.0
 
 
+class Note(enum.StrEnum):
+    """A repair the gateway made to an answer that still counts as a success (counted in /metrics)."""
+
+    MALFORMED_SKIPPED = "malformed_event_skipped"
+    DONE_ADDED = "done_added"
+
+
 class Next(enum.Enum):
     """What follows a failed attempt."""
 
@@ -427,7 +434,7 @@ class Proxy:
         headers = call.response_headers(target.deployment, None, None)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         call.committed, call.response = True, response
-        relay = StreamRelay(call, target, key, started)
+        relay = StreamRelay(call, target, key, started, self.config.max_malformed_events)
         watcher = asyncio.ensure_future(_watch_disconnect(receive, call, response))
         try:
             outcome, problem = await relay.run(response, events, buffer, send)
@@ -474,32 +481,49 @@ async def _watch_disconnect(receive, call, response):
     response.close()
 
 
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
 class StreamRelay:
-    """Forwards whole SSE events from a committed stream; ends a broken one with an error event."""
+    """Forwards whole SSE events from a committed stream; ends a broken one with an error event.
 
-    __slots__ = ("call", "target", "key", "started", "done", "usage", "ttft_ms", "client_ttft_ms", "first_content", "strip_usage")
+    A malformed event is skipped and counted, up to `max_malformed`; one more
+    breaks the stream. A stream that ends cleanly after its finish_reason (and
+    its usage, when the client asked for it) but without [DONE] is completed
+    with [DONE]: the answer is whole. Both repairs are noted on the record.
+    """
 
-    def __init__(self, call, target, key, started):
+    __slots__ = ("call", "target", "key", "started", "done", "usage", "ttft_ms", "client_ttft_ms", "first_content",
+                 "strip_usage", "finished", "malformed", "max_malformed")
+
+    def __init__(self, call, target, key, started, max_malformed=3):
         self.call, self.target, self.key, self.started = call, target, key, started
-        self.done = False
+        self.done = self.finished = False
         self.usage = None
         self.ttft_ms = self.client_ttft_ms = self.first_content = None
         self.strip_usage = not call.wants_usage
+        self.malformed, self.max_malformed = 0, max_malformed
 
     def _select(self, events):
         """Return (bytes to forward, problem): the events up to [DONE], or up to the first
-        malformed or error event, whose (outcome, message) is then the problem."""
+        error event (or malformed one past the cap), whose (outcome, message) is then the problem."""
         out = []
         for event in events:
             try:
                 payload = sse.parse(sse.event_data(event))
             except sse.Malformed as bad:
-                return b"".join(out), (Outcome.MALFORMED, str(bad))
+                self.malformed += 1
+                self.call.record.notes.append(Note.MALFORMED_SKIPPED)
+                if self.malformed > self.max_malformed:
+                    return b"".join(out), (Outcome.MALFORMED, f"{self.malformed} malformed events; the last: {bad}")
+                continue
             if type(payload) is dict:
                 if "error" in payload:
                     return b"".join(out), (Outcome.SERVER_ERROR, f"the upstream sent an error mid-stream: {sse.error_of(payload)}")
                 if self.first_content is None and sse.has_content(payload):
                     self._first_token()
+                if not self.finished and sse.has_finish(payload):
+                    self.finished = True
                 if payload.get("usage") is not None:
                     self.usage = sse.usage_of(payload)
                     if self.strip_usage and sse.is_usage_only(payload):
@@ -533,6 +557,10 @@ class StreamRelay:
                 if not chunk:
                     if self.call.client_gone:
                         return Outcome.CLIENT_CLOSED, "the client disconnected"
+                    if self.finished and (self.usage is not None or not self.call.wants_usage):
+                        self.call.record.notes.append(Note.DONE_ADDED)
+                        await send({"type": "http.response.body", "body": DONE_EVENT})
+                        return Outcome.OK, ""
                     return await self._broken(send, Outcome.TRUNCATED, "the upstream ended the stream without [DONE]")
                 events, buffer = sse.split_events(buffer + chunk)
         except UpstreamError as err:

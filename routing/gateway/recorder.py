@@ -66,7 +66,7 @@ class Record:
 
     __slots__ = ("at", "request_id", "route_id", "route", "client_key_id", "deployment_id", "deployment", "key_id",
                  "outcome", "status", "stream", "tried", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in",
-                 "tokens_out", "cost", "error", "request_body", "response_body")
+                 "tokens_out", "cost", "error", "request_body", "response_body", "notes")
 
     def __init__(self, request_id, route_id=None, route="", client_key_id=None):
         self.at = time.time()
@@ -84,6 +84,7 @@ class Record:
         self.cost = 0.0
         self.error = ""
         self.request_body = self.response_body = None
+        self.notes = []  # repairs of an answer that still succeeded (proxy.Note)
 
 
 class Recorder:

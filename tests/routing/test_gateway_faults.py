@@ -130,17 +130,38 @@ def test_a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout(sim, f
     assert elapsed < 2.0  # the 0.5 s idle timeout, not the 3 s stall
 
 
-def test_a_malformed_chunk_ends_the_stream_with_an_error_event(sim, faulty_route):
+def assert_whole_stream(sim, response, model, note):
+    """One try only; the client got the whole answer ending in [DONE], and the repair was counted."""
+    assert response.status_code == 200
+    payloads = sse_payloads(response.text)
+    assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1
+    assert streamed_text(payloads) == FULL_TEXT
+    assert len(sim.simulator.attempts(model)) == 1 and sim.simulator.attempts("fast") == []
+    assert httpx.get(f"{response.url.scheme}://{response.url.host}:{response.url.port}/metrics").text.count(note) >= 1
+
+
+def test_a_malformed_chunk_midway_is_skipped_counted_and_the_answer_is_whole(sim, faulty_route):
     gateway, key, session = faulty_route("fault-malformed-chunk")
+    response, _ = timed_stream(gateway, key, session)
+    assert_whole_stream(sim, response, "fault-malformed-chunk", 'kind="malformed_event_skipped"')
+
+
+def test_malformed_chunks_past_the_cap_end_the_stream_with_an_error_event(sim, faulty_route):
+    gateway, key, session = faulty_route("fault-malformed-chunk", max_malformed_events=0)
     response, elapsed = timed_stream(gateway, key, session)
     assert_broken_stream(sim, response, "fault-malformed-chunk", elapsed, text="tok0 tok1 tok2 tok3 ")
 
 
-def test_a_stream_without_done_is_not_passed_off_as_complete(sim, faulty_route):
+def test_a_stream_that_finished_but_sent_no_done_is_completed_with_done(sim, faulty_route):
     gateway, key, session = faulty_route("fault-no-done")
+    response, _ = timed_stream(gateway, key, session)
+    assert_whole_stream(sim, response, "fault-no-done", 'kind="done_added"')
+
+
+def test_a_stream_cut_before_its_finish_reason_is_never_completed_with_done(sim, faulty_route):
+    gateway, key, session = faulty_route("fault-cut-midway")
     response, elapsed = timed_stream(gateway, key, session)
-    got = assert_broken_stream(sim, response, "fault-no-done", elapsed)
-    assert got == FULL_TEXT  # every token arrived, but the client is told the ending was missing
+    assert_broken_stream(sim, response, "fault-cut-midway", elapsed)
 
 
 @pytest.mark.parametrize("model", ["fault-reset-before-headers", "fault-cut-midway", "fault-malformed-chunk",
