@@ -32,7 +32,9 @@ class Provider(models.Model):
         max_length=500, validators=[validate_upstream_url], help_text="e.g. https://api.openai.com/v1"
     )
     connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(60)])
-    read_timeout = models.FloatField(default=60.0, validators=[MinValueValidator(0.5), MaxValueValidator(600)])
+    read_timeout = models.FloatField(
+        default=30.0, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
+        help_text="Seconds to wait for the first byte of an answer, and between chunks of a stream")
     enabled = models.BooleanField(default=True)
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -155,6 +157,10 @@ class Deployment(models.Model):
     input_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)])
     output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)])
     context_window = models.PositiveIntegerField(null=True, blank=True)
+    first_token_timeout = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
+        help_text="Seconds from sending a streamed request to its first content event; empty: the site default "
+                  "(WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT). Slower fails over before the client sees anything.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -281,6 +281,8 @@ class Proxy:
             return await self._after_429(call, target, key, err, retries)
         if not self.breakers.available(target.deployment_id):  # this failure opened its circuit: do not retry into it
             return Next.FAIL_OVER
+        if err.outcome == Outcome.TIMEOUT:  # silent or slow: trying the same target again would cost another timeout
+            return Next.FAIL_OVER
         if retries >= self.config.retries_per_target or not self.budget.withdraw():
             return Next.FAIL_OVER
         if not await self._sleep_within_deadline(call, backoff(retries + 1, self.rng)):
@@ -408,27 +410,45 @@ class Proxy:
 
     # --- streaming ------------------------------------------------------------------
 
-    async def _first_events(self, response):
-        """Read until the first data event; return (events, rest). Raises UpstreamError for an early error."""
-        buffer = b""
-        while True:
-            chunk = await upstream.read_chunk(response)
-            if not chunk:
-                raise UpstreamError(Outcome.TRUNCATED, "the stream ended before its first event", True)
-            events, buffer = sse.split_events(buffer + chunk)
-            for event in events:
-                try:
-                    payload = sse.parse(sse.event_data(event))
-                except sse.Malformed as bad:
-                    raise UpstreamError(Outcome.MALFORMED, str(bad), True) from None
-                problem = sse.error_of(payload)
-                if problem is not None:
-                    raise UpstreamError(Outcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
-                if payload is not None:
-                    return events, buffer
+    async def _first_events(self, response, target, started):
+        """Read until the first content event (or the stream's end); return (events, rest).
+
+        Nothing has reached the client yet, so everything here may still fail
+        over: an early error, a malformed start, or no content within the
+        target's first-token timeout (a role-only chunk does not count).
+        Raises UpstreamError.
+        """
+        buffer, held = b"", []
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + target.first_token_timeout
+                                          - (perf_counter() - started)):
+                while True:
+                    chunk = await upstream.read_chunk(response)
+                    if not chunk:
+                        if held:
+                            return held, buffer  # a stream with no content at all: relayed, and judged, as it is
+                        raise UpstreamError(Outcome.TRUNCATED, "the stream ended before its first event", True)
+                    events, buffer = sse.split_events(buffer + chunk)
+                    held.extend(events)
+                    if any(self._starts_the_answer(event) for event in events):
+                        return held, buffer
+        except TimeoutError:
+            raise UpstreamError(Outcome.TIMEOUT, f"no first token within {target.first_token_timeout:g} s", True) from None
+
+    @staticmethod
+    def _starts_the_answer(event):
+        """Return True for the first event worth committing to: content, a finish or [DONE]. Raises UpstreamError."""
+        try:
+            payload = sse.parse(sse.event_data(event))
+        except sse.Malformed as bad:
+            raise UpstreamError(Outcome.MALFORMED, str(bad), True) from None
+        problem = sse.error_of(payload)
+        if problem is not None:
+            raise UpstreamError(Outcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
+        return payload is sse.DONE or sse.has_content(payload) or sse.has_finish(payload)
 
     async def relay_stream(self, call, target, key, response, started, send, receive):
-        events, buffer = await self._first_events(response)
+        events, buffer = await self._first_events(response, target, started)
         now = perf_counter()
         call.upstream_s += now - started
         headers = call.response_headers(target.deployment, None, None)

@@ -89,6 +89,7 @@ class Target:
     embeddings_url: str
     timeout: aiohttp.ClientTimeout
     read_timeout: float
+    first_token_timeout: float
     price_in: float  # per token
     price_out: float
     keys: tuple
@@ -158,7 +159,8 @@ def fingerprint():
         list(RouteTarget.objects.order_by("id").values_list("id", "route_id", "deployment_id", "weight")),
         list(GatewayKey.objects.order_by("id").values_list("id", "key_hash", "enabled", "all_routes", "rpm_limit")),
         list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
-        list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model", "provider_id")),
+        list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model", "provider_id",
+                                                           "first_token_timeout")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
     ]
@@ -210,6 +212,7 @@ def _target(row, keys):
         chat_url=f"{base}/chat/completions", embeddings_url=f"{base}/embeddings",
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout, sock_read=provider.read_timeout),
         read_timeout=provider.read_timeout,
+        first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
         keys=keys.get(provider.pk, ()),
     )

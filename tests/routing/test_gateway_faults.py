@@ -59,15 +59,15 @@ def timed_stream(gateway, key, session, **fields):
     return response, time.monotonic() - started
 
 
-def assert_failed_over(sim, response, model, elapsed):
-    """Two tries on the faulty model, then the healthy one answered everything, once."""
+def assert_failed_over(sim, response, model, elapsed, tries=2):
+    """`tries` on the faulty model (a timeout fails over at once), then the healthy one answered everything, once."""
     assert response.status_code == 200, response.text
     payloads = sse_payloads(response.text)
     assert payloads[-1] == "[DONE]"
     assert streamed_text(payloads) == FULL_TEXT
     assert response.headers["x-weathervane-deployment"] == "healthy"
-    assert response.headers["x-weathervane-attempts"] == "3"
-    assert len(sim.simulator.attempts(model)) == 2
+    assert response.headers["x-weathervane-attempts"] == str(tries + 1)
+    assert len(sim.simulator.attempts(model)) == tries
     assert len(sim.simulator.attempts("fast")) == 1
     assert elapsed < DEADLINE_S + 1
 
@@ -98,16 +98,29 @@ def test_reset_before_headers_is_retried_then_fails_over(sim, faulty_route):
 def test_silence_times_out_before_the_first_byte_then_fails_over(sim, faulty_route):
     gateway, key, session = faulty_route("fault-silence")
     response, elapsed = timed_stream(gateway, key, session)
-    assert_failed_over(sim, response, "fault-silence", elapsed)
-    assert elapsed >= 1.0  # two read timeouts of 0.5 s
+    assert_failed_over(sim, response, "fault-silence", elapsed, tries=1)
+    assert 0.5 <= elapsed < 1.0  # one read timeout of 0.5 s: a silent target is not tried twice
 
 
 def test_a_slow_first_token_times_out_before_anything_is_relayed(sim, faulty_route):
     sim.simulator.configure("fault-slow-first-token", fault_delay_s=3.0)
     gateway, key, session = faulty_route("fault-slow-first-token")
     response, elapsed = timed_stream(gateway, key, session)
-    assert_failed_over(sim, response, "fault-slow-first-token", elapsed)
-    assert elapsed < 2.5
+    assert_failed_over(sim, response, "fault-slow-first-token", elapsed, tries=1)
+    assert elapsed < 1.5
+
+
+def test_a_first_token_slower_than_its_timeout_fails_over_before_anything_is_relayed(sim, faulty_route):
+    """The headers came at once, the content did not: the first-token timeout, not the read timeout, decides."""
+    from routing.models import Deployment
+
+    sim.simulator.configure("fault-slow-first-token", fault_delay_s=3.0)
+    gateway, key, session = faulty_route("fault-slow-first-token", read_timeout=10.0)
+    Deployment.objects.filter(name="faulty").update(first_token_timeout=0.8)
+    gateway.gateway.store.load()
+    response, elapsed = timed_stream(gateway, key, session)
+    assert_failed_over(sim, response, "fault-slow-first-token", elapsed, tries=1)
+    assert 0.8 <= elapsed < 2.5
 
 
 def test_an_error_as_the_first_event_is_retried_then_fails_over(sim, faulty_route):
@@ -173,7 +186,8 @@ def test_without_streaming_every_fault_is_retried_and_the_answer_is_whole(sim, f
     response = post_chat(gateway, key, "r", max_tokens=TOKENS, headers={"x-session-id": session})
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == FULL_TEXT
-    assert len(sim.simulator.attempts(model)) == 2 and len(sim.simulator.attempts("fast")) == 1
+    tries = 1 if model == "fault-stall" else 2  # a timeout fails over at once; other faults are retried once
+    assert len(sim.simulator.attempts(model)) == tries and len(sim.simulator.attempts("fast")) == 1
     assert time.monotonic() - started < DEADLINE_S + 1
 
 
