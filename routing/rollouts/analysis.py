@@ -1,21 +1,30 @@
 """Canary vs baseline over the same window: a pass / fail / inconclusive verdict per guard, with its evidence.
 
 Pure functions over per-arm figures (as merged from the route's rollups); no
-database. Every count metric goes through the same anytime-valid test
-(`sequential`), conditional on the canary's share of requests:
+database. Every guard goes through the same anytime-valid count test
+(`sequential`), conditional on the canary's share of requests, with two
+one-sided questions:
 
-- errors and 429s: the events are the guarded failures of each arm;
-- p95 latency and p95 time to first token: the events are requests slower
-  than a threshold. The baseline counts requests slower than its p95 t; the
-  canary counts requests slower than t x (1 + allowed). "Canary p95 <=
-  (1 + allowed) x baseline p95" is exactly "the canary's share above
-  t (1 + allowed) <= the baseline's share above t (5 %)", so the allowed
-  regression is the rate ratio 1 on these counts, whatever the shape of the
-  latency distribution.
+- fail: is the canary worse than the baseline at all? H0 "no difference":
+  each event lands on the canary with probability equal to its share.
+- pass: is any regression within what the guard allows? H0 "the regression
+  is exactly the allowed one"; rejecting it is evidence of no larger
+  regression. Silence never passes.
 
-A guard fails on evidence that the regression exceeds what it allows, and
-passes on evidence that it stays within it (never on silence). The false-alarm
-budget alpha is split evenly across the guards, for failing and for passing.
+Errors and 429s: the events are each arm's guarded failures; "+0.5 pp" is the
+rate ratio (baseline rate + 0.5 pp) / baseline rate at the baseline's observed
+rate, or (second route) the canary's own rate proven below 0.5 pp.
+
+p95 latency and p95 time to first token: the events are requests slower than
+the baseline's p95 t (frozen by the caller for the step). To fail, the canary's
+count above t is compared with the baseline's (ratio 1). To pass with +10 %,
+the canary's count above t x 1.1 is compared with the baseline's count above
+t: "canary p95 <= 1.1 x baseline p95" is exactly "the canary's share above
+1.1 t <= the baseline's share above t (5 %)", so the allowed regression is
+the rate ratio 1 on these counts, whatever the shape of the distribution.
+
+The false-alarm budget alpha is split evenly across the guards, for failing
+and for passing alike; no verdict before a minimum number of canary requests.
 """
 
 import math
@@ -81,11 +90,14 @@ class Guard:
 
 @dataclass(frozen=True)
 class Tail:
-    """One arm's requests with a timing, how many were slower than `threshold_ms`, and its percentiles."""
+    """One arm's requests with a timing: how many were slower than `threshold_ms` (the baseline's p95)
+    and, for the canary, than `allowed_ms` (that p95 plus the allowed regression); its percentiles."""
 
     timed: int
     slower: int
     threshold_ms: float
+    beyond_allowed: int | None = None
+    allowed_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
 
@@ -154,10 +166,12 @@ def count_slower(latency_sketch, threshold_ms):
     return sum(c for i, c in enumerate(store.bins) if store.offset + i > key)
 
 
-def tail_from_sketch(latency_sketch, threshold_ms):
-    """Return the Tail of one arm's sketch against threshold_ms."""
+def tail_from_sketch(latency_sketch, threshold_ms, allowed_ms=None):
+    """Return the Tail of one arm's sketch against threshold_ms (and allowed_ms when given)."""
     q = sketch.quantiles(latency_sketch, (P95, 0.99))
-    return Tail(int(latency_sketch.count), count_slower(latency_sketch, threshold_ms), threshold_ms, q[P95], q[0.99])
+    beyond = None if allowed_ms is None else count_slower(latency_sketch, allowed_ms)
+    slower = count_slower(latency_sketch, threshold_ms)
+    return Tail(int(latency_sketch.count), slower, threshold_ms, beyond, allowed_ms, q[P95], q[0.99])
 
 
 def arm_from_figures(errors, count, latency=None, ttft=None, tps_sum=0.0, tps_count=0, cost=0.0):
@@ -167,8 +181,8 @@ def arm_from_figures(errors, count, latency=None, ttft=None, tps_sum=0.0, tps_co
 
 
 def tails_for(guard, canary_sketch, baseline_sketch, threshold_ms):
-    """Return (canary Tail, baseline Tail) for a tail guard: the canary is held to threshold x (1 + allowed)."""
-    canary = tail_from_sketch(canary_sketch, threshold_ms * (1 + guard.allowed))
+    """Return (canary Tail, baseline Tail) for a tail guard, threshold_ms being the baseline's frozen p95."""
+    canary = tail_from_sketch(canary_sketch, threshold_ms, threshold_ms * (1 + guard.allowed))
     return canary, tail_from_sketch(baseline_sketch, threshold_ms)
 
 
@@ -201,12 +215,12 @@ def judge_metric(guard, canary, baseline, alpha):
 
 
 def _judge_rate(guard, canary, baseline, alpha):
-    """Errors or 429s: conditional test on the rate ratio the allowed points imply at the baseline's rate."""
+    """Errors or 429s: fail on any proven excess, pass on the allowed points' ratio (or the canary's own rate)."""
     hits, misses = canary.count_of(guard.metric), baseline.count_of(guard.metric)
     share = canary.requests / (canary.requests + baseline.requests)
     base_rate = (misses + 0.5) / (baseline.requests + 1)  # never 0, so the ratio stays finite
     allowed_ratio = 1 + guard.allowed / base_rate
-    fail = log_e_ratio(hits, misses, share, allowed_ratio, Side.ABOVE)
+    fail = log_e_ratio(hits, misses, share, 1.0, Side.ABOVE)
     # Passing has two routes at alpha / 2 each: the ratio test, or the canary's own rate
     # below the allowed points (enough when neither arm sees any event).
     within = log_e_ratio(hits, misses, share, allowed_ratio, Side.BELOW)
@@ -218,13 +232,13 @@ def _judge_rate(guard, canary, baseline, alpha):
 
 
 def _judge_tail(guard, canary, baseline, alpha):
-    """p95 latency or TTFT: requests slower than the thresholds, ratio 1 at the allowed regression."""
+    """p95 latency or TTFT: fail on more canary requests above the baseline's p95, pass on fewer above p95 + allowed."""
     c_tail, b_tail = canary.tail_of(guard.metric), baseline.tail_of(guard.metric)
-    if not c_tail or not b_tail or not c_tail.timed or not b_tail.timed:
+    if not c_tail or not b_tail or not c_tail.timed or not b_tail.timed or c_tail.beyond_allowed is None:
         return MetricVerdict(guard.metric, Verdict.INCONCLUSIVE, f"{guard.metric.label}: no timings yet", {})
     share = c_tail.timed / (c_tail.timed + b_tail.timed)
     fail = log_e_ratio(c_tail.slower, b_tail.slower, share, 1.0, Side.ABOVE)
-    within = log_e_ratio(c_tail.slower, b_tail.slower, share, 1.0, Side.BELOW)
+    within = log_e_ratio(c_tail.beyond_allowed, b_tail.slower, share, 1.0, Side.BELOW)
     evidence = _tail_evidence(guard, c_tail, b_tail, share, alpha)
     evidence.update(e_fail=_e(fail), e_pass=_e(within), pass_threshold=1 / alpha)
     verdict = _decide(fail, within, alpha, pass_alpha=alpha)
@@ -321,19 +335,20 @@ def _rate_sentence(guard, ev, verdict):
 
 def _tail_sentence(guard, ev, verdict):
     c, b = ev["canary"], ev["baseline"]
-    counts = (f"canary {c['slower']:,} of {c['timed']:,} slower than {c['threshold_ms']:,.0f} ms vs baseline "
-              f"{b['slower']:,} of {b['timed']:,} slower than its p95 {b['threshold_ms']:,.0f} ms")
+    counts = (f"canary {c['slower']:,} of {c['timed']:,} slower than the baseline's p95 {b['threshold_ms']:,.0f} ms "
+              f"({c['beyond_allowed']:,} slower than {c['allowed_ms']:,.0f} ms) vs baseline {b['slower']:,} "
+              f"of {b['timed']:,}")
     allowed = f"+{guard.allowed * 100:g}% {guard.metric.label}"
     return f"{guard.metric.label}: {counts} ({_reason(ev, verdict, allowed)})"
 
 
 def _reason(ev, verdict, allowed):
     if verdict == Verdict.FAIL:
-        return f"e-value {_num(ev['e_fail'])} > {_num(ev['fail_threshold'])}, alpha {ev['alpha']:.2g}: beyond {allowed}"
+        return f"e-value {_num(ev['e_fail'])} > {_num(ev['fail_threshold'])}, alpha {ev['alpha']:.2g}: worse than the baseline"
     if verdict == Verdict.PASS:
         return f"e-value {_num(ev['e_pass'])} > {_num(ev['pass_threshold'])}: within {allowed}"
-    return (f"e-values {_num(ev['e_fail'])} against and {_num(ev['e_pass'])} for {allowed}, "
-            f"both under {_num(ev['fail_threshold'])}: undecided")
+    return (f"e-values {_num(ev['e_fail'])} for worse and {_num(ev['e_pass'])} for within {allowed}, "
+            f"under {_num(ev['fail_threshold'])} and {_num(ev['pass_threshold'])}: undecided")
 
 
 def _overall_sentence(metrics):

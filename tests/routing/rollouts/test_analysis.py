@@ -18,9 +18,10 @@ def test_a_clear_error_regression_rolls_back_and_says_why():
     canary, baseline = Arm(412, errors=14), Arm(3690, errors=9)
     judgement = judge(canary, baseline, [ERRORS, LATENCY])
     assert judgement.verdict == Verdict.FAIL
-    assert judgement.sentence.startswith("canary errors 14 of 412 vs baseline 9 of 3,690 (e-value ")
-    assert "> 200, alpha 0.005: beyond +0.5 pp" in judgement.sentence
-    assert judgement.sentence.endswith(": rolling back")
+    # The e-value is the closed form that test_sequential checks against numeric integration.
+    assert judgement.sentence == (
+        "canary errors 14 of 412 vs baseline 9 of 3,690 (e-value 662,213 > 200, alpha 0.005: worse than the baseline)"
+        ": rolling back")
     errors = judgement.metrics[0].evidence
     assert errors["canary"]["rate"] == pytest.approx(14 / 412)
     assert errors["e_fail"] > errors["fail_threshold"] == 200
@@ -78,34 +79,48 @@ def test_the_canary_is_held_to_the_baseline_p95_plus_the_allowance():
     canary = _sketch(rng.lognormal(np.log(400), 0.5, 400))
     threshold = baseline_threshold(baseline)
     c_tail, b_tail = tails_for(LATENCY, canary, baseline, threshold)
-    assert c_tail.threshold_ms == pytest.approx(threshold * 1.1)
+    assert c_tail.threshold_ms == b_tail.threshold_ms == threshold
+    assert c_tail.allowed_ms == pytest.approx(threshold * 1.1)
     assert b_tail.slower == pytest.approx(200, abs=10)
-    assert c_tail.slower < 400 * 0.05
+    assert c_tail.beyond_allowed < c_tail.slower
 
 
 def _latency_arm(rng, requests, scale, threshold_ms, sigma=0.5):
     values = rng.lognormal(np.log(400 * scale), sigma, requests)
-    slower = int((values > threshold_ms).sum())
+    slower, beyond = int((values > threshold_ms).sum()), int((values > threshold_ms * 1.1).sum())
     p95, p99 = np.percentile(values, [95, 99])
-    return Arm(requests, latency=Tail(requests, slower, threshold_ms, p95, p99))
+    tail = Tail(requests, slower, threshold_ms, beyond, threshold_ms * 1.1, p95_ms=p95, p99_ms=p99)
+    return Arm(requests, latency=tail)
 
 
 def test_latency_half_again_slower_fails_and_the_sentence_names_the_thresholds():
     rng = np.random.default_rng(7)
     threshold = 400 * np.exp(1.645 * 0.5)
-    canary = _latency_arm(rng, 300, 1.5, threshold * 1.1)
+    canary = _latency_arm(rng, 300, 1.5, threshold)
     baseline = _latency_arm(rng, 2700, 1.0, threshold)
     judgement = judge(canary, baseline, [LATENCY])
     assert judgement.verdict == Verdict.FAIL
     sentence = judgement.metrics[0].sentence
-    assert sentence.startswith(f"p95 latency: canary {canary.latency.slower} of 300 slower than {threshold * 1.1:,.0f} ms")
-    assert f"baseline {baseline.latency.slower:,} of 2,700 slower than its p95 {threshold:,.0f} ms" in sentence
+    assert sentence.startswith(
+        f"p95 latency: canary {canary.latency.slower} of 300 slower than the baseline's p95 {threshold:,.0f} ms "
+        f"({canary.latency.beyond_allowed} slower than {threshold * 1.1:,.0f} ms) vs baseline "
+        f"{baseline.latency.slower:,} of 2,700 (e-value ")
+    assert sentence.endswith("worse than the baseline)")
+
+
+def test_latency_like_the_baseline_passes_once_there_is_evidence():
+    rng = np.random.default_rng(8)
+    threshold = 400 * np.exp(1.645 * 0.5)
+    few = judge(_latency_arm(rng, 150, 1.0, threshold), _latency_arm(rng, 1350, 1.0, threshold), [LATENCY])
+    assert few.verdict == Verdict.INCONCLUSIVE
+    many = judge(_latency_arm(rng, 10_000, 1.0, threshold), _latency_arm(rng, 10_000, 1.0, threshold), [LATENCY])
+    assert many.verdict == Verdict.PASS
 
 
 def test_an_absolute_limit_is_a_plain_second_layer():
     guard = Guard(Metric.LATENCY_P95, allowed=0.10, limit=3000)
-    tail = Tail(500, 25, 1000, 900, 3400)
-    judgement = judge(Arm(500, latency=tail), Arm(500, latency=Tail(500, 25, 1000, 900, 3400)), [guard])
+    tail = Tail(500, 25, 1000, 20, 1100, p95_ms=900, p99_ms=3400)
+    judgement = judge(Arm(500, latency=tail), Arm(500, latency=tail), [guard])
     assert judgement.verdict == Verdict.FAIL
     assert "beyond its limit (p99 3,400 ms vs p99 3,000 ms)" in judgement.sentence
     cost = Guard(Metric.COST_PER_REQUEST, limit=0.01)
