@@ -4,7 +4,9 @@
 #   1. gateway overhead vs the shared harness (bench/gateway.sh)
 #   2. probe scheduling: Celery worker with 200 targets, embedded with 100 (bench/probes.py; needs Redis)
 #   3. dashboard live path: probe recorded -> WebSocket client, 100 clients on one Daphne (bench/dashboard_ws.py)
-# SKIP="gateway probes dashboard" skips parts.
+#   4. rollout verdicts: the analysis vs a Flagger-style rule on simulated streams (bench/rollout_verdicts.py;
+#      ROLLOUTS_FULL=1 for the issue's 1,000 rollouts per case, about 5 minutes)
+# SKIP="gateway probes dashboard rollouts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
@@ -22,5 +24,10 @@ fi
 if [[ $SKIP != *dashboard* ]]; then
   "$PY" "$ROOT/bench/dashboard_ws.py" --clients 100 --duration 60 --out "$ROOT/bench/results/dashboard-$stamp.json"
   "$PY" "$ROOT/bench/write_sections.py" dashboard "$ROOT/bench/results/dashboard-$stamp.json" "$ROOT/bench/RESULTS.md"
+fi
+if [[ $SKIP != *rollouts* ]]; then
+  full=(); [[ ${ROLLOUTS_FULL:-0} == 1 ]] && full=(--full)
+  "$PY" "$ROOT/bench/rollout_verdicts.py" "${full[@]}" --out "$ROOT/bench/results/rollouts-$stamp.json"
+  "$PY" "$ROOT/bench/write_sections.py" rollouts "$ROOT/bench/results/rollouts-$stamp.json" "$ROOT/bench/RESULTS.md"
 fi
 echo "bench/RESULTS.md updated"
