@@ -10,12 +10,13 @@ Personality says: latency, pace, 429s, 5xx and connection-level faults.
 """
 
 from .app import Attempt, Simulator
-from .personalities import PERSONALITIES, Fault, Outcome, Personality, personality_from
+from .personalities import PERSONALITIES, Change, Fault, Outcome, Personality, personality_from
 from .server import SimulatorServer, run
 
 __all__ = [
     "PERSONALITIES",
     "Attempt",
+    "Change",
     "Fault",
     "Outcome",
     "Personality",
