@@ -8,7 +8,8 @@ judges see the same requests (their plans then move the weights apart).
 
 - Weathervane: guards errors +0.5 pp and p95 latency +10 %, alpha 0.01 split
   over them, at least 100 canary requests and one interval at a step before it
-  can pass; a fail rolls back at the next look. The latency threshold is the
+  can pass; a fail rolls back at the next look; a passed step's evidence is
+  carried into the next (e-values of successive steps multiply). The latency threshold is the
   baseline's p95 over the 5 minutes before the rollout, frozen for the rollout.
 - Flagger-style: every interval, the canary's error rate over that interval
   must stay under baseline + 0.5 pp and its p95 under 1.1 x the same baseline
@@ -72,7 +73,7 @@ CASES = [
     Case("errors", "canary errors +2 pp over a 1 % baseline at a 50 % step, 6 intervals", 6, (50,),
          extra_errors=0.02, holds_step=True),
     # Not one of the issue's cases: how much traffic promotion by evidence needs.
-    Case("identical_100rps", "identical canary and baseline at 100 requests/s, 10 intervals", 10, PLAN, rps=100),
+    Case("identical_100rps", "identical canary and baseline at 100 requests/s, 20 intervals", 20, PLAN, rps=100),
 ]
 
 
@@ -108,18 +109,19 @@ class Stream:
 
 
 def weathervane(stream, case, alpha):
-    """Run the plan with the real analysis; return the Outcome."""
-    step, step_start, totals = 0, 0, np.zeros(7, dtype=np.int64)
+    """Run the plan with the real analysis, carrying each step's evidence into the next; return the Outcome."""
+    step, step_start, totals, carried = 0, 0, np.zeros(7, dtype=np.int64), {}
     canary_limit = stream.threshold_ms * (1 + ALLOWED_P95)
     for now in range(LOOK_S, case.intervals * INTERVAL_S + 1, LOOK_S):
         canary, failed, latency = stream.slice(now - LOOK_S, now, case.plan[step])
         totals += _look_counts(canary, failed, latency, canary_limit, stream.threshold_ms)
-        verdict = judge(*_arms(totals, canary_limit, stream.threshold_ms), GUARDS, alpha=alpha).verdict
-        if verdict == Verdict.FAIL:
+        judgement = judge(*_arms(totals, canary_limit, stream.threshold_ms), GUARDS, alpha=alpha, carried=carried)
+        if judgement.verdict == Verdict.FAIL:
             return Outcome("rolled_back", now)
-        if verdict == Verdict.PASS and now - step_start >= INTERVAL_S:
+        if judgement.verdict == Verdict.PASS and now - step_start >= INTERVAL_S:
             if case.holds_step:
                 return Outcome("passed", now)
+            carried = {m.metric: (m.log_fail, m.log_pass) for m in judgement.metrics}
             step, step_start, totals = step + 1, now, np.zeros(7, dtype=np.int64)
             if step == len(case.plan):
                 return Outcome("promoted", now)

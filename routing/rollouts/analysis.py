@@ -130,14 +130,18 @@ class Arm:
 
 @dataclass
 class MetricVerdict:
+    """One guard's verdict; log_fail and log_pass are its e-values so far (in logs), to carry to the next step."""
+
     metric: Metric
     verdict: Verdict
     sentence: str
     evidence: dict = field(default_factory=dict)
+    log_fail: float = 0.0
+    log_pass: float = 0.0
 
     def as_dict(self):
         return {"metric": str(self.metric), "verdict": str(self.verdict), "sentence": self.sentence,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "log_fail": self.log_fail, "log_pass": self.log_pass}
 
 
 @dataclass
@@ -189,60 +193,84 @@ def tails_for(guard, canary_sketch, baseline_sketch, threshold_ms):
 # --- judging ---------------------------------------------------------------------------
 
 
-def judge(canary, baseline, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS):
-    """Return the Judgement of canary vs baseline (Arms over the same window) under guards.
+def judge(canary, baseline, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None):
+    """Return the Judgement of canary vs baseline (Arms over the same window, the current step's) under guards.
 
-    Fail if any guard fails, pass if every guard passes, otherwise inconclusive.
+    carried maps a metric to (log_fail, log_pass) of the rollout's earlier steps
+    (their MetricVerdicts' final values): e-processes of successive steps
+    multiply and stay valid. Fail if any guard fails, pass if every guard
+    passes, otherwise inconclusive. Raises ValueError without guards.
     """
     if not guards:
         raise ValueError("a rollout needs at least one guard")
+    carried = carried or {}
     if canary.requests < min_canary_requests:
-        return _waiting(canary, guards, min_canary_requests)
+        return _waiting(canary, guards, min_canary_requests, carried)
     level = alpha / len(guards)
-    metrics = [judge_metric(guard, canary, baseline, level) for guard in guards]
+    metrics = [judge_metric(guard, canary, baseline, level, carried.get(guard.metric, (0.0, 0.0)))
+               for guard in guards]
     return Judgement(_overall(metrics), _overall_sentence(metrics), metrics)
 
 
-def judge_metric(guard, canary, baseline, alpha):
+def judge_metric(guard, canary, baseline, alpha, carried=(0.0, 0.0)):
     """Return the MetricVerdict of one guard at level alpha (its share of the budget)."""
     if guard.metric in RATE_METRICS:
-        verdict = _judge_rate(guard, canary, baseline, alpha)
+        verdict = _judge_rate(guard, canary, baseline, alpha, carried)
     elif guard.metric in TAIL_METRICS:
-        verdict = _judge_tail(guard, canary, baseline, alpha)
+        verdict = _judge_tail(guard, canary, baseline, alpha, carried)
     else:
         verdict = _judge_mean(guard, canary, baseline)
     return _apply_limit(guard, canary, verdict)
 
 
-def _judge_rate(guard, canary, baseline, alpha):
+def _judge_rate(guard, canary, baseline, alpha, carried):
     """Errors or 429s: fail on any proven excess, pass on the allowed points' ratio (or the canary's own rate)."""
     hits, misses = canary.count_of(guard.metric), baseline.count_of(guard.metric)
     share = canary.requests / (canary.requests + baseline.requests)
     base_rate = (misses + 0.5) / (baseline.requests + 1)  # never 0, so the ratio stays finite
     allowed_ratio = 1 + guard.allowed / base_rate
     fail = log_e_ratio(hits, misses, share, 1.0, Side.ABOVE)
-    # Passing has two routes at alpha / 2 each: the ratio test, or the canary's own rate
-    # below the allowed points (enough when neither arm sees any event).
+    # Two routes to passing, averaged (the mean of e-values is one): the ratio test, or the
+    # canary's own rate below the allowed points (enough when neither arm sees any event).
     within = log_e_ratio(hits, misses, share, allowed_ratio, Side.BELOW)
     own = log_e_value(hits, canary.requests - hits, guard.allowed, Side.BELOW) if guard.allowed > 0 else -math.inf
     evidence = _rate_evidence(guard, canary, baseline, share, allowed_ratio, alpha)
-    evidence.update(e_fail=_e(fail), e_pass=_e(max(within, own)), pass_threshold=2 / alpha)
-    verdict = _decide(fail, max(within, own), alpha, pass_alpha=alpha / 2)
-    return MetricVerdict(guard.metric, verdict, _rate_sentence(guard, evidence, verdict), evidence)
+    verdict = _decide(guard, fail, _log_mean(within, own), carried, alpha, evidence)
+    verdict.sentence = _rate_sentence(guard, evidence, verdict.verdict)
+    return verdict
 
 
-def _judge_tail(guard, canary, baseline, alpha):
+def _judge_tail(guard, canary, baseline, alpha, carried):
     """p95 latency or TTFT: fail on more canary requests above the baseline's p95, pass on fewer above p95 + allowed."""
     c_tail, b_tail = canary.tail_of(guard.metric), baseline.tail_of(guard.metric)
     if not c_tail or not b_tail or not c_tail.timed or not b_tail.timed or c_tail.beyond_allowed is None:
-        return MetricVerdict(guard.metric, Verdict.INCONCLUSIVE, f"{guard.metric.label}: no timings yet", {})
+        return MetricVerdict(guard.metric, Verdict.INCONCLUSIVE, f"{guard.metric.label}: no timings yet", {}, *carried)
     share = c_tail.timed / (c_tail.timed + b_tail.timed)
     fail = log_e_ratio(c_tail.slower, b_tail.slower, share, 1.0, Side.ABOVE)
     within = log_e_ratio(c_tail.beyond_allowed, b_tail.slower, share, 1.0, Side.BELOW)
     evidence = _tail_evidence(guard, c_tail, b_tail, share, alpha)
-    evidence.update(e_fail=_e(fail), e_pass=_e(within), pass_threshold=1 / alpha)
-    verdict = _decide(fail, within, alpha, pass_alpha=alpha)
-    return MetricVerdict(guard.metric, verdict, _tail_sentence(guard, evidence, verdict), evidence)
+    verdict = _decide(guard, fail, within, carried, alpha, evidence)
+    verdict.sentence = _tail_sentence(guard, evidence, verdict.verdict)
+    return verdict
+
+
+def _decide(guard, log_fail, log_pass, carried, alpha, evidence):
+    """Return the MetricVerdict (sentence still empty) of this step's log e-values times the carried ones."""
+    log_fail, log_pass = log_fail + carried[0], log_pass + carried[1]
+    evidence.update(e_fail=_e(log_fail), e_pass=_e(log_pass), pass_threshold=1 / alpha,
+                    carried=any(carried))
+    level = math.log(1 / alpha)
+    if log_fail >= level:
+        verdict = Verdict.FAIL
+    elif log_pass >= level:
+        verdict = Verdict.PASS
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    return MetricVerdict(guard.metric, verdict, "", evidence, log_fail, log_pass)
+
+
+def _log_mean(*log_values):
+    return math.log(sum(math.exp(min(v, 700.0)) for v in log_values) / len(log_values))
 
 
 def _judge_mean(guard, canary, baseline):
@@ -252,14 +280,6 @@ def _judge_mean(guard, canary, baseline):
     sentence = f"{guard.metric.label}: canary {_num(c_mean)} vs baseline {_num(b_mean)}"
     return MetricVerdict(guard.metric, Verdict.PASS if guard.limit is not None else Verdict.INCONCLUSIVE,
                          sentence, evidence)
-
-
-def _decide(log_fail, log_pass, alpha, pass_alpha):
-    if log_fail >= math.log(1 / alpha):
-        return Verdict.FAIL
-    if log_pass >= math.log(1 / pass_alpha):
-        return Verdict.PASS
-    return Verdict.INCONCLUSIVE
 
 
 def _apply_limit(guard, canary, verdict):
@@ -295,9 +315,10 @@ def _overall(metrics):
     return Verdict.PASS if verdicts == {Verdict.PASS} else Verdict.INCONCLUSIVE
 
 
-def _waiting(canary, guards, minimum):
+def _waiting(canary, guards, minimum, carried):
     sentence = f"waiting for the minimum sample: {canary.requests:,} of {minimum:,} canary requests"
-    metrics = [MetricVerdict(g.metric, Verdict.INCONCLUSIVE, sentence, {}) for g in guards]
+    metrics = [MetricVerdict(g.metric, Verdict.INCONCLUSIVE, sentence, {}, *carried.get(g.metric, (0.0, 0.0)))
+               for g in guards]
     return Judgement(Verdict.INCONCLUSIVE, f"{sentence}: holding", metrics)
 
 
@@ -343,6 +364,11 @@ def _tail_sentence(guard, ev, verdict):
 
 
 def _reason(ev, verdict, allowed):
+    reason = _verdict_reason(ev, verdict, allowed)
+    return f"{reason}; with earlier steps' evidence" if ev["carried"] else reason
+
+
+def _verdict_reason(ev, verdict, allowed):
     if verdict == Verdict.FAIL:
         return f"e-value {_num(ev['e_fail'])} > {_num(ev['fail_threshold'])}, alpha {ev['alpha']:.2g}: worse than the baseline"
     if verdict == Verdict.PASS:

@@ -155,3 +155,17 @@ def test_identical_arms_checked_every_look_do_not_roll_back():
     rng = random.Random(2026)
     verdicts = [_identical_rollout(rng) for _ in range(200)]
     assert verdicts.count(Verdict.FAIL) <= 2  # alpha 0.01 over 200 rollouts, each looked at 30 times
+
+
+def test_evidence_from_earlier_steps_carries_over():
+    guards = [ERRORS]
+    first = judge(Arm(14_000, errors=140), Arm(14_000, errors=140), guards)
+    assert first.verdict == Verdict.INCONCLUSIVE
+    step_two = (Arm(14_000, errors=140), Arm(14_000, errors=140))
+    alone = judge(*step_two, guards)
+    carried = {m.metric: (m.log_fail, m.log_pass) for m in first.metrics}
+    together = judge(*step_two, guards, carried=carried)
+    assert alone.verdict == Verdict.INCONCLUSIVE
+    assert together.verdict == Verdict.PASS
+    assert together.metrics[0].log_pass == pytest.approx(2 * first.metrics[0].log_pass)
+    assert together.metrics[0].sentence.endswith("; with earlier steps' evidence)")
