@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +208,7 @@ def main():
         cases[case.name] = {"title": case.title, **run_case(case, rollouts, args.seed + index, args.alpha)}
         print(case.name, json.dumps(cases[case.name]), flush=True)
     data = {
-        "at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rollouts": rollouts, "seed": args.seed,
+        "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "rollouts": rollouts, "seed": args.seed,
         "alpha": args.alpha, "rps": RPS, "interval_s": INTERVAL_S, "look_s": LOOK_S, "plan": list(PLAN),
         "latency": {"median_ms": LATENCY_MEDIAN_MS, "sigma": LATENCY_SIGMA}, "base_error_rate": BASE_ERROR_RATE,
         "allowed_errors_pp": ALLOWED_ERRORS * 100, "allowed_p95": ALLOWED_P95,

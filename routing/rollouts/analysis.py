@@ -295,7 +295,8 @@ def _apply_limit(guard, canary, verdict):
     above_maximum = guard.metric != Metric.TOKENS_PER_S and value > guard.limit
     if below_minimum or above_maximum:
         verdict.verdict = Verdict.FAIL
-        verdict.sentence += f"; beyond its limit ({_limit_text(guard.metric, value)} vs {_limit_text(guard.metric, guard.limit)})"
+        measured, limit = _limit_text(guard.metric, value), _limit_text(guard.metric, guard.limit)
+        verdict.sentence += f"; beyond its limit ({measured} vs {limit})"
     return verdict
 
 
@@ -370,7 +371,8 @@ def _reason(ev, verdict, allowed):
 
 def _verdict_reason(ev, verdict, allowed):
     if verdict == Verdict.FAIL:
-        return f"e-value {_num(ev['e_fail'])} > {_num(ev['fail_threshold'])}, alpha {ev['alpha']:.2g}: worse than the baseline"
+        threshold = _num(ev["fail_threshold"])
+        return f"e-value {_num(ev['e_fail'])} > {threshold}, alpha {ev['alpha']:.2g}: worse than the baseline"
     if verdict == Verdict.PASS:
         return f"e-value {_num(ev['e_pass'])} > {_num(ev['pass_threshold'])}: within {allowed}"
     return (f"e-values {_num(ev['e_fail'])} for worse and {_num(ev['e_pass'])} for within {allowed}, "

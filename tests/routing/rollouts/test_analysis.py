@@ -7,7 +7,16 @@ import pytest
 
 from probes import sketch
 from routing.rollouts.analysis import (
-    Arm, Guard, Metric, Tail, Verdict, arm_from_figures, baseline_threshold, count_slower, judge, tails_for,
+    Arm,
+    Guard,
+    Metric,
+    Tail,
+    Verdict,
+    arm_from_figures,
+    baseline_threshold,
+    count_slower,
+    judge,
+    tails_for,
 )
 
 ERRORS = Guard(Metric.ERRORS, allowed=0.005)

@@ -8,7 +8,13 @@ from scipy.integrate import quad
 from scipy.stats import beta
 
 from routing.rollouts.sequential import (
-    Side, concentration, log_e_ratio, log_e_value, ratio_bounds, ratio_of, share_of,
+    Side,
+    concentration,
+    log_e_ratio,
+    log_e_value,
+    ratio_bounds,
+    ratio_of,
+    share_of,
 )
 
 
