@@ -163,18 +163,11 @@ def baseline_threshold(latency_sketch):
     return sketch.quantiles(latency_sketch, (P95,))[P95]
 
 
-def count_slower(latency_sketch, threshold_ms):
-    """Return how many values of the sketch lie in bins above the one holding threshold_ms."""
-    key = latency_sketch._mapping.key(threshold_ms)
-    store = latency_sketch._store
-    return sum(c for i, c in enumerate(store.bins) if store.offset + i > key)
-
-
 def tail_from_sketch(latency_sketch, threshold_ms, allowed_ms=None):
     """Return the Tail of one arm's sketch against threshold_ms (and allowed_ms when given)."""
     q = sketch.quantiles(latency_sketch, (P95, 0.99))
-    beyond = None if allowed_ms is None else count_slower(latency_sketch, allowed_ms)
-    slower = count_slower(latency_sketch, threshold_ms)
+    beyond = None if allowed_ms is None else sketch.count_above(latency_sketch, allowed_ms)
+    slower = sketch.count_above(latency_sketch, threshold_ms)
     return Tail(int(latency_sketch.count), slower, threshold_ms, beyond, allowed_ms, q[P95], q[0.99])
 
 
@@ -278,8 +271,7 @@ def _judge_mean(guard, canary, baseline):
     c_mean, b_mean = canary.mean_of(guard.metric), baseline.mean_of(guard.metric)
     evidence = {"canary": c_mean, "baseline": b_mean}
     sentence = f"{guard.metric.label}: canary {_num(c_mean)} vs baseline {_num(b_mean)}"
-    return MetricVerdict(guard.metric, Verdict.PASS if guard.limit is not None else Verdict.INCONCLUSIVE,
-                         sentence, evidence)
+    return MetricVerdict(guard.metric, Verdict.PASS, sentence, evidence)  # every such Guard has a limit
 
 
 def _apply_limit(guard, canary, verdict):

@@ -14,7 +14,6 @@ from routing.rollouts.analysis import (
     Verdict,
     arm_from_figures,
     baseline_threshold,
-    count_slower,
     judge,
     tails_for,
 )
@@ -78,7 +77,7 @@ def _sketch(values):
 
 def test_slow_requests_are_counted_from_the_sketch_bins():
     s = _sketch(range(1, 1001))
-    assert count_slower(s, 950) == pytest.approx(50, abs=10)
+    assert sketch.count_above(s, 950) == pytest.approx(50, abs=10)
     assert baseline_threshold(s) == pytest.approx(950, rel=0.02)
 
 
