@@ -4,6 +4,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy.integrate import quad
 from scipy.stats import beta
 
@@ -92,3 +94,10 @@ def test_the_confidence_sequence_holds_the_true_ratio_and_narrows():
     assert low < 2.0 < high
     small_low, small_high = ratio_bounds(hits // 4, (400 - hits) // 4, 0.2, 0.005)
     assert small_low < low and high < small_high
+
+
+@given(st.integers(0, 300), st.integers(1, 300), st.floats(0.01, 0.99))
+def test_moving_an_event_to_the_canary_never_weakens_the_case_against_it(hits, misses, theta0):
+    more = log_e_value(hits + 1, misses - 1, theta0, Side.ABOVE)
+    assert more >= log_e_value(hits, misses, theta0, Side.ABOVE) - 1e-9
+    assert log_e_value(hits + 1, misses - 1, theta0, Side.BELOW) <= log_e_value(hits, misses, theta0, Side.BELOW) + 1e-9
