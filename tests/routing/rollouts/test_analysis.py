@@ -1,5 +1,6 @@
 """Verdicts a rollout shows: on fixed seeds, with the numbers behind them in words."""
 
+import json
 import random
 
 import numpy as np
@@ -177,3 +178,28 @@ def test_evidence_from_earlier_steps_carries_over():
     assert together.verdict == Verdict.PASS
     assert together.metrics[0].log_pass == pytest.approx(2 * first.metrics[0].log_pass)
     assert together.metrics[0].sentence.endswith("; with earlier steps' evidence)")
+
+
+def test_time_to_first_token_and_429s_use_the_same_machinery():
+    ttft = Guard(Metric.TTFT_P95, allowed=0.10)
+    slow_start = Tail(300, 90, 800, 80, 880)
+    baseline = Tail(2700, 135, 800)
+    judgement = judge(Arm(300, ttft=slow_start), Arm(2700, ttft=baseline), [ttft])
+    assert judgement.verdict == Verdict.FAIL
+    expected = "p95 time to first token: canary 90 of 300 slower than the baseline's p95 800 ms"
+    assert judgement.sentence.startswith(expected)
+    throttled = judge(Arm(300, rate_limited=30), Arm(2700, rate_limited=27), [Guard(Metric.RATE_LIMITED, allowed=0.01)])
+    assert throttled.verdict == Verdict.FAIL
+    assert throttled.sentence.startswith("canary 429s 30 of 300 vs baseline 27 of 2,700")
+
+
+def test_every_verdict_is_storable_as_strict_json():
+    cases = [
+        (Arm(412, errors=14), Arm(3690, errors=9)),  # fail
+        (Arm(5000), Arm(5000)),  # pass on the canary's own rate, no events at all
+        (Arm(5000, errors=5000), Arm(5000)),  # everything failed: e-values at their cap
+        (Arm(300, errors=3), Arm(2700, errors=27)),  # undecided
+    ]
+    for canary, baseline in cases:
+        stored = json.loads(json.dumps(judge(canary, baseline, [ERRORS]).as_dict(), allow_nan=False))
+        assert stored["metrics"][0]["evidence"]["canary"]["requests"] == canary.requests
