@@ -368,7 +368,7 @@ def _verdict_reason(ev, verdict, allowed):
     if verdict == Verdict.PASS:
         return f"e-value {_num(ev['e_pass'])} > {_num(ev['pass_threshold'])}: within {allowed}"
     return (f"e-values {_num(ev['e_fail'])} for worse and {_num(ev['e_pass'])} for within {allowed}, "
-            f"under {_num(ev['fail_threshold'])} and {_num(ev['pass_threshold'])}: undecided")
+            f"both under {_num(ev['fail_threshold'])}: undecided")
 
 
 def _overall_sentence(metrics):
@@ -376,7 +376,7 @@ def _overall_sentence(metrics):
     if failed:
         return "; ".join(failed) + ": rolling back"
     if all(m.verdict == Verdict.PASS for m in metrics):
-        return f"all {len(metrics)} guards within their allowed regression: step passes"
+        return f"every guard within its allowed regression ({len(metrics)} of {len(metrics)}): step passes"
     undecided = [str(m.metric.label) for m in metrics if m.verdict == Verdict.INCONCLUSIVE]
     return f"{', '.join(undecided)} not decided yet: holding"
 

@@ -51,7 +51,10 @@ def test_silence_is_not_a_pass_but_evidence_is():
     # ...tens of thousands do.
     many = judge(Arm(30_000, errors=300), Arm(30_000, errors=300), [ERRORS])
     assert many.verdict == Verdict.PASS
-    assert many.sentence == "all 1 guards within their allowed regression: step passes"
+    assert many.sentence == "every guard within its allowed regression (1 of 1): step passes"
+    assert few.sentence == "Error rate not decided yet: holding"
+    assert few.metrics[0].sentence.startswith("canary errors 3 of 300 vs baseline 27 of 2,700 (e-values ")
+    assert few.metrics[0].sentence.endswith("for within +0.5 pp, both under 100: undecided)")
 
 
 def test_a_clean_canary_passes_on_its_own_rate_when_nobody_errs():
