@@ -5,7 +5,7 @@
 #   2. probe scheduling: Celery worker with 200 targets, embedded with 100 (bench/probes.py; needs Redis)
 #   3. dashboard live path: probe recorded -> WebSocket client, 100 clients on one Daphne (bench/dashboard_ws.py)
 #   4. rollout verdicts: the analysis vs a Flagger-style rule on simulated streams (bench/rollout_verdicts.py;
-#      ROLLOUTS_FULL=1 for the issue's 1,000 rollouts per case, about 5 minutes)
+#      the issue's 1,000 rollouts per case, about 5 minutes of one core; ROLLOUTS_FAST=1 runs 200)
 # SKIP="gateway probes dashboard rollouts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,8 +26,8 @@ if [[ $SKIP != *dashboard* ]]; then
   "$PY" "$ROOT/bench/write_sections.py" dashboard "$ROOT/bench/results/dashboard-$stamp.json" "$ROOT/bench/RESULTS.md"
 fi
 if [[ $SKIP != *rollouts* ]]; then
-  full=(); [[ ${ROLLOUTS_FULL:-0} == 1 ]] && full=(--full)
-  "$PY" "$ROOT/bench/rollout_verdicts.py" "${full[@]}" --out "$ROOT/bench/results/rollouts-$stamp.json"
+  size=(--full); [[ ${ROLLOUTS_FAST:-0} == 1 ]] && size=()
+  "$PY" "$ROOT/bench/rollout_verdicts.py" "${size[@]}" --out "$ROOT/bench/results/rollouts-$stamp.json"
   "$PY" "$ROOT/bench/write_sections.py" rollouts "$ROOT/bench/results/rollouts-$stamp.json" "$ROOT/bench/RESULTS.md"
 fi
 echo "bench/RESULTS.md updated"
