@@ -183,6 +183,34 @@ def tails_for(guard, canary_sketch, baseline_sketch, threshold_ms):
     return canary, tail_from_sketch(baseline_sketch, threshold_ms)
 
 
+def step_thresholds(baseline_total):
+    """Return {tail metric: the baseline's p95 in ms} from its merged rollup totals, to freeze for a step."""
+    return {Metric.LATENCY_P95: baseline_threshold(baseline_total.latency),
+            Metric.TTFT_P95: baseline_threshold(baseline_total.ttft)}
+
+
+def arms_from_totals(canary_total, baseline_total, guards, thresholds):
+    """Return (canary Arm, baseline Arm) from merged rollup totals (probes.rollups.RollupDelta's fields).
+
+    thresholds is step_thresholds() of the baseline, frozen when the step began;
+    a tail guard without a threshold (no baseline timings yet) gets no Tail.
+    """
+    tails = {"canary": {}, "baseline": {}}
+    for guard in guards:
+        threshold = thresholds.get(guard.metric) if guard.metric in TAIL_METRICS else None
+        if threshold is None:
+            continue
+        field_name = "latency" if guard.metric == Metric.LATENCY_P95 else "ttft"
+        canary_sketch, baseline_sketch = getattr(canary_total, field_name), getattr(baseline_total, field_name)
+        tails["canary"][field_name], tails["baseline"][field_name] = tails_for(
+            guard, canary_sketch, baseline_sketch, threshold)
+    return tuple(
+        arm_from_figures(total.errors, total.count, tps_sum=total.tps_sum, tps_count=total.tps_count,
+                         cost=total.cost, **tails[arm])
+        for arm, total in (("canary", canary_total), ("baseline", baseline_total))
+    )
+
+
 # --- judging ---------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from probes import sketch
+from probes.rollups import RollupDelta
 from routing.rollouts.analysis import (
     Arm,
     Guard,
@@ -14,8 +15,10 @@ from routing.rollouts.analysis import (
     Tail,
     Verdict,
     arm_from_figures,
+    arms_from_totals,
     baseline_threshold,
     judge,
+    step_thresholds,
     tails_for,
 )
 
@@ -206,3 +209,29 @@ def test_every_verdict_is_storable_as_strict_json():
     for canary, baseline in cases:
         stored = json.loads(json.dumps(judge(canary, baseline, [ERRORS]).as_dict(), allow_nan=False))
         assert stored["metrics"][0]["evidence"]["canary"]["requests"] == canary.requests
+
+
+def _traffic(requests, error_every, slow_every, seed):
+    """Return a RollupDelta of gateway-like outcomes: a client error, a server error and slow requests now and then."""
+    rng = random.Random(seed)
+    total = RollupDelta(None, "traffic", 1)
+    for i in range(requests):
+        slow = i % slow_every == 0
+        latency = rng.uniform(900, 1000) if slow else rng.uniform(100, 300)
+        outcome = "server_error" if i % error_every == 0 else "client_error" if i % 7 == 0 else "ok"
+        total.add(outcome, latency_ms=latency, ttft_ms=latency / 2, tps=50.0, cost=0.001)
+    return total
+
+
+def test_arms_come_straight_from_merged_rollups():
+    baseline = _traffic(3000, error_every=100, slow_every=20, seed=1)
+    canary = _traffic(400, error_every=10, slow_every=4, seed=2)
+    guards = [ERRORS, LATENCY, Guard(Metric.TTFT_P95, allowed=0.1), Guard(Metric.COST_PER_REQUEST, limit=0.01)]
+    thresholds = step_thresholds(baseline)
+    assert 300 <= thresholds[Metric.LATENCY_P95] <= 1000
+    c_arm, b_arm = arms_from_totals(canary, baseline, guards, thresholds)
+    assert (c_arm.requests, c_arm.errors, b_arm.errors) == (400, 40, 30)  # client errors left out
+    assert c_arm.latency.slower == 100 and c_arm.ttft.slower == 100
+    judgement = judge(c_arm, b_arm, guards)
+    assert judgement.verdict == Verdict.FAIL
+    assert [m.verdict for m in judgement.metrics] == [Verdict.FAIL, Verdict.FAIL, Verdict.FAIL, Verdict.PASS]
