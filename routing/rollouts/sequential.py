@@ -26,10 +26,11 @@ RATIO_SEARCH = (1e-4, 1e4)
 
 
 class Side(StrEnum):
-    """Which alternatives the mixture covers: theta above or below theta0."""
+    """Which alternatives the mixture covers: theta above or below theta0, or both (no truncation)."""
 
     ABOVE = "above"
     BELOW = "below"
+    BOTH = "both"  # e.g. a sample-ratio check that the split is the configured one
 
 
 def concentration(theta0, ratio_sd=PRIOR_RATIO_SD):
@@ -43,20 +44,23 @@ def concentration(theta0, ratio_sd=PRIOR_RATIO_SD):
 
 def _log_tail(a, b, theta0, side):
     """Return log P(theta on `side` of theta0) for theta ~ Beta(a, b); -inf when it underflows."""
+    if side == Side.BOTH:
+        return 0.0
     mass = betaincc(a, b, theta0) if side == Side.ABOVE else betainc(a, b, theta0)
     return math.log(mass) if mass > 0 else -math.inf
 
 
-def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD):
+def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD, k=None):
     """Return the log e-value of H0: theta = theta0 (or beyond it, away from `side`).
 
     hits events fell in the tested category, misses in the other. The prior is
     Beta(k theta0, k (1 - theta0)) truncated to `side`, so only departures to
-    that side build evidence. Raises ValueError for theta0 outside (0, 1).
+    that side build evidence; k defaults to concentration(theta0, ratio_sd).
+    Raises ValueError for theta0 outside (0, 1).
     """
     if not 0 < theta0 < 1:
         raise ValueError("theta0 must be strictly between 0 and 1")
-    k = concentration(theta0, ratio_sd)
+    k = concentration(theta0, ratio_sd) if k is None else k
     a, b = k * theta0, k * (1.0 - theta0)
     mixture = betaln(a + hits, b + misses) - betaln(a, b)
     tails = _log_tail(a + hits, b + misses, theta0, side) - _log_tail(a, b, theta0, side)

@@ -26,6 +26,23 @@ def test_a_uniform_prior_gives_the_hand_computed_e_value():
     assert math.exp(log_e_value(3, 0, 0.5, Side.ABOVE, ratio_sd=10)) == pytest.approx(3.75)
 
 
+# log posterior odds of savvi 0.3.1's Multinomial (a published implementation of Lindon & Malek's
+# Dirichlet-multinomial test), fed the same events one at a time with theta_0 = (theta0, 1 - theta0), k as given.
+SAVVI = [
+    (14, 9, 412 / 4102, 10.067963796142816, 12.456918207805696),
+    (3, 0, 0.5, 2.0, 0.6931471805599451),
+    (7, 20, 0.2, 5.25, -0.8220617852788842),
+    (40, 60, 0.1, 10.11111111111111, 27.261607564209598),
+    (0, 200, 0.1, 10.11111111111111, 17.903315648776623),
+    (5, 5, 0.5, 100.0, -0.047882352269387515),
+]
+
+
+@pytest.mark.parametrize(("hits", "misses", "theta0", "k", "log_odds"), SAVVI)
+def test_the_untruncated_mixture_matches_a_published_implementation(hits, misses, theta0, k, log_odds):
+    assert log_e_value(hits, misses, theta0, Side.BOTH, k=k) == pytest.approx(log_odds, rel=1e-9, abs=1e-9)
+
+
 @pytest.mark.parametrize(("hits", "misses", "theta0", "side"), [
     (7, 20, 0.2, Side.ABOVE), (7, 20, 0.2, Side.BELOW), (1, 40, 0.1, Side.BELOW), (30, 5, 0.5, Side.ABOVE),
 ])
