@@ -5,7 +5,9 @@
 #   2. probe scheduling: Celery worker with 200 targets, embedded with 100 (bench/probes.py; needs Redis)
 #   3. dashboard live path: probe recorded -> WebSocket client, 100 clients on one Daphne (bench/dashboard_ws.py)
 #   4. memory soak: RSS growth per million requests through one gateway worker (bench/soak.sh; SOAK=long for 5 min)
-# SKIP="gateway probes dashboard soak" skips parts.
+#   5. rollout verdicts: the analysis vs a Flagger-style rule on simulated streams (bench/rollout_verdicts.py;
+#      the issue's 1,000 rollouts per case, about 5 minutes of one core; ROLLOUTS_FAST=1 runs 200)
+# SKIP="gateway probes dashboard soak rollouts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
@@ -26,5 +28,10 @@ if [[ $SKIP != *dashboard* ]]; then
 fi
 if [[ $SKIP != *soak* ]]; then
   bash "$ROOT/bench/soak.sh" ${SOAK:+--$SOAK}
+fi
+if [[ $SKIP != *rollouts* ]]; then
+  size=(--full); [[ ${ROLLOUTS_FAST:-0} == 1 ]] && size=()
+  "$PY" "$ROOT/bench/rollout_verdicts.py" "${size[@]}" --out "$ROOT/bench/results/rollouts-$stamp.json"
+  "$PY" "$ROOT/bench/write_sections.py" rollouts "$ROOT/bench/results/rollouts-$stamp.json" "$ROOT/bench/RESULTS.md"
 fi
 echo "bench/RESULTS.md updated"

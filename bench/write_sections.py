@@ -1,6 +1,6 @@
 """Put the probes or dashboard benchmark figures into bench/RESULTS.md.
 
-usage: write_sections.py probes|dashboard|soak <results.json> <RESULTS.md>
+usage: write_sections.py probes|dashboard|soak|rollouts <results.json> <RESULTS.md>
 
 Each part owns the text between its `<!-- NAME:start -->` and
 `<!-- NAME:end -->` markers; the rest of the file is left alone.
@@ -57,6 +57,52 @@ def dashboard(data):
     )
 
 
+# (case, measure, goal text, goal test on the Weathervane summary)
+ROLLOUT_GOALS = [
+    ("identical", "false rollbacks", "under 1 %", lambda s: s["rolled_back"] < 0.01, "rolled_back"),
+    ("latency", "rolled back within 3 intervals", "at least 90 %", lambda s: s["rolled_back"] >= 0.9, "rolled_back"),
+    ("errors", "rolled back within 6 intervals", "at least 90 %", lambda s: s["rolled_back"] >= 0.9, "rolled_back"),
+    ("identical", "promoted by the end of the plan", "(no goal)", None, "promoted"),
+    ("identical_100rps", "promoted by the end of the plan", "(no goal)", None, "promoted"),
+]
+
+
+def _pct(value):
+    return f"{value * 100:.1f} %"
+
+
+def _median(summary, kind):
+    value = summary[f"median_s_to_{kind}"]
+    return "–" if value is None else f"{value:.0f} s"
+
+
+def rollouts(data):
+    rows = ["| case | measure | goal | Weathervane | met? | median time | Flagger-style, same streams | median time |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, measure, goal, met, kind in ROLLOUT_GOALS:
+        case = data["cases"].get(name)
+        if case is None:
+            continue
+        ours, theirs = case["weathervane"], case["flagger"]
+        verdict = "–" if met is None else ("yes" if met(ours) else "**no**")
+        rows.append(f"| {case['title']} | {measure} | {goal} | {_pct(ours[kind])} | {verdict} | "
+                    f"{_median(ours, kind)} | {_pct(theirs[kind])} | {_median(theirs, kind)} |")
+    undecided = ", ".join(f"{name} {_pct(case['weathervane']['undecided'])}" for name, case in data["cases"].items())
+    head = (
+        "## Rollout verdicts (`bench/rollout_verdicts.py`)\n\n"
+        f"Run {data['at']}: {data['rollouts']:,} simulated rollouts per case (seed {data['seed']}), "
+        f"{data['rps']} requests/s, {data['interval_s']} s intervals, Weathervane's verdict every {data['look_s']} s "
+        f"in simulated time (the run took {data['seconds']:.0f} s). "
+        f"Baseline: {data['base_error_rate'] * 100:g} % errors, "
+        f"log-normal latency (median {data['latency']['median_ms']:.0f} ms, sigma {data['latency']['sigma']}). "
+        f"Guards: errors +{data['allowed_errors_pp']:g} pp, p95 latency +{data['allowed_p95'] * 100:g} %, "
+        f"alpha {data['alpha']:g}; plan {' → '.join(f'{w} %' for w in data['plan'])} → promoted. Flagger-style: fixed "
+        "per-interval thresholds at the same allowances, rollback after 2 failed checks, one step per passed check.\n"
+    )
+    tail = (f"\nLeft undecided at the end of the horizon (a step timeout would pause for a human): {undecided}.\n")
+    return head + "\n" + "\n".join(rows) + "\n" + tail
+
+
 def replace_section(text, name, body):
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body}{end}"
@@ -67,7 +113,7 @@ def replace_section(text, name, body):
 
 def main(kind, results, out):
     data = json.loads(Path(results).read_text())
-    body = {"probes": probes, "dashboard": dashboard, "soak": soak}[kind](data)
+    body = {"probes": probes, "dashboard": dashboard, "soak": soak, "rollouts": rollouts}[kind](data)
     path = Path(out)
     path.write_text(replace_section(path.read_text() if path.exists() else "", kind, body))
 

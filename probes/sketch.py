@@ -42,3 +42,10 @@ def quantiles(sketch, qs=(0.5, 0.95, 0.99)):
     if not sketch.count:
         return {q: None for q in qs}
     return {q: sketch.get_quantile_value(q) for q in qs}
+
+
+def count_above(sketch, value):
+    """Return how many values of `sketch` lie in bins above the bin holding `value` (exact to the bin)."""
+    key = sketch._mapping.key(value)
+    store = sketch._store
+    return sum(c for i, c in enumerate(store.bins) if store.offset + i > key)

@@ -27,11 +27,16 @@ class Simulator:
 
     models maps extra model names to anything personality_from() takes;
     built-in PERSONALITIES are served under their own names. keys=None accepts
-    any non-empty bearer key, a set accepts only those.
+    any non-empty bearer key, a set accepts only those. clock (time.monotonic by
+    default) times each model's schedule from when the model was set.
     """
 
-    def __init__(self, models=None, keys=None, seed=None, log_size=100_000):
-        self.models = {name: personality_from(value) for name, value in (models or {}).items()}
+    def __init__(self, models=None, keys=None, seed=None, log_size=100_000, clock=time.monotonic):
+        self.clock = clock
+        self._set_at = {}
+        self.models = {}
+        for name, value in (models or {}).items():
+            self.set_model(name, personality_from(value))
         self.keys = None if keys is None else frozenset(keys)
         self.random = random.Random(seed)
         self.held = set()
@@ -45,8 +50,16 @@ class Simulator:
         }
 
     def personality(self, model):
-        """Return the Personality serving model, or None when it is unknown."""
-        return self.models.get(model) or PERSONALITIES.get(model)
+        """Return the Personality serving model now (its schedule applied), or None when it is unknown."""
+        personality = self.models.get(model) or PERSONALITIES.get(model)
+        if personality is None or not personality.schedule:
+            return personality
+        return personality.at(self.clock() - self._set_at.get(model, 0.0))
+
+    def set_model(self, model, personality):
+        """Serve model as personality from now on; its schedule starts now."""
+        self.models[model] = personality
+        self._set_at[model] = self.clock()
 
     def model_names(self):
         return list(dict.fromkeys([*self.models, *PERSONALITIES]))
@@ -56,8 +69,9 @@ class Simulator:
 
         Raises TypeError for an unknown field and ValueError for a bad value.
         """
-        personality = dataclasses.replace(self.personality(model) or Personality(), **fields)
-        self.models[model] = personality
+        current = self.models.get(model) or PERSONALITIES.get(model) or Personality()
+        personality = dataclasses.replace(current, **fields)
+        self.set_model(model, personality)
         return personality
 
     def attempts(self, model=None):

@@ -43,7 +43,7 @@ async def attempts(simulator, scope, receive, send):
 
 
 async def put_model(simulator, scope, receive, send):
-    """PUT /_sim/models/{name} with personality fields replaces that model's personality."""
+    """PUT /_sim/models/{name} with personality fields replaces that model's personality (its schedule starts now)."""
     name = scope["path"][len(MODELS_PREFIX):]
     if scope["method"] != "PUT" or not name:
         await _method_not_allowed(send, "Use PUT /_sim/models/{name}.")
@@ -53,7 +53,7 @@ async def put_model(simulator, scope, receive, send):
     except ValueError as exc:
         await send_json(send, 400, error_body(str(exc), "invalid_request_error", "invalid_personality"))
         return
-    simulator.models[name] = personality
+    simulator.set_model(name, personality)
     await send_json(send, 200, orjson.dumps({"model": name, **personality.as_dict()}))
 
 

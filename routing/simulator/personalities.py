@@ -56,6 +56,52 @@ class Reply(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Change:
+    """A scheduled change of behaviour, from after_s until until_s (None: for good) after the model was set.
+
+    latency_scale multiplies the latency (median and p99); error_rate_delta and
+    rate_429_delta add points (0.02 = +2 pp), kept within 0..1. A window with
+    error_rate_delta=1 and an until_s is an outage that recovers.
+    """
+
+    after_s: float
+    until_s: float | None = None
+    latency_scale: float = 1.0
+    error_rate_delta: float = 0.0
+    rate_429_delta: float = 0.0
+
+    def __post_init__(self):
+        """Raises ValueError naming the first field that makes no sense."""
+        if self.after_s < 0:
+            raise ValueError("after_s must not be negative")
+        if self.until_s is not None and self.until_s <= self.after_s:
+            raise ValueError("until_s must be after after_s")
+        if self.latency_scale <= 0:
+            raise ValueError("latency_scale must be positive")
+        for name in ("error_rate_delta", "rate_429_delta"):
+            if not -1 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between -1 and 1")
+
+    def active(self, elapsed_s):
+        return elapsed_s >= self.after_s and (self.until_s is None or elapsed_s < self.until_s)
+
+
+def _change_from(value):
+    if isinstance(value, Change):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("a schedule is a list of objects with after_s and the changes")
+    try:
+        return Change(**value)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _clamp(value):
+    return min(max(value, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
 class Personality:
     """One simulated model. Times in ms or s as named; rates are 0..1.
 
@@ -80,9 +126,13 @@ class Personality:
     fault_delay_s: float | None = None
     answer: str | None = None
     report_model: str | None = None
+    schedule: tuple = ()
 
     def __post_init__(self):
         """Raises ValueError naming the first field that makes no sense."""
+        if not isinstance(self.schedule, (list, tuple)):
+            raise ValueError("schedule must be a list of changes")
+        object.__setattr__(self, "schedule", tuple(_change_from(change) for change in self.schedule))
         if self.fault is not None:
             object.__setattr__(self, "fault", Fault(self.fault))
         for name in ("error_rate", "rate_429", "fault_rate"):
@@ -95,6 +145,19 @@ class Personality:
                 raise ValueError(f"{name} must not be negative")
         if self.output_tokens < 0 or self.max_output_tokens < 1:
             raise ValueError("output_tokens must be >= 0 and max_output_tokens >= 1")
+
+    def at(self, elapsed_s):
+        """Return the personality in effect elapsed_s after the model was set: every active Change applied."""
+        active = [change for change in self.schedule if change.active(elapsed_s)]
+        if not active:
+            return self
+        scale = math.prod(change.latency_scale for change in active)
+        rate_429 = _clamp(self.rate_429 + sum(change.rate_429_delta for change in active))
+        error_rate = _clamp(self.error_rate + sum(change.error_rate_delta for change in active))
+        return dataclasses.replace(
+            self, latency_median_ms=self.latency_median_ms * scale, latency_p99_ms=self.latency_p99_ms * scale,
+            rate_429=rate_429, error_rate=min(error_rate, 1.0 - rate_429), schedule=(),
+        )
 
     def sample_latency_s(self, rng):
         """Return one time-to-first-byte in seconds, log-normal around the median."""

@@ -1,0 +1,121 @@
+"""Anytime-valid tests for counts: beta-binomial mixture martingales.
+
+Lindon & Malek, "Anytime-Valid Inference for Multinomial Count Data" (NeurIPS
+2022), for two categories. Each event (an error, a slow request) lands on the
+canary or on the baseline. Under "no difference" it lands on the canary with
+probability theta0, the canary's share of requests, however the load moves.
+The mixture of likelihood ratios over a Beta prior on theta is a non-negative
+martingale under theta0 (a supermartingale under any theta on the null side
+of a one-sided test), so by Ville's inequality it exceeds 1/alpha with
+probability at most alpha, at any of arbitrarily many looks.
+
+Everything is in log space; e-values are returned as their natural logs.
+"""
+
+import math
+from enum import StrEnum
+
+from scipy.optimize import brentq
+from scipy.special import betainc, betaincc, betaln
+
+# Spread of the mixing prior on the rate-ratio scale: the tests detect
+# ratios of about 1 +/- PRIOR_RATIO_SD fastest and stay valid for any.
+PRIOR_RATIO_SD = 1.0
+MIN_CONCENTRATION = 2.0
+RATIO_SEARCH = (1e-4, 1e4)
+
+
+class Side(StrEnum):
+    """Which alternatives the mixture covers: theta above or below theta0, or both (no truncation)."""
+
+    ABOVE = "above"
+    BELOW = "below"
+    BOTH = "both"  # e.g. a sample-ratio check that the split is the configured one
+
+
+def concentration(theta0, ratio_sd=PRIOR_RATIO_SD):
+    """Return the Beta prior's a + b so its sd on the rate-ratio scale is about ratio_sd.
+
+    Near theta0, d theta / d ratio = theta0 (1 - theta0); a Beta(k theta0, k (1 - theta0))
+    has variance theta0 (1 - theta0) / (k + 1).
+    """
+    return max(MIN_CONCENTRATION, 1.0 / (theta0 * (1.0 - theta0) * ratio_sd**2) - 1.0)
+
+
+def _log_tail(a, b, theta0, side):
+    """Return log P(theta on `side` of theta0) for theta ~ Beta(a, b); -inf when it underflows."""
+    if side == Side.BOTH:
+        return 0.0
+    mass = betaincc(a, b, theta0) if side == Side.ABOVE else betainc(a, b, theta0)
+    return math.log(mass) if mass > 0 else -math.inf
+
+
+def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD, k=None):
+    """Return the log e-value of H0: theta = theta0 (or beyond it, away from `side`).
+
+    hits events fell in the tested category, misses in the other. The prior is
+    Beta(k theta0, k (1 - theta0)) truncated to `side`, so only departures to
+    that side build evidence; k defaults to concentration(theta0, ratio_sd).
+    Raises ValueError for theta0 outside (0, 1).
+    """
+    if not 0 < theta0 < 1:
+        raise ValueError("theta0 must be strictly between 0 and 1")
+    k = concentration(theta0, ratio_sd) if k is None else k
+    a, b = k * theta0, k * (1.0 - theta0)
+    mixture = betaln(a + hits, b + misses) - betaln(a, b)
+    tails = _log_tail(a + hits, b + misses, theta0, side) - _log_tail(a, b, theta0, side)
+    null = hits * math.log(theta0) + misses * math.log1p(-theta0)
+    return mixture + tails - null
+
+
+def share_of(ratio, share):
+    """Return the canary's share of events when its rate is `ratio` times the baseline's."""
+    return share * ratio / (share * ratio + 1.0 - share)
+
+
+def ratio_of(theta, share):
+    """Return the rate ratio at which the canary gets a share `theta` of the events (inverse of share_of)."""
+    return theta * (1.0 - share) / (share * (1.0 - theta))
+
+
+def log_e_ratio(canary, baseline, share, ratio, side):
+    """Return the log e-value against "canary rate = ratio x baseline rate".
+
+    side ABOVE tests for a canary worse than that ratio, BELOW for better.
+    canary and baseline are event counts; share is the canary's share of requests.
+    """
+    return log_e_value(canary, baseline, share_of(ratio, share), side)
+
+
+def ratio_bounds(canary, baseline, share, alpha):
+    """Return (lower, upper): a time-uniform 1 - 2 alpha confidence sequence for the rate ratio.
+
+    Ratios outside it are rejected by the one-sided test at level alpha each.
+    lower is 0 and upper math.inf when no ratio in RATIO_SEARCH is rejected on that side.
+    """
+    level = math.log(1.0 / alpha)
+
+    def worse(log_ratio):
+        return log_e_ratio(canary, baseline, share, math.exp(log_ratio), Side.ABOVE) - level
+
+    def better(log_ratio):
+        return log_e_ratio(canary, baseline, share, math.exp(log_ratio), Side.BELOW) - level
+
+    lower = _crossing(worse, rejected_below=True)
+    upper = _crossing(better, rejected_below=False)
+    return (0.0 if lower is None else lower), (math.inf if upper is None else upper)
+
+
+def _crossing(excess, rejected_below):
+    """Return the ratio where excess (log e minus level) crosses 0, or None if it never does.
+
+    rejected_below says the rejected ratios lie below the crossing (the lower bound).
+    """
+    low, high = (math.log(r) for r in RATIO_SEARCH)
+    inner = low if rejected_below else high
+    outer = high if rejected_below else low
+    if excess(inner) < 0:
+        return None
+    if excess(outer) >= 0:
+        return math.exp(outer)
+    return math.exp(brentq(excess, low, high, xtol=1e-6))

@@ -1,0 +1,120 @@
+"""The mixture martingale pinned to hand-computed values, and its error rates under repeated looks."""
+
+import math
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.integrate import quad
+from scipy.stats import beta
+
+from routing.rollouts.sequential import (
+    Side,
+    concentration,
+    log_e_ratio,
+    log_e_value,
+    ratio_bounds,
+    ratio_of,
+    share_of,
+)
+
+
+def test_a_uniform_prior_gives_the_hand_computed_e_value():
+    # k = 2 (the floor) at theta0 = 0.5 is Beta(1, 1) truncated to (0.5, 1), density 2.
+    # Three canary events, none on the baseline: e = int_0.5^1 2 t^3 dt / 0.5^3 = 2 (15/64) 8 = 3.75.
+    assert math.exp(log_e_value(3, 0, 0.5, Side.ABOVE, ratio_sd=10)) == pytest.approx(3.75)
+
+
+# log posterior odds of savvi 0.3.1's Multinomial (a published implementation of Lindon & Malek's
+# Dirichlet-multinomial test), fed the same events one at a time with theta_0 = (theta0, 1 - theta0), k as given.
+SAVVI = [
+    (14, 9, 412 / 4102, 10.067963796142816, 12.456918207805696),
+    (3, 0, 0.5, 2.0, 0.6931471805599451),
+    (7, 20, 0.2, 5.25, -0.8220617852788842),
+    (40, 60, 0.1, 10.11111111111111, 27.261607564209598),
+    (0, 200, 0.1, 10.11111111111111, 17.903315648776623),
+    (5, 5, 0.5, 100.0, -0.047882352269387515),
+]
+
+
+@pytest.mark.parametrize(("hits", "misses", "theta0", "k", "log_odds"), SAVVI)
+def test_the_untruncated_mixture_matches_a_published_implementation(hits, misses, theta0, k, log_odds):
+    assert log_e_value(hits, misses, theta0, Side.BOTH, k=k) == pytest.approx(log_odds, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(("hits", "misses", "theta0", "side"), [
+    (7, 20, 0.2, Side.ABOVE), (7, 20, 0.2, Side.BELOW), (1, 40, 0.1, Side.BELOW), (30, 5, 0.5, Side.ABOVE),
+])
+def test_the_closed_form_matches_numeric_integration(hits, misses, theta0, side):
+    k = concentration(theta0)
+    a, b = k * theta0, k * (1 - theta0)
+    lo, hi = (theta0, 1) if side == Side.ABOVE else (0, theta0)
+    prior_mass = beta.sf(theta0, a, b) if side == Side.ABOVE else beta.cdf(theta0, a, b)
+
+    def ratio(t):
+        return (t / theta0) ** hits * ((1 - t) / (1 - theta0)) ** misses * beta.pdf(t, a, b)
+
+    expected = quad(ratio, lo, hi, limit=200)[0] / prior_mass
+    assert math.exp(log_e_value(hits, misses, theta0, side)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_no_events_are_no_evidence():
+    assert log_e_value(0, 0, 0.1, Side.ABOVE) == pytest.approx(0)
+    assert ratio_bounds(0, 0, 0.1, 0.01) == (0.0, math.inf)
+
+
+def test_share_and_ratio_are_inverse():
+    assert share_of(1.0, 0.1) == pytest.approx(0.1)
+    assert share_of(3.0, 0.5) == pytest.approx(0.75)
+    assert ratio_of(share_of(2.5, 0.07), 0.07) == pytest.approx(2.5)
+
+
+def _ever_rejects(rng, theta, theta0, events, alpha, side=Side.ABOVE):
+    """Look after every event; return the event index of the first rejection, or None."""
+    hits = 0
+    for n in range(1, events + 1):
+        hits += rng.random() < theta
+        if log_e_value(hits, n - hits, theta0, side) >= math.log(1 / alpha):
+            return n
+    return None
+
+
+@pytest.mark.parametrize("theta", [0.1, 0.07])
+def test_looking_after_every_event_keeps_false_alarms_under_alpha(theta):
+    # Under the null (theta = 0.1) and inside it (0.07, a better canary), 600 streams of
+    # 200 events, tested after each one: Ville's inequality bounds the share that ever rejects.
+    rng = random.Random(11)
+    alarms = sum(_ever_rejects(rng, theta, 0.1, 200, alpha=0.05) is not None for _ in range(600))
+    assert alarms / 600 < 0.05
+
+
+def test_a_canary_taking_three_times_its_share_of_errors_is_caught_quickly():
+    rng = random.Random(5)
+    times = [_ever_rejects(rng, share_of(3.0, 0.1), 0.1, 300, alpha=0.005) for _ in range(200)]
+    caught = [t for t in times if t is not None]
+    assert len(caught) / len(times) >= 0.95
+    assert sorted(caught)[len(caught) // 2] < 120
+
+
+def test_only_regressions_build_evidence_against_the_canary():
+    # The canary gets none of 200 events although it has a tenth of the traffic: better, not worse.
+    assert log_e_ratio(0, 200, 0.1, 1.0, Side.ABOVE) < 0
+    assert log_e_ratio(0, 200, 0.1, 1.0, Side.BELOW) > math.log(1000)
+
+
+def test_the_confidence_sequence_holds_the_true_ratio_and_narrows():
+    rng = random.Random(3)
+    theta = share_of(2.0, 0.2)
+    hits = sum(rng.random() < theta for _ in range(400))
+    low, high = ratio_bounds(hits, 400 - hits, 0.2, 0.005)
+    assert low < 2.0 < high
+    small_low, small_high = ratio_bounds(hits // 4, (400 - hits) // 4, 0.2, 0.005)
+    assert small_low < low and high < small_high
+
+
+@given(st.integers(0, 300), st.integers(1, 300), st.floats(0.01, 0.99))
+def test_moving_an_event_to_the_canary_never_weakens_the_case_against_it(hits, misses, theta0):
+    more = log_e_value(hits + 1, misses - 1, theta0, Side.ABOVE)
+    assert more >= log_e_value(hits, misses, theta0, Side.ABOVE) - 1e-9
+    assert log_e_value(hits + 1, misses - 1, theta0, Side.BELOW) <= log_e_value(hits, misses, theta0, Side.BELOW) + 1e-9
