@@ -22,7 +22,7 @@ DEFAULT_OUTPUT_ESTIMATE = 256  # tokens assumed when a request names no max_toke
 
 
 def estimate_tokens(request):
-    """Return the tokens a request may use: about 1 per 4 prompt characters plus max_tokens."""
+    """Return the tokens a request may use: about 1 per 4 prompt characters plus max_tokens for each of its `n` choices."""
     chars = 0
     for message in request.get("messages") or ():
         content = message.get("content") if type(message) is dict else None
@@ -34,6 +34,9 @@ def estimate_tokens(request):
         chars += len(str(request["input"]))
     wanted = request.get("max_completion_tokens") or request.get("max_tokens")
     output = wanted if type(wanted) is int and wanted > 0 else (0 if "input" in request else DEFAULT_OUTPUT_ESTIMATE)
+    choices = request.get("n")
+    if type(choices) is int and choices > 1:
+        output *= min(choices, 128)
     return max(1, (chars + 3) // 4) + output
 
 
@@ -147,6 +150,15 @@ class Limits:
                 await self.backend.decr(self._counter("rpm", key.id, key.rpm_limit)[0], 1)
         except Exception:
             log.warning("rate-limit storage failed while giving back a refused call", exc_info=True)
+
+    async def release_tokens(self, key, estimated):
+        """Give back the tokens a failed attempt held, at once (only failures pay this round trip)."""
+        if key.tpm_limit is None:
+            return
+        try:
+            await self.backend.decr(self._counter("tpm", key.id, key.tpm_limit)[0], max(1, min(estimated, key.tpm_limit)))
+        except Exception:
+            log.warning("rate-limit storage failed while giving back a failed call's tokens", exc_info=True)
 
     def correct_tokens(self, key, estimated, actual):
         """Note the reported usage of a call that held `estimated` tokens.

@@ -251,6 +251,8 @@ class Proxy:
             if step is Next.RELAY_ERROR:
                 await self.pass_through(call, target, key, failure, send)
                 return
+            if step is not Next.RETRY and not self.budget.withdraw():  # a retry drew already; every attempt draws
+                raise self.exhausted(call)
             if step is Next.RETRY:
                 retries += 1
             elif step is Next.FAIL_OVER:
@@ -352,6 +354,8 @@ class Proxy:
         except UpstreamError as err:
             call.upstream_s += perf_counter() - started
             call.tried.append(Try(target, key, err.outcome, err.status, (perf_counter() - started) * 1000, err.message))
+            if key.tpm_limit is not None:  # a failed attempt used nothing: its reservation must not crowd out others
+                await self.limits.release_tokens(key, call.token_estimate())
             raise
         except asyncio.CancelledError:  # the request deadline struck during this attempt
             if not call.committed:

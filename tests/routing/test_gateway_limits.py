@@ -62,6 +62,26 @@ def test_tokens_are_estimated_before_the_call_and_corrected_from_the_usage(sim, 
     assert post_chat(gateway, key, "r", max_tokens=50).status_code == 200  # 16 + 53 fits
 
 
+def test_a_failing_request_with_a_huge_max_tokens_does_not_hold_the_keys_token_budget(sim, serve_gateway):
+    sim.simulator.configure("broken", error_rate=1.0)
+    provider = make_provider(sim, tpm_limit=2000)
+    make_route("bad", provider, {"b": ("broken", 100)})
+    make_route("good", provider, {"g": ("fast", 100)})
+    key = client_key()
+    gateway = serve_gateway(retries_per_target=0)
+    assert post_chat(gateway, key, "bad", max_tokens=1_000_000_000).status_code == 502
+    for _ in range(3):  # other clients of the same key still get through
+        assert post_chat(gateway, key, "good", max_tokens=10).status_code == 200
+
+
+def test_n_choices_count_against_the_token_estimate():
+    from routing.gateway.limits import estimate_tokens
+
+    one = {"messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 100}
+    assert estimate_tokens(one) == 10 + 100
+    assert estimate_tokens({**one, "n": 3}) == 10 + 300
+
+
 def test_a_limited_key_is_skipped_for_another_key_of_the_provider(sim, serve_gateway):
     provider = make_provider(sim, keys=("sk-first-key-0001", "sk-second-key-0002"))
     provider.keys.filter(label="key1").update(rpm_limit=1)
