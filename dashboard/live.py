@@ -25,6 +25,7 @@ TRAFFIC_POINT = "traffic.point"
 WEIGHTS_CHANGED = "weights.changed"
 TIMELINE_EVENT = "timeline.event"
 HEALTH_CHANGED = "health.changed"
+LOADTEST_PROGRESS = "loadtest.progress"
 SESSION_LOGOUT = "session.logout"  # sent to one user's group only: closes their sockets
 
 # The loop the consumers run on (set when a socket connects). The in-memory
@@ -96,6 +97,11 @@ def health_changed(payload):
 def timeline_event(payload):
     """payload: {kind, message, deployment, route, api_key, at}"""
     _send(TIMELINE_EVENT, payload)
+
+
+def loadtest_progress(payload):
+    """payload: {run, status, status_label, progress: {done, planned, ok, errors, rps, elapsed_s, ...}, passed, at}"""
+    _send(LOADTEST_PROGRESS, payload)
 
 
 def session_logout(user_id):

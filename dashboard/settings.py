@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "dashboard",
     "routing",
     "probes",
+    "probes.loadtest",
 ]
 
 MIDDLEWARE = [
