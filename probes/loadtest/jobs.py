@@ -6,7 +6,7 @@ thread of its own, so the generator never waits on the database. Every
 PROGRESS_S the calling thread saves the progress, publishes it live, honours a
 stop request, and hands the figures to `on_tick` (the CLI's progress bar).
 A route is tested through the gateway with a key made for the run (limited to
-that route, audited, deleted afterwards) unless the caller brings its own.
+that route, audited, disabled afterwards) unless the caller brings its own.
 """
 
 import asyncio
@@ -153,7 +153,10 @@ class KeyNotReady(Exception):
 
 @contextmanager
 def run_key(route, run):
-    """Yield the plaintext of a gateway key limited to `route`, made for `run` and deleted afterwards (both audited)."""
+    """Yield the plaintext of a gateway key limited to `route`, made for `run` and disabled afterwards (both audited).
+
+    Disabled, not deleted: the gateway's request log may still be writing rows that name it.
+    """
     key = GatewayKey(name=f"load test #{run.pk}"[:100], all_routes=False)
     secret = key.generate()
     key.save()
@@ -162,10 +165,11 @@ def run_key(route, run):
     try:
         yield secret
     finally:
-        before, key_id = audit.snapshot(key), key.pk
-        key.delete()
-        audit.record(action=AuditAction.DELETE, obj=key, actor=ACTOR, before=before, reason=f"{run} ended",
-                     object_id=str(key_id))
+        before = audit.snapshot(key)
+        key.enabled = False
+        key.save(update_fields=["enabled"])
+        audit.record(action=AuditAction.UPDATE, obj=key, actor=ACTOR, before=before, after=audit.snapshot(key),
+                     reason=f"{run} ended")
 
 
 async def wait_for_key(gateway_url, secret, timeout_s=KEY_READY_TIMEOUT_S):
