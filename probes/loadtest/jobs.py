@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import aiohttp
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.utils import timezone
 
 from dashboard import live
@@ -56,7 +56,7 @@ class Job:
         try:
             self.run()
         finally:
-            connections.close_all()
+            _close_own_connections()
 
     def run(self):
         """Run to the end and return the saved LoadTestRun (status failed, with the reason, when it could not run)."""
@@ -123,7 +123,6 @@ class Job:
         if self.test is None:
             return
         progress = self.test.progress()
-        close_old_connections()
         if LoadTestRun.objects.filter(pk=self.run_row.pk, stop_requested=True).exists():
             self.stop_now("stopped by the user")
         LoadTestRun.objects.filter(pk=self.run_row.pk).update(progress=progress)
@@ -139,6 +138,13 @@ class Job:
 
     def _publish(self):
         live.loadtest_progress(progress_payload(self.run_row))
+
+
+def _close_own_connections():
+    """Close this thread's database connections (not one it shares with others, as a test server's)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.allow_thread_sharing:
+            connection.close()
 
 
 def progress_payload(run):

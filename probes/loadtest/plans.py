@@ -12,6 +12,9 @@ from probes.measure import chat_url
 from routing.models import Deployment, Route
 
 
+CENT_MILLIONTHS = Decimal("0.00000001")  # the precision LoadTestRun.estimated_max_cost stores
+
+
 def prompts_for(settings):
     if settings["prompts"] == PromptSource.SYNTHETIC:
         return prompts.synthetic(settings["input_tokens"])
@@ -45,7 +48,7 @@ def max_spend(settings):
     prompt_tokens = max(p.estimated_tokens() for p in prompts_for(settings))
     max_tokens = max([settings["max_tokens"], *(p.max_tokens or 0 for p in prompts_for(settings))])
     per_request = max((d.price_for(prompt_tokens, max_tokens) for d in priced_deployments(settings)), default=Decimal(0))
-    return per_request * settings["requests"]
+    return (per_request * settings["requests"]).quantize(CENT_MILLIONTHS)
 
 
 def target_label(settings):

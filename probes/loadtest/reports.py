@@ -30,7 +30,7 @@ def document(run):
     return {
         "run": run.pk, "target": run.target_label, "settings": run.settings, "status": run.status,
         "status_label": RunStatus(run.status).label, "stop_reason": run.stop_reason, "passed": run.passed,
-        "error": run.error, "estimated_max_cost": str(run.estimated_max_cost), "progress": run.progress or {},
+        "error": run.error, "estimated_max_cost": f"{run.estimated_max_cost:.6f}", "progress": run.progress or {},
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

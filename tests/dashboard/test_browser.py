@@ -336,3 +336,47 @@ def test_an_edit_of_a_split_changed_meanwhile_is_refused_and_the_form_catches_up
     route = admin_api.get("/api/v1/routes/chat/").json()
     assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 80, "canary": 20}
     admin.context.close()
+
+
+def test_a_small_load_test_started_from_the_dashboard_shows_its_progress_and_then_its_figures(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "alice", "/load-tests/")
+    page.select_option("#lt-target", "deployment:stable")
+    page.fill("#lt-concurrency", "1")
+    page.fill("#lt-requests", "25")
+    page.fill("#lt-max-tokens", "40")
+    page.fill("#lt-thresholds", "error_rate < 1%")
+    page.click("#lt-estimate")
+    page.wait_for_selector("#lt-confirm:not([hidden])")
+    assert page.locator("#lt-cost").inner_text().startswith("$")
+    page.click("#lt-start")
+    page.wait_for_url(re.compile(r".*/load-tests/\d+/$"))
+    page.wait_for_selector("#live-status[data-state=live]")
+    # progress moves while it runs (the live socket), before the figures replace it
+    page.wait_for_function("Number(document.getElementById('lt-done')?.textContent || 0) > 0 || "
+                           "document.getElementById('lt-verdict') !== null", timeout=15_000)
+    page.wait_for_selector("#lt-verdict", timeout=30_000)
+    assert "Finished" in page.locator("#lt-verdict").inner_text()
+    assert "thresholds passed" in page.locator("#lt-verdict").inner_text()
+    assert "25 (25 ok)" in page.locator(".lt-summary").inner_text()
+    page.wait_for_timeout(300)
+    screenshot(page, "load-test")
+    page.context.close()
+
+
+def test_a_running_load_test_shows_live_progress_and_stops_from_its_page(chromium, app_url, world):
+    from probes.loadtest.models import LoadTestRun
+
+    page = signed_in_page(chromium, app_url, "alice", "/load-tests/")
+    page.select_option("#lt-target", "deployment:stable")
+    page.select_option("#lt-profile", "constant")
+    page.fill("#lt-rate", "4")
+    page.fill("#lt-requests", "1000")
+    page.click("#lt-estimate")
+    page.click("#lt-start")
+    page.wait_for_url(re.compile(r".*/load-tests/\d+/$"))
+    page.wait_for_function("Number(document.getElementById('lt-done').textContent) >= 3", timeout=15_000)
+    page.click("#lt-stop")
+    page.wait_for_selector("#lt-verdict", timeout=15_000)
+    assert "Stopped" in page.locator("#lt-verdict").inner_text()
+    assert LoadTestRun.objects.get().status == "stopped"
+    page.context.close()
