@@ -19,6 +19,7 @@ PROGRESS_EVERY_S = 0.5
 MONITOR_EVERY_S = 0.05
 LATE_DISPATCH_MS = 10.0  # an open-loop request sent later than this behind its schedule is late
 LOOP_STALL_MS = 25.0  # the generator's event loop woke this late: it had too much to do
+BUSY_SHARE = 0.5  # above this share of a core, a late-waking loop is the generator's own doing
 ABORT_MIN_SAMPLES = 20  # thresholds judged mid-run only once there is something to judge
 
 
@@ -103,6 +104,7 @@ class LoadTest:
 
     async def execute(self):
         self.started = self.clock.now()
+        self.cpu_started = time.thread_time()  # the loop's own thread: a server hosting it does not count
         self.deadline = self.started + self.plan.max_duration_s
         helpers = [asyncio.create_task(self._report_progress()), asyncio.create_task(self._guard_deadline())]
         if self.clock.real:
@@ -168,7 +170,14 @@ class LoadTest:
             await slots.acquire()
             limit.take()
             task = asyncio.create_task(self._one(scheduled=at))
-            task.add_done_callback(lambda _: slots.release())
+            self.in_flight.add(task)  # now, not when it first runs: the phase's drain must wait for it
+            task.add_done_callback(lambda done: self._settle(done, slots))
+
+    def _settle(self, task, slots):
+        slots.release()
+        self.in_flight.discard(task)
+        if task.cancelled():  # cancelled before it ever ran
+            self.cancelled += 1
 
     async def _sleep_until(self, at):
         """Sleep until `at`, or less when the run is stopped meanwhile."""
@@ -257,8 +266,14 @@ class LoadTest:
             reasons.append(f"p95 dispatch lag {lags['p95']:.1f} ms behind schedule")
         stalls = distribution(self.loop_stalls)
         if stalls["p99"] is not None and stalls["p99"] > LOOP_STALL_MS:
-            reasons.append(f"the generator's event loop woke {stalls['p99']:.0f} ms late (p99)")
+            reasons.append(stall_reason(stalls["p99"], self.cpu_share()))
         return "; ".join(reasons)
+
+    def cpu_share(self):
+        """Return the share of one core the run's event loop used (0 on a fake clock)."""
+        if not self.clock.real:
+            return 0.0
+        return (time.thread_time() - self.cpu_started) / self.elapsed()
 
     def _result(self):
         summary = self.summary()
@@ -270,8 +285,16 @@ class LoadTest:
         return {
             "status": self.status, "stop_reason": self.stop_reason, "passed": passed, "thresholds": checked,
             "client_limited": bool(limited), "client_limited_reason": limited, "cancelled": self.cancelled,
+            "generator_cpu_share": round(self.cpu_share(), 3),
             "summary": summary, "phases": phases, "samples": [s.row() for s in self.samples],
         }
+
+
+def stall_reason(late_ms, cpu_share):
+    """Say why the event loop woke `late_ms` late: its own work (above BUSY_SHARE of a core) or a busy machine."""
+    why = "it was busy" if cpu_share > BUSY_SHARE else "it waited for a CPU: the machine is busy"
+    return (f"the generator's event loop woke {late_ms:.0f} ms late (p99; {why}, using {cpu_share:.0%} of a core), "
+            "so timings include time on the client")
 
 
 class _Limit:

@@ -106,7 +106,7 @@ class LoadTestRunSerializer(serializers.ModelSerializer):
     def get_summary(self, run):
         result = run.result or {}
         summary = {k: v for k, v in (result.get("summary") or {}).items()}
-        for name in ("thresholds", "client_limited", "client_limited_reason", "cancelled", "phases"):
+        for name in ("thresholds", "client_limited", "client_limited_reason", "generator_cpu_share", "cancelled", "phases"):
             if name in result:
                 summary[name] = result[name]
         return summary

@@ -4,7 +4,7 @@ import asyncio
 
 from probes.loadtest.profiles import Phase
 from probes.loadtest.prompts import builtin
-from probes.loadtest.runner import LoadTest, Plan, RunStatus
+from probes.loadtest.runner import LoadTest, Plan, RunStatus, stall_reason
 from probes.loadtest.thresholds import parse
 from tests.probes.loadtest.fakes import FakeClock, FakeTarget
 
@@ -79,3 +79,40 @@ def test_progress_reports_done_planned_and_the_phase():
     assert seen[-1]["planned"] == 10
     assert 0 < seen[-1]["done"] <= 10
     assert seen[-1]["phase"] == "c"
+
+
+def test_a_generator_too_busy_to_keep_time_says_the_run_was_limited_by_the_client():
+    import time
+
+    from probes.loadtest.metrics import Sample
+
+    async def hog(prompt):  # the client itself burns the event loop's time
+        end = time.perf_counter() + 0.06
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0)
+        return Sample(e2e=60.0)
+
+    plan = Plan(phases=[Phase("c", concurrency=1)], prompts=builtin(), max_requests=15, max_duration_s=30.0)
+    result = asyncio.run(LoadTest(plan, hog).execute())
+    assert result["client_limited"] is True
+    assert "event loop woke" in result["client_limited_reason"]
+    assert result["generator_cpu_share"] > 0.1  # how much more depends on the machine's other work
+
+
+def test_a_late_loop_is_blamed_on_the_generator_when_it_was_busy_and_on_the_machine_when_it_was_not():
+    assert "it was busy, using 90% of a core" in stall_reason(60, 0.9)
+    assert "the machine is busy, using 20% of a core" in stall_reason(60, 0.2)
+
+
+def test_a_run_with_time_to_spare_is_not_limited_by_the_client():
+    async def quick(prompt):
+        await asyncio.sleep(0.01)
+        from probes.loadtest.metrics import Sample
+
+        return Sample(e2e=10.0)
+
+    plan = Plan(phases=[Phase("r", rate=50.0)], prompts=builtin(), max_requests=25, max_duration_s=30.0)
+    result = asyncio.run(LoadTest(plan, quick).execute())
+    assert result["summary"]["count"] == 25
+    assert result["client_limited"] is False, result["client_limited_reason"]
