@@ -1,5 +1,7 @@
 """REST representations of load tests; `LoadTestSettingsSerializer` is also the CLI's validator."""
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from probes.loadtest import prompts as prompt_sets
@@ -103,6 +105,7 @@ class LoadTestRunSerializer(serializers.ModelSerializer):
                   "stop_requested", "stop_reason", "passed", "progress", "summary", "error", "started_at", "finished_at"]
         read_only_fields = fields
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
     def get_summary(self, run):
         result = run.result or {}
         summary = {k: v for k, v in (result.get("summary") or {}).items()}
