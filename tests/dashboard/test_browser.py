@@ -380,3 +380,23 @@ def test_a_running_load_test_shows_live_progress_and_stops_from_its_page(chromiu
     assert "Stopped" in page.locator("#lt-verdict").inner_text()
     assert LoadTestRun.objects.get().status == "stopped"
     page.context.close()
+
+
+def test_a_proposed_split_shows_its_projected_effect_before_it_is_applied(chromium, app_url, world, admin_api):
+    page = signed_in_page(chromium, app_url, "alice", "/routes/")
+    slider = page.locator('.weight-row[data-deployment="canary"] input[type=range]')
+    slider.focus()
+    for _ in range(40):
+        slider.press("ArrowRight")  # 10% -> 50% on the canary, whose recent error rate is 8%
+    table = page.locator("table.projection")
+    table.wait_for(state="visible", timeout=5_000)
+    page.wait_for_function("document.querySelector('table.projection [data-row=error_rate] [data-field=proposed]')"
+                           ".textContent.includes('%')")
+    today = float(table.locator("[data-row=error_rate] [data-field=current]").inner_text().split()[0])
+    proposed = float(table.locator("[data-row=error_rate] [data-field=proposed]").inner_text().split()[0])
+    assert proposed > today  # more of the erring canary: a higher projected error rate
+    assert table.locator("[data-row=spend_per_day] [data-field=proposed]").inner_text().startswith("$")
+    assert int(table.locator("[data-field=volume]").inner_text()) > 0
+    route = admin_api.get("/api/v1/routes/chat/").json()
+    assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 90, "canary": 10}  # nothing applied
+    page.context.close()
