@@ -197,6 +197,21 @@ async def wait_for_key(gateway_url, secret, timeout_s=KEY_READY_TIMEOUT_S):
     raise KeyNotReady(f"the gateway at {gateway_url} did not accept the run's key within {timeout_s:g} s")
 
 
+ABANDONED_AFTER_S = 300  # past its time cap by this much, a run's process is gone (a restart mid-run)
+
+
+def close_abandoned(now=None):
+    """Mark runs still "running" long after their time cap as failed; return how many."""
+    now = now or timezone.now()
+    closed = 0
+    for run in LoadTestRun.objects.filter(status__in=(RunStatus.QUEUED, RunStatus.RUNNING)):
+        cap = float(run.settings.get("duration_s") or 0) + ABANDONED_AFTER_S
+        if (now - (run.started_at or run.created_at)).total_seconds() > cap:
+            closed += LoadTestRun.objects.filter(pk=run.pk, status=run.status).update(
+                status=RunStatus.FAILED, error="abandoned: the process running it stopped", finished_at=now)
+    return closed
+
+
 def create_run(settings, user=None):
     """Return a new queued LoadTestRun for validated settings, with its estimated maximum spend."""
     route = Route.objects.filter(name=settings.get("route")).first() if settings.get("route") else None

@@ -47,6 +47,7 @@ class LoadTestRunViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
         if not confirm:
             return Response({"estimated_max_cost": str(plans.max_spend(settings_)), "settings": settings_,
                              "confirm": "Send the same body with \"confirm\": true to start."})
+        jobs.close_abandoned()
         running = LoadTestRun.objects.filter(status__in=ACTIVE).first()
         if running is not None:
             return Response({"detail": f"Load test #{running.pk} is still running; stop it or wait for it."},

@@ -120,3 +120,17 @@ def test_bad_input_is_refused_naming_the_field_and_starts_nothing(admin_api, reg
     assert response.status_code == 400
     assert field in response.json()
     assert not LoadTestRun.objects.exists()
+
+
+def test_a_run_left_running_by_a_stopped_server_does_not_block_new_ones(admin_api, registry):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    LoadTestRun.objects.create(target_label="deployment:cheap", settings={"duration_s": 60}, status="running",
+                               started_at=timezone.now() - timedelta(hours=1))
+    response = admin_api.post(URL, direct(confirm=True, requests=2), format="json")
+    assert response.status_code == 201
+    assert finished(response.json()["id"])
+    abandoned = LoadTestRun.objects.exclude(pk=response.json()["id"]).get()
+    assert abandoned.status == "failed" and "abandoned" in abandoned.error
