@@ -110,15 +110,17 @@ def section(data):
         limited = f"yes: {r['client_limited_reason']}" if r["client_limited"] else "no"
         rows.append(f"| {r['phase']} | {'yes' if r['stream'] else 'no'} | {r['requests']} ({r['ok']}) | {r['rps']:,} | "
                     f"{r['generator_cpu_share']:.0%} | {r['generator_cpu_ms_per_request']} | "
-                    f"{r['capacity_one_core_rps']:,} req/s | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} ms | {lag} | {limited} |")
+                    f"{r['capacity_one_core_rps']:,} req/s | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} ms | {lag} | "
+                    f"{limited} |")
     goal = 10 * SUGGESTED_MAX_RPS
     held = [r for r in data["phases"] if r["phase"] == f"open loop, {goal}/s"]
     verdict = "yes" if held and held[0]["rps"] >= 0.95 * goal and not held[0]["client_limited"] else "**no**"
     return (
         "## Load generator capacity (`bench/loadtest.py`)\n\n"
         f"Run {data['at']} on {data['machine']}: the generator (the engine of `manage.py loadtest`, aiohttp) pinned to "
-        f"core {GENERATOR_CORE}, the simulator (`manage.py simulate`, answering at once, 16 output tokens) pinned to core "
-        f"{SIMULATOR_CORE}. The machine was shared with other work (1-minute load average {data['load_average'][0]} before, "
+        f"core {GENERATOR_CORE}, the simulator (`manage.py simulate`, answering at once, 16 output tokens) pinned "
+        f"to core {SIMULATOR_CORE}. The machine was shared with other work (1-minute load average "
+        f"{data['load_average'][0]} before, "
         f"{data['load_average'][1]} after, on 2 cores), so figures are a floor and a late-waking event loop can be the "
         "neighbours' doing. One-core capacity is requests over the generator's own CPU seconds (user + system).\n\n"
         + "\n".join(rows) + "\n\n"
@@ -131,7 +133,8 @@ def section(data):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / f"loadtest-{stamp}.json"))
     parser.add_argument("--results-md", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
     os.sched_setaffinity(0, {GENERATOR_CORE})

@@ -102,7 +102,8 @@ class Job:
                 ready.set()
                 outcome["result"] = await self.test.execute()
 
-        thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),), name="loadtest-loop", daemon=True)
+        thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),), name="loadtest-loop",
+                                  daemon=True)
         thread.start()
         ready.wait(10)
         try:
@@ -214,8 +215,8 @@ def close_abandoned(now=None):
 
 def create_run(settings, user=None):
     """Return a new queued LoadTestRun for validated settings, with its estimated maximum spend."""
-    route = Route.objects.filter(name=settings.get("route")).first() if settings.get("route") else None
-    deployment = Deployment.objects.filter(name=settings.get("deployment")).first() if settings.get("deployment") else None
+    route = Route.objects.filter(name=settings.get("route") or "").first()
+    deployment = Deployment.objects.filter(name=settings.get("deployment") or "").first()
     return LoadTestRun.objects.create(
         created_by=user if user is not None and user.is_authenticated else None, route=route, deployment=deployment,
         target_label=plans.target_label(settings), settings=settings, estimated_max_cost=plans.max_spend(settings),

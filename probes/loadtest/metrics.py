@@ -77,7 +77,8 @@ def meets(sample, slos):
     """Return True when the sample succeeded within every SLO ({metric: max ms})."""
     if sample.outcome != OK:
         return False
-    return all(getattr(sample, metric) is not None and getattr(sample, metric) <= limit for metric, limit in slos.items())
+    figures = {metric: getattr(sample, metric) for metric in slos}
+    return all(value is not None and value <= slos[metric] for metric, value in figures.items())
 
 
 def summarise(samples, duration_s, slos=None):

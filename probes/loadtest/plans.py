@@ -25,7 +25,8 @@ def prompts_for(settings):
 
 def plan_for(settings):
     kind = settings["profile"]
-    phases = profiles.phases_for(kind, settings["concurrency"], settings.get("rate"), settings["seed"], settings["stages"])
+    phases = profiles.phases_for(kind, settings["concurrency"], settings.get("rate"), settings["seed"],
+                                 settings["stages"])
     return Plan(
         phases=phases, prompts=prompts_for(settings), max_requests=settings["requests"],
         max_duration_s=settings["duration_s"], sweep_steps=settings["sweep_steps"] if kind == ProfileKind.SWEEP else 0,
@@ -47,7 +48,8 @@ def max_spend(settings):
     max_tokens × output price) of the most expensive target."""
     prompt_tokens = max(p.estimated_tokens() for p in prompts_for(settings))
     max_tokens = max([settings["max_tokens"], *(p.max_tokens or 0 for p in prompts_for(settings))])
-    per_request = max((d.price_for(prompt_tokens, max_tokens) for d in priced_deployments(settings)), default=Decimal(0))
+    prices = [d.price_for(prompt_tokens, max_tokens) for d in priced_deployments(settings)]
+    per_request = max(prices, default=Decimal(0))
     return (per_request * settings["requests"]).quantize(CENT_MILLIONTHS)
 
 

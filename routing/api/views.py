@@ -352,7 +352,8 @@ class RouteViewSet(AuditedModelViewSet):
 
     def _projection(self, route, proposed):
         """Answer a dry run: the split checked like a real change, projected, nothing applied."""
-        errors = weights.check_weights(proposed, targets={t.deployment.name for t in route.targets.select_related("deployment")})
+        names = {t.deployment.name for t in route.targets.select_related("deployment")}
+        errors = weights.check_weights(proposed, targets=names)
         if errors:
             raise weights.WeightsInvalid(errors)
         return Response({"dry_run": True, "route": route.name, "version": route.version,

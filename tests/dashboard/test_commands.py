@@ -96,7 +96,8 @@ def test_serve_sends_demo_traffic_through_the_gateway_on_the_demo_route(tmp_path
         while time.monotonic() < deadline and traffic < 10:
             time.sleep(0.5)
             with sqlite3.connect(tmp_path / "weathervane.sqlite3") as db:
-                traffic = db.execute("SELECT coalesce(sum(count), 0) FROM probes_rollup WHERE source = 'traffic'").fetchone()[0]
+                query = "SELECT coalesce(sum(count), 0) FROM probes_rollup WHERE source = 'traffic'"
+                traffic = db.execute(query).fetchone()[0]
         assert traffic >= 10, f"only {traffic} gateway requests recorded within 20 s of serve starting"
     finally:
         server.terminate()

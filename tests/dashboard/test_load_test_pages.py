@@ -13,7 +13,8 @@ from tests.dashboard.conftest import live_socket
 def finished_run():
     samples = [Sample(outcome="ok", ttft=120.0, e2e=900.0, tokens_out=20, cost=0.001),
                Sample(outcome="server_error", status=500, e2e=30.0, error="HTTP 500: upstream fell over")]
-    result = {"status": "finished", "summary": summarise(samples, 2.0), "phases": [], "samples": [s.row() for s in samples],
+    result = {"status": "finished", "summary": summarise(samples, 2.0), "phases": [],
+              "samples": [s.row() for s in samples],
               "thresholds": [{"threshold": "error_rate < 1%", "value": 0.5, "ok": False}], "client_limited": True,
               "client_limited_reason": "p95 dispatch lag 40.0 ms behind schedule", "cancelled": 0}
     return LoadTestRun.objects.create(target_label="route:chat", settings={"profile": "concurrent", "requests": 2,

@@ -101,5 +101,6 @@ def test_a_dry_run_of_a_bad_split_is_refused_like_a_real_one(admin_api, route):
 
 
 def test_viewers_cannot_dry_run_either(viewer_api, route):
-    response = viewer_api.patch(URL, {"weights": {"cheap": 50, "dear": 50, "canary": 0}, "dry_run": True}, format="json")
+    body = {"weights": {"cheap": 50, "dear": 50, "canary": 0}, "dry_run": True}
+    response = viewer_api.patch(URL, body, format="json")
     assert response.status_code == 403

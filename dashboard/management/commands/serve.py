@@ -61,8 +61,9 @@ class Command(BaseCommand):
         if settings.DEMO_TRAFFIC_RPS <= 0 or not Route.objects.filter(name=ROUTE).exists():
             return None
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        traffic = DemoTraffic(f"http://{local}:{port}/v1", ROUTE, demo_key(ROUTE), rps=settings.DEMO_TRAFFIC_RPS).start()
-        self.stdout.write(f"Demo traffic: about {settings.DEMO_TRAFFIC_RPS:g} requests/s on {ROUTE} (--no-demo-traffic: off)")
+        rps = settings.DEMO_TRAFFIC_RPS
+        traffic = DemoTraffic(f"http://{local}:{port}/v1", ROUTE, demo_key(ROUTE), rps=rps).start()
+        self.stdout.write(f"Demo traffic: about {rps:g} requests/s on {ROUTE} (--no-demo-traffic: off)")
         return traffic
 
     def _start_probes(self):

@@ -18,6 +18,7 @@ MAX_DURATION_S = 3600
 MAX_CONCURRENCY = 512
 MAX_RATE = 10_000
 MAX_JSONL_CHARS = 5_000_000
+RESULT_FIELDS = ("thresholds", "client_limited", "client_limited_reason", "generator_cpu_share", "cancelled", "phases")
 
 
 class LoadTestSettingsSerializer(StrictFieldsMixin, serializers.Serializer):
@@ -40,7 +41,7 @@ class LoadTestSettingsSerializer(StrictFieldsMixin, serializers.Serializer):
     duration_s = serializers.FloatField(min_value=1, max_value=MAX_DURATION_S, default=60, help_text="Time cap")
     prompts = serializers.ChoiceField(choices=PromptSource.choices, default=PromptSource.BUILTIN)
     input_tokens = StrictIntegerField(min_value=1, max_value=32_000, default=128, help_text="Synthetic prompt length")
-    prompts_jsonl = serializers.CharField(required=False, max_length=MAX_JSONL_CHARS, allow_blank=False, trim_whitespace=False,
+    prompts_jsonl = serializers.CharField(required=False, max_length=MAX_JSONL_CHARS, trim_whitespace=False,
                                           help_text='JSONL text: {"prompt": ...} or {"messages": [...]} per line')
     max_tokens = StrictIntegerField(min_value=1, max_value=8192, default=64)
     stream = serializers.BooleanField(default=True)
@@ -102,14 +103,15 @@ class LoadTestRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = LoadTestRun
         fields = ["id", "created_at", "created_by", "target_label", "settings", "estimated_max_cost", "status",
-                  "stop_requested", "stop_reason", "passed", "progress", "summary", "error", "started_at", "finished_at"]
+                  "stop_requested", "stop_reason", "passed", "progress", "summary", "error", "started_at",
+                  "finished_at"]
         read_only_fields = fields
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_summary(self, run):
         result = run.result or {}
         summary = {k: v for k, v in (result.get("summary") or {}).items()}
-        for name in ("thresholds", "client_limited", "client_limited_reason", "generator_cpu_share", "cancelled", "phases"):
+        for name in RESULT_FIELDS:
             if name in result:
                 summary[name] = result[name]
         return summary

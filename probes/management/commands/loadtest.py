@@ -80,7 +80,8 @@ class Command(BaseCommand):
         settings = self._settings(options)
         run = jobs.create_run(settings)
         console.print(f"Load test #{run.pk} on {run.target_label}: at most {settings['requests']} requests "
-                      f"in {settings['duration_s']:g} s; estimated maximum spend [bold]${run.estimated_max_cost:.4f}[/bold]")
+                      f"in {settings['duration_s']:g} s; estimated maximum spend "
+                      f"[bold]${run.estimated_max_cost:.4f}[/bold]")
         if not options["yes"] and not self._confirmed():
             run.delete()
             raise CommandError("Not confirmed; nothing was sent.", returncode=EXIT_REFUSED)
@@ -134,8 +135,10 @@ class Command(BaseCommand):
             task = bar.add_task("starting", total=run.settings["requests"], figures="")
 
             def tick(progress):
-                figures = f"{progress['rps']:.1f} req/s · {progress['errors']} errors · {progress['in_flight']} in flight"
-                bar.update(task, completed=progress["done"], description=progress["phase"] or "running", figures=figures)
+                figures = (f"{progress['rps']:.1f} req/s · {progress['errors']} errors · "
+                           f"{progress['in_flight']} in flight")
+                bar.update(task, completed=progress["done"], description=progress["phase"] or "running",
+                           figures=figures)
 
             job = jobs.Job(run, options["gateway_url"], options["gateway_key"], on_tick=tick)
             return job.run()
@@ -159,7 +162,8 @@ def summary_table(run):
     """Return the rich table printed at the end of a run."""
     doc = reports.document(run)
     summary = doc["result"].get("summary") or {}
-    table = Table(title=f"Load test #{run.pk} · {doc['status_label']}" + (f" ({run.stop_reason})" if run.stop_reason else ""))
+    reason = f" ({run.stop_reason})" if run.stop_reason else ""
+    table = Table(title=f"Load test #{run.pk} · {doc['status_label']}{reason}")
     for column in ("metric", "avg", "p50", "p90", "p95", "p99", "p99.9"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in doc["latency_rows"]:
@@ -184,8 +188,12 @@ def _figures(summary):
         ("requests/s", f"{summary.get('rps', 0):.2f}"),
         ("output tokens/s", f"{summary.get('output_tps', 0):.1f}"),
         ("goodput", _pct(summary.get("goodput_ratio")) if summary.get("slos") else "no SLOs"),
-        ("cost per 1,000 requests", f"${summary['cost_per_1k']:.4f}" if summary.get("cost_per_1k") is not None else "–"),
+        ("cost per 1,000 requests", _dollars(summary.get("cost_per_1k"))),
     ]
+
+
+def _dollars(value):
+    return "–" if value is None else f"${value:.4f}"
 
 
 def _ms(value):

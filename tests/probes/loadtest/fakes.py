@@ -68,4 +68,5 @@ class FakeTarget:
         finally:
             self.in_flight -= 1
         return Sample(outcome=self.outcome, e2e=self.seconds * 1000, ttft=100.0, tokens_out=self.tokens_out,
-                      status=200 if self.outcome == "ok" else 500, error="" if self.outcome == "ok" else "HTTP 500: boom")
+                      status=200 if self.outcome == "ok" else 500,
+                      error="" if self.outcome == "ok" else "HTTP 500: boom")

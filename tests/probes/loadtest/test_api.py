@@ -17,13 +17,14 @@ def registry(sim, settings):
     settings.ALLOW_PRIVATE_UPSTREAMS = True
     provider = make_provider(sim)
     make_route("chat", provider, {"cheap": ("fast", 50), "dear": ("fast", 50), "off": ("fast", 0)})
-    Deployment.objects.filter(name="dear").update(input_price_per_mtok=Decimal("3"), output_price_per_mtok=Decimal("10"))
-    Deployment.objects.filter(name="off").update(input_price_per_mtok=Decimal("100"), output_price_per_mtok=Decimal("100"))
+    Deployment.objects.filter(name="dear").update(input_price_per_mtok=Decimal(3), output_price_per_mtok=Decimal(10))
+    Deployment.objects.filter(name="off").update(input_price_per_mtok=Decimal(100), output_price_per_mtok=Decimal(100))
     return provider
 
 
 def direct(**extra):
-    return {"deployment": "cheap", "profile": "concurrent", "concurrency": [2], "requests": 10, "max_tokens": 8, **extra}
+    return {"deployment": "cheap", "profile": "concurrent", "concurrency": [2], "requests": 10, "max_tokens": 8,
+            **extra}
 
 
 def finished(run_id, timeout=15):

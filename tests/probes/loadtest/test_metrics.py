@@ -51,7 +51,8 @@ def test_the_summary_counts_errors_by_kind_with_the_first_examples():
     assert summary["success_rate"] == 0.5
     assert summary["error_rate"] == 0.5
     assert summary["errors"] == {"server_error": 1, "rate_limited": 1}
-    assert summary["first_errors"][0] == {"outcome": "server_error", "status": 500, "error": "HTTP 500: boom", "at": 1.5}
+    first = {"outcome": "server_error", "status": 500, "error": "HTTP 500: boom", "at": 1.5}
+    assert summary["first_errors"][0] == first
     assert summary["rps"] == 2.0
     assert summary["output_tps"] == 20.0  # 40 tokens of successful requests over 2 s
 

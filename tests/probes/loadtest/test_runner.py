@@ -10,7 +10,8 @@ from tests.probes.loadtest.fakes import FakeClock, FakeTarget
 
 
 def load_test(clock, target, **plan):
-    fields = {"phases": [Phase("c", concurrency=2)], "prompts": builtin(), "max_requests": 1000, "max_duration_s": 100.0}
+    fields = {"phases": [Phase("c", concurrency=2)], "prompts": builtin(), "max_requests": 1000,
+              "max_duration_s": 100.0}
     return LoadTest(Plan(**{**fields, **plan}), target.send, clock=clock)
 
 
