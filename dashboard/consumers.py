@@ -65,6 +65,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def timeline_event(self, event):
         self._queue(event)
 
+    async def loadtest_progress(self, event):
+        # Only a run's latest progress matters.
+        self._queue(event, key=("loadtest", (event.get("payload") or {}).get("run")))
+
     async def weights_changed(self, event):
         self._queue(event)
         await self._flush()  # every browser must show a new split within a second

@@ -26,6 +26,7 @@ TRAFFIC_POINT = "traffic.point"
 WEIGHTS_CHANGED = "weights.changed"
 TIMELINE_EVENT = "timeline.event"
 HEALTH_CHANGED = "health.changed"
+LOADTEST_PROGRESS = "loadtest.progress"
 SESSION_LOGOUT = "session.logout"  # sent to one user's group only: closes their sockets
 
 # The loop the consumers run on (set when a socket connects). The in-memory
@@ -146,6 +147,11 @@ def health_changed(payload: HealthChanged):
 def timeline_event(event):
     """Push a saved routing.models.Event: its payload is `Event.payload()`, as the page and the API show it."""
     _send(TIMELINE_EVENT, event.payload())
+
+
+def loadtest_progress(payload):
+    """payload: {run, status, status_label, progress: {done, planned, ok, errors, rps, elapsed_s, ...}, passed, at}"""
+    _send(LOADTEST_PROGRESS, payload)
 
 
 def session_logout(user_id):

@@ -9,8 +9,12 @@ urlpatterns = [
     path("deployments/<path:name>/", views.deployment_detail, name="deployment"),
     path("routes/", views.routes, name="routes"),
     path("timeline/", views.timeline, name="timeline"),
+    path("load-tests/", views.load_tests, name="load-tests"),
+    path("load-tests/<int:pk>/", views.load_test_detail, name="load-test"),
     path("dashboard-data/overview/", views.overview_json, name="overview-data"),
     path("dashboard-data/deployments/<path:name>/", views.deployment_json, name="deployment-data"),
     path("dashboard-data/routes/", views.routes_json, name="routes-data"),
     path("dashboard-data/timeline/", views.timeline_json, name="timeline-data"),
+    path("dashboard-data/load-tests/", views.load_tests_json, name="load-tests-data"),
+    path("dashboard-data/load-tests/<int:pk>/", views.load_test_json, name="load-test-data"),
 ]

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "dashboard",
     "routing",
     "probes",
+    "probes.loadtest",
 ]
 
 MIDDLEWARE = [
@@ -162,6 +163,12 @@ ALLOW_PRIVATE_UPSTREAMS = env_bool("WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS", DEBUG)
 
 # --- Embedded mode: the built-in simulator served beside the app -------------
 SIMULATOR_PORT = env_int("WEATHERVANE_SIMULATOR_PORT", 8001, minimum=1, maximum=65535)
+
+# --- Load tests ----------------------------------------------------------------
+# Where runs started from the API and dashboard reach the gateway; empty: /v1/ of the server itself.
+LOADTEST_GATEWAY_URL = env_str("WEATHERVANE_LOADTEST_GATEWAY_URL", "")
+# `serve` sends this many demo requests per second through the gateway on the demo route (0: none).
+DEMO_TRAFFIC_RPS = env_float("WEATHERVANE_DEMO_TRAFFIC_RPS", 2.0, minimum=0.0)
 
 # --- Probes and the embedded scheduler ---------------------------------------
 PROBES_IN_PROCESS = env_bool("WEATHERVANE_PROBES_IN_PROCESS", not REDIS_URL)

@@ -16,10 +16,13 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
 from dashboard import metrics
+from probes.loadtest import reports as loadtest_reports
+from probes.loadtest.models import LoadTestRun
+from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult, Source
-from routing.outcomes import Outcome
 from routing.api.permissions import is_viewer
 from routing.models import Deployment, Event, Route
+from routing.outcomes import Outcome
 from routing.weights import weights_history
 
 TIMELINE_SIZE = 100
@@ -251,3 +254,60 @@ def timeline(request):
 @dashboard_view
 def timeline_json(request):
     return _json(timeline_data())
+
+
+# --- Load tests -------------------------------------------------------------------
+
+LOAD_TEST_ROWS = 50
+
+
+def load_tests_data():
+    """Return the latest runs and what a new one can target."""
+    runs = LoadTestRun.objects.select_related("created_by")[:LOAD_TEST_ROWS]
+    return {
+        "runs": [_load_test_row(run) for run in runs],
+        "routes": list(Route.objects.values_list("name", flat=True)),
+        "deployments": list(Deployment.objects.filter(enabled=True).values_list("name", flat=True)),
+        "profiles": ProfileKind.choices,
+    }
+
+
+def _load_test_row(run):
+    summary = run.summary()
+    return {
+        "id": run.pk, "target": run.target_label, "status": run.status, "status_label": run.get_status_display(),
+        "passed": run.passed, "created_at": run.created_at.isoformat(), "progress": run.progress or {},
+        "created_by": run.created_by.username if run.created_by else "command line",
+        "count": summary.get("count"), "rps": summary.get("rps"), "error_rate": summary.get("error_rate"),
+        "p95_ttft": (summary.get("ttft") or {}).get("p95"), "p95_e2e": (summary.get("e2e") or {}).get("p95"),
+        "cost_per_1k": summary.get("cost_per_1k"),
+    }
+
+
+@dashboard_view
+def load_tests(request):
+    return _page(request, "dashboard/load_tests.html", load_tests_data())
+
+
+@dashboard_view
+def load_tests_json(request):
+    return _json(load_tests_data())
+
+
+def load_test_data(run):
+    document = loadtest_reports.document(run)
+    if run.active:  # the samples come with the figures, once the run ended
+        document["result"] = {k: v for k, v in document["result"].items() if k != "samples"}
+    return document
+
+
+@dashboard_view
+def load_test_detail(request, pk):
+    run = get_object_or_404(LoadTestRun, pk=pk)
+    document = load_test_data(run)
+    return _page(request, "dashboard/load_test.html", document, run=run, doc=document)
+
+
+@dashboard_view
+def load_test_json(request, pk):
+    return _json(load_test_data(get_object_or_404(LoadTestRun, pk=pk)))

@@ -49,3 +49,35 @@ def count_above(sketch, value):
     key = sketch._mapping.key(value)
     store = sketch._store
     return sum(c for i, c in enumerate(store.bins) if store.offset + i > key)
+
+
+def mixture_quantile(weighted, q):
+    """Return the q-quantile of a mixture of distributions: `weighted` is [(share, sketch), ...],
+    each sketch standing for its share of the traffic whatever its own count. None when all are empty.
+
+    Sketches of one relative accuracy share their bins, so the mixture is their shares' sum bin by bin.
+    """
+    bins, zero, total = {}, 0.0, 0.0
+    mapping = None
+    for share, one in weighted:
+        if share <= 0 or not one.count:
+            continue
+        mapping = one._mapping
+        scale = share / one.count
+        zero += one._zero_count * scale
+        for offset, count in enumerate(one._store.bins):
+            if count:
+                key = one._store.offset + offset
+                bins[key] = bins.get(key, 0.0) + count * scale
+        total += share
+    if mapping is None:
+        return None
+    rank = q * total
+    seen = zero
+    if seen >= rank:
+        return 0.0
+    for key in sorted(bins):
+        seen += bins[key]
+        if seen >= rank - 1e-12:
+            return mapping.value(key)
+    return mapping.value(max(bins))

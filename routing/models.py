@@ -193,6 +193,10 @@ class Route(models.Model):
         """Return {deployment name: weight} for every target of this route."""
         return {t.deployment.name: t.weight for t in self.targets.select_related("deployment").order_by("deployment__name")}
 
+    def active_targets(self):
+        """Return the targets that can receive traffic: weight > 0 and an enabled deployment and provider."""
+        return self.targets.filter(weight__gt=0, deployment__enabled=True, deployment__provider__enabled=True)
+
 
 class RouteTarget(models.Model):
     route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="targets")

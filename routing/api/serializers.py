@@ -172,6 +172,8 @@ class WeightsChangeSerializer(StrictFieldsMixin, serializers.Serializer):
     weights = serializers.DictField(help_text='{"<deployment name>": <integer weight>, ...}, one entry per target, summing to 100')
     reason = serializers.CharField(required=False, allow_blank=True, default="", help_text="Why; required, kept in the audit trail")
     version = StrictIntegerField(required=False, min_value=1, help_text="The route version you edited (or send If-Match)")
+    dry_run = serializers.BooleanField(default=False, help_text="Only project the split's spend, p95 and error rate "
+                                       "at the current volume; change nothing (no reason needed)")
 
 
 class WeightsRevertSerializer(StrictFieldsMixin, serializers.Serializer):

@@ -23,7 +23,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from routing import weights
+from routing import projection, weights
 from routing.api import errors
 from routing.api import serializers as s
 from routing.audit import actor_name, deleted_with, record, snapshot
@@ -334,17 +334,30 @@ class RouteViewSet(AuditedModelViewSet):
         request=s.WeightsChangeSerializer, parameters=[IF_MATCH_PARAMETER],
         responses={200: s.RouteSerializer, 409: CONFLICT},
         description="Set the traffic split: every target once, integers 0-100 summing to 100, "
-        "weight > 0 only on enabled deployments, and a reason.",
+        "weight > 0 only on enabled deployments, and a reason. With \"dry_run\": true the split is checked the same "
+        "way but not applied: the answer is its projection at the current volume (spend per day, p95, error rate) "
+        "next to today's split.",
     )
     @action(detail=True, methods=["put", "patch"], url_path="weights", url_name="weights")
     def set_weights(self, request, name=None):
         route = self.get_object()
         payload = self._validated(s.WeightsChangeSerializer)
+        if payload["dry_run"]:
+            return self._projection(route, payload["weights"])
         route = weights.apply_weights(
             route, payload["weights"], reason=payload["reason"], actor=actor_name(request.user), user=request.user,
             expected_version=expected_version(request, payload.get("version")),
         )
         return self._route_response(route)
+
+    def _projection(self, route, proposed):
+        """Answer a dry run: the split checked like a real change, projected, nothing applied."""
+        names = {t.deployment.name for t in route.targets.select_related("deployment")}
+        errors = weights.check_weights(proposed, targets=names)
+        if errors:
+            raise weights.WeightsInvalid(errors)
+        return Response({"dry_run": True, "route": route.name, "version": route.version,
+                         "projection": projection.route_projection(route, proposed)})
 
     @extend_schema(
         request=s.WeightsRevertSerializer, parameters=[IF_MATCH_PARAMETER],

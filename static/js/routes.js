@@ -61,6 +61,34 @@
     setWeights(form, weights);
     form.dataset.dirty = "true";
     message(form, "", "");
+    previewLater(form);
+  }
+
+  // --- Cost before you commit: the weights API's dry run ---------------------------
+
+  const PREVIEW_DELAY_MS = 300;
+  const FORMATS = { spend_per_day: (v) => (v === null ? "–" : "$" + Number(v).toFixed(4)), p95_ms: W.ms, error_rate: W.pct };
+
+  function previewLater(form) {
+    const table = form.querySelector(".projection");
+    if (!table) return;
+    window.clearTimeout(form.previewTimer);
+    form.previewTimer = window.setTimeout(() => preview(form, table), PREVIEW_DELAY_MS);
+  }
+
+  async function preview(form, table) {
+    const weights = readWeights(form);
+    if (Object.values(weights).reduce((a, b) => a + b, 0) !== 100) return;
+    const { response, answer } = await send(form, "PATCH", "weights", { weights, dry_run: true }).catch(() => ({}));
+    if (!response || !response.ok || !answer) return;
+    const projection = answer.projection;
+    table.querySelector("[data-field=volume]").textContent = W.whole(projection.requests_per_day);
+    for (const [name, format] of Object.entries(FORMATS)) {
+      const row = table.querySelector(`[data-row="${name}"]`);
+      row.querySelector("[data-field=current]").textContent = format(projection.current[name]);
+      row.querySelector("[data-field=proposed]").textContent = format(projection.proposed[name]);
+    }
+    table.hidden = false;
   }
 
   /* Return the split with `name` at 0 and its weight spread over the other

@@ -127,13 +127,13 @@ def world(shared_db, simulator, admin_user, viewer_user):
                         description="The chat model every app asks for")
     route, stable, canary = made.route, made.stable, made.canary
     weights.apply_weights(route, {"stable": 90, "canary": 10}, reason="start the canary", actor="alice", user=admin_user)
-    seed_history([(stable, 18, 40.0, 0.0), (canary, 2, 55.0, 0.08)])
+    seed_history([(stable, 18, 40.0, 0.0), (canary, 2, 55.0, 0.08)], route=route)
     ProbeTarget.objects.filter(deployment=canary).update(health="degraded", health_reason="error rate 8% over the last probes")
     return SimpleNamespace(route=route, probe=ProbeTarget.objects.get(deployment=stable, api_key=None))
 
 
-def seed_history(deployments, minutes=30):
-    """Roll up half an hour of traffic and probes: (deployment, requests/min, median ms, error rate)."""
+def seed_history(deployments, minutes=30, route=None):
+    """Roll up half an hour of traffic (through `route`) and probes: (deployment, requests/min, median ms, error rate)."""
     from django.utils import timezone
 
     from probes.rollups import Aggregator, save_deltas
@@ -149,6 +149,7 @@ def seed_history(deployments, minutes=30):
                 latency = rng.lognormvariate(math.log(median), 0.35)
                 failed = rng.random() < errors
                 aggregator.add(deployment.pk, when=now - timedelta(minutes=minute), outcome="server_error" if failed else "ok",
+                               route_id=route.pk if route is not None and source == "traffic" else None,
                                latency_ms=None if failed else latency, ttft_ms=None if failed else latency / 2, tps=180.0)
         save_deltas(aggregator.drain())
 
@@ -343,3 +344,67 @@ def test_an_edit_of_a_split_changed_meanwhile_is_refused_and_the_form_catches_up
     route = admin_api.get("/api/v1/routes/chat/").json()
     assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 80, "canary": 20}
     admin.context.close()
+
+
+def test_a_small_load_test_started_from_the_dashboard_shows_its_progress_and_then_its_figures(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "alice", "/load-tests/")
+    page.select_option("#lt-target", "deployment:stable")
+    page.fill("#lt-concurrency", "1")
+    page.fill("#lt-requests", "25")
+    page.fill("#lt-max-tokens", "40")
+    page.fill("#lt-thresholds", "error_rate < 1%")
+    page.click("#lt-estimate")
+    page.wait_for_selector("#lt-confirm:not([hidden])")
+    assert page.locator("#lt-cost").inner_text().startswith("$")
+    page.click("#lt-start")
+    page.wait_for_url(re.compile(r".*/load-tests/\d+/$"))
+    page.wait_for_selector("#live-status[data-state=live]")
+    # progress moves while it runs (the live socket), before the figures replace it
+    page.wait_for_function("Number(document.getElementById('lt-done')?.textContent || 0) > 0 || "
+                           "document.getElementById('lt-verdict') !== null", timeout=15_000)
+    page.wait_for_selector("#lt-verdict", timeout=30_000)
+    assert "Finished" in page.locator("#lt-verdict").inner_text()
+    assert "thresholds passed" in page.locator("#lt-verdict").inner_text()
+    assert "25 (25 ok)" in page.locator(".lt-summary").inner_text()
+    page.wait_for_timeout(300)
+    screenshot(page, "load-test")
+    page.context.close()
+
+
+def test_a_running_load_test_shows_live_progress_and_stops_from_its_page(chromium, app_url, world):
+    from probes.loadtest.models import LoadTestRun
+
+    page = signed_in_page(chromium, app_url, "alice", "/load-tests/")
+    page.select_option("#lt-target", "deployment:stable")
+    page.select_option("#lt-profile", "constant")
+    page.fill("#lt-rate", "4")
+    page.fill("#lt-requests", "1000")
+    page.click("#lt-estimate")
+    page.click("#lt-start")
+    page.wait_for_url(re.compile(r".*/load-tests/\d+/$"))
+    page.wait_for_function("Number(document.getElementById('lt-done').textContent) >= 3", timeout=15_000)
+    page.click("#lt-stop")
+    page.wait_for_selector("#lt-verdict", timeout=15_000)
+    assert "Stopped" in page.locator("#lt-verdict").inner_text()
+    assert LoadTestRun.objects.get().status == "stopped"
+    page.context.close()
+
+
+def test_a_proposed_split_shows_its_projected_effect_before_it_is_applied(chromium, app_url, world, admin_api):
+    page = signed_in_page(chromium, app_url, "alice", "/routes/")
+    slider = page.locator('.weight-row[data-deployment="canary"] input[type=range]')
+    slider.focus()
+    for _ in range(40):
+        slider.press("ArrowRight")  # 10% -> 50% on the canary, whose recent error rate is 8%
+    table = page.locator("table.projection")
+    table.wait_for(state="visible", timeout=5_000)
+    page.wait_for_function("document.querySelector('table.projection [data-row=error_rate] [data-field=proposed]')"
+                           ".textContent.includes('%')")
+    today = float(table.locator("[data-row=error_rate] [data-field=current]").inner_text().split()[0])
+    proposed = float(table.locator("[data-row=error_rate] [data-field=proposed]").inner_text().split()[0])
+    assert proposed > today  # more of the erring canary: a higher projected error rate
+    assert table.locator("[data-row=spend_per_day] [data-field=proposed]").inner_text().startswith("$")
+    assert int(table.locator("[data-field=volume]").inner_text()) > 0
+    route = admin_api.get("/api/v1/routes/chat/").json()
+    assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 90, "canary": 10}  # nothing applied
+    page.context.close()

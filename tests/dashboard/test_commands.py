@@ -116,7 +116,7 @@ def test_a_clean_stop_of_serve_saves_the_last_requests_in_the_rollups(tmp_path):
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True, text=True)
     key = seeded.stdout.split("gateway key:")[1].split()[0]
-    server = subprocess.Popen([*manage, "serve", "--port", str(port), "--no-probes"], cwd=ROOT, env=env,
+    server = subprocess.Popen([*manage, "serve", "--port", str(port), "--no-probes", "--no-demo-traffic"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(f"http://127.0.0.1:{port}/login/", 30) == 200
@@ -131,3 +131,28 @@ def test_a_clean_stop_of_serve_saves_the_last_requests_in_the_rollups(tmp_path):
     with sqlite3.connect(tmp_path / "weathervane.sqlite3") as db:
         counted = db.execute("SELECT coalesce(sum(count), 0) FROM probes_rollup WHERE source = 'traffic'").fetchone()[0]
     assert counted >= 5
+
+
+def test_serve_sends_demo_traffic_through_the_gateway_on_the_demo_route(tmp_path):
+    """The routes page has traffic from the first minute: gateway rollups for the demo route's targets appear."""
+    port, sim_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"WEATHERVANE_DATA_DIR": str(tmp_path), "WEATHERVANE_SIMULATOR_PORT": str(sim_port), "DEBUG": "true",
+            "WEATHERVANE_GATEWAY_FLUSH_INTERVAL": "0.5", "WEATHERVANE_DEMO_TRAFFIC_RPS": "5"}
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True)
+    server = subprocess.Popen([*manage, "serve", "--port", str(port), "--no-probes"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(f"http://127.0.0.1:{port}/login/", 30) == 200
+        deadline, traffic = time.monotonic() + 20, 0
+        while time.monotonic() < deadline and traffic < 10:
+            time.sleep(0.5)
+            with sqlite3.connect(tmp_path / "weathervane.sqlite3") as db:
+                query = "SELECT coalesce(sum(count), 0) FROM probes_rollup WHERE source = 'traffic'"
+                traffic = db.execute(query).fetchone()[0]
+        assert traffic >= 10, f"only {traffic} gateway requests recorded within 20 s of serve starting"
+    finally:
+        server.terminate()
+        server.wait(15)

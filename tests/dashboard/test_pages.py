@@ -57,7 +57,8 @@ def test_the_overview_shows_a_tile_per_deployment_with_its_figures_and_health(se
 
 def test_one_successful_probe_reads_in_the_singular(seeded, viewer_user):
     from probes import health
-    from probes.models import Outcome, ProbeResult, ProbeTarget
+    from probes.models import ProbeResult, ProbeTarget
+    from routing.outcomes import Outcome
 
     target = ProbeTarget.objects.get(deployment=seeded["stable"], api_key=None)
     result = ProbeResult.objects.create(target=target, deployment=seeded["stable"], api_key=seeded["key"], slot=2,

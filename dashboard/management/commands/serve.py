@@ -16,10 +16,13 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-simulator", action="store_true", help="Do not start the built-in simulator")
         parser.add_argument("--no-probes", action="store_true", help="Do not run probes in this process")
+        parser.add_argument("--no-demo-traffic", action="store_true",
+                            help="Do not send the gentle demo traffic through the gateway on the demo route")
 
-    def handle(self, *args, host, port, no_simulator, no_probes, **options):
+    def handle(self, *args, host, port, no_simulator, no_probes, no_demo_traffic, **options):
         simulator = None if no_simulator else self._start_simulator()
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
+        traffic = None if no_demo_traffic else self._start_demo_traffic(host, port)
         from dashboard.asgi import application, gateway
 
         gateway_url = settings.GATEWAY_URL or "/v1/"
@@ -34,6 +37,8 @@ class Command(BaseCommand):
                 verbosity=0,
             ).run()
         finally:
+            if traffic is not None:
+                traffic.stop()
             gateway.close()  # the last rollups, request-log rows and key/circuit changes are saved
             if scheduler is not None:
                 scheduler.stop()
@@ -46,6 +51,19 @@ class Command(BaseCommand):
         server = SimulatorServer(port=settings.SIMULATOR_PORT).start()
         self.stdout.write(f"Simulator on {server.base_url}")
         return server
+
+    def _start_demo_traffic(self, host, port):
+        from dashboard.management.commands.seed_demo import ROUTE
+        from probes.loadtest.demo_traffic import DemoTraffic, demo_key
+        from routing.models import Route
+
+        if settings.DEMO_TRAFFIC_RPS <= 0 or not Route.objects.filter(name=ROUTE).exists():
+            return None
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        rps = settings.DEMO_TRAFFIC_RPS
+        traffic = DemoTraffic(f"http://{local}:{port}/v1", ROUTE, demo_key(ROUTE), rps=rps).start()
+        self.stdout.write(f"Demo traffic: about {rps:g} requests/s on {ROUTE} (--no-demo-traffic: off)")
+        return traffic
 
     def _start_probes(self):
         from probes import scheduler

@@ -1,0 +1,137 @@
+"""/api/v1/load-tests/: estimate, start, watch, stop and download; viewers read, staff run; bad input is named."""
+
+from decimal import Decimal
+
+import pytest
+
+from probes.loadtest.models import LoadTestRun
+from routing.models import Deployment
+from tests.routing.gateway_fixtures import make_provider, make_route, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+URL = "/api/v1/load-tests/"
+
+
+@pytest.fixture
+def registry(sim, settings):
+    settings.ALLOW_PRIVATE_UPSTREAMS = True
+    provider = make_provider(sim)
+    make_route("chat", provider, {"cheap": ("fast", 50), "dear": ("fast", 50), "off": ("fast", 0)})
+    Deployment.objects.filter(name="dear").update(input_price_per_mtok=Decimal(3), output_price_per_mtok=Decimal(10))
+    Deployment.objects.filter(name="off").update(input_price_per_mtok=Decimal(100), output_price_per_mtok=Decimal(100))
+    return provider
+
+
+def direct(**extra):
+    return {"deployment": "cheap", "profile": "concurrent", "concurrency": [2], "requests": 10, "max_tokens": 8,
+            **extra}
+
+
+def finished(run_id, timeout=15):
+    return wait_until(lambda: not LoadTestRun.objects.get(pk=run_id).active, timeout=timeout)
+
+
+def test_without_confirm_it_only_estimates_the_maximum_spend_of_the_dearest_active_target(admin_api, registry):
+    body = {"route": "chat", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
+    response = admin_api.post(URL, body, format="json")
+    assert response.status_code == 200
+    # "dear": (100 × $3 + 50 × $10) / 1M = $0.0008 a request, × 1,000; "off" has weight 0 and cannot be reached
+    assert Decimal(response.json()["estimated_max_cost"]) == Decimal("0.8")
+    assert not LoadTestRun.objects.exists()
+
+
+def test_staff_start_a_run_that_finishes_with_its_figures(admin_api, registry):
+    response = admin_api.post(URL, direct(confirm=True, thresholds=["error_rate < 1%"]), format="json")
+    assert response.status_code == 201
+    run_id = response.json()["id"]
+    assert response.json()["estimated_max_cost"]
+    assert finished(run_id)
+    body = admin_api.get(f"{URL}{run_id}/").json()
+    assert body["status"] == "finished" and body["passed"] is True
+    assert body["summary"]["count"] == 10 and body["summary"]["ok"] == 10
+    assert body["created_by"] == "alice"
+    assert "samples" not in body["summary"]
+
+
+def test_a_running_test_can_be_stopped_and_keeps_what_it_measured(admin_api, registry):
+    long = direct(confirm=True, profile="constant", rate=5, requests=10000, duration_s=120)
+    run_id = admin_api.post(URL, long, format="json").json()["id"]
+    assert wait_until(lambda: LoadTestRun.objects.get(pk=run_id).progress.get("done", 0) >= 3, timeout=10)
+    assert admin_api.post(f"{URL}{run_id}/stop/").status_code == 200
+    assert finished(run_id, timeout=5)
+    run = LoadTestRun.objects.get(pk=run_id)
+    assert run.status == "stopped"
+    assert 3 <= run.summary()["count"] < 100
+    assert admin_api.post(f"{URL}{run_id}/stop/").status_code == 409
+
+
+def test_only_one_run_at_a_time(admin_api, registry):
+    first = admin_api.post(URL, direct(confirm=True, profile="constant", rate=2, requests=1000), format="json").json()
+    second = admin_api.post(URL, direct(confirm=True), format="json")
+    assert second.status_code == 409
+    assert f"#{first['id']}" in second.json()["detail"]
+    admin_api.post(f"{URL}{first['id']}/stop/")
+    assert finished(first["id"])
+
+
+def test_the_report_comes_as_json_csv_or_offline_html(admin_api, registry):
+    run_id = admin_api.post(URL, direct(confirm=True, requests=4), format="json").json()["id"]
+    assert finished(run_id)
+    csv_text = admin_api.get(f"{URL}{run_id}/report/?kind=csv").content.decode()
+    assert csv_text.splitlines()[0].startswith("phase,at,outcome")
+    assert len(csv_text.splitlines()) == 5
+    html = admin_api.get(f"{URL}{run_id}/report/?kind=html")
+    assert html["Content-Type"].startswith("text/html") and b"Chart.js" in html.content
+    assert admin_api.get(f"{URL}{run_id}/report/?kind=pdf").status_code == 400
+    assert b"sk-test-key-0001" not in admin_api.get(f"{URL}{run_id}/report/?kind=json").content
+
+
+def test_viewers_read_but_cannot_start_or_stop(viewer_api, registry):
+    assert viewer_api.get(URL).status_code == 200
+    assert viewer_api.post(URL, direct(confirm=True), format="json").status_code == 403
+    run = LoadTestRun.objects.create(target_label="deployment:cheap", settings={}, status="running")
+    assert viewer_api.post(f"{URL}{run.pk}/stop/").status_code == 403
+    assert not LoadTestRun.objects.get(pk=run.pk).stop_requested
+    assert viewer_api.get(f"{URL}{run.pk}/").json()["status"] == "running"
+
+
+def test_outsiders_and_anonymous_callers_see_nothing(outsider_api, anon_api, registry):
+    assert outsider_api.get(URL).status_code == 403
+    assert anon_api.get(URL).status_code in (401, 403)
+    assert outsider_api.post(URL, direct(confirm=True), format="json").status_code == 403
+    assert not LoadTestRun.objects.exists()
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"route": "chat", "deployment": "cheap"}, "route"),
+    ({"route": "nope"}, "route"),
+    ({"deployment": "cheap", "profile": "poisson"}, "rate"),
+    ({"deployment": "cheap", "profile": "stages"}, "stages"),
+    ({"deployment": "cheap", "stages": [[0, 5]], "profile": "stages"}, "stages"),
+    ({"deployment": "cheap", "requests": 0}, "requests"),
+    ({"deployment": "cheap", "requests": 1_000_000}, "requests"),
+    ({"deployment": "cheap", "concurrency": ["4"]}, "concurrency"),
+    ({"deployment": "cheap", "thresholds": ["p95(ttft) > soon"]}, "thresholds"),
+    ({"deployment": "cheap", "slos": {"latency": 100}}, "slos"),
+    ({"deployment": "cheap", "prompts": "jsonl", "prompts_jsonl": "{not json"}, "prompts_jsonl"),
+    ({"deployment": "cheap", "sleep": 1}, "sleep"),
+])
+def test_bad_input_is_refused_naming_the_field_and_starts_nothing(admin_api, registry, body, field):
+    response = admin_api.post(URL, {**body, "confirm": True}, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not LoadTestRun.objects.exists()
+
+
+def test_a_run_left_running_by_a_stopped_server_does_not_block_new_ones(admin_api, registry):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    LoadTestRun.objects.create(target_label="deployment:cheap", settings={"duration_s": 60}, status="running",
+                               started_at=timezone.now() - timedelta(hours=1))
+    response = admin_api.post(URL, direct(confirm=True, requests=2), format="json")
+    assert response.status_code == 201
+    assert finished(response.json()["id"])
+    abandoned = LoadTestRun.objects.exclude(pk=response.json()["id"]).get()
+    assert abandoned.status == "failed" and "abandoned" in abandoned.error
