@@ -31,7 +31,8 @@ def _local_secret(filename, make):
     return path.read_text().strip()
 
 
-DEBUG = env_bool("DEBUG", True)
+# Production-safe unless asked: `make run` (the demo) sets DEBUG=true explicitly.
+DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY") or _local_secret("secret_key", lambda: secrets.token_urlsafe(50))
 SECRET_KEY_FROM_ENV = bool(env_str("SECRET_KEY"))
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
@@ -146,7 +147,7 @@ FERNET_KEYS = env_list("WEATHERVANE_FERNET_KEYS") or [_local_secret("fernet.key"
 
 # --- Upstream safety ---------------------------------------------------------
 # Provider base URLs on loopback/private networks are refused unless allowed.
-# Allowed by default in the embedded (DEBUG) mode, where the simulator is local.
+# Allowed by default only with DEBUG=true (the demo), where the simulator is local.
 ALLOW_PRIVATE_UPSTREAMS = env_bool("WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS", DEBUG)
 
 # --- Embedded mode: the built-in simulator served beside the app -------------
@@ -232,8 +233,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, mi
 
 # --- Auth, i18n, static -------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
@@ -256,10 +259,14 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("WEATHERVANE_BEHIND_PROXY", False) else None
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
-SECURE_HSTS_PRELOAD = not DEBUG
+# Preloading is a commitment browsers keep for months: only when the operator asks for it.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 X_FRAME_OPTIONS = "DENY"
+# Technical 500 pages (DEBUG) mask the password of every URL-valued setting too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "dashboard.debug.CredentialFilter"
 
 LOG_LEVEL = env_str("WEATHERVANE_LOG_LEVEL", "INFO").upper()
 LOGGING = {

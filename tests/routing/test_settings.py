@@ -17,7 +17,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 # Variables the settings read; stripped so the developer's own environment cannot leak in.
 SETTINGS_PREFIXES = ("WEATHERVANE_", "DJANGO_")
 SETTINGS_NAMES = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL", "CSRF_TRUSTED_ORIGINS",
-                  "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}
+                  "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_PRELOAD"}
 
 
 def manage(*args, data_dir, **variables):
@@ -68,6 +68,60 @@ def test_a_malformed_variable_stops_the_start_naming_it_without_echoing_password
     assert result.returncode != 0
     assert f"{name} must be" in output
     assert "hunter2" not in output
+
+
+SAFE_DEFAULTS = ("DEBUG", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
+                 "SECURE_HSTS_PRELOAD", "ALLOW_PRIVATE_UPSTREAMS")
+
+
+def effective_settings(data_dir, **variables):
+    code = f"from django.conf import settings; print(*(repr(getattr(settings, n)) for n in {SAFE_DEFAULTS!r}))"
+    result = manage("shell", "--no-imports", "-c", code, data_dir=data_dir, **variables)
+    assert result.returncode == 0, result.stderr
+    return dict(zip(SAFE_DEFAULTS, result.stdout.splitlines()[-1].split(), strict=True))
+
+
+def test_a_deployment_that_sets_nothing_gets_production_safe_settings(tmp_path):
+    assert effective_settings(tmp_path) == {
+        "DEBUG": "False", "SESSION_COOKIE_SECURE": "True", "CSRF_COOKIE_SECURE": "True", "SECURE_SSL_REDIRECT": "True",
+        "SECURE_HSTS_SECONDS": "31536000", "SECURE_HSTS_PRELOAD": "False", "ALLOW_PRIVATE_UPSTREAMS": "False",
+    }
+
+
+def test_hsts_preload_is_sent_only_when_configured(tmp_path):
+    assert effective_settings(tmp_path, SECURE_HSTS_PRELOAD="true")["SECURE_HSTS_PRELOAD"] == "True"
+    result = manage("check", "--deploy", data_dir=tmp_path, **production(SECURE_HSTS_PRELOAD="true"))
+    assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_make_run_asks_for_the_demo_settings_explicitly():
+    dry_run = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, timeout=30).stdout
+    serve = [line for line in dry_run.splitlines() if "manage.py serve" in line]
+    assert serve and all(line.startswith("DEBUG=true ") for line in serve), dry_run
+
+
+URL_PASSWORD = secrets.token_hex(8)  # generated: the page must not show it, not even in this file's source
+
+
+def _url_valued_settings(settings):
+    settings.DATABASE_URL = f"postgres://weathervane:{URL_PASSWORD}@db.example.com:5432/wv"
+    settings.REDIS_URL = f"redis://:{URL_PASSWORD}@redis.example.com:6379/0"
+    settings.CELERY_BROKER_URL = f"amqp://celery:{URL_PASSWORD}@mq.example.com//"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"redis://:{URL_PASSWORD}@cache.example.com:6379/0"}}
+
+
+def test_a_debug_page_masks_the_credentials_in_every_url_valued_setting(rf, settings):
+    from django.views.debug import technical_500_response
+
+    settings.DEBUG = True
+    _url_valued_settings(settings)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        page = technical_500_response(rf.get("/"), *sys.exc_info()).content.decode()
+    assert "db.example.com" in page and "mq.example.com" in page and "cache.example.com" in page
+    assert URL_PASSWORD not in page
 
 
 # --- Where provider base URLs may point -------------------------------------------------------
