@@ -193,6 +193,8 @@ GATEWAY_BREAKER_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_COOLDOWN", 5
 GATEWAY_SNAPSHOT_POLL_S = env_float("WEATHERVANE_GATEWAY_SNAPSHOT_POLL", 1.0, minimum=0.1)
 GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervane")
 GATEWAY_LOG_RETENTION_DAYS = env_int("WEATHERVANE_GATEWAY_LOG_RETENTION_DAYS", 7, minimum=1)
+# /metrics (gateway port and Daphne) answers this bearer token or a staff session; without a token only staff.
+METRICS_TOKEN = env_str("WEATHERVANE_METRICS_TOKEN")
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -34,6 +34,7 @@ from routing.gateway import errors, upstream
 from routing.gateway.breaker import BreakerPolicy, Breakers
 from routing.gateway.errors import GatewayError
 from routing.gateway.limits import Limits
+from routing.gateway.metrics import scrape_allowed
 from routing.gateway.proxy import SSE_HEADERS, Call, Proxy, describe
 from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
@@ -441,6 +442,9 @@ class Gateway:
         await send({"type": "http.response.body", "body": body})
 
     async def metrics(self, scope, receive, send):
+        if not await scrape_allowed(scope):
+            await self.send_error(send, errors.metrics_unauthorized(), self._request_id(None), "", "", 0, 0.0)
+            return
         body = generate_latest(self.recorder.metrics.registry)
         headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

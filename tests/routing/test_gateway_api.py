@@ -5,7 +5,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim  # noqa: F401
+from tests.routing.gateway_fixtures import (  # noqa: F401
+    METRICS_TOKEN, client_key, make_provider, make_route, metrics_token, post_chat, scrape, serve_gateway, sim,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -206,14 +208,32 @@ def test_it_answers_503_when_no_key_is_usable(sim, serve_gateway):
     assert "no usable key" in error["message"] and sim.simulator.attempts() == []
 
 
-def test_metrics_expose_requests_attempts_and_latency(chat_gateway):
+def test_metrics_expose_requests_attempts_and_latency(chat_gateway, metrics_token):
     _, gateway, key = chat_gateway
     for _ in range(3):
         post_chat(gateway, key, "chat")
     post_chat(gateway, None, "chat")
-    text = httpx.get(f"{gateway.url}/metrics").text
+    text = scrape(gateway).text
     assert 'weathervane_gateway_requests_total{deployment="sim-fast",outcome="ok",route="chat"} 3.0' in text
     assert 'weathervane_gateway_requests_total{deployment="-",outcome="rejected",route="-"} 1.0' in text
     assert 'weathervane_gateway_upstream_attempts_total{deployment="sim-fast",outcome="ok"} 3.0' in text
     assert 'weathervane_gateway_request_duration_seconds_count{deployment="sim-fast",route="chat"} 3.0' in text
     assert "weathervane_gateway_ttft_seconds" in text and "weathervane_gateway_circuit_state" in text
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {METRICS_TOKEN}", f"Token {METRICS_TOKEN}"])
+def test_metrics_refuse_a_scrape_without_the_token(chat_gateway, metrics_token, authorization):
+    _, gateway, key = chat_gateway
+    post_chat(gateway, key, "chat")
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.get(f"{gateway.url}/metrics", headers=headers)
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert "weathervane_gateway" not in response.text and "sim-fast" not in response.text
+    assert "WEATHERVANE_METRICS_TOKEN" in response.json()["error"]["message"]
+
+
+def test_metrics_are_closed_when_no_token_is_configured(chat_gateway, settings):
+    settings.METRICS_TOKEN = ""
+    _, gateway, _ = chat_gateway
+    assert scrape(gateway).status_code == 401
+    assert httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer"}).status_code == 401

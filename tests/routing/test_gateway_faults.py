@@ -15,7 +15,9 @@ import orjson
 import pytest
 
 from routing.gateway import selection
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim, wait_until  # noqa: F401
+from tests.routing.gateway_fixtures import (  # noqa: F401
+    client_key, make_provider, make_route, metrics_token, post_chat, scrape, serve_gateway, sim, wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,7 +177,7 @@ def test_a_silent_upstream_gets_504_at_the_deadline(sim, faulty_route):
     assert 1.4 <= time.monotonic() - started < 2.5
 
 
-def test_a_client_leaving_mid_stream_closes_the_upstream_within_a_second(sim, faulty_route):
+def test_a_client_leaving_mid_stream_closes_the_upstream_within_a_second(sim, faulty_route, metrics_token):
     sim.simulator.configure("slow-stream", tokens_per_s=20.0)  # 100 tokens: a 5 s stream
     gateway, key, session = faulty_route("slow-stream")
     body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 100}
@@ -190,5 +192,5 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_within_a_second(sim, fa
     assert time.monotonic() - left_at < 1.0
     attempt = sim.simulator.attempts("slow-stream")[0]
     assert not attempt.completed
-    metrics = lambda: httpx.get(f"{gateway.url}/metrics").text  # noqa: E731
+    metrics = lambda: scrape(gateway).text  # noqa: E731
     assert wait_until(lambda: 'outcome="client_closed"' in metrics(), timeout=2.0)
