@@ -21,6 +21,6 @@ class CredentialFilter(SafeExceptionReporterFilter):
     """Django's filter, plus masking of credentials inside URL-valued settings (nested ones too)."""
 
     def cleanse_setting(self, key, value):
-        if isinstance(value, str):
+        if type(value) is str:  # not lazy objects that only pretend to be strings
             value = mask_url_passwords(value)
         return super().cleanse_setting(key, value)

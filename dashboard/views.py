@@ -257,3 +257,18 @@ def timeline(request):
 @dashboard_view
 def timeline_json(request):
     return _json(timeline_data())
+
+
+def locked_out(request, response, credentials):
+    """What django-axes answers (429) to a locked-out attempt (AXES_LOCKOUT_CALLABLE): a page, or JSON for the API."""
+    from django.conf import settings
+
+    from routing.api.authentication import token_locked_out
+
+    if request.path.startswith("/api/"):
+        refusal = token_locked_out()
+        return JsonResponse({"detail": refusal.detail}, status=429, headers={"Retry-After": str(refusal.wait)})
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    context = {"username": (credentials or {}).get("username", ""), "minutes": minutes,
+               "failure_limit": settings.AXES_FAILURE_LIMIT}
+    return render(request, "registration/locked_out.html", context, status=429)

@@ -60,6 +60,7 @@ def test_production_with_request_bodies_logged_warns(tmp_path):
 @pytest.mark.parametrize(("name", "value"), [
     ("WEATHERVANE_PROBE_INTERVAL", "abc"),
     ("DEBUG", "maybe"),
+    ("WEATHERVANE_API_USER_RATE", "lots"),
     ("DATABASE_URL", "ftp://admin:hunter2-db-password@db.example.com/weathervane"),
 ])
 def test_a_malformed_variable_stops_the_start_naming_it_without_echoing_passwords(tmp_path, name, value):
