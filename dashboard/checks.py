@@ -1,7 +1,7 @@
 """System checks that flag unsafe production setups (ids weathervane.W00x)."""
 
 from django.conf import settings
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 
 
 @register(Tags.security, deploy=True)
@@ -44,3 +44,18 @@ def shared_channel_layer(app_configs, **kwargs):
         hint="Fine for a single process; set REDIS_URL when running several.",
         id="weathervane.W001",
     )]
+
+
+@register(Tags.security)
+def key_file_permissions(app_configs, **kwargs):
+    """Runs at every start: a generated key that others can read defeats encryption at rest."""
+    problems = []
+    for name in settings.LOCAL_SECRET_FILES:
+        path = settings.DATA_DIR / name
+        if path.exists() and path.stat().st_mode & 0o077:
+            problems.append(Error(
+                f"{path} can be read or written by other users (mode {path.stat().st_mode & 0o777:o}).",
+                hint=f"chmod 600 {path}, and check who could have read it.",
+                id="weathervane.E001",
+            ))
+    return problems

@@ -7,10 +7,12 @@ the scaled mode. Every variable is listed in README.md.
 
 import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
 from dashboard.env import env_bool, env_float, env_int, env_list, env_rate, env_str, env_url
 
@@ -19,17 +21,32 @@ DATA_DIR = Path(env_str("WEATHERVANE_DATA_DIR", str(BASE_DIR / "var"))).resolve(
 DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+LOCAL_SECRET_FILES = ("secret_key", "fernet.key")  # generated here when not set; permissions checked at start
+
+
 def _local_secret(filename, make):
     """Read a generated secret from the data directory, creating it owner-only on first use."""
     path = DATA_DIR / filename
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        pass
-    else:
-        with os.fdopen(handle, "w") as out:
-            out.write(make())
+    if not path.exists():
+        _create_once(path, make())
     return path.read_text().strip()
+
+
+def _create_once(path, value):
+    """Write `value` to a private temporary file, then link it into place: a reader never sees an empty key,
+    and when two processes race, the first link wins and both use that one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(value)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first
+            pass
+    finally:
+        os.unlink(temporary)
 
 
 # Production-safe unless asked: `make run` (the demo) sets DEBUG=true explicitly.
@@ -55,6 +72,7 @@ INSTALLED_APPS = [
     "channels",
     "django_celery_beat",
     "axes",
+    "csp",
     "dashboard",
     "routing",
     "probes",
@@ -62,6 +80,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -227,6 +246,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Providers, keys, deployments, routes and their canary weights, gateway keys, probes and the audit trail.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs pages follow the API's rule: staff and viewers read, anonymous callers get 401.
+    "SERVE_PERMISSIONS": ["routing.api.permissions.StaffWritesViewerReads"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -286,6 +307,22 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 X_FRAME_OPTIONS = "DENY"
+# Strict: the pages load scripts and styles from our own static files only (no inline code, no CDN).
+# The API docs pages relax it for themselves (dashboard/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 # Technical 500 pages (DEBUG) mask the password of every URL-valued setting too.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "dashboard.debug.CredentialFilter"
 

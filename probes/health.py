@@ -137,7 +137,12 @@ def _timeline(kind, message, deployment, api_key, event_id=None):
 
 
 def apply_to_key(key, result):
-    """Mark the key invalid on a bad-key outcome, rate-limited on a 429, active again on success."""
+    """Mark the key invalid on a bad-key outcome, rate-limited on a 429, active again on success.
+
+    Judged on the key as it is now (locked until the caller's transaction ends), not as it was when the probe
+    started: a key that staff disabled while the probe ran stays disabled.
+    """
+    key = type(key).objects.select_for_update().get(pk=key.pk)
     if key.state == KeyState.DISABLED:
         return
     if result.outcome == Outcome.BAD_KEY and key.state != KeyState.INVALID:

@@ -44,7 +44,7 @@ from routing.models import RequestOutcome
 log = logging.getLogger(__name__)
 
 JSON_TYPE = b"application/json"
-SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,100}$")
+SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")  # fullmatch: "$" would let a trailing newline through
 MODELS_PREFIX = "/v1/models/"
 
 
@@ -246,7 +246,7 @@ class Gateway:
     # --- responses -------------------------------------------------------------------
 
     def _request_id(self, given):
-        if given is not None and SAFE_REQUEST_ID.match(given):
+        if given is not None and SAFE_REQUEST_ID.fullmatch(given):
             return given.decode()
         return f"req_{self._id_prefix}{next(self._ids):x}"
 
@@ -446,7 +446,7 @@ class Gateway:
             await self.send_error(send, errors.metrics_unauthorized(), self._request_id(None), "", "", 0, 0.0)
             return
         body = generate_latest(self.recorder.metrics.registry)
-        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()), NOSNIFF]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -459,8 +459,13 @@ def _model_entry(name):
     return {"id": name, "object": "model", "created": 0, "owned_by": "weathervane"}
 
 
+# Upstream errors pass through with the upstream's content type: browsers must not guess another.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
 def _common_headers(request_id, route, deployment, attempts, overhead_ms):
     return [
+        NOSNIFF,
         (b"x-request-id", request_id.encode()),
         (b"x-weathervane-route", route.encode()),
         (b"x-weathervane-deployment", deployment.encode()),

@@ -206,8 +206,9 @@ def test_the_deployment_charts_take_new_points_without_a_reload(chromium, app_ur
     count = "() => Chart.getChart('chart-latency').data.datasets[3].data.length"
     assert page.evaluate(count) == 1  # the probe stored before the page opened
     probe(world.probe)
-    page.wait_for_function(f"({count})() >= 2", timeout=10_000)
-    page.wait_for_function("Chart.getChart('chart-latency').data.datasets[0].data.length >= 1", timeout=10_000)
+    # Predicates are functions, not expressions: the page's Content-Security-Policy forbids eval.
+    page.wait_for_function(f"() => ({count})() >= 2", timeout=10_000)
+    page.wait_for_function("() => Chart.getChart('chart-latency').data.datasets[0].data.length >= 1", timeout=10_000)
     assert page.locator("#probe-rows tr").count() >= 2
     page.click("#windows a[data-window='1h']")
     page.wait_for_url("**window=1h")
@@ -230,7 +231,7 @@ def test_moving_the_canary_reaches_the_api_the_audit_trail_and_other_browsers(ch
     admin.click("button.apply")
 
     viewer.wait_for_function(
-        "document.querySelector('tr[data-deployment=\"canary\"] [data-field=weight] .num').textContent === '25%'",
+        "() => document.querySelector('tr[data-deployment=\"canary\"] [data-field=weight] .num').textContent === '25%'",
         timeout=1000,
     )
     assert viewer.locator('.weight-row[data-deployment="canary"] .weight-number').input_value() == "25"
@@ -336,3 +337,17 @@ def test_an_edit_of_a_split_changed_meanwhile_is_refused_and_the_form_catches_up
     route = admin_api.get("/api/v1/routes/chat/").json()
     assert {t["deployment"]: t["weight"] for t in route["targets"]} == {"stable": 80, "canary": 20}
     admin.context.close()
+
+
+def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "alice", "/routes/")
+    violations = []
+    page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
+    for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/admin/", "/api/docs/"):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+    page.goto("/routes/")
+    width = "getComputedStyle(document.querySelector('tr[data-deployment=\"canary\"] .bar')).getPropertyValue('--w')"
+    assert page.evaluate(width).strip() == "10%"  # set by the page's script, not an inline style
+    assert violations == []
+    page.context.close()

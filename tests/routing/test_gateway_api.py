@@ -237,3 +237,33 @@ def test_metrics_are_closed_when_no_token_is_configured(chat_gateway, settings):
     _, gateway, _ = chat_gateway
     assert scrape(gateway).status_code == 401
     assert httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer"}).status_code == 401
+
+
+def test_every_gateway_response_forbids_content_type_sniffing(chat_gateway, metrics_token):
+    _, gateway, key = chat_gateway
+    answers = [
+        post_chat(gateway, key, "chat"),  # relayed JSON
+        post_chat(gateway, key, "chat", stream=True),  # relayed stream
+        post_chat(gateway, key, "chat", max_tokens=-1),  # the upstream's own 400, passed through
+        post_chat(gateway, None, "chat"),  # the gateway's own 401
+        httpx.get(f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {key.plaintext}"}),
+        scrape(gateway),
+    ]
+    assert [a.headers.get("x-content-type-options") for a in answers] == ["nosniff"] * len(answers)
+
+
+@pytest.mark.parametrize("given", [b"trace-123\n", b"trace-123\r\nx-injected: 1", b"", b"x" * 101, b"trace 123"])
+async def test_a_client_request_id_that_is_not_a_plain_token_is_replaced(given):
+    from routing.gateway.app import Gateway, GatewayConfig
+
+    sent = []
+    scope = {"type": "http", "method": "GET", "path": "/nowhere", "headers": [(b"x-request-id", given)]}
+    gateway = Gateway(GatewayConfig.from_settings())
+    gateway.started = True  # /nowhere needs no snapshot, session or database
+    await gateway(scope, None, lambda message: _append(sent, message))
+    request_id = dict(sent[0]["headers"])[b"x-request-id"]
+    assert request_id != given and request_id.startswith(b"req_")
+
+
+async def _append(messages, message):
+    messages.append(message)

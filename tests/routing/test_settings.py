@@ -167,3 +167,31 @@ def test_a_hostname_is_checked_again_at_connect_time(monkeypatch):
         netguard.check_host("api.example.com", allow_private=False)
     netguard.check_host("cdn.example.com", allow_private=False)
     netguard.check_host("api.example.com", allow_private=True)
+
+
+# --- Generated key files ----------------------------------------------------------------------
+
+
+def test_a_generated_key_file_is_never_visible_empty_and_is_owner_only(tmp_path, monkeypatch):
+    from dashboard import settings as project
+
+    monkeypatch.setattr(project, "DATA_DIR", tmp_path)
+    seen = []
+
+    def make():  # runs while the file is being made: another process reading now must not find it empty
+        seen.append((tmp_path / "fernet.key").exists())
+        return "the-key"
+
+    assert project._local_secret("fernet.key", make) == "the-key"
+    assert seen == [False]
+    assert (tmp_path / "fernet.key").stat().st_mode & 0o777 == 0o600
+    assert project._local_secret("fernet.key", lambda: "another-key") == "the-key"  # made once
+    assert [p.name for p in tmp_path.iterdir()] == ["fernet.key"]  # no temporary left behind
+
+
+def test_a_key_file_others_can_read_stops_the_start(tmp_path):
+    assert manage("check", data_dir=tmp_path).returncode == 0  # creates the keys, owner-only
+    (tmp_path / "fernet.key").chmod(0o644)
+    result = manage("check", data_dir=tmp_path)
+    assert result.returncode != 0
+    assert "weathervane.E001" in result.stderr and "chmod 600" in result.stderr
