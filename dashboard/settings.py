@@ -215,6 +215,9 @@ GATEWAY_BREAKER_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_COOLDOWN", 5
 GATEWAY_SNAPSHOT_POLL_S = env_float("WEATHERVANE_GATEWAY_SNAPSHOT_POLL", 1.0, minimum=0.1)
 GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervane")
 GATEWAY_LOG_RETENTION_DAYS = env_int("WEATHERVANE_GATEWAY_LOG_RETENTION_DAYS", 7, minimum=1)
+# --- Limits of both servers (Daphne: `manage.py serve`; uvicorn: `manage.py gateway`) --------------
+SERVER_MAX_HEADER_BYTES = env_int("WEATHERVANE_MAX_HEADER_BYTES", 16384, minimum=1024)
+SERVER_HEADER_TIMEOUT_S = env_float("WEATHERVANE_HEADER_TIMEOUT", 10.0, minimum=0.5)
 # /metrics (gateway port and Daphne) answers this bearer token or a staff session; without a token only staff.
 METRICS_TOKEN = env_str("WEATHERVANE_METRICS_TOKEN")
 
@@ -264,6 +267,8 @@ SPECTACULAR_SETTINGS = {
     },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)
+# Daphne refuses larger bodies (413) before buffering them: no application here accepts more.
+SERVER_MAX_BODY_BYTES = max(GATEWAY_MAX_BODY_BYTES, DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 # --- Auth, i18n, static -------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

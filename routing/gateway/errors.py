@@ -70,7 +70,9 @@ def bad_request(message, param=None, code="invalid_request"):
 
 
 def too_large(limit):
-    return GatewayError(413, f"The request body is larger than {limit} bytes.", "invalid_request_error", "request_too_large")
+    # Closing the connection stops the server reading (and discarding) the rest of a body it will never use.
+    return GatewayError(413, f"The request body is larger than {limit} bytes.", "invalid_request_error", "request_too_large",
+                        headers=[(b"connection", b"close")])
 
 
 def not_found(path):

@@ -5,7 +5,6 @@ and the in-process probe scheduler running beside it, until Ctrl-C."""
 import logging
 
 from daphne.endpoints import build_endpoint_description_strings
-from daphne.server import Server
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -25,10 +24,11 @@ class Command(BaseCommand):
         simulator = None if no_simulator else self._start_simulator()
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
         from dashboard.asgi import application
+        from dashboard.server_limits import LimitedServer
 
         self.stdout.write(self.style.SUCCESS(f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: /v1/)"))
         try:
-            Server(
+            LimitedServer(
                 application=application,
                 endpoints=build_endpoint_description_strings(host=host, port=port),
                 http_timeout=None,
