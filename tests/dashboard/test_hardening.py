@@ -12,7 +12,7 @@ from django.test import Client
 from tests.dashboard.test_pages import PAGES, signed_in
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-INLINE = re.compile(r"<script(?![^>]*\b(src|type=\"application/json\"))[^>]*>|\bstyle=|\son[a-z]+=", re.I)
+INLINE = re.compile(r"<script(?![^>]*\b(src|type=\"application/json\"))[^>]*>|\bstyle=|\son[a-z]+=", re.IGNORECASE)
 
 
 def policy(response):

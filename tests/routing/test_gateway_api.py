@@ -6,7 +6,15 @@ import orjson
 import pytest
 
 from tests.routing.gateway_fixtures import (  # noqa: F401
-    METRICS_TOKEN, client_key, make_provider, make_route, metrics_token, post_chat, scrape, serve_gateway, sim,
+    METRICS_TOKEN,
+    client_key,
+    make_provider,
+    make_route,
+    metrics_token,
+    post_chat,
+    scrape,
+    serve_gateway,
+    sim,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,7 +5,13 @@ import pytest
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
 from tests.routing.gateway_fixtures import (  # noqa: F401
-    FAST, METRICS_TOKEN, client_key, make_provider, make_route, metrics_token, sim,
+    FAST,
+    METRICS_TOKEN,
+    client_key,
+    make_provider,
+    make_route,
+    metrics_token,
+    sim,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)

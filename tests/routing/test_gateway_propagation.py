@@ -4,14 +4,21 @@ requests finish on the snapshot they started with."""
 import threading
 import time
 
-import httpx
 import orjson
 import pytest
 
 from routing.models import Deployment, GatewayKey, Route
 from routing.weights import apply_weights
 from tests.routing.gateway_fixtures import (  # noqa: F401
-    client_key, make_provider, make_route, metrics_token, post_chat, scrape, serve_gateway, sim, wait_until,
+    client_key,
+    make_provider,
+    make_route,
+    metrics_token,
+    post_chat,
+    scrape,
+    serve_gateway,
+    sim,
+    wait_until,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)

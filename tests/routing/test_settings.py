@@ -96,7 +96,7 @@ def test_hsts_preload_is_sent_only_when_configured(tmp_path):
 
 
 def test_make_run_asks_for_the_demo_settings_explicitly():
-    dry_run = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, timeout=30).stdout
+    dry_run = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, timeout=30, check=True).stdout
     serve = [line for line in dry_run.splitlines() if "manage.py serve" in line]
     assert serve and all(line.startswith("DEBUG=true ") for line in serve), dry_run
 
