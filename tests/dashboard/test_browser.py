@@ -266,6 +266,8 @@ def test_a_viewer_cannot_change_the_split(chromium, app_url, world, admin_api):
 
 def test_the_api_rejection_is_shown_inline_and_changes_nothing(chromium, app_url, world, admin_api):
     admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    # The refresh the page makes once its socket is live resets an untouched form: let it land first.
+    admin.wait_for_load_state("networkidle")
     # Two sliders always add up to 100, so set an invalid total the way a hand-edited form would.
     admin.evaluate("""() => document.querySelectorAll('.weight-number').forEach((input) => { input.value = '30'; })""")
     admin.fill("input[name=reason]", "typo")
