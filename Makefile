@@ -19,10 +19,14 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# The settings default to production; the demo asks for its own explicitly
+# (plain http on loopback, the simulator as a private upstream, debug pages).
+DEMO   := DEBUG=true
+
 run: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo --server-url http://$(HOST):$(PORT)
-	$(PY) manage.py serve --host $(HOST) --port $(PORT)
+	$(DEMO) $(PY) manage.py migrate --noinput
+	$(DEMO) $(PY) manage.py seed_demo --server-url http://$(HOST):$(PORT)
+	$(DEMO) $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 browser:
 	bash scripts/install-chromium.sh

@@ -51,3 +51,18 @@ def encryption_keys(app_configs, **kwargs):
     except KeysDiverge as exc:
         return [Error(str(exc), hint="Every process must have the same WEATHERVANE_FERNET_KEYS.", id="weathervane.E001")]
     return []
+
+
+@register(Tags.security)
+def key_file_permissions(app_configs, **kwargs):
+    """Runs at every start: a generated key that others can read defeats encryption at rest."""
+    problems = []
+    for name in settings.LOCAL_SECRET_FILES:
+        path = settings.DATA_DIR / name
+        if path.exists() and path.stat().st_mode & 0o077:
+            problems.append(Error(
+                f"{path} can be read or written by other users (mode {path.stat().st_mode & 0o777:o}).",
+                hint=f"chmod 600 {path}, and check who could have read it.",
+                id="weathervane.E002",
+            ))
+    return problems

@@ -6,6 +6,7 @@ typo fails at start instead of at the first request.
 """
 
 import os
+import re
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -77,4 +78,17 @@ def env_url(name, schemes, default=""):
     if parts.scheme not in schemes or not (parts.hostname or parts.path):
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise ImproperlyConfigured(f"{name} must be a URL starting with {allowed}, not a value like {parts.scheme or '?'}://…")
+    return value
+
+
+RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def env_rate(name, default):
+    """Return a request rate like "120/min" (DRF's throttle format)."""
+    value = _raw(name)
+    if value is None:
+        return default
+    if not RATE.fullmatch(value):
+        raise ImproperlyConfigured(f"{name} must be a rate like 120/min (per s, min, hour or day), not {value!r}.")
     return value

@@ -7,32 +7,51 @@ the scaled mode. Every variable is listed in README.md.
 
 import os
 import secrets
+import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from csp.constants import NONE, SELF
 
-from dashboard.env import env_bool, env_float, env_int, env_list, env_str, env_url
+from dashboard.env import env_bool, env_float, env_int, env_list, env_rate, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("WEATHERVANE_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+LOCAL_SECRET_FILES = ("secret_key", "fernet.key")  # generated here when not set; permissions checked at start
+
+
 def _local_secret(filename, make):
     """Read a generated secret from the data directory, creating it owner-only on first use."""
     path = DATA_DIR / filename
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        pass
-    else:
-        with os.fdopen(handle, "w") as out:
-            out.write(make())
+    if not path.exists():
+        _create_once(path, make())
     return path.read_text().strip()
 
 
-DEBUG = env_bool("DEBUG", True)
+def _create_once(path, value):
+    """Write `value` to a private temporary file, then link it into place: a reader never sees an empty key,
+    and when two processes race, the first link wins and both use that one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(value)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first
+            pass
+    finally:
+        os.unlink(temporary)
+
+
+# Production-safe unless asked: `make run` (the demo) sets DEBUG=true explicitly.
+DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY") or _local_secret("secret_key", lambda: secrets.token_urlsafe(50))
 SECRET_KEY_FROM_ENV = bool(env_str("SECRET_KEY"))
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
@@ -53,6 +72,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "django_celery_beat",
+    "axes",
+    "csp",
     "dashboard",
     "routing",
     "probes",
@@ -61,6 +82,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -68,6 +90,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -158,7 +181,7 @@ FERNET_KEYS_SOURCE = "WEATHERVANE_FERNET_KEYS" if FERNET_KEYS_FROM_ENV else str(
 
 # --- Upstream safety ---------------------------------------------------------
 # Provider base URLs on loopback/private networks are refused unless allowed.
-# Allowed by default in the embedded (DEBUG) mode, where the simulator is local.
+# Allowed by default only with DEBUG=true (the demo), where the simulator is local.
 ALLOW_PRIVATE_UPSTREAMS = env_bool("WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS", DEBUG)
 
 # --- Embedded mode: the built-in simulator served beside the app -------------
@@ -217,11 +240,16 @@ GATEWAY_BREAKER_MAX_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_MAX_COOL
 GATEWAY_SNAPSHOT_POLL_S = env_float("WEATHERVANE_GATEWAY_SNAPSHOT_POLL", 1.0, minimum=0.1)
 GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervane")
 GATEWAY_LOG_RETENTION_DAYS = env_int("WEATHERVANE_GATEWAY_LOG_RETENTION_DAYS", 7, minimum=1)
+# --- Limits of both servers (Daphne: `manage.py serve`; uvicorn: `manage.py gateway`) --------------
+SERVER_MAX_HEADER_BYTES = env_int("WEATHERVANE_MAX_HEADER_BYTES", 16384, minimum=1024)
+SERVER_HEADER_TIMEOUT_S = env_float("WEATHERVANE_HEADER_TIMEOUT", 10.0, minimum=0.5)
+# /metrics (gateway port and Daphne) answers this bearer token or a staff session; without a token only staff.
+METRICS_TOKEN = env_str("WEATHERVANE_METRICS_TOKEN")
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "routing.api.authentication.LockableTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["routing.api.permissions.StaffWritesViewerReads"],
@@ -232,12 +260,22 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "routing.api.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_rate("WEATHERVANE_API_ANON_RATE", "120/min"),
+        "user": env_rate("WEATHERVANE_API_USER_RATE", "3000/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Weathervane API",
     "DESCRIPTION": "Providers, keys, deployments, routes and their canary weights, gateway keys, probes and the audit trail.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs pages follow the API's rule: staff and viewers read, anonymous callers get 401.
+    "SERVE_PERMISSIONS": ["routing.api.permissions.StaffWritesViewerReads"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -254,12 +292,24 @@ SPECTACULAR_SETTINGS = {
     },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)
+# Daphne refuses larger bodies (413) before buffering them: no application here accepts more.
+SERVER_MAX_BODY_BYTES = max(GATEWAY_MAX_BODY_BYTES, DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 # --- Auth, i18n, static -------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login lockouts (django-axes): /login/, /admin/login/ and API tokens, per user name and client address.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("WEATHERVANE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("WEATHERVANE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "dashboard.views.locked_out"
+AXES_SENSITIVE_PARAMETERS = ["password", "token", "authorization"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
@@ -286,10 +336,30 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _HTTPS_ONLY)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("WEATHERVANE_BEHIND_PROXY", False) else None
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _HTTPS_ONLY else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS_ONLY
-SECURE_HSTS_PRELOAD = _HTTPS_ONLY
+# Preloading is a commitment browsers keep for months: only when the operator asks for it.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SESSION_COOKIE_SECURE = _HTTPS_ONLY
 CSRF_COOKIE_SECURE = _HTTPS_ONLY
 X_FRAME_OPTIONS = "DENY"
+# Strict: the pages load scripts and styles from our own static files only (no inline code, no CDN).
+# The API docs pages relax it for themselves (dashboard/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# Technical 500 pages (DEBUG) mask the password of every URL-valued setting too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "dashboard.debug.CredentialFilter"
 
 LOG_LEVEL = env_str("WEATHERVANE_LOG_LEVEL", "INFO").upper()
 LOGGING = {

@@ -1,11 +1,18 @@
 """HTTP and WebSocket URL patterns (kept side by side; see STYLE.md)."""
 
+from csp.constants import UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from dashboard.consumers import LiveConsumer
+
+# The vendored Swagger UI and Redoc inject styles (Redoc also starts from an inline script and a blob: worker);
+# only their own pages get that allowance.
+DOCS_CSP = csp_update({"style-src": [UNSAFE_INLINE]})
+REDOC_CSP = csp_update({"style-src": [UNSAFE_INLINE], "script-src": [UNSAFE_INLINE], "worker-src": ["blob:"]})
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -15,8 +22,8 @@ urlpatterns = [
     path("api/v1/", include("probes.api.urls")),
     path("api/v1/", include("probes.loadtest.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("api/docs/", DOCS_CSP(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="api-docs"),
+    path("api/redoc/", REDOC_CSP(SpectacularRedocView.as_view(url_name="schema")), name="api-redoc"),
     path("", include("dashboard.page_urls")),
 ]
 

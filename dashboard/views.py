@@ -311,3 +311,18 @@ def load_test_detail(request, pk):
 @dashboard_view
 def load_test_json(request, pk):
     return _json(load_test_data(get_object_or_404(LoadTestRun, pk=pk)))
+
+
+def locked_out(request, response, credentials):
+    """What django-axes answers (429) to a locked-out attempt (AXES_LOCKOUT_CALLABLE): a page, or JSON for the API."""
+    from django.conf import settings
+
+    from routing.api.authentication import token_locked_out
+
+    if request.path.startswith("/api/"):
+        refusal = token_locked_out()
+        return JsonResponse({"detail": refusal.detail}, status=429, headers={"Retry-After": str(refusal.wait)})
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    context = {"username": (credentials or {}).get("username", ""), "minutes": minutes,
+               "failure_limit": settings.AXES_FAILURE_LIMIT}
+    return render(request, "registration/locked_out.html", context, status=429)

@@ -14,12 +14,11 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import httpx
 
 from routing import sse
-from routing.netguard import UpstreamBlocked, check_host
+from routing.httpx_guard import GuardedTransport, is_blocked
 from routing.outcomes import Outcome, UpstreamError, error_message, http_failure, redact
 
 
@@ -96,18 +95,17 @@ def client():
     with _client_lock:
         if _client is None:
             limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-            _client = httpx.Client(limits=limits, follow_redirects=False, headers={"user-agent": USER_AGENT})
+            _client = httpx.Client(transport=GuardedTransport(limits=limits), follow_redirects=False,
+                                   headers={"user-agent": USER_AGENT})
         return _client
 
 
 @contextmanager
 def open_stream(request):
-    """Yield the httpx response (headers read) of a probe; raise UpstreamError when none came."""
-    host = urlsplit(request.url).hostname or ""
-    try:
-        check_host(host)
-    except UpstreamBlocked as blocked:
-        raise UpstreamError(Outcome.CONNECT_ERROR, str(blocked), retryable=False) from None
+    """Yield the httpx response (headers read) of a probe; raise UpstreamError when none came.
+
+    The private-network check runs when connecting (GuardedTransport), on the addresses connected to.
+    """
     timeout = httpx.Timeout(request.timeout_s, connect=min(request.connect_timeout_s, request.timeout_s))
     headers = {"accept": "text/event-stream"}
     if request.secret:
@@ -117,6 +115,10 @@ def open_stream(request):
             yield response
     except httpx.ConnectTimeout:
         raise UpstreamError(Outcome.CONNECT_ERROR, "connect timed out", retryable=True) from None
+    except httpx.ConnectError as exc:
+        raise UpstreamError(Outcome.CONNECT_ERROR, _describe(exc), retryable=not is_blocked(exc)) from None
+    except httpx.InvalidURL as exc:  # e.g. http://0177.0.0.1/: httpx refuses to parse it
+        raise UpstreamError(Outcome.CONNECT_ERROR, _describe(exc), retryable=False) from None
     except httpx.TimeoutException:
         raise UpstreamError(Outcome.TIMEOUT, f"no answer within {request.timeout_s:g} s", retryable=True) from None
     except httpx.DecodingError as exc:

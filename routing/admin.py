@@ -220,10 +220,29 @@ class RouteAdminForm(forms.ModelForm):
         required=False, max_length=weights.MAX_REASON_LENGTH,
         help_text="Why you make this change (kept in the audit trail; shown with weight changes).",
     )
+    # The version this page was opened at: a save on top of a newer change (a slider, the API, a rollout) is
+    # refused, as the API refuses a stale If-Match, instead of silently undoing it.
+    expected_version = forms.IntegerField(required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = Route
-        fields = ["name", "description", "reason"]
+        fields = ["name", "description", "reason", "expected_version"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["expected_version"].initial = self.instance.version
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk:
+            # Locked until the admin's transaction ends, so no weight change slips in between check and save.
+            current = Route.objects.select_for_update().get(pk=self.instance.pk).version
+            if cleaned.get("expected_version") != current:
+                raise ValidationError(
+                    f"This route changed while you were editing it (it is now at version {current}). "
+                    "Reload the page to see the new split, then make your change again.", code="stale")
+        return cleaned
 
 
 @admin.register(Route)

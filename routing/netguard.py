@@ -8,6 +8,7 @@ a different address later (DNS rebinding).
 """
 
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -19,12 +20,50 @@ class UpstreamBlocked(Exception):
     """The upstream address is not allowed by the private-network policy."""
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64, IPv4-translated, IPv4-compatible.
+EMBEDS_IPV4 = tuple(ipaddress.ip_network(net) for net in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96"))
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+# Every spelling inet_aton accepts: 2130706433, 127.1, 0177.0.0.1, 0x7f.0.0.1, 0.
+NUMERIC_IPV4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", re.IGNORECASE)
+
+
+def ip_literal(host):
+    """Return the IP address `host` spells (in any numeric form), or None for a name."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if NUMERIC_IPV4.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:  # e.g. a part out of range: no address, so nothing to connect to
+            return None
+    return None
+
+
+def _embedded_ipv4(ip):
+    if ip.ipv4_mapped or ip.sixtofour:
+        return ip.ipv4_mapped or ip.sixtofour
+    if any(ip in net for net in EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_internal(address):
-    """Return True for loopback, private, link-local, reserved or unspecified IPs."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    """Return True for loopback, private, link-local, site-local, reserved or unspecified IPs,
+    and for IPv6 addresses that embed such an IPv4 address (NAT64, 6to4, mapped, compatible)."""
+    ip = address if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in SITE_LOCAL:
+            return True
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and is_internal(embedded):
+            return True
     return not ip.is_global or ip.is_multicast
+
+
+ALLOW_HINT = "set WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS=true to allow it."
 
 
 def _allow_private(allow_private):
@@ -61,18 +100,39 @@ def check_host(host, allow_private=None, resolve=True):
     """
     if _allow_private(allow_private):
         return
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        raise UpstreamBlocked(f"Upstream host {host} is on a local network; set WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS=true to allow it.")
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        addresses = _resolve(host) if resolve else []
+    _check_name(host)
+    literal = ip_literal(host)
+    addresses = [literal] if literal is not None else (_resolve(host) if resolve else [])
     for address in addresses:
-        if is_internal(address):
-            raise UpstreamBlocked(
-                f"Upstream host {host} resolves to an internal address; set WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS=true to allow it."
-            )
+        _check_address(host, address)
+
+
+def resolve_checked(host, port, allow_private=None):
+    """Resolve `host` once and return its addresses, every one checked (connect with these, not the name).
+
+    Raises UpstreamBlocked when the name or any address is internal, OSError when it does not resolve.
+    """
+    literal = ip_literal(host)
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        addresses = [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    if not _allow_private(allow_private):
+        _check_name(host)
+        for address in addresses:
+            _check_address(host, address)
+    return list(dict.fromkeys(addresses))
+
+
+def _check_name(host):
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith((".localhost", ".local", ".internal")):
+        raise UpstreamBlocked(f"Upstream host {name} is on a local network; {ALLOW_HINT}")
+
+
+def _check_address(host, address):
+    if is_internal(address):
+        raise UpstreamBlocked(f"Upstream host {host.strip('[]')} resolves to an internal address; {ALLOW_HINT}")
 
 
 def _resolve(host):

@@ -113,3 +113,13 @@ def pytest_collection_modifyitems(config, items):
 def fast_password_hashing(settings):
     """Hash test users' passwords with a cheap hasher: PBKDF2 costs ~0.3 s per user on 2 cores."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_local_cache():
+    """Throttle counters live in the cache; the in-memory one outlives a test's database (user ids repeat)."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    if isinstance(caches["default"], LocMemCache):
+        caches["default"].clear()

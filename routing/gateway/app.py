@@ -35,7 +35,8 @@ from routing.gateway.breaker import BreakerPolicy, Breakers
 from routing.gateway.errors import GatewayError
 from routing.gateway.keys import KeyRing
 from routing.gateway.limits import Limits
-from routing.gateway.proxy import Call, Proxy, common_headers, describe, finish
+from routing.gateway.metrics import scrape_allowed
+from routing.gateway.proxy import NOSNIFF, Call, Proxy, common_headers, describe, finish
 from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
 from routing.gateway.snapshot import SnapshotStore
@@ -44,7 +45,7 @@ from routing.outcomes import Outcome
 log = logging.getLogger(__name__)
 
 JSON_TYPE = b"application/json"
-SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,100}$")
+SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")  # fullmatch: "$" would let a trailing newline through
 MODELS_PREFIX = "/v1/models/"
 
 
@@ -234,7 +235,7 @@ class Gateway:
     # --- responses -------------------------------------------------------------------
 
     def _request_id(self, given):
-        if given is not None and SAFE_REQUEST_ID.match(given):
+        if given is not None and SAFE_REQUEST_ID.fullmatch(given):
             return given.decode()
         return f"req_{self._id_prefix}{next(self._ids):x}"
 
@@ -413,8 +414,11 @@ class Gateway:
         await send({"type": "http.response.body", "body": body})
 
     async def metrics(self, scope, receive, send):
+        if not await scrape_allowed(scope):
+            await self.send_error(send, errors.metrics_unauthorized(), self._request_id(None), "", "", 0, 0.0)
+            return
         body = generate_latest(self.recorder.metrics.registry)
-        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()), NOSNIFF]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

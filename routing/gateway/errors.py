@@ -49,6 +49,12 @@ def unauthorized(missing):
     return GatewayError(401, message, "invalid_request_error", "invalid_api_key")
 
 
+def metrics_unauthorized():
+    message = "Send the metrics token as 'Authorization: Bearer <WEATHERVANE_METRICS_TOKEN>', or sign in as staff."
+    return GatewayError(401, message, "invalid_request_error", "invalid_api_key",
+                        headers=[(b"www-authenticate", b'Bearer realm="weathervane-metrics"')])
+
+
 def route_not_allowed(model):
     return GatewayError(403, f"This gateway key may not use the model '{model}'.", "permission_error", "model_not_allowed", "model")
 
@@ -64,7 +70,9 @@ def bad_request(message, param=None, code="invalid_request"):
 
 
 def too_large(limit):
-    return GatewayError(413, f"The request body is larger than {limit} bytes.", "invalid_request_error", "request_too_large")
+    # Closing the connection stops the server reading (and discarding) the rest of a body it will never use.
+    return GatewayError(413, f"The request body is larger than {limit} bytes.", "invalid_request_error", "request_too_large",
+                        headers=[(b"connection", b"close")])
 
 
 def not_found(path):

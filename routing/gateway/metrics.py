@@ -7,8 +7,12 @@ per request here (a lock and a label lookup per observation, seven per
 request), more than a tenth of the gateway's whole per-request budget.
 """
 
+import hmac
 from bisect import bisect_left
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import parse_cookie
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -40,6 +44,34 @@ class Buckets:
             running += count
             out.append((bound, running))
         return out
+
+
+async def scrape_allowed(scope):
+    """Return True when the request carries `Authorization: Bearer <WEATHERVANE_METRICS_TOKEN>`
+    or the session cookie of an active staff user (a browser signed in to the dashboard)."""
+    headers = dict(scope["headers"])
+    if _token_matches(headers.get(b"authorization", b"")):
+        return True
+    session_key = parse_cookie(headers.get(b"cookie", b"").decode("latin-1")).get(settings.SESSION_COOKIE_NAME)
+    return bool(session_key) and await sync_to_async(_is_staff_session)(session_key)
+
+
+def _token_matches(authorization):
+    scheme, _, token = authorization.partition(b" ")
+    expected = settings.METRICS_TOKEN.encode()
+    return bool(expected) and scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), expected)
+
+
+def _is_staff_session(session_key):
+    from importlib import import_module
+
+    from django.contrib.auth import get_user
+
+    class SessionOnly:  # what get_user reads of a request
+        session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+
+    user = get_user(SessionOnly())
+    return user.is_active and user.is_staff
 
 
 def _bump(table, key, amount=1):

@@ -48,9 +48,14 @@ class Next(enum.Enum):
     FAIL_OVER = "try another target"
 
 
+# Upstream errors pass through with the upstream's content type: browsers must not guess another.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
 def common_headers(request_id, route, deployment, attempts, overhead_ms):
     """Return the headers every gateway response carries."""
     return [
+        NOSNIFF,
         (b"x-request-id", request_id.encode()),
         (b"x-weathervane-route", route.encode()),
         (b"x-weathervane-deployment", deployment.encode()),

@@ -307,6 +307,8 @@
     }
   }
 
+  // Set from here, not a style attribute: the Content-Security-Policy allows no inline styles.
+  document.querySelectorAll(".bar[data-weight]").forEach((bar) => bar.style.setProperty("--w", bar.dataset.weight + "%"));
   document.querySelectorAll("form.split-form").forEach((form) => {
     if (!form.querySelector("fieldset").disabled) wireForm(form);
     else showTotal(form);

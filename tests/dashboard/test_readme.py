@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_environment_variable_the_settings_read_is_documented():
     settings_source = (ROOT / "dashboard" / "settings.py").read_text()
-    names = set(re.findall(r'env_(?:str|bool|int|float|list|url)\(\s*"([A-Z0-9_]+)"', settings_source))
+    names = set(re.findall(r'env_(?:str|bool|int|float|list|url|rate)\(\s*"([A-Z0-9_]+)"', settings_source))
     readme = (ROOT / "README.md").read_text()
     assert names, "no environment variables found in settings.py"
     missing = sorted(name for name in names if f"`{name}`" not in readme)

@@ -148,6 +148,28 @@ def test_a_rate_limited_key_is_active_again_after_a_success(make_target, simulat
     assert key.state == KeyState.ACTIVE
 
 
+def test_a_probe_never_re_enables_a_key_that_staff_disabled_while_it_ran(make_target, simulator, monkeypatch):
+    from probes import measure
+    from routing.models import ApiKey
+
+    simulator.simulator.configure("brief", rate_429=1.0, retry_after_s=0)
+    target = make_target("brief")
+    key = probe(target).api_key
+    simulator.simulator.configure("brief", rate_429=0.0)
+    real_probe = measure.probe
+
+    def staff_disables_meanwhile(request):
+        measured = real_probe(request)
+        ApiKey.objects.filter(pk=key.pk).update(state=KeyState.DISABLED, state_reason="disabled by alice")
+        return measured
+
+    monkeypatch.setattr(measure, "probe", staff_disables_meanwhile)
+    assert probe(target).outcome == Outcome.OK
+    key.refresh_from_db()
+    assert (key.state, key.state_reason) == (KeyState.DISABLED, "disabled by alice")
+    assert not Event.objects.filter(kind=EventKind.KEY_ACTIVE, api_key=key).exists()
+
+
 def test_a_spent_daily_budget_slows_probing_down(make_target):
     target = make_target("instant", interval_s=10)
     provider = target.deployment.provider

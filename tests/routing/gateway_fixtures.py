@@ -22,6 +22,8 @@ from routing.simulator import Simulator, SimulatorServer
 # httpx logs every request at INFO: thousands of lines in the load tests.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+METRICS_TOKEN = "test-metrics-token-0001"
+
 # Short timeouts keep the fault tests fast; the defaults are for production.
 FAST = {"flush_interval_s": 0.2, "poll_s": 0.2, "deadline_s": 5.0}
 
@@ -31,6 +33,18 @@ def sim():
     """A simulator on loopback accepting any key; its built-in models plus "fast" ones."""
     with SimulatorServer(Simulator(seed=7)) as server:
         yield server
+
+
+@pytest.fixture
+def metrics_token(settings):
+    """Configure the scrape token that `scrape` sends."""
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    return METRICS_TOKEN
+
+
+def scrape(server, **headers):
+    """GET /metrics as Prometheus does (with `authorization: credentials:`), unless headers say otherwise."""
+    return httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}", **headers})
 
 
 def make_provider(server, name="sim", keys=("sk-test-key-0001",), read_timeout=2.0, connect_timeout=1.0, **key_fields):

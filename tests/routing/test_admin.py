@@ -161,6 +161,20 @@ def test_changing_weights_in_the_admin_is_validated_versioned_and_audited(browse
     assert AuditEvent.objects.get(object_type="route", action="update").after["weights"] == {"canary": 50, "stable": 50}
 
 
+def test_an_admin_save_on_top_of_a_newer_weight_change_is_refused(browser, route, admin_user):
+    from routing.weights import apply_weights
+
+    opened = _route_data(browser, route, stable=50, canary=50) | {"reason": "from an old tab"}
+    apply_weights(route, {"stable": 80, "canary": 20}, reason="slider", actor="bob")  # meanwhile, elsewhere
+    response = browser.post(url(Route, "change", route.pk), opened)
+    assert response.status_code == 200
+    assert "This route changed while you were editing it (it is now at version 2)" in response.text
+    assert Route.objects.get().weights() == {"canary": 20, "stable": 80}  # the slider's change stands
+    fresh = _route_data(browser, route, stable=50, canary=50) | {"reason": "after reloading"}
+    assert browser.post(url(Route, "change", route.pk), fresh).status_code == 302
+    assert Route.objects.get().weights() == {"canary": 50, "stable": 50}
+
+
 @pytest.mark.parametrize(("weights", "message"), [
     ({"stable": 50, "canary": 49}, "not 99"),
     ({"stable": 50, "canary": 150}, "less than or equal to 100"),

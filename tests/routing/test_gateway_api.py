@@ -5,7 +5,17 @@ import httpx
 import orjson
 import pytest
 
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim  # noqa: F401
+from tests.routing.gateway_fixtures import (  # noqa: F401
+    METRICS_TOKEN,
+    client_key,
+    make_provider,
+    make_route,
+    metrics_token,
+    post_chat,
+    scrape,
+    serve_gateway,
+    sim,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -206,14 +216,62 @@ def test_it_answers_503_when_no_key_is_usable(sim, serve_gateway):
     assert "no usable key" in error["message"] and sim.simulator.attempts() == []
 
 
-def test_metrics_expose_requests_attempts_and_latency(chat_gateway):
+def test_metrics_expose_requests_attempts_and_latency(chat_gateway, metrics_token):
     _, gateway, key = chat_gateway
     for _ in range(3):
         post_chat(gateway, key, "chat")
     post_chat(gateway, None, "chat")
-    text = httpx.get(f"{gateway.url}/metrics").text
+    text = scrape(gateway).text
     assert 'weathervane_gateway_requests_total{deployment="sim-fast",outcome="ok",route="chat"} 3.0' in text
     assert 'weathervane_gateway_requests_total{deployment="-",outcome="rejected",route="-"} 1.0' in text
     assert 'weathervane_gateway_upstream_attempts_total{deployment="sim-fast",outcome="ok"} 3.0' in text
     assert 'weathervane_gateway_request_duration_seconds_count{deployment="sim-fast",route="chat"} 3.0' in text
     assert "weathervane_gateway_ttft_seconds" in text and "weathervane_gateway_circuit_state" in text
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {METRICS_TOKEN}", f"Token {METRICS_TOKEN}"])
+def test_metrics_refuse_a_scrape_without_the_token(chat_gateway, metrics_token, authorization):
+    _, gateway, key = chat_gateway
+    post_chat(gateway, key, "chat")
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.get(f"{gateway.url}/metrics", headers=headers)
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert "weathervane_gateway" not in response.text and "sim-fast" not in response.text
+    assert "WEATHERVANE_METRICS_TOKEN" in response.json()["error"]["message"]
+
+
+def test_metrics_are_closed_when_no_token_is_configured(chat_gateway, settings):
+    settings.METRICS_TOKEN = ""
+    _, gateway, _ = chat_gateway
+    assert scrape(gateway).status_code == 401
+    assert httpx.get(f"{gateway.url}/metrics", headers={"Authorization": "Bearer"}).status_code == 401
+
+
+def test_every_gateway_response_forbids_content_type_sniffing(chat_gateway, metrics_token):
+    _, gateway, key = chat_gateway
+    answers = [
+        post_chat(gateway, key, "chat"),  # relayed JSON
+        post_chat(gateway, key, "chat", stream=True),  # relayed stream
+        post_chat(gateway, key, "chat", max_tokens=-1),  # the upstream's own 400, passed through
+        post_chat(gateway, None, "chat"),  # the gateway's own 401
+        httpx.get(f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {key.plaintext}"}),
+        scrape(gateway),
+    ]
+    assert [a.headers.get("x-content-type-options") for a in answers] == ["nosniff"] * len(answers)
+
+
+@pytest.mark.parametrize("given", [b"trace-123\n", b"trace-123\r\nx-injected: 1", b"", b"x" * 101, b"trace 123"])
+async def test_a_client_request_id_that_is_not_a_plain_token_is_replaced(given):
+    from routing.gateway.app import Gateway, GatewayConfig
+
+    sent = []
+    scope = {"type": "http", "method": "GET", "path": "/nowhere", "headers": [(b"x-request-id", given)]}
+    gateway = Gateway(GatewayConfig.from_settings())
+    gateway.started = True  # /nowhere needs no snapshot, session or database
+    await gateway(scope, None, lambda message: _append(sent, message))
+    request_id = dict(sent[0]["headers"])[b"x-request-id"]
+    assert request_id != given and request_id.startswith(b"req_")
+
+
+async def _append(messages, message):
+    messages.append(message)

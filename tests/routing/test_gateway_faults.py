@@ -15,7 +15,9 @@ import orjson
 import pytest
 
 from routing.gateway import selection
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim, wait_until  # noqa: F401
+from tests.routing.gateway_fixtures import (  # noqa: F401
+    client_key, make_provider, make_route, metrics_token, post_chat, scrape, serve_gateway, sim, wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -143,20 +145,20 @@ def test_a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout(sim, f
     assert elapsed < 2.0  # the 0.5 s idle timeout, not the 3 s stall
 
 
-def assert_whole_stream(sim, response, model, note):
+def assert_whole_stream(sim, gateway, response, model, note):
     """One try only; the client got the whole answer ending in [DONE], and the repair was counted."""
     assert response.status_code == 200
     payloads = sse_payloads(response.text)
     assert payloads[-1] == "[DONE]" and payloads.count("[DONE]") == 1
     assert streamed_text(payloads) == FULL_TEXT
     assert len(sim.simulator.attempts(model)) == 1 and sim.simulator.attempts("fast") == []
-    assert httpx.get(f"{response.url.scheme}://{response.url.host}:{response.url.port}/metrics").text.count(note) >= 1
+    assert note in scrape(gateway).text
 
 
-def test_a_malformed_chunk_midway_is_skipped_counted_and_the_answer_is_whole(sim, faulty_route):
+def test_a_malformed_chunk_midway_is_skipped_counted_and_the_answer_is_whole(sim, faulty_route, metrics_token):
     gateway, key, session = faulty_route("fault-malformed-chunk")
     response, _ = timed_stream(gateway, key, session)
-    assert_whole_stream(sim, response, "fault-malformed-chunk", 'kind="malformed_event_skipped"')
+    assert_whole_stream(sim, gateway, response, "fault-malformed-chunk", 'kind="malformed_event_skipped"')
 
 
 def test_malformed_chunks_past_the_cap_end_the_stream_with_an_error_event(sim, faulty_route):
@@ -165,10 +167,10 @@ def test_malformed_chunks_past_the_cap_end_the_stream_with_an_error_event(sim, f
     assert_broken_stream(sim, response, "fault-malformed-chunk", elapsed, text="tok0 tok1 tok2 tok3 ")
 
 
-def test_a_stream_that_finished_but_sent_no_done_is_completed_with_done(sim, faulty_route):
+def test_a_stream_that_finished_but_sent_no_done_is_completed_with_done(sim, faulty_route, metrics_token):
     gateway, key, session = faulty_route("fault-no-done")
     response, _ = timed_stream(gateway, key, session)
-    assert_whole_stream(sim, response, "fault-no-done", 'kind="done_added"')
+    assert_whole_stream(sim, gateway, response, "fault-no-done", 'kind="done_added"')
 
 
 def test_a_stream_cut_before_its_finish_reason_is_never_completed_with_done(sim, faulty_route):
@@ -210,7 +212,7 @@ def test_a_silent_upstream_gets_504_at_the_deadline(sim, faulty_route):
     assert 1.4 <= time.monotonic() - started < 2.5
 
 
-def test_a_client_leaving_mid_stream_closes_the_upstream_within_a_second(sim, faulty_route):
+def test_a_client_leaving_mid_stream_closes_the_upstream_within_a_second(sim, faulty_route, metrics_token):
     sim.simulator.configure("slow-stream", tokens_per_s=20.0)  # 100 tokens: a 5 s stream
     gateway, key, session = faulty_route("slow-stream")
     body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 100}
@@ -225,5 +227,5 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_within_a_second(sim, fa
     assert time.monotonic() - left_at < 1.0
     attempt = sim.simulator.attempts("slow-stream")[0]
     assert not attempt.completed
-    metrics = lambda: httpx.get(f"{gateway.url}/metrics").text  # noqa: E731
+    metrics = lambda: scrape(gateway).text  # noqa: E731
     assert wait_until(lambda: 'outcome="client_closed"' in metrics(), timeout=2.0)

@@ -4,7 +4,15 @@ import httpx
 import pytest
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
-from tests.routing.gateway_fixtures import FAST, client_key, make_provider, make_route, sim  # noqa: F401
+from tests.routing.gateway_fixtures import (  # noqa: F401
+    FAST,
+    METRICS_TOKEN,
+    client_key,
+    make_provider,
+    make_route,
+    metrics_token,
+    sim,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +34,7 @@ async def embedded():
     await app.gateway.stop()
 
 
-async def test_v1_goes_to_the_gateway_and_the_rest_to_django(sim, embedded):
+async def test_v1_goes_to_the_gateway_and_the_rest_to_django(sim, embedded, metrics_token):
     from asgiref.sync import sync_to_async
 
     key = await sync_to_async(lambda: (make_route("r", make_provider(sim), {"d": ("fast", 100)}), client_key())[1])()
@@ -36,7 +44,8 @@ async def test_v1_goes_to_the_gateway_and_the_rest_to_django(sim, embedded):
         chat = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key.plaintext}"},
                                  json={"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "tok0 tok1 "
-        assert (await client.get("/metrics")).text.startswith("# HELP")
+        scraped = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scraped.text.startswith("# HELP")
         assert (await client.get("/api/v1/routes/")).text == "django saw /api/v1/routes/"
         assert (await client.get("/v1")).text == "django saw /v1"
 
@@ -54,3 +63,33 @@ async def test_lifespan_starts_and_stops_the_gateway(embedded):
     await embedded({"type": "lifespan"}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert not embedded.gateway.started
+
+
+def _session_cookie(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.mark.parametrize(("who", "status"), [("admin_user", 200), ("viewer_user", 401), ("outsider_user", 401)])
+async def test_metrics_open_to_a_staff_session_on_the_control_plane(embedded, request, who, status):
+    from asgiref.sync import sync_to_async
+
+    cookie = await sync_to_async(lambda: _session_cookie(request.getfixturevalue(who)))()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=embedded), base_url="http://testserver") as client:
+        assert (await client.get("/metrics")).status_code == 401
+        response = await client.get("/metrics", headers={"Cookie": cookie})
+    assert response.status_code == status
+    assert response.text.startswith("# HELP") == (status == 200)
+
+
+async def test_metrics_refuse_a_staff_session_that_was_logged_out_or_deactivated(embedded, admin_user):
+    from asgiref.sync import sync_to_async
+
+    cookie = await sync_to_async(_session_cookie)(admin_user)
+    admin_user.is_active = False
+    await sync_to_async(admin_user.save)()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=embedded), base_url="http://testserver") as client:
+        assert (await client.get("/metrics", headers={"Cookie": cookie})).status_code == 401

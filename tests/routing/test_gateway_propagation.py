@@ -4,13 +4,22 @@ requests finish on the snapshot they started with."""
 import threading
 import time
 
-import httpx
 import orjson
 import pytest
 
 from routing.models import Deployment, GatewayKey, Route
 from routing.weights import apply_weights
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim, wait_until  # noqa: F401
+from tests.routing.gateway_fixtures import (  # noqa: F401
+    client_key,
+    make_provider,
+    make_route,
+    metrics_token,
+    post_chat,
+    scrape,
+    serve_gateway,
+    sim,
+    wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,7 +111,7 @@ def test_deployments_the_probes_see_down_get_no_traffic_unless_all_are_down(sim,
 
 
 @pytest.mark.redis
-def test_a_change_reaches_two_gateway_processes_through_redis(sim, serve_gateway, require_redis):
+def test_a_change_reaches_two_gateway_processes_through_redis(sim, serve_gateway, require_redis, metrics_token):
     provider = make_provider(sim)
     route = make_route("r", provider, {"blue": ("fast", 100), "green": ("fast", 0)})
     key = client_key()
@@ -115,4 +124,4 @@ def test_a_change_reaches_two_gateway_processes_through_redis(sim, serve_gateway
         apply_weights(route, {"blue": 0, "green": 100}, reason="cut over", actor="test")
     for gateway in gateways:
         assert seconds_until(lambda: serving(gateway, key) == "green") < 1.0
-    assert httpx.get(f"{gateways[0].url}/metrics").status_code == 200
+    assert scrape(gateways[0]).status_code == 200

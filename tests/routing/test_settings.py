@@ -20,7 +20,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 # Variables the settings read; stripped so the developer's own environment cannot leak in.
 SETTINGS_PREFIXES = ("WEATHERVANE_", "DJANGO_")
 SETTINGS_NAMES = {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL", "CSRF_TRUSTED_ORIGINS",
-                  "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}
+                  "CELERY_BROKER_URL", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_PRELOAD"}
 
 
 def settings_env(data_dir, **variables):
@@ -98,6 +98,7 @@ def test_production_with_request_bodies_logged_warns(tmp_path):
 @pytest.mark.parametrize(("name", "value"), [
     ("WEATHERVANE_PROBE_INTERVAL", "abc"),
     ("DEBUG", "maybe"),
+    ("WEATHERVANE_API_USER_RATE", "lots"),
     ("DATABASE_URL", "ftp://admin:hunter2-db-password@db.example.com/weathervane"),
 ])
 def test_a_malformed_variable_stops_the_start_naming_it_without_echoing_passwords(tmp_path, name, value):
@@ -153,6 +154,60 @@ def test_behind_a_tls_proxy_its_forwarded_proto_is_trusted(tmp_path):
         stop(server)
 
 
+SAFE_DEFAULTS = ("DEBUG", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
+                 "SECURE_HSTS_PRELOAD", "ALLOW_PRIVATE_UPSTREAMS")
+
+
+def effective_settings(data_dir, **variables):
+    code = f"from django.conf import settings; print(*(repr(getattr(settings, n)) for n in {SAFE_DEFAULTS!r}))"
+    result = manage("shell", "--no-imports", "-c", code, data_dir=data_dir, **variables)
+    assert result.returncode == 0, result.stderr
+    return dict(zip(SAFE_DEFAULTS, result.stdout.splitlines()[-1].split(), strict=True))
+
+
+def test_a_deployment_that_sets_nothing_gets_production_safe_settings(tmp_path):
+    assert effective_settings(tmp_path) == {
+        "DEBUG": "False", "SESSION_COOKIE_SECURE": "True", "CSRF_COOKIE_SECURE": "True", "SECURE_SSL_REDIRECT": "True",
+        "SECURE_HSTS_SECONDS": "31536000", "SECURE_HSTS_PRELOAD": "False", "ALLOW_PRIVATE_UPSTREAMS": "False",
+    }
+
+
+def test_hsts_preload_is_sent_only_when_configured(tmp_path):
+    assert effective_settings(tmp_path, SECURE_HSTS_PRELOAD="true")["SECURE_HSTS_PRELOAD"] == "True"
+    result = manage("check", "--deploy", data_dir=tmp_path, **production(SECURE_HSTS_PRELOAD="true"))
+    assert result.returncode == 0 and "no issues" in result.stdout, result.stdout + result.stderr
+
+
+def test_make_run_asks_for_the_demo_settings_explicitly():
+    dry_run = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, timeout=30, check=True).stdout
+    serve = [line for line in dry_run.splitlines() if "manage.py serve" in line]
+    assert serve and all(line.startswith("DEBUG=true ") for line in serve), dry_run
+
+
+URL_PASSWORD = secrets.token_hex(8)  # generated: the page must not show it, not even in this file's source
+
+
+def _url_valued_settings(settings):
+    settings.DATABASE_URL = f"postgres://weathervane:{URL_PASSWORD}@db.example.com:5432/wv"
+    settings.REDIS_URL = f"redis://:{URL_PASSWORD}@redis.example.com:6379/0"
+    settings.CELERY_BROKER_URL = f"amqp://celery:{URL_PASSWORD}@mq.example.com//"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"redis://:{URL_PASSWORD}@cache.example.com:6379/0"}}
+
+
+def test_a_debug_page_masks_the_credentials_in_every_url_valued_setting(rf, settings):
+    from django.views.debug import technical_500_response
+
+    settings.DEBUG = True
+    _url_valued_settings(settings)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        page = technical_500_response(rf.get("/"), *sys.exc_info()).content.decode()
+    assert "db.example.com" in page and "mq.example.com" in page and "cache.example.com" in page
+    assert URL_PASSWORD not in page
+
+
 # --- Where provider base URLs may point -------------------------------------------------------
 
 
@@ -195,3 +250,31 @@ def test_a_hostname_is_checked_again_at_connect_time(monkeypatch):
         netguard.check_host("api.example.com", allow_private=False)
     netguard.check_host("cdn.example.com", allow_private=False)
     netguard.check_host("api.example.com", allow_private=True)
+
+
+# --- Generated key files ----------------------------------------------------------------------
+
+
+def test_a_generated_key_file_is_never_visible_empty_and_is_owner_only(tmp_path, monkeypatch):
+    from dashboard import settings as project
+
+    monkeypatch.setattr(project, "DATA_DIR", tmp_path)
+    seen = []
+
+    def make():  # runs while the file is being made: another process reading now must not find it empty
+        seen.append((tmp_path / "fernet.key").exists())
+        return "the-key"
+
+    assert project._local_secret("fernet.key", make) == "the-key"
+    assert seen == [False]
+    assert (tmp_path / "fernet.key").stat().st_mode & 0o777 == 0o600
+    assert project._local_secret("fernet.key", lambda: "another-key") == "the-key"  # made once
+    assert [p.name for p in tmp_path.iterdir()] == ["fernet.key"]  # no temporary left behind
+
+
+def test_a_key_file_others_can_read_stops_the_start(tmp_path):
+    assert manage("check", data_dir=tmp_path).returncode == 0  # creates the keys, owner-only
+    (tmp_path / "fernet.key").chmod(0o644)
+    result = manage("check", data_dir=tmp_path)
+    assert result.returncode != 0
+    assert "weathervane.E002" in result.stderr and "chmod 600" in result.stderr

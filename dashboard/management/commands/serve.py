@@ -3,9 +3,9 @@ the admin, WebSockets and the gateway at /v1/, with the built-in simulator
 and the in-process probe scheduler running beside it, until Ctrl-C."""
 
 from daphne.endpoints import build_endpoint_description_strings
-from daphne.server import Server
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import DatabaseError
 
 
 class Command(BaseCommand):
@@ -24,12 +24,13 @@ class Command(BaseCommand):
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
         traffic = None if no_demo_traffic else self._start_demo_traffic(host, port)
         from dashboard.asgi import application, gateway
+        from dashboard.server_limits import LimitedServer
 
         gateway_url = settings.GATEWAY_URL or "/v1/"
         self.stdout.write(self.style.SUCCESS(
             f"Weathervane on http://{host}:{port}/  (API docs: /api/docs/, gateway: {gateway_url})"))
         try:
-            Server(
+            LimitedServer(
                 application=application,
                 endpoints=build_endpoint_description_strings(host=host, port=port),
                 http_timeout=None,
@@ -57,7 +58,12 @@ class Command(BaseCommand):
         from probes.loadtest.demo_traffic import DemoTraffic, demo_key
         from routing.models import Route
 
-        if settings.DEMO_TRAFFIC_RPS <= 0 or not Route.objects.filter(name=ROUTE).exists():
+        if settings.DEMO_TRAFFIC_RPS <= 0:
+            return None
+        try:
+            if not Route.objects.filter(name=ROUTE).exists():
+                return None
+        except DatabaseError:  # not migrated yet: serve anyway (the pages say what is missing), without demo traffic
             return None
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         rps = settings.DEMO_TRAFFIC_RPS
