@@ -209,7 +209,7 @@ class Recorder:
         """Write everything collected so far. Never raises: a failed write is logged and retried next time."""
         try:
             close_old_connections()
-            reset_queries()  # see snapshot.SnapshotStore._refresh
+            reset_queries()  # DEBUG keeps a thread's queries until a request starts: none does in this thread
             self._apply_changes()
             self._write_rollups()
             self._write_log()
