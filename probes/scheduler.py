@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, reset_queries
 
 from probes import runner, slots
 from probes.models import ProbeTarget
@@ -86,6 +86,7 @@ class Scheduler:
         new = [target_id for target_id, interval in current.items() if self.intervals.get(target_id) != interval]
         stale = self._stale(new, current, now)
         close_old_connections()
+        reset_queries()
         for target_id in new:
             interval = current[target_id]
             heapq.heappush(self.heap, (slots.slot_at_or_after(target_id, interval, now), target_id, interval, True))
@@ -116,6 +117,7 @@ class Scheduler:
             log.exception("probe of target %s failed", target_id)
         finally:
             close_old_connections()
+            reset_queries()  # DEBUG keeps a thread's queries until a request starts: none does in this pool
 
     def _safely(self, func, *args):
         try:

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from datetime import datetime, timedelta, timezone as dt_timezone
 
-from django.db import DatabaseError, OperationalError, close_old_connections, connections, transaction
+from django.db import DatabaseError, OperationalError, close_old_connections, connections, reset_queries, transaction
 from django.utils import timezone
 
 from dashboard import live
@@ -210,6 +210,7 @@ class Recorder:
         """Write everything collected so far. Never raises: a failed write is logged and retried next time."""
         try:
             close_old_connections()
+            reset_queries()  # DEBUG keeps a thread's queries until a request starts: none does in this thread
             self._apply_changes()
             self._write_rollups()
             self._write_log()

@@ -76,3 +76,19 @@ def test_a_target_never_probed_gets_a_first_probe_at_once_whatever_its_interval(
     assert wait_for(lambda: ProbeResult.objects.filter(target=target).exists(), timeout=8)
     time.sleep(1)
     assert ProbeResult.objects.filter(target=target).count() == 1  # then back to its hourly slots
+
+
+def test_long_running_probe_threads_keep_no_growing_query_log_in_debug_mode(make_target, settings):
+    # DEBUG keeps every query a thread runs until a request starts; the scheduler's threads never see one.
+    from django.db import connection
+
+    target = make_target("instant", interval_s=5)
+    settings.DEBUG = True
+    first = slots.slot_at_or_after(target.pk, 5, int(time.time() * 1000))
+    running, logged = Scheduler(threads=1), []
+    for n in range(10):
+        running._probe(target.pk, first + n * 5000)  # what a pool thread runs for each due slot
+        running.refresh(int(time.time() * 1000))  # and the scheduler thread every few seconds
+        logged.append(len(connection.queries_log))
+    assert ProbeResult.objects.filter(target=target).count() == 10
+    assert logged[-1] <= logged[0]

@@ -7,6 +7,7 @@ import time
 import orjson
 import pytest
 
+from routing.gateway.snapshot import SnapshotStore
 from routing.models import Deployment, GatewayKey, Route
 from routing.weights import apply_weights
 from tests.routing.gateway_fixtures import (  # noqa: F401
@@ -125,3 +126,19 @@ def test_a_change_reaches_two_gateway_processes_through_redis(sim, serve_gateway
     for gateway in gateways:
         assert seconds_until(lambda: serving(gateway, key) == "green") < 1.0
     assert scrape(gateways[0]).status_code == 200
+
+
+def test_a_long_running_refresher_keeps_no_growing_query_log_in_debug_mode(sim, settings):
+    # DEBUG keeps every query a thread runs until a request starts; the refresher thread never sees one.
+    from django.db import connection
+
+    make_route("r", make_provider(sim), {"d": ("fast", 100)})
+    settings.DEBUG = True
+    store = SnapshotStore(poll_s=NO_POLL, redis_url="", local_notices=False)
+    store.load()
+    logged = []
+    for _ in range(20):
+        store._refresh(notified=False)  # one poll of the refresher thread
+        logged.append(len(connection.queries_log))
+    assert store.current.version == 1 and "r" in store.current.routes  # nothing changed, nothing rebuilt
+    assert 0 < logged[-1] <= logged[0]

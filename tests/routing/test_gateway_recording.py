@@ -156,3 +156,21 @@ def _scrape(rec):
     from prometheus_client import generate_latest
 
     return generate_latest(rec.metrics.registry)
+
+
+def test_a_long_running_flusher_keeps_no_growing_query_log_in_debug_mode(sim, settings, points):
+    # DEBUG keeps every query a thread runs until a request starts; the flusher thread never sees one.
+    from django.db import connection
+
+    provider = make_provider(sim)
+    route = make_route("r", provider, {"d": ("fast", 100)})
+    deployment = route.targets.get().deployment
+    settings.DEBUG = True
+    rec = recorder.Recorder(flush_interval_s=60, log_sample=1.0)
+    logged = []
+    for _ in range(20):
+        rec.record(_finished(deployment, route))
+        rec.flush()
+        logged.append(len(connection.queries_log))
+    assert RequestLog.objects.count() == 20 and Rollup.objects.get(source="traffic").count == 20
+    assert 0 < logged[-1] <= logged[0]  # one round's queries at most, not all twenty rounds'
