@@ -14,8 +14,8 @@ django_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from dashboard.origins import SameOriginValidator  # noqa: E402
 from dashboard.urls import websocket_urlpatterns  # noqa: E402
 
 
@@ -29,5 +29,5 @@ def _http_app():
 
 application = ProtocolTypeRouter({
     "http": _http_app(),
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })
