@@ -7,6 +7,7 @@ the scaled mode. Every variable is listed in README.md.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -46,7 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -194,12 +195,17 @@ GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervan
 GATEWAY_LOG_RETENTION_DAYS = env_int("WEATHERVANE_GATEWAY_LOG_RETENTION_DAYS", 7, minimum=1)
 
 # --- REST API ----------------------------------------------------------------
+# API tokens (django-rest-knox): hashed, named, expiring; `Authorization: Token <token>`.
+KNOX_TOKEN_MODEL = "routing.ApiToken"
+API_TOKEN_DAYS = env_int("WEATHERVANE_API_TOKEN_DAYS", 90, minimum=1, maximum=3650)  # default lifetime
+API_TOKEN_MAX_DAYS = env_int("WEATHERVANE_API_TOKEN_MAX_DAYS", 365, minimum=1, maximum=3650)
+REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_DAYS), "TOKEN_PREFIX": "wvt_", "AUTH_HEADER_PREFIX": "Token"}
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["routing.api.permissions.StaffWritesViewerReads"],
+    "DEFAULT_PERMISSION_CLASSES": ["routing.api.permissions.ModelPermissionsViewerReads"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,

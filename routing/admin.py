@@ -14,7 +14,7 @@ from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
 
-from routing import weights
+from routing import endpoints, weights
 from routing.audit import deleted_with
 from routing.audit import actor_name, record, snapshot
 from routing.models import (
@@ -156,13 +156,40 @@ class ApiKeyInline(admin.TabularInline):
     show_change_link = True
 
 
+class ProviderAdminForm(forms.ModelForm):
+    """A new base URL sends the provider's keys to the new host, so it needs a reason."""
+
+    reason = forms.CharField(
+        required=False, max_length=weights.MAX_REASON_LENGTH,
+        help_text="Why you change this provider; required when the base URL changes. Kept in the audit trail.",
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "reason"]
+
+    def clean(self):
+        cleaned = super().clean()
+        stored = Provider.objects.filter(pk=self.instance.pk).first() if self.instance.pk else None
+        if stored is not None and endpoints.needs_reason(stored, cleaned.get("base_url"), cleaned.get("reason", "")):
+            self.add_error("reason", endpoints.REASON_REQUIRED)
+        return cleaned
+
+
 @admin.register(Provider)
 class ProviderAdmin(AuditedAdmin):
+    form = ProviderAdminForm
     list_display = ["name", "kind", "base_url", "enabled"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["created_at", "updated_at"]
     inlines = [ApiKeyInline]
+
+    def save_model(self, request, obj, form, change):
+        old_url = Provider.objects.get(pk=obj.pk).base_url if change else None
+        super().save_model(request, obj, form, change)
+        if change and obj.base_url != old_url:
+            endpoints.note_base_url_change(obj, old_url, actor=actor_name(request.user), reason=form.cleaned_data["reason"])
 
 
 @admin.register(ApiKey)

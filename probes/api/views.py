@@ -67,6 +67,7 @@ class ProbeTargetViewSet(AuditedModelViewSet):
     serializer_class = s.ProbeTargetSerializer
     filterset_class = ProbeTargetFilter
     lookup_value_regex = r"\d+"
+    action_permissions = {name: ["probes.change_probetarget"] for name in ("pause", "resume", "probe")}
 
     def _set_enabled(self, request, enabled):
         target = self.get_object()

@@ -9,7 +9,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from routing import weights
+from routing import endpoints, weights
 from routing.models import (
     ApiKey,
     AuditEvent,
@@ -54,9 +54,22 @@ def _name_field(model, **kwargs):
 
 
 class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    reason = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, max_length=weights.MAX_REASON_LENGTH,
+        help_text="Why; required when base_url changes (or send X-Audit-Reason). Kept in the audit trail.",
+    )
+
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "created_at", "updated_at"]
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "reason",
+                  "created_at", "updated_at"]
+
+    def validate(self, attrs):
+        audit = self.context.get("audit")
+        attrs["reason"] = (attrs.get("reason") or "").strip() or (audit.reason if audit else "")
+        if self.instance is not None and endpoints.needs_reason(self.instance, attrs.get("base_url"), attrs["reason"]):
+            raise serializers.ValidationError({"reason": [endpoints.REASON_REQUIRED]})
+        return attrs
 
 
 class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):

@@ -21,10 +21,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
-from routing import weights
+from routing import endpoints, weights
 from routing.api import errors
+from routing.api.permissions import WEIGHTS_PERMISSION, can_move_weights
 from routing.api import serializers as s
 from routing.audit import actor_name, deleted_with, record, snapshot
 from routing.models import (
@@ -43,7 +45,6 @@ from routing.models import (
     RequestLog,
     RequestOutcome,
     Route,
-    RouteTarget,
 )
 
 REASON_HEADER = "X-Audit-Reason"
@@ -97,9 +98,10 @@ class AuditedModelViewSet(BodySizeLimitMixin, viewsets.ModelViewSet):
             context["audit"] = self.audit_context()
         return context
 
-    def _record(self, action, obj, before, after):
+    def _record(self, action, obj, before, after, reason=None):
         audit = self.audit_context()
-        record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=after, reason=audit.reason)
+        reason = reason or audit.reason
+        record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=after, reason=reason)
 
     def perform_create(self, serializer):
         with transaction.atomic():
@@ -226,6 +228,23 @@ class ProviderViewSet(AuditedModelViewSet):
     lookup_field = "name"
     lookup_value_regex = NAME_LOOKUP
 
+    def perform_create(self, serializer):
+        reason = serializer.validated_data.pop("reason", "")
+        with transaction.atomic():
+            provider = serializer.save()
+            self._record(AuditAction.CREATE, provider, None, snapshot(provider), reason)
+
+    def perform_update(self, serializer):
+        """Save with its audit record; a new base URL also leaves a timeline event with the reason."""
+        reason = serializer.validated_data.pop("reason", "")
+        old_url = serializer.instance.base_url
+        with transaction.atomic():
+            before = snapshot(serializer.instance)
+            provider = serializer.save()
+            self._record(AuditAction.UPDATE, provider, before, snapshot(provider), reason)
+            if provider.base_url != old_url:
+                endpoints.note_base_url_change(provider, old_url, actor=actor_name(self.request.user), reason=reason)
+
 
 @AUDITED
 @extend_schema(tags=["keys"])
@@ -305,8 +324,11 @@ class RouteViewSet(AuditedModelViewSet):
     filterset_class = RouteFilter
     lookup_field = "name"
     lookup_value_regex = NAME_LOOKUP
+    action_permissions = {"set_weights": [WEIGHTS_PERMISSION], "revert_weights": [WEIGHTS_PERMISSION]}
 
     def perform_update(self, serializer):
+        if "targets" in serializer.validated_data and not can_move_weights(self.request.user):
+            raise PermissionDenied(f"Changing a route's targets also needs the {WEIGHTS_PERMISSION} permission.")
         with transaction.atomic():
             current = Route.objects.select_for_update().get(pk=serializer.instance.pk)
             wanted = expected_version(self.request, _body_version(self.request))
