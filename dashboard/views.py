@@ -14,13 +14,13 @@ from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from dashboard import metrics
 from probes.models import HealthState, Outcome, ProbeResult, Source
-from routing.api.permissions import can_move_weights, is_viewer
 from routing import tokens
+from routing.api.permissions import can_move_weights, is_viewer
 from routing.audit import actor_name
 from routing.models import ApiToken, Deployment, Event, Route
 from routing.weights import weights_history

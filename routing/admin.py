@@ -15,8 +15,7 @@ from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
 
 from routing import endpoints, weights
-from routing.audit import deleted_with
-from routing.audit import actor_name, record, snapshot
+from routing.audit import actor_name, deleted_with, record, snapshot
 from routing.models import (
     ApiKey,
     AuditAction,
@@ -30,6 +29,7 @@ from routing.models import (
     RequestLog,
     Route,
     RouteTarget,
+    secret_validator,
 )
 
 
@@ -116,7 +116,7 @@ class ApiKeyAdminForm(forms.ModelForm):
     """The secret is write-only: required for a new key, blank keeps the stored one."""
 
     secret = forms.CharField(
-        required=False, max_length=4096,
+        required=False, max_length=4096, validators=[secret_validator],
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="The provider's API key. Leave blank to keep the stored secret; it is never shown again.",
     )

@@ -19,6 +19,9 @@ name_validator = RegexValidator(
     "Use letters, digits and . _ : / @ - (start with a letter or digit, at most 100 characters).",
 )
 
+# A provider key travels in an HTTP header: visible ASCII only (a stray emoji or space would break every call).
+secret_validator = RegexValidator(r"^[!-~]+$", "An API key is visible ASCII characters, without spaces.")
+
 
 class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible"

@@ -12,12 +12,12 @@ Routes carry a `version`: GET returns it as `ETag: "<version>"`, and updates
 the current version when the route changed meanwhile.
 """
 
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 from django_filters import rest_framework as filters
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
@@ -26,8 +26,9 @@ from rest_framework.response import Response
 
 from routing import endpoints, weights
 from routing.api import errors
-from routing.api.permissions import WEIGHTS_PERMISSION, can_move_weights
 from routing.api import serializers as s
+from routing.api.filters import StrictFilterSet
+from routing.api.permissions import WEIGHTS_PERMISSION, can_move_weights
 from routing.audit import actor_name, deleted_with, record, snapshot
 from routing.models import (
     ApiKey,
@@ -51,12 +52,16 @@ REASON_HEADER = "X-Audit-Reason"
 MAX_REASON_LENGTH = weights.MAX_REASON_LENGTH
 NAME_LOOKUP = r"[^/]+?(?:/[^/]+?)*?"  # names may contain "/" (e.g. "openai/gpt-4o")
 
+# An empty If-Match is no precondition, like a missing one; "*" matches any version.
+IF_MATCH = re.compile(r'\s*(?:\*|(?:W/)?"?(?P<version>[0-9]{1,9})"?)?\s*')
+
 REASON_PARAMETER = OpenApiParameter(
-    REASON_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    REASON_HEADER, {"type": "string", "maxLength": MAX_REASON_LENGTH}, OpenApiParameter.HEADER, required=False,
     description="Why this change is made; kept in the audit trail.",
 )
+IF_MATCH_SCHEMA = {"type": "string", "pattern": f"^{IF_MATCH.pattern.replace('?P<version>', '')}$"}
 IF_MATCH_PARAMETER = OpenApiParameter(
-    "If-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    "If-Match", IF_MATCH_SCHEMA, OpenApiParameter.HEADER, required=False,
     description='The route version you edited, as returned in ETag (e.g. "3"). A mismatch answers 409.',
 )
 
@@ -128,7 +133,7 @@ class ReadOnlyViewSet(BodySizeLimitMixin, viewsets.ReadOnlyModelViewSet):
 # --- Filters -------------------------------------------------------------------
 
 
-class ProviderFilter(filters.FilterSet):
+class ProviderFilter(StrictFilterSet):
     kind = filters.ChoiceFilter(choices=ProviderKind.choices)
 
     class Meta:
@@ -136,7 +141,7 @@ class ProviderFilter(filters.FilterSet):
         fields = ["kind", "enabled"]
 
 
-class ApiKeyFilter(filters.FilterSet):
+class ApiKeyFilter(StrictFilterSet):
     provider = filters.CharFilter(field_name="provider__name", help_text="Provider name")
     state = filters.ChoiceFilter(choices=KeyState.choices)
 
@@ -145,7 +150,7 @@ class ApiKeyFilter(filters.FilterSet):
         fields = ["provider", "state", "enabled"]
 
 
-class DeploymentFilter(filters.FilterSet):
+class DeploymentFilter(StrictFilterSet):
     provider = filters.CharFilter(field_name="provider__name", help_text="Provider name")
 
     class Meta:
@@ -153,7 +158,7 @@ class DeploymentFilter(filters.FilterSet):
         fields = ["provider", "enabled"]
 
 
-class RouteFilter(filters.FilterSet):
+class RouteFilter(StrictFilterSet):
     deployment = filters.CharFilter(field_name="targets__deployment__name", distinct=True, help_text="Routes with this target")
 
     class Meta:
@@ -161,7 +166,7 @@ class RouteFilter(filters.FilterSet):
         fields = ["deployment"]
 
 
-class GatewayKeyFilter(filters.FilterSet):
+class GatewayKeyFilter(StrictFilterSet):
     route = filters.CharFilter(field_name="routes__name", distinct=True, help_text="Keys listing this route")
 
     class Meta:
@@ -169,7 +174,7 @@ class GatewayKeyFilter(filters.FilterSet):
         fields = ["enabled", "all_routes", "route"]
 
 
-class TimeWindowFilter(filters.FilterSet):
+class TimeWindowFilter(StrictFilterSet):
     since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="At or after (ISO 8601)")
     until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="Before (ISO 8601)")
 
@@ -202,7 +207,7 @@ class RequestLogFilter(TimeWindowFilter):
         fields = ["outcome", "route", "deployment", "request_id", "since", "until"]
 
 
-class CircuitFilter(filters.FilterSet):
+class CircuitFilter(StrictFilterSet):
     state = filters.ChoiceFilter(choices=CircuitState.choices)
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
 
@@ -291,13 +296,10 @@ def expected_version(request, body_version=None):
 
     Raises ValidationError naming If-Match when the header is not an ETag we issued.
     """
-    header = request.headers.get("If-Match")
-    if header is None or header.strip() == "*":
-        return body_version
-    value = header.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    match = IF_MATCH.fullmatch(request.headers.get("If-Match", ""))
+    if match is None:
         raise serializers.ValidationError({"If-Match": ['Send the ETag of the route as returned by GET, e.g. "3".']})
-    return int(value)
+    return int(match["version"]) if match["version"] else body_version
 
 
 def _body_version(request):

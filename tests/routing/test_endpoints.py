@@ -5,8 +5,8 @@ import pytest
 from django.test import Client
 
 from routing.models import AuditEvent, Event, EventKind, Provider
-from tests.routing.test_admin import admin_form_data, url
 from tests.routing import test_api
+from tests.routing.test_admin import admin_form_data, url
 from tests.routing.test_api import everything, patch
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +42,8 @@ def test_the_reason_may_come_in_the_audit_header(admin_api, registry):
 
 
 def test_other_provider_changes_need_no_reason_and_leave_no_endpoint_event(admin_api, registry):
-    assert patch(admin_api, "/providers/sim", {"read_timeout": 30, "base_url": "http://127.0.0.1:9/v1"}).status_code == 200
+    unchanged_url = {"read_timeout": 30, "base_url": "http://127.0.0.1:9/v1"}
+    assert patch(admin_api, "/providers/sim", unchanged_url).status_code == 200
     assert not Event.objects.filter(kind=EventKind.PROVIDER_URL).exists()
 
 

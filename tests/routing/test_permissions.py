@@ -10,6 +10,7 @@ from tests.routing import test_api
 from tests.routing.test_api import everything, patch, post, put
 
 pytestmark = pytest.mark.django_db
+HALF_HALF = {"weights": {"stable": 50, "canary": 50}, "reason": "ramp"}
 registry = test_api.registry  # the provider, deployments and 90/10 route of the API tests
 
 
@@ -34,7 +35,7 @@ def bare_staff(db):
 
 
 def test_a_weights_operator_moves_weights(weights_operator, registry):
-    response = put(weights_operator, "/routes/chat/weights", {"weights": {"stable": 50, "canary": 50}, "reason": "ramp"})
+    response = put(weights_operator, "/routes/chat/weights", HALF_HALF)
     assert response.status_code == 200, response.json()
     assert registry.weights() == {"canary": 50, "stable": 50}
 
@@ -50,14 +51,15 @@ def test_a_weights_operator_cannot_replace_route_targets_or_create_things(weight
     before = everything()
     targets = [{"deployment": "stable", "weight": 100}]
     assert patch(weights_operator, "/routes/chat", {"targets": targets}).status_code == 403
-    assert post(weights_operator, "/providers", {"name": "new", "base_url": "https://api.example.com/v1"}).status_code == 403
+    new_provider = {"name": "new", "base_url": "https://api.example.com/v1"}
+    assert post(weights_operator, "/providers", new_provider).status_code == 403
     assert everything() == before
 
 
 def test_staff_without_model_permissions_can_read_but_not_write(bare_staff, registry):
     assert bare_staff.get("/api/v1/providers").status_code == 200
     before = everything()
-    assert put(bare_staff, "/routes/chat/weights", {"weights": {"stable": 50, "canary": 50}, "reason": "r"}).status_code == 403
+    assert put(bare_staff, "/routes/chat/weights", HALF_HALF).status_code == 403
     assert bare_staff.delete("/api/v1/routes/chat").status_code == 403
     assert everything() == before
 
@@ -73,7 +75,8 @@ def test_route_editors_need_the_weights_permission_too_to_replace_targets(regist
 
 def test_a_provider_editor_changes_a_provider(registry):
     editor = _token_client(user_with("pat", "routing.change_provider"))
-    response = patch(editor, "/providers/sim", {"read_timeout": 30, "base_url": "http://127.0.0.1:10/v1", "reason": "moved"})
+    change = {"read_timeout": 30, "base_url": "http://127.0.0.1:10/v1", "reason": "moved"}
+    response = patch(editor, "/providers/sim", change)
     assert response.status_code == 200, response.json()
     assert Provider.objects.get().base_url == "http://127.0.0.1:10/v1"
 

@@ -71,7 +71,8 @@ def test_a_token_acts_with_its_users_rights_only(viewer_user):
     token = create_by_cli("--user", "victor", "--name", "read")
     client = api_as(token)
     assert client.get("/api/v1/providers").status_code == 200
-    assert client.post("/api/v1/providers", {"name": "x", "base_url": "https://a.example.com/v1"}, format="json").status_code == 403
+    new_provider = {"name": "x", "base_url": "https://a.example.com/v1"}
+    assert client.post("/api/v1/providers", new_provider, format="json").status_code == 403
 
 
 @pytest.fixture

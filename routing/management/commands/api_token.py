@@ -24,7 +24,8 @@ class Command(BaseCommand):
         create = actions.add_parser("create", help="Create a token and print it (once).")
         create.add_argument("--user", required=True)
         create.add_argument("--name", required=True, help="What the token is for")
-        create.add_argument("--days", type=int, default=None, help="Lifetime in days (default: WEATHERVANE_API_TOKEN_DAYS)")
+        create.add_argument("--days", type=int, default=None,
+                            help="Lifetime in days (default: WEATHERVANE_API_TOKEN_DAYS)")
         listing = actions.add_parser("list", help="List tokens that have not expired.")
         listing.add_argument("--user")
         revoke = actions.add_parser("revoke", help="Revoke a token by the start shown in list.")
@@ -54,7 +55,8 @@ class Command(BaseCommand):
         if user:
             found = found.filter(user=self._user(user))
         for token in found:
-            state = "expired" if token.expired() else f"until {token.expiry:%Y-%m-%d %H:%M}" if token.expiry else "no expiry"
+            state = f"until {token.expiry:%Y-%m-%d %H:%M}" if token.expiry else "no expiry"
+            state = "expired" if token.expired() else state
             self.stdout.write(f"{token.token_key}  {token.user.get_username():<20} {token.name:<30} {state}")
 
     def handle_revoke(self, token_key, user=None, **options):
