@@ -13,11 +13,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
+from knox.models import AuthToken as KnoxAuthToken
 
-from routing import endpoints, weights
+from routing import endpoints, tokens, weights
 from routing.audit import actor_name, deleted_with, record, snapshot
 from routing.models import (
     ApiKey,
+    ApiToken,
     AuditAction,
     AuditEvent,
     Deployment,
@@ -330,3 +332,31 @@ class RequestLogAdmin(ReadOnlyAdmin):
     search_fields = ["request_id", "route_name"]
     date_hierarchy = "created_at"
     list_select_related = ["deployment"]
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+# knox registers its own token model, which routing.ApiToken replaces (settings.KNOX_TOKEN_MODEL).
+if admin.site.is_registered(KnoxAuthToken):
+    admin.site.unregister(KnoxAuthToken)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdmin):
+    """Every user's tokens, to see and revoke; new ones are made on the tokens page or with `api_token`,
+    where the plaintext is shown once."""
+
+    list_display = ["name", "user", "token_key", "created", "expiry"]
+    list_filter = ["user"]
+    search_fields = ["name", "token_key", "user__username"]
+    list_select_related = ["user"]
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("routing.delete_apitoken")
+
+    def delete_model(self, request, obj):
+        tokens.revoke(obj, actor=actor_name(request.user), user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for token in queryset.select_related("user"):
+            tokens.revoke(token, actor=actor_name(request.user), user=request.user)

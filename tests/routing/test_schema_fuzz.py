@@ -8,6 +8,10 @@ operation and the seed are fixed, so the run is bounded and repeatable; any
 failure (an undocumented status, a schema-valid request refused, an invalid
 one accepted, a response off its schema, a server error) fails the test.
 Settings for the run: tests/routing/schemathesis.toml.
+
+One worker: with two, hypothesis parses lambda sources in both threads at
+once and CPython 3.11's ast.parse sometimes fails with "AST constructor
+recursion depth mismatch" (a runtime error of the tool, not of the API).
 """
 
 import os
@@ -93,7 +97,7 @@ def test_the_served_schema_survives_fuzzing_with_every_check(api_server, tmp_pat
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", f"{base_url}/api/schema/",
         "--checks", "all", "--header", f"Authorization: Token {token}", "--max-examples", str(MAX_EXAMPLES),
-        "--seed", str(SEED), "--workers", "2", "--no-color", "--report-dir", str(tmp_path / "report"),
+        "--seed", str(SEED), "--workers", "1", "--no-color", "--report-dir", str(tmp_path / "report"),
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=380)
     (tmp_path / "schemathesis.txt").write_text(result.stdout)

@@ -122,3 +122,17 @@ def test_the_tokens_page_needs_a_signed_in_user_with_a_role(outsider_user):
     assert outsider.get("/tokens/").status_code == 403
     assert outsider.post("/tokens/", {"name": "x"}).status_code == 403
     assert not ApiToken.objects.exists()
+
+
+def test_staff_see_and_revoke_any_token_in_the_admin_but_never_its_secret(admin_user, viewer_user):
+    token = create_by_cli("--user", "victor", "--name", "victors-ci")
+    stored = ApiToken.objects.get()
+    browser = Client()
+    browser.force_login(admin_user)
+    listing = browser.get("/admin/routing/apitoken/").content.decode()
+    assert "victors-ci" in listing and stored.token_key in listing and token not in listing
+    assert "knox" not in browser.get("/admin/").content.decode()
+    response = browser.post(f"/admin/routing/apitoken/{stored.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert api_as(token).get("/api/v1/providers").status_code == 401
+    assert AuditEvent.objects.filter(object_type="apitoken", action="delete", actor="alice").exists()
