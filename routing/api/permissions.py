@@ -1,7 +1,7 @@
 """Who may do what through the API.
 
 Reads: staff and members of the viewer group (settings.VIEWER_GROUP).
-Writes: Django's model permissions, as in the admin: POST needs `add_<model>`,
+Writes: staff only, and only with Django's model permissions, as in the admin: POST needs `add_<model>`,
 PUT/PATCH `change_<model>`, DELETE `delete_<model>` of the view's model, and
 actions may name their own (moving a route's weights needs only
 WEIGHTS_PERMISSION, not `change_route` or `change_provider`). Superusers hold
@@ -23,7 +23,9 @@ def is_viewer(user):
 
 
 def can_move_weights(user):
-    return user.is_authenticated and user.is_active and user.has_perm(WEIGHTS_PERMISSION)
+    return user.is_authenticated and user.is_active and (user.is_superuser or user.is_staff) and (
+        user.has_perm(WEIGHTS_PERMISSION)
+    )
 
 
 def required_permissions(view, method):
@@ -42,7 +44,7 @@ def required_permissions(view, method):
 class ModelPermissionsViewerReads(BasePermission):
     """Viewers and staff read; writes need the model permission (see the module docstring)."""
 
-    message = "You do not have permission to make this change; viewers can read."
+    message = "Only staff can change configuration, and only what their permissions allow; viewers can read."
 
     def has_permission(self, request, view):
         user = request.user
@@ -53,4 +55,4 @@ class ModelPermissionsViewerReads(BasePermission):
         if user.is_superuser:
             return True
         perms = required_permissions(view, request.method)
-        return perms is not None and user.has_perms(perms)
+        return user.is_staff and perms is not None and user.has_perms(perms)

@@ -14,7 +14,7 @@ HALF_HALF = {"weights": {"stable": 50, "canary": 50}, "reason": "ramp"}
 registry = test_api.registry  # the provider, deployments and 90/10 route of the API tests
 
 
-def user_with(username, *perms, staff=True, viewer_group=None):
+def user_with(username, *perms, staff=True):
     user = User.objects.create_user(username, f"{username}@example.com", "correct-horse-battery", is_staff=staff)
     for perm in perms:
         app_label, codename = perm.split(".")
@@ -103,3 +103,11 @@ def test_the_routes_page_offers_the_slider_only_to_those_who_may_move_weights(re
         browser.force_login(user_with(username, *perms))
         page = browser.get("/routes/").content.decode()
         assert ("only users allowed to move weights" not in page) is enabled
+
+
+def test_a_non_staff_user_with_model_permissions_still_cannot_write(registry):
+    outsider = _token_client(user_with("nina", "routing.change_routetarget", "routing.change_provider", staff=False))
+    before = everything()
+    assert put(outsider, "/routes/chat/weights", HALF_HALF).status_code == 403
+    assert patch(outsider, "/providers/sim", {"notes": "x"}).status_code == 403
+    assert everything() == before
