@@ -14,8 +14,8 @@ django_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from dashboard.origins import SameOriginValidator  # noqa: E402
 from dashboard.urls import websocket_urlpatterns  # noqa: E402
 from routing.gateway.app import mount  # noqa: E402
 
@@ -36,5 +36,5 @@ gateway = http_app.gateway  # Daphne sends no lifespan events: `serve` calls gat
 
 application = ProtocolTypeRouter({
     "http": http_app,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })

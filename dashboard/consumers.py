@@ -3,10 +3,19 @@
 Messages are coalesced and flushed at most every FLUSH_INTERVAL_S as one
 `{"type": "batch", "messages": [...], "dropped": n}` frame, so a busy target
 cannot flood a browser; a weights change is flushed at once.
+
+A socket follows its user's rights: they are checked again at most every
+RIGHTS_RECHECK_S (and at once when live.rights_changed says so), and the
+socket is closed when the user is deactivated or loses the viewer role. Group
+memberships expire in the channel layer (`group_expiry`), so a long-open socket
+rejoins its groups well before that; if a rejoin came too late (or failed),
+the next frame reports `dropped` so the page backfills as on a reconnect.
 """
 
 import asyncio
 import itertools
+import logging
+import time
 from collections import OrderedDict
 
 from channels.db import database_sync_to_async
@@ -15,13 +24,28 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from dashboard import live
 from routing.api.permissions import is_viewer
 
+log = logging.getLogger(__name__)
+
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+DEFAULT_GROUP_EXPIRY_S = 86400  # channels' default for both layers
+
+
+def rights_close_code(user_id):
+    """Return None if the user may still watch the dashboard, else the close code to end their socket with."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return CLOSE_UNAUTHENTICATED
+    return None if is_viewer(user) else CLOSE_FORBIDDEN
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     FLUSH_INTERVAL_S = 0.25
     MAX_PENDING = 500  # beyond this the oldest messages are dropped and the browser told to backfill
+    RIGHTS_RECHECK_S = 30.0
+    REJOIN_SHARE = 0.25  # rejoin the groups after this share of the layer's group_expiry
 
     async def connect(self):
         user = self.scope.get("user")
@@ -37,14 +61,61 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.sequence = itertools.count()
         # Channels discards self.groups on disconnect.
         self.groups = [live.GROUP_ALL, live.user_group(user.pk)]
-        for group in self.groups:
-            await self.channel_layer.group_add(group, self.channel_name)
+        await self._join_groups()
         live.bind_loop(asyncio.get_running_loop())
         await self.accept()
+        self.watch_task = asyncio.create_task(self._watch())
 
     async def disconnect(self, code):
-        if getattr(self, "flush_task", None) is not None:
-            self.flush_task.cancel()
+        for name in ("flush_task", "watch_task"):
+            task = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
+
+    # --- Rights and group membership -------------------------------------------
+
+    def group_expiry_s(self):
+        return getattr(self.channel_layer, "group_expiry", None) or DEFAULT_GROUP_EXPIRY_S
+
+    async def _join_groups(self):
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.joined_at = time.monotonic()
+
+    async def _watch(self):
+        """Re-check the user's rights and refresh group membership until the socket closes."""
+        rights_checked_at = time.monotonic()
+        while True:
+            rejoin_at = self.joined_at + self.group_expiry_s() * self.REJOIN_SHARE
+            await asyncio.sleep(max(0.05, min(rights_checked_at + self.RIGHTS_RECHECK_S, rejoin_at) - time.monotonic()))
+            if time.monotonic() >= rights_checked_at + self.RIGHTS_RECHECK_S:
+                rights_checked_at = time.monotonic()
+                if not await self._still_allowed():
+                    return
+            if time.monotonic() >= rejoin_at:
+                await self._rejoin()
+
+    async def _still_allowed(self):
+        """Close the socket and return False when its user may no longer watch."""
+        code = await database_sync_to_async(rights_close_code)(self.scope["user"].pk)
+        if code is None:
+            return True
+        self.closing = True
+        self.pending.clear()
+        await self.close(code=code)
+        return False
+
+    async def _rejoin(self):
+        lapsed = time.monotonic() - self.joined_at >= self.group_expiry_s()
+        try:
+            await self._join_groups()
+        except Exception:  # e.g. Redis briefly away: try again soon, and have the page backfill then
+            log.warning("live socket could not rejoin its groups", exc_info=True)
+            self.joined_at = time.monotonic() - self.group_expiry_s()
+            return
+        if lapsed:  # messages may have been missed while the membership had expired
+            self.dropped += 1
+            await self._flush()
 
     async def receive_json(self, content, **kwargs):
         pass  # the browser only listens
@@ -76,9 +147,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def session_logout(self, event):
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
+    async def rights_changed(self, event):
+        await self._still_allowed()
+
     # --- Batching --------------------------------------------------------------
 
     def _queue(self, event, key=None):
+        if getattr(self, "closing", False):
+            return
         key = key if key is not None else next(self.sequence)
         self.pending.pop(key, None)
         self.pending[key] = {"type": event["type"], "payload": event.get("payload")}
@@ -97,7 +173,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if self.flush_task is not None and self.flush_task is not asyncio.current_task():
             self.flush_task.cancel()
             self.flush_task = None
-        if not self.pending:
+        if not self.pending and not self.dropped:
             return
         messages, dropped = list(self.pending.values()), self.dropped
         self.pending.clear()

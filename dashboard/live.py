@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 from django.contrib.auth.signals import user_logged_out
+from django.db.models.signals import m2m_changed, post_save
 from django.dispatch import receiver
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ TIMELINE_EVENT = "timeline.event"
 HEALTH_CHANGED = "health.changed"
 LOADTEST_PROGRESS = "loadtest.progress"
 SESSION_LOGOUT = "session.logout"  # sent to one user's group only: closes their sockets
+RIGHTS_CHANGED = "rights.changed"  # sent to one user's group only: their sockets re-check the user's rights
 
 # The loop the consumers run on (set when a socket connects). The in-memory
 # layer's queues belong to that loop, so other threads must hand it their sends.
@@ -157,6 +160,26 @@ def loadtest_progress(payload):
 def session_logout(user_id):
     """Close every open dashboard socket of this user."""
     _send(SESSION_LOGOUT, {"user": user_id}, group=user_group(user_id))
+
+
+def rights_changed(user_id):
+    """Have every open dashboard socket of this user re-check that the user may still watch."""
+    _send(RIGHTS_CHANGED, {"user": user_id}, group=user_group(user_id))
+
+
+@receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="dashboard.live.recheck_on_user_save")
+def _recheck_on_user_save(sender, instance, created=False, update_fields=None, **kwargs):
+    if not created and set(update_fields or ()) != {"last_login"}:  # every login saves last_login
+        rights_changed(instance.pk)
+
+
+@receiver(m2m_changed, dispatch_uid="dashboard.live.recheck_on_group_change")
+def _recheck_on_group_change(sender, instance, action, reverse, pk_set=None, **kwargs):
+    if action not in ("post_remove", "post_clear") or sender._meta.label != "auth.User_groups":
+        return
+    user_ids = (pk_set or ()) if reverse else (instance.pk,)
+    for user_id in user_ids:
+        rights_changed(user_id)
 
 
 @receiver(user_logged_out, dispatch_uid="dashboard.live.close_sockets_on_logout")

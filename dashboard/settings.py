@@ -66,7 +66,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -247,16 +247,22 @@ SERVER_HEADER_TIMEOUT_S = env_float("WEATHERVANE_HEADER_TIMEOUT", 10.0, minimum=
 METRICS_TOKEN = env_str("WEATHERVANE_METRICS_TOKEN")
 
 # --- REST API ----------------------------------------------------------------
+# API tokens (django-rest-knox): hashed, named, expiring; `Authorization: Token <token>`.
+KNOX_TOKEN_MODEL = "routing.ApiToken"
+API_TOKEN_DAYS = env_int("WEATHERVANE_API_TOKEN_DAYS", 90, minimum=1, maximum=3650)  # default lifetime
+API_TOKEN_MAX_DAYS = env_int("WEATHERVANE_API_TOKEN_MAX_DAYS", 365, minimum=1, maximum=3650)
+REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_DAYS), "TOKEN_PREFIX": "wvt_", "AUTH_HEADER_PREFIX": "Token"}
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "routing.api.authentication.LockableTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["routing.api.permissions.StaffWritesViewerReads"],
+    "DEFAULT_PERMISSION_CLASSES": ["routing.api.permissions.ModelPermissionsViewerReads"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "routing.api.pagination.StrictLimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "PAGE_SIZE": 100,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "routing.api.schema.ContractAutoSchema",
     "EXCEPTION_HANDLER": "routing.api.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -275,7 +281,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and its docs pages follow the API's rule: staff and viewers read, anonymous callers get 401.
-    "SERVE_PERMISSIONS": ["routing.api.permissions.StaffWritesViewerReads"],
+    "SERVE_PERMISSIONS": ["routing.api.permissions.ModelPermissionsViewerReads"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -4,10 +4,11 @@ from csp.constants import UNSAFE_INLINE
 from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from dashboard.consumers import LiveConsumer
+from routing.api import errors as api_errors
 
 # The vendored Swagger UI and Redoc inject styles (Redoc also starts from an inline script and a blob: worker);
 # only their own pages get that allowance.
@@ -21,6 +22,7 @@ urlpatterns = [
     path("api/v1/", include("routing.api.urls")),
     path("api/v1/", include("probes.api.urls")),
     path("api/v1/", include("probes.loadtest.api.urls")),
+    re_path(r"^api/v1/", api_errors.not_found),  # after every API route: unknown API URLs get JSON
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", DOCS_CSP(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="api-docs"),
     path("api/redoc/", REDOC_CSP(SpectacularRedocView.as_view(url_name="schema")), name="api-redoc"),

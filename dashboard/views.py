@@ -8,20 +8,24 @@ the viewer group only looks, anyone else signed in gets 403.
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpResponseBadRequest, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from dashboard import metrics
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult, Source
-from routing.api.permissions import is_viewer
-from routing.models import Deployment, Event, Route
+from routing import tokens
+from routing.api.permissions import can_move_weights, is_viewer
+from routing.audit import actor_name
+from routing.models import ApiToken, Deployment, Event, Route
 from routing.outcomes import Outcome
 from routing.weights import weights_history
 
@@ -48,7 +52,7 @@ def _json(data):
 
 
 def _page(request, template, data, **context):
-    return render(request, template, {"data": data, "can_change": request.user.is_staff, **context})
+    return render(request, template, {"data": data, "can_change": can_move_weights(request.user), **context})
 
 
 def _circuit(deployment):
@@ -326,3 +330,43 @@ def locked_out(request, response, credentials):
     context = {"username": (credentials or {}).get("username", ""), "minutes": minutes,
                "failure_limit": settings.AXES_FAILURE_LIMIT}
     return render(request, "registration/locked_out.html", context, status=429)
+
+
+# --- API tokens -------------------------------------------------------------------
+
+
+def _tokens_page(request, created=None, error=None, status=200):
+    response = render(request, "dashboard/tokens.html", {
+        "tokens": tokens.live_tokens(request.user), "created": created, "error": error,
+        "default_days": settings.API_TOKEN_DAYS, "max_days": settings.API_TOKEN_MAX_DAYS,
+    }, status=status)
+    response["Cache-Control"] = "no-store"  # the new token is on this page exactly once
+    return response
+
+
+def _days_or_none(value):
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        raise tokens.TokenError("The lifetime is a whole number of days.") from None
+
+
+@dashboard_view
+def api_tokens(request):
+    """List the user's own API tokens; POST creates one and shows it once."""
+    if request.method != "POST":
+        return _tokens_page(request)
+    try:
+        days = _days_or_none(request.POST.get("days"))
+        token, plaintext = tokens.issue(request.user, request.POST.get("name"), days, actor=actor_name(request.user))
+    except tokens.TokenError as error:
+        return _tokens_page(request, error=str(error), status=400)
+    return _tokens_page(request, created={"name": token.name, "token": plaintext, "expiry": token.expiry})
+
+
+@require_POST
+@dashboard_view
+def revoke_api_token(request, token_key):
+    token = get_object_or_404(ApiToken, user=request.user, token_key=token_key)
+    tokens.revoke(token, actor=actor_name(request.user), user=request.user)
+    return redirect("api-tokens")

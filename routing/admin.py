@@ -13,12 +13,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
+from knox.models import AuthToken as KnoxAuthToken
 
-from routing import weights
-from routing.audit import deleted_with
-from routing.audit import actor_name, record, snapshot
+from routing import endpoints, tokens, weights
+from routing.audit import actor_name, deleted_with, record, snapshot
 from routing.models import (
     ApiKey,
+    ApiToken,
     AuditAction,
     AuditEvent,
     Deployment,
@@ -30,6 +31,7 @@ from routing.models import (
     RequestLog,
     Route,
     RouteTarget,
+    secret_validator,
 )
 
 
@@ -116,7 +118,7 @@ class ApiKeyAdminForm(forms.ModelForm):
     """The secret is write-only: required for a new key, blank keeps the stored one."""
 
     secret = forms.CharField(
-        required=False, max_length=4096,
+        required=False, max_length=4096, validators=[secret_validator],
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="The provider's API key. Leave blank to keep the stored secret; it is never shown again.",
     )
@@ -156,13 +158,40 @@ class ApiKeyInline(admin.TabularInline):
     show_change_link = True
 
 
+class ProviderAdminForm(forms.ModelForm):
+    """A new base URL sends the provider's keys to the new host, so it needs a reason."""
+
+    reason = forms.CharField(
+        required=False, max_length=weights.MAX_REASON_LENGTH,
+        help_text="Why you change this provider; required when the base URL changes. Kept in the audit trail.",
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "reason"]
+
+    def clean(self):
+        cleaned = super().clean()
+        stored = Provider.objects.filter(pk=self.instance.pk).first() if self.instance.pk else None
+        if stored is not None and endpoints.needs_reason(stored, cleaned.get("base_url"), cleaned.get("reason", "")):
+            self.add_error("reason", endpoints.REASON_REQUIRED)
+        return cleaned
+
+
 @admin.register(Provider)
 class ProviderAdmin(AuditedAdmin):
+    form = ProviderAdminForm
     list_display = ["name", "kind", "base_url", "enabled"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "base_url"]
     readonly_fields = ["created_at", "updated_at"]
     inlines = [ApiKeyInline]
+
+    def save_model(self, request, obj, form, change):
+        old_url = Provider.objects.get(pk=obj.pk).base_url if change else None
+        super().save_model(request, obj, form, change)
+        if change and obj.base_url != old_url:
+            endpoints.note_base_url_change(obj, old_url, actor=actor_name(request.user), reason=form.cleaned_data["reason"])
 
 
 @admin.register(ApiKey)
@@ -322,3 +351,31 @@ class RequestLogAdmin(ReadOnlyAdmin):
     search_fields = ["request_id", "route_name"]
     date_hierarchy = "created_at"
     list_select_related = ["deployment"]
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+# knox registers its own token model, which routing.ApiToken replaces (settings.KNOX_TOKEN_MODEL).
+if admin.site.is_registered(KnoxAuthToken):
+    admin.site.unregister(KnoxAuthToken)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdmin):
+    """Every user's tokens, to see and revoke; new ones are made on the tokens page or with `api_token`,
+    where the plaintext is shown once."""
+
+    list_display = ["name", "user", "token_key", "created", "expiry"]
+    list_filter = ["user"]
+    search_fields = ["name", "token_key", "user__username"]
+    list_select_related = ["user"]
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("routing.delete_apitoken")
+
+    def delete_model(self, request, obj):
+        tokens.revoke(obj, actor=actor_name(request.user), user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for token in queryset.select_related("user"):
+            tokens.revoke(token, actor=actor_name(request.user), user=request.user)

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
 from django.utils import timezone
+from knox.models import AbstractAuthToken
 
 from routing import crypto
 from routing.netguard import validate_upstream_url
@@ -19,6 +20,9 @@ name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$",
     "Use letters, digits and . _ : / @ - (start with a letter or digit, at most 100 characters).",
 )
+
+# A provider key travels in an HTTP header: visible ASCII only (a stray emoji or space would break every call).
+secret_validator = RegexValidator(r"^[!-~]+$", "An API key is visible ASCII characters, without spaces.")
 
 
 class ProviderKind(models.TextChoices):
@@ -319,6 +323,7 @@ class EventKind(models.TextChoices):
     KEY_INVALID = "key_invalid", "Key marked invalid"
     KEY_RATE_LIMITED = "key_rate_limited", "Key rate-limited"
     KEY_ACTIVE = "key_active", "Key active again"
+    PROVIDER_URL = "provider_url", "Provider endpoint changed"
 
 
 class Event(models.Model):
@@ -433,3 +438,19 @@ class RequestLog(models.Model):
 
     def __str__(self):
         return f"{self.created_at:%H:%M:%S} {self.request_id} {self.outcome}"
+
+
+class ApiToken(AbstractAuthToken):
+    """A named REST API token of one user (django-rest-knox): only a SHA-512 digest
+    and the first characters (`token_key`) are stored; it stops working at `expiry`."""
+
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. ci-deploy")
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"{self.name} ({self.token_key}…)"
+
+    def expired(self, now=None):
+        return self.expiry is not None and self.expiry <= (now or timezone.now())

@@ -7,7 +7,6 @@ import socket
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -43,9 +42,12 @@ def require_postgres():
 
 
 def _token_client(user):
+    """An API client authenticated with a fresh (hashed, expiring) API token of `user`."""
+    from routing.models import ApiToken
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _, plaintext = ApiToken.objects.create(user, name="tests")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {plaintext}")
     return client
 
 

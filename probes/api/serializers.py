@@ -1,9 +1,11 @@
 """REST representations of probe targets, results, rollup queries and health."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from probes.models import HealthState, ProbeResult, ProbeTarget, Source
 from probes.rollups import SPAN, Window
+from routing.outcomes import Outcome
 from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
 from routing.models import ApiKey, Deployment, Route
 
@@ -11,15 +13,24 @@ HEALTH_WINDOWS = (Window.M5, Window.H1, Window.H24, Window.D7)
 MAX_POINTS = 720
 
 
-class ProbeTargetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+class ApiKeyLabelMixin:
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_api_key_label(self, obj):
+        """The label of the probed key, or None for a target that rotates over the deployment's keys."""
+        return obj.api_key.label if obj.api_key_id else None
+
+
+class ProbeTargetSerializer(ApiKeyLabelMixin, StrictFieldsMixin, serializers.ModelSerializer):
     deployment = serializers.SlugRelatedField(slug_field="name", queryset=Deployment.objects.all())
     api_key = serializers.PrimaryKeyRelatedField(queryset=ApiKey.objects.all(), allow_null=True, required=False,
                                                  help_text="Probe only this key (empty: rotate over the deployment's keys)")
-    api_key_label = serializers.CharField(source="api_key.label", read_only=True, default=None)
+    api_key_label = serializers.SerializerMethodField()
     interval_s = StrictIntegerField(min_value=5, max_value=86400, required=False, help_text="Seconds between probes (at least 5)")
     max_tokens = StrictIntegerField(min_value=1, max_value=16, required=False)
     degraded_latency_ms = StrictIntegerField(min_value=1, allow_null=True, required=False)
     timeout_s = serializers.FloatField(min_value=0.5, max_value=120, required=False)
+    last_outcome = serializers.ChoiceField(choices=Outcome.choices, allow_blank=True, read_only=True,
+                                           help_text="Empty until the first probe")
 
     class Meta:
         model = ProbeTarget
@@ -47,9 +58,9 @@ class ProbeTargetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         return attrs
 
 
-class ProbeResultSerializer(serializers.ModelSerializer):
+class ProbeResultSerializer(ApiKeyLabelMixin, serializers.ModelSerializer):
     deployment = serializers.CharField(source="deployment.name", read_only=True)
-    api_key_label = serializers.CharField(source="api_key.label", read_only=True, default=None)
+    api_key_label = serializers.SerializerMethodField()
 
     class Meta:
         model = ProbeResult

@@ -20,23 +20,24 @@ from probes import runner
 from probes.api import serializers as s
 from probes.models import HealthState, ProbeResult, ProbeTarget, Source
 from probes.rollups import SPAN, merge_rows, read_window, select_rows
+from routing.api.filters import StrictBooleanFilter, StrictFilterSet
 from routing.api.views import AuditedModelViewSet, ReadOnlyViewSet
 from routing.audit import record, snapshot
 from routing.models import AuditAction
 from routing.outcomes import Outcome
 
 
-class ProbeTargetFilter(filters.FilterSet):
+class ProbeTargetFilter(StrictFilterSet):
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
     health = filters.ChoiceFilter(choices=HealthState.choices)
-    per_key = filters.BooleanFilter(field_name="api_key", lookup_expr="isnull", exclude=True, help_text="Only per-key targets")
+    per_key = StrictBooleanFilter(field_name="api_key", lookup_expr="isnull", exclude=True, help_text="Only per-key targets")
 
     class Meta:
         model = ProbeTarget
         fields = ["deployment", "api_key", "enabled", "health", "per_key"]
 
 
-class ProbeResultFilter(filters.FilterSet):
+class ProbeResultFilter(StrictFilterSet):
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
     outcome = filters.MultipleChoiceFilter(choices=Outcome.choices)
     since = filters.IsoDateTimeFilter(field_name="started_at", lookup_expr="gte", help_text="At or after (ISO 8601)")
@@ -71,6 +72,7 @@ class ProbeTargetViewSet(AuditedModelViewSet):
     serializer_class = s.ProbeTargetSerializer
     filterset_class = ProbeTargetFilter
     lookup_value_regex = r"\d+"
+    action_permissions = {name: ["probes.change_probetarget"] for name in ("pause", "resume", "probe")}
 
     def _set_enabled(self, request, enabled):
         target = self.get_object()

@@ -9,7 +9,8 @@ from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.auth.signals import user_login_failed
 from rest_framework import exceptions
-from rest_framework.authentication import TokenAuthentication, get_authorization_header
+from knox.auth import TokenAuthentication
+from rest_framework.authentication import get_authorization_header
 
 TOKEN_USERNAME = "(api token)"
 
@@ -43,4 +44,6 @@ def token_locked_out():
 
 
 class LockableTokenAuthentication(TokenLockoutMixin, TokenAuthentication):
-    """DRF's `Token <key>` authentication, locked out after repeated wrong tokens."""
+    """Hashed, expiring API tokens (django-rest-knox, `Token <token>`), locked out after repeated wrong tokens."""
+
+    keyword = "Token"

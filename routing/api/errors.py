@@ -8,6 +8,8 @@ other error is {"detail": "..."}, and a stale route version (409) adds
 
 from django.core.exceptions import RequestDataTooBig
 from django.db.models import ProtectedError
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
 from rest_framework.exceptions import APIException, NotAuthenticated
 from rest_framework.response import Response
@@ -57,3 +59,9 @@ def _domain_error(exc):
             {"detail": f"Still in use by: {', '.join(used_by)}. Remove those first."}, status=status.HTTP_409_CONFLICT,
         )
     return None
+
+
+@csrf_exempt  # a JSON 404 for any method, like the API's own (which are exempt and check CSRF per session)
+def not_found(request, *args, **kwargs):
+    """Answer an /api/ URL that matches no endpoint with the API's JSON 404 (not Django's HTML page)."""
+    return JsonResponse({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)

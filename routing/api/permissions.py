@@ -1,20 +1,58 @@
+"""Who may do what through the API.
+
+Reads: staff and members of the viewer group (settings.VIEWER_GROUP).
+Writes: staff only, and only with Django's model permissions, as in the admin: POST needs `add_<model>`,
+PUT/PATCH `change_<model>`, DELETE `delete_<model>` of the view's model, and
+actions may name their own (moving a route's weights needs only
+WEIGHTS_PERMISSION, not `change_route` or `change_provider`). Superusers hold
+every permission; viewers hold none.
+"""
+
 from django.conf import settings
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
+# Moving traffic between a route's existing targets (slider, PUT .../weights, revert).
+WEIGHTS_PERMISSION = "routing.change_routetarget"
+METHOD_ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
+
 
 def is_viewer(user):
-    return user.is_authenticated and (user.is_staff or user.groups.filter(name=settings.VIEWER_GROUP).exists())
+    return user.is_authenticated and user.is_active and (
+        user.is_staff or user.groups.filter(name=settings.VIEWER_GROUP).exists()
+    )
 
 
-class StaffWritesViewerReads(BasePermission):
-    """Staff may change anything; members of the viewer group may only read."""
+def can_move_weights(user):
+    return user.is_authenticated and user.is_active and (user.is_superuser or user.is_staff) and (
+        user.has_perm(WEIGHTS_PERMISSION)
+    )
 
-    message = "Only staff can change configuration; viewers can read."
+
+def required_permissions(view, method):
+    """Return the permissions a write by `method` on `view` needs (a view's
+    `action_permissions` maps action names to their own list)."""
+    own = getattr(view, "action_permissions", {}).get(getattr(view, "action", None))
+    if own is not None:
+        return list(own)
+    queryset = getattr(view, "queryset", None)
+    if queryset is None or method not in METHOD_ACTIONS:
+        return None  # nothing to derive from: only superusers may write
+    opts = queryset.model._meta
+    return [f"{opts.app_label}.{METHOD_ACTIONS[method]}_{opts.model_name}"]
+
+
+class ModelPermissionsViewerReads(BasePermission):
+    """Viewers and staff read; writes need the model permission (see the module docstring)."""
+
+    message = "Only staff can change configuration, and only what their permissions allow; viewers can read."
 
     def has_permission(self, request, view):
         user = request.user
-        if not user or not user.is_authenticated:
+        if not user or not user.is_authenticated or not user.is_active:
             return False
         if request.method in SAFE_METHODS:
-            return is_viewer(user)
-        return user.is_staff
+            return is_viewer(user) or user.is_superuser
+        if user.is_superuser:
+            return True
+        perms = required_permissions(view, request.method)
+        return user.is_staff and perms is not None and user.has_perms(perms)

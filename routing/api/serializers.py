@@ -9,7 +9,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from routing import weights
+from routing import endpoints, weights
 from routing.models import (
     ApiKey,
     AuditEvent,
@@ -22,21 +22,50 @@ from routing.models import (
     RequestLog,
     Route,
     RouteTarget,
+    secret_validator,
 )
 
 # Form posts from the browsable API carry the CSRF token next to the fields.
 IGNORED_INPUT = {"csrfmiddlewaretoken"}
 SETTABLE_KEY_STATES = (KeyState.ACTIVE, KeyState.DISABLED)
+NO_TARGETS = "A route needs at least one target; leave targets out to add them later."
+
+
+# JSON types each kind of field takes, as the schema states them (DRF itself would coerce "5" to 5 or 0 to "0").
+JSON_TYPES = [
+    (serializers.BooleanField, (bool,), "Must be true or false."),
+    ((serializers.IntegerField, serializers.PrimaryKeyRelatedField), (int,), "A valid integer is required."),
+    (serializers.FloatField, (int, float), "A valid number is required."),
+    (serializers.DecimalField, (str,), 'A valid number is required, as a string (e.g. "2.50").'),
+    ((serializers.CharField, serializers.SlugRelatedField), (str,), "A string is required."),
+    ((serializers.ManyRelatedField, serializers.ListField, serializers.ListSerializer), (list,), "A list is required."),
+]
+
+
+def wrong_type(field, value):
+    """Return the error message when `value` is of the wrong JSON type for `field`, else None."""
+    if value is None:
+        return None  # allow_null decides
+    for kinds, types, expected in JSON_TYPES:
+        if isinstance(field, kinds):
+            exact = type(value) in types and not (bool not in types and isinstance(value, bool))
+            return None if exact else expected
+    return None
 
 
 class StrictFieldsMixin:
-    """Reject input fields the serializer does not know, naming each one."""
+    """Reject input fields the serializer does not know, naming each one, and values of the wrong JSON type."""
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
             unknown = sorted(set(data) - set(self.fields) - IGNORED_INPUT)
             if unknown:
                 raise serializers.ValidationError({name[:100]: ["Unknown field."] for name in unknown[:20]})
+            mistyped = {name: wrong_type(field, data[name]) for name, field in self.fields.items()
+                        if name in data and not field.read_only}
+            errors = {name: [message] for name, message in mistyped.items() if message}
+            if errors:
+                raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
 
 
@@ -54,15 +83,28 @@ def _name_field(model, **kwargs):
 
 
 class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    reason = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, max_length=weights.MAX_REASON_LENGTH,
+        help_text="Why; required when base_url changes (or send X-Audit-Reason). Kept in the audit trail.",
+    )
+
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "created_at", "updated_at"]
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "reason",
+                  "created_at", "updated_at"]
+
+    def validate(self, attrs):
+        audit = self.context.get("audit")
+        attrs["reason"] = (attrs.get("reason") or "").strip() or (audit.reason if audit else "")
+        if self.instance is not None and endpoints.needs_reason(self.instance, attrs.get("base_url"), attrs["reason"]):
+            raise serializers.ValidationError({"reason": [endpoints.REASON_REQUIRED]})
+        return attrs
 
 
 class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
     provider = _name_field(Provider)
     secret = serializers.CharField(
-        write_only=True, required=False, max_length=4096, style={"input_type": "password"},
+        write_only=True, required=False, max_length=4096, style={"input_type": "password"}, validators=[secret_validator],
         help_text="The provider's API key. Required on create; on update it replaces (rotates) the stored secret. Never returned.",
     )
     masked = serializers.CharField(read_only=True, help_text="Display form of the secret, e.g. sk-…a1b2")
@@ -122,7 +164,7 @@ class RouteTargetSerializer(StrictFieldsMixin, serializers.Serializer):
 
 class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     targets = RouteTargetSerializer(
-        many=True, required=False,
+        many=True, required=False, min_length=1, error_messages={"min_length": NO_TARGETS},
         help_text="Deployments and their weights (summing to 100). On update, the given list replaces the targets.",
     )
 
@@ -133,7 +175,9 @@ class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     def validate_targets(self, targets):
         if not targets:
-            raise serializers.ValidationError("A route needs at least one target; leave targets out to add them later.")
+            raise serializers.ValidationError(NO_TARGETS)
+        if any("deployment" not in t or "weight" not in t for t in targets):
+            raise serializers.ValidationError("Each target needs its deployment and weight.")
         names = [t["deployment"].name for t in targets]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -205,7 +249,7 @@ class GatewayKeyCreatedSerializer(GatewayKeySerializer):
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
-    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = AuditEvent
@@ -214,8 +258,8 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
 
 class EventSerializer(serializers.ModelSerializer):
-    route = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    route = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     api_key_label = serializers.SerializerMethodField()
 
     class Meta:
@@ -238,8 +282,8 @@ class DeploymentCircuitSerializer(serializers.ModelSerializer):
 
 
 class RequestLogSerializer(serializers.ModelSerializer):
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    gateway_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    gateway_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True, allow_null=True)
 
     class Meta:
         model = RequestLog

@@ -12,20 +12,23 @@ Routes carry a `version`: GET returns it as `ETag: "<version>"`, and updates
 the current version when the route changed meanwhile.
 """
 
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 from django_filters import rest_framework as filters
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
-from routing import projection, weights
+from routing import endpoints, projection, weights
 from routing.api import errors
 from routing.api import serializers as s
+from routing.api.filters import StrictFilterSet
+from routing.api.permissions import WEIGHTS_PERMISSION, can_move_weights
 from routing.audit import actor_name, deleted_with, record, snapshot
 from routing.models import (
     ApiKey,
@@ -42,7 +45,6 @@ from routing.models import (
     ProviderKind,
     RequestLog,
     Route,
-    RouteTarget,
 )
 from routing.outcomes import Outcome
 
@@ -50,12 +52,16 @@ REASON_HEADER = "X-Audit-Reason"
 MAX_REASON_LENGTH = weights.MAX_REASON_LENGTH
 NAME_LOOKUP = r"[^/]+?(?:/[^/]+?)*?"  # names may contain "/" (e.g. "openai/gpt-4o")
 
+# An empty If-Match is no precondition, like a missing one; "*" matches any version.
+IF_MATCH = re.compile(r'\s*(?:\*|(?:W/)?"?(?P<version>[0-9]{1,9})"?)?\s*')
+
 REASON_PARAMETER = OpenApiParameter(
-    REASON_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    REASON_HEADER, {"type": "string", "maxLength": MAX_REASON_LENGTH}, OpenApiParameter.HEADER, required=False,
     description="Why this change is made; kept in the audit trail.",
 )
+IF_MATCH_SCHEMA = {"type": "string", "pattern": f"^{IF_MATCH.pattern.replace('?P<version>', '')}$"}
 IF_MATCH_PARAMETER = OpenApiParameter(
-    "If-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    "If-Match", IF_MATCH_SCHEMA, OpenApiParameter.HEADER, required=False,
     description='The route version you edited, as returned in ETag (e.g. "3"). A mismatch answers 409.',
 )
 
@@ -97,9 +103,10 @@ class AuditedModelViewSet(BodySizeLimitMixin, viewsets.ModelViewSet):
             context["audit"] = self.audit_context()
         return context
 
-    def _record(self, action, obj, before, after):
+    def _record(self, action, obj, before, after, reason=None):
         audit = self.audit_context()
-        record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=after, reason=audit.reason)
+        reason = reason or audit.reason
+        record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=after, reason=reason)
 
     def perform_create(self, serializer):
         with transaction.atomic():
@@ -126,7 +133,7 @@ class ReadOnlyViewSet(BodySizeLimitMixin, viewsets.ReadOnlyModelViewSet):
 # --- Filters -------------------------------------------------------------------
 
 
-class ProviderFilter(filters.FilterSet):
+class ProviderFilter(StrictFilterSet):
     kind = filters.ChoiceFilter(choices=ProviderKind.choices)
 
     class Meta:
@@ -134,7 +141,7 @@ class ProviderFilter(filters.FilterSet):
         fields = ["kind", "enabled"]
 
 
-class ApiKeyFilter(filters.FilterSet):
+class ApiKeyFilter(StrictFilterSet):
     provider = filters.CharFilter(field_name="provider__name", help_text="Provider name")
     state = filters.ChoiceFilter(choices=KeyState.choices)
 
@@ -143,7 +150,7 @@ class ApiKeyFilter(filters.FilterSet):
         fields = ["provider", "state", "enabled"]
 
 
-class DeploymentFilter(filters.FilterSet):
+class DeploymentFilter(StrictFilterSet):
     provider = filters.CharFilter(field_name="provider__name", help_text="Provider name")
 
     class Meta:
@@ -151,7 +158,7 @@ class DeploymentFilter(filters.FilterSet):
         fields = ["provider", "enabled"]
 
 
-class RouteFilter(filters.FilterSet):
+class RouteFilter(StrictFilterSet):
     deployment = filters.CharFilter(field_name="targets__deployment__name", distinct=True, help_text="Routes with this target")
 
     class Meta:
@@ -159,7 +166,7 @@ class RouteFilter(filters.FilterSet):
         fields = ["deployment"]
 
 
-class GatewayKeyFilter(filters.FilterSet):
+class GatewayKeyFilter(StrictFilterSet):
     route = filters.CharFilter(field_name="routes__name", distinct=True, help_text="Keys listing this route")
 
     class Meta:
@@ -167,7 +174,7 @@ class GatewayKeyFilter(filters.FilterSet):
         fields = ["enabled", "all_routes", "route"]
 
 
-class TimeWindowFilter(filters.FilterSet):
+class TimeWindowFilter(StrictFilterSet):
     since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", help_text="At or after (ISO 8601)")
     until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", help_text="Before (ISO 8601)")
 
@@ -200,7 +207,7 @@ class RequestLogFilter(TimeWindowFilter):
         fields = ["outcome", "route", "deployment", "request_id", "since", "until"]
 
 
-class CircuitFilter(filters.FilterSet):
+class CircuitFilter(StrictFilterSet):
     state = filters.ChoiceFilter(choices=CircuitState.choices)
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
 
@@ -225,6 +232,23 @@ class ProviderViewSet(AuditedModelViewSet):
     filterset_class = ProviderFilter
     lookup_field = "name"
     lookup_value_regex = NAME_LOOKUP
+
+    def perform_create(self, serializer):
+        reason = serializer.validated_data.pop("reason", "")
+        with transaction.atomic():
+            provider = serializer.save()
+            self._record(AuditAction.CREATE, provider, None, snapshot(provider), reason)
+
+    def perform_update(self, serializer):
+        """Save with its audit record; a new base URL also leaves a timeline event with the reason."""
+        reason = serializer.validated_data.pop("reason", "")
+        old_url = serializer.instance.base_url
+        with transaction.atomic():
+            before = snapshot(serializer.instance)
+            provider = serializer.save()
+            self._record(AuditAction.UPDATE, provider, before, snapshot(provider), reason)
+            if provider.base_url != old_url:
+                endpoints.note_base_url_change(provider, old_url, actor=actor_name(self.request.user), reason=reason)
 
 
 @AUDITED
@@ -272,13 +296,10 @@ def expected_version(request, body_version=None):
 
     Raises ValidationError naming If-Match when the header is not an ETag we issued.
     """
-    header = request.headers.get("If-Match")
-    if header is None or header.strip() == "*":
-        return body_version
-    value = header.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    match = IF_MATCH.fullmatch(request.headers.get("If-Match", ""))
+    if match is None:
         raise serializers.ValidationError({"If-Match": ['Send the ETag of the route as returned by GET, e.g. "3".']})
-    return int(value)
+    return int(match["version"]) if match["version"] else body_version
 
 
 def _body_version(request):
@@ -305,8 +326,11 @@ class RouteViewSet(AuditedModelViewSet):
     filterset_class = RouteFilter
     lookup_field = "name"
     lookup_value_regex = NAME_LOOKUP
+    action_permissions = {"set_weights": [WEIGHTS_PERMISSION], "revert_weights": [WEIGHTS_PERMISSION]}
 
     def perform_update(self, serializer):
+        if "targets" in serializer.validated_data and not can_move_weights(self.request.user):
+            raise PermissionDenied(f"Changing a route's targets also needs the {WEIGHTS_PERMISSION} permission.")
         with transaction.atomic():
             current = Route.objects.select_for_update().get(pk=serializer.instance.pk)
             wanted = expected_version(self.request, _body_version(self.request))

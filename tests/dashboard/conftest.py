@@ -7,6 +7,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")  # the address the socket is reached at
 
 
 def session_cookie(user):
@@ -16,14 +17,16 @@ def session_cookie(user):
     return f"sessionid={client.cookies['sessionid'].value}"
 
 
-async def live_socket(user=None, origin=ORIGIN):
+async def live_socket(user=None, origin=ORIGIN, host=HOST, scheme="ws"):
     """Return a communicator for /ws/live/ through the real ASGI application."""
     from dashboard.asgi import application
 
-    headers = [origin] if origin else []
+    headers = [header for header in (origin, host) if header]
     if user is not None:
         headers.append((b"cookie", (await sync_to_async(session_cookie)(user)).encode()))
-    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    communicator.scope["scheme"] = scheme
+    return communicator
 
 
 @pytest.fixture

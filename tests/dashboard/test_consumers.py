@@ -4,11 +4,12 @@ import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
 from dashboard import live
-from dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
+from dashboard.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, LiveConsumer
 from routing.models import Event, EventKind
 from tests.dashboard.conftest import live_socket
 
@@ -163,6 +164,124 @@ async def test_publishing_from_async_code_on_the_server_loop_reaches_sockets(adm
     socket = await connected(admin_user)
     try:
         live.probe_result(probe())  # e.g. the gateway's flusher, running on the server's loop
+        assert await messages_of(socket) == [{"type": "probe.result", "payload": SENT}]
+    finally:
+        await socket.disconnect()
+
+
+# --- Rights, origins and group expiry -------------------------------------------
+
+
+async def closed_with(socket, timeout=1):
+    output = await socket.receive_output(timeout=timeout)
+    assert output["type"] == "websocket.close", output
+    return output["code"]
+
+
+async def test_deactivating_a_user_closes_their_open_socket(viewer_user):
+    socket = await connected(viewer_user)
+    try:
+        viewer_user.is_active = False
+        await sync_to_async(viewer_user.save)()
+        assert await closed_with(socket) == CLOSE_UNAUTHENTICATED
+    finally:
+        await socket.disconnect()
+
+
+async def test_losing_the_viewer_role_closes_the_socket_and_nothing_more_arrives(viewer_user):
+    from django.contrib.auth.models import Group
+
+    socket = await connected(viewer_user)
+    try:
+        group = await sync_to_async(Group.objects.get)(name=settings.VIEWER_GROUP)
+        await sync_to_async(viewer_user.groups.remove)(group)
+        assert await closed_with(socket) == CLOSE_FORBIDDEN
+        await sync_to_async(live.probe_result)(probe())
+        assert await socket.receive_nothing(timeout=0.4)
+    finally:
+        await socket.disconnect()
+
+
+async def test_a_right_removed_without_signals_is_noticed_by_the_periodic_recheck(viewer_user, monkeypatch):
+    from django.contrib.auth.models import User
+
+    monkeypatch.setattr(LiveConsumer, "RIGHTS_RECHECK_S", 0.3)
+    socket = await connected(viewer_user)
+    try:
+        await sync_to_async(User.objects.filter(pk=viewer_user.pk).update)(is_active=False)  # no post_save
+        assert await closed_with(socket, timeout=2) == CLOSE_UNAUTHENTICATED
+    finally:
+        await socket.disconnect()
+
+
+async def test_a_user_who_keeps_their_rights_keeps_receiving_after_the_recheck(viewer_user, monkeypatch):
+    monkeypatch.setattr(LiveConsumer, "RIGHTS_RECHECK_S", 0.2)
+    socket = await connected(viewer_user)
+    try:
+        await asyncio.sleep(0.5)
+        await sync_to_async(live.probe_result)(probe())
+        assert await messages_of(socket) == [{"type": "probe.result", "payload": SENT}]
+    finally:
+        await socket.disconnect()
+
+
+@pytest.mark.parametrize("origin, host, scheme", [
+    (b"http://127.0.0.1:9999", b"127.0.0.1:8000", "ws"),  # another port on the same host
+    (b"http://127.0.0.1:8000", b"127.0.0.1:8000", "wss"),  # a plain-http page talking to a TLS socket
+    (b"https://127.0.0.1", b"127.0.0.1:8000", "ws"),
+    (b"null", b"127.0.0.1:8000", "ws"),
+    (b"http://127.0.0.1:8000", b"evil.example.com:8000", "ws"),  # a Host not in ALLOWED_HOSTS
+])
+async def test_it_refuses_an_origin_whose_scheme_or_port_differs(admin_user, origin, host, scheme):
+    socket = await live_socket(admin_user, origin=(b"origin", origin), host=(b"host", host), scheme=scheme)
+    ok, _ = await socket.connect()
+    assert not ok
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize("origin, host, scheme", [
+    (b"https://localhost", b"localhost:443", "wss"),
+    (b"http://LOCALHOST:8000", b"localhost:8000", "ws"),
+    (b"http://[::1]:8000", b"[::1]:8000", "ws"),
+])
+async def test_it_accepts_the_sockets_own_origin(admin_user, origin, host, scheme):
+    socket = await live_socket(admin_user, origin=(b"origin", origin), host=(b"host", host), scheme=scheme)
+    ok, code = await socket.connect()
+    assert ok, code
+    await socket.disconnect()
+
+
+async def test_it_accepts_an_origin_listed_in_csrf_trusted_origins(admin_user, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://dash.example.com:8443"]
+    socket = await live_socket(admin_user, origin=(b"origin", b"https://dash.example.com:8443"))
+    ok, code = await socket.connect()
+    assert ok, code
+    await socket.disconnect()
+
+
+async def test_a_socket_keeps_receiving_after_its_group_membership_would_have_expired(admin_user, monkeypatch):
+    from channels.layers import get_channel_layer
+
+    monkeypatch.setattr(get_channel_layer(), "group_expiry", 1)
+    socket = await connected(admin_user)
+    try:
+        await asyncio.sleep(2.5)
+        await sync_to_async(live.probe_result)(probe())
+        assert await messages_of(socket) == [{"type": "probe.result", "payload": SENT}]
+    finally:
+        await socket.disconnect()
+
+
+async def test_a_late_rejoin_tells_the_page_to_backfill(admin_user, monkeypatch):
+    from channels.layers import get_channel_layer
+
+    monkeypatch.setattr(get_channel_layer(), "group_expiry", 1)
+    monkeypatch.setattr(LiveConsumer, "REJOIN_SHARE", 1.5)  # as if the rejoin was held up past the expiry
+    socket = await connected(admin_user)
+    try:
+        frame = await socket.receive_json_from(timeout=3)
+        assert frame == {"type": "batch", "messages": [], "dropped": 1}
+        await sync_to_async(live.probe_result)(probe())
         assert await messages_of(socket) == [{"type": "probe.result", "payload": SENT}]
     finally:
         await socket.disconnect()
