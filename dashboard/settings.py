@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "dashboard",
     "routing",
+    "routing.rollouts",
     "probes",
 ]
 

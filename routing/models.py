@@ -265,6 +265,7 @@ class AuditAction(models.TextChoices):
     WEIGHTS = "weights", "Weights changed"
     KEY_STATE = "key_state", "Key state changed"
     ROTATE = "rotate", "Secrets re-encrypted"
+    ROLLOUT = "rollout", "Rollout gate"
 
 
 class AuditEventQuerySet(models.QuerySet):
@@ -315,6 +316,7 @@ class EventKind(models.TextChoices):
     KEY_INVALID = "key_invalid", "Key marked invalid"
     KEY_RATE_LIMITED = "key_rate_limited", "Key rate-limited"
     KEY_ACTIVE = "key_active", "Key active again"
+    ROLLOUT = "rollout", "Rollout changed"
 
 
 class Event(models.Model):
