@@ -174,6 +174,7 @@ PROBE_UP_AFTER = env_int("WEATHERVANE_PROBE_UP_AFTER", 2, minimum=1)  # consecut
 PROBE_DEGRADED_LATENCY_MS = env_int("WEATHERVANE_PROBE_DEGRADED_MS", 5000, minimum=1)
 PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.2, minimum=0.0)
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
+ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
 # Redis redelivers a message a killed worker never acked after this many seconds
 # (a short timeout also needs frequent sweeps for such messages).
