@@ -246,6 +246,7 @@ SPECTACULAR_SETTINGS = {
         "ProviderKindEnum": "routing.models.ProviderKind",
         "HealthStateEnum": "probes.models.HealthState",
         "OutcomeEnum": "routing.outcomes.Outcome",
+        "RolloutStateEnum": "routing.rollouts.models.RolloutState",
     },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)

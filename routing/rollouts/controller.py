@@ -126,10 +126,18 @@ def _latest_evidence(rollout):
 
 
 def _start(rollout, actor, reason):
+    _refuse_if_taken(rollout)
     rollout.baseline = rollout.route.weights()
     rollout.step, rollout.carried, rollout.thresholds = 0, {}, {}
     rollout.preflight_started_at = timezone.now()
     _transition(rollout, S.PREFLIGHT, actor=actor, reason=reason)
+
+
+def _refuse_if_taken(rollout):
+    taken = Rollout.objects.filter(Q(route_id=rollout.route_id) | Q(canary_id=rollout.canary_id),
+                                   state__in=ACTIVE_STATES).exclude(pk=rollout.pk).first()
+    if taken is not None:
+        raise GateRefused(f"{taken} is {S(taken.state).label.lower()}; one rollout per route and canary at a time.")
 
 
 def _approve(rollout, actor, reason):
