@@ -52,7 +52,11 @@ GATES = {
 
 
 def step_weights(baseline, canary, weight):
-    """Return the split with `weight` on `canary` and the rest shared as in `baseline` (largest remainder)."""
+    """Return the split with `weight` on `canary` and the rest shared as in `baseline` (largest remainder).
+
+    With weight 0 this is the rollback split: the canary drained, the other targets in their baseline proportion
+    (the baseline itself when the canary started at 0).
+    """
     others = {name: w for name, w in baseline.items() if name != canary}
     total = sum(others.values())
     remaining = 100 - weight

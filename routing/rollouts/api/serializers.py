@@ -97,9 +97,11 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         split = route.weights()
         if canary.name not in split:
             raise serializers.ValidationError({"canary": [f"{canary.name!r} is not a target of route {route.name!r}."]})
-        if split[canary.name] != 0:
+        first = next(step["weight"] for step in data["plan"] if "weight" in step)
+        if split[canary.name] >= first:
             raise serializers.ValidationError({"canary": [
-                f"{canary.name!r} already has weight {split[canary.name]} on {route.name!r}; a canary starts at 0."]})
+                f"{canary.name!r} already has weight {split[canary.name]} on {route.name!r}; "
+                f"the first step ({first}) must give it more."]})
         if not any(w for name, w in split.items() if name != canary.name):
             raise serializers.ValidationError({"route": [f"Route {route.name!r} has no baseline traffic to compare."]})
         busy = Rollout.objects.filter(canary=canary, state__in=ACTIVE_STATES).first()

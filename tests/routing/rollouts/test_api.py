@@ -48,6 +48,7 @@ def test_staff_creates_a_draft_and_it_is_audited(w, admin_api):
     ({"guards": [{"metric": "cost_per_request", "allowed": 0.1}]}, "guards", "takes an absolute limit"),
     ({"guards": []}, "guards", "may not be empty"),
     ({"canary": "stable"}, "canary", "already has weight 100"),
+    ({"canary": "stable", "plan": [{"weight": 100}]}, "canary", "the first step (100) must give it more"),
     ({"canary": "nobody"}, "canary", "does not exist"),
     ({"alpha": 0.9}, "alpha", "less than or equal to 0.2"),
     ({"preflight_probes": 0}, "preflight_probes", "greater than or equal to 1"),
