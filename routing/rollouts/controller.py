@@ -69,8 +69,10 @@ def step_weights(baseline, canary, weight):
 
 
 def _set_canary(rollout, weight, reason):
-    apply_weights(rollout.route, step_weights(rollout.baseline, rollout.canary.name, weight),
-                  reason=reason[:1000], actor=rollout.actor)
+    """Give the canary `weight` through the one audited path; a split already in force is left alone."""
+    split = step_weights(rollout.baseline, rollout.canary.name, weight)
+    if rollout.route.weights() != split:
+        apply_weights(rollout.route, split, reason=reason[:1000], actor=rollout.actor)
 
 
 # --- transitions and gates -------------------------------------------------------------------

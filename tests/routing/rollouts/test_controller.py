@@ -166,6 +166,7 @@ def test_pause_resume_promote_now_abort_and_retry():
     other.refresh_from_db()
     assert other.state == S.ABORTED
     assert other.route.weights() == {"canary2": 0, "stable2": 100}
+    assert weights_history(other.route).count() == 2  # its first step and the rollback, nothing for a no-op
     gate(other.pk, "retry", reason="fixed the model", actor="admin")
     other.refresh_from_db()
     assert other.state == S.PREFLIGHT
