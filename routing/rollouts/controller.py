@@ -40,7 +40,7 @@ class GateRefused(Exception):
 GATES = {
     "start": (S.DRAFT,),
     "approve": (S.AWAITING_APPROVAL,),
-    "pause": (S.PREFLIGHT, S.RUNNING, S.AWAITING_APPROVAL),
+    "pause": (S.RUNNING, S.AWAITING_APPROVAL),  # not a preflight: resuming would skip it; abort ends one
     "resume": (S.PAUSED,),
     "promote": (S.RUNNING, S.PAUSED, S.AWAITING_APPROVAL),
     "abort": (S.PREFLIGHT, S.RUNNING, S.PAUSED, S.AWAITING_APPROVAL),

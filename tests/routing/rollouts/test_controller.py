@@ -238,3 +238,26 @@ def test_one_active_rollout_per_route_and_per_canary():
     with pytest.raises(IntegrityError), transaction.atomic():
         draft(w, state=S.RUNNING)
     draft(w)  # another draft is fine
+
+
+def test_a_preflight_cannot_be_paused_so_no_resume_ever_skips_it():
+    w = world()
+    rollout = started(w)
+    with pytest.raises(GateRefused):
+        gate(rollout.pk, "pause", reason="wait", actor="admin")
+    assert Rollout.objects.get(pk=rollout.pk).state == S.PREFLIGHT
+    assert w.route.weights() == {"canary": 0, "stable": 100}
+
+
+def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
+    w = world()
+    rollout = running(w)
+    traffic(w.route, w.canary, 200, errors=40)
+    traffic(w.route, w.stable, 1800, errors=18)
+    assert tick(rollout.pk) == S.ROLLED_BACK
+    gate(rollout.pk, "retry", reason="fixed", actor="admin")
+    probe_results(w.canary, [Outcome.OK] * 3)
+    assert tick(rollout.pk) == S.RUNNING
+    rollout.refresh_from_db()
+    assert (rollout.step, rollout.carried) == (0, {})
+    assert w.route.weights() == {"canary": 10, "stable": 90}
