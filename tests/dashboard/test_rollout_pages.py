@@ -63,3 +63,13 @@ def test_the_routes_page_links_to_the_route_s_running_rollout(admin_user):
     gate(rollout.pk, "start", reason="go", actor="alice")
     page = browser(admin_user).get("/routes/").content.decode()
     assert f'<a href="/rollouts/{rollout.pk}/">rollout #{rollout.pk} of canary</a> (preflight)' in page
+
+
+def test_the_admin_shows_rollouts_read_only(admin_user):
+    rollout = draft(world())
+    client = browser(admin_user)
+    assert client.get("/admin/rollouts/rollout/").status_code == 200
+    page = client.get(f"/admin/rollouts/rollout/{rollout.pk}/change/")
+    assert page.status_code == 200 and "Save" not in page.content.decode()
+    assert client.post(f"/admin/rollouts/rollout/{rollout.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Rollout.objects.filter(pk=rollout.pk).exists()
