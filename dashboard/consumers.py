@@ -144,6 +144,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self._queue(event)
         await self._flush()  # every browser must show a new split within a second
 
+    async def rollout_changed(self, event):
+        self._queue(event)
+
     async def session_logout(self, event):
         await self.close(code=CLOSE_UNAUTHENTICATED)
 

@@ -29,6 +29,7 @@ WEIGHTS_CHANGED = "weights.changed"
 TIMELINE_EVENT = "timeline.event"
 HEALTH_CHANGED = "health.changed"
 LOADTEST_PROGRESS = "loadtest.progress"
+ROLLOUT_CHANGED = "rollout.changed"
 SESSION_LOGOUT = "session.logout"  # sent to one user's group only: closes their sockets
 RIGHTS_CHANGED = "rights.changed"  # sent to one user's group only: their sockets re-check the user's rights
 
@@ -131,6 +132,20 @@ class HealthChanged:
     target: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class RolloutChanged:
+    """A staged rollout changed state or step (one RolloutTransition)."""
+
+    rollout: int
+    route: str
+    canary: str
+    state: str
+    step: int
+    actor: str
+    reason: str
+    at: str | None = None
+
+
 def probe_result(payload: ProbeResult):
     _send(PROBE_RESULT, asdict(payload))
 
@@ -145,6 +160,10 @@ def weights_changed(payload: WeightsChanged):
 
 def health_changed(payload: HealthChanged):
     _send(HEALTH_CHANGED, asdict(payload))
+
+
+def rollout_changed(payload: RolloutChanged):
+    _send(ROLLOUT_CHANGED, asdict(payload))
 
 
 def timeline_event(event):

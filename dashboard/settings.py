@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "csp",
     "dashboard",
     "routing",
+    "routing.rollouts",
     "probes",
     "probes.loadtest",
 ]
@@ -203,6 +204,7 @@ PROBE_UP_AFTER = env_int("WEATHERVANE_PROBE_UP_AFTER", 2, minimum=1)  # consecut
 PROBE_DEGRADED_LATENCY_MS = env_int("WEATHERVANE_PROBE_DEGRADED_MS", 5000, minimum=1)
 PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.2, minimum=0.0)
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
+ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
 # Redis redelivers a message a killed worker never acked after this many seconds
 # (a short timeout also needs frequent sweeps for such messages).
@@ -295,6 +297,7 @@ SPECTACULAR_SETTINGS = {
         "ProviderKindEnum": "routing.models.ProviderKind",
         "HealthStateEnum": "probes.models.HealthState",
         "OutcomeEnum": "routing.outcomes.Outcome",
+        "RolloutStateEnum": "routing.rollouts.models.RolloutState",
     },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)

@@ -21,6 +21,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include("routing.api.urls")),
     path("api/v1/", include("probes.api.urls")),
+    path("api/v1/", include("routing.rollouts.api.urls")),
     path("api/v1/", include("probes.loadtest.api.urls")),
     re_path(r"^api/v1/", api_errors.not_found),  # after every API route: unknown API URLs get JSON
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -4,7 +4,8 @@ A daemon thread keeps a heap of (due slot, target) and hands each due probe
 to a small thread pool that calls `runner.run_probe`, the function the Celery
 task calls. Every few seconds it re-reads the targets, so edits, pauses and
 new deployments take effect without a restart. Each target's slots are
-spread over its interval (see probes.slots).
+spread over its interval (see probes.slots). At each re-read it also hands
+the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all).
 
     from probes import scheduler
     scheduler.start()   # idempotent; scheduler.stop() ends it
@@ -68,6 +69,7 @@ class Scheduler:
             now = runner.now_ms()
             if now >= next_refresh:
                 self._safely(self.refresh, now)
+                self._pool.submit(self._tick_rollouts)
                 next_refresh = now + self.refresh_s * 1000
             self._fire_due(now)
             wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh)
@@ -118,6 +120,16 @@ class Scheduler:
         finally:
             close_old_connections()
             reset_queries()  # DEBUG keeps a thread's queries until a request starts: none does in this pool
+
+    def _tick_rollouts(self):
+        from routing.rollouts import controller
+
+        try:
+            controller.tick_all()
+        except Exception:  # a broken rollout must not stop the probes
+            log.exception("rollout tick failed")
+        finally:
+            close_old_connections()
 
     def _safely(self, func, *args):
         try:

@@ -232,6 +232,9 @@ class RouteTargetFormSet(BaseInlineFormSet):
             if self.instance.pk and self.instance.targets.exists():
                 raise ValidationError("A route needs at least one target; delete the route to retire it.")
             return
+        rollout = weights.locking_rollout(self.instance) if self.instance.pk else None
+        if rollout is not None and split != self.instance.weights():
+            raise ValidationError(str(weights.RouteLocked(rollout)))
         problems = weights.check_weights(split)
         if problems:
             raise ValidationError([message for messages in problems.values() for message in messages])

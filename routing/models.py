@@ -273,6 +273,7 @@ class AuditAction(models.TextChoices):
     WEIGHTS = "weights", "Weights changed"
     KEY_STATE = "key_state", "Key state changed"
     ROTATE = "rotate", "Secrets re-encrypted"
+    ROLLOUT = "rollout", "Rollout gate"
 
 
 class AuditEventQuerySet(models.QuerySet):
@@ -324,6 +325,7 @@ class EventKind(models.TextChoices):
     KEY_RATE_LIMITED = "key_rate_limited", "Key rate-limited"
     KEY_ACTIVE = "key_active", "Key active again"
     PROVIDER_URL = "provider_url", "Provider endpoint changed"
+    ROLLOUT = "rollout", "Rollout changed"
 
 
 class Event(models.Model):

@@ -25,6 +25,33 @@ class WeightsInvalid(Exception):
         self.errors = errors
 
 
+class RouteLocked(Exception):
+    """A staged rollout drives this route's split; only that rollout may change it until it is paused or ends."""
+
+    def __init__(self, rollout):
+        state = rollout.get_state_display().lower()
+        super().__init__(f"Route {rollout.route.name!r} is driven by rollout {rollout.pk} of {rollout.canary.name!r} "
+                         f"({state}); pause or abort that rollout to change weights by hand.")
+        self.rollout = rollout
+
+
+def locking_rollout(route, actor=None):
+    """Return the rollout that refuses manual weight changes on `route` (None when free, or when
+    `actor` is that rollout's own). A paused rollout lets a human take the wheel."""
+    from routing.rollouts.models import LOCKING_STATES, Rollout
+
+    rollout = Rollout.objects.select_related("route", "canary").filter(
+        route_id=route.pk, state__in=LOCKING_STATES).first()
+    return None if rollout is None or actor == rollout.actor else rollout
+
+
+def refuse_if_locked(route, actor=None):
+    """Raise RouteLocked when a running rollout drives `route` and `actor` is not that rollout."""
+    rollout = locking_rollout(route, actor)
+    if rollout is not None:
+        raise RouteLocked(rollout)
+
+
 class StaleVersion(Exception):
     """The caller edited an older version of the route; `current` is the version now stored."""
 
@@ -93,13 +120,15 @@ def apply_weights(route, weights, *, reason, actor, user=None, expected_version=
     """Set the split of `route` to `weights` and return the updated route.
 
     Raises StaleVersion when `expected_version` is given and differs from the
-    stored version, WeightsInvalid when the weights or the reason are wrong.
+    stored version, RouteLocked when a running rollout other than `actor` drives
+    the route, WeightsInvalid when the weights or the reason are wrong.
     Nothing is changed when it raises.
     """
     with transaction.atomic():
         route = Route.objects.select_for_update().get(pk=route.pk)
         if expected_version is not None and expected_version != route.version:
             raise StaleVersion(route.version)
+        refuse_if_locked(route, actor)
         targets = {t.deployment.name: t for t in route.targets.select_related("deployment")}
         errors = {**check_weights(weights, targets=set(targets)), **_check_reason(reason)}
         if errors:
@@ -138,6 +167,8 @@ def note_split_change(route, before, *, reason, actor, user=None, always=False):
     record the weights AuditEvent and timeline Event and tell open dashboards
     once the transaction commits. Call inside the transaction that changed the targets.
     """
+    if before is not None and before != route.weights():
+        refuse_if_locked(route, actor)
     old_version = route.version
     route.version = old_version + 1
     route.save(update_fields=["version", "updated_at"])

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from routing.weights import StaleVersion, WeightsInvalid
+from routing.weights import RouteLocked, StaleVersion, WeightsInvalid
 
 
 class PayloadTooLarge(APIException):
@@ -53,6 +53,8 @@ def _domain_error(exc):
              "version": exc.current},
             status=status.HTTP_409_CONFLICT, headers={"ETag": f'"{exc.current}"'},
         )
+    if isinstance(exc, RouteLocked):
+        return Response({"detail": str(exc), "rollout": exc.rollout.pk}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, ProtectedError):
         used_by = sorted({str(obj) for obj in exc.protected_objects})[:10]
         return Response(

@@ -1,5 +1,6 @@
 """Staged rollouts: a canary moved step by step onto a route, judged by sequential statistics.
 
-For now only the analysis (`analysis`, `sequential`): pure functions over the
-per-arm figures of a window of rollups, no models yet.
+`analysis` and `sequential` are pure functions over per-arm figures; `models`
+holds a rollout, its transitions and verdicts; `controller` ticks it (claim,
+read the route's rollups, judge, move weights through routing.weights).
 """

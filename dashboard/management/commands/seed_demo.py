@@ -1,5 +1,6 @@
 """Seed the embedded demo once: three simulated providers with distinct
-personalities, a route split 90/10, an admin and a gateway key.
+personalities, a route split 90/10, a ready-to-start (draft) rollout of
+tail-gpt onto it, an admin and a gateway key.
 
 The admin password and the gateway key are printed exactly once, when they
 are created; running the command again changes nothing.
@@ -14,6 +15,7 @@ from django.db import transaction
 
 from routing import audit
 from routing.models import ApiKey, AuditAction, Deployment, GatewayKey, Provider, Route, RouteTarget
+from routing.rollouts.models import Rollout
 
 ACTOR = "command:seed_demo"
 ROUTE = "gpt-demo"
@@ -24,6 +26,19 @@ PROVIDERS = [
     ("flaky-relay", "flaky", "flaky-gpt", "0.20", "0.80"),
 ]
 SPLIT = {"steady-gpt": 90, "tail-gpt": 10, "flaky-gpt": 0}
+# The draft rollout of tail-gpt: allowances loose enough to promote within minutes at demo traffic
+# (proving +0.5 pp takes thousands of canary requests); tail-gpt's heavy tail fails the p95 guard.
+ROLLOUT_CANARY = "tail-gpt"
+ROLLOUT_PLAN = [
+    {"weight": 25, "min_dwell_s": 60, "min_requests": 100},
+    {"weight": 50, "min_dwell_s": 60, "min_requests": 200},
+    {"pause": True},
+    {"weight": 100, "min_dwell_s": 60, "min_requests": 200},
+]
+ROLLOUT_GUARDS = [
+    {"metric": "errors", "allowed": 0.02, "limit": None},
+    {"metric": "latency_p95", "allowed": 0.25, "limit": None},
+]
 
 
 class Command(BaseCommand):
@@ -71,6 +86,10 @@ class Command(BaseCommand):
         for deployment, weight in SPLIT.items():
             RouteTarget.objects.create(route=route, deployment=Deployment.objects.get(name=deployment), weight=weight)
         self._created(route)
+        rollout = Rollout.objects.create(route=route, canary=Deployment.objects.get(name=ROLLOUT_CANARY),
+                                         plan=ROLLOUT_PLAN, guards=ROLLOUT_GUARDS, step_timeout_s=900,
+                                         created_by=ACTOR)
+        self._created(rollout)
 
     def _seed_admin(self):
         Group.objects.get_or_create(name=settings.VIEWER_GROUP)

@@ -1,0 +1,125 @@
+"""REST representations of rollouts: a strictly validated plan and guards in, transitions and verdicts out."""
+
+from rest_framework import serializers
+
+from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
+from routing.models import Deployment, Route
+from routing.weights import MAX_REASON_LENGTH
+
+from ..analysis import Guard, Metric
+from ..models import ACTIVE_STATES, Rollout, RolloutTransition, RolloutVerdict
+
+MAX_STEPS = 20
+
+
+class StepSerializer(StrictFieldsMixin, serializers.Serializer):
+    weight = StrictIntegerField(required=False, min_value=1, max_value=100, help_text="Canary weight, 1-100")
+    min_dwell_s = StrictIntegerField(required=False, min_value=0, default=0, help_text="Least seconds at this weight")
+    min_requests = StrictIntegerField(required=False, min_value=0, default=0,
+                                      help_text="Least canary requests at this weight")
+    pause = serializers.BooleanField(required=False, default=False, help_text="Wait here for a human's approval")
+
+    def to_representation(self, step):
+        return dict(step)  # as stored: {pause: true} or the weight's fields
+
+    def validate(self, data):
+        if data["pause"] == ("weight" in data):
+            raise serializers.ValidationError("A step is either {weight, min_dwell_s, min_requests} or {pause: true}.")
+        return {"pause": True} if data["pause"] else {k: v for k, v in data.items() if k != "pause"}
+
+
+class GuardSerializer(StrictFieldsMixin, serializers.Serializer):
+    metric = serializers.ChoiceField(choices=Metric.choices)
+    allowed = serializers.FloatField(required=False, allow_null=True, default=None,
+                                     help_text="Allowed regression: points for rates (0.005 = +0.5 pp), "
+                                               "relative for p95s (0.1 = +10%)")
+    limit = serializers.FloatField(required=False, allow_null=True, default=None,
+                                   help_text="Absolute limit: a rate, a p99 in ms, a minimum tokens/s or a cost")
+
+    def validate(self, data):
+        try:
+            Guard(**data)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+        return data
+
+
+class RolloutTransitionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RolloutTransition
+        fields = ["from_state", "to_state", "step", "actor", "reason", "evidence", "at"]
+
+
+class RolloutVerdictSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RolloutVerdict
+        fields = ["step", "verdict", "sentence", "canary_requests", "baseline_requests", "evidence", "at"]
+
+
+class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    route = serializers.SlugRelatedField(slug_field="name", queryset=Route.objects.all())
+    canary = serializers.SlugRelatedField(slug_field="name", queryset=Deployment.objects.all())
+    plan = StepSerializer(many=True, allow_empty=False, max_length=MAX_STEPS)
+    guards = GuardSerializer(many=True, allow_empty=False, max_length=len(Metric.choices))
+    alpha = serializers.FloatField(required=False, min_value=1e-6, max_value=0.2, default=0.01)
+
+    class Meta:
+        model = Rollout
+        fields = ["id", "route", "canary", "state", "step", "plan", "guards", "alpha", "min_canary_requests",
+                  "step_timeout_s", "preflight_probes", "baseline", "created_by", "created_at", "updated_at"]
+        read_only_fields = ["state", "step", "baseline", "created_by", "created_at", "updated_at"]
+        extra_kwargs = {"min_canary_requests": {"min_value": 10, "max_value": 10**7},
+                        "step_timeout_s": {"min_value": 10, "max_value": 7 * 86400},
+                        "preflight_probes": {"min_value": 1, "max_value": 20}}
+
+    def to_internal_value(self, data):
+        given = sorted(name for name in self.Meta.read_only_fields + ["id"] if isinstance(data, dict) and name in data)
+        if given:
+            raise serializers.ValidationError({name: ["Read-only field; set by the rollout itself."] for name in given})
+        return super().to_internal_value(data)
+
+    def validate_plan(self, plan):
+        weights = [step["weight"] for step in plan if "weight" in step]
+        if not weights:
+            raise serializers.ValidationError("The plan needs at least one step with a weight.")
+        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+            raise serializers.ValidationError(f"Weights must strictly increase step by step, not {weights}.")
+        return plan
+
+    def validate_guards(self, guards):
+        metrics = [g["metric"] for g in guards]
+        if len(set(metrics)) != len(metrics):
+            raise serializers.ValidationError("Guard each metric once.")
+        return guards
+
+    def validate(self, data):
+        route, canary = data["route"], data["canary"]
+        split = route.weights()
+        if canary.name not in split:
+            raise serializers.ValidationError({"canary": [f"{canary.name!r} is not a target of route {route.name!r}."]})
+        first = next(step["weight"] for step in data["plan"] if "weight" in step)
+        if split[canary.name] >= first:
+            raise serializers.ValidationError({"canary": [
+                f"{canary.name!r} already has weight {split[canary.name]} on {route.name!r}; "
+                f"the first step ({first}) must give it more."]})
+        if not any(w for name, w in split.items() if name != canary.name):
+            raise serializers.ValidationError({"route": [f"Route {route.name!r} has no baseline traffic to compare."]})
+        busy = Rollout.objects.filter(canary=canary, state__in=ACTIVE_STATES).first()
+        if busy is not None:
+            raise serializers.ValidationError({"canary": [f"{canary.name!r} is the canary of {busy}, still active."]})
+        return data
+
+
+class RolloutDetailSerializer(RolloutSerializer):
+    transitions = RolloutTransitionSerializer(many=True, read_only=True)
+    verdicts = serializers.SerializerMethodField()
+
+    class Meta(RolloutSerializer.Meta):
+        fields = [*RolloutSerializer.Meta.fields, "transitions", "verdicts"]
+
+    def get_verdicts(self, rollout) -> list:
+        return RolloutVerdictSerializer(rollout.verdicts.all()[:50], many=True).data
+
+
+class GateSerializer(StrictFieldsMixin, serializers.Serializer):
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH, help_text="Why; kept in the audit trail")

@@ -1,0 +1,39 @@
+"""Builders for rollout tests: a 100/0 route, a draft rollout, probe results and route traffic written directly."""
+
+from django.utils import timezone
+
+from probes import rollups
+from probes.models import ProbeResult, ProbeTarget, Source
+from routing.outcomes import Outcome
+from routing.rollouts.models import Rollout
+from tests.factories import canary_world
+
+PLAN = [{"weight": 10, "min_dwell_s": 0, "min_requests": 100}, {"weight": 50, "min_dwell_s": 0, "min_requests": 100}]
+GUARDS = [{"metric": "errors", "allowed": 0.005}]
+
+
+def world():
+    return canary_world(secret=None, weights=(100, 0))
+
+
+def draft(w, plan=PLAN, guards=GUARDS, **fields):
+    return Rollout.objects.create(route=w.route, canary=w.canary, plan=plan, guards=guards, created_by="admin",
+                                  **fields)
+
+
+def probe_results(deployment, outcomes):
+    """Save one ProbeResult per outcome for `deployment`, now."""
+    target, _ = ProbeTarget.objects.get_or_create(deployment=deployment, api_key=None)
+    start = ProbeResult.objects.count()
+    for n, outcome in enumerate(outcomes):
+        ProbeResult.objects.create(target=target, deployment=deployment, slot=10**12 + start + n,
+                                   started_at=timezone.now(), outcome=outcome, total_ms=120.0)
+
+
+def traffic(route, deployment, requests, errors=0, error_kind=Outcome.SERVER_ERROR, latency_ms=200.0):
+    """Record `requests` gateway requests of `route` through `deployment` in this minute's rollup."""
+    agg = rollups.Aggregator(Source.TRAFFIC)
+    for n in range(requests):
+        outcome = error_kind if n < errors else Outcome.OK
+        agg.add(deployment.pk, route_id=route.pk, outcome=outcome, latency_ms=latency_ms + n % 50)
+    rollups.save_deltas(agg.drain())

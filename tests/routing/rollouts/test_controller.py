@@ -1,0 +1,263 @@
+"""The rollout state machine: gates, preflight, ticks that step, promote, hold, pause and roll back."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from routing.models import AuditEvent, Event, EventKind
+from routing.outcomes import Outcome
+from routing.rollouts import controller
+from routing.rollouts.controller import GateRefused, gate, step_weights, tick
+from routing.rollouts.models import Rollout, RolloutState
+from routing.weights import weights_history
+
+from .helpers import draft, probe_results, traffic, world
+
+pytestmark = pytest.mark.django_db
+S = RolloutState
+
+
+def started(w, **fields):
+    rollout = draft(w, **fields)
+    gate(rollout.pk, "start", reason="ship the new model", actor="admin")
+    return Rollout.objects.get(pk=rollout.pk)
+
+
+def running(w, **fields):
+    rollout = started(w, **fields)
+    probe_results(w.canary, [Outcome.OK] * rollout.preflight_probes)
+    assert tick(rollout.pk) == S.RUNNING
+    return Rollout.objects.get(pk=rollout.pk)
+
+
+def states(rollout):
+    return [(t.from_state, t.to_state) for t in rollout.transitions.all()]
+
+
+def test_step_weights_give_the_canary_its_weight_and_share_the_rest_as_the_baseline():
+    assert step_weights({"a": 60, "b": 40, "c": 0}, "c", 25) == {"a": 45, "b": 30, "c": 25}
+    assert step_weights({"a": 1, "b": 1, "c": 0}, "c", 5) == {"a": 48, "b": 47, "c": 5}
+    assert step_weights({"a": 70, "b": 30, "c": 0}, "c", 0) == {"a": 70, "b": 30, "c": 0}
+
+
+def test_start_captures_the_baseline_and_records_who_and_why():
+    w = world()
+    rollout = started(w)
+    assert rollout.state == S.PREFLIGHT
+    assert rollout.baseline == {"canary": 0, "stable": 100}
+    transition = rollout.transitions.get()
+    assert (transition.from_state, transition.to_state, transition.actor) == (S.DRAFT, S.PREFLIGHT, "admin")
+    assert transition.reason == "ship the new model"
+    assert AuditEvent.objects.filter(object_type="rollout", actor="admin", reason="ship the new model").exists()
+    assert Event.objects.filter(kind=EventKind.ROLLOUT, route=w.route).exists()
+    assert w.route.weights() == {"canary": 0, "stable": 100}  # preflight gives no weight
+
+
+def test_a_canary_that_fails_preflight_never_gets_a_weight():
+    w = world()  # the canary's provider is at a closed port: the tick's own probe fails
+    rollout = started(w)
+    probe_results(w.canary, [Outcome.OK])
+    assert tick(rollout.pk) == S.ABORTED
+    rollout.refresh_from_db()
+    assert rollout.transitions.last().reason.startswith("preflight failed: probe Connect error")
+    assert w.route.weights() == {"canary": 0, "stable": 100}
+    assert not weights_history(w.route).exists()
+
+
+def test_a_canary_that_passes_preflight_gets_the_first_step_through_the_audited_path():
+    w = world()
+    rollout = running(w)
+    assert rollout.step == 0
+    assert w.route.weights() == {"canary": 10, "stable": 90}
+    change = weights_history(w.route).get()
+    assert change.actor == f"rollout:{rollout.pk}"
+    assert change.reason == "preflight passed: 3 of 3 probes ok"
+
+
+def test_a_healthy_canary_steps_up_and_is_promoted_at_the_end():
+    w = world()
+    rollout = running(w)
+    traffic(w.route, w.canary, 1500)
+    traffic(w.route, w.stable, 13500)
+    assert tick(rollout.pk) == S.RUNNING
+    rollout.refresh_from_db()
+    assert rollout.step == 1
+    assert w.route.weights() == {"canary": 50, "stable": 50}
+    assert rollout.transitions.last().reason.startswith("step 1 (10%) passed: every guard within")
+    assert rollout.carried  # the passed step's evidence goes on to the next
+    traffic(w.route, w.canary, 1500)
+    traffic(w.route, w.stable, 1500)
+    assert tick(rollout.pk) == S.PROMOTED
+    assert w.route.weights() == {"canary": 50, "stable": 50}
+
+
+def test_a_failing_canary_is_rolled_back_at_once_with_the_verdict_as_reason():
+    w = world()
+    rollout = running(w)
+    traffic(w.route, w.canary, 200, errors=40)
+    traffic(w.route, w.stable, 1800, errors=18)
+    assert tick(rollout.pk) == S.ROLLED_BACK
+    rollout.refresh_from_db()
+    assert w.route.weights() == {"canary": 0, "stable": 100}
+    verdict = rollout.verdicts.get()
+    assert verdict.verdict == "fail"
+    assert verdict.sentence.startswith("canary errors 40 of 200 vs baseline 18 of 1,800")
+    assert verdict.sentence.endswith(": rolling back")
+    assert states(rollout)[-2:] == [(S.RUNNING, S.ROLLING_BACK), (S.ROLLING_BACK, S.ROLLED_BACK)]
+    assert weights_history(w.route).first().reason == verdict.sentence
+    assert rollout.transitions.last().evidence["metrics"][0]["evidence"]["canary"]["events"] == 40
+
+
+def test_client_errors_never_count_against_the_canary():
+    w = world()
+    rollout = running(w)
+    traffic(w.route, w.canary, 200, errors=40, error_kind=Outcome.CLIENT_CLOSED)
+    traffic(w.route, w.stable, 1800)
+    assert tick(rollout.pk) != S.ROLLED_BACK
+
+
+def test_too_few_canary_requests_hold_the_step_and_its_timeout_pauses_for_a_human():
+    w = world()
+    rollout = running(w, step_timeout_s=600)
+    traffic(w.route, w.canary, 20)
+    traffic(w.route, w.stable, 180)
+    assert tick(rollout.pk) == S.RUNNING
+    rollout.refresh_from_db()
+    assert rollout.step == 0
+    assert rollout.verdicts.get().verdict == "inconclusive"
+    assert tick(rollout.pk, now=timezone.now() + timedelta(seconds=601)) == S.PAUSED
+    rollout.refresh_from_db()
+    assert rollout.transitions.last().reason.startswith("step 1 timed out after 600 s")
+    assert w.route.weights() == {"canary": 10, "stable": 90}  # a human decides
+
+
+def test_a_pause_step_awaits_approval_and_approve_moves_on():
+    w = world()
+    plan = [{"weight": 10, "min_dwell_s": 0, "min_requests": 0}, {"pause": True},
+            {"weight": 40, "min_dwell_s": 0, "min_requests": 0}]
+    rollout = running(w, plan=plan, min_canary_requests=50)
+    traffic(w.route, w.canary, 1500)
+    traffic(w.route, w.stable, 13500)
+    assert tick(rollout.pk) == S.AWAITING_APPROVAL
+    assert tick(rollout.pk) is None  # nothing to tick while it waits
+    gate(rollout.pk, "approve", reason="numbers look right", actor="admin")
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.step) == (S.RUNNING, 2)
+    assert w.route.weights() == {"canary": 40, "stable": 60}
+
+
+def test_pause_resume_promote_now_abort_and_retry():
+    w = world()
+    rollout = running(w)
+    gate(rollout.pk, "pause", reason="lunch", actor="admin")
+    assert tick(rollout.pk) is None
+    gate(rollout.pk, "resume", reason="back", actor="admin")
+    gate(rollout.pk, "promote", reason="we are sure", actor="admin")
+    assert w.route.weights() == {"canary": 50, "stable": 50}
+    rollout.refresh_from_db()
+    assert rollout.state == S.PROMOTED
+    with pytest.raises(GateRefused):
+        gate(rollout.pk, "abort", reason="too late", actor="admin")
+
+    other = running(world_two(w))
+    gate(other.pk, "abort", reason="wrong model", actor="admin")
+    other.refresh_from_db()
+    assert other.state == S.ABORTED
+    assert other.route.weights() == {"canary2": 0, "stable2": 100}
+    assert weights_history(other.route).count() == 2  # its first step and the rollback, nothing for a no-op
+    gate(other.pk, "retry", reason="fixed the model", actor="admin")
+    other.refresh_from_db()
+    assert other.state == S.PREFLIGHT
+    assert [a.after["gate"] for a in AuditEvent.objects.filter(object_type="rollout").order_by("id")] == [
+        "start", "pause", "resume", "promote", "start", "abort", "retry"]
+
+
+def world_two(first):
+    from types import SimpleNamespace
+
+    from routing.models import Deployment, Route, RouteTarget
+
+    w = SimpleNamespace(provider=first.provider)
+    stable = Deployment.objects.create(name="stable2", provider=w.provider, upstream_model="m")
+    canary = Deployment.objects.create(name="canary2", provider=w.provider, upstream_model="m")
+    route = Route.objects.create(name="chat2")
+    RouteTarget.objects.create(route=route, deployment=stable, weight=100)
+    RouteTarget.objects.create(route=route, deployment=canary, weight=0)
+    w.route, w.stable, w.canary = route, stable, canary
+    return w
+
+
+@pytest.mark.parametrize("name", ["approve", "pause", "resume", "promote", "abort", "retry"])
+def test_a_gate_that_does_not_apply_changes_nothing(name):
+    w = world()
+    rollout = draft(w)
+    with pytest.raises(GateRefused):
+        gate(rollout.pk, name, reason="why not", actor="admin")
+    rollout.refresh_from_db()
+    assert rollout.state == S.DRAFT
+    assert not rollout.transitions.exists()
+    assert not AuditEvent.objects.filter(object_type="rollout").exists()
+
+
+def test_overlapping_ticks_claim_once():
+    w = world()
+    rollout = started(w)
+    now = timezone.now()
+    assert controller.claim(rollout.pk, now) == 1
+    assert controller.claim(rollout.pk, now) is None
+    assert tick(rollout.pk, now) is None  # the other tick still holds the lease
+    assert Rollout.objects.get(pk=rollout.pk).state == S.PREFLIGHT
+
+
+def test_a_tick_killed_midway_leaves_the_rollout_as_it_was_and_the_next_tick_goes_on(monkeypatch):
+    w = world()
+    rollout = started(w)
+    probe_results(w.canary, [Outcome.OK] * 3)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(controller, "_set_canary", killed)
+    with pytest.raises(SystemExit):
+        tick(rollout.pk)
+    rollout.refresh_from_db()
+    assert rollout.state == S.PREFLIGHT
+    assert states(rollout) == [(S.DRAFT, S.PREFLIGHT)]
+    assert w.route.weights() == {"canary": 0, "stable": 100}
+    monkeypatch.undo()
+    assert tick(rollout.pk) is None  # its lease still stands
+    assert tick(rollout.pk, now=timezone.now() + timedelta(seconds=controller.LEASE_S + 1)) == S.RUNNING
+    assert states(Rollout.objects.get(pk=rollout.pk)) == [(S.DRAFT, S.PREFLIGHT), (S.PREFLIGHT, S.RUNNING)]
+
+
+def test_one_active_rollout_per_route_and_per_canary():
+    w = world()
+    started(w)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        draft(w, state=S.RUNNING)
+    draft(w)  # another draft is fine
+
+
+def test_a_preflight_cannot_be_paused_so_no_resume_ever_skips_it():
+    w = world()
+    rollout = started(w)
+    with pytest.raises(GateRefused):
+        gate(rollout.pk, "pause", reason="wait", actor="admin")
+    assert Rollout.objects.get(pk=rollout.pk).state == S.PREFLIGHT
+    assert w.route.weights() == {"canary": 0, "stable": 100}
+
+
+def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
+    w = world()
+    rollout = running(w)
+    traffic(w.route, w.canary, 200, errors=40)
+    traffic(w.route, w.stable, 1800, errors=18)
+    assert tick(rollout.pk) == S.ROLLED_BACK
+    gate(rollout.pk, "retry", reason="fixed", actor="admin")
+    probe_results(w.canary, [Outcome.OK] * 3)
+    assert tick(rollout.pk) == S.RUNNING
+    rollout.refresh_from_db()
+    assert (rollout.step, rollout.carried) == (0, {})
+    assert w.route.weights() == {"canary": 10, "stable": 90}
