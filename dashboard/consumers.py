@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from dashboard import live
-from routing.api.permissions import is_viewer
+from dashboard.roles import is_viewer
 
 log = logging.getLogger(__name__)
 

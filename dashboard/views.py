@@ -18,12 +18,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
+from dashboard.roles import can_move_weights, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult, Source
 from routing import tokens
-from routing.api.permissions import can_move_weights, is_viewer
 from routing.audit import actor_name
 from routing.models import ApiToken, Deployment, Event, Route
 from routing.outcomes import Outcome

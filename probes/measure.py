@@ -21,7 +21,6 @@ from routing import sse
 from routing.httpx_guard import GuardedTransport, is_blocked
 from routing.outcomes import Outcome, UpstreamError, error_message, http_failure, redact
 
-
 USER_AGENT = "weathervane-probe/1"
 MAX_ERROR_BODY = 4096
 MAX_ANSWER = 2000

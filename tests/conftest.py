@@ -125,3 +125,44 @@ def fresh_local_cache():
 
     if isinstance(caches["default"], LocMemCache):
         caches["default"].clear()
+
+
+# --- the gateway and its simulator upstream, on loopback (helpers: tests/routing/gateway/helpers.py) ---
+
+
+@pytest.fixture
+def sim():
+    """A simulator on loopback accepting any key; its built-in models plus "fast" ones."""
+    from routing.simulator import Simulator, SimulatorServer
+
+    with SimulatorServer(Simulator(seed=7)) as server:
+        yield server
+
+
+@pytest.fixture
+def metrics_token(settings):
+    """Configure the scrape token that `scrape` sends."""
+    from tests.routing.gateway.helpers import METRICS_TOKEN
+
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    return METRICS_TOKEN
+
+
+@pytest.fixture
+def serve_gateway():
+    """Start gateways: serve_gateway(**GatewayConfig overrides) -> GatewayServer (stopped at teardown)."""
+    from routing.gateway.app import Gateway, GatewayConfig
+    from routing.gateway.serve import GatewayServer
+    from tests.routing.gateway.helpers import FAST
+
+    servers = []
+
+    def start(rng=None, **overrides):
+        config = GatewayConfig.from_settings(**{**FAST, **overrides})
+        server = GatewayServer(Gateway(config, rng=rng)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

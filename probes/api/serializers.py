@@ -5,9 +5,9 @@ from rest_framework import serializers
 
 from probes.models import HealthState, ProbeResult, ProbeTarget, Source
 from probes.rollups import SPAN, Window
-from routing.outcomes import Outcome
 from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
 from routing.models import ApiKey, Deployment, Route
+from routing.outcomes import Outcome
 
 HEALTH_WINDOWS = (Window.M5, Window.H1, Window.H24, Window.D7)
 MAX_POINTS = 720

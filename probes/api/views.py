@@ -20,8 +20,8 @@ from probes import runner
 from probes.api import serializers as s
 from probes.models import HealthState, ProbeResult, ProbeTarget, Source
 from probes.rollups import SPAN, merge_rows, read_window, select_rows
+from routing.api.base import AuditedModelViewSet, ReadOnlyViewSet
 from routing.api.filters import StrictBooleanFilter, StrictFilterSet
-from routing.api.views import AuditedModelViewSet, ReadOnlyViewSet
 from routing.audit import record, snapshot
 from routing.models import AuditAction
 from routing.outcomes import Outcome

@@ -8,8 +8,8 @@ guessing passwords; the token itself is never logged or stored.
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib.auth.signals import user_login_failed
-from rest_framework import exceptions
 from knox.auth import TokenAuthentication
+from rest_framework import exceptions
 from rest_framework.authentication import get_authorization_header
 
 TOKEN_USERNAME = "(api token)"

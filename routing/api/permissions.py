@@ -8,24 +8,11 @@ WEIGHTS_PERMISSION, not `change_route` or `change_provider`). Superusers hold
 every permission; viewers hold none.
 """
 
-from django.conf import settings
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-# Moving traffic between a route's existing targets (slider, PUT .../weights, revert).
-WEIGHTS_PERMISSION = "routing.change_routetarget"
+from dashboard.roles import WEIGHTS_PERMISSION, can_move_weights, is_viewer  # noqa: F401  (the API's names for them)
+
 METHOD_ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
-
-
-def is_viewer(user):
-    return user.is_authenticated and user.is_active and (
-        user.is_staff or user.groups.filter(name=settings.VIEWER_GROUP).exists()
-    )
-
-
-def can_move_weights(user):
-    return user.is_authenticated and user.is_active and (user.is_superuser or user.is_staff) and (
-        user.has_perm(WEIGHTS_PERMISSION)
-    )
 
 
 def required_permissions(view, method):

@@ -13,23 +13,21 @@ the current version when the route changed meanwhile.
 """
 
 import re
-from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import transaction
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import serializers, viewsets
+from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from routing import endpoints, projection, weights
-from routing.api import errors
 from routing.api import serializers as s
+from routing.api.base import MAX_REASON_LENGTH, REASON_HEADER, AuditedModelViewSet, ReadOnlyViewSet
 from routing.api.filters import StrictFilterSet
 from routing.api.permissions import WEIGHTS_PERMISSION, can_move_weights
-from routing.audit import actor_name, deleted_with, record, snapshot
+from routing.audit import actor_name, snapshot
 from routing.models import (
     ApiKey,
     AuditAction,
@@ -48,8 +46,6 @@ from routing.models import (
 )
 from routing.outcomes import Outcome
 
-REASON_HEADER = "X-Audit-Reason"
-MAX_REASON_LENGTH = weights.MAX_REASON_LENGTH
 NAME_LOOKUP = r"[^/]+?(?:/[^/]+?)*?"  # names may contain "/" (e.g. "openai/gpt-4o")
 
 # An empty If-Match is no precondition, like a missing one; "*" matches any version.
@@ -64,70 +60,6 @@ IF_MATCH_PARAMETER = OpenApiParameter(
     "If-Match", IF_MATCH_SCHEMA, OpenApiParameter.HEADER, required=False,
     description='The route version you edited, as returned in ETag (e.g. "3"). A mismatch answers 409.',
 )
-
-
-@dataclass(frozen=True)
-class AuditContext:
-    actor: str
-    user: object
-    reason: str
-
-
-class BodySizeLimitMixin:
-    """Answer 413 for bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (DRF's parsers read
-    the stream directly, so Django's own limit would not apply to JSON)."""
-
-    def initial(self, request, *args, **kwargs):
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if limit is not None and length > limit:
-            raise errors.PayloadTooLarge(limit)
-        super().initial(request, *args, **kwargs)
-
-
-class AuditedModelViewSet(BodySizeLimitMixin, viewsets.ModelViewSet):
-    """CRUD where each change is saved together with one AuditEvent."""
-
-    def audit_context(self):
-        reason = self.request.headers.get(REASON_HEADER, "").strip()
-        if len(reason) > MAX_REASON_LENGTH:
-            raise serializers.ValidationError({REASON_HEADER: [f"Keep the reason under {MAX_REASON_LENGTH} characters."]})
-        return AuditContext(actor_name(self.request.user), self.request.user, reason)
-
-    def get_serializer_context(self):
-        context = super().get_serializer_context()
-        if self.request is not None and self.request.method not in ("GET", "HEAD", "OPTIONS"):
-            context["audit"] = self.audit_context()
-        return context
-
-    def _record(self, action, obj, before, after, reason=None):
-        audit = self.audit_context()
-        reason = reason or audit.reason
-        record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=after, reason=reason)
-
-    def perform_create(self, serializer):
-        with transaction.atomic():
-            obj = serializer.save()
-            self._record(AuditAction.CREATE, obj, None, snapshot(obj))
-
-    def perform_update(self, serializer):
-        with transaction.atomic():
-            before = snapshot(serializer.instance)
-            obj = serializer.save()
-            self._record(AuditAction.UPDATE, obj, before, snapshot(obj))
-
-    def perform_destroy(self, instance):
-        with transaction.atomic():
-            for obj in [instance, *deleted_with(instance)]:
-                self._record(AuditAction.DELETE, obj, snapshot(obj), None)
-            instance.delete()
-
-
-class ReadOnlyViewSet(BodySizeLimitMixin, viewsets.ReadOnlyModelViewSet):
-    lookup_value_regex = r"\d+"
 
 
 # --- Filters -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections, reset_queries
+from django.db import close_old_connections, connections, reset_queries
 from django.db.models import Prefetch
 
 from routing.crypto import SecretUnreadable

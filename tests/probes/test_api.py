@@ -7,10 +7,10 @@ import pytest
 from django.utils import timezone
 
 from probes.models import ProbeResult, ProbeTarget
-from routing.outcomes import Outcome
 from probes.rollups import Aggregator, save_deltas
 from probes.runner import run_probe
 from routing.models import ApiKey, AuditEvent
+from routing.outcomes import Outcome
 from tests.probes.conftest import BAD_KEY, GOOD_KEY
 
 pytestmark = pytest.mark.timeout(60)

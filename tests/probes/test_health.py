@@ -10,9 +10,9 @@ from django.utils import timezone
 from probes import health
 from probes.health import Thresholds, judge
 from probes.models import HealthState, ProbeBudget, ProbeTarget, ProbeUsage
-from routing.outcomes import Outcome
 from probes.runner import run_probe, schedulable_targets
 from routing.models import AuditEvent, Event, EventKind, KeyState
+from routing.outcomes import Outcome
 from tests.probes.conftest import BAD_KEY, GOOD_KEY
 
 pytestmark = pytest.mark.timeout(60)

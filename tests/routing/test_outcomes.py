@@ -7,8 +7,16 @@ from email.utils import format_datetime
 import pytest
 
 from routing.outcomes import (
-    MAX_RETRY_AFTER_S, REDACTED, Outcome, classify_status, error_message, http_failure, is_context_length_error,
-    parse_retry_after, redact, redact_bytes,
+    MAX_RETRY_AFTER_S,
+    REDACTED,
+    Outcome,
+    classify_status,
+    error_message,
+    http_failure,
+    is_context_length_error,
+    parse_retry_after,
+    redact,
+    redact_bytes,
 )
 
 # status: (outcome, retryable). Retryable means "another try (another key for 401/403) may help".

@@ -9,7 +9,6 @@ from routing import sse
 from routing.gateway import retry
 from routing.gateway.breaker import BreakerPolicy, Breakers
 from routing.models import CircuitState
-from routing.outcomes import Outcome
 
 
 def test_backoff_is_full_jitter_under_an_exponential_cap():

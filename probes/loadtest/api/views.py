@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from probes.loadtest import jobs, plans, reports
 from probes.loadtest.api import serializers as s
 from probes.loadtest.models import ACTIVE, LoadTestRun
-from routing.api.views import ReadOnlyViewSet
+from routing.api.base import ReadOnlyViewSet
 
 REPORT_KINDS = {
     "json": ("application/json", reports.to_json),

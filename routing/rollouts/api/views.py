@@ -12,7 +12,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from routing.api.views import BodySizeLimitMixin
+from routing.api.base import BodySizeLimitMixin
 from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction
 

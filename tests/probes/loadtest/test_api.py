@@ -6,7 +6,7 @@ import pytest
 
 from probes.loadtest.models import LoadTestRun
 from routing.models import Deployment
-from tests.routing.gateway_fixtures import make_provider, make_route, wait_until
+from tests.routing.gateway.helpers import make_provider, make_route, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/api/v1/load-tests/"

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 
 from probes.loadtest.models import LoadTestRun
 from routing.models import AuditEvent, GatewayKey
-from tests.routing.gateway_fixtures import make_provider, make_route
+from tests.routing.gateway.helpers import make_provider, make_route
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

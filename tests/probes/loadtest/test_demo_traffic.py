@@ -5,7 +5,7 @@ import pytest
 from dashboard.views import routes_data
 from probes.loadtest.demo_traffic import KEY_NAME, DemoTraffic, demo_key
 from routing.models import AuditEvent, GatewayKey
-from tests.routing.gateway_fixtures import make_provider, make_route, wait_until
+from tests.routing.gateway.helpers import make_provider, make_route, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,14 +10,7 @@ from routing.models import Route
 from routing.rollouts.controller import gate, tick
 from routing.rollouts.models import Rollout, RolloutState
 from routing.simulator import Change, Personality, Simulator, SimulatorServer
-from tests.routing.gateway_fixtures import (  # noqa: F401  (serve_gateway is a fixture)
-    client_key,
-    make_provider,
-    make_route,
-    post_chat,
-    serve_gateway,
-    wait_until,
-)
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 

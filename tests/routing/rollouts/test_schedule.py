@@ -14,7 +14,7 @@ from routing.rollouts import tasks
 from routing.rollouts.controller import gate
 from routing.rollouts.models import Rollout, RolloutState
 from routing.simulator import Personality, Simulator, SimulatorServer
-from tests.routing.gateway_fixtures import make_provider, make_route
+from tests.routing.gateway.helpers import make_provider, make_route
 
 from .helpers import GUARDS, PLAN, draft, probe_results, world
 

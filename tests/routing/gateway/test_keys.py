@@ -10,7 +10,7 @@ import pytest
 
 from routing.models import ApiKey, AuditEvent, Event, EventKind, KeyState
 from routing.simulator import Simulator, SimulatorServer
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim, wait_until  # noqa: F401
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

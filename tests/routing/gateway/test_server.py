@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim  # noqa: F401
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

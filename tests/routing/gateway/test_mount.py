@@ -4,15 +4,7 @@ import httpx
 import pytest
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
-from tests.routing.gateway_fixtures import (  # noqa: F401
-    FAST,
-    METRICS_TOKEN,
-    client_key,
-    make_provider,
-    make_route,
-    metrics_token,
-    sim,
-)
+from tests.routing.gateway.helpers import FAST, METRICS_TOKEN, client_key, make_provider, make_route
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

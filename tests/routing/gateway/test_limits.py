@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim  # noqa: F401
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_gateway_key_over_its_rpm_gets_429_with_retry_after_and_no_upstream_call(sim, serve_gateway):

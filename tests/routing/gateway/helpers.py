@@ -1,5 +1,5 @@
-"""Shared pieces of the gateway tests: a simulator upstream, a registry built
-around it, and gateway servers on loopback.
+"""Helpers of the gateway tests: a registry built around the simulator, requests, waits.
+The fixtures (`sim`, `serve_gateway`, `metrics_token`) are in tests/conftest.py.
 
 Test modules import the fixtures they use by name (pytest finds fixtures in
 a module's namespace). The gateway builds its snapshot in its own threads,
@@ -11,13 +11,9 @@ import time
 from decimal import Decimal
 
 import httpx
-import pytest
 from django.db import OperationalError
 
-from routing.gateway.app import Gateway, GatewayConfig
-from routing.gateway.serve import GatewayServer
 from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteTarget
-from routing.simulator import Simulator, SimulatorServer
 
 # httpx logs every request at INFO: thousands of lines in the load tests.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -26,20 +22,6 @@ METRICS_TOKEN = "test-metrics-token-0001"
 
 # Short timeouts keep the fault tests fast; the defaults are for production.
 FAST = {"flush_interval_s": 0.2, "poll_s": 0.2, "deadline_s": 5.0}
-
-
-@pytest.fixture
-def sim():
-    """A simulator on loopback accepting any key; its built-in models plus "fast" ones."""
-    with SimulatorServer(Simulator(seed=7)) as server:
-        yield server
-
-
-@pytest.fixture
-def metrics_token(settings):
-    """Configure the scrape token that `scrape` sends."""
-    settings.METRICS_TOKEN = METRICS_TOKEN
-    return METRICS_TOKEN
 
 
 def scrape(server, **headers):
@@ -75,22 +57,6 @@ def client_key(name="app", rpm_limit=None, routes=None):
     if routes:
         key.routes.set(routes)
     return key
-
-
-@pytest.fixture
-def serve_gateway():
-    """Start gateways: serve_gateway(**GatewayConfig overrides) -> GatewayServer (stopped at teardown)."""
-    servers = []
-
-    def start(rng=None, **overrides):
-        config = GatewayConfig.from_settings(**{**FAST, **overrides})
-        server = GatewayServer(Gateway(config, rng=rng)).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def post_chat(server, key, model, stream=False, headers=None, timeout=10.0, **fields):

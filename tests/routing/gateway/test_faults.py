@@ -15,9 +15,7 @@ import orjson
 import pytest
 
 from routing.gateway import selection
-from tests.routing.gateway_fixtures import (  # noqa: F401
-    client_key, make_provider, make_route, metrics_token, post_chat, scrape, serve_gateway, sim, wait_until,
-)
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,17 +10,7 @@ import pytest
 from routing.gateway.snapshot import SnapshotStore
 from routing.models import Deployment, GatewayKey, Route
 from routing.weights import apply_weights
-from tests.routing.gateway_fixtures import (  # noqa: F401
-    client_key,
-    make_provider,
-    make_route,
-    metrics_token,
-    post_chat,
-    scrape,
-    serve_gateway,
-    sim,
-    wait_until,
-)
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

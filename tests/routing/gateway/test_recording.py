@@ -9,7 +9,7 @@ from probes.models import Rollup
 from routing.gateway import recorder
 from routing.models import GatewayKey, RequestLog
 from routing.outcomes import Outcome
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, post_chat, serve_gateway, sim  # noqa: F401
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, serve_gateway, sim  # noqa: F401
+from tests.routing.gateway.helpers import client_key, make_provider, make_route
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

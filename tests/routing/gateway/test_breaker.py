@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from routing.models import CircuitState, Deployment, DeploymentCircuit, Event, EventKind
-from tests.routing.gateway_fixtures import client_key, make_provider, make_route, serve_gateway, sim, wait_until  # noqa: F401
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,17 +5,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.routing.gateway_fixtures import (  # noqa: F401
-    METRICS_TOKEN,
-    client_key,
-    make_provider,
-    make_route,
-    metrics_token,
-    post_chat,
-    scrape,
-    serve_gateway,
-    sim,
-)
+from tests.routing.gateway.helpers import METRICS_TOKEN, client_key, make_provider, make_route, post_chat, scrape
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

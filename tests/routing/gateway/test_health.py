@@ -7,7 +7,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
-from tests.routing.gateway_fixtures import FAST, serve_gateway  # noqa: F401
+from tests.routing.gateway.helpers import FAST
 from tests.routing.test_settings import free_port, get_when_up, serving, stop
 
 CLOSED = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped server

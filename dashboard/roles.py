@@ -1,0 +1,19 @@
+"""Who is who in the project: viewers (settings.VIEWER_GROUP, or staff) look; moving a route's traffic
+needs one permission. The pages, the live socket and the REST API all ask here."""
+
+from django.conf import settings
+
+# Moving traffic between a route's existing targets (slider, PUT .../weights, revert).
+WEIGHTS_PERMISSION = "routing.change_routetarget"
+
+
+def is_viewer(user):
+    return user.is_authenticated and user.is_active and (
+        user.is_staff or user.groups.filter(name=settings.VIEWER_GROUP).exists()
+    )
+
+
+def can_move_weights(user):
+    return user.is_authenticated and user.is_active and (user.is_superuser or user.is_staff) and (
+        user.has_perm(WEIGHTS_PERMISSION)
+    )
