@@ -4,7 +4,7 @@
 The settings default to production; the suite runs on the demo settings that
 `make run` asks for (plain http on loopback, the simulator as a private
 upstream). Tests of the production defaults start manage.py with an
-environment of their own (tests/routing/test_settings.py).
+environment of their own (tests/dashboard/test_settings.py).
 """
 
 import os

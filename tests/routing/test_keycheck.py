@@ -12,7 +12,7 @@ from django.test import override_settings
 
 from routing import crypto, keycheck
 from routing.models import ApiKey, EncryptionKeyCheck, Provider
-from tests.routing.test_settings import BASE_DIR, manage, settings_env
+from tests.dashboard.test_settings import BASE_DIR, manage, settings_env
 
 FIRST, SECOND, THIRD = (Fernet.generate_key().decode() for _ in range(3))
 

@@ -8,7 +8,7 @@ from cryptography.fernet import Fernet
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
 from tests.routing.gateway.helpers import FAST
-from tests.routing.test_settings import free_port, get_when_up, serving, stop
+from tests.dashboard.test_settings import free_port, get_when_up, serving, stop
 
 CLOSED = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped server
 STOPPED_DATABASE = {"DATABASE_URL": f"postgres://postgres@{CLOSED}/weathervane", "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode()}
