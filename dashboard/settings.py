@@ -381,5 +381,8 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # httpx logs every request at INFO: a line per probe target per interval would drown the log.
         "httpx": {"level": "WARNING"},
+        # httpcore and hpack log raw headers at DEBUG, an upstream's echo of the key included: never below WARNING.
+        "httpcore": {"level": "WARNING"},
+        "hpack": {"level": "WARNING"},
     },
 }
