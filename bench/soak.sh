@@ -24,6 +24,7 @@ trap stop_all EXIT INT TERM
 
 DATA_DIR=$(mktemp -d /tmp/weathervane-soak.XXXXXX)
 export WEATHERVANE_DATA_DIR=$DATA_DIR WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS=true WEATHERVANE_LOG_LEVEL=WARNING
+export WEATHERVANE_METRICS_TOKEN=${WEATHERVANE_METRICS_TOKEN:-soak-$STAMP}  # the sampler scrapes /metrics with it
 unset DATABASE_URL REDIS_URL CELERY_BROKER_URL
 UP=$(start_bg soak-mock "$BENCH_PY" "$SHARED/mock_upstream.py" --port "$MOCK_PORT" --name mock)
 wait_http "http://127.0.0.1:$MOCK_PORT/health" 30 "$UP"
@@ -36,6 +37,7 @@ BENCH_MODEL=bench-model BENCH_AUTH="Bearer $KEY" \
   >"$DATA_DIR/wrk.txt" 2>&1 &
 WRK=$!
 "$PY" "$ROOT/bench/soak_sample.py" --pid "$GW" --metrics "http://127.0.0.1:$GATEWAY_PORT/metrics" \
+  --metrics-token "$WEATHERVANE_METRICS_TOKEN" \
   --duration "$DURATION" --concurrency "${CONC:-50}" --out "$OUT"
 wait "$WRK" || true
 stop_all

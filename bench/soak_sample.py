@@ -38,8 +38,9 @@ def children(pid):
         return []
 
 
-def requests(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
+def requests(url, token):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return sum(float(v) for v in COUNTER.findall(response.read()))
 
 
@@ -60,15 +61,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--metrics-token", default="", help="WEATHERVANE_METRICS_TOKEN of the gateway")
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--interval", type=float, default=5.0)
-    parser.add_argument("--warmup-share", type=float, default=0.25)
+    parser.add_argument("--warmup-share", type=float, default=0.5)  # the allocator warms up for ~250k requests
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     samples, started = [], time.monotonic()
     while time.monotonic() - started < args.duration:
-        samples.append({"t": round(time.monotonic() - started, 1), "requests": requests(args.metrics),
+        samples.append({"t": round(time.monotonic() - started, 1), "requests": requests(args.metrics, args.metrics_token),
                         "rss_mb": round(rss_mb(args.pid), 2)})
         time.sleep(args.interval)
     after = [s for s in samples if s["t"] >= args.duration * args.warmup_share]
