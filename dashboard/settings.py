@@ -165,8 +165,7 @@ FERNET_KEYS_FROM_ENV = bool(env_list("WEATHERVANE_FERNET_KEYS"))
 if DATABASE_URL and not FERNET_KEYS_FROM_ENV:
     raise ImproperlyConfigured(
         "WEATHERVANE_FERNET_KEYS must be set when DATABASE_URL is set: every process sharing the database needs "
-        "the same "
-        "secret-encryption key (make one with: python -c 'from cryptography.fernet import Fernet; "
+        "the same secret-encryption key (make one with: python -c 'from cryptography.fernet import Fernet; "
         "print(Fernet.generate_key().decode())')."
     )
 

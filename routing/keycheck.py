@@ -65,9 +65,8 @@ def _record_first():
     if newest and not _opens(newest):
         raise KeysDiverge(
             f"The keys in {settings.FERNET_KEYS_SOURCE} (fingerprints {', '.join(crypto.fingerprints())}) "
-            "cannot decrypt "
-            "the provider secrets already stored in this database. Start this process with the keys they were "
-            "encrypted with."
+            "cannot decrypt the provider secrets already stored in this database. Start this process with the keys "
+            "they were encrypted with."
         )
     defaults = {"fingerprint": crypto.fingerprints()[0], "token": crypto.encrypt(PLAINTEXT)}
     try:
@@ -88,6 +87,5 @@ def _mismatch(expected):
     return (
         f"The secret-encryption keys of this process ({settings.FERNET_KEYS_SOURCE}, fingerprints "
         f"{', '.join(crypto.fingerprints())}) cannot decrypt this database's secrets, which were encrypted with "
-        "the key "
-        f"of fingerprint {expected}. Give every process the same WEATHERVANE_FERNET_KEYS, with that key in it."
+        f"the key of fingerprint {expected}. Give every process the same WEATHERVANE_FERNET_KEYS, with that key in it."
     )
