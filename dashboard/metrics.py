@@ -70,8 +70,8 @@ def sparklines(deployment_ids, now=None):
 def probe_health(deployment_ids):
     """Return {deployment id: [enabled ProbeTargets]} (with their keys)."""
     targets = defaultdict(list)
-    targets = ProbeTarget.objects.filter(deployment_id__in=list(deployment_ids), enabled=True)
-    for target in targets.select_related("api_key"):
+    enabled = ProbeTarget.objects.filter(deployment_id__in=list(deployment_ids), enabled=True)
+    for target in enabled.select_related("api_key"):
         targets[target.deployment_id].append(target)
     return targets
 
