@@ -51,7 +51,8 @@ def prepare(env, extra_deployments, sim_port):
 
     provider = Provider.objects.get(name="steady-cloud")
     for i in range(extra_deployments):
-        Deployment.objects.get_or_create(name=f"bench-{i:03d}", defaults={"provider": provider, "upstream_model": "steady"})
+        Deployment.objects.get_or_create(name=f"bench-{i:03d}",
+                                         defaults={"provider": provider, "upstream_model": "steady"})
     user = User.objects.get(username="admin")
     client = Client()
     client.force_login(user)
@@ -82,7 +83,7 @@ async def client_loop(n, url, headers, stop_at, seen, latencies, errors, frames)
                 while time.time() < stop_at:
                     try:
                         msg = await ws.receive(timeout=max(0.1, stop_at - time.time()))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
@@ -109,7 +110,8 @@ async def measure(port, cookie, clients, duration):
     frames = [0] * clients
     latencies, errors = [], []
     stop_at = time.time() + duration
-    await asyncio.gather(*(client_loop(n, url, headers, stop_at, seen, latencies, errors, frames) for n in range(clients)))
+    loops = (client_loop(n, url, headers, stop_at, seen, latencies, errors, frames) for n in range(clients))
+    await asyncio.gather(*loops)
     return seen, latencies, errors, frames
 
 
@@ -126,7 +128,8 @@ def main():
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--deployments", type=int, default=30, help="extra simulated deployments (more probe traffic)")
     ap.add_argument("--interval", type=int, default=5, help="probe interval, seconds")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / f"dashboard-{time.strftime('%Y%m%d-%H%M%S')}.json"))
+    default_out = ROOT / "bench" / "results" / f"dashboard-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    ap.add_argument("--out", default=str(default_out))
     args = ap.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="wv-bench-dash-")
@@ -137,7 +140,8 @@ def main():
     env.pop("REDIS_URL", None)
     cookie = prepare(env, args.deployments, sim_port)
     server = subprocess.Popen([PY, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(Path(data_dir) / "serve.log", "w"), start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=open(Path(data_dir) / "serve.log", "w"),
+                              start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/login/", server)
         seen, latencies, errors, frames = asyncio.run(measure(port, cookie, args.clients, args.duration))

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MODEL = "bench-50ms"
 LAG_P99_LIMIT_MS = 250
-SIMULATOR = """
+SIMULATOR = f"""
 import sys
 from routing.simulator import Personality, Simulator, run
-run(Simulator(models={"%s": Personality(latency_median_ms=50)}), port=int(sys.argv[1]), log_level="warning")
-""" % MODEL
+run(Simulator(models={{"{MODEL}": Personality(latency_median_ms=50)}}), port=int(sys.argv[1]), log_level="warning")
+"""
 
 
 def parse_args():
@@ -159,7 +159,7 @@ def run_phase(target_ids, args, start, stop):
 
     ProbeTarget.objects.filter(pk__in=target_ids).update(enabled=True, dispatched_slot=None)
     start()
-    since = datetime.now(timezone.utc) + timedelta(seconds=args.warmup)
+    since = datetime.now(UTC) + timedelta(seconds=args.warmup)
     until = since + timedelta(seconds=args.duration)
     time.sleep(args.warmup + args.duration + 6)  # +6: the last due probes finish
     stop()
@@ -257,7 +257,7 @@ def main():
 
 def write(phases, args, database_kind):
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report = {"benchmark": "probes", "at": stamp, "database": database_kind, "broker": "redis",
               "cores": os.cpu_count(), "upstream_latency_ms": 50, "phases": phases, "args": vars(args)}
     path = RESULTS / f"probes-{stamp}.json"

@@ -16,4 +16,5 @@ import minimal_proxy  # noqa: E402
 import uvicorn  # noqa: E402
 
 minimal_proxy.UP = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-uvicorn.run(minimal_proxy.app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False, log_level="warning")
+uvicorn.run(minimal_proxy.app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
+            log_level="warning")

@@ -70,7 +70,8 @@ LABELS = {
 
 def headline(results, floor_results=None):
     same_run = measured(floor_results) if floor_results else {}
-    rows = ["| measure | goal | Weathervane (this run) | met? | bare floor, same run | LiteLLM 1.106, 1 worker | bare floor, shared measurement |",
+    rows = [("| measure | goal | Weathervane (this run) | met? | bare floor, same run | LiteLLM 1.106, 1 worker "
+             "| bare floor, shared measurement |"),
             "|---|---|---|---|---|---|---|"]
     got = measured(results)
     for metric, (goal, litellm, floor) in BASELINE.items():
@@ -126,7 +127,8 @@ def comparison(rows):
     """Return the same-run comparison table and its median line."""
     if not rows:
         return ""
-    lines = ["| pair | gateway c=50 req/s | floor c=50 req/s | gateway / floor | gateway CPU ms/req | floor CPU ms/req | CPU ratio |",
+    lines = [("| pair | gateway c=50 req/s | floor c=50 req/s | gateway / floor | gateway CPU ms/req "
+              "| floor CPU ms/req | CPU ratio |"),
              "|---|---|---|---|---|---|---|"]
     for name, g_rps, f_rps, ratio, g_cpu, f_cpu, cpu_ratio in rows:
         cpu = f"{g_cpu:.3f} | {f_cpu:.3f} | {cpu_ratio:.2f}" if cpu_ratio else "- | - | -"
@@ -135,7 +137,8 @@ def comparison(rows):
     cpu = [r[6] for r in rows if r[6]]
     lines += ["", f"Median gateway/floor throughput at c=50: **{_median(throughput):.1%}** "
                   f"(spread {min(throughput):.1%}-{max(throughput):.1%}, {len(rows)} alternating pairs)"
-                  + (f"; CPU per request {_median(cpu):.2f}x the floor's (spread {min(cpu):.2f}-{max(cpu):.2f})." if cpu else ".")]
+                  + (f"; CPU per request {_median(cpu):.2f}x the floor's "
+                     f"(spread {min(cpu):.2f}-{max(cpu):.2f})." if cpu else ".")]
     return "\n".join(lines)
 
 
@@ -149,7 +152,8 @@ def section(out_dir, root):
     return "\n".join([
         "## Gateway overhead (`bench/gateway.sh`)",
         "",
-        f"Run {info['started']} on {info['machine']['nproc']} x {info['machine']['cpu_model']}; {info.get('note', '')}. "
+        f"Run {info['started']} on {info['machine']['nproc']} x {info['machine']['cpu_model']}; "
+        f"{info.get('note', '')}. "
         f"Raw outputs: `{shown}`.",
         "",
         "### Gateway and bare floor, alternating in one sitting",
@@ -163,7 +167,8 @@ def section(out_dir, root):
         "### Full tables from the harness (the median pair)",
         "",
         _tables(directory / "summary.md"),
-        *(["", "#### The bare pass-through floor, measured in the same pair", "", _tables(directory / "floor" / "summary.md")]
+        *(["", "#### The bare pass-through floor, measured in the same pair", "",
+           _tables(directory / "floor" / "summary.md")]
           if floor_results else []),
     ]) + "\n"
 

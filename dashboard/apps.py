@@ -5,5 +5,7 @@ class DashboardConfig(AppConfig):
     name = "dashboard"
 
     def ready(self):
-        from dashboard import checks  # noqa: F401  (registers system checks)
-        from dashboard import live  # noqa: F401  (closes sockets on logout)
+        from dashboard import (
+            checks,  # noqa: F401  (registers system checks)
+            live,  # noqa: F401  (closes sockets on logout)
+        )

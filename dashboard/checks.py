@@ -23,7 +23,8 @@ def production_setup(app_configs, **kwargs):
     if not settings.DEBUG and settings.GATEWAY_LOG_BODIES:
         problems.append(Warning(
             "The gateway's request log keeps message bodies in production.",
-            hint="Unset WEATHERVANE_GATEWAY_LOG_BODIES unless you need bodies for debugging; they may hold personal data.",
+            hint="Unset WEATHERVANE_GATEWAY_LOG_BODIES unless you need bodies for debugging; "
+                 "they may hold personal data.",
             id="weathervane.W006",
         ))
     return problems
@@ -43,13 +44,15 @@ def shared_channel_layer(app_configs, **kwargs):
 
 @register()
 def encryption_keys(app_configs, **kwargs):
-    """Every manage.py command (serve, gateway, migrate, check, ...) refuses to start with keys the database cannot use."""
+    """Every manage.py command (serve, gateway, migrate, check, ...) refuses to start with keys the database
+    cannot use."""
     from routing.keycheck import KeysDiverge, verify_key_set
 
     try:
         verify_key_set()
     except KeysDiverge as exc:
-        return [Error(str(exc), hint="Every process must have the same WEATHERVANE_FERNET_KEYS.", id="weathervane.E001")]
+        hint = "Every process must have the same WEATHERVANE_FERNET_KEYS."
+        return [Error(str(exc), hint=hint, id="weathervane.E001")]
     return []
 
 

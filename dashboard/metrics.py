@@ -12,8 +12,19 @@ from datetime import timedelta
 from django.utils import timezone
 
 from probes.models import HealthState, ProbeTarget, Source
-from probes.rollups import BUCKET, SPAN, Window, epoch_ms, figures_by, floor_to, merge_rows, read_window, select_rows
-from probes.rollups import EMPTY, parse_window  # noqa: F401  (the dashboard's names for them)
+from probes.rollups import (
+    BUCKET,
+    EMPTY,  # noqa: F401  (the dashboard's name for it)
+    SPAN,
+    Window,
+    epoch_ms,
+    figures_by,
+    floor_to,
+    merge_rows,
+    parse_window,  # noqa: F401  (the dashboard's name for it)
+    read_window,
+    select_rows,
+)
 from routing.models import CircuitState, KeyState
 
 # How often a page re-reads a window while live messages arrive (seconds).
@@ -59,7 +70,8 @@ def sparklines(deployment_ids, now=None):
 def probe_health(deployment_ids):
     """Return {deployment id: [enabled ProbeTargets]} (with their keys)."""
     targets = defaultdict(list)
-    for target in ProbeTarget.objects.filter(deployment_id__in=list(deployment_ids), enabled=True).select_related("api_key"):
+    enabled = ProbeTarget.objects.filter(deployment_id__in=list(deployment_ids), enabled=True)
+    for target in enabled.select_related("api_key"):
         targets[target.deployment_id].append(target)
     return targets
 
@@ -78,7 +90,8 @@ def deployment_health(deployment, probe_targets, circuit=None):
     for target in probe_targets:
         if HEALTH_RANK[target.health] > HEALTH_RANK[state]:
             state, reason = target.health, target.health_reason
-    if circuit is not None and circuit.state == CircuitState.HALF_OPEN and HEALTH_RANK[state] < HEALTH_RANK[HealthState.DEGRADED]:
+    trial_only = circuit is not None and circuit.state == CircuitState.HALF_OPEN
+    if trial_only and HEALTH_RANK[state] < HEALTH_RANK[HealthState.DEGRADED]:
         return HealthState.DEGRADED, f"Circuit half-open: {circuit.reason}".rstrip(": ")
     return state, reason
 

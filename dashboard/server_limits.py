@@ -70,7 +70,8 @@ class LimitedWebRequest(WebRequest):
         self.refused = True
         self.content = _Discard()
         message = b"Request body is larger than %d bytes." % settings.SERVER_MAX_BODY_BYTES
-        head = b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        head = (b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n")
         self.channel.transport.write(head % len(message) + message)
         self.channel.transport.loseConnection()
 

@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import env_bool, env_float, env_int, env_list, env_rate, env_str, env_url
 
@@ -164,8 +164,8 @@ CELERY_TIMEZONE = "UTC"
 FERNET_KEYS_FROM_ENV = bool(env_list("WEATHERVANE_FERNET_KEYS"))
 if DATABASE_URL and not FERNET_KEYS_FROM_ENV:
     raise ImproperlyConfigured(
-        "WEATHERVANE_FERNET_KEYS must be set when DATABASE_URL is set: every process sharing the database needs the same "
-        "secret-encryption key (make one with: python -c 'from cryptography.fernet import Fernet; "
+        "WEATHERVANE_FERNET_KEYS must be set when DATABASE_URL is set: every process sharing the database needs "
+        "the same secret-encryption key (make one with: python -c 'from cryptography.fernet import Fernet; "
         "print(Fernet.generate_key().decode())')."
     )
 
@@ -266,7 +266,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "routing.api.schema.ContractAutoSchema",
     "EXCEPTION_HANDLER": "routing.api.errors.exception_handler",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
@@ -279,7 +281,9 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Weathervane API",
-    "DESCRIPTION": "Providers, keys, deployments, routes and their canary weights, gateway keys, probes and the audit trail.",
+    "DESCRIPTION": (
+        "Providers, keys, deployments, routes and their canary weights, gateway keys, probes and the audit trail."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and its docs pages follow the API's rule: staff and viewers read, anonymous callers get 401.

@@ -20,7 +20,8 @@ class AuditedAdmin(admin.ModelAdmin):
             before = audit.snapshot(type(obj).objects.get(pk=obj.pk)) if change else None
             super().save_model(request, obj, form, change)
             audit.record(action=AuditAction.UPDATE if change else AuditAction.CREATE, obj=obj,
-                         actor=audit.actor_name(request.user), user=request.user, before=before, after=audit.snapshot(obj))
+                         actor=audit.actor_name(request.user), user=request.user, before=before,
+                         after=audit.snapshot(obj))
 
     def delete_model(self, request, obj):
         with transaction.atomic():

@@ -85,13 +85,15 @@ def degraded_reason(recent, thresholds):
         return f"errors: {failed} of the last {len(recent)} probes failed"
     latencies = [ms for ok, ms in recent if ok][-LATENCY_SAMPLES:]
     if len(latencies) >= 2 and statistics.median(latencies) > thresholds.latency_ms:
-        return f"slow: median {statistics.median(latencies):.0f} ms over the last {len(latencies)} probes (threshold {thresholds.latency_ms:.0f} ms)"
+        return (f"slow: median {statistics.median(latencies):.0f} ms over the last {len(latencies)} probes "
+                f"(threshold {thresholds.latency_ms:.0f} ms)")
     return ""
 
 
 def after_probe(target_id, result):
     """Update the target's health and its key's state from a saved ProbeResult, inside the caller's transaction."""
-    target = ProbeTarget.objects.select_for_update(of=("self",)).select_related("deployment", "api_key").get(pk=target_id)
+    targets = ProbeTarget.objects.select_for_update(of=("self",)).select_related("deployment", "api_key")
+    target = targets.get(pk=target_id)
     ok = result.outcome == Outcome.OK
     verdict = judge(target.health, target.consecutive_failures, target.consecutive_successes, target.recent,
                     ok, result.total_ms, _describe(result), Thresholds.for_target(target))
@@ -125,8 +127,10 @@ def _save_verdict(target, verdict, result):
 
 def _announce_health(target, previous, verdict):
     message = f"{target} is {verdict.state} (was {previous}): {verdict.reason}"[:500]
-    event = Event.objects.create(kind=EventKind.HEALTH, deployment=target.deployment, api_key=target.api_key, message=message,
-                                 data={"target": target.pk, "from": previous, "to": verdict.state, "reason": verdict.reason})
+    event = Event.objects.create(kind=EventKind.HEALTH, deployment=target.deployment, api_key=target.api_key,
+                                 message=message,
+                                 data={"target": target.pk, "from": previous, "to": verdict.state,
+                                       "reason": verdict.reason})
     payload = live.HealthChanged(deployment=target.deployment.name, state=verdict.state, reason=verdict.reason,
                                  api_key=target.api_key.label if target.api_key_id else None, target=target.pk,
                                  at=event.created_at.isoformat())

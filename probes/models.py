@@ -90,7 +90,8 @@ class ProbeTarget(models.Model):
         help_text="Empty: rotate over the deployment's usable keys",
     )
     enabled = models.BooleanField(default=True)
-    interval_s = models.PositiveIntegerField(default=_default_interval, validators=[MinValueValidator(5), MaxValueValidator(86400)])
+    interval_s = models.PositiveIntegerField(default=_default_interval,
+                                             validators=[MinValueValidator(5), MaxValueValidator(86400)])
     timeout_s = models.FloatField(default=10.0, validators=[MinValueValidator(0.5), MaxValueValidator(120)])
     prompt = models.CharField(max_length=500, default="Reply with the single word OK.")
     max_tokens = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1), MaxValueValidator(16)])
@@ -189,7 +190,8 @@ class ProbeResult(models.Model):
     completed = models.BooleanField(default=False, help_text="finish_reason and [DONE] both seen")
     finish_reason = models.CharField(max_length=30, blank=True)
     model_reported = models.CharField(max_length=200, blank=True)
-    model_swapped = models.BooleanField(default=False, help_text="The answer named another model than the one asked for")
+    model_swapped = models.BooleanField(default=False,
+                                        help_text="The answer named another model than the one asked for")
     retry_after_s = models.FloatField(null=True, blank=True)
     error = models.CharField(max_length=300, blank=True)
 
@@ -222,7 +224,8 @@ class ProbeBudget(models.Model):
 
     provider = models.OneToOneField(Provider, on_delete=models.CASCADE, related_name="probe_budget")
     daily_tokens = models.PositiveBigIntegerField(null=True, blank=True, help_text="Empty: no token limit")
-    daily_cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True, help_text="Empty: no cost limit")
+    daily_cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,
+                                     help_text="Empty: no cost limit")
     slowdown = models.PositiveSmallIntegerField(default=10, validators=[MinValueValidator(2), MaxValueValidator(1000)],
                                                 help_text="Interval multiplier once the day's budget is spent")
 

@@ -52,7 +52,8 @@ def claim(target, slot, now=None):
     except IntegrityError:
         pass
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
-    if ProbeSlot.objects.filter(free, target_id=target.pk, slot=slot, done=False).update(lease_until=lease, attempts=F("attempts") + 1):
+    claimable = ProbeSlot.objects.filter(free, target_id=target.pk, slot=slot, done=False)
+    if claimable.update(lease_until=lease, attempts=F("attempts") + 1):
         return True
     row = ProbeSlot.objects.get(target_id=target.pk, slot=slot)
     if row.done:

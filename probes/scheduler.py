@@ -93,7 +93,8 @@ class Scheduler:
             interval = current[target_id]
             heapq.heappush(self.heap, (slots.slot_at_or_after(target_id, interval, now), target_id, interval, True))
         for i, target_id in enumerate(stale):
-            heapq.heappush(self.heap, (now + i * CATCH_UP_SPREAD_MS // len(stale), target_id, current[target_id], False))
+            due = now + i * CATCH_UP_SPREAD_MS // len(stale)
+            heapq.heappush(self.heap, (due, target_id, current[target_id], False))
         self.intervals = current
 
     def _stale(self, target_ids, intervals, now):

@@ -15,22 +15,26 @@ ACTOR = "system:probes"
 
 
 def ensure_target(deployment, api_key=None, actor=ACTOR, user=None):
-    """Return the probe target of `deployment` (of one of its keys when `api_key`), creating and auditing it if missing."""
+    """Return the probe target of `deployment` (of one of its keys when `api_key`), creating and auditing it if
+    missing."""
     existing = ProbeTarget.objects.filter(deployment=deployment, api_key=api_key).first()
     if existing is not None:
         return existing
     try:
         with transaction.atomic():
             target = ProbeTarget.objects.create(deployment=deployment, api_key=api_key)
+            reason = "probe target for a deployment" if api_key is None else "per-key probe target"
             audit.record(action=AuditAction.CREATE, obj=target, actor=actor, user=user,
-                         after=audit.snapshot(target), reason="probe target for a deployment" if api_key is None else "per-key probe target")
+                         after=audit.snapshot(target), reason=reason)
     except IntegrityError:  # created meanwhile by another process
         return ProbeTarget.objects.get(deployment=deployment, api_key=api_key)
     return target
 
 
 def ensure_all_targets():
-    """Create the missing rotating targets of enabled deployments (those made before probes existed). Returns how many."""
+    """Create the missing rotating targets of enabled deployments (those made before probes existed).
+
+    Returns how many."""
     rotating = ProbeTarget.objects.filter(api_key__isnull=True).values("deployment_id")
     missing = Deployment.objects.filter(enabled=True).exclude(pk__in=rotating)
     created = 0

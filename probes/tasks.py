@@ -8,7 +8,7 @@ delivered twice (a second beat, a worker killed before acking) still leaves
 exactly one result.
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from celery import shared_task
 from django.conf import settings
@@ -37,8 +37,8 @@ def dispatch_due_probes():
     """Enqueue every (target, slot) due in the next two beat periods. Returns how many."""
     planned = runner.plan_dispatch(settings.PROBE_DISPATCH_EVERY_S * HORIZON_PERIODS)
     for target_id, slot, interval in planned:
-        due = datetime.fromtimestamp(slot / 1000, tz=timezone.utc)
-        expires = datetime.fromtimestamp(slot / 1000 + interval, tz=timezone.utc)
+        due = datetime.fromtimestamp(slot / 1000, tz=UTC)
+        expires = datetime.fromtimestamp(slot / 1000 + interval, tz=UTC)
         run_probe.apply_async((target_id, slot), eta=due, expires=expires)
     return len(planned)
 

@@ -70,7 +70,8 @@ class AuditedAdmin(admin.ModelAdmin):
     def save_formset(self, request, form, formset, change):
         if formset.model is RouteTarget:
             return super().save_formset(request, form, formset, change)
-        before = {f.instance.pk: _stored_snapshot(f.instance) for f in formset.initial_forms if f.instance.pk and f.has_changed()}
+        before = {f.instance.pk: _stored_snapshot(f.instance)
+                  for f in formset.initial_forms if f.instance.pk and f.has_changed()}
         before |= {f.instance.pk: _stored_snapshot(f.instance) for f in formset.deleted_forms if f.instance.pk}
         deleted = [(obj.pk, obj) for obj in (f.instance for f in formset.deleted_forms) if obj.pk]
         super().save_formset(request, form, formset, change)
@@ -191,7 +192,8 @@ class ProviderAdmin(AuditedAdmin):
         old_url = Provider.objects.get(pk=obj.pk).base_url if change else None
         super().save_model(request, obj, form, change)
         if change and obj.base_url != old_url:
-            endpoints.note_base_url_change(obj, old_url, actor=actor_name(request.user), reason=form.cleaned_data["reason"])
+            endpoints.note_base_url_change(obj, old_url, actor=actor_name(request.user),
+                                           reason=form.cleaned_data["reason"])
 
 
 @admin.register(ApiKey)
@@ -296,7 +298,8 @@ class RouteAdmin(AuditedAdmin):
     def related_saved(self, request, form, change):
         if change:
             weights.note_split_change(
-                form.instance, request._weights_before, reason=form.cleaned_data.get("reason") or "changed in the admin",
+                form.instance, request._weights_before,
+                reason=form.cleaned_data.get("reason") or "changed in the admin",
                 actor=actor_name(request.user), user=request.user,
             )
 

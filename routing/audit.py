@@ -6,8 +6,6 @@ from decimal import Decimal
 from django.db import router
 from django.db.models.deletion import Collector
 
-
-
 from routing.models import AuditEvent, RouteTarget
 
 # Fields that must never be copied into an audit row (masked forms are kept).
@@ -47,7 +45,8 @@ def actor_name(user):
     return user.get_username() if user is not None and user.is_authenticated else "anonymous"
 
 
-def record(*, action, obj=None, actor, user=None, before=None, after=None, reason="", object_type=None, object_id=None, object_repr=None):
+def record(*, action, obj=None, actor, user=None, before=None, after=None, reason="", object_type=None,
+           object_id=None, object_repr=None):
     """Save and return one AuditEvent. Call inside the transaction that made the change."""
     if obj is not None:
         object_type = object_type or obj._meta.model_name

@@ -26,7 +26,8 @@ def _fernet(keys):
     except (ValueError, TypeError):
         raise ImproperlyConfigured(
             "WEATHERVANE_FERNET_KEYS must be comma-separated Fernet keys "
-            "(make one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')."
+            "(make one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')."
         ) from None
 
 

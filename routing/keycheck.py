@@ -39,7 +39,8 @@ def verify_key_set():
 
     try:
         check = EncryptionKeyCheck.objects.filter(pk=CHECK_ID).first() or _record_first()
-    except DatabaseError as exc:  # e.g. before the first migrate; the readiness endpoint reports a database that is down
+    # e.g. before the first migrate; the readiness endpoint reports a database that is down
+    except DatabaseError as exc:
         log.debug("could not compare the secret-encryption keys with the database's: %s", type(exc).__name__)
         return None
     if not _opens(check.token):
@@ -52,7 +53,8 @@ def record_primary():
     from routing.models import EncryptionKeyCheck
 
     primary = crypto.fingerprints()[0]
-    EncryptionKeyCheck.objects.update_or_create(pk=CHECK_ID, defaults={"fingerprint": primary, "token": crypto.encrypt(PLAINTEXT)})
+    defaults = {"fingerprint": primary, "token": crypto.encrypt(PLAINTEXT)}
+    EncryptionKeyCheck.objects.update_or_create(pk=CHECK_ID, defaults=defaults)
     return primary
 
 
@@ -62,9 +64,9 @@ def _record_first():
     newest = ApiKey.objects.order_by("-pk").values_list("secret_encrypted", flat=True).first()
     if newest and not _opens(newest):
         raise KeysDiverge(
-            f"The keys in {settings.FERNET_KEYS_SOURCE} (fingerprints {', '.join(crypto.fingerprints())}) cannot decrypt "
-            "the provider secrets already stored in this database. Start this process with the keys they were "
-            "encrypted with."
+            f"The keys in {settings.FERNET_KEYS_SOURCE} (fingerprints {', '.join(crypto.fingerprints())}) "
+            "cannot decrypt the provider secrets already stored in this database. Start this process with the keys "
+            "they were encrypted with."
         )
     defaults = {"fingerprint": crypto.fingerprints()[0], "token": crypto.encrypt(PLAINTEXT)}
     try:
@@ -84,6 +86,6 @@ def _opens(token):
 def _mismatch(expected):
     return (
         f"The secret-encryption keys of this process ({settings.FERNET_KEYS_SOURCE}, fingerprints "
-        f"{', '.join(crypto.fingerprints())}) cannot decrypt this database's secrets, which were encrypted with the key "
-        f"of fingerprint {expected}. Give every process the same WEATHERVANE_FERNET_KEYS, with that key in it."
+        f"{', '.join(crypto.fingerprints())}) cannot decrypt this database's secrets, which were encrypted with "
+        f"the key of fingerprint {expected}. Give every process the same WEATHERVANE_FERNET_KEYS, with that key in it."
     )

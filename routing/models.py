@@ -138,7 +138,8 @@ class ApiKey(models.Model):
             return self.state != KeyState.INVALID
         if state == KeyState.RATE_LIMITED:
             cooling = self.state == KeyState.RATE_LIMITED and self.rate_limited_until is not None
-            return self.state != KeyState.INVALID and not (cooling and self.rate_limited_until >= until - timedelta(seconds=1))
+            still_cooling = cooling and self.rate_limited_until >= until - timedelta(seconds=1)
+            return self.state != KeyState.INVALID and not still_cooling
         return self.state in (KeyState.INVALID, KeyState.RATE_LIMITED)
 
     def _set_state(self, state, reason, until):
@@ -154,12 +155,15 @@ class ApiKey(models.Model):
 
 
 class Deployment(models.Model):
-    name = models.CharField(max_length=100, unique=True, validators=[name_validator], help_text="Identifier used in route weights")
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator],
+                            help_text="Identifier used in route weights")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
     upstream_model = models.CharField(max_length=200, help_text="Model name sent to the provider")
     display_name = models.CharField(max_length=200, blank=True)
-    input_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)])
-    output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"), validators=[MinValueValidator(0)])
+    input_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"),
+                                               validators=[MinValueValidator(0)])
+    output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"),
+                                                validators=[MinValueValidator(0)])
     context_window = models.PositiveIntegerField(null=True, blank=True)
     first_token_timeout = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
@@ -177,13 +181,16 @@ class Deployment(models.Model):
 
     def price_for(self, prompt_tokens, completion_tokens):
         """Return the cost in currency units of one call with this usage."""
-        return (self.input_price_per_mtok * prompt_tokens + self.output_price_per_mtok * completion_tokens) / Decimal(1_000_000)
+        cost = self.input_price_per_mtok * prompt_tokens + self.output_price_per_mtok * completion_tokens
+        return cost / Decimal(1_000_000)
 
 
 class Route(models.Model):
-    name = models.CharField(max_length=100, unique=True, validators=[name_validator], help_text="The model name clients ask the gateway for")
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator],
+                            help_text="The model name clients ask the gateway for")
     description = models.TextField(blank=True)
-    version = models.PositiveIntegerField(default=1, editable=False, help_text="Bumped on every change; used for conflict detection")
+    version = models.PositiveIntegerField(default=1, editable=False,
+                                          help_text="Bumped on every change; used for conflict detection")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -195,7 +202,8 @@ class Route(models.Model):
 
     def weights(self):
         """Return {deployment name: weight} for every target of this route."""
-        return {t.deployment.name: t.weight for t in self.targets.select_related("deployment").order_by("deployment__name")}
+        targets = self.targets.select_related("deployment").order_by("deployment__name")
+        return {t.deployment.name: t.weight for t in targets}
 
     def active_targets(self):
         """Return the targets that can receive traffic: weight > 0 and an enabled deployment and provider."""
@@ -289,7 +297,8 @@ class AuditEvent(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.CharField(max_length=150, help_text="User name, or system:<part> / command:<name>")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
     action = models.CharField(max_length=20, choices=AuditAction.choices)
     object_type = models.CharField(max_length=50, db_index=True)
     object_id = models.CharField(max_length=100)
@@ -431,7 +440,8 @@ class RequestLog(models.Model):
     tokens_out = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=8, default=0)
     error = models.CharField(max_length=500, blank=True)
-    tried = models.JSONField(default=list, blank=True, help_text="[{deployment, key, outcome, status, ms}] per upstream attempt")
+    tried = models.JSONField(default=list, blank=True,
+                             help_text="[{deployment, key, outcome, status, ms}] per upstream attempt")
     request_body = models.JSONField(null=True, blank=True)
     response_body = models.TextField(blank=True)
 

@@ -53,7 +53,8 @@ def _embedded_ipv4(ip):
 def is_internal(address):
     """Return True for loopback, private, link-local, site-local, reserved or unspecified IPs,
     and for IPv6 addresses that embed such an IPv4 address (NAT64, 6to4, mapped, compatible)."""
-    ip = address if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(address)
+    is_ip = isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+    ip = address if is_ip else ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
         if ip in SITE_LOCAL:
             return True
@@ -76,13 +77,14 @@ def validate_upstream_url(url, allow_private=None):
     if parts.scheme not in ("http", "https"):
         raise ValidationError("Base URL must start with http:// or https://.", code="scheme")
     if parts.username or parts.password:
-        raise ValidationError("Base URL must not contain credentials; store the key as an API key instead.", code="credentials")
+        raise ValidationError("Base URL must not contain credentials; store the key as an API key instead.",
+                              code="credentials")
     if not parts.hostname:
         raise ValidationError("Base URL must name a host.", code="host")
     if parts.query or parts.fragment:
         raise ValidationError("Base URL must not have a query string or fragment.", code="query")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ValidationError("Base URL has an invalid port.", code="port") from None
     if not _allow_private(allow_private):

@@ -53,7 +53,8 @@ def _token_client(user):
 
 @pytest.fixture
 def admin_user(db):
-    return User.objects.create_user("alice", "alice@example.com", "correct-horse-battery", is_staff=True, is_superuser=True)
+    return User.objects.create_user("alice", "alice@example.com", "correct-horse-battery", is_staff=True,
+                                    is_superuser=True)
 
 
 @pytest.fixture

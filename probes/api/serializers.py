@@ -23,9 +23,11 @@ class ApiKeyLabelMixin:
 class ProbeTargetSerializer(ApiKeyLabelMixin, StrictFieldsMixin, serializers.ModelSerializer):
     deployment = serializers.SlugRelatedField(slug_field="name", queryset=Deployment.objects.all())
     api_key = serializers.PrimaryKeyRelatedField(queryset=ApiKey.objects.all(), allow_null=True, required=False,
-                                                 help_text="Probe only this key (empty: rotate over the deployment's keys)")
+                                                 help_text="Probe only this key "
+                                                           "(empty: rotate over the deployment's keys)")
     api_key_label = serializers.SerializerMethodField()
-    interval_s = StrictIntegerField(min_value=5, max_value=86400, required=False, help_text="Seconds between probes (at least 5)")
+    interval_s = StrictIntegerField(min_value=5, max_value=86400, required=False,
+                                    help_text="Seconds between probes (at least 5)")
     max_tokens = StrictIntegerField(min_value=1, max_value=16, required=False)
     degraded_latency_ms = StrictIntegerField(min_value=1, allow_null=True, required=False)
     timeout_s = serializers.FloatField(min_value=0.5, max_value=120, required=False)
@@ -35,7 +37,8 @@ class ProbeTargetSerializer(ApiKeyLabelMixin, StrictFieldsMixin, serializers.Mod
     class Meta:
         model = ProbeTarget
         fields = [
-            "id", "deployment", "api_key", "api_key_label", "enabled", "interval_s", "timeout_s", "prompt", "max_tokens",
+            "id", "deployment", "api_key", "api_key_label", "enabled", "interval_s", "timeout_s", "prompt",
+            "max_tokens",
             "reasoning_effort", "expected_pattern", "expected_json", "degraded_latency_ms",
             "health", "health_reason", "health_since", "consecutive_failures", "consecutive_successes",
             "last_outcome", "last_error", "last_probe_at", "created_at", "updated_at",
@@ -95,7 +98,8 @@ class RollupQuerySerializer(serializers.Serializer):
         window_minutes = SPAN[attrs["window"]].total_seconds() / 60
         attrs.setdefault("step", max(1, int(-(-window_minutes // MAX_POINTS))))
         if window_minutes / attrs["step"] > MAX_POINTS * 2:
-            raise serializers.ValidationError({"step": [f"Too many points; use a step of at least {int(window_minutes // (MAX_POINTS * 2)) + 1}."]})
+            least = int(window_minutes // (MAX_POINTS * 2)) + 1
+            raise serializers.ValidationError({"step": [f"Too many points; use a step of at least {least}."]})
         key = attrs.get("api_key")
         if key is not None and key.provider_id != attrs["deployment"].provider_id:
             raise serializers.ValidationError({"api_key": ["The key does not belong to this deployment's provider."]})

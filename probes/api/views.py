@@ -30,7 +30,8 @@ from routing.outcomes import Outcome
 class ProbeTargetFilter(StrictFilterSet):
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
     health = filters.ChoiceFilter(choices=HealthState.choices)
-    per_key = StrictBooleanFilter(field_name="api_key", lookup_expr="isnull", exclude=True, help_text="Only per-key targets")
+    per_key = StrictBooleanFilter(field_name="api_key", lookup_expr="isnull", exclude=True,
+                                  help_text="Only per-key targets")
 
     class Meta:
         model = ProbeTarget
@@ -114,7 +115,8 @@ class ProbeTargetViewSet(AuditedModelViewSet):
             return Response({"detail": "This call takes no body."}, status=status.HTTP_400_BAD_REQUEST)
         result = runner.run_probe(target.pk, runner.now_ms())
         if result is None:
-            return Response({"detail": "A probe for this moment already ran; try again."}, status=status.HTTP_409_CONFLICT)
+            return Response({"detail": "A probe for this moment already ran; try again."},
+                            status=status.HTTP_409_CONFLICT)
         return Response(s.ProbeResultSerializer(result).data)
 
     @extend_schema(responses=s.HealthSerializer)

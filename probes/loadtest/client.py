@@ -5,7 +5,6 @@ target does: failures are data, classified with the probes' outcome names and
 with every secret redacted from the error text.
 """
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -81,7 +80,7 @@ class Sender:
                     await _read_stream(response, sample, sent)
                 else:
                     await _read_body(response, sample, sent)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             sample.outcome, sample.error = Outcome.TIMEOUT, "no complete answer in time"
         except aiohttp.ClientPayloadError as exc:
             sample.outcome, sample.error = Outcome.TRUNCATED, f"stream broke: {type(exc).__name__}"

@@ -81,7 +81,7 @@ class DemoTraffic:
             try:
                 await asyncio.wait_for(self._stopped.wait(), timeout=max(at - loop.time(), 0))
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if slots.locked():
                 continue  # the gateway is slow: skip rather than pile up

@@ -44,7 +44,8 @@ class AuditedModelViewSet(BodySizeLimitMixin, viewsets.ModelViewSet):
     def audit_context(self):
         reason = self.request.headers.get(REASON_HEADER, "").strip()
         if len(reason) > MAX_REASON_LENGTH:
-            raise serializers.ValidationError({REASON_HEADER: [f"Keep the reason under {MAX_REASON_LENGTH} characters."]})
+            message = f"Keep the reason under {MAX_REASON_LENGTH} characters."
+            raise serializers.ValidationError({REASON_HEADER: [message]})
         return AuditContext(actor_name(self.request.user), self.request.user, reason)
 
     def get_serializer_context(self):

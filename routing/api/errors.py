@@ -49,7 +49,8 @@ def _domain_error(exc):
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, StaleVersion):
         return Response(
-            {"detail": f"The route changed meanwhile (now version {exc.current}); reload it and apply your change again.",
+            {"detail": f"The route changed meanwhile (now version {exc.current}); "
+                       "reload it and apply your change again.",
              "version": exc.current},
             status=status.HTTP_409_CONFLICT, headers={"ETag": f'"{exc.current}"'},
         )

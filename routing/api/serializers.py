@@ -104,8 +104,10 @@ class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
     provider = _name_field(Provider)
     secret = serializers.CharField(
-        write_only=True, required=False, max_length=4096, style={"input_type": "password"}, validators=[secret_validator],
-        help_text="The provider's API key. Required on create; on update it replaces (rotates) the stored secret. Never returned.",
+        write_only=True, required=False, max_length=4096, style={"input_type": "password"},
+        validators=[secret_validator],
+        help_text="The provider's API key. Required on create; on update it replaces (rotates) the stored secret. "
+                  "Never returned.",
     )
     masked = serializers.CharField(read_only=True, help_text="Display form of the secret, e.g. sk-…a1b2")
 
@@ -116,7 +118,9 @@ class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "state", "state_reason", "state_since", "rate_limited_until", "created_at", "updated_at",
         ]
         read_only_fields = ["state_since", "rate_limited_until"]
-        extra_kwargs = {"state": {"help_text": "Admins may set active or disabled; the gateway sets rate_limited and invalid."}}
+        extra_kwargs = {"state": {
+            "help_text": "Admins may set active or disabled; the gateway sets rate_limited and invalid.",
+        }}
 
     def validate_state(self, value):
         current = self.instance.state if self.instance else KeyState.ACTIVE
@@ -213,20 +217,27 @@ def _replace_targets(route, targets):
 
 
 class WeightsChangeSerializer(StrictFieldsMixin, serializers.Serializer):
-    weights = serializers.DictField(help_text='{"<deployment name>": <integer weight>, ...}, one entry per target, summing to 100')
-    reason = serializers.CharField(required=False, allow_blank=True, default="", help_text="Why; required, kept in the audit trail")
-    version = StrictIntegerField(required=False, min_value=1, help_text="The route version you edited (or send If-Match)")
+    weights = serializers.DictField(
+        help_text='{"<deployment name>": <integer weight>, ...}, one entry per target, summing to 100',
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                   help_text="Why; required, kept in the audit trail")
+    version = StrictIntegerField(required=False, min_value=1,
+                                 help_text="The route version you edited (or send If-Match)")
     dry_run = serializers.BooleanField(default=False, help_text="Only project the split's spend, p95 and error rate "
                                        "at the current volume; change nothing (no reason needed)")
 
 
 class WeightsRevertSerializer(StrictFieldsMixin, serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="", help_text="Why; required, kept in the audit trail")
-    version = StrictIntegerField(required=False, min_value=1, help_text="The route version you edited (or send If-Match)")
+    reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                   help_text="Why; required, kept in the audit trail")
+    version = StrictIntegerField(required=False, min_value=1,
+                                 help_text="The route version you edited (or send If-Match)")
 
 
 class GatewayKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    routes = _name_field(Route, many=True, required=False, help_text="Route names this key may call when all_routes is false")
+    routes = _name_field(Route, many=True, required=False,
+                         help_text="Route names this key may call when all_routes is false")
 
     class Meta:
         model = GatewayKey
@@ -242,7 +253,8 @@ class GatewayKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
 
 class GatewayKeyCreatedSerializer(GatewayKeySerializer):
-    key = serializers.CharField(source="plaintext", read_only=True, help_text="The full key; shown only in this response")
+    key = serializers.CharField(source="plaintext", read_only=True,
+                                help_text="The full key; shown only in this response")
 
     class Meta(GatewayKeySerializer.Meta):
         fields = GatewayKeySerializer.Meta.fields + ["key"]
@@ -253,7 +265,8 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["id", "created_at", "actor", "user", "action", "object_type", "object_id", "object_repr", "before", "after", "reason"]
+        fields = ["id", "created_at", "actor", "user", "action", "object_type", "object_id", "object_repr", "before",
+                  "after", "reason"]
         read_only_fields = fields
 
 
@@ -287,7 +300,9 @@ class RequestLogSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RequestLog
-        fields = ["id", "created_at", "request_id", "route_name", "deployment", "api_key", "gateway_key", "outcome", "status",
-                  "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost", "error",
+        fields = ["id", "created_at", "request_id", "route_name", "deployment", "api_key", "gateway_key", "outcome",
+                  "status",
+                  "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost",
+                  "error",
                   "tried", "request_body", "response_body"]
         read_only_fields = fields

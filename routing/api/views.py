@@ -91,7 +91,8 @@ class DeploymentFilter(StrictFilterSet):
 
 
 class RouteFilter(StrictFilterSet):
-    deployment = filters.CharFilter(field_name="targets__deployment__name", distinct=True, help_text="Routes with this target")
+    deployment = filters.CharFilter(field_name="targets__deployment__name", distinct=True,
+                                    help_text="Routes with this target")
 
     class Meta:
         model = Route

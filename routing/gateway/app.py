@@ -73,10 +73,13 @@ class GatewayConfig:
     def from_settings(cls, **overrides):
         s = settings
         config = cls(
-            deadline_s=s.GATEWAY_DEADLINE_S, max_body=s.GATEWAY_MAX_BODY_BYTES, retries_per_target=s.GATEWAY_RETRIES_PER_TARGET,
-            max_attempts=s.GATEWAY_MAX_ATTEMPTS, retry_budget=s.GATEWAY_RETRY_BUDGET, max_retry_wait_s=s.GATEWAY_MAX_RETRY_WAIT_S,
+            deadline_s=s.GATEWAY_DEADLINE_S, max_body=s.GATEWAY_MAX_BODY_BYTES,
+            retries_per_target=s.GATEWAY_RETRIES_PER_TARGET,
+            max_attempts=s.GATEWAY_MAX_ATTEMPTS, retry_budget=s.GATEWAY_RETRY_BUDGET,
+            max_retry_wait_s=s.GATEWAY_MAX_RETRY_WAIT_S,
             max_malformed_events=s.GATEWAY_MAX_MALFORMED_EVENTS,
-            flush_interval_s=s.GATEWAY_FLUSH_INTERVAL_S, log_sample=s.GATEWAY_LOG_SUCCESS_SAMPLE, log_bodies=s.GATEWAY_LOG_BODIES,
+            flush_interval_s=s.GATEWAY_FLUSH_INTERVAL_S, log_sample=s.GATEWAY_LOG_SUCCESS_SAMPLE,
+            log_bodies=s.GATEWAY_LOG_BODIES,
             poll_s=s.GATEWAY_SNAPSHOT_POLL_S, redis_url=s.REDIS_URL, limits_prefix=s.GATEWAY_LIMITS_PREFIX,
             breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S,
                                   max_cooldown_s=max(s.GATEWAY_BREAKER_MAX_COOLDOWN_S, s.GATEWAY_BREAKER_COOLDOWN_S)),
@@ -277,7 +280,8 @@ class Gateway:
         if client.rpm_limit is not None:
             wait = await self.limits.client_key(client)
             if wait is not None:
-                raise errors.rate_limited(f"This gateway key is over its limit of {client.rpm_limit} requests per minute.", wait)
+                message = f"This gateway key is over its limit of {client.rpm_limit} requests per minute."
+                raise errors.rate_limited(message, wait)
         raw = await self._read_body(receive, length)
         request = parse_request(raw, url_of)
         route = snapshot.routes.get(request["model"])
@@ -290,7 +294,9 @@ class Gateway:
     async def _read_body(self, receive, length):
         limit = self.config.max_body
         if length is not None and (not length.isdigit() or int(length) > limit):
-            raise errors.too_large(limit) if length.isdigit() else errors.bad_request("Content-Length must be a number.")
+            if length.isdigit():
+                raise errors.too_large(limit)
+            raise errors.bad_request("Content-Length must be a number.")
         message = await receive()
         body = message.get("body", b"")
         if not message.get("more_body"):
@@ -369,7 +375,8 @@ class Gateway:
                     "request deadline exceeded mid-stream")
         message = "The request deadline passed while the answer was streaming. The answer is incomplete."
         try:
-            await send({"type": "http.response.body", "body": errors.sse_error_event(message, code="deadline_exceeded")})
+            event = errors.sse_error_event(message, code="deadline_exceeded")
+            await send({"type": "http.response.body", "body": event})
         except RuntimeError:  # the response had already ended
             pass
         if call.response is not None:
@@ -418,7 +425,8 @@ class Gateway:
             await self.send_error(send, errors.metrics_unauthorized(), self._request_id(None), "", "", 0, 0.0)
             return
         body = generate_latest(self.recorder.metrics.registry)
-        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()), NOSNIFF]
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode()),
+                   NOSNIFF]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

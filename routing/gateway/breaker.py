@@ -91,7 +91,8 @@ class CircuitBreaker:
         self._count(now, failed=False)
         if self.state == CircuitState.CLOSED:
             return False
-        self.state, self.reason, self.cooldown, self.trial_at = CircuitState.CLOSED, "trial request succeeded", self.policy.cooldown_s, None
+        self.state, self.reason = CircuitState.CLOSED, "trial request succeeded"
+        self.cooldown, self.trial_at = self.policy.cooldown_s, None
         self.changed_at = time.time()
         return True
 

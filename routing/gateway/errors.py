@@ -56,7 +56,8 @@ def metrics_unauthorized():
 
 
 def route_not_allowed(model):
-    return GatewayError(403, f"This gateway key may not use the model '{model}'.", "permission_error", "model_not_allowed", "model")
+    return GatewayError(403, f"This gateway key may not use the model '{model}'.", "permission_error",
+                        "model_not_allowed", "model")
 
 
 def unknown_model(model, available):
@@ -71,7 +72,8 @@ def bad_request(message, param=None, code="invalid_request"):
 
 def too_large(limit):
     # Closing the connection stops the server reading (and discarding) the rest of a body it will never use.
-    return GatewayError(413, f"The request body is larger than {limit} bytes.", "invalid_request_error", "request_too_large",
+    return GatewayError(413, f"The request body is larger than {limit} bytes.", "invalid_request_error",
+                        "request_too_large",
                         headers=[(b"connection", b"close")])
 
 
@@ -80,13 +82,15 @@ def not_found(path):
 
 
 def method_not_allowed(allowed):
-    return GatewayError(405, f"Use {allowed}.", "invalid_request_error", "method_not_allowed", headers=[(b"allow", allowed.encode())])
+    return GatewayError(405, f"Use {allowed}.", "invalid_request_error", "method_not_allowed",
+                        headers=[(b"allow", allowed.encode())])
 
 
 def retry_after_headers(seconds):
     """Return Retry-After (whole seconds, at least 1) and the precise retry-after-ms."""
     seconds = max(seconds, 0.001)
-    return ((b"retry-after", str(max(1, math.ceil(seconds))).encode()), (b"retry-after-ms", str(math.ceil(seconds * 1000)).encode()))
+    return ((b"retry-after", str(max(1, math.ceil(seconds))).encode()),
+            (b"retry-after-ms", str(math.ceil(seconds * 1000)).encode()))
 
 
 def rate_limited(message, retry_after_s, type_="requests"):

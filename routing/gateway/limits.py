@@ -22,7 +22,8 @@ DEFAULT_OUTPUT_ESTIMATE = 256  # tokens assumed when a request names no max_toke
 
 
 def estimate_tokens(request):
-    """Return the tokens a request may use: about 1 per 4 prompt characters plus max_tokens for each of its `n` choices."""
+    """Return the tokens a request may use: about 1 per 4 prompt characters plus max_tokens for each of its `n`
+    choices."""
     chars = 0
     for message in request.get("messages") or ():
         content = message.get("content") if type(message) is dict else None
@@ -156,7 +157,8 @@ class Limits:
         if key.tpm_limit is None:
             return
         try:
-            await self.backend.decr(self._counter("tpm", key.id, key.tpm_limit)[0], max(1, min(estimated, key.tpm_limit)))
+            counter = self._counter("tpm", key.id, key.tpm_limit)[0]
+            await self.backend.decr(counter, max(1, min(estimated, key.tpm_limit)))
         except Exception:
             log.warning("rate-limit storage failed while giving back a failed call's tokens", exc_info=True)
 

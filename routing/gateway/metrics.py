@@ -40,7 +40,7 @@ class Buckets:
     def cumulative(self):
         """Return [(le, cumulative count)] ending with +Inf, as the exposition format wants."""
         out, running = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             out.append((bound, running))
         return out
@@ -150,7 +150,8 @@ class Metrics:
         yield self._counter("weathervane_gateway_cost", "Cost from the deployments' prices", ["deployment"],
                             {(d,): v for d, v in self.cost.items()})
         circuit = GaugeMetricFamily("weathervane_gateway_circuit_state",
-                                    "Circuit state per deployment (0 closed, 1 half-open, 2 open)", labels=["deployment"])
+                                    "Circuit state per deployment (0 closed, 1 half-open, 2 open)",
+                                    labels=["deployment"])
         for deployment, value in list(self.circuits.items()):
             circuit.add_metric([deployment], value)
         yield circuit
@@ -158,7 +159,8 @@ class Metrics:
                                   "Requests refused for a missing or unknown gateway key", value=self.unauthenticated)
         yield self._counter("weathervane_gateway_stream_repairs", "Streams repaired yet successful, by kind",
                             ["deployment", "kind"], self.repairs)
-        yield self._counter("weathervane_gateway_recorder_dropped", "Records the database refused (logged, then dropped)",
+        yield self._counter("weathervane_gateway_recorder_dropped",
+                            "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
                                 value=self.snapshot_version)

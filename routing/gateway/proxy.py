@@ -67,7 +67,8 @@ def common_headers(request_id, route, deployment, attempts, overhead_ms):
 class Try:
     """One upstream attempt, as recorded."""
 
-    __slots__ = ("target", "key", "outcome", "status", "ms", "ttft_ms", "tokens_in", "tokens_out", "cost", "tps", "error")
+    __slots__ = ("target", "key", "outcome", "status", "ms", "ttft_ms", "tokens_in", "tokens_out", "cost", "tps",
+                 "error")
 
     def __init__(self, target, key, outcome, status, ms, error=""):
         self.target, self.key, self.outcome, self.status, self.ms, self.error = target, key, outcome, status, ms, error
@@ -324,16 +325,21 @@ class Proxy:
         """Return the GatewayError for a request whose every option failed."""
         tried = call.tried
         if not tried:
-            return GatewayError(503, f"The model '{call.route.name}' has no target with traffic.", "server_error", "no_target")
+            message = f"The model '{call.route.name}' has no target with traffic."
+            return GatewayError(503, message, "server_error", "no_target")
         summary = "; ".join(describe(t) for t in tried[-8:])
         outcomes = {t.outcome for t in tried}
-        if outcomes <= {Outcome.RATE_LIMITED, Outcome.NO_CAPACITY} and (call.limit_waits or Outcome.RATE_LIMITED in outcomes):
+        limited = call.limit_waits or Outcome.RATE_LIMITED in outcomes
+        if outcomes <= {Outcome.RATE_LIMITED, Outcome.NO_CAPACITY} and limited:
             wait = min(call.limit_waits) if call.limit_waits else self._cooling_left(tried)
-            return errors.rate_limited(f"Every upstream key of '{call.route.name}' is rate-limited or over its limit. Tried: {summary}.", wait)
+            return errors.rate_limited(f"Every upstream key of '{call.route.name}' is rate-limited or over its "
+                                       f"limit. Tried: {summary}.", wait)
         if outcomes <= {Outcome.NO_CAPACITY}:
-            return GatewayError(503, f"No usable upstream for '{call.route.name}'. Tried: {summary}.", "server_error", "no_capacity")
+            message = f"No usable upstream for '{call.route.name}'. Tried: {summary}."
+            return GatewayError(503, message, "server_error", "no_capacity")
         status, code = (504, "upstream_timeout") if tried[-1].outcome == Outcome.TIMEOUT else (502, "upstream_failed")
-        return GatewayError(status, f"Every upstream option failed after {len(tried)} attempts. Tried: {summary}.", "server_error", code)
+        message = f"Every upstream option failed after {len(tried)} attempts. Tried: {summary}."
+        return GatewayError(status, message, "server_error", code)
 
     def _cooling_left(self, tried):
         now = time.time()
@@ -442,7 +448,8 @@ class Proxy:
                     if any(self._starts_the_answer(event) for event in events):
                         return held, buffer
         except TimeoutError:
-            raise UpstreamError(Outcome.TIMEOUT, f"no first token within {target.first_token_timeout:g} s", True) from None
+            message = f"no first token within {target.first_token_timeout:g} s"
+            raise UpstreamError(Outcome.TIMEOUT, message, True) from None
 
     @staticmethod
     def _starts_the_answer(event):
@@ -548,7 +555,8 @@ class StreamRelay:
                 continue
             if type(payload) is dict:
                 if "error" in payload:
-                    return b"".join(out), (Outcome.SERVER_ERROR, f"the upstream sent an error mid-stream: {sse.error_of(payload)}")
+                    message = f"the upstream sent an error mid-stream: {sse.error_of(payload)}"
+                    return b"".join(out), (Outcome.SERVER_ERROR, message)
                 if self.first_content is None and sse.has_content(payload):
                     self._first_token()
                 if not self.finished and sse.has_finish(payload):

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import deque
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.db import DatabaseError, OperationalError, close_old_connections, connections, reset_queries, transaction
 from django.utils import timezone
@@ -29,7 +29,14 @@ from probes.models import Source
 from routing.gateway import snapshot
 from routing.gateway.metrics import Metrics
 from routing.models import (
-    ApiKey, CircuitState, DeploymentCircuit, Event, EventKind, GatewayKey, KeyState, RequestLog,
+    ApiKey,
+    CircuitState,
+    DeploymentCircuit,
+    Event,
+    EventKind,
+    GatewayKey,
+    KeyState,
+    RequestLog,
 )
 from routing.outcomes import Outcome
 
@@ -167,7 +174,7 @@ class Recorder:
         """Return the UTC datetime of the minute of epoch `at` (cached: one per minute, not per request)."""
         minute = int(at // 60)
         if minute != self._minute_key:
-            self._minute_key, self._minute_dt = minute, datetime.fromtimestamp(minute * 60, dt_timezone.utc)
+            self._minute_key, self._minute_dt = minute, datetime.fromtimestamp(minute * 60, UTC)
         return self._minute_dt
 
     def _log_row(self, record, when):
@@ -284,7 +291,7 @@ class Recorder:
             used, self.last_used = self.last_used, {}
         try:
             for key_id, at in used.items():
-                GatewayKey.objects.filter(pk=key_id).update(last_used_at=datetime.fromtimestamp(at, dt_timezone.utc))
+                GatewayKey.objects.filter(pk=key_id).update(last_used_at=datetime.fromtimestamp(at, UTC))
         except OperationalError:
             with self._lock:
                 self.last_used = {**used, **self.last_used}
@@ -316,7 +323,7 @@ class Recorder:
 
 
 def _when(epoch):
-    return datetime.fromtimestamp(epoch, dt_timezone.utc)
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def _apply_key_invalid(change):
@@ -342,10 +349,12 @@ def _apply_circuit(change):
     _, deployment_id, reason, at, state = change
     with transaction.atomic():
         DeploymentCircuit.objects.update_or_create(deployment_id=deployment_id,
-                                                   defaults={"state": state, "reason": reason[:300], "since": _when(at)})
+                                                   defaults={"state": state, "reason": reason[:300],
+                                                             "since": _when(at)})
         transaction.on_commit(snapshot.announce_change)  # other gateway processes adopt it
         event = Event.objects.create(kind=CIRCUIT_EVENTS[state], deployment_id=deployment_id, created_at=_when(at),
-                                     message=f"Circuit {CircuitState(state).label.lower()}: {reason}"[:500], data={"reason": reason})
+                                     message=f"Circuit {CircuitState(state).label.lower()}: {reason}"[:500],
+                                     data={"reason": reason})
     transaction.on_commit(lambda: live.timeline_event(event))
 
 

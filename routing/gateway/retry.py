@@ -12,6 +12,7 @@ import math
 import threading
 import time
 
+
 def backoff(retry_number, rng, base=0.05, cap=2.0):
     """Return a full-jitter wait before retry number `retry_number` (1 = first retry).
 

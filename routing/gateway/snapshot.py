@@ -153,13 +153,16 @@ def probe_down_deployments():
 def fingerprint():
     """Return a digest of every config row the snapshot depends on (cheap: small tables)."""
     parts = [
-        list(Provider.objects.order_by("id").values_list("id", "updated_at", "enabled", "base_url", "connect_timeout", "read_timeout")),
-        list(ApiKey.objects.order_by("id").values_list("id", "updated_at", "enabled", "state", "rate_limited_until", "rpm_limit", "tpm_limit", "secret_encrypted")),
+        list(Provider.objects.order_by("id").values_list("id", "updated_at", "enabled", "base_url", "connect_timeout",
+                                                         "read_timeout")),
+        list(ApiKey.objects.order_by("id").values_list("id", "updated_at", "enabled", "state", "rate_limited_until",
+                                                       "rpm_limit", "tpm_limit", "secret_encrypted")),
         list(Route.objects.order_by("id").values_list("id", "name", "version")),
         list(RouteTarget.objects.order_by("id").values_list("id", "route_id", "deployment_id", "weight")),
         list(GatewayKey.objects.order_by("id").values_list("id", "key_hash", "enabled", "all_routes", "rpm_limit")),
         list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
-        list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model", "provider_id",
+        list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model",
+                                                           "provider_id",
                                                            "first_token_timeout")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
@@ -210,7 +213,8 @@ def _target(row, keys):
         deployment_id=deployment.pk, deployment=deployment.name, provider_id=provider.pk, provider=provider.name,
         upstream_model=deployment.upstream_model, weight=row.weight,
         chat_url=f"{base}/chat/completions", embeddings_url=f"{base}/embeddings",
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout, sock_read=provider.read_timeout),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout,
+                                      sock_read=provider.read_timeout),
         read_timeout=provider.read_timeout,
         first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
@@ -248,7 +252,8 @@ def build(version=1):
     stamp = fingerprint()
     down = probe_down_deployments()
     keys = _keys_by_provider()
-    targets = Prefetch("targets", queryset=RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name"))
+    ordered = RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name")
+    targets = Prefetch("targets", queryset=ordered)
     routes = {r.name: _route(r, keys, down) for r in Route.objects.prefetch_related(targets)}
     by_id = {info.id: info for infos in keys.values() for info in infos}
     names = dict(Deployment.objects.values_list("id", "name"))
@@ -331,7 +336,8 @@ class SnapshotStore:
             if notified or stamp != self.current.fingerprint:
                 self.load()
         except Exception:  # keep serving the last good snapshot
-            log.warning("gateway snapshot refresh failed; still serving version %s", self.current.version, exc_info=True)
+            log.warning("gateway snapshot refresh failed; still serving version %s", self.current.version,
+                        exc_info=True)
 
     def _listen_loop(self):
         import redis

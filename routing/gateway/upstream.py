@@ -71,7 +71,7 @@ async def post(session, url, body, auth, timeout, request_id):
     headers = {"Authorization": auth, "Content-Type": "application/json", "X-Request-Id": request_id}
     try:
         return await session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise _connection_error(exc, timeout) from None
 
 
@@ -82,7 +82,7 @@ async def failure(response, secret):
     """
     try:
         body = await response.content.read(MAX_ERROR_BODY)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         body = b""
     finally:
         response.release()
@@ -93,7 +93,7 @@ async def read_all(response):
     """Return the whole body of a response. Raises UpstreamError (retryable: nothing was relayed yet)."""
     try:
         return await response.read()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamError(Outcome.TIMEOUT, "the upstream stopped sending its answer", True) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(Outcome.TRUNCATED, f"the answer broke off ({type(exc).__name__})", True) from None
@@ -105,7 +105,7 @@ async def read_chunk(response):
     """Return the next bytes of a streamed body (b"" at its end). Raises UpstreamError."""
     try:
         return await response.content.readany()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamError(Outcome.TIMEOUT, "the stream went silent", True) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(Outcome.TRUNCATED, f"the stream broke off ({type(exc).__name__})", True) from None

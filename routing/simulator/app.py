@@ -17,7 +17,7 @@ from . import control
 from .bodies import Completion, answer_pieces, embedding_inputs, embeddings_body, estimate_prompt_tokens, token_pieces
 from .exchange import JSON_HEADERS, SSE_HEADERS, Attempt, Exchange, bearer_key, mask_key, read_json
 from .faults import body_script, stream_script
-from .personalities import PERSONALITIES, Fault, Reply, Personality, personality_from
+from .personalities import PERSONALITIES, Fault, Personality, Reply, personality_from
 
 SILENCE_LIMIT_S = 300.0
 

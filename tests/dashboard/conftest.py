@@ -54,7 +54,8 @@ def seeded(db):
     latencies = sketch.new()
     for value in (40, 42, 45, 300):
         latencies.add(value)
-    Rollup.objects.create(minute=minute, source=Source.PROBE, deployment=stable, count=4, ok=4, latency=sketch.to_json(latencies))
+    Rollup.objects.create(minute=minute, source=Source.PROBE, deployment=stable, count=4, ok=4,
+                          latency=sketch.to_json(latencies))
     Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=stable, route=route, count=90, ok=90,
                           latency=sketch.to_json(latencies))
     Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=canary, route=route, count=10, ok=5,

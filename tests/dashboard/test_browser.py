@@ -126,14 +126,17 @@ def world(shared_db, simulator, admin_user, viewer_user):
     made = canary_world(simulator.base_url, (100, 0), "sk-browser-test-secret-0001", provider_name="simulator",
                         description="The chat model every app asks for")
     route, stable, canary = made.route, made.stable, made.canary
-    weights.apply_weights(route, {"stable": 90, "canary": 10}, reason="start the canary", actor="alice", user=admin_user)
+    weights.apply_weights(route, {"stable": 90, "canary": 10}, reason="start the canary", actor="alice",
+                          user=admin_user)
     seed_history([(stable, 18, 40.0, 0.0), (canary, 2, 55.0, 0.08)], route=route)
-    ProbeTarget.objects.filter(deployment=canary).update(health="degraded", health_reason="error rate 8% over the last probes")
+    ProbeTarget.objects.filter(deployment=canary).update(health="degraded",
+                                                         health_reason="error rate 8% over the last probes")
     return SimpleNamespace(route=route, probe=ProbeTarget.objects.get(deployment=stable, api_key=None))
 
 
 def seed_history(deployments, minutes=30, route=None):
-    """Roll up half an hour of traffic (through `route`) and probes: (deployment, requests/min, median ms, error rate)."""
+    """Roll up half an hour of traffic (through `route`) and probes: (deployment, requests/min, median ms, error
+    rate)."""
     from django.utils import timezone
 
     from probes.rollups import Aggregator, save_deltas
@@ -148,9 +151,11 @@ def seed_history(deployments, minutes=30, route=None):
             for _ in range(per_minute * share or 2):
                 latency = rng.lognormvariate(math.log(median), 0.35)
                 failed = rng.random() < errors
-                aggregator.add(deployment.pk, when=now - timedelta(minutes=minute), outcome="server_error" if failed else "ok",
+                aggregator.add(deployment.pk, when=now - timedelta(minutes=minute),
+                               outcome="server_error" if failed else "ok",
                                route_id=route.pk if route is not None and source == "traffic" else None,
-                               latency_ms=None if failed else latency, ttft_ms=None if failed else latency / 2, tps=180.0)
+                               latency_ms=None if failed else latency, ttft_ms=None if failed else latency / 2,
+                               tps=180.0)
         save_deltas(aggregator.drain())
 
 
@@ -315,7 +320,8 @@ def test_drain_moves_a_targets_weight_to_the_others_and_revert_restores_it(chrom
         return {t["deployment"]: t["weight"] for t in route["targets"]}
 
     admin = signed_in_page(chromium, app_url, "alice", "/routes/")
-    assert admin.evaluate("WeathervaneRoutes.drained({a: 7, b: 2, c: 91}, 'c', () => true)") == {"a": 78, "b": 22, "c": 0}
+    drained = admin.evaluate("WeathervaneRoutes.drained({a: 7, b: 2, c: 91}, 'c', () => true)")
+    assert drained == {"a": 78, "b": 22, "c": 0}
     admin.click('button.drain[data-deployment="canary"]')  # no reason yet: nothing is sent
     admin.wait_for_timeout(300)
     assert split() == {"stable": 90, "canary": 10}
@@ -401,7 +407,8 @@ def test_a_proposed_split_shows_its_projected_effect_before_it_is_applied(chromi
         slider.press("ArrowRight")  # 10% -> 50% on the canary, whose recent error rate is 8%
     table = page.locator("table.projection")
     table.wait_for(state="visible", timeout=5_000)
-    page.wait_for_function("() => document.querySelector('table.projection [data-row=error_rate] [data-field=proposed]')"
+    page.wait_for_function("() => document.querySelector("
+                           "'table.projection [data-row=error_rate] [data-field=proposed]')"
                            ".textContent.includes('%')")
     today = float(table.locator("[data-row=error_rate] [data-field=current]").inner_text().split()[0])
     proposed = float(table.locator("[data-row=error_rate] [data-field=proposed]").inner_text().split()[0])
@@ -415,7 +422,8 @@ def test_a_proposed_split_shows_its_projected_effect_before_it_is_applied(chromi
 def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
     page = signed_in_page(chromium, app_url, "alice", "/routes/")
     violations = []
-    page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
+    page.on("console",
+            lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
     for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/admin/", "/api/docs/"):
         page.goto(path)
         page.wait_for_load_state("networkidle")

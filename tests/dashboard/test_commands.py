@@ -114,9 +114,11 @@ def test_a_clean_stop_of_serve_saves_the_last_requests_in_the_rollups(tmp_path):
             "WEATHERVANE_GATEWAY_FLUSH_INTERVAL": "600"}  # only the flush at stop can save them
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
-    seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True, text=True)
+    seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, timeout=60,
+                            capture_output=True, text=True)
     key = seeded.stdout.split("gateway key:")[1].split()[0]
-    server = subprocess.Popen([*manage, "serve", "--port", str(port), "--no-probes", "--no-demo-traffic"], cwd=ROOT, env=env,
+    server = subprocess.Popen([*manage, "serve", "--port", str(port), "--no-probes", "--no-demo-traffic"],
+                              cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(f"http://127.0.0.1:{port}/login/", 30) == 200

@@ -1,4 +1,5 @@
-"""Log-in lockouts (django-axes) on /login/ and /admin/login/: clear to the person locked out, silent about passwords."""
+"""Log-in lockouts (django-axes) on /login/ and /admin/login/: clear to the person locked out, silent about
+passwords."""
 
 import logging
 

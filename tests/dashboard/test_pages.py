@@ -22,7 +22,8 @@ def signed_in(user):
 
 
 def initial_data(response):
-    match = re.search(r'<script id="initial-data" type="application/json">(.*?)</script>', response.content.decode(), re.S)
+    pattern = r'<script id="initial-data" type="application/json">(.*?)</script>'
+    match = re.search(pattern, response.content.decode(), re.S)
     return json.loads(match.group(1))
 
 
@@ -139,7 +140,8 @@ def test_a_deployment_serving_two_routes_counts_each_routes_own_traffic(seeded, 
     other = Route.objects.create(name="chat-b")
     RouteTarget.objects.create(route=other, deployment=seeded["stable"], weight=100)
     minute = timezone.now().replace(second=0, microsecond=0)
-    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=seeded["stable"], route=other, count=30, ok=30)
+    Rollup.objects.create(minute=minute, source=Source.TRAFFIC, deployment=seeded["stable"], route=other, count=30,
+                          ok=30)
     routes = {r["name"]: r for r in initial_data(signed_in(admin_user).get("/routes/"))["routes"]}
     chat = {t["deployment"]: t for t in routes["chat"]["targets"]}
     assert chat["stable"]["count"] == 90 and chat["stable"]["share"] == pytest.approx(0.9)

@@ -30,7 +30,8 @@ def server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"WEATHERVANE_DATA_DIR": str(tmp_path_factory.mktemp("serve")), "DEBUG": "true",
             "WEATHERVANE_GATEWAY_MAX_BODY": str(BODY_LIMIT), "WEATHERVANE_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}
-    process = subprocess.Popen([sys.executable, "manage.py", "serve", "--no-simulator", "--no-probes", "--port", str(port)],
+    command = [sys.executable, "manage.py", "serve", "--no-simulator", "--no-probes", "--port", str(port)]
+    process = subprocess.Popen(command,
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _get(port, timeout=30) == 200, "serve did not answer within 30 s"
@@ -81,10 +82,12 @@ def _send_until_refused(sock, head, total, chunk=b"x" * 65536):
 
 def test_a_huge_header_is_refused(server):
     sock = _connect(server)
-    sent = _send_until_refused(sock, b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ", 8 * 1024 * 1024, b"a" * 4096)
+    sent = _send_until_refused(sock, b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ", 8 * 1024 * 1024,
+                               b"a" * 4096)
     answer = _response(sock)
     assert sent < 8 * 1024 * 1024, "the server kept reading an 8 MB header"
-    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")  # the 400 may be lost to the reset of a peer still sending
+    # the 400 may be lost to the reset of a peer still sending
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     assert _get(server) == 200
 
 

@@ -32,7 +32,8 @@ def settings_env(data_dir, **variables):
 def manage(*args, data_dir, **variables):
     """Run manage.py with only `variables` configured; return the CompletedProcess."""
     env = settings_env(data_dir, **variables)
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True,
+                          timeout=60)
 
 
 def free_port():
@@ -130,11 +131,13 @@ def test_a_local_trial_over_plain_http_can_log_in(tmp_path):
                   data_dir=tmp_path, DJANGO_SUPERUSER_PASSWORD=PASSWORD)
     assert made.returncode == 0, made.stderr
     port = free_port()
-    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false", WEATHERVANE_PLAIN_HTTP="true")
+    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false",
+                     WEATHERVANE_PLAIN_HTTP="true")
     try:
         base = f"http://127.0.0.1:{port}"
         assert get_when_up(f"{base}/login/").status_code == 200
-        with httpx.Client(base_url=base, timeout=10) as browser:  # keeps cookies as a browser does: no secure ones over http
+        # keeps cookies as a browser does: no secure ones over http
+        with httpx.Client(base_url=base, timeout=10) as browser:
             browser.get("/login/")
             fields = {"username": "admin", "password": PASSWORD, "csrfmiddlewaretoken": browser.cookies["csrftoken"]}
             signed_in = browser.post("/login/", data=fields)
@@ -146,7 +149,8 @@ def test_a_local_trial_over_plain_http_can_log_in(tmp_path):
 
 def test_behind_a_tls_proxy_its_forwarded_proto_is_trusted(tmp_path):
     port = free_port()
-    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false", WEATHERVANE_BEHIND_PROXY="true")
+    server = serving(tmp_path, ["serve", "--no-simulator", "--no-probes"], port, DEBUG="false",
+                     WEATHERVANE_BEHIND_PROXY="true")
     try:
         assert get_when_up(f"http://127.0.0.1:{port}/login/", headers={"X-Forwarded-Proto": "https"}).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/login/").status_code == 301
@@ -179,7 +183,8 @@ def test_hsts_preload_is_sent_only_when_configured(tmp_path):
 
 
 def test_make_run_asks_for_the_demo_settings_explicitly():
-    dry_run = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, timeout=30, check=True).stdout
+    dry_run = subprocess.run(["make", "-n", "run"], cwd=BASE_DIR, capture_output=True, text=True, timeout=30,
+                             check=True).stdout
     serve = [line for line in dry_run.splitlines() if "manage.py serve" in line]
     assert serve and all(line.startswith("DEBUG=true ") for line in serve), dry_run
 

@@ -88,7 +88,8 @@ def test_an_admin_adds_a_per_key_target_once(admin_api, target):
 
 def test_a_key_of_another_provider_is_refused(admin_api, target, make_target):
     foreign = ApiKey.objects.filter(provider=make_target("instant").deployment.provider).first()
-    response = admin_api.post("/api/v1/probe-targets/", {"deployment": target.deployment.name, "api_key": foreign.pk}, format="json")
+    response = admin_api.post("/api/v1/probe-targets/", {"deployment": target.deployment.name, "api_key": foreign.pk},
+                              format="json")
     assert response.status_code == 400 and "api_key" in response.json()
 
 
@@ -101,7 +102,8 @@ def test_pause_and_resume_are_audited_with_their_reason(admin_api, target):
     response = admin_api.post(url(target, "pause"), {"reason": "provider maintenance"}, format="json")
     assert response.status_code == 200 and response.json()["enabled"] is False
     assert admin_api.post(url(target, "resume")).json()["enabled"] is True
-    reasons = list(AuditEvent.objects.filter(object_type="probetarget", action="update").values_list("reason", flat=True))
+    updates = AuditEvent.objects.filter(object_type="probetarget", action="update")
+    reasons = list(updates.values_list("reason", flat=True))
     assert "provider maintenance" in reasons and len(reasons) == 2
 
 

@@ -37,7 +37,8 @@ def test_the_reason_counts_one_success_or_failure_in_the_singular():
     second = judge(first.state, first.failures, first.successes, first.recent, True, 100, "ok", T)
     assert second.reason == "2 consecutive successes"
     strict = Thresholds(down_after=1, up_after=1, latency_ms=500, error_rate=0.2)
-    assert judge(HealthState.UP, 0, 2, [], False, 100, "timeout", strict).reason == "1 consecutive failure, last: timeout"
+    verdict = judge(HealthState.UP, 0, 2, [], False, 100, "timeout", strict)
+    assert verdict.reason == "1 consecutive failure, last: timeout"
 
 
 def test_three_consecutive_failures_make_a_target_down_and_two_successes_bring_it_back():
@@ -61,7 +62,8 @@ def probe(target, times=1):
     return result
 
 
-def test_a_failing_deployment_goes_down_is_announced_and_recovers(make_target, simulator, django_capture_on_commit_callbacks):
+def test_a_failing_deployment_goes_down_is_announced_and_recovers(make_target, simulator,
+                                                                  django_capture_on_commit_callbacks):
     simulator.simulator.configure("wobbly", error_rate=1.0)
     target = make_target("wobbly")
     with mock.patch("dashboard.live.health_changed") as published, django_capture_on_commit_callbacks(execute=True):
@@ -192,7 +194,8 @@ def test_a_successful_probe_half_opens_an_open_circuit_for_every_gateway(make_ta
     from routing.models import CircuitState, DeploymentCircuit
 
     target = make_target("fixed-150")
-    circuit = DeploymentCircuit.objects.create(deployment=target.deployment, state=CircuitState.OPEN, reason="5 failures")
+    circuit = DeploymentCircuit.objects.create(deployment=target.deployment, state=CircuitState.OPEN,
+                                               reason="5 failures")
     probe(target)
     circuit.refresh_from_db()
     assert circuit.state == CircuitState.HALF_OPEN and "probe succeeded" in circuit.reason

@@ -34,7 +34,8 @@ def admin_form_data(response):
             value = form[name].value()
             if value is None or value is False:
                 continue
-            data[form.add_prefix(name)] = "on" if value is True else [str(v) for v in value] if isinstance(value, list) else str(value)
+            listed = [str(v) for v in value] if isinstance(value, list) else str(value)
+            data[form.add_prefix(name)] = "on" if value is True else listed
     return data
 
 
@@ -79,7 +80,8 @@ def test_people_without_staff_rights_are_sent_to_the_login_page(viewer_user, rou
 
 
 def test_a_new_key_needs_its_secret_and_is_stored_encrypted(browser, route, admin_user):
-    data = {"provider": route.targets.first().deployment.provider.pk, "label": "second", "enabled": "on", "state": "active"}
+    data = {"provider": route.targets.first().deployment.provider.pk, "label": "second", "enabled": "on",
+            "state": "active"}
     refused = browser.post(url(ApiKey, "add"), data)
     assert refused.status_code == 200 and "A new key needs its secret." in refused.content.decode()
     assert not ApiKey.objects.filter(label="second").exists()
@@ -109,7 +111,8 @@ def test_the_change_page_never_shows_the_secret_and_blank_keeps_it(browser, rout
 def test_a_refused_form_does_not_echo_the_typed_secret(browser, route):
     key = ApiKey.objects.get()
     data = admin_form_data(browser.get(url(ApiKey, "change", key.pk)))
-    refused = browser.post(url(ApiKey, "change", key.pk), data | {"secret": "sk-typed-but-refused-5555", "rpm_limit": "-1"})
+    refused = browser.post(url(ApiKey, "change", key.pk),
+                           data | {"secret": "sk-typed-but-refused-5555", "rpm_limit": "-1"})
     assert refused.status_code == 200
     assert "typed-but-refused" not in refused.content.decode()
     assert ApiKey.objects.get().reveal() == SECRET
@@ -150,7 +153,8 @@ def _route_data(browser, route, **weights):
 
 
 def test_changing_weights_in_the_admin_is_validated_versioned_and_audited(browser, route):
-    response = browser.post(url(Route, "change", route.pk), _route_data(browser, route, stable=50, canary=50) | {"reason": "ramp"})
+    response = browser.post(url(Route, "change", route.pk),
+                            _route_data(browser, route, stable=50, canary=50) | {"reason": "ramp"})
 
     assert response.status_code == 302
     assert Route.objects.get().weights() == {"canary": 50, "stable": 50}
@@ -218,7 +222,8 @@ def test_deleting_a_provider_in_the_admin_audits_its_keys_too(browser):
 
 
 def test_a_new_gateway_key_is_shown_once_and_only_its_hash_is_stored(browser, route):
-    response = browser.post(url(GatewayKey, "add"), {"name": "billing", "all_routes": "on", "enabled": "on"}, follow=True)
+    response = browser.post(url(GatewayKey, "add"), {"name": "billing", "all_routes": "on", "enabled": "on"},
+                            follow=True)
 
     shown = [str(m) for m in response.context["messages"] if "will not be shown again" in str(m)]
     assert len(shown) == 1

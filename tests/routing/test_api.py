@@ -115,7 +115,8 @@ BAD_WEIGHTS = [
 
 @pytest.mark.parametrize(("weights", "field", "message"), BAD_WEIGHTS)
 def test_bad_weights_are_rejected_naming_the_problem_and_change_nothing(admin_api, registry, weights, field, message):
-    Deployment.objects.create(name="outsider-dep", provider=registry.targets.first().deployment.provider, upstream_model="x")
+    Deployment.objects.create(name="outsider-dep", provider=registry.targets.first().deployment.provider,
+                              upstream_model="x")
     before = everything()
 
     response = put(admin_api, "/routes/chat/weights", {"weights": weights, "reason": "test"})
@@ -134,7 +135,8 @@ def test_weight_above_zero_on_a_disabled_deployment_is_rejected(admin_api, regis
     assert response.status_code == 400
     assert "disabled" in response.json()["weights.canary"][0]
     assert everything() == before
-    assert put(admin_api, "/routes/chat/weights", {"weights": {"stable": 100, "canary": 0}, "reason": "x"}).status_code == 200
+    accepted = put(admin_api, "/routes/chat/weights", {"weights": {"stable": 100, "canary": 0}, "reason": "x"})
+    assert accepted.status_code == 200
 
 
 @pytest.mark.parametrize("reason", [None, "", "   "])
@@ -171,7 +173,8 @@ def test_a_malformed_if_match_is_a_clear_400(admin_api, registry):
 
 
 def test_unknown_fields_in_a_weights_request_are_rejected(admin_api, registry):
-    response = put(admin_api, "/routes/chat/weights", {"weights": {"stable": 50, "canary": 50}, "reason": "x", "force": True})
+    response = put(admin_api, "/routes/chat/weights",
+                   {"weights": {"stable": 50, "canary": 50}, "reason": "x", "force": True})
     assert response.status_code == 400 and response.json() == {"force": ["Unknown field."]}
 
 
@@ -227,7 +230,8 @@ def test_only_staff_change_weights(anon_api, outsider_api, viewer_api, registry)
 def test_a_route_read_carries_its_version_as_etag(viewer_api, registry):
     response = viewer_api.get(f"{API}/routes/chat")
     assert response.headers["ETag"] == f'"{registry.version}"'
-    assert response.json()["targets"] == [{"deployment": "canary", "weight": 10}, {"deployment": "stable", "weight": 90}]
+    assert response.json()["targets"] == [{"deployment": "canary", "weight": 10},
+                                          {"deployment": "stable", "weight": 90}]
 
 
 def test_a_route_update_honours_if_match_and_bumps_the_version(admin_api, registry):
@@ -273,7 +277,8 @@ def test_creating_a_route_with_bad_targets_creates_nothing(admin_api, registry, 
 
 
 def test_names_with_slashes_and_dots_work_in_urls(admin_api, registry):
-    response = post(admin_api, "/routes/", {"name": "openai/gpt-4.1", "targets": [{"deployment": "stable", "weight": 100}]})
+    response = post(admin_api, "/routes/",
+                    {"name": "openai/gpt-4.1", "targets": [{"deployment": "stable", "weight": 100}]})
     assert response.status_code == 201
     assert admin_api.get(f"{API}/routes/openai/gpt-4.1").json()["name"] == "openai/gpt-4.1"
     changed = put(admin_api, "/routes/openai/gpt-4.1/weights/", {"weights": {"stable": 100}, "reason": "same"})
@@ -335,7 +340,8 @@ def test_malformed_json_is_a_400(admin_api):
 
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=4096)
 def test_an_oversized_body_is_a_413_json_error(admin_api):
-    response = post(admin_api, "/providers/", {"name": "p", "base_url": "https://api.acme.test/v1", "notes": "x" * 5000})
+    response = post(admin_api, "/providers/",
+                    {"name": "p", "base_url": "https://api.acme.test/v1", "notes": "x" * 5000})
     assert response.status_code == 413
     assert "too large" in response.json()["detail"]
     assert not Provider.objects.exists()
@@ -404,7 +410,8 @@ def test_updating_a_key_with_a_secret_rotates_it_and_without_keeps_it(admin_api,
 
 def test_admins_may_set_a_key_back_to_active_or_disabled_only(admin_api, registry):
     key = ApiKey.objects.get()
-    ApiKey.objects.filter(pk=key.pk).update(state=KeyState.RATE_LIMITED, rate_limited_until=timezone.now() + timedelta(minutes=1))
+    ApiKey.objects.filter(pk=key.pk).update(state=KeyState.RATE_LIMITED,
+                                            rate_limited_until=timezone.now() + timedelta(minutes=1))
 
     bad = patch(admin_api, f"/keys/{key.pk}", {"state": "invalid"})
     good = patch(admin_api, f"/keys/{key.pk}", {"state": "active"})
@@ -595,7 +602,8 @@ def test_the_request_log_is_readable_by_viewers_filterable_and_read_only(admin_a
     from routing.models import RequestLog
 
     RequestLog.objects.create(request_id="req_1", route_name="chat", outcome="ok", status=200)
-    RequestLog.objects.create(request_id="req_2", route_name="chat", outcome="server_error", status=502, error="every upstream failed")
+    RequestLog.objects.create(request_id="req_2", route_name="chat", outcome="server_error", status=502,
+                              error="every upstream failed")
     failures = viewer_api.get("/api/v1/request-log/?outcome=server_error")
     assert failures.status_code == 200
     assert [r["request_id"] for r in failures.json()["results"]] == ["req_2"]

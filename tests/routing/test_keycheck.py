@@ -98,6 +98,7 @@ def test_on_first_use_keys_that_cannot_read_the_stored_secrets_are_refused():
         key = ApiKey(provider=Provider.objects.create(name="sim", base_url="http://127.0.0.1:9/v1"), label="main")
         key.set_secret("sk-stored-before-the-check-0001")
         key.save()
-    with override_settings(FERNET_KEYS=[THIRD]), pytest.raises(keycheck.KeysDiverge, match="cannot decrypt the provider"):
+    diverges = pytest.raises(keycheck.KeysDiverge, match="cannot decrypt the provider")
+    with override_settings(FERNET_KEYS=[THIRD]), diverges:
         keycheck.verify_key_set()
     assert not EncryptionKeyCheck.objects.exists()

@@ -1,7 +1,7 @@
 """The one meaning of an upstream's answer, pinned once for probes and the gateway."""
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -54,7 +54,8 @@ def test_the_probes_and_the_gateway_store_outcomes_from_the_one_list():
 
 
 def test_a_context_length_error_is_never_retried():
-    body = b'{"error": {"message": "This model\'s maximum context length is 8192 tokens.", "code": "context_length_exceeded"}}'
+    body = (b'{"error": {"message": "This model\'s maximum context length is 8192 tokens.", '
+            b'"code": "context_length_exceeded"}}')
     assert is_context_length_error(body)
     assert not is_context_length_error(b'{"error": {"message": "Invalid value for temperature"}}')
     assert classify_status(400, body) == (Outcome.CLIENT_ERROR, False)
@@ -73,7 +74,7 @@ def test_retry_after_ms_wins_over_retry_after_seconds():
 
 
 def test_retry_after_can_be_an_http_date():
-    now = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
     later = format_datetime(now + timedelta(seconds=42), usegmt=True)
     assert parse_retry_after(Headers({"retry-after": later}), now=now.timestamp()) == pytest.approx(42, abs=1)
     earlier = format_datetime(now - timedelta(seconds=42), usegmt=True)
@@ -141,6 +142,7 @@ def test_redact_bytes_leaves_a_clean_body_untouched():
 
 def test_an_http_failure_carries_outcome_wait_and_a_redacted_message():
     failure = http_failure(503, Headers({"retry-after": "4"}), f"overloaded for {SECRET}".encode(), (SECRET,))
-    assert (failure.outcome, failure.retryable, failure.status, failure.retry_after) == (Outcome.SERVER_ERROR, True, 503, 4.0)
+    seen = (failure.outcome, failure.retryable, failure.status, failure.retry_after)
+    assert seen == (Outcome.SERVER_ERROR, True, 503, 4.0)
     assert SECRET not in failure.message and failure.message.startswith("HTTP 503: overloaded for")
     assert http_failure(500, Headers({"retry-after": "4"}), b"").retry_after is None  # only 429 and 503 ask to wait

@@ -80,7 +80,7 @@ def site_urls():
 
 def admin_urls():
     urls = [reverse("admin:index")]
-    for model, model_admin in admin.site._registry.items():
+    for model in admin.site._registry:
         name = f"admin:{model._meta.app_label}_{model._meta.model_name}"
         urls += [reverse(f"{name}_changelist"), reverse(f"{name}_add")]
         for pk in model._default_manager.values_list("pk", flat=True)[:2]:
@@ -158,7 +158,8 @@ def browser(admin_user):
 def build_registry(api, marker):
     """Set up a provider, a key (secret = `marker`, sent through the API), deployments,
     a route with a weights change, a gateway key, an event and a circuit."""
-    assert api.post("/api/v1/providers/", {"name": "sim", "base_url": "http://127.0.0.1:9/v1"}, format="json").status_code == 201
+    created = api.post("/api/v1/providers/", {"name": "sim", "base_url": "http://127.0.0.1:9/v1"}, format="json")
+    assert created.status_code == 201
     created = api.post("/api/v1/keys/", {"provider": "sim", "label": "main", "secret": marker}, format="json")
     assert created.status_code == 201 and marker not in everything_said(created)
     for name in ("stable", "canary"):
@@ -168,7 +169,8 @@ def build_registry(api, marker):
     api.put("/api/v1/routes/chat/weights", {"weights": {"stable": 50, "canary": 50}, "reason": "ramp"}, format="json")
     api.post("/api/v1/gateway-keys/", {"name": "app"}, format="json")
     key = ApiKey.objects.get()
-    Event.objects.create(kind="key_rate_limited", api_key=key, deployment=Deployment.objects.get(name="canary"), message="429")
+    Event.objects.create(kind="key_rate_limited", api_key=key, deployment=Deployment.objects.get(name="canary"),
+                         message="429")
     DeploymentCircuit.objects.create(deployment=Deployment.objects.get(name="canary"), state="open", reason="errors")
     return key
 

@@ -68,7 +68,8 @@ def test_a_weight_change_moves_only_the_sessions_it_must():
     sessions = [f"session-{i}" for i in range(2000)]
     moved = Counter()
     for session in sessions:
-        old, new = selection.sticky_choice(before, session).deployment, selection.sticky_choice(after, session).deployment
+        old = selection.sticky_choice(before, session).deployment
+        new = selection.sticky_choice(after, session).deployment
         if old != new:
             moved[(old, new)] += 1
     # Only stable -> canary moves happen, and about the 10% of sessions the shift needs.
@@ -86,7 +87,8 @@ def test_without_its_target_a_session_moves_to_its_next_choice_and_back():
     assert selection.sticky_choice(pool, session).deployment == "a"
 
 
-@given(st.lists(st.integers(min_value=0, max_value=100), min_size=1, max_size=6), st.integers(min_value=0, max_value=10**6))
+@given(st.lists(st.integers(min_value=0, max_value=100), min_size=1, max_size=6),
+       st.integers(min_value=0, max_value=10**6))
 def test_weighted_choice_only_ever_returns_targets_with_weight(weights, seed):
     pool = [SimpleNamespace(deployment=f"d{i}", weight=w) for i, w in enumerate(weights)]
     picked = selection.choose(pool, random.Random(seed))

@@ -26,9 +26,11 @@ def published(monkeypatch):
     return sent
 
 
-def test_it_saves_the_split_bumps_the_version_and_records_why(route, admin_user, published, django_capture_on_commit_callbacks):
+def test_it_saves_the_split_bumps_the_version_and_records_why(route, admin_user, published,
+                                                              django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        updated = weights.apply_weights(route, {"stable": 50, "canary": 50}, reason="ramp", actor="alice", user=admin_user)
+        updated = weights.apply_weights(route, {"stable": 50, "canary": 50}, reason="ramp", actor="alice",
+                                        user=admin_user)
 
     assert Route.objects.get().weights() == {"canary": 50, "stable": 50}
     assert updated.version == route.version + 1 == Route.objects.get().version
@@ -40,7 +42,8 @@ def test_it_saves_the_split_bumps_the_version_and_records_why(route, admin_user,
     assert (event.kind, event.route, event.message) == ("weights", route, "chat: canary 10→50, stable 90→50")
     assert [kind for kind, _ in published] == ["weights", "timeline"]
     assert published[0][1] | {"at": None} == {
-        "route": "chat", "version": 2, "weights": {"canary": 50, "stable": 50}, "actor": "alice", "reason": "ramp", "at": None,
+        "route": "chat", "version": 2, "weights": {"canary": 50, "stable": 50}, "actor": "alice", "reason": "ramp",
+        "at": None,
     }
 
 

@@ -46,7 +46,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--simulator-url", default=f"http://127.0.0.1:{settings.SIMULATOR_PORT}/v1")
-        parser.add_argument("--server-url", default="http://127.0.0.1:8000", help="Where `serve` will listen (for the hint)")
+        parser.add_argument("--server-url", default="http://127.0.0.1:8000",
+                            help="Where `serve` will listen (for the hint)")
         parser.add_argument("--gateway-url", default=settings.GATEWAY_URL,
                             help="Where clients reach the gateway when it runs on its own, ending in /v1 "
                                  "(default: WEATHERVANE_GATEWAY_URL, else /v1 on the server URL)")
@@ -78,7 +79,8 @@ class Command(BaseCommand):
                 key.save()
                 self._created(key)
             dep = Deployment.objects.create(
-                name=deployment, provider=provider, upstream_model=personality, display_name=f"{personality} (simulated)",
+                name=deployment, provider=provider, upstream_model=personality,
+                display_name=f"{personality} (simulated)",
                 input_price_per_mtok=price_in, output_price_per_mtok=price_out, context_window=128000,
             )
             self._created(dep)
@@ -97,8 +99,8 @@ class Command(BaseCommand):
             return None
         password = secrets.token_urlsafe(12)
         user = User.objects.create_superuser("admin", "admin@localhost", password)
-        audit.record(action=AuditAction.CREATE, object_type="user", object_id=str(user.pk), object_repr="admin", actor=ACTOR,
-                     after={"username": "admin", "is_staff": True})
+        audit.record(action=AuditAction.CREATE, object_type="user", object_id=str(user.pk), object_repr="admin",
+                     actor=ACTOR, after={"username": "admin", "is_staff": True})
         return password
 
     def _seed_gateway_key(self):

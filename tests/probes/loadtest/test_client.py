@@ -73,7 +73,8 @@ async def echo_key(scope, receive, send):
     if scope["type"] != "http":
         return
     auth = dict(scope["headers"]).get(b"authorization", b"").decode()
-    body = ('{"error": {"message": "Incorrect API key provided: %s"}}' % auth.removeprefix("Bearer ")).encode()
+    key = auth.removeprefix("Bearer ")
+    body = ('{"error": {"message": "Incorrect API key provided: ' + key + '"}}').encode()
     await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 

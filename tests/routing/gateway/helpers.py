@@ -30,7 +30,8 @@ def scrape(server, **headers):
 
 
 def make_provider(server, name="sim", keys=("sk-test-key-0001",), read_timeout=2.0, connect_timeout=1.0, **key_fields):
-    provider = Provider.objects.create(name=name, base_url=server.base_url, read_timeout=read_timeout, connect_timeout=connect_timeout)
+    provider = Provider.objects.create(name=name, base_url=server.base_url, read_timeout=read_timeout,
+                                       connect_timeout=connect_timeout)
     for n, secret in enumerate(keys):
         key = ApiKey(provider=provider, label=f"key{n + 1}", **key_fields)
         key.set_secret(secret)
@@ -44,7 +45,8 @@ def make_route(name, provider, weights, prices=None):
     for deployment_name, (model, weight) in weights.items():
         deployment, _ = Deployment.objects.get_or_create(
             name=deployment_name, defaults={"provider": provider, "upstream_model": model,
-                                            "input_price_per_mtok": Decimal("1"), "output_price_per_mtok": Decimal("2")},
+                                            "input_price_per_mtok": Decimal("1"),
+                                            "output_price_per_mtok": Decimal("2")},
         )
         RouteTarget.objects.create(route=route, deployment=deployment, weight=weight)
     return route
@@ -62,7 +64,8 @@ def client_key(name="app", rpm_limit=None, routes=None):
 def post_chat(server, key, model, stream=False, headers=None, timeout=10.0, **fields):
     body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], "stream": stream, **fields}
     auth = {"Authorization": f"Bearer {key.plaintext}"} if key is not None else {}
-    return httpx.post(f"{server.base_url}/chat/completions", json=body, headers={**auth, **(headers or {})}, timeout=timeout)
+    return httpx.post(f"{server.base_url}/chat/completions", json=body, headers={**auth, **(headers or {})},
+                      timeout=timeout)
 
 
 def wait_until(condition, timeout=3.0, step=0.02):

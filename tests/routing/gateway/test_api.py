@@ -10,7 +10,8 @@ from tests.routing.gateway.helpers import METRICS_TOKEN, client_key, make_provid
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SECRET = "sk-test-key-0001"
-HEADERS = ("x-request-id", "x-weathervane-route", "x-weathervane-deployment", "x-weathervane-attempts", "x-weathervane-overhead-ms")
+HEADERS = ("x-request-id", "x-weathervane-route", "x-weathervane-deployment", "x-weathervane-attempts",
+           "x-weathervane-overhead-ms")
 
 
 @pytest.fixture
@@ -44,7 +45,8 @@ def test_it_keeps_a_client_request_id(chat_gateway):
     _, gateway, key = chat_gateway
     response = post_chat(gateway, key, "chat", headers={"x-request-id": "trace-123"})
     assert response.headers["x-request-id"] == "trace-123"
-    assert post_chat(gateway, key, "chat").headers["x-request-id"] != post_chat(gateway, key, "chat").headers["x-request-id"]
+    first = post_chat(gateway, key, "chat").headers["x-request-id"]
+    assert first != post_chat(gateway, key, "chat").headers["x-request-id"]
 
 
 def test_it_streams_and_leaves_out_the_usage_chunk_the_client_did_not_ask_for(chat_gateway):
@@ -105,7 +107,8 @@ def test_a_missing_or_wrong_gateway_key_gets_401(chat_gateway):
     assert_openai_error(post_chat(gateway, None, "chat"), 401, "invalid_api_key")
     wrong = post_chat(gateway, None, "chat", headers={"Authorization": "Bearer wv-not-a-real-key"})
     assert_openai_error(wrong, 401, "invalid_api_key")
-    assert_openai_error(post_chat(gateway, None, "chat", headers={"Authorization": key.plaintext}), 401, "invalid_api_key")
+    bare = post_chat(gateway, None, "chat", headers={"Authorization": key.plaintext})
+    assert_openai_error(bare, 401, "invalid_api_key")
     assert sim.simulator.attempts() == []
 
 
@@ -148,7 +151,8 @@ def test_an_oversized_body_gets_413(sim, serve_gateway):
     key = client_key()
     gateway = serve_gateway(max_body=2048)
     big = "x" * 5000
-    assert_openai_error(post_chat(gateway, key, "chat", messages=[{"role": "user", "content": big}]), 413, "request_too_large")
+    too_big = post_chat(gateway, key, "chat", messages=[{"role": "user", "content": big}])
+    assert_openai_error(too_big, 413, "request_too_large")
     assert sim.simulator.attempts() == []
 
 
@@ -195,7 +199,8 @@ def test_it_answers_504_when_every_attempt_timed_out(sim, serve_gateway):
     key = client_key()
     response = post_chat(serve_gateway(), key, "chat")
     error = assert_openai_error(response, 504, "upstream_timeout")
-    assert "timeout" in error["message"] and response.headers["x-weathervane-attempts"] == "1"  # a silent target is not tried twice
+    # a silent target is not tried twice
+    assert "timeout" in error["message"] and response.headers["x-weathervane-attempts"] == "1"
 
 
 def test_it_answers_503_when_no_key_is_usable(sim, serve_gateway):
@@ -219,7 +224,8 @@ def test_metrics_expose_requests_attempts_and_latency(chat_gateway, metrics_toke
     assert "weathervane_gateway_ttft_seconds" in text and "weathervane_gateway_circuit_state" in text
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {METRICS_TOKEN}", f"Token {METRICS_TOKEN}"])
+@pytest.mark.parametrize("authorization",
+                         [None, "Bearer wrong-token", f"Basic {METRICS_TOKEN}", f"Token {METRICS_TOKEN}"])
 def test_metrics_refuse_a_scrape_without_the_token(chat_gateway, metrics_token, authorization):
     _, gateway, key = chat_gateway
     post_chat(gateway, key, "chat")

@@ -26,7 +26,8 @@ DEADLINE_S = 5.0
 
 def session_going_first_to(deployment, weights):
     pool = [SimpleNamespace(deployment=name, weight=weight) for name, weight in weights.items()]
-    return next(f"session-{i}" for i in range(10_000) if selection.sticky_choice(pool, f"session-{i}").deployment == deployment)
+    return next(f"session-{i}" for i in range(10_000)
+                if selection.sticky_choice(pool, f"session-{i}").deployment == deployment)
 
 
 @pytest.fixture
@@ -38,7 +39,8 @@ def faulty_route(sim, serve_gateway):
         weights = {"faulty": 50, "healthy": 50}
         make_route("r", provider, {"faulty": (model, 50), "healthy": ("fast", 50)})
         key = client_key()
-        return serve_gateway(**{"deadline_s": DEADLINE_S, **gateway_options}), key, session_going_first_to("faulty", weights)
+        return (serve_gateway(**{"deadline_s": DEADLINE_S, **gateway_options}), key,
+                session_going_first_to("faulty", weights))
 
     return start
 

@@ -7,11 +7,12 @@ import pytest
 from cryptography.fernet import Fernet
 
 from routing.gateway.app import Gateway, GatewayConfig, mount
-from tests.routing.gateway.helpers import FAST
 from tests.dashboard.test_settings import free_port, get_when_up, serving, stop
+from tests.routing.gateway.helpers import FAST
 
 CLOSED = f"127.0.0.1:{free_port()}"  # nothing listens there: a stopped server
-STOPPED_DATABASE = {"DATABASE_URL": f"postgres://postgres@{CLOSED}/weathervane", "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode()}
+STOPPED_DATABASE = {"DATABASE_URL": f"postgres://postgres@{CLOSED}/weathervane",
+                    "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode()}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -27,7 +27,8 @@ def test_requests_rotate_over_the_providers_keys(sim, serve_gateway):
     assert Counter(a.key for a in sim.simulator.attempts()) == {"…aaaa": 2, "…bbbb": 2, "…cccc": 2}
 
 
-def test_a_key_the_upstream_refuses_on_two_requests_is_marked_invalid_audited_and_not_used_again(serve_gateway, admin_api):
+def test_a_key_the_upstream_refuses_on_two_requests_is_marked_invalid_audited_and_not_used_again(
+        serve_gateway, admin_api):
     with SimulatorServer(Simulator(keys={GOOD})) as strict:
         provider = make_provider(strict, keys=(BAD, GOOD))
         make_route("r", provider, {"d": ("fast", 100)})

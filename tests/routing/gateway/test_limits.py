@@ -28,7 +28,8 @@ def test_a_gateway_key_over_its_rpm_gets_429_with_retry_after_and_no_upstream_ca
     assert [post_chat(gateway, key, "r").status_code for _ in range(3)] == [200, 200, 200]
     refused = post_chat(gateway, key, "r")
     assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "rate_limit_exceeded" and "3 requests per minute" in refused.json()["error"]["message"]
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "3 requests per minute" in error["message"]
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert len(sim.simulator.attempts()) == 3
     assert post_chat(gateway, other, "r").status_code == 200  # counted per key
@@ -129,15 +130,18 @@ client.save()
 def test_two_gateway_os_processes_share_one_limit_through_redis(sim, require_redis, tmp_path):
     """`manage.py gateway` twice, as a scaled deployment runs it: 30 rpm in all, not 30 each."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env |= {"WEATHERVANE_DATA_DIR": str(tmp_path), "REDIS_URL": require_redis, "WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS": "true",
-            "WEATHERVANE_GATEWAY_LIMITS_PREFIX": f"wv-test-{uuid.uuid4().hex[:8]}", "DJANGO_SETTINGS_MODULE": "dashboard.settings"}
+    env |= {"WEATHERVANE_DATA_DIR": str(tmp_path), "REDIS_URL": require_redis,
+            "WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS": "true",
+            "WEATHERVANE_GATEWAY_LIMITS_PREFIX": f"wv-test-{uuid.uuid4().hex[:8]}",
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     seeded = subprocess.run([sys.executable, "-c", SEED, sim.base_url], cwd=ROOT, env=env, check=True, timeout=60,
                             capture_output=True, text=True)
     key = seeded.stdout.strip().splitlines()[-1]
     ports = [_free_port(), _free_port()]
     servers = [subprocess.Popen([sys.executable, "manage.py", "gateway", "--port", str(port), "--log-level", "warning"],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for port in ports]
     try:
         headers = {"Authorization": f"Bearer {key}"}
         body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -145,7 +149,8 @@ def test_two_gateway_os_processes_share_one_limit_through_redis(sim, require_red
             for port in ports:
                 _wait_until_up(client, f"http://127.0.0.1:{port}/v1/models", headers)
             sim.simulator.reset()
-            statuses = [client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers).status_code
+            statuses = [client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                                    headers=headers).status_code
                         for _ in range(40) for port in ports]
     finally:
         for server in servers:

@@ -93,7 +93,8 @@ def test_deployments_the_probes_see_down_get_no_traffic_unless_all_are_down(sim,
     provider = make_provider(sim)
     make_route("r", provider, {"blue": ("fast", 50), "green": ("fast", 50)})
     key = client_key()
-    probes = {name: ProbeTarget.objects.get_or_create(deployment=Deployment.objects.get(name=name))[0] for name in ("blue", "green")}
+    probes = {name: ProbeTarget.objects.get_or_create(deployment=Deployment.objects.get(name=name))[0]
+              for name in ("blue", "green")}
     ProbeTarget.objects.filter(pk=probes["blue"].pk).update(health=HealthState.DOWN)
     gateway = serve_gateway()
     assert {serving(gateway, key) for _ in range(20)} == {"green"}
@@ -114,7 +115,7 @@ def test_a_change_reaches_two_gateway_processes_through_redis(sim, serve_gateway
     with override_settings(REDIS_URL=require_redis):
         apply_weights(route, {"blue": 0, "green": 100}, reason="cut over", actor="test")
     for gateway in gateways:
-        assert seconds_until(lambda: serving(gateway, key) == "green") < 1.0
+        assert seconds_until(lambda gateway=gateway: serving(gateway, key) == "green") < 1.0
     assert scrape(gateways[0]).status_code == 200
 
 

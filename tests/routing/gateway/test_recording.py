@@ -129,7 +129,8 @@ def test_a_nul_in_a_model_name_or_an_error_does_not_fail_the_request_log_batch(s
     rec = recorder.Recorder(flush_interval_s=60, log_sample=0.0)
     for n in range(3):
         record = _finished(deployment, route, outcome=Outcome.SERVER_ERROR, error="bad\x00byte")
-        record.outcome, record.status, record.error, record.route = Outcome.SERVER_ERROR, 502, f"broken\x00 {n}", "r\x00"
+        record.outcome, record.status = Outcome.SERVER_ERROR, 502
+        record.error, record.route = f"broken\x00 {n}", "r\x00"
         rec.record(record)
     rec.flush()
     rows = list(RequestLog.objects.all())

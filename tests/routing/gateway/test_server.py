@@ -67,7 +67,8 @@ def test_a_300_mb_upload_is_refused_before_it_is_read(gateway):
     server, key = gateway
     sock = _connect(server)
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (key.plaintext.encode(), 300 * 1024 * 1024))
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (key.plaintext.encode(), 300 * 1024 * 1024))
     sent = _send_until_refused(sock, head, 300 * 1024 * 1024, b"x" * 65536)
     answer = _response(sock)
     assert answer.startswith(b"HTTP/1.1 413") and answer.count(b"HTTP/1.1") == 1

@@ -53,7 +53,7 @@ def test_a_session_id_keeps_its_target(split_gateway):
     sessions = [f"user-{i % 20}" for i in range(200)]  # 20 sessions, 10 requests each
     served = asyncio.run(served_by(gateway, key, 200, sessions))
     per_session = {}
-    for session, deployment in zip(sessions, served):
+    for session, deployment in zip(sessions, served, strict=True):
         per_session.setdefault(session, set()).add(deployment)
     assert all(len(deployments) == 1 for deployments in per_session.values())
     assert {d for ds in per_session.values() for d in ds} <= {"stable", "canary"}
