@@ -9,7 +9,7 @@ PORT   ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/weathervane
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/13
 
-.PHONY: install run test test-embedded test-scaled bench browser clean
+.PHONY: install run test lint test-embedded test-scaled bench browser clean
 
 install: $(STAMP)
 
@@ -31,7 +31,11 @@ run: install
 browser:
 	bash scripts/install-chromium.sh
 
-test: install browser test-embedded test-scaled
+test: install browser lint test-embedded test-scaled
+
+# ruff, configured in pyproject.toml: a lint error fails `make test`.
+lint: install
+	$(PY) -m ruff check .
 
 # Everything, on the embedded defaults (SQLite, in-memory channel layer).
 test-embedded: install

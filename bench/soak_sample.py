@@ -70,8 +70,8 @@ def main():
     args = parser.parse_args()
     samples, started = [], time.monotonic()
     while time.monotonic() - started < args.duration:
-        samples.append({"t": round(time.monotonic() - started, 1), "requests": requests(args.metrics, args.metrics_token),
-                        "rss_mb": round(rss_mb(args.pid), 2)})
+        served = requests(args.metrics, args.metrics_token)
+        samples.append({"t": round(time.monotonic() - started, 1), "requests": served, "rss_mb": round(rss_mb(args.pid), 2)})
         time.sleep(args.interval)
     after = [s for s in samples if s["t"] >= args.duration * args.warmup_share]
     growth = slope([(s["requests"] / 1e6, s["rss_mb"]) for s in after])

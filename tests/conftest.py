@@ -167,3 +167,17 @@ def serve_gateway():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def logged_sql(caplog):
+    """Capture every log record at DEBUG, SQL statements with their parameters included (the secret-marker tests)."""
+    import logging
+
+    from django.db import connection
+
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="django.db.backends")
+    connection.force_debug_cursor = True
+    yield caplog
+    connection.force_debug_cursor = False

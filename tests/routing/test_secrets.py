@@ -7,7 +7,6 @@ endpoints and models added later are covered without touching this file.
 """
 
 import json
-import logging
 import re
 import uuid
 
@@ -136,16 +135,6 @@ def assert_nowhere(markers, seen, caplog):
 
 
 # --- The test ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def logged_sql(caplog):
-    """Capture every log record at DEBUG, SQL statements with their parameters included."""
-    caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="django.db.backends")
-    connection.force_debug_cursor = True
-    yield caplog
-    connection.force_debug_cursor = False
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from probes.runner import run_probe
 from routing.loopback import ThreadedServer
 from routing.models import ApiKey, KeyState
 from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, scrape
-from tests.routing.test_secrets import assert_nowhere, crawl, everything_said, logged_sql, new_marker  # noqa: F401
+from tests.routing.test_secrets import assert_nowhere, crawl, new_marker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
