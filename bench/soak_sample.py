@@ -71,7 +71,8 @@ def main():
     samples, started = [], time.monotonic()
     while time.monotonic() - started < args.duration:
         served = requests(args.metrics, args.metrics_token)
-        samples.append({"t": round(time.monotonic() - started, 1), "requests": served, "rss_mb": round(rss_mb(args.pid), 2)})
+        resident = round(rss_mb(args.pid), 2)
+        samples.append({"t": round(time.monotonic() - started, 1), "requests": served, "rss_mb": resident})
         time.sleep(args.interval)
     after = [s for s in samples if s["t"] >= args.duration * args.warmup_share]
     growth = slope([(s["requests"] / 1e6, s["rss_mb"]) for s in after])
