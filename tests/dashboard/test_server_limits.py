@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sockets import connect, response, send_until_refused
+
 ROOT = Path(__file__).resolve().parents[2]
 BODY_LIMIT = 1024 * 1024  # WEATHERVANE_GATEWAY_MAX_BODY in this test: the largest body any application takes
 HEADER_TIMEOUT = 2
@@ -53,38 +55,14 @@ def _get(port, timeout=5.0):
 
 
 def _connect(port):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    return sock
-
-
-def _response(sock):
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
-
-
-def _send_until_refused(sock, head, total, chunk=b"x" * 65536):
-    """Send `head`, then body bytes until `total` or the server stops taking them; return the bytes sent."""
-    sock.sendall(head)
-    sent = 0
-    try:
-        while sent < total:
-            sent += sock.send(chunk)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    return sent
+    return connect(port, send_buffer=64 * 1024)
 
 
 def test_a_huge_header_is_refused(server):
     sock = _connect(server)
-    sent = _send_until_refused(sock, b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ", 8 * 1024 * 1024,
+    sent = send_until_refused(sock, b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ", 8 * 1024 * 1024,
                                b"a" * 4096)
-    answer = _response(sock)
+    answer = response(sock)
     assert sent < 8 * 1024 * 1024, "the server kept reading an 8 MB header"
     # the 400 may be lost to the reset of a peer still sending
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
@@ -95,8 +73,8 @@ def test_a_300_mb_upload_is_refused_before_it_is_buffered(server):
     sock = _connect(server)
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % (300 * 1024 * 1024))
-    sent = _send_until_refused(sock, head, 300 * 1024 * 1024)
-    answer = _response(sock)
+    sent = send_until_refused(sock, head, 300 * 1024 * 1024)
+    answer = response(sock)
     assert answer.startswith(b"HTTP/1.1 413") and b"larger than 1048576 bytes" in answer
     assert sent < 300 * 1024 * 1024  # the server closed long before: nothing near 300 MB was taken in
 
@@ -110,7 +88,7 @@ def test_a_chunked_upload_over_the_limit_is_refused_as_it_streams(server):
             sock.sendall(chunk)
     except (BrokenPipeError, ConnectionResetError):
         pass
-    assert _response(sock).startswith(b"HTTP/1.1 413")
+    assert response(sock).startswith(b"HTTP/1.1 413")
 
 
 def test_a_body_within_the_limit_reaches_the_application(server):
@@ -132,7 +110,7 @@ def test_headers_that_drip_in_too_slowly_are_cut_off(server):
             time.sleep(1)
     except (BrokenPipeError, ConnectionResetError):
         pass
-    assert _response(sock) == b""
+    assert response(sock) == b""
     assert time.monotonic() - started < HEADER_TIMEOUT + 3
 
 

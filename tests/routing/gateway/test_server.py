@@ -1,13 +1,13 @@
 """The standalone gateway's server under abuse (uvicorn with serve.LimitedHttpToolsProtocol): huge headers,
 huge uploads, slow or idle connections, and long streams that must not be cut."""
 
-import socket
 import time
 
 import httpx
 import pytest
 
 from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat
+from tests.sockets import connect, response, send_until_refused
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -22,36 +22,15 @@ def gateway(sim, serve_gateway, settings):
 
 
 def _connect(server):
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
-def _send_until_refused(sock, head, total, chunk):
-    sock.sendall(head)
-    sent = 0
-    try:
-        while sent < total:
-            sent += sock.send(chunk)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    return sent
-
-
-def _response(sock):
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
+    return connect(server.port)
 
 
 def test_a_huge_header_gets_431(gateway):
     server, key = gateway
     sock = _connect(server)
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: "
-    sent = _send_until_refused(sock, head, 8 * 1024 * 1024, b"a" * 4096)
-    answer = _response(sock)
+    sent = send_until_refused(sock, head, 8 * 1024 * 1024, b"a" * 4096)
+    answer = response(sock)
     assert sent < 8 * 1024 * 1024, "the server kept reading an 8 MB header"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
     assert post_chat(server, key, "chat").status_code == 200
@@ -69,8 +48,8 @@ def test_a_300_mb_upload_is_refused_before_it_is_read(gateway):
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
             % (key.plaintext.encode(), 300 * 1024 * 1024))
-    sent = _send_until_refused(sock, head, 300 * 1024 * 1024, b"x" * 65536)
-    answer = _response(sock)
+    sent = send_until_refused(sock, head, 300 * 1024 * 1024, b"x" * 65536)
+    answer = response(sock)
     assert answer.startswith(b"HTTP/1.1 413") and answer.count(b"HTTP/1.1") == 1
     assert sent < 300 * 1024 * 1024
 
@@ -86,7 +65,7 @@ def test_headers_that_drip_in_too_slowly_are_cut_off(gateway):
             time.sleep(0.3)
     except (BrokenPipeError, ConnectionResetError):
         pass
-    assert _response(sock) == b"" and time.monotonic() - started < 3
+    assert response(sock) == b"" and time.monotonic() - started < 3
 
 
 def test_a_stream_longer_than_the_header_timeout_is_not_cut(gateway):
