@@ -8,6 +8,7 @@ window, its figures and its chart points, is `read_window`, used by the REST
 API and the dashboard alike, over the windows of `Window`.
 """
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -80,15 +81,19 @@ def _tokens(value):
     return min(max(value, 0), MAX_TOKENS)
 
 
-def _finite_ms(value):
-    """Return a duration in ms as a positive float for the sketch, or None when it is no duration."""
-    if value is None:
-        return None
+def _finite(value):
+    """Return `value` as a finite float, or None when it is no number (None, text, NaN, infinite)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    return max(value, 0.001) if value == value and value != float("inf") else None
+    return value if math.isfinite(value) else None
+
+
+def _finite_ms(value):
+    """Return a duration in ms as a positive float for the sketch, or None when it is no duration."""
+    value = _finite(value)
+    return None if value is None else max(value, 0.001)
 
 
 @dataclass
@@ -127,8 +132,8 @@ class RollupDelta:
                 target.add(value)
         self.tokens_in += _tokens(tokens_in)
         self.tokens_out += _tokens(tokens_out)
-        tps = _finite_ms(tps)
-        if tps:
+        tps = _finite(tps)
+        if tps and tps > 0:
             self.tps_sum += tps
             self.tps_count += 1
         self.cost += _cost(cost)

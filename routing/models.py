@@ -14,7 +14,7 @@ from knox.models import AbstractAuthToken
 
 from routing import crypto
 from routing.netguard import validate_upstream_url
-from routing.outcomes import Outcome
+from routing.outcomes import Outcome, storable
 
 name_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$",
@@ -143,7 +143,7 @@ class ApiKey(models.Model):
         return self.state in (KeyState.INVALID, KeyState.RATE_LIMITED)
 
     def _set_state(self, state, reason, until):
-        self.state, self.state_reason, self.state_since = state, _storable(reason, 300), timezone.now()
+        self.state, self.state_reason, self.state_since = state, storable(reason, 300), timezone.now()
         self.rate_limited_until = until if state == KeyState.RATE_LIMITED else None
         self.save(update_fields=["state", "state_reason", "state_since", "rate_limited_until", "updated_at"])
 
@@ -366,11 +366,6 @@ class Event(models.Model):
 
 KEY_EVENTS = {KeyState.INVALID: EventKind.KEY_INVALID, KeyState.RATE_LIMITED: EventKind.KEY_RATE_LIMITED,
               KeyState.ACTIVE: EventKind.KEY_ACTIVE}
-
-
-def _storable(text, limit):
-    """Return `text` without NUL characters (PostgreSQL refuses them), cut to `limit`."""
-    return (text or "").replace("\x00", "")[:limit]
 
 
 def _publish_event(event):

@@ -129,6 +129,16 @@ def _seconds_until(text, now):
     return when.timestamp() - (now if now is not None else time.time())
 
 
+# Text PostgreSQL refuses (NUL) and control characters that only garble a log line.
+UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def storable(text, limit):
+    """Return `text` cut to `limit` characters without the characters a database refuses (NUL above all)."""
+    text = text or ""
+    return UNSTORABLE.sub("", text)[:limit] if UNSTORABLE.search(text) else text[:limit]
+
+
 def redact(text, secrets=()):
     """Return `text` with each of `secrets` and anything that looks like a credential replaced."""
     for secret in secrets:

@@ -549,7 +549,7 @@ class StreamRelay:
                 payload = sse.parse(sse.event_data(event))
             except sse.Malformed as bad:
                 self.malformed += 1
-                self.call.record.notes.append(Note.MALFORMED_SKIPPED)
+                self.call.record.notes += (Note.MALFORMED_SKIPPED,)
                 if self.malformed > self.max_malformed:
                     return b"".join(out), (Outcome.MALFORMED, f"{self.malformed} malformed events; the last: {bad}")
                 continue
@@ -595,7 +595,7 @@ class StreamRelay:
                     if self.call.client_gone:
                         return Outcome.CLIENT_CLOSED, "the client disconnected"
                     if self.finished and (self.usage is not None or not self.call.wants_usage):
-                        self.call.record.notes.append(Note.DONE_ADDED)
+                        self.call.record.notes += (Note.DONE_ADDED,)
                         await send({"type": "http.response.body", "body": DONE_EVENT})
                         return Outcome.OK, ""
                     return await self._broken(send, Outcome.TRUNCATED, "the upstream ended the stream without [DONE]")

@@ -14,7 +14,6 @@ GATEWAY_FLUSH_INTERVAL_S.
 
 import logging
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -38,7 +37,7 @@ from routing.models import (
     KeyState,
     RequestLog,
 )
-from routing.outcomes import Outcome
+from routing.outcomes import Outcome, storable
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +46,6 @@ MAX_SAMPLED_ROWS_PER_FLUSH = 200  # sampled successes: never crowd out a failure
 ACTOR = "system:gateway"
 # Not held against a deployment in its rollups: no upstream call was made, or the client left or gave up.
 NOT_THE_DEPLOYMENTS = frozenset({Outcome.NO_CAPACITY, Outcome.CLIENT_CLOSED, Outcome.CLIENT_DEADLINE})
-# Text PostgreSQL refuses (NUL) and control characters that only garble a log line.
-UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-
-
-def storable(text, limit):
-    """Return `text` cut to `limit` characters without the characters a database refuses."""
-    text = text or ""
-    return UNSTORABLE.sub("", text)[:limit] if UNSTORABLE.search(text) else text[:limit]
-
-
 def _storable_json(value):
     """Return a JSON value with NULs removed from every string (PostgreSQL's jsonb refuses \\u0000)."""
     if isinstance(value, str):
@@ -91,7 +80,7 @@ class Record:
         self.cost = 0.0
         self.error = ""
         self.request_body = self.response_body = None
-        self.notes = []  # repairs of an answer that still succeeded (proxy.Note)
+        self.notes = ()  # repairs of an answer that still succeeded (proxy.Note); a tuple: none is the rule
 
 
 class Recorder:
@@ -127,10 +116,6 @@ class Recorder:
         """
         with self._lock:
             self._fold(record)
-
-    def close(self):
-        """Stop the flusher after one last flush (a clean stop loses nothing it had collected)."""
-        self.stop()
 
     def key_invalid(self, key, reason):
         self.changes.append(("key_invalid", key.id, reason, time.time()))

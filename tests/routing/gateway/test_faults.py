@@ -173,12 +173,6 @@ def test_a_stream_that_finished_but_sent_no_done_is_completed_with_done(sim, fau
     assert_whole_stream(sim, gateway, response, "fault-no-done", 'kind="done_added"')
 
 
-def test_a_stream_cut_before_its_finish_reason_is_never_completed_with_done(sim, faulty_route):
-    gateway, key, session = faulty_route("fault-cut-midway")
-    response, elapsed = timed_stream(gateway, key, session)
-    assert_broken_stream(sim, response, "fault-cut-midway", elapsed)
-
-
 @pytest.mark.parametrize("model", ["fault-reset-before-headers", "fault-cut-midway", "fault-malformed-chunk",
                                    "fault-error-first-event", "fault-stall"])
 def test_without_streaming_every_fault_is_retried_and_the_answer_is_whole(sim, faulty_route, model):
