@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "dashboard",
+    "dashboard.alerts",
     "routing",
     "routing.rollouts",
     "probes",

@@ -1,0 +1,1 @@
+"""Alerts: rules over Weathervane's own signals, Alertmanager-style noise control, and delivery to channels."""

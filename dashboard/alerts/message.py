@@ -1,0 +1,50 @@
+"""The one notification shape that the alert engine hands to delivery (one per group, per change or repeat).
+
+The engine (rules, grouping, inhibition, silences) builds a Message; delivery
+(channels, retries, the delivery log) only renders and sends it. Neither
+side reaches into the other's models beyond `Channel`.
+"""
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class AlertItem:
+    """One alert inside a group notification."""
+
+    rule: str  # the rule's name
+    status: str  # "firing" or "resolved"
+    severity: str  # "critical", "warning" or "info"
+    summary: str  # one sentence a person reads, e.g. "gpt-demo p95 TTFT 2.4 s > 2 s for 5 min"
+    labels: dict[str, str]
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """One notification of one alert group to one or more channels."""
+
+    group_key: str  # stable for the group, e.g. 'route="gpt-demo",rule="error rate"'
+    status: str  # "firing" while any alert of the group fires, else "resolved"
+    severity: str  # the highest severity in the group
+    title: str
+    text: str
+    labels: dict[str, str]  # the labels the group shares
+    alerts: tuple[AlertItem, ...] = field(default_factory=tuple)
+    url: str = ""  # the alerts page, absolute when WEATHERVANE_PUBLIC_URL-like settings allow
+    sent_at: datetime | None = None
+
+    def as_json(self):
+        """A JSON-ready dict (datetimes as ISO 8601), the body of the webhook channel."""
+        def plain(value):
+            if isinstance(value, datetime):
+                return value.isoformat()
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return plain(asdict(self))
