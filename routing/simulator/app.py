@@ -178,16 +178,18 @@ class Simulator:
             return fault
         return None
 
-    def _completion(self, request, personality):
-        """Return the Completion to send, or None when messages or max_tokens are malformed."""
+    def _completion(self, request, personality, prefill=None):
+        """Return the Completion to send (continuing `prefill`), or None when messages or max_tokens are malformed."""
         messages = request.get("messages")
         max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
         if not isinstance(messages, list) or not _positive_int_or_none(max_tokens):
             return None
         if personality.answer is not None:
             pieces = answer_pieces(personality.answer)
+            pieces = pieces[_pieces_covered(pieces, prefill):]
         else:
-            pieces = token_pieces(personality.output_length(max_tokens))
+            done = _tokens_prefilled(prefill)
+            pieces = token_pieces(done + personality.output_length(max_tokens, done))[done:]
         options = request.get("stream_options")
         return Completion(
             id=f"chatcmpl-sim{next(self._ids)}",
@@ -204,10 +206,16 @@ class Simulator:
             return
         exchange, request, personality = admitted
         try:
-            completion = self._completion(request, personality)
+            prefill = exchange.attempt.prefill = _prefill(request.get("messages"))
+            max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+            exchange.attempt.max_tokens = max_tokens if type(max_tokens) is int else None
+            completion = self._completion(request, personality, prefill)
             if completion is None:
                 message = "messages must be a list and max_tokens a positive integer."
                 await exchange.error(400, Reply.BAD_REQUEST, message, "invalid_value")
+            elif prefill is not None and not personality.accepts_prefill:
+                message = "This model does not support a final assistant message (prefill)."
+                await exchange.error(400, Reply.PREFILL_REFUSED, message, "prefill_unsupported")
             elif await self._serve_model(exchange, personality):
                 await self._answer(exchange, completion, personality)
         finally:
@@ -227,7 +235,8 @@ class Simulator:
             await exchange.drop()
         elif stream:
             pace = 1 / personality.tokens_per_s if personality.tokens_per_s else 0.0
-            await exchange.play(SSE_HEADERS, stream_script(completion, fault, personality.delay_s(), pace))
+            script = stream_script(completion, fault, personality.delay_s(), pace, personality.fault_after_tokens)
+            await exchange.play(SSE_HEADERS, script)
         else:
             await exchange.play(JSON_HEADERS, body_script(completion, fault, personality.delay_s()))
 
@@ -263,6 +272,36 @@ async def _unauthorized(exchange, key):
     else:
         message = f"Incorrect API key provided: {mask_key(key)}."
         await exchange.error(401, Reply.UNAUTHORIZED, message, "invalid_api_key")
+
+
+def _prefill(messages):
+    """Return the content of a trailing assistant message (the answer's start to continue from), else None."""
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return None
+    return last["content"]
+
+
+def _tokens_prefilled(prefill):
+    """Return k when prefill is exactly "tok0 … tok{k-1} ", else 0 (a prefill not of ours starts afresh)."""
+    if not prefill:
+        return 0
+    count = len(answer_pieces(prefill))
+    return count if "".join(token_pieces(count)) == prefill else 0
+
+
+def _pieces_covered(pieces, prefill):
+    """Return how many leading pieces of a fixed answer the prefill spells out exactly, else 0."""
+    joined = ""
+    for count, piece in enumerate(pieces, 1):
+        joined += piece
+        if joined == prefill:
+            return count
+        if not prefill or not prefill.startswith(joined):
+            return 0
+    return 0
 
 
 def _positive_int_or_none(value):

@@ -25,12 +25,15 @@ def _paced(events, pace):
     return [item for event in events for item in (pace, event)]
 
 
-def stream_script(completion, fault=None, delay=0.0, pace=0.0):
-    """Return the SSE script for completion under fault (None for a healthy stream)."""
+def stream_script(completion, fault=None, delay=0.0, pace=0.0, after=None):
+    """Return the SSE script for completion under fault (None for a healthy stream).
+
+    Mid-stream faults strike after `after` tokens (None: half of them).
+    """
     if fault == Fault.ERROR_FIRST_EVENT:
         return [sse(_upstream_error())]
     tokens = completion.token_events()
-    half = len(tokens) // 2
+    half = len(tokens) // 2 if after is None else min(after, len(tokens))
     head = [completion.role_event(), *_paced(tokens[:half], pace)]
     tail = _paced(tokens[half:], pace)
     closing = completion.closing_events()

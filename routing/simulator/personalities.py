@@ -25,11 +25,11 @@ class Fault(enum.StrEnum):
     SILENCE = "silence"
     # Headers at once, then the first byte of the body after fault_delay_s (5 s).
     SLOW_FIRST_TOKEN = "slow_first_token"
-    # Half the tokens, then the connection closes mid chunked body:
+    # Half the tokens (or fault_after_tokens), then the connection closes mid chunked body:
     # httpx.RemoteProtocolError "incomplete chunked read", aiohttp ClientPayloadError.
     # No finish_reason and no [DONE]; a non-streaming body is cut in half the same way.
     CUT_MIDWAY = "cut_midway"
-    # Half the tokens, fault_delay_s (30 s) of quiet on an open connection, then the rest.
+    # Half the tokens (or fault_after_tokens), fault_delay_s (30 s) of quiet on an open connection, then the rest.
     STALL = "stall"
     # One extra `data:` event midway that is not valid JSON; the tokens around it
     # are all there. A non-streaming body is half a JSON document.
@@ -53,6 +53,7 @@ class Reply(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
+    PREFILL_REFUSED = "prefill_refused"
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,12 @@ class Personality:
     stream, 0 meaning as fast as possible. A request gets rate_429, then
     error_rate (500 and 503 in turn), then fault with fault_rate. answer
     replaces the "tok0 tok1 ..." content; report_model is the model name
-    reported back, for a silent swap.
+    reported back, for a silent swap. fault_after_tokens says after how many
+    tokens cut_midway, stall and malformed_chunk strike (None: half of them).
+
+    A request whose last message is the assistant's is a prefill: the answer
+    continues from it ("tok0 tok1 " continues with "tok2 ", max_tokens counting
+    only the new tokens), or it is refused with a 400 when accepts_prefill is false.
     """
 
     latency_median_ms: float = 0
@@ -124,6 +130,8 @@ class Personality:
     fault: Fault | None = None
     fault_rate: float = 1.0
     fault_delay_s: float | None = None
+    fault_after_tokens: int | None = None
+    accepts_prefill: bool = True
     answer: str | None = None
     report_model: str | None = None
     schedule: tuple = ()
@@ -145,6 +153,11 @@ class Personality:
                 raise ValueError(f"{name} must not be negative")
         if self.output_tokens < 0 or self.max_output_tokens < 1:
             raise ValueError("output_tokens must be >= 0 and max_output_tokens >= 1")
+        if self.fault_after_tokens is not None and (type(self.fault_after_tokens) is not int
+                                                    or self.fault_after_tokens < 0):
+            raise ValueError("fault_after_tokens must be a whole number >= 0")
+        if type(self.accepts_prefill) is not bool:
+            raise ValueError("accepts_prefill must be true or false")
 
     def at(self, elapsed_s):
         """Return the personality in effect elapsed_s after the model was set: every active Change applied."""
@@ -169,9 +182,10 @@ class Personality:
         sigma = math.log(self.latency_p99_ms / median) / Z_99
         return rng.lognormvariate(math.log(median), sigma) / 1000
 
-    def output_length(self, max_tokens):
-        """Return how many tokens to generate when the client asked for max_tokens (or None)."""
-        return min(max_tokens or self.output_tokens, self.max_output_tokens)
+    def output_length(self, max_tokens, prefilled=0):
+        """Return how many new tokens to generate when the client asked for max_tokens (or None)
+        after `prefilled` tokens of an assistant prefill (they count against output_tokens, not max_tokens)."""
+        return min(max_tokens or max(self.output_tokens - prefilled, 0), self.max_output_tokens)
 
     def delay_s(self):
         """Return how long slow_first_token or stall holds the response."""
@@ -192,6 +206,7 @@ PERSONALITIES = {
     "heavy-tailed": Personality(latency_median_ms=60, latency_p99_ms=900),
     "flaky": Personality(latency_median_ms=50, error_rate=0.15, rate_429=0.1),
     "fast": Personality(),
+    "no-prefill": Personality(accepts_prefill=False),
     **_fault_personalities(),
 }
 

@@ -309,6 +309,53 @@ def test_cut_midway_breaks_the_stream_without_finish_or_done(http, sim):
     assert only_attempt(sim).completed is False
 
 
+def test_fault_after_tokens_sets_where_a_cut_strikes(http, sim):
+    sim.configure("fault-cut-midway", fault_after_tokens=3)
+    received, _ = read_until_broken(http, "fault-cut-midway")
+
+    assert contents(received) == "tok0 tok1 tok2 "
+
+
+def test_fault_after_tokens_must_be_a_whole_number():
+    with pytest.raises(ValueError, match="fault_after_tokens"):
+        Personality(fault_after_tokens=-1)
+    with pytest.raises(ValueError, match="accepts_prefill"):
+        personality_from({"accepts_prefill": "no"})
+
+
+PREFILLED = [*HELLO, {"role": "assistant", "content": "tok0 tok1 tok2 "}]
+
+
+def test_an_assistant_prefill_is_continued_and_max_tokens_counts_only_new_tokens(http, sim):
+    status, events = stream_events(http, "fast", messages=PREFILLED, max_tokens=3)
+
+    assert status == 200
+    assert contents([data for _, data in events[:-1]]) == "tok3 tok4 tok5 "
+    assert only_attempt(sim).prefill == "tok0 tok1 tok2 " and only_attempt(sim).max_tokens == 3
+
+
+def test_a_prefill_without_max_tokens_completes_the_usual_length(http, sim):
+    body = chat(http, "fast", messages=PREFILLED).json()
+
+    assert body["choices"][0]["message"]["content"] == "".join(f"tok{i} " for i in range(3, 16))
+
+
+def test_a_fixed_answer_continues_after_the_pieces_its_prefill_spells(http, sim):
+    sim.configure("fixed", answer="The sky is blue.")
+    prefilled = [*HELLO, {"role": "assistant", "content": "The sky "}]
+
+    assert chat(http, "fixed", messages=prefilled).json()["choices"][0]["message"]["content"] == "is blue."
+
+
+def test_a_model_that_refuses_prefills_answers_400_and_says_so(http, sim):
+    response = chat(http, "no-prefill", messages=PREFILLED, stream=True)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "prefill_unsupported"
+    assert only_attempt(sim).outcome == "prefill_refused"
+    assert chat(http, "no-prefill").status_code == 200  # without a prefill it answers
+
+
 def test_cut_midway_truncates_a_non_streaming_body(http):
     with pytest.raises(httpx.RemoteProtocolError):
         chat(http, "fault-cut-midway")
