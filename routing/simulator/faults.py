@@ -39,6 +39,8 @@ def stream_script(completion, fault=None, delay=0.0, pace=0.0, after=None):
     closing = completion.closing_events()
     if fault == Fault.CUT_MIDWAY:
         return coalesce([*head, CUT])
+    if fault == Fault.ERROR_MIDWAY:
+        return coalesce([*head, sse(_upstream_error())])
     if fault == Fault.NO_DONE:
         return coalesce([*head, *tail, *closing])
     first = [delay] if fault == Fault.SLOW_FIRST_TOKEN else []
@@ -63,6 +65,7 @@ def body_script(completion, fault, delay=0.0):
         Fault.MALFORMED_CHUNK: [body[:half]],
         Fault.SLOW_FIRST_TOKEN: [delay, body],
         Fault.ERROR_FIRST_EVENT: [orjson.dumps(_upstream_error())],
+        Fault.ERROR_MIDWAY: [orjson.dumps(_upstream_error())],
     }
     return scripts.get(fault, [body])
 

@@ -40,6 +40,9 @@ class Fault(enum.StrEnum):
     # HTTP 200 whose only event is `data: {"error": {...}}`; the openai SDK raises
     # APIError. A non-streaming 200 carries the same error object as its body.
     ERROR_FIRST_EVENT = "error_first_event"
+    # Half the tokens (or fault_after_tokens), then `data: {"error": {...}}` and the end of
+    # the body: no finish_reason, no [DONE]. A non-streaming 200 carries the error object.
+    ERROR_MIDWAY = "error_midway"
 
 
 class Reply(enum.StrEnum):
