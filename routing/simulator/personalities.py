@@ -57,6 +57,8 @@ class Reply(enum.StrEnum):
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
     PREFILL_REFUSED = "prefill_refused"
+    CONTEXT_LENGTH = "context_length_exceeded"
+    CONTENT_FILTER = "content_filter"
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,13 @@ class Personality:
     error_rate (500 and 503 in turn), then fault with fault_rate. answer
     replaces the "tok0 tok1 ..." content; report_model is the model name
     reported back, for a silent swap. fault_after_tokens says after how many
-    tokens cut_midway, stall and malformed_chunk strike (None: half of them).
+    tokens cut_midway, stall, malformed_chunk and error_midway strike (None:
+    half of them). retry_after_s None sends 429s without Retry-After;
+    error_status fixes the status of errors (else 500 and 503 in turn);
+    fail_first makes the first N chat requests after the model was set answer
+    500. context_window refuses (400, context_length_exceeded) a request whose
+    prompt estimate plus max_tokens exceeds it; content_filter refuses every
+    chat request as OpenAI's moderation does (400, content_filter).
 
     A request whose last message is the assistant's is a prefill: the answer
     continues from it ("tok0 tok1 " continues with "tok2 ", max_tokens counting
@@ -129,7 +137,11 @@ class Personality:
     max_output_tokens: int = 4096
     error_rate: float = 0
     rate_429: float = 0
-    retry_after_s: float = 1
+    retry_after_s: float | None = 1
+    error_status: int | None = None
+    fail_first: int = 0
+    context_window: int | None = None
+    content_filter: bool = False
     fault: Fault | None = None
     fault_rate: float = 1.0
     fault_delay_s: float | None = None
@@ -152,15 +164,22 @@ class Personality:
         if self.error_rate + self.rate_429 > 1:
             raise ValueError("error_rate + rate_429 must not exceed 1")
         for name in ("latency_median_ms", "latency_p99_ms", "tokens_per_s", "retry_after_s"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.error_status is not None and self.error_status not in (500, 502, 503, 504):
+            raise ValueError("error_status must be 500, 502, 503 or 504")
+        for name in ("fail_first", "context_window"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 0):
+                raise ValueError(f"{name} must be a whole number >= 0")
         if self.output_tokens < 0 or self.max_output_tokens < 1:
             raise ValueError("output_tokens must be >= 0 and max_output_tokens >= 1")
         if self.fault_after_tokens is not None and (type(self.fault_after_tokens) is not int
                                                     or self.fault_after_tokens < 0):
             raise ValueError("fault_after_tokens must be a whole number >= 0")
-        if type(self.accepts_prefill) is not bool:
-            raise ValueError("accepts_prefill must be true or false")
+        for name in ("accepts_prefill", "content_filter"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be true or false")
 
     def at(self, elapsed_s):
         """Return the personality in effect elapsed_s after the model was set: every active Change applied."""

@@ -356,6 +356,42 @@ def test_a_model_that_refuses_prefills_answers_400_and_says_so(http, sim):
     assert chat(http, "no-prefill").status_code == 200  # without a prefill it answers
 
 
+def test_error_midway_sends_tokens_then_an_error_event_and_ends(http, sim):
+    sim.configure("fault-error-midway", fault_after_tokens=2)
+    status, events = stream_events(http, "fault-error-midway")
+    datas = [data for _, data in events]
+
+    assert status == 200 and "[DONE]" not in datas
+    assert contents(datas[:-1]) == "tok0 tok1 " and "error" in json.loads(datas[-1])
+
+
+def test_fail_first_answers_500_that_many_times_then_recovers(http, sim):
+    sim.configure("once", fail_first=1)
+
+    assert [chat(http, "once").status_code for _ in range(3)] == [500, 200, 200]
+
+
+def test_error_status_fixes_the_5xx_and_a_429_may_come_without_retry_after(http, sim):
+    sim.configure("overloaded", error_rate=1, error_status=503)
+    sim.configure("limited", rate_429=1, retry_after_s=None)
+
+    assert {chat(http, "overloaded").status_code for _ in range(3)} == {503}
+    limited = chat(http, "limited")
+    assert limited.status_code == 429 and "retry-after" not in limited.headers
+
+
+def test_context_window_and_content_filter_refuse_with_openai_400s(http, sim):
+    sim.configure("small", context_window=20)
+    sim.configure("strict", content_filter=True)
+
+    assert chat(http, "small", max_tokens=8).status_code == 200  # 9 prompt tokens + 8
+    too_long = chat(http, "small", max_tokens=12)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 20 tokens" in too_long.json()["error"]["message"]
+    filtered = chat(http, "strict")
+    assert filtered.status_code == 400 and filtered.json()["error"]["code"] == "content_filter"
+
+
 def test_cut_midway_truncates_a_non_streaming_body(http):
     with pytest.raises(httpx.RemoteProtocolError):
         chat(http, "fault-cut-midway")
