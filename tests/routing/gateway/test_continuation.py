@@ -172,3 +172,13 @@ def test_no_continuation_onto_a_target_whose_circuit_is_open(sim, route):
 
     assert_ended_with_the_error_event(response)
     assert sim.simulator.attempts("fast") == []
+
+
+def test_turning_continuation_on_reaches_the_gateway_without_a_restart(sim, route):
+    gateway, key, session = route("cut_midway", continue_streams=False)
+    opted = Route.objects.get(name="r")
+    opted.continue_streams = True
+    opted.save()  # as the API and the admin do: the change notice follows the commit
+
+    assert wait_until(lambda: gateway.gateway.store.current.routes["r"].continue_streams, timeout=5)
+    assert_one_whole_answer(stream(gateway, key, session))
