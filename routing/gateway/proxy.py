@@ -728,7 +728,6 @@ class StreamRelay:
         return self.usage[1] / elapsed if elapsed > 0 and self.usage[1] else None
 
 
-
 STAMP_FIELDS = ("id", "model", "created", "system_fingerprint")
 
 
