@@ -182,3 +182,42 @@ def test_turning_continuation_on_reaches_the_gateway_without_a_restart(sim, rout
 
     assert wait_until(lambda: gateway.gateway.store.current.routes["r"].continue_streams, timeout=5)
     assert_one_whole_answer(stream(gateway, key, session))
+
+
+def test_no_continuation_without_retry_budget(sim, route):
+    gateway, key, session = route("cut_midway")
+    budget = gateway.gateway.budget
+    budget.min_per_s, budget.tokens = 0.0, 0.0  # each request deposits 0.2: never a whole extra attempt
+    response = stream(gateway, key, session)
+
+    assert_ended_with_the_error_event(response)
+    assert sim.simulator.attempts("fast") == []
+    assert wait_until(lambda: continuations(gateway, "unavailable") == 1.0)
+
+
+def relay_after(route_opts_in, request, chunks_sent):
+    """A StreamRelay of a call on a route that does or does not continue streams, after relaying `chunks_sent`."""
+    from types import SimpleNamespace
+
+    from routing import sse
+    from routing.gateway.proxy import StreamRelay
+
+    call = SimpleNamespace(wants_usage=False, route=SimpleNamespace(continue_streams=route_opts_in), request=request,
+                           record=SimpleNamespace(notes=()), t0=0.0)
+    relay = StreamRelay(call, None, None, 0.0)
+    relay._select([sse.event(chunk) for chunk in chunks_sent])
+    return relay
+
+
+def chunk(**delta):
+    return {"id": "c1", "model": "m", "created": 1, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+def test_only_opted_in_plain_text_single_choice_answers_are_kept_for_a_prefill():
+    text = [chunk(role="assistant", content=""), chunk(content="Hello "), chunk(content="world")]
+    assert relay_after(True, {}, text).kept == ["Hello ", "world"]
+    assert relay_after(True, {}, text).stamp == {"id": "c1", "model": "m", "created": 1}
+    assert relay_after(False, {}, text).kept is None  # not opted in: nothing kept at all
+    assert relay_after(True, {"n": 2}, text).kept is None
+    tool_call = chunk(tool_calls=[{"index": 0, "function": {"name": "f", "arguments": "{"}}])
+    assert relay_after(True, {}, [*text, tool_call]).kept is None
