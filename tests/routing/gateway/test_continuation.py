@@ -79,6 +79,7 @@ def test_a_cut_stream_is_continued_on_the_next_target_from_a_prefill(sim, route)
     response = stream(gateway, key, session)
 
     assert_one_whole_answer(response)
+    assert not any(c.get("usage") for c in chunks(response))  # usage was not asked for: not relayed
     (first,) = sim.simulator.attempts("faulty-model")
     (second,) = sim.simulator.attempts("fast")
     assert first.prefill is None and first.max_tokens == TOKENS
