@@ -208,6 +208,7 @@ def _route_row(route, since, health, seconds):
     total = sum(traffic[t.deployment_id]["count"] for t in targets)
     return {
         "name": route.name, "description": route.description, "version": route.version,
+        "continue_streams": route.continue_streams,
         "targets": [_target_row(t, traffic[t.deployment_id], health[t.deployment_id], total, seconds) for t in targets],
         "history": _history(route),
         "rollout": _active_rollout(route),

@@ -260,7 +260,7 @@ class RouteAdminForm(forms.ModelForm):
 
     class Meta:
         model = Route
-        fields = ["name", "description", "reason", "expected_version"]
+        fields = ["name", "description", "continue_streams", "reason", "expected_version"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -282,7 +282,7 @@ class RouteAdminForm(forms.ModelForm):
 @admin.register(Route)
 class RouteAdmin(AuditedAdmin):
     form = RouteAdminForm
-    list_display = ["name", "split", "version", "updated_at"]
+    list_display = ["name", "split", "continue_streams", "version", "updated_at"]
     search_fields = ["name", "description"]
     readonly_fields = ["version", "created_at", "updated_at"]
     inlines = [RouteTargetInline]

@@ -189,6 +189,11 @@ class Route(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator],
                             help_text="The model name clients ask the gateway for")
     description = models.TextField(blank=True)
+    continue_streams = models.BooleanField(
+        default=False, verbose_name="continue broken streams",
+        help_text="When a stream breaks after content reached the client, continue it on another target by sending "
+                  "the text so far as an assistant prefill. Turn on only when every target of the route continues "
+                  "a final assistant message (others should refuse it with a 400).")
     version = models.PositiveIntegerField(default=1, editable=False,
                                           help_text="Bumped on every change; used for conflict detection")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -34,6 +34,11 @@ def split_events(buffer):
     return [e + b"\n\n" for e in buffer[: end - 2].split(b"\n\n") if e.strip(b"\n")], buffer[end:]
 
 
+def event(payload):
+    """Return one event carrying `payload` as JSON, ready to forward."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
 def event_data(event):
     """Return the data payload of one event (b"" for comments and data-less events)."""
     if event.startswith(b"data: ") and event.count(b"\n") == 2:
@@ -88,6 +93,12 @@ def usage_of(payload):
     if type(usage) is not dict:
         return None
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def is_role_only(payload):
+    """Return True for a chunk that only opens the assistant's turn (no content, finish or usage)."""
+    return (type(payload) is dict and bool(payload.get("choices")) and payload.get("usage") is None
+            and not has_content(payload) and not has_finish(payload))
 
 
 def is_usage_only(payload):

@@ -174,7 +174,7 @@ class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Route
-        fields = ["name", "description", "version", "targets", "created_at", "updated_at"]
+        fields = ["name", "description", "continue_streams", "version", "targets", "created_at", "updated_at"]
         read_only_fields = ["version"]
 
     def validate_targets(self, targets):

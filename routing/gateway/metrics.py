@@ -94,6 +94,7 @@ class Metrics:
         self.unauthenticated = 0  # requests without a valid gateway key: counted, never logged one by one
         self.drops = {}  # (what,) -> records the database refused, dropped after logging
         self.repairs = {}  # (deployment, note) -> answers repaired (a malformed event skipped, [DONE] added)
+        self.continuations = {}  # (route, result) -> broken streams continued on another target (proxy.Continued)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -104,6 +105,8 @@ class Metrics:
         for note in record.notes:
             _bump(self.repairs, (record.deployment or "-", note))
         route, deployment = record.route or "-", record.deployment or "-"
+        if record.continuation is not None:
+            _bump(self.continuations, (route, record.continuation))
         _bump(self.requests, (route, deployment, record.outcome))
         for attempt in record.tried:
             _bump(self.attempts, (attempt.target.deployment, attempt.outcome))
@@ -159,6 +162,9 @@ class Metrics:
                                   "Requests refused for a missing or unknown gateway key", value=self.unauthenticated)
         yield self._counter("weathervane_gateway_stream_repairs", "Streams repaired yet successful, by kind",
                             ["deployment", "kind"], self.repairs)
+        yield self._counter("weathervane_gateway_stream_continuations",
+                            "Broken streams continued on another target from a prefill, by route and result",
+                            ["route", "result"], self.continuations)
         yield self._counter("weathervane_gateway_recorder_dropped",
                             "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)

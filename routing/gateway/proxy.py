@@ -10,7 +10,9 @@ provider sent them). 401/403 marks the key invalid and tries another key.
 After a target's retries, fail over to another target by weight. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
-and no [DONE].
+and no [DONE]. On a route that opted in (`continue_streams`), a stream that
+breaks after content reached the client is first continued on the next
+target, with the text relayed so far as an assistant prefill (`Continuation`).
 """
 
 import asyncio
@@ -37,6 +39,15 @@ class Note(enum.StrEnum):
 
     MALFORMED_SKIPPED = "malformed_event_skipped"
     DONE_ADDED = "done_added"
+
+
+class Continued(enum.StrEnum):
+    """How a broken stream's continuation ended (counted in /metrics)."""
+
+    ANSWERED = "answered"  # the next target finished the answer
+    REFUSED = "refused"  # it refused the prefill (a 4xx such as 400)
+    FAILED = "failed"  # it failed before or while continuing
+    UNAVAILABLE = "unavailable"  # no other target, key, retry budget or attempt was left
 
 
 class Next(enum.Enum):
@@ -68,13 +79,14 @@ class Try:
     """One upstream attempt, as recorded."""
 
     __slots__ = ("target", "key", "outcome", "status", "ms", "ttft_ms", "tokens_in", "tokens_out", "cost", "tps",
-                 "error")
+                 "error", "continuation")
 
-    def __init__(self, target, key, outcome, status, ms, error=""):
+    def __init__(self, target, key, outcome, status, ms, error="", continuation=False):
         self.target, self.key, self.outcome, self.status, self.ms, self.error = target, key, outcome, status, ms, error
         self.ttft_ms = self.tps = None
         self.tokens_in = self.tokens_out = 0
         self.cost = 0.0
+        self.continuation = continuation  # it continued a broken stream from a prefill
 
 
 class Call:
@@ -249,10 +261,13 @@ class Proxy:
                 target, retries = self._fail_over(call, target)
                 continue
             try:
-                await self.attempt(call, target, key, send, receive)
-                return
+                broken = await self.attempt(call, target, key, send, receive)
             except UpstreamError as err:
                 failure = err
+            else:
+                if broken is not None:
+                    await self.continue_stream(call, target, broken, send, receive)
+                return
             step = await self.after_failure(call, target, key, failure, retries)
             if step is Next.RELAY_ERROR:
                 await self.pass_through(call, target, key, failure, send)
@@ -348,23 +363,30 @@ class Proxy:
 
     # --- one attempt -------------------------------------------------------------
 
-    async def attempt(self, call, target, key, send, receive):
-        """Send one upstream request and relay its answer. Raises UpstreamError before anything was relayed."""
+    async def attempt(self, call, target, key, send, receive, resume=None):
+        """Send one upstream request (continuing the broken stream `resume` when given) and relay its answer.
+
+        Returns a Continuation when the stream broke and may be continued, else None.
+        Raises UpstreamError before anything (of this attempt) was relayed.
+        """
         self.breakers.begin(target.deployment_id)
         started = perf_counter()
         response = None
+        continuing = resume is not None
+        body = call.body_for(target) if resume is None else resume.body_for(call, target)
         try:
-            response = await upstream.post(self.session, getattr(target, call.url_of), call.body_for(target), key.auth,
+            response = await upstream.post(self.session, getattr(target, call.url_of), body, key.auth,
                                            target.timeout, call.request_id)
             if response.status >= 300:
                 raise await upstream.failure(response, key.secret)
             if call.stream:
-                await self.relay_stream(call, target, key, response, started, send, receive)
-            else:
-                await self.relay_body(call, target, key, response, started, send)
+                return await self.relay_stream(call, target, key, response, started, send, receive, resume)
+            await self.relay_body(call, target, key, response, started, send)
+            return None
         except UpstreamError as err:
             call.upstream_s += perf_counter() - started
-            call.tried.append(Try(target, key, err.outcome, err.status, (perf_counter() - started) * 1000, err.message))
+            call.tried.append(Try(target, key, err.outcome, err.status, (perf_counter() - started) * 1000, err.message,
+                                  continuing))
             if key.tpm_limit is not None:  # a failed attempt used nothing: its reservation must not crowd out others
                 await self.limits.release_tokens(key, call.token_estimate())
             raise
@@ -373,9 +395,11 @@ class Proxy:
                 call.upstream_s += perf_counter() - started
             ms = (perf_counter() - started) * 1000
             if call.clients_deadline:  # the client's own impatience says nothing about the deployment
-                call.tried.append(Try(target, key, Outcome.CLIENT_DEADLINE, None, ms, "the client's deadline passed"))
+                call.tried.append(Try(target, key, Outcome.CLIENT_DEADLINE, None, ms, "the client's deadline passed",
+                                      continuing))
             else:
-                call.tried.append(Try(target, key, Outcome.TIMEOUT, None, ms, "the request deadline passed"))
+                call.tried.append(Try(target, key, Outcome.TIMEOUT, None, ms, "the request deadline passed",
+                                      continuing))
                 self.breakers.failure(target.deployment_id, "request deadline passed")
             raise
         finally:
@@ -463,14 +487,21 @@ class Proxy:
             raise UpstreamError(Outcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
         return payload is sse.DONE or sse.has_content(payload) or sse.has_finish(payload)
 
-    async def relay_stream(self, call, target, key, response, started, send, receive):
+    async def relay_stream(self, call, target, key, response, started, send, receive, resume=None):
+        """Relay a stream (the rest of the broken one `resume`, when given); return a Continuation when it
+        broke in a way the next target may finish, else None."""
         events, buffer = await self._first_events(response, target, started)
         now = perf_counter()
         call.upstream_s += now - started
-        headers = call.response_headers(target.deployment, None, None)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        call.committed, call.response = True, response
-        relay = StreamRelay(call, target, key, started, self.config.max_malformed_events)
+        cap = self.config.max_malformed_events
+        if resume is None:
+            headers = call.response_headers(target.deployment, None, None)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            call.committed = True
+            relay = StreamRelay(call, target, key, started, cap)
+        else:
+            relay = ContinuationRelay(call, target, key, started, cap, resume.relay)
+        call.response = response
         watcher = asyncio.ensure_future(_watch_disconnect(receive, call, response))
         try:
             outcome, problem = await relay.run(response, events, buffer, send)
@@ -479,9 +510,11 @@ class Proxy:
         if outcome == Outcome.OK:
             await _read_to_end(response)
         self._finish_stream(call, target, key, relay, outcome, problem)
+        return Continuation(relay, outcome, problem) if relay.resumable else None
 
     def _finish_stream(self, call, target, key, relay, outcome, problem):
-        attempt = Try(target, key, outcome, 200, (perf_counter() - relay.started) * 1000, problem)
+        attempt = Try(target, key, outcome, 200, (perf_counter() - relay.started) * 1000, problem,
+                      type(relay) is ContinuationRelay)
         attempt.ttft_ms, attempt.tps = relay.ttft_ms, relay.tokens_per_s()
         call.record.ttft_ms = relay.client_ttft_ms
         if outcome == Outcome.OK:
@@ -491,6 +524,55 @@ class Proxy:
         call.tried.append(attempt)
         if outcome in DEPLOYMENT_FAILURES:
             self.breakers.failure(target.deployment_id, problem)
+
+    # --- continuing a broken stream (routes with continue_streams) -------------------
+
+    async def continue_stream(self, call, failed, broken, send, receive):
+        """Finish the stream that broke on `failed` on the next target, from a prefill of what was relayed.
+
+        One continuation per request, an extra attempt like a failover. When it
+        cannot be made, is refused or fails before its first content, the
+        stream ends with the error event as it would have without it.
+        """
+        call.record.continuation = await self._continue(call, failed, broken, send, receive)
+        if broken.relay.resumable:  # nothing has ended the client's stream yet
+            await broken.relay.end_broken(send, broken.problem)
+
+    async def _continue(self, call, failed, broken, send, receive):
+        """Return how the continuation went (Continued)."""
+        call.given_up.add(failed.deployment_id)
+        target = self.pick_target(call)
+        while target is not None and not call.client_gone:
+            if len(call.tried) >= self.config.max_attempts or not self.breakers.available(target.deployment_id):
+                break
+            key = await self.pick_key(call, target)
+            if key is not None:
+                if not self.budget.withdraw():
+                    break
+                return await self._continue_on(call, target, key, broken, send, receive)
+            call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+            target, _ = self._fail_over(call, target)
+        return Continued.UNAVAILABLE
+
+    async def _continue_on(self, call, target, key, broken, send, receive):
+        call.record.continuation = Continued.FAILED  # should the deadline strike meanwhile
+        try:
+            await self.attempt(call, target, key, send, receive, resume=broken)
+        except UpstreamError as err:
+            self._note_failure(call, target, key, err)
+            return Continued.REFUSED if err.outcome == Outcome.CLIENT_ERROR else Continued.FAILED
+        broken.relay.resumable = False  # the continuation's relay ended the stream: [DONE] or its own error event
+        return Continued.ANSWERED if call.record.outcome == Outcome.OK else Continued.FAILED
+
+    def _note_failure(self, call, target, key, err):
+        """Book a failed attempt that is not followed by another: the breaker, a refused or cooling key."""
+        if err.outcome in DEPLOYMENT_FAILURES:
+            self.breakers.failure(target.deployment_id, err.message)
+        if err.outcome == Outcome.BAD_KEY:
+            self.keys.refused(key, call.request_id, err.message, may_confirm=not call.confirmed_a_key)
+        elif err.outcome == Outcome.RATE_LIMITED:
+            wait = err.retry_after if err.retry_after is not None else DEFAULT_COOLING_S
+            self.keys.cool(key, min(wait, MAX_COOLING_S), err.message)
 
 
 def describe(attempt):
@@ -530,15 +612,18 @@ class StreamRelay:
     """
 
     __slots__ = ("call", "target", "key", "started", "done", "usage", "ttft_ms", "client_ttft_ms", "first_content",
-                 "strip_usage", "finished", "malformed", "max_malformed")
+                 "strip_usage", "finished", "malformed", "max_malformed", "kept", "stamp", "resumable")
 
     def __init__(self, call, target, key, started, max_malformed=3):
         self.call, self.target, self.key, self.started = call, target, key, started
-        self.done = self.finished = False
+        self.done = self.finished = self.resumable = False
         self.usage = None
         self.ttft_ms = self.client_ttft_ms = self.first_content = None
         self.strip_usage = not call.wants_usage
         self.malformed, self.max_malformed = 0, max_malformed
+        # The text relayed so far, kept only on routes that continue broken streams (None: not kept).
+        self.kept = [] if call.route.continue_streams and _one_choice(call.request) else None
+        self.stamp = None  # the id, model and created fields the client saw
 
     def _select(self, events):
         """Return (bytes to forward, problem): the events up to [DONE], or up to the first
@@ -559,6 +644,8 @@ class StreamRelay:
                     return b"".join(out), (Outcome.SERVER_ERROR, message)
                 if self.first_content is None and sse.has_content(payload):
                     self._first_token()
+                if self.kept is not None:
+                    self._keep(payload)
                 if not self.finished and sse.has_finish(payload):
                     self.finished = True
                 if payload.get("usage") is not None:
@@ -571,6 +658,23 @@ class StreamRelay:
                 break
             out.append(event)
         return (out[0] if len(out) == 1 else b"".join(out)), None
+
+    def _keep(self, payload):
+        """Keep the text of a chunk about to be relayed; a turn a prefill cannot carry (tool calls,
+        a refusal, several choices) stops keeping it, so it is not continued."""
+        for choice in payload.get("choices") or ():
+            delta = choice.get("delta") if type(choice) is dict else None
+            if not delta:
+                continue
+            content = delta.get("content")
+            if choice.get("index", 0) != 0 or delta.get("tool_calls") or delta.get("refusal") or (
+                    content is not None and type(content) is not str):
+                self.kept = None
+                return
+            if content:
+                if self.stamp is None:
+                    self.stamp = {name: payload[name] for name in STAMP_FIELDS if name in payload}
+                self.kept.append(content)
 
     def _first_token(self):
         now = perf_counter()
@@ -606,9 +710,16 @@ class StreamRelay:
             return await self._broken(send, err.outcome, err.message)
 
     async def _broken(self, send, outcome, problem):
+        if self.kept and not self.finished and not self.call.client_gone:
+            self.resumable = True  # Proxy.continue_stream ends the stream, one way or the other
+            return outcome, problem
+        await self.end_broken(send, problem)
+        return outcome, problem
+
+    async def end_broken(self, send, problem):
+        """Send the error event that ends a broken stream (no [DONE] follows)."""
         message = f"The upstream stream broke after it started: {problem}. The answer is incomplete."
         await send({"type": "http.response.body", "body": errors.sse_error_event(message)})
-        return outcome, problem
 
     def tokens_per_s(self):
         if self.usage is None or self.first_content is None:
@@ -616,3 +727,75 @@ class StreamRelay:
         elapsed = perf_counter() - self.first_content
         return self.usage[1] / elapsed if elapsed > 0 and self.usage[1] else None
 
+
+STAMP_FIELDS = ("id", "model", "created", "system_fingerprint")
+
+
+def _one_choice(request):
+    """Return True when the request asks for one answer (n absent or 1): only one can be prefilled."""
+    n = request.get("n")
+    return n is None or n == 1
+
+
+class ContinuationRelay(StreamRelay):
+    """Relays the continuation of a broken stream into the same client stream.
+
+    Its chunks are restamped with the id, model and created fields the client
+    already saw, its opening role-only chunk is dropped, and it is never
+    continued again: if it breaks too, its own error event ends the stream.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, call, target, key, started, max_malformed, broken):
+        super().__init__(call, target, key, started, max_malformed)
+        self.kept = None
+        self.stamp = broken.stamp
+        self.client_ttft_ms = broken.client_ttft_ms
+
+    def _first_token(self):
+        self.first_content = perf_counter()
+        self.ttft_ms = (self.first_content - self.started) * 1000
+
+    def _select(self, events):
+        return super()._select([event for event in map(self._restamp, events) if event is not None])
+
+    def _restamp(self, event):
+        """Return the event as the client's stream carries it, or None to drop it."""
+        try:
+            payload = sse.parse(sse.event_data(event))
+        except sse.Malformed:
+            return event  # skipped and counted by _select
+        if type(payload) is not dict or "error" in payload:
+            return event
+        if sse.is_role_only(payload):
+            return None
+        payload.update(self.stamp)
+        return sse.event(payload)
+
+
+class Continuation:
+    """A stream that broke after content reached the client, to be finished by the next target.
+
+    `body_for` is the original request plus an assistant message holding the
+    text relayed so far (a prefill); max_tokens is lowered by the chunks
+    relayed (about one token each), so the whole answer keeps the client's cap.
+    """
+
+    __slots__ = ("relay", "outcome", "problem", "text", "chunks")
+
+    def __init__(self, relay, outcome, problem):
+        self.relay, self.outcome, self.problem = relay, outcome, problem
+        self.text = "".join(relay.kept)
+        self.chunks = len(relay.kept)
+
+    def body_for(self, call, target):
+        request = dict(call.request, model=target.upstream_model, stream=True)
+        request["messages"] = [*call.request["messages"], {"role": "assistant", "content": self.text}]
+        options = call.request.get("stream_options")
+        request["stream_options"] = {**(options if type(options) is dict else {}), "include_usage": True}
+        for name in ("max_tokens", "max_completion_tokens"):
+            limit = request.get(name)
+            if type(limit) is int:
+                request[name] = max(limit - self.chunks, 1)
+        return orjson.dumps(request)

@@ -62,7 +62,7 @@ class Record:
 
     __slots__ = ("at", "request_id", "route_id", "route", "client_key_id", "deployment_id", "deployment", "key_id",
                  "outcome", "status", "stream", "tried", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in",
-                 "tokens_out", "cost", "error", "request_body", "response_body", "notes")
+                 "tokens_out", "cost", "error", "request_body", "response_body", "notes", "continuation")
 
     def __init__(self, request_id, route_id=None, route="", client_key_id=None):
         self.at = time.time()
@@ -81,6 +81,7 @@ class Record:
         self.error = ""
         self.request_body = self.response_body = None
         self.notes = ()  # repairs of an answer that still succeeded (proxy.Note); a tuple: none is the rule
+        self.continuation = None  # how a broken stream's continuation ended (proxy.Continued), if one was tried
 
 
 class Recorder:
@@ -164,7 +165,8 @@ class Recorder:
 
     def _log_row(self, record, when):
         tried = [{"deployment": a.target.deployment, "key": a.key.label if a.key is not None else None,
-                  "outcome": a.outcome, "status": a.status, "ms": round(a.ms, 2), "error": storable(a.error, 200)}
+                  "outcome": a.outcome, "status": a.status, "ms": round(a.ms, 2), "error": storable(a.error, 200),
+                  **({"continuation": True} if a.continuation else {})}
                  for a in record.tried]
         return RequestLog(
             created_at=when, request_id=record.request_id, route_id=record.route_id,

@@ -105,6 +105,7 @@ class RouteInfo:
     version: int
     targets: tuple  # weight > 0, enabled, not blocked; probe-down ones left out unless all are
     totals: tuple  # cumulative weights of `targets`
+    continue_streams: bool = False  # a broken stream continues on another target (proxy.Continuation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,7 @@ def fingerprint():
                                                          "read_timeout")),
         list(ApiKey.objects.order_by("id").values_list("id", "updated_at", "enabled", "state", "rate_limited_until",
                                                        "rpm_limit", "tpm_limit", "secret_encrypted")),
-        list(Route.objects.order_by("id").values_list("id", "name", "version")),
+        list(Route.objects.order_by("id").values_list("id", "name", "version", "continue_streams")),
         list(RouteTarget.objects.order_by("id").values_list("id", "route_id", "deployment_id", "weight")),
         list(GatewayKey.objects.order_by("id").values_list("id", "key_hash", "enabled", "all_routes", "rpm_limit")),
         list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
@@ -236,7 +237,7 @@ def _route(route, keys, down):
     for target in targets:
         running += target.weight
         totals.append(running)
-    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals))
+    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals), route.continue_streams)
 
 
 def _client_keys():

@@ -34,6 +34,7 @@ class Simulator:
     def __init__(self, models=None, keys=None, seed=None, log_size=100_000, clock=time.monotonic):
         self.clock = clock
         self._set_at = {}
+        self._served = {}  # model -> chat requests since it was set (fail_first)
         self.models = {}
         for name, value in (models or {}).items():
             self.set_model(name, personality_from(value))
@@ -60,6 +61,7 @@ class Simulator:
         """Serve model as personality from now on; its schedule starts now."""
         self.models[model] = personality
         self._set_at[model] = self.clock()
+        self._served.pop(model, None)
 
     def model_names(self):
         return list(dict.fromkeys([*self.models, *PERSONALITIES]))
@@ -142,31 +144,37 @@ class Simulator:
         if latency and not await exchange.pause(latency):
             await exchange.drop()
             return False
+        model = exchange.attempt.model
+        served = self._served[model] = self._served.get(model, 0) + 1
+        if served <= personality.fail_first:
+            await exchange.error(500, Reply.ERROR_500, "Simulated server error.", "internal_error", "server_error")
+            return False
         roll = self.random.random()
         if roll < personality.rate_429:
             await self._rate_limited(exchange, personality.retry_after_s)
             return False
         if roll < personality.rate_429 + personality.error_rate:
-            await self._server_error(exchange)
+            await self._server_error(exchange, personality.error_status)
             return False
         return True
 
     async def _rate_limited(self, exchange, retry_after_s):
         # Retry-After only takes whole seconds; the SDKs also read the precise -ms header.
-        headers = (
+        headers = () if retry_after_s is None else (
             (b"retry-after", str(math.ceil(retry_after_s)).encode()),
             (b"retry-after-ms", str(int(retry_after_s * 1000)).encode()),
         )
         message = "Simulated rate limit."
         await exchange.error(429, Reply.RATE_LIMITED, message, "rate_limit_exceeded", "requests", headers)
 
-    async def _server_error(self, exchange):
-        # Alternate per model so a client sees both flavours of 5xx.
+    async def _server_error(self, exchange, status=None):
+        # Alternate per model so a client sees both flavours of 5xx (unless the personality fixes one).
         model = exchange.attempt.model
-        status = self._next_5xx.get(model, 500)
-        self._next_5xx[model] = 503 if status == 500 else 500
-        if status == 500:
-            await exchange.error(500, Reply.ERROR_500, "Simulated server error.", "internal_error", "server_error")
+        if status is None:
+            status = self._next_5xx.get(model, 500)
+            self._next_5xx[model] = 503 if status == 500 else 500
+        if status != 503:
+            await exchange.error(status, Reply.ERROR_500, "Simulated server error.", "internal_error", "server_error")
         else:
             await exchange.error(503, Reply.ERROR_503, "Simulated overload.", "overloaded", "server_error")
 
@@ -178,16 +186,18 @@ class Simulator:
             return fault
         return None
 
-    def _completion(self, request, personality):
-        """Return the Completion to send, or None when messages or max_tokens are malformed."""
+    def _completion(self, request, personality, prefill=None):
+        """Return the Completion to send (continuing `prefill`), or None when messages or max_tokens are malformed."""
         messages = request.get("messages")
         max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
         if not isinstance(messages, list) or not _positive_int_or_none(max_tokens):
             return None
         if personality.answer is not None:
             pieces = answer_pieces(personality.answer)
+            pieces = pieces[_pieces_covered(pieces, prefill):]
         else:
-            pieces = token_pieces(personality.output_length(max_tokens))
+            done = _tokens_prefilled(prefill)
+            pieces = token_pieces(done + personality.output_length(max_tokens, done))[done:]
         options = request.get("stream_options")
         return Completion(
             id=f"chatcmpl-sim{next(self._ids)}",
@@ -204,10 +214,16 @@ class Simulator:
             return
         exchange, request, personality = admitted
         try:
-            completion = self._completion(request, personality)
+            prefill = exchange.attempt.prefill = _prefill(request.get("messages"))
+            max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+            exchange.attempt.max_tokens = max_tokens if type(max_tokens) is int else None
+            completion = self._completion(request, personality, prefill)
             if completion is None:
                 message = "messages must be a list and max_tokens a positive integer."
                 await exchange.error(400, Reply.BAD_REQUEST, message, "invalid_value")
+            elif (refusal := _refusal(request, personality, prefill, completion)) is not None:
+                reply, message = refusal
+                await exchange.error(400, reply, message, _REFUSAL_CODES[reply])
             elif await self._serve_model(exchange, personality):
                 await self._answer(exchange, completion, personality)
         finally:
@@ -227,7 +243,8 @@ class Simulator:
             await exchange.drop()
         elif stream:
             pace = 1 / personality.tokens_per_s if personality.tokens_per_s else 0.0
-            await exchange.play(SSE_HEADERS, stream_script(completion, fault, personality.delay_s(), pace))
+            script = stream_script(completion, fault, personality.delay_s(), pace, personality.fault_after_tokens)
+            await exchange.play(SSE_HEADERS, script)
         else:
             await exchange.play(JSON_HEADERS, body_script(completion, fault, personality.delay_s()))
 
@@ -263,6 +280,59 @@ async def _unauthorized(exchange, key):
     else:
         message = f"Incorrect API key provided: {mask_key(key)}."
         await exchange.error(401, Reply.UNAUTHORIZED, message, "invalid_api_key")
+
+
+_REFUSAL_CODES = {
+    Reply.PREFILL_REFUSED: "prefill_unsupported",
+    Reply.CONTEXT_LENGTH: "context_length_exceeded",
+    Reply.CONTENT_FILTER: "content_filter",
+}
+
+
+def _refusal(request, personality, prefill, completion):
+    """Return (Reply, message) when the personality refuses this request with a 400, else None."""
+    if prefill is not None and not personality.accepts_prefill:
+        return Reply.PREFILL_REFUSED, "This model does not support a final assistant message (prefill)."
+    if personality.content_filter:
+        return Reply.CONTENT_FILTER, "The response was filtered due to the prompt triggering the content policy."
+    window = personality.context_window
+    if window is not None:
+        wanted = completion.prompt_tokens + (request.get("max_completion_tokens") or request.get("max_tokens")
+                                             or personality.output_tokens)
+        if wanted > window:
+            return Reply.CONTEXT_LENGTH, (f"This model's maximum context length is {window} tokens. However, you "
+                                          f"requested {wanted} tokens. Please reduce the length of the messages.")
+    return None
+
+
+def _prefill(messages):
+    """Return the content of a trailing assistant message (the answer's start to continue from), else None."""
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return None
+    return last["content"]
+
+
+def _tokens_prefilled(prefill):
+    """Return k when prefill is exactly "tok0 … tok{k-1} ", else 0 (a prefill not of ours starts afresh)."""
+    if not prefill:
+        return 0
+    count = len(answer_pieces(prefill))
+    return count if "".join(token_pieces(count)) == prefill else 0
+
+
+def _pieces_covered(pieces, prefill):
+    """Return how many leading pieces of a fixed answer the prefill spells out exactly, else 0."""
+    joined = ""
+    for count, piece in enumerate(pieces, 1):
+        joined += piece
+        if joined == prefill:
+            return count
+        if not prefill or not prefill.startswith(joined):
+            return 0
+    return 0
 
 
 def _positive_int_or_none(value):

@@ -18,7 +18,11 @@ SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 @dataclass(slots=True)
 class Attempt:
-    """One request as the simulator saw it; `key` keeps only the secret's last 4 characters."""
+    """One request as the simulator saw it; `key` keeps only the secret's last 4 characters.
+
+    `prefill` is the content of a trailing assistant message (None without one);
+    `max_tokens` what the request asked for.
+    """
 
     time: float
     wall_time: float
@@ -28,6 +32,8 @@ class Attempt:
     stream: bool = False
     outcome: str = Reply.OK
     completed: bool = False
+    prefill: str | None = None
+    max_tokens: int | None = None
 
     def as_dict(self):
         return dataclasses.asdict(self)

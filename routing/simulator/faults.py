@@ -25,17 +25,22 @@ def _paced(events, pace):
     return [item for event in events for item in (pace, event)]
 
 
-def stream_script(completion, fault=None, delay=0.0, pace=0.0):
-    """Return the SSE script for completion under fault (None for a healthy stream)."""
+def stream_script(completion, fault=None, delay=0.0, pace=0.0, after=None):
+    """Return the SSE script for completion under fault (None for a healthy stream).
+
+    Mid-stream faults strike after `after` tokens (None: half of them).
+    """
     if fault == Fault.ERROR_FIRST_EVENT:
         return [sse(_upstream_error())]
     tokens = completion.token_events()
-    half = len(tokens) // 2
+    half = len(tokens) // 2 if after is None else min(after, len(tokens))
     head = [completion.role_event(), *_paced(tokens[:half], pace)]
     tail = _paced(tokens[half:], pace)
     closing = completion.closing_events()
     if fault == Fault.CUT_MIDWAY:
         return coalesce([*head, CUT])
+    if fault == Fault.ERROR_MIDWAY:
+        return coalesce([*head, sse(_upstream_error())])
     if fault == Fault.NO_DONE:
         return coalesce([*head, *tail, *closing])
     first = [delay] if fault == Fault.SLOW_FIRST_TOKEN else []
@@ -60,6 +65,7 @@ def body_script(completion, fault, delay=0.0):
         Fault.MALFORMED_CHUNK: [body[:half]],
         Fault.SLOW_FIRST_TOKEN: [delay, body],
         Fault.ERROR_FIRST_EVENT: [orjson.dumps(_upstream_error())],
+        Fault.ERROR_MIDWAY: [orjson.dumps(_upstream_error())],
     }
     return scripts.get(fault, [body])
 

@@ -25,11 +25,11 @@ class Fault(enum.StrEnum):
     SILENCE = "silence"
     # Headers at once, then the first byte of the body after fault_delay_s (5 s).
     SLOW_FIRST_TOKEN = "slow_first_token"
-    # Half the tokens, then the connection closes mid chunked body:
+    # Half the tokens (or fault_after_tokens), then the connection closes mid chunked body:
     # httpx.RemoteProtocolError "incomplete chunked read", aiohttp ClientPayloadError.
     # No finish_reason and no [DONE]; a non-streaming body is cut in half the same way.
     CUT_MIDWAY = "cut_midway"
-    # Half the tokens, fault_delay_s (30 s) of quiet on an open connection, then the rest.
+    # Half the tokens (or fault_after_tokens), fault_delay_s (30 s) of quiet on an open connection, then the rest.
     STALL = "stall"
     # One extra `data:` event midway that is not valid JSON; the tokens around it
     # are all there. A non-streaming body is half a JSON document.
@@ -40,6 +40,9 @@ class Fault(enum.StrEnum):
     # HTTP 200 whose only event is `data: {"error": {...}}`; the openai SDK raises
     # APIError. A non-streaming 200 carries the same error object as its body.
     ERROR_FIRST_EVENT = "error_first_event"
+    # Half the tokens (or fault_after_tokens), then `data: {"error": {...}}` and the end of
+    # the body: no finish_reason, no [DONE]. A non-streaming 200 carries the error object.
+    ERROR_MIDWAY = "error_midway"
 
 
 class Reply(enum.StrEnum):
@@ -53,6 +56,9 @@ class Reply(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
+    PREFILL_REFUSED = "prefill_refused"
+    CONTEXT_LENGTH = "context_length_exceeded"
+    CONTENT_FILTER = "content_filter"
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,18 @@ class Personality:
     stream, 0 meaning as fast as possible. A request gets rate_429, then
     error_rate (500 and 503 in turn), then fault with fault_rate. answer
     replaces the "tok0 tok1 ..." content; report_model is the model name
-    reported back, for a silent swap.
+    reported back, for a silent swap. fault_after_tokens says after how many
+    tokens cut_midway, stall, malformed_chunk and error_midway strike (None:
+    half of them). retry_after_s None sends 429s without Retry-After;
+    error_status fixes the status of errors (else 500 and 503 in turn);
+    fail_first makes the first N chat requests after the model was set answer
+    500. context_window refuses (400, context_length_exceeded) a request whose
+    prompt estimate plus max_tokens exceeds it; content_filter refuses every
+    chat request as OpenAI's moderation does (400, content_filter).
+
+    A request whose last message is the assistant's is a prefill: the answer
+    continues from it ("tok0 tok1 " continues with "tok2 ", max_tokens counting
+    only the new tokens), or it is refused with a 400 when accepts_prefill is false.
     """
 
     latency_median_ms: float = 0
@@ -120,10 +137,16 @@ class Personality:
     max_output_tokens: int = 4096
     error_rate: float = 0
     rate_429: float = 0
-    retry_after_s: float = 1
+    retry_after_s: float | None = 1
+    error_status: int | None = None
+    fail_first: int = 0
+    context_window: int | None = None
+    content_filter: bool = False
     fault: Fault | None = None
     fault_rate: float = 1.0
     fault_delay_s: float | None = None
+    fault_after_tokens: int | None = None
+    accepts_prefill: bool = True
     answer: str | None = None
     report_model: str | None = None
     schedule: tuple = ()
@@ -141,10 +164,22 @@ class Personality:
         if self.error_rate + self.rate_429 > 1:
             raise ValueError("error_rate + rate_429 must not exceed 1")
         for name in ("latency_median_ms", "latency_p99_ms", "tokens_per_s", "retry_after_s"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.error_status is not None and self.error_status not in (500, 502, 503, 504):
+            raise ValueError("error_status must be 500, 502, 503 or 504")
+        for name in ("fail_first", "context_window"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 0):
+                raise ValueError(f"{name} must be a whole number >= 0")
         if self.output_tokens < 0 or self.max_output_tokens < 1:
             raise ValueError("output_tokens must be >= 0 and max_output_tokens >= 1")
+        if self.fault_after_tokens is not None and (type(self.fault_after_tokens) is not int
+                                                    or self.fault_after_tokens < 0):
+            raise ValueError("fault_after_tokens must be a whole number >= 0")
+        for name in ("accepts_prefill", "content_filter"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be true or false")
 
     def at(self, elapsed_s):
         """Return the personality in effect elapsed_s after the model was set: every active Change applied."""
@@ -169,9 +204,10 @@ class Personality:
         sigma = math.log(self.latency_p99_ms / median) / Z_99
         return rng.lognormvariate(math.log(median), sigma) / 1000
 
-    def output_length(self, max_tokens):
-        """Return how many tokens to generate when the client asked for max_tokens (or None)."""
-        return min(max_tokens or self.output_tokens, self.max_output_tokens)
+    def output_length(self, max_tokens, prefilled=0):
+        """Return how many new tokens to generate when the client asked for max_tokens (or None)
+        after `prefilled` tokens of an assistant prefill (they count against output_tokens, not max_tokens)."""
+        return min(max_tokens or max(self.output_tokens - prefilled, 0), self.max_output_tokens)
 
     def delay_s(self):
         """Return how long slow_first_token or stall holds the response."""
@@ -192,6 +228,7 @@ PERSONALITIES = {
     "heavy-tailed": Personality(latency_median_ms=60, latency_p99_ms=900),
     "flaky": Personality(latency_median_ms=50, error_rate=0.15, rate_429=0.1),
     "fast": Personality(),
+    "no-prefill": Personality(accepts_prefill=False),
     **_fault_personalities(),
 }
 

@@ -9,6 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from routing import weights
+from routing.models import Route
 
 PAGES = ["/", "/deployments/stable/", "/routes/", "/timeline/"]
 DATA = ["/dashboard-data/overview/", "/dashboard-data/deployments/stable/", "/dashboard-data/routes/",
@@ -131,6 +132,15 @@ def test_the_routes_page_puts_weight_and_live_traffic_side_by_side(seeded, admin
     assert route["history"][0]["actor"] == "alice" and route["history"][0]["reason"] == "more canary"
     page = response.content.decode()
     assert "canary 10→20%" in page and "more canary" in page
+
+
+def test_the_routes_page_says_whether_a_route_continues_broken_streams(seeded, admin_user):
+    page = signed_in(admin_user).get("/routes/").content.decode()
+    assert "Broken streams: end with an error event" in page
+    Route.objects.filter(pk=seeded["route"].pk).update(continue_streams=True)
+    response = signed_in(admin_user).get("/routes/")
+    assert "Broken streams: continued on another target" in response.content.decode()
+    assert initial_data(response)["routes"][0]["continue_streams"] is True
 
 
 def test_a_deployment_serving_two_routes_counts_each_routes_own_traffic(seeded, admin_user):

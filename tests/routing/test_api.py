@@ -247,6 +247,23 @@ def test_a_route_update_honours_if_match_and_bumps_the_version(admin_api, regist
     assert AuditEvent.objects.get(action="update").after["description"] == "chat traffic"
 
 
+def test_a_route_opts_in_to_continuing_broken_streams_audited(admin_api, viewer_api, registry):
+    assert viewer_api.get(f"{API}/routes/chat").json()["continue_streams"] is False
+
+    updated = patch(admin_api, "/routes/chat", {"continue_streams": True})
+
+    assert updated.status_code == 200 and updated.json()["continue_streams"] is True
+    event = AuditEvent.objects.get(action="update")
+    assert event.before["continue_streams"] is False and event.after["continue_streams"] is True
+
+
+def test_a_non_boolean_continue_streams_is_refused_naming_the_field(admin_api, registry):
+    before = everything()
+    response = patch(admin_api, "/routes/chat", {"continue_streams": "sometimes"})
+    assert response.status_code == 400 and "continue_streams" in response.json()
+    assert everything() == before
+
+
 def test_replacing_a_routes_targets_is_validated_and_audited_as_a_weights_change(admin_api, registry):
     bad = patch(admin_api, "/routes/chat", {"targets": [{"deployment": "stable", "weight": 60}]})
     assert bad.status_code == 400 and "100" in str(bad.json()["targets"])

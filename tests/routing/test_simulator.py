@@ -309,6 +309,89 @@ def test_cut_midway_breaks_the_stream_without_finish_or_done(http, sim):
     assert only_attempt(sim).completed is False
 
 
+def test_fault_after_tokens_sets_where_a_cut_strikes(http, sim):
+    sim.configure("fault-cut-midway", fault_after_tokens=3)
+    received, _ = read_until_broken(http, "fault-cut-midway")
+
+    assert contents(received) == "tok0 tok1 tok2 "
+
+
+def test_fault_after_tokens_must_be_a_whole_number():
+    with pytest.raises(ValueError, match="fault_after_tokens"):
+        Personality(fault_after_tokens=-1)
+    with pytest.raises(ValueError, match="accepts_prefill"):
+        personality_from({"accepts_prefill": "no"})
+
+
+PREFILLED = [*HELLO, {"role": "assistant", "content": "tok0 tok1 tok2 "}]
+
+
+def test_an_assistant_prefill_is_continued_and_max_tokens_counts_only_new_tokens(http, sim):
+    status, events = stream_events(http, "fast", messages=PREFILLED, max_tokens=3)
+
+    assert status == 200
+    assert contents([data for _, data in events[:-1]]) == "tok3 tok4 tok5 "
+    assert only_attempt(sim).prefill == "tok0 tok1 tok2 " and only_attempt(sim).max_tokens == 3
+
+
+def test_a_prefill_without_max_tokens_completes_the_usual_length(http, sim):
+    body = chat(http, "fast", messages=PREFILLED).json()
+
+    assert body["choices"][0]["message"]["content"] == "".join(f"tok{i} " for i in range(3, 16))
+
+
+def test_a_fixed_answer_continues_after_the_pieces_its_prefill_spells(http, sim):
+    sim.configure("fixed", answer="The sky is blue.")
+    prefilled = [*HELLO, {"role": "assistant", "content": "The sky "}]
+
+    assert chat(http, "fixed", messages=prefilled).json()["choices"][0]["message"]["content"] == "is blue."
+
+
+def test_a_model_that_refuses_prefills_answers_400_and_says_so(http, sim):
+    response = chat(http, "no-prefill", messages=PREFILLED, stream=True)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "prefill_unsupported"
+    assert only_attempt(sim).outcome == "prefill_refused"
+    assert chat(http, "no-prefill").status_code == 200  # without a prefill it answers
+
+
+def test_error_midway_sends_tokens_then_an_error_event_and_ends(http, sim):
+    sim.configure("fault-error-midway", fault_after_tokens=2)
+    status, events = stream_events(http, "fault-error-midway")
+    datas = [data for _, data in events]
+
+    assert status == 200 and "[DONE]" not in datas
+    assert contents(datas[:-1]) == "tok0 tok1 " and "error" in json.loads(datas[-1])
+
+
+def test_fail_first_answers_500_that_many_times_then_recovers(http, sim):
+    sim.configure("once", fail_first=1)
+
+    assert [chat(http, "once").status_code for _ in range(3)] == [500, 200, 200]
+
+
+def test_error_status_fixes_the_5xx_and_a_429_may_come_without_retry_after(http, sim):
+    sim.configure("overloaded", error_rate=1, error_status=503)
+    sim.configure("limited", rate_429=1, retry_after_s=None)
+
+    assert {chat(http, "overloaded").status_code for _ in range(3)} == {503}
+    limited = chat(http, "limited")
+    assert limited.status_code == 429 and "retry-after" not in limited.headers
+
+
+def test_context_window_and_content_filter_refuse_with_openai_400s(http, sim):
+    sim.configure("small", context_window=20)
+    sim.configure("strict", content_filter=True)
+
+    assert chat(http, "small", max_tokens=8).status_code == 200  # 9 prompt tokens + 8
+    too_long = chat(http, "small", max_tokens=12)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 20 tokens" in too_long.json()["error"]["message"]
+    filtered = chat(http, "strict")
+    assert filtered.status_code == 400 and filtered.json()["error"]["code"] == "content_filter"
+
+
 def test_cut_midway_truncates_a_non_streaming_body(http):
     with pytest.raises(httpx.RemoteProtocolError):
         chat(http, "fault-cut-midway")
