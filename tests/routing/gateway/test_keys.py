@@ -142,7 +142,8 @@ def suspicion_known(gateway, key_id, suspect=True):
     return wait_until(lambda: gateway.gateway.store.current.keys[key_id].suspect is suspect)
 
 
-def test_a_first_401_is_saved_as_suspicion_that_a_401_in_another_gateway_process_confirms(serve_gateway):
+def test_a_first_401_is_saved_as_suspicion_that_a_401_in_another_gateway_process_confirms(serve_gateway,
+                                                                                            viewer_api):
     with SimulatorServer(Simulator(keys={GOOD})) as strict:
         provider = make_provider(strict, keys=(FLAKY, GOOD))
         make_route("r", provider, {"d": ("fast", 100)})
@@ -154,6 +155,8 @@ def test_a_first_401_is_saved_as_suspicion_that_a_401_in_another_gateway_process
         assert flaky.state == KeyState.ACTIVE and flaky.suspect_since is not None
         suspect = Event.objects.get(kind=EventKind.KEY_SUSPECT, api_key=flaky)
         assert "401" in suspect.message and FLAKY not in suspect.message
+        shown = viewer_api.get(f"/api/v1/keys/{flaky.pk}/").json()
+        assert shown["state"] == "active" and shown["suspect_since"] is not None
         assert suspicion_known(second, flaky.pk)
         assert post_chat(second, key, "r").status_code == 200  # its first try is the flaky key: refused again
         second.stop()
