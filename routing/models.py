@@ -119,9 +119,10 @@ class ApiKey(models.Model):
         The row is re-read under a lock, so a key that staff disabled (or that
         another process already moved) is never overridden. Entering or
         leaving INVALID is audited (a lasting state); 429 cooling comes and
-        goes and is not. Each change of state records an Event and pushes it
-        live after commit. Returns that Event, or None when nothing changed
-        (an extended cooling saves the new `until` without an Event).
+        goes and is not. Becoming INVALID or ACTIVE ends a suspicion (see
+        `suspect`). Each change of state records an Event and pushes it live
+        after commit. Returns that Event, or None when nothing changed (an
+        extended cooling saves the new `until` without an Event).
         """
         from routing import audit
 
