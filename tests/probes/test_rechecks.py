@@ -3,6 +3,7 @@ suspect key is confirmed or cleared by a probe with it, and keys that staff disa
 
 import itertools
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.utils import timezone
@@ -42,7 +43,8 @@ def test_the_backoff_comes_from_the_settings(settings):
     assert [rechecks.delay_s(n) for n in range(4)] == [5, 10, 20, 30]
 
 
-def test_an_invalid_key_is_re_probed_with_backoff_and_comes_back_by_itself_audited_both_ways(make_target, simulator):
+def test_an_invalid_key_is_re_probed_with_backoff_and_comes_back_by_itself_audited_both_ways(
+        make_target, simulator, django_capture_on_commit_callbacks):
     target = make_target("instant", keys=(GOOD_KEY, RENEWED))
     while key_of(target).state != KeyState.INVALID:  # the rotating probe finds the refused key
         run_probe(target.pk, next(slots))
@@ -60,7 +62,9 @@ def test_an_invalid_key_is_re_probed_with_backoff_and_comes_back_by_itself_audit
     assert rechecks.run_due(t0 + timedelta(seconds=61 + 119)) == 0
 
     simulator.simulator.keys = frozenset({GOOD_KEY, RENEWED})  # the provider accepts the key again
-    assert rechecks.run_due(t0 + timedelta(seconds=61 + 121)) == 1
+    with mock.patch("dashboard.live.timeline_event") as pushed, django_capture_on_commit_callbacks(execute=True):
+        assert rechecks.run_due(t0 + timedelta(seconds=61 + 121)) == 1
+    assert [call.args[0].kind for call in pushed.call_args_list] == [EventKind.KEY_ACTIVE]  # every open page
     key = key_of(target)
     assert key.state == KeyState.ACTIVE and key.usable()
     assert audit_states(key) == [("active", "invalid"), ("invalid", "active")]
