@@ -25,9 +25,9 @@ def _refuse_diverging_keys():
     from django.conf import settings
 
     if settings.DATABASE_URL:
-        from routing.keycheck import verify_key_set
+        from routing.keycheck import verify_at_start
 
-        verify_key_set()
+        verify_at_start()
 
 
 _refuse_diverging_keys()

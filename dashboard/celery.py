@@ -18,9 +18,9 @@ def refuse_diverging_keys(**kwargs):
 
     SystemExit, because Celery logs and swallows the exceptions of signal handlers.
     """
-    from routing.keycheck import KeysDiverge, verify_key_set
+    from routing.keycheck import KeysDiverge, verify_at_start
 
     try:
-        verify_key_set()
+        verify_at_start()
     except KeysDiverge as exc:
         raise SystemExit(f"weathervane.E001: {exc}") from None

@@ -49,7 +49,7 @@ def encryption_keys(app_configs, **kwargs):
     from routing.keycheck import KeysDiverge, verify_key_set
 
     try:
-        verify_key_set()
+        verify_key_set(wait_s=settings.DB_WAIT_S)
     except KeysDiverge as exc:
         hint = "Every process must have the same WEATHERVANE_FERNET_KEYS."
         return [Error(str(exc), hint=hint, id="weathervane.E001")]

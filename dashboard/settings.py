@@ -178,6 +178,8 @@ def _new_fernet_key():
 
 
 FERNET_KEYS = env_list("WEATHERVANE_FERNET_KEYS") or [_local_secret("fernet.key", _new_fernet_key)]
+# Seconds a starting process waits for a database that is not up yet before it checks the keys (routing/keycheck.py).
+DB_WAIT_S = env_float("WEATHERVANE_DB_WAIT", 5.0, minimum=0.0)
 # Named in error messages: where this process's keys came from.
 FERNET_KEYS_SOURCE = "WEATHERVANE_FERNET_KEYS" if FERNET_KEYS_FROM_ENV else str(DATA_DIR / "fernet.key")
 
@@ -207,6 +209,9 @@ PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
 ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
+# Invalid keys are re-checked after KEY_RECHECK_BASE_S, doubling after each failed re-check up to KEY_RECHECK_MAX_S.
+KEY_RECHECK_BASE_S = env_int("WEATHERVANE_KEY_RECHECK_BASE", 60, minimum=1)
+KEY_RECHECK_MAX_S = env_int("WEATHERVANE_KEY_RECHECK_MAX", 3600, minimum=1)
 # Redis redelivers a message a killed worker never acked after this many seconds
 # (a short timeout also needs frequent sweeps for such messages).
 _VISIBILITY_TIMEOUT = env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)

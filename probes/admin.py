@@ -3,7 +3,7 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
-from probes.models import ProbeBudget, ProbeResult, ProbeTarget, ProbeUsage, Rollup
+from probes.models import KeyRecheck, ProbeBudget, ProbeResult, ProbeTarget, ProbeUsage, Rollup
 from probes.signals import ensure_target
 from routing import audit
 from routing.models import AuditAction
@@ -71,6 +71,20 @@ class ProbeBudgetAdmin(AuditedAdmin):
 class ProbeUsageAdmin(admin.ModelAdmin):
     list_display = ("day", "provider", "probes", "tokens", "cost")
     list_filter = ("provider",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(KeyRecheck)
+class KeyRecheckAdmin(admin.ModelAdmin):
+    """When each invalid or suspect key is next re-checked (read-only: probes.rechecks keeps them)."""
+
+    list_display = ("api_key", "due_at", "failures", "last_outcome", "last_checked_at")
+    list_select_related = ("api_key__provider",)
 
     def has_add_permission(self, request):
         return False

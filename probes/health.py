@@ -144,12 +144,16 @@ def _announce_health(target, previous, verdict):
 
 
 def apply_to_key(key, result):
-    """Mark the key invalid on a bad-key outcome, rate-limited on a 429, active again on success."""
+    """Mark the key invalid on a bad-key outcome, rate-limited on a 429, active (and trusted) again on success.
+
+    A probe is a request of its own: its 401 confirms a key the gateway holds as suspect (probes.rechecks).
+    """
     if result.outcome == Outcome.BAD_KEY:
-        ApiKey.change_state(key.pk, KeyState.INVALID, f"probe got {result.error or 'HTTP 401/403'}", ACTOR)
+        ApiKey.change_state(key.pk, KeyState.INVALID, f"probe got {result.error or 'HTTP 401'}", ACTOR)
     elif result.outcome == Outcome.RATE_LIMITED and result.status_code == 429:
         wait = result.retry_after_s if result.retry_after_s is not None else DEFAULT_RATE_LIMIT_S
         ApiKey.change_state(key.pk, KeyState.RATE_LIMITED, "probe got HTTP 429", ACTOR,
                             until=timezone.now() + timedelta(seconds=wait))
     elif result.outcome == Outcome.OK:
         ApiKey.change_state(key.pk, KeyState.ACTIVE, "probe succeeded", ACTOR)
+        ApiKey.clear_suspicion(key.pk, "a probe with it succeeded", ACTOR)

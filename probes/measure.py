@@ -19,6 +19,7 @@ import httpx
 
 from routing import sse
 from routing.httpx_guard import GuardedTransport, is_blocked
+from routing.models import sendable_secret
 from routing.outcomes import Outcome, UpstreamError, error_message, http_failure, redact
 
 USER_AGENT = "weathervane-probe/1"
@@ -133,8 +134,14 @@ def _describe(exc):
 # --- one probe -----------------------------------------------------------------
 
 
+UNSENDABLE_SECRET = ("the stored API key cannot be sent in an HTTP header (it has spaces, line breaks or characters "
+                     "outside ASCII); enter the key again")
+
+
 def probe(request):
     """Send one probe and return its Measurement (never raises for upstream failures)."""
+    if request.secret is not None and not sendable_secret(request.secret):
+        return Measurement(outcome=Outcome.BAD_KEY, error=UNSENDABLE_SECRET)
     started = time.perf_counter()
     result = Measurement()
     try:

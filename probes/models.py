@@ -253,3 +253,24 @@ class ProbeUsage(models.Model):
     class Meta:
         ordering = ["-day"]
         constraints = [models.UniqueConstraint(fields=["provider", "day"], name="one_usage_row_per_provider_day")]
+
+
+class KeyRecheck(models.Model):
+    """When an invalid or suspect key is next probed with (probes.rechecks), and who holds that re-check.
+
+    One row per key while it is invalid (not disabled) or suspect; gone once it is active and trusted again.
+    """
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="recheck")
+    due_at = models.DateTimeField(db_index=True)
+    failures = models.PositiveIntegerField(default=0, help_text="Re-checks in a row that did not get the key through")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["due_at"]
+
+    def __str__(self):
+        return f"re-check of {self.api_key} due {self.due_at:%H:%M:%S}"

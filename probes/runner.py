@@ -126,14 +126,15 @@ def record(target, slot, key, m, started_at):
             _roll_up(target, result)
             health.after_probe(target.pk, result)
             # Last, so the provider-wide usage row stays locked for the shortest time.
-            _count_usage(deployment.provider_id, started_at, m.tokens_in + m.tokens_out, cost)
+            count_usage(deployment.provider_id, started_at, m.tokens_in + m.tokens_out, cost)
     except IntegrityError:
         log.info("slot %s of probe target %s was recorded by another worker", slot, target.pk)
         return None
     return result
 
 
-def _count_usage(provider_id, when, tokens, cost):
+def count_usage(provider_id, when, tokens, cost):
+    """Add one probe (or key re-check) and its tokens and cost to the provider's usage of the day."""
     counted = {"probes": F("probes") + 1, "tokens": F("tokens") + tokens, "cost": F("cost") + cost}
     if not ProbeUsage.objects.filter(provider_id=provider_id, day=when.date()).update(**counted):
         ProbeUsage.objects.get_or_create(provider_id=provider_id, day=when.date())

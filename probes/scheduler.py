@@ -5,7 +5,9 @@ to a small thread pool that calls `runner.run_probe`, the function the Celery
 task calls. Every few seconds it re-reads the targets, so edits, pauses and
 new deployments take effect without a restart. Each target's slots are
 spread over its interval (see probes.slots). At each re-read it also hands
-the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all).
+the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all)
+and one sweep of the key re-checks (probes.rechecks.run_due), each only when
+the previous one has finished.
 
     from probes import scheduler
     scheduler.start()   # idempotent; scheduler.stop() ends it
@@ -19,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import close_old_connections, reset_queries
 
-from probes import runner, slots
+from probes import rechecks, runner, slots
 from probes.models import ProbeTarget
 from probes.signals import ensure_all_targets
 
@@ -39,6 +41,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread = None
         self._pool = None
+        self._rechecking = None  # the Future of the key re-check sweep under way
 
     def start(self):
         if self._thread is not None and self._thread.is_alive():
@@ -70,6 +73,8 @@ class Scheduler:
             if now >= next_refresh:
                 self._safely(self.refresh, now)
                 self._pool.submit(self._tick_rollouts)
+                if self._rechecking is None or self._rechecking.done():
+                    self._rechecking = self._pool.submit(self._recheck_keys)
                 next_refresh = now + self.refresh_s * 1000
             self._fire_due(now)
             wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh)
@@ -131,6 +136,15 @@ class Scheduler:
             log.exception("rollout tick failed")
         finally:
             close_old_connections()
+
+    def _recheck_keys(self):
+        try:
+            rechecks.run_due()
+        except Exception:  # a broken re-check must not stop the probes
+            log.exception("key re-check failed")
+        finally:
+            close_old_connections()
+            reset_queries()
 
     def _safely(self, func, *args):
         try:

@@ -5,7 +5,8 @@ Beat runs `dispatch_due_probes` every PROBE_DISPATCH_EVERY_S seconds (see
 and enqueues `run_probe` with a countdown to the slot's due time, so probes
 are spread over their interval. `run_probe` claims its slot, so a message
 delivered twice (a second beat, a worker killed before acking) still leaves
-exactly one result.
+exactly one result. `recheck_keys` (same period) hands out the re-checks of
+invalid and suspect keys that are due, each claimed the same way.
 """
 
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from probes import runner
+from probes import rechecks, runner
 
 # A dispatch covers two beat periods, so one late or lost tick skips nothing.
 HORIZON_PERIODS = 2
@@ -41,6 +42,25 @@ def dispatch_due_probes():
         expires = datetime.fromtimestamp(slot / 1000 + interval, tz=UTC)
         run_probe.apply_async((target_id, slot), eta=due, expires=expires)
     return len(planned)
+
+
+@shared_task(ignore_result=True, expires=30)
+def recheck_keys():
+    """Enqueue the re-check of every invalid or suspect key that is due (probes.rechecks). Returns how many."""
+    due = rechecks.plan()
+    for key_id in due:
+        recheck_key.delay(key_id)
+    return len(due)
+
+
+@shared_task(
+    acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError), retry_backoff=2, retry_backoff_max=30, max_retries=4,
+    expires=300, soft_time_limit=150, time_limit=180,
+)
+def recheck_key(key_id):
+    """Re-check one key with a one-token probe, if still due and not claimed elsewhere."""
+    rechecks.recheck(key_id)
 
 
 @shared_task(ignore_result=True, acks_late=True, expires=3600)

@@ -202,7 +202,7 @@ class ApiKeyAdmin(AuditedAdmin):
     list_display = ["__str__", "masked", "state", "enabled", "rpm_limit", "tpm_limit", "state_since"]
     list_filter = ["state", "enabled", "provider"]
     search_fields = ["label", "provider__name"]
-    readonly_fields = ["masked", "state_since", "rate_limited_until", "created_at", "updated_at"]
+    readonly_fields = ["masked", "state_since", "rate_limited_until", "suspect_since", "created_at", "updated_at"]
     list_select_related = ["provider"]
 
 

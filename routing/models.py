@@ -2,6 +2,7 @@
 gateway keys, and the append-only audit trail and operational event stream."""
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 from decimal import Decimal
@@ -22,7 +23,13 @@ name_validator = RegexValidator(
 )
 
 # A provider key travels in an HTTP header: visible ASCII only (a stray emoji or space would break every call).
-secret_validator = RegexValidator(r"^[!-~]+$", "An API key is visible ASCII characters, without spaces.")
+SECRET_CHARACTERS = r"[!-~]+"
+secret_validator = RegexValidator(rf"^{SECRET_CHARACTERS}$", "An API key is visible ASCII characters, without spaces.")
+
+
+def sendable_secret(secret):
+    """Return True when `secret` can go in an HTTP header as it is (older versions stored keys unchecked)."""
+    return bool(re.fullmatch(SECRET_CHARACTERS, secret))
 
 
 class ProviderKind(models.TextChoices):
@@ -70,6 +77,10 @@ class ApiKey(models.Model):
     state_reason = models.CharField(max_length=300, blank=True)
     state_since = models.DateTimeField(default=timezone.now)
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    suspect_since = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="An upstream answered 401 once: a probe with the key re-checks it at once (a second 401 makes it "
+                  "invalid, a success clears this)")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -108,9 +119,10 @@ class ApiKey(models.Model):
         The row is re-read under a lock, so a key that staff disabled (or that
         another process already moved) is never overridden. Entering or
         leaving INVALID is audited (a lasting state); 429 cooling comes and
-        goes and is not. Each change of state records an Event and pushes it
-        live after commit. Returns that Event, or None when nothing changed
-        (an extended cooling saves the new `until` without an Event).
+        goes and is not. Becoming INVALID or ACTIVE ends a suspicion (see
+        `suspect`). Each change of state records an Event and pushes it live
+        after commit. Returns that Event, or None when nothing changed (an
+        extended cooling saves the new `until` without an Event).
         """
         from routing import audit
 
@@ -131,6 +143,39 @@ class ApiKey(models.Model):
             transaction.on_commit(lambda: _publish_event(event))
         return event
 
+    @classmethod
+    def suspect(cls, key_id, reason, actor):
+        """Note one 401 for a usable key: it stays in use, and the probes re-check it at once.
+
+        Returns the Event, or None when the key is already suspect, invalid or disabled.
+        """
+        now = timezone.now()
+        usable = cls.objects.filter(pk=key_id, enabled=True, suspect_since__isnull=True,
+                                    state__in=(KeyState.ACTIVE, KeyState.RATE_LIMITED))
+        # updated_at moves too: the gateway's snapshot fingerprint sees the change.
+        if not usable.update(suspect_since=now, updated_at=now):
+            return None
+        return cls._key_event(key_id, EventKind.KEY_SUSPECT, f"is suspect: {reason}; a probe re-checks it", actor)
+
+    @classmethod
+    def clear_suspicion(cls, key_id, reason, actor):
+        """End a key's suspicion (a request or probe with it succeeded); returns the Event, or None if it was not."""
+        now = timezone.now()
+        if not cls.objects.filter(pk=key_id, suspect_since__isnull=False).update(suspect_since=None, updated_at=now):
+            return None
+        return cls._key_event(key_id, EventKind.KEY_ACTIVE, f"is no longer suspect: {reason}", actor)
+
+    @classmethod
+    def _key_event(cls, key_id, kind, text, actor):
+        from routing.signals import config_changed
+
+        key = cls.objects.select_related("provider").get(pk=key_id)
+        event = Event.objects.create(kind=kind, api_key=key, message=f"Key {key} {text}"[:500],
+                                     data={"reason": storable(text, 300), "actor": actor})
+        transaction.on_commit(lambda: _publish_event(event))
+        config_changed()
+        return event
+
     def _may_become(self, state, until):
         if not self.enabled or self.state == KeyState.DISABLED:
             return False
@@ -145,7 +190,10 @@ class ApiKey(models.Model):
     def _set_state(self, state, reason, until):
         self.state, self.state_reason, self.state_since = state, storable(reason, 300), timezone.now()
         self.rate_limited_until = until if state == KeyState.RATE_LIMITED else None
-        self.save(update_fields=["state", "state_reason", "state_since", "rate_limited_until", "updated_at"])
+        if state in (KeyState.INVALID, KeyState.ACTIVE):  # confirmed either way
+            self.suspect_since = None
+        self.save(update_fields=["state", "state_reason", "state_since", "rate_limited_until", "suspect_since",
+                                 "updated_at"])
 
     def _state_message(self):
         text = f"Key {self} is {KeyState(self.state).label.lower()}"
@@ -338,6 +386,7 @@ class EventKind(models.TextChoices):
     KEY_INVALID = "key_invalid", "Key marked invalid"
     KEY_RATE_LIMITED = "key_rate_limited", "Key rate-limited"
     KEY_ACTIVE = "key_active", "Key active again"
+    KEY_SUSPECT = "key_suspect", "Key suspect"
     PROVIDER_URL = "provider_url", "Provider endpoint changed"
     ROLLOUT = "rollout", "Rollout changed"
 

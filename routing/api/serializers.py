@@ -115,9 +115,9 @@ class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
         model = ApiKey
         fields = [
             "id", "provider", "label", "secret", "masked", "enabled", "rpm_limit", "tpm_limit",
-            "state", "state_reason", "state_since", "rate_limited_until", "created_at", "updated_at",
+            "state", "state_reason", "state_since", "rate_limited_until", "suspect_since", "created_at", "updated_at",
         ]
-        read_only_fields = ["state_since", "rate_limited_until"]
+        read_only_fields = ["state_since", "rate_limited_until", "suspect_since"]
         extra_kwargs = {"state": {
             "help_text": "Admins may set active or disabled; the gateway sets rate_limited and invalid.",
         }}

@@ -2,10 +2,13 @@
 
 The snapshot says which keys exist and what the database last said of them.
 Between snapshots, this process may learn more on its own: an upstream
-refused a key (invalid), or asked it to wait (cooling after a 429). `KeyRing`
-keeps those marks, rotates round-robin over a provider's keys, and reports
-every change to the recorder, which saves it through `ApiKey.change_state`
-off the hot path. A mark is forgotten once the database has caught up with it.
+refused a key once (suspect) or twice (invalid), or asked it to wait (cooling
+after a 429). `KeyRing` keeps those marks, rotates round-robin over a
+provider's keys, and reports every change to the recorder, which saves it
+through `ApiKey.change_state` / `ApiKey.suspect` off the hot path. A mark is
+forgotten once the database has caught up with it; a suspicion saved there
+(`KeyInfo.suspect`) is confirmed by a 401 in any process, and cleared by the
+probe that re-checks the key at once.
 """
 
 import math
@@ -23,7 +26,8 @@ class KeyRing:
         self.cursor = {}  # provider id -> index of the next key to offer
         self.blocked = {}  # key id -> (blocked until epoch, marked at epoch); inf = invalid
         self.recovered = set()  # keys reported answering again since the last snapshot
-        self.suspects = {}  # key id -> request id of the first 401: suspect until another request confirms it
+        self.trusted = set()  # suspect keys reported answering since the last snapshot
+        self.suspects = {}  # key id -> (request id of the first 401, epoch): suspect until another request confirms
 
     def usable(self, key, now):
         """Return True when neither the snapshot nor this process holds the key back at `now`."""
@@ -51,14 +55,18 @@ class KeyRing:
         """Note a 401 for `key` on request `request_id`; return True when this confirmed the key invalid.
 
         One 401 makes a key suspect (the request moves on to another key); a
-        401 on another request confirms it. `may_confirm` is False once the
+        401 on another request confirms it, whether this process saw the
+        first one or the database says so. `may_confirm` is False once the
         request has confirmed a key already: one request never disables two.
         """
         first = self.suspects.get(key.id)
-        if first is None or first == request_id or not may_confirm:
-            self.suspects.setdefault(key.id, request_id)
+        earlier = first[0] != request_id if first is not None else key.suspect
+        if not earlier or not may_confirm:
+            if first is None and not key.suspect:
+                self.suspects[key.id] = (request_id, time.time())
+                self.recorder.key_suspect(key, reason)
             return False
-        del self.suspects[key.id]
+        self.suspects.pop(key.id, None)
         self.mark_invalid(key, f"{reason} (refused on two requests)")
         return True
 
@@ -76,9 +84,12 @@ class KeyRing:
             self.recorder.key_cooling(key, until, reason)
 
     def answered(self, key):
-        """Note a success with the key: one the snapshot has as rate-limited is active again."""
+        """Note a success with the key: one the snapshot has as rate-limited is active again, a suspect one trusted."""
         if self.suspects:
             self.suspects.pop(key.id, None)
+        if key.suspect and key.id not in self.trusted:
+            self.trusted.add(key.id)
+            self.recorder.key_trusted(key)
         if key.state == KeyState.RATE_LIMITED and key.id not in self.recovered:
             self.recovered.add(key.id)
             self.recorder.key_recovered(key)
@@ -90,4 +101,9 @@ class KeyRing:
             info = snapshot.keys.get(key_id)
             if info is None or info.updated > marked or until <= now:
                 self.blocked.pop(key_id, None)
+        for key_id, (_, marked) in list(self.suspects.items()):  # saved as suspect, or cleared by a probe since
+            info = snapshot.keys.get(key_id)
+            if info is None or info.updated > marked:
+                self.suspects.pop(key_id, None)
         self.recovered.clear()
+        self.trusted.clear()

@@ -121,6 +121,12 @@ class Recorder:
     def key_invalid(self, key, reason):
         self.changes.append(("key_invalid", key.id, reason, time.time()))
 
+    def key_suspect(self, key, reason):
+        self.changes.append(("key_suspect", key.id, reason, time.time()))
+
+    def key_trusted(self, key):
+        self.changes.append(("key_trusted", key.id, "", time.time()))
+
     def key_cooling(self, key, until, reason):
         self.changes.append(("key_cooling", key.id, reason, until))
 
@@ -318,6 +324,16 @@ def _apply_key_invalid(change):
     ApiKey.change_state(key_id, KeyState.INVALID, f"the upstream refused the key: {reason}", ACTOR)
 
 
+def _apply_key_suspect(change):
+    _, key_id, reason, _ = change
+    ApiKey.suspect(key_id, f"the upstream refused it once: {reason}", ACTOR)
+
+
+def _apply_key_trusted(change):
+    _, key_id, _, _ = change
+    ApiKey.clear_suspicion(key_id, "a request with it succeeded", ACTOR)
+
+
 def _apply_key_cooling(change):
     _, key_id, reason, until = change
     ApiKey.change_state(key_id, KeyState.RATE_LIMITED, reason, ACTOR, until=_when(until))
@@ -345,5 +361,6 @@ def _apply_circuit(change):
     transaction.on_commit(lambda: live.timeline_event(event))
 
 
-APPLY = {"key_invalid": _apply_key_invalid, "key_cooling": _apply_key_cooling, "key_active": _apply_key_active,
+APPLY = {"key_invalid": _apply_key_invalid, "key_suspect": _apply_key_suspect,
+         "key_trusted": _apply_key_trusted, "key_cooling": _apply_key_cooling, "key_active": _apply_key_active,
          "circuit": _apply_circuit}

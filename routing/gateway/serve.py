@@ -86,12 +86,19 @@ UVICORN_OPTIONS = {
 
 
 def create_app():
-    """uvicorn factory: one Gateway per worker process (Django set up first)."""
+    """uvicorn factory: one Gateway per worker process (Django set up first).
+
+    Raises KeysDiverge (uvicorn does not start) when this process's secret-encryption keys cannot read the
+    database's secrets: uvicorn run directly skips manage.py's system checks (routing/keycheck.py).
+    """
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
     import django
 
     django.setup()
     from routing.gateway.app import Gateway
+    from routing.keycheck import verify_at_start
+
+    verify_at_start()
 
     gateway = Gateway()
     # Django's import-time heap is large and immortal in practice; leaving it to the

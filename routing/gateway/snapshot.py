@@ -70,6 +70,7 @@ class KeyInfo:
     state: str
     blocked_until: float  # epoch seconds the DB says the key is cooling until (0: usable)
     updated: float  # epoch seconds of the row's last save
+    suspect: bool = False  # an upstream answered 401 once (any process): a second 401 on another request confirms
 
     @property
     def secret(self):
@@ -186,7 +187,7 @@ def _key_info(key):
         return None
     blocked = _epoch(key.rate_limited_until) if key.state == KeyState.RATE_LIMITED else 0.0
     return KeyInfo(key.pk, key.provider_id, key.label, key.masked, f"Bearer {secret}", key.rpm_limit,
-                   key.tpm_limit, key.state, blocked, _epoch(key.updated_at))
+                   key.tpm_limit, key.state, blocked, _epoch(key.updated_at), key.suspect_since is not None)
 
 
 def _keys_by_provider():

@@ -27,8 +27,10 @@ class Simulator:
 
     models maps extra model names to anything personality_from() takes;
     built-in PERSONALITIES are served under their own names. keys=None accepts
-    any non-empty bearer key, a set accepts only those. clock (time.monotonic by
-    default) times each model's schedule from when the model was set.
+    any non-empty bearer key, a set accepts only those; `keys` may be replaced
+    (a frozenset) while serving, to rehearse a key revoked and then restored.
+    clock (time.monotonic by default) times each model's schedule from when the
+    model was set.
     """
 
     def __init__(self, models=None, keys=None, seed=None, log_size=100_000, clock=time.monotonic):

@@ -6,7 +6,8 @@
   const KIND_LABELS = {
     weights: "Weights changed", health: "Health changed", circuit_open: "Circuit opened",
     circuit_half_open: "Circuit half-open", circuit_closed: "Circuit closed", key_invalid: "Key marked invalid",
-    key_rate_limited: "Key rate-limited", key_active: "Key active again", rollout: "Rollout changed",
+    key_rate_limited: "Key rate-limited", key_active: "Key active again", key_suspect: "Key suspect",
+    rollout: "Rollout changed",
   };
 
   const list = document.getElementById("timeline");

@@ -122,6 +122,18 @@ def test_probe_now_returns_a_fresh_result(admin_api, target):
     assert ProbeResult.objects.filter(target=target).count() == 1
 
 
+@pytest.mark.parametrize("stored", ["sk-clé-stored-by-an-old-version", "sk-line\nX-Injected: 1", "sk-with space-1"])
+def test_probe_now_with_a_stored_secret_that_cannot_be_sent_records_a_bad_key_without_it(admin_api, make_target,
+                                                                                         simulator, stored):
+    target = make_target("instant", keys=(stored,))
+    response = admin_api.post(url(target, "probe"))
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["outcome"] == "bad_key" and "cannot be sent in an HTTP header" in body["error"]
+    assert stored not in response.content.decode() and "X-Injected" not in response.content.decode()
+    assert simulator.simulator.attempts("instant") == []  # nothing went out
+
+
 def test_probe_now_of_a_missing_target_is_404(admin_api, target):
     assert admin_api.post("/api/v1/probe-targets/99999/probe").status_code == 404
 

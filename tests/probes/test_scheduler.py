@@ -49,6 +49,18 @@ def test_a_paused_target_stops_being_probed(make_target, scheduler):
     assert wait_for(lambda: scheduler.intervals == {target.pk: 5}, timeout=3)
 
 
+def test_it_re_checks_a_suspect_key_by_itself(make_target, scheduler):
+    from routing.models import ApiKey, KeyState
+    from tests.probes.conftest import BAD_KEY, GOOD_KEY
+
+    target = make_target("instant", keys=(GOOD_KEY, BAD_KEY), enabled=False)  # no regular probe gets there first
+    key = ApiKey.objects.get(provider=target.deployment.provider, label="key-1")
+    ApiKey.suspect(key.pk, "the upstream refused it once: HTTP 401", "system:gateway")
+    scheduler.start()
+    assert wait_for(lambda: ApiKey.objects.get(pk=key.pk).state == KeyState.INVALID, timeout=10)
+    assert "a probe confirmed the 401" in ApiKey.objects.get(pk=key.pk).state_reason
+
+
 def test_stop_ends_the_thread(scheduler):
     scheduler.start()
     assert scheduler.running

@@ -12,7 +12,8 @@ from probes import runner, slots, tasks
 from probes.models import ProbeResult, ProbeSlot, ProbeTarget, Rollup
 from probes.rollups import Aggregator, save_deltas
 from probes.signals import ensure_all_targets
-from routing.models import Deployment
+from routing.models import ApiKey, Deployment
+from tests.probes.conftest import BAD_KEY, GOOD_KEY
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -96,6 +97,22 @@ def test_setup_probe_schedule_creates_the_beat_entries_once(db, settings):
     dispatch = PeriodicTask.objects.get(task="probes.tasks.dispatch_due_probes")
     assert dispatch.interval.every == 3 and dispatch.enabled
     assert PeriodicTask.objects.filter(task="probes.tasks.prune_old_data").count() == 1
+    recheck = PeriodicTask.objects.get(task="probes.tasks.recheck_keys")
+    assert recheck.interval.every == 3 and recheck.enabled
+
+
+def test_beat_hands_out_each_due_key_re_check_and_the_task_runs_it_once(make_target, simulator):
+    simulator.simulator.keys = frozenset({GOOD_KEY, BAD_KEY})  # the refused key works again
+    target = make_target("instant", keys=(GOOD_KEY, BAD_KEY))
+    key = ApiKey.objects.get(provider=target.deployment.provider, label="key-1")
+    ApiKey.suspect(key.pk, "the upstream refused it once: HTTP 401", "system:gateway")
+    with mock.patch.object(tasks.recheck_key, "delay") as enqueue:
+        assert tasks.recheck_keys() == 1
+    enqueue.assert_called_once_with(key.pk)
+    tasks.recheck_key(key.pk)
+    tasks.recheck_key(key.pk)  # delivered twice: nothing more is sent
+    assert len([a for a in simulator.simulator.attempts() if a.key == "…" + BAD_KEY[-4:]]) == 1
+    assert ApiKey.objects.get(pk=key.pk).suspect_since is None
 
 
 def test_every_enabled_deployment_gets_one_target_automatically(make_target):

@@ -12,7 +12,7 @@ from django.test import override_settings
 
 from routing import crypto, keycheck
 from routing.models import ApiKey, EncryptionKeyCheck, Provider
-from tests.dashboard.test_settings import BASE_DIR, manage, settings_env
+from tests.dashboard.test_settings import BASE_DIR, free_port, get_when_up, manage, settings_env, stop
 
 FIRST, SECOND, THIRD = (Fernet.generate_key().decode() for _ in range(3))
 
@@ -102,3 +102,60 @@ def test_on_first_use_keys_that_cannot_read_the_stored_secrets_are_refused():
     with override_settings(FERNET_KEYS=[THIRD]), diverges:
         keycheck.verify_key_set()
     assert not EncryptionKeyCheck.objects.exists()
+
+
+def test_uvicorn_run_directly_checks_the_keys_and_with_other_keys_does_not_start(tmp_path):
+    """`uvicorn routing.gateway.serve:create_app --factory` runs no system checks; the factory checks the keys."""
+    assert manage("migrate", "-v0", data_dir=tmp_path, WEATHERVANE_FERNET_KEYS=FIRST).returncode == 0
+    port = free_port()
+    uvicorn = [str(Path(sys.executable).with_name("uvicorn")), "routing.gateway.serve:create_app", "--factory",
+               "--port", str(port), "--log-level", "warning"]
+    env = settings_env(tmp_path, WEATHERVANE_FERNET_KEYS=FIRST)
+    server = subprocess.Popen(uvicorn, cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert get_when_up(f"http://127.0.0.1:{port}/livez", timeout=60).status_code == 200
+    finally:
+        stop(server)
+
+    env["WEATHERVANE_FERNET_KEYS"] = SECOND  # the first process recorded FIRST's fingerprint
+    refused = subprocess.run(uvicorn, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert f"fingerprint {crypto.fingerprint(FIRST)}" in refused.stderr and SECOND not in refused.stderr
+
+
+def test_a_database_not_up_yet_is_waited_for_with_growing_pauses(monkeypatch):
+    from django.db import OperationalError, connection
+
+    refusals = iter([True, True, True])
+
+    def ensure_connection():
+        if next(refusals, False):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(connection, "ensure_connection", ensure_connection)
+    now, pauses = [0.0], []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        now[0] += seconds
+
+    assert keycheck.database_up(wait_s=5, sleep=sleep, clock=lambda: now[0])
+    assert pauses == [0.25, 0.5, 1.0]
+    refusals = iter([True] * 100)
+    pauses.clear()
+    assert not keycheck.database_up(wait_s=5, sleep=sleep, clock=lambda: now[0])
+    assert sum(pauses) <= 5 and pauses[-1] == 2.0  # gave up within the wait
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_that_started_before_its_database_checks_the_keys_once_it_answers(monkeypatch):
+    with override_settings(FERNET_KEYS=[FIRST]):
+        keycheck.verify_key_set()
+    stopped = []
+    for keys, expected in (([FIRST], []), ([SECOND], ["stopped"])):
+        answers = iter([False, False])  # unreachable twice, then up
+        monkeypatch.setattr(keycheck, "database_up", lambda *args, answers=answers, **kwargs: next(answers, True))
+        with override_settings(FERNET_KEYS=keys):
+            keycheck._verify_when_up(pause_s=0, stop=lambda: stopped.append("stopped"))
+        assert stopped == expected

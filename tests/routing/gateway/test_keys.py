@@ -132,3 +132,81 @@ def test_a_429_waits_out_a_short_retry_after_when_no_other_key_is_left(sim, serv
     assert response.status_code == 200 and response.headers["x-weathervane-attempts"] == "2"
     assert time.monotonic() - started >= 0.3  # it honoured the Retry-After
     assert len(sim.simulator.attempts("hiccup")) == 2
+
+
+FLAKY = "sk-flaky-secret-0003"
+
+
+def suspicion_known(gateway, key_id, suspect=True):
+    """Return True once the gateway's snapshot holds the key as (not) suspect, as the database says."""
+    return wait_until(lambda: gateway.gateway.store.current.keys[key_id].suspect is suspect)
+
+
+def test_a_first_401_is_saved_as_suspicion_that_a_401_in_another_gateway_process_confirms(serve_gateway,
+                                                                                            viewer_api):
+    with SimulatorServer(Simulator(keys={GOOD})) as strict:
+        provider = make_provider(strict, keys=(FLAKY, GOOD))
+        make_route("r", provider, {"d": ("fast", 100)})
+        key = client_key()
+        first, second = serve_gateway(), serve_gateway()
+        assert post_chat(first, key, "r").status_code == 200
+        first.gateway.recorder.flush()
+        flaky = ApiKey.objects.get(label="key1")
+        assert flaky.state == KeyState.ACTIVE and flaky.suspect_since is not None
+        suspect = Event.objects.get(kind=EventKind.KEY_SUSPECT, api_key=flaky)
+        assert "401" in suspect.message and FLAKY not in suspect.message
+        shown = viewer_api.get(f"/api/v1/keys/{flaky.pk}/").json()
+        assert shown["state"] == "active" and shown["suspect_since"] is not None
+        assert suspicion_known(second, flaky.pk)
+        assert post_chat(second, key, "r").status_code == 200  # its first try is the flaky key: refused again
+        second.stop()
+    flaky.refresh_from_db()
+    assert flaky.state == KeyState.INVALID and flaky.suspect_since is None
+    assert AuditEvent.objects.filter(object_type="apikey", object_id=str(flaky.pk)).count() == 1
+
+
+def test_a_probe_that_gets_through_with_a_suspect_key_clears_the_suspicion_in_every_gateway(serve_gateway, settings):
+    from probes import rechecks
+
+    settings.ALLOW_PRIVATE_UPSTREAMS = True  # the probe calls the loopback simulator
+    strict = Simulator(keys={GOOD})
+    with SimulatorServer(strict) as upstream:
+        provider = make_provider(upstream, keys=(FLAKY, GOOD))
+        make_route("r", provider, {"d": ("fast", 100)})
+        key = client_key()
+        gateway = serve_gateway()
+        assert post_chat(gateway, key, "r").status_code == 200
+        gateway.gateway.recorder.flush()
+        flaky = ApiKey.objects.get(label="key1")
+        assert suspicion_known(gateway, flaky.pk)
+
+        strict.keys = frozenset({GOOD, FLAKY})  # the 401 was a hiccup
+        assert rechecks.run_due() == 1
+        assert ApiKey.objects.get(pk=flaky.pk).suspect_since is None
+        assert suspicion_known(gateway, flaky.pk, suspect=False)
+        strict.keys = frozenset({GOOD})  # another hiccup on another request: a first 401 again, not a second
+        assert post_chat(gateway, key, "r").status_code == 200
+        gateway.stop()
+    # request 1: flaky refused, good; the probe; request 2: flaky refused, good
+    assert [a.key for a in strict.attempts("fast")] == ["…0003", "…0002", "…0003", "…0003", "…0002"]
+    flaky.refresh_from_db()
+    assert flaky.state == KeyState.ACTIVE and flaky.suspect_since is not None
+    assert not AuditEvent.objects.filter(object_type="apikey").exists()
+
+
+def test_a_request_that_gets_through_with_a_suspect_key_clears_the_suspicion(serve_gateway):
+    strict = Simulator(keys={GOOD})
+    with SimulatorServer(strict) as upstream:
+        provider = make_provider(upstream, keys=(FLAKY, GOOD))
+        make_route("r", provider, {"d": ("fast", 100)})
+        key = client_key()
+        gateway = serve_gateway()
+        assert post_chat(gateway, key, "r").status_code == 200
+        gateway.gateway.recorder.flush()
+        assert suspicion_known(gateway, ApiKey.objects.get(label="key1").pk)
+        strict.keys = frozenset({GOOD, FLAKY})
+        assert post_chat(gateway, key, "r").status_code == 200  # the flaky key's turn: it answers
+        gateway.stop()
+    flaky = ApiKey.objects.get(label="key1")
+    assert flaky.state == KeyState.ACTIVE and flaky.suspect_since is None
+    assert "no longer suspect" in Event.objects.filter(kind=EventKind.KEY_ACTIVE, api_key=flaky).get().message
