@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('probes', '0003_rollup_route_one_outcome_list'),
-        ('routing', '0008_key_suspicion'),
+        ('routing', '0009_key_suspicion'),
     ]
 
     operations = [

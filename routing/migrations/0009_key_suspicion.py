@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0007_rollout_event_kinds'),
+        ('routing', '0008_route_continue_streams'),
     ]
 
     operations = [
