@@ -127,7 +127,12 @@ def test_a_429_waits_out_a_short_retry_after_when_no_other_key_is_left(sim, serv
     gateway = serve_gateway()
     sim.simulator.configure("hiccup", rate_429=1.0, retry_after_s=0.3)
     started = time.monotonic()
-    threading.Timer(0.1, lambda: sim.simulator.configure("hiccup", rate_429=0.0)).start()
+
+    def clear_after_the_first_429():  # the retry waits >= 0.3 s, ample time to see the first attempt
+        wait_until(lambda: sim.simulator.attempts("hiccup"), timeout=10, step=0.002)
+        sim.simulator.configure("hiccup", rate_429=0.0)
+
+    threading.Thread(target=clear_after_the_first_429, daemon=True).start()
     response = post_chat(gateway, key, "r")
     assert response.status_code == 200 and response.headers["x-weathervane-attempts"] == "2"
     assert time.monotonic() - started >= 0.3  # it honoured the Retry-After
