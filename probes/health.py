@@ -76,8 +76,9 @@ def judge(state, failures, successes, recent, outcome, total_ms, thresholds, det
 
     `recent` is the window, entries [ok 0/1, total ms, hard failure 0/1]; `detail`
     describes the outcome in a reason (default: the outcome). Down after
-    `down_after` hard failures in a row or a `down_rate` of them; up again only
-    after `up_after` successes in a row. The down spell is judged once: its
+    `down_after` hard failures with no success between them, or a `down_rate`
+    of them; up again only after `up_after` successes in a row (a 429 or a
+    wrong answer is a soft failure: degraded evidence only). The down spell is judged once: its
     probes (and the run that started it) stay out of the window, so what follows
     is judged against the behaviour before it. Degraded above `error_rate` (once
     `min_samples` are in) or while slow; up again only at `recovered_rate` or
