@@ -116,6 +116,12 @@ def test_a_very_high_rate_of_hard_failures_is_down_without_a_long_run():
     assert verdict.reason == "8 of the last 10 probes failed, last: server_error"
 
 
+def test_a_window_stored_before_the_hard_failure_flag_reads_its_failures_as_hard():
+    stored = [[1, 100]] * 7 + [[0, 30]] * 3  # what the previous judge kept: [ok, ms]
+    verdict = judge(HealthState.DEGRADED, 3, 0, stored, Outcome.TIMEOUT, None, T)
+    assert verdict.state == HealthState.DOWN and verdict.reason == "4 consecutive failures, last: timeout"
+
+
 def test_a_flaky_target_that_goes_down_comes_back_degraded_not_up():
     _, flaky = feed("x...r..." * 15)
     states, _ = feed("xxxx....", verdict=flaky)
