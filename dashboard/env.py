@@ -49,7 +49,7 @@ def env_int(name, default, minimum=None, maximum=None):
     return number
 
 
-def env_float(name, default, minimum=None):
+def env_float(name, default, minimum=None, maximum=None):
     value = _raw(name)
     if value is None:
         return default
@@ -59,6 +59,8 @@ def env_float(name, default, minimum=None):
         raise ImproperlyConfigured(f"{name} must be a number, not {value!r}.") from None
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}.")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, not {number}.")
     return number
 
 

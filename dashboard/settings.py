@@ -202,10 +202,36 @@ PROBES_IN_PROCESS = env_bool("WEATHERVANE_PROBES_IN_PROCESS", not REDIS_URL)
 PROBE_DEFAULT_INTERVAL_S = env_int("WEATHERVANE_PROBE_INTERVAL", 30, minimum=5)
 PROBE_RAW_RETENTION_DAYS = env_int("WEATHERVANE_PROBE_RETENTION_DAYS", 7, minimum=1)
 ROLLUP_RETENTION_DAYS = env_int("WEATHERVANE_ROLLUP_RETENTION_DAYS", 90, minimum=1)
-PROBE_DOWN_AFTER = env_int("WEATHERVANE_PROBE_DOWN_AFTER", 3, minimum=1)  # consecutive failures
-PROBE_UP_AFTER = env_int("WEATHERVANE_PROBE_UP_AFTER", 2, minimum=1)  # consecutive successes once down
+# Health with hysteresis (probes.health): a window of the last probes, a minimum sample, entry and exit
+# rates with a gap between them, and a run of successes to recover.
+PROBE_WINDOW = env_int("WEATHERVANE_PROBE_WINDOW", 30, minimum=5, maximum=200)  # probes judged
+PROBE_MIN_SAMPLES = env_int("WEATHERVANE_PROBE_MIN_SAMPLES", 10, minimum=1)
+PROBE_DOWN_AFTER = env_int("WEATHERVANE_PROBE_DOWN_AFTER", 4, minimum=1)  # hard failures without a success
+PROBE_DOWN_ERROR_RATE = env_float("WEATHERVANE_PROBE_DOWN_ERROR_RATE", 0.7, minimum=0.0, maximum=1.0)
+PROBE_UP_AFTER = env_int("WEATHERVANE_PROBE_UP_AFTER", 4, minimum=1)  # successes in a row to recover
 PROBE_DEGRADED_LATENCY_MS = env_int("WEATHERVANE_PROBE_DEGRADED_MS", 5000, minimum=1)
-PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.2, minimum=0.0)
+PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.15, minimum=0.0)
+PROBE_RECOVERED_ERROR_RATE = env_float("WEATHERVANE_PROBE_RECOVERED_ERROR_RATE", 0.05, minimum=0.0)
+
+
+def _not_above(*pairs):
+    """Raise ImproperlyConfigured naming the first ((name, value), (limit name, limit)) whose value is above its limit:
+    the hysteresis needs its gap, and the window room for its counts."""
+    for (name, value), (limit_name, limit) in pairs:
+        if value > limit:
+            raise ImproperlyConfigured(f"{name} ({value}) must not be above {limit_name} ({limit}).")
+
+
+_not_above(
+    (("WEATHERVANE_PROBE_MIN_SAMPLES", PROBE_MIN_SAMPLES), ("WEATHERVANE_PROBE_WINDOW", PROBE_WINDOW)),
+    (("WEATHERVANE_PROBE_DOWN_AFTER", PROBE_DOWN_AFTER), ("WEATHERVANE_PROBE_WINDOW", PROBE_WINDOW)),
+    (("WEATHERVANE_PROBE_UP_AFTER", PROBE_UP_AFTER), ("WEATHERVANE_PROBE_WINDOW", PROBE_WINDOW)),
+    (("WEATHERVANE_PROBE_RECOVERED_ERROR_RATE", PROBE_RECOVERED_ERROR_RATE),
+     ("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", PROBE_DEGRADED_ERROR_RATE)),
+    (("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", PROBE_DEGRADED_ERROR_RATE),
+     ("WEATHERVANE_PROBE_DOWN_ERROR_RATE", PROBE_DOWN_ERROR_RATE)),
+)
+
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
 ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads

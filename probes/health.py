@@ -4,6 +4,13 @@
 saved ProbeResult, storing an Event for every change and pushing it live. Key
 states change through `ApiKey.change_state`, the rule the gateway uses too;
 "down by probes" is `ProbeTarget.down_deployment_ids`.
+
+The judge has hysteresis, so a target changes state when its behaviour does,
+not at every unlucky probe: it looks at a window of the last probes, says
+nothing about an error rate before a minimum sample, enters "degraded" above
+one rate and leaves it only at a much lower one after a run of successes, and
+goes down on a run of hard failures (or a very high rate of them). The README
+(probes, "Health") states the rule with its defaults.
 """
 
 import statistics
@@ -15,28 +22,44 @@ from django.db import transaction
 from django.utils import timezone
 
 from dashboard import live
-from probes.models import RECENT_SIZE, HealthState, ProbeTarget
+from probes.models import HealthState, ProbeTarget
 from routing.models import ApiKey, DeploymentCircuit, Event, EventKind, KeyState
 from routing.outcomes import Outcome
 from routing.signals import config_changed
 
 ACTOR = "system:probes"
-MIN_SAMPLES_FOR_ERROR_RATE = 4
-LATENCY_SAMPLES = 5
+LATENCY_SAMPLES = 5  # successful probes whose median latency is judged
+MIN_LATENCY_SAMPLES = 3
+LATENCY_RECOVERY = 0.8  # slow until the median is back under this share of the threshold
 DEFAULT_RATE_LIMIT_S = 30.0
+# Failures in which the deployment did answer: evidence of "degraded", never of "down".
+SOFT_FAILURES = frozenset({Outcome.RATE_LIMITED, Outcome.WRONG_ANSWER})
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    down_after: int = 3
-    up_after: int = 2
+    down_after: int = 4
+    up_after: int = 4
     latency_ms: float = 5000
-    error_rate: float = 0.2
+    error_rate: float = 0.15
+    recovered_rate: float = 0.05
+    down_rate: float = 0.7
+    window: int = 30
+    min_samples: int = 10
+
+    @classmethod
+    def from_settings(cls, latency_ms=None):
+        """Return the site's thresholds (WEATHERVANE_PROBE_*), with `latency_ms` when given."""
+        return cls(
+            down_after=settings.PROBE_DOWN_AFTER, up_after=settings.PROBE_UP_AFTER,
+            latency_ms=latency_ms or settings.PROBE_DEGRADED_LATENCY_MS, error_rate=settings.PROBE_DEGRADED_ERROR_RATE,
+            recovered_rate=settings.PROBE_RECOVERED_ERROR_RATE, down_rate=settings.PROBE_DOWN_ERROR_RATE,
+            window=settings.PROBE_WINDOW, min_samples=settings.PROBE_MIN_SAMPLES,
+        )
 
     @classmethod
     def for_target(cls, target):
-        return cls(settings.PROBE_DOWN_AFTER, settings.PROBE_UP_AFTER, target.latency_threshold_ms(),
-                   settings.PROBE_DEGRADED_ERROR_RATE)
+        return cls.from_settings(latency_ms=target.latency_threshold_ms())
 
 
 @dataclass(frozen=True)
@@ -48,23 +71,34 @@ class Verdict:
     recent: list
 
 
-def judge(state, failures, successes, recent, ok, total_ms, outcome, thresholds):
-    """Return the Verdict after one more probe (ok or not, its total time and outcome).
+def judge(state, failures, successes, recent, outcome, total_ms, thresholds, detail=None):
+    """Return the Verdict after one more probe that ended with `outcome` in `total_ms`.
 
-    Down after `down_after` consecutive failures; once down, up again only
-    after `up_after` consecutive successes (the error window then restarts);
-    otherwise degraded while slow or failing too often, else up.
+    `recent` is the window, entries [ok 0/1, total ms, hard failure 0/1]; `detail`
+    describes the outcome in a reason (default: the outcome). Down after
+    `down_after` hard failures with no success between them, or a `down_rate`
+    of them; up again only after `up_after` successes in a row (a 429 or a
+    wrong answer is a soft failure: degraded evidence only). The down spell is judged once: its
+    probes (and the run that started it) stay out of the window, so what follows
+    is judged against the behaviour before it. Degraded above `error_rate` (once
+    `min_samples` are in) or while slow; up again only at `recovered_rate` or
+    less, after `up_after` successes in a row.
     """
-    recent = [*recent, [1 if ok else 0, round(total_ms or 0)]][-RECENT_SIZE:]
+    ok = outcome == Outcome.OK
     failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
-    if failures >= thresholds.down_after:
-        reason = f"{consecutive(failures, 'failure', 'failures')}, last: {outcome}"
-        return Verdict(HealthState.DOWN, reason, failures, successes, recent)
+    entry = [1 if ok else 0, round(total_ms or 0), 0 if ok or outcome in SOFT_FAILURES else 1]
+    detail = detail or str(outcome)
     if state == HealthState.DOWN:
         if successes < thresholds.up_after:
             return Verdict(HealthState.DOWN, "", failures, successes, recent)
-        recent = recent[-successes:]
+        state = HealthState.DEGRADED  # back, and up only if the window before the outage says so
+    recent = [*recent, entry][-thresholds.window:]
+    down = down_reason(recent, thresholds, detail)
+    if down:
+        return Verdict(HealthState.DOWN, down, failures, successes, recent[:len(recent) - failed_run(recent)[0]])
     reason = degraded_reason(recent, thresholds)
+    if state == HealthState.DEGRADED and not reason:
+        reason = still_degraded_reason(recent, successes, thresholds)
     if reason:
         return Verdict(HealthState.DEGRADED, reason, failures, successes, recent)
     if state == HealthState.UNKNOWN and not ok:
@@ -78,16 +112,66 @@ def consecutive(count, one, many):
     return f"{count} consecutive {one if count == 1 else many}"
 
 
-def degraded_reason(recent, thresholds):
-    """Return why the recent results count as degraded, or "" when they do not."""
-    failed = sum(1 for ok, _ in recent if not ok)
-    if len(recent) >= MIN_SAMPLES_FOR_ERROR_RATE and failed / len(recent) > thresholds.error_rate:
-        return f"errors: {failed} of the last {len(recent)} probes failed"
-    latencies = [ms for ok, ms in recent if ok][-LATENCY_SAMPLES:]
-    if len(latencies) >= 2 and statistics.median(latencies) > thresholds.latency_ms:
-        return (f"slow: median {statistics.median(latencies):.0f} ms over the last {len(latencies)} probes "
-                f"(threshold {thresholds.latency_ms:.0f} ms)")
+def is_hard(entry):
+    """Return True for a window entry of a hard failure (entries of two items predate the flag: any failure)."""
+    return bool(entry[2]) if len(entry) > 2 else not entry[0]
+
+
+def failed_run(recent):
+    """Return (entries since the last success, hard failures among them): a 429 neither counts nor breaks a run."""
+    run = hard = 0
+    for entry in reversed(recent):
+        if entry[0]:
+            break
+        run += 1
+        hard += is_hard(entry)
+    return run, hard
+
+
+def down_reason(recent, thresholds, detail):
+    """Return why the window counts as down, or "" when it does not."""
+    _, run = failed_run(recent)
+    if run >= thresholds.down_after:
+        return f"{consecutive(run, 'failure', 'failures')}, last: {detail}"
+    hard = sum(1 for entry in recent if is_hard(entry))
+    if len(recent) >= thresholds.min_samples and run and hard / len(recent) >= thresholds.down_rate:
+        return f"{hard} of the last {len(recent)} probes failed, last: {detail}"
     return ""
+
+
+def degraded_reason(recent, thresholds):
+    """Return why the window enters (or stays in) degraded, or "" when it does not."""
+    failed = sum(1 for entry in recent if not entry[0])
+    if len(recent) >= thresholds.min_samples and failed / len(recent) > thresholds.error_rate:
+        return f"errors: {failed} of the last {len(recent)} probes failed"
+    median = median_latency(recent)
+    if median is not None and median > thresholds.latency_ms:
+        return f"slow: median {median:.0f} ms over the last probes (threshold {thresholds.latency_ms:.0f} ms)"
+    return ""
+
+
+def still_degraded_reason(recent, successes, thresholds):
+    """Return why a degraded target has not recovered yet, or "" once it has.
+
+    Recovered: at most `recovered_rate` of the window failed, the last `up_after`
+    probes succeeded and the median latency is back under LATENCY_RECOVERY of the threshold.
+    """
+    failed = sum(1 for entry in recent if not entry[0])
+    allowed = int(thresholds.recovered_rate * len(recent) + 1e-9)
+    median = median_latency(recent)
+    if median is not None and median > LATENCY_RECOVERY * thresholds.latency_ms:
+        return (f"recovering: median {median:.0f} ms, up again under "
+                f"{LATENCY_RECOVERY * thresholds.latency_ms:.0f} ms")
+    if failed > allowed or successes < thresholds.up_after:
+        return (f"recovering: {failed} of the last {len(recent)} probes failed, up again at {allowed} or fewer "
+                f"with {consecutive(thresholds.up_after, 'success', 'successes')}")
+    return ""
+
+
+def median_latency(recent):
+    """Return the median latency of the last successful probes, or None before MIN_LATENCY_SAMPLES of them."""
+    latencies = [entry[1] for entry in recent if entry[0]][-LATENCY_SAMPLES:]
+    return statistics.median(latencies) if len(latencies) >= MIN_LATENCY_SAMPLES else None
 
 
 def after_probe(target_id, result):
@@ -96,7 +180,7 @@ def after_probe(target_id, result):
     target = targets.get(pk=target_id)
     ok = result.outcome == Outcome.OK
     verdict = judge(target.health, target.consecutive_failures, target.consecutive_successes, target.recent,
-                    ok, result.total_ms, _describe(result), Thresholds.for_target(target))
+                    result.outcome, result.total_ms, Thresholds.for_target(target), _describe(result))
     previous = target.health
     _save_verdict(target, verdict, result)
     if verdict.state != previous:

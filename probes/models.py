@@ -77,9 +77,6 @@ def _default_interval():
     return settings.PROBE_DEFAULT_INTERVAL_S
 
 
-RECENT_SIZE = 10  # results kept on the target for the degraded checks
-
-
 class ProbeTarget(models.Model):
     """What to probe (a deployment, rotating over its keys, or one key of it),
     how often, with which tiny request, and the health the probes concluded."""
@@ -107,7 +104,8 @@ class ProbeTarget(models.Model):
     health_since = models.DateTimeField(default=timezone.now)
     consecutive_failures = models.PositiveIntegerField(default=0)
     consecutive_successes = models.PositiveIntegerField(default=0)
-    recent = models.JSONField(default=list, blank=True, help_text="Last results as [ok 0/1, total ms]")
+    recent = models.JSONField(default=list, blank=True,
+                              help_text="The health window: last results as [ok 0/1, total ms, hard failure 0/1]")
     last_outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
     last_error = models.CharField(max_length=300, blank=True)
     last_probe_at = models.DateTimeField(null=True, blank=True)
