@@ -10,11 +10,14 @@ and corrected from the usage the upstream reports (settled with the key's
 next call; see `Limits.correct_tokens`).
 """
 
+import asyncio
 import logging
 import time
 
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
+
+from dashboard.redis_guard import FIRST_RECHECK_S, MAX_RECHECK_S, client_options
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,14 @@ def estimate_tokens(request):
     if type(choices) is int and choices > 1:
         output *= min(choices, 128)
     return max(1, (chars + 3) // 4) + output
+
+
+async def _count(backend, key, item, amount, cost):
+    """Count `cost` hits on one counter; return None when still within `amount`, else seconds until its reset."""
+    # The fixed-window strategy: count first, then compare (a refused hit is counted too).
+    if await backend.incr(key, item, cost) <= amount:
+        return None
+    return max(await backend.reset_in(key), 0.001)
 
 
 class LoopMemoryStorage(MemoryStorage):
@@ -70,33 +81,96 @@ class _MemoryBackend:
         return self.storage.get_expiry(key) - time.time()
 
 
+DECR_SCRIPT = """
+local current = tonumber(redis.call('get', KEYS[1]))
+if not current then return 0 end
+local left = math.max(current - tonumber(ARGV[1]), 0)
+redis.call('set', KEYS[1], left, 'KEEPTTL')
+return left
+"""
+
+
 class _RedisBackend:
-    def __init__(self, url, prefix):
+    def __init__(self, url, prefix, timeout):
         from limits.aio.storage import RedisStorage
 
-        self.storage = RedisStorage(f"async+{url}", implementation="redispy", key_prefix=prefix)
+        self.storage = RedisStorage(f"async+{url}", implementation="redispy", key_prefix=prefix,
+                                    **client_options(timeout))
+        # The library's async Redis storage has no decr; this one keeps the counter's expiry and never goes below 0.
+        bridge = self.storage.bridge
+        self._prefixed = bridge.prefixed_key
+        self._decr = bridge.get_connection().register_script(DECR_SCRIPT)
 
     async def incr(self, key, item, amount):
         return await self.storage.incr(key, item.get_expiry(), amount)
 
     async def decr(self, key, amount):
-        await self.storage.decr(key, amount)
+        await self._decr([self._prefixed(key)], [amount])
 
     async def reset_in(self, key):
         return await self.storage.get_expiry(key) - time.time()
+
+    async def check(self):
+        return await self.storage.check()
 
 
 class Limits:
     """The gateway's counters. Checks return None when allowed, else seconds until the window resets.
 
-    A storage failure lets the request through (logged): the limits protect
-    budgets, they must not take the gateway down with them.
+    With Redis, every command is bounded by `timeout` (connect, then reply).
+    When Redis fails or hangs, the limits fall back to this process's memory
+    at once (the request that met the failure is counted there too), logged
+    once and counted in /metrics; a background check pings Redis after
+    `recheck_s` (doubling up to MAX_RECHECK_S) and moves the counters back
+    when it answers. Meanwhile each process enforces every limit on its own.
+    Any other storage failure lets the request through (logged): the limits
+    protect budgets, they must not take the gateway down with them.
     """
 
-    def __init__(self, redis_url=None, prefix="weathervane"):
-        self.backend = _RedisBackend(redis_url, prefix) if redis_url else _MemoryBackend()
+    def __init__(self, redis_url=None, prefix="weathervane", timeout=0.05, recheck_s=FIRST_RECHECK_S, metrics=None):
+        self.memory = _MemoryBackend()
+        self.redis = _RedisBackend(redis_url, prefix, timeout) if redis_url else None
+        self.backend = self.redis or self.memory
+        self.recheck_s = recheck_s
+        self.metrics = metrics
+        self._recovery = None  # the task that pings Redis while the counters are in memory
         self._keys = {}
         self._carry = {}  # provider key id -> reported minus estimated tokens, not yet counted
+
+    @property
+    def falling_back(self):
+        """True while the counters are in this process because Redis failed."""
+        return self.redis is not None and self.backend is self.memory
+
+    def _fall_back(self, error):
+        """Move the counters to memory after a Redis failure (once per outage) and start the recovery check."""
+        if self.backend is self.memory:
+            return
+        self.backend = self.memory
+        log.warning("rate-limit storage: Redis failed (%s: %s); limits are per gateway process until it answers",
+                    type(error).__name__, error)
+        if self.metrics is not None:
+            self.metrics.limits_fallbacks += 1
+            self.metrics.limits_falling_back = 1
+        self._recovery = asyncio.ensure_future(self._recover())
+
+    async def _recover(self):
+        wait = self.recheck_s
+        while True:
+            await asyncio.sleep(wait)
+            if await self.redis.check():
+                break
+            wait = min(wait * 2, MAX_RECHECK_S)
+        self.backend = self.redis
+        self._recovery = None
+        if self.metrics is not None:
+            self.metrics.limits_falling_back = 0
+        log.warning("rate-limit storage: Redis answers again; limits are shared again")
+
+    async def close(self):
+        if self._recovery is not None:
+            self._recovery.cancel()
+            self._recovery = None
 
     def _counter(self, kind, owner_id, amount):
         """Return (storage key, item) of one counter; both are cached (building a key costs microseconds)."""
@@ -109,14 +183,15 @@ class Limits:
 
     async def _hit(self, kind, owner_id, amount, cost=1):
         key, item = self._counter(kind, owner_id, amount)
+        backend = self.backend
         try:
-            # The fixed-window strategy: count first, then compare (a refused hit is counted too).
-            if await self.backend.incr(key, item, cost) <= amount:
+            return await _count(backend, key, item, amount, cost)
+        except Exception as error:
+            if backend is not self.redis:
+                log.warning("rate-limit storage failed; letting the request through", exc_info=True)
                 return None
-            return max(await self.backend.reset_in(key), 0.001)
-        except Exception:
-            log.warning("rate-limit storage failed; letting the request through", exc_info=True)
-            return None
+            self._fall_back(error)
+        return await _count(self.memory, key, item, amount, cost)
 
     async def client_key(self, client_key):
         """Count one request of a gateway key against its rpm."""
@@ -145,22 +220,25 @@ class Limits:
         return wait
 
     async def _give_back(self, key, tokens):
-        try:
-            await self.backend.decr(self._counter("tpm", key.id, key.tpm_limit)[0], tokens)
-            if key.rpm_limit is not None:
-                await self.backend.decr(self._counter("rpm", key.id, key.rpm_limit)[0], 1)
-        except Exception:
-            log.warning("rate-limit storage failed while giving back a refused call", exc_info=True)
+        await self._decr(self._counter("tpm", key.id, key.tpm_limit)[0], tokens)
+        if key.rpm_limit is not None:
+            await self._decr(self._counter("rpm", key.id, key.rpm_limit)[0], 1)
 
     async def release_tokens(self, key, estimated):
         """Give back the tokens a failed attempt held, at once (only failures pay this round trip)."""
         if key.tpm_limit is None:
             return
+        await self._decr(self._counter("tpm", key.id, key.tpm_limit)[0], max(1, min(estimated, key.tpm_limit)))
+
+    async def _decr(self, counter, amount):
+        backend = self.backend
         try:
-            counter = self._counter("tpm", key.id, key.tpm_limit)[0]
-            await self.backend.decr(counter, max(1, min(estimated, key.tpm_limit)))
-        except Exception:
-            log.warning("rate-limit storage failed while giving back a failed call's tokens", exc_info=True)
+            await backend.decr(counter, amount)
+        except Exception as error:
+            if backend is self.redis:
+                self._fall_back(error)  # what Redis held is lost with it; memory starts from zero
+            else:
+                log.warning("rate-limit storage failed while giving back a call's reservation", exc_info=True)
 
     def correct_tokens(self, key, estimated, actual):
         """Note the reported usage of a call that held `estimated` tokens.
