@@ -26,12 +26,10 @@ MAX_RECHECK_S = 30.0
 def client_options(timeout=None):
     """Return redis-py client keyword arguments that bound every command to about two `timeout`s (connect + reply).
 
-    `timeout` defaults to WEATHERVANE_REDIS_TIMEOUT. The client name and version are not sent on connect
-    (one round trip less when a connection is made while Redis is slow).
+    `timeout` defaults to WEATHERVANE_REDIS_TIMEOUT.
     """
     seconds = settings.REDIS_TIMEOUT_S if timeout is None else timeout
-    return {"socket_timeout": seconds, "socket_connect_timeout": seconds, "retry": Retry(NoBackoff(), 0),
-            "lib_name": None, "lib_version": None}
+    return {"socket_timeout": seconds, "socket_connect_timeout": seconds, "retry": Retry(NoBackoff(), 0)}
 
 
 class Outage:
