@@ -153,6 +153,7 @@ class Gateway:
         self.limits = None
         self.session = None
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
+        self.recorder.metrics.concurrency = self.proxy.slots
         self.started = False
         self.loop = None
         self._start_lock = None

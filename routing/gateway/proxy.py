@@ -22,6 +22,7 @@ import orjson
 
 from routing import sse
 from routing.gateway import errors, selection, upstream
+from routing.gateway.concurrency import ProviderSlots
 from routing.gateway.errors import GatewayError
 from routing.gateway.limits import estimate_tokens
 from routing.gateway.retry import backoff
@@ -188,6 +189,7 @@ class Proxy:
         self.log_bodies = log_bodies
         self.session = None
         self.limits = None
+        self.slots = ProviderSlots(config.concurrency_wait_s)
 
     def start(self, session, limits):
         self.session, self.limits = session, limits
@@ -243,16 +245,26 @@ class Proxy:
         while True:
             if target is None or len(call.tried) >= self.config.max_attempts:
                 raise self.exhausted(call)
-            key = await self.pick_key(call, target)
-            if key is None:
-                call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+            bounded = target.max_concurrency is not None  # only then a slot is taken: no cost for the others
+            if bounded and not await self.slots.take(target, call.deadline):
+                message = f"provider '{target.provider}' has its {target.max_concurrency} requests in flight"
+                call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, message))
                 target, retries = self._fail_over(call, target)
                 continue
             try:
-                await self.attempt(call, target, key, send, receive)
-                return
-            except UpstreamError as err:
-                failure = err
+                key = await self.pick_key(call, target)
+                if key is None:
+                    call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+                    target, retries = self._fail_over(call, target)
+                    continue
+                try:
+                    await self.attempt(call, target, key, send, receive)
+                    return
+                except UpstreamError as err:
+                    failure = err
+            finally:
+                if bounded:
+                    self.slots.give_back(target)
             step = await self.after_failure(call, target, key, failure, retries)
             if step is Next.RELAY_ERROR:
                 await self.pass_through(call, target, key, failure, send)

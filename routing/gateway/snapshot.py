@@ -103,6 +103,7 @@ class Target:
     price_in: float  # per token
     price_out: float
     keys: tuple
+    max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
 
     def cost(self, tokens_in, tokens_out):
         return tokens_in * self.price_in + tokens_out * self.price_out
@@ -164,7 +165,7 @@ def fingerprint():
     """Return a digest of every config row the snapshot depends on (cheap: small tables)."""
     parts = [
         list(Provider.objects.order_by("id").values_list("id", "updated_at", "enabled", "base_url", "connect_timeout",
-                                                         "read_timeout")),
+                                                         "read_timeout", "max_concurrency")),
         list(ApiKey.objects.order_by("id").values_list("id", "updated_at", "enabled", "state", "rate_limited_until",
                                                        "rpm_limit", "tpm_limit", "secret_encrypted")),
         list(Route.objects.order_by("id").values_list("id", "name", "version")),
@@ -228,7 +229,7 @@ def _target(row, keys):
         read_timeout=provider.read_timeout,
         first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
-        keys=keys.get(provider.pk, ()),
+        keys=keys.get(provider.pk, ()), max_concurrency=provider.max_concurrency,
     )
 
 
