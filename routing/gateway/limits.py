@@ -21,6 +21,7 @@ from dashboard.redis_guard import FIRST_RECHECK_S, MAX_RECHECK_S, client_options
 
 log = logging.getLogger(__name__)
 
+CHECK_TIMEOUT_S = 0.25  # the least patience of a health ping (off the request path)
 DEFAULT_OUTPUT_ESTIMATE = 256  # tokens assumed when a request names no max_tokens
 
 
@@ -42,14 +43,6 @@ def estimate_tokens(request):
     if type(choices) is int and choices > 1:
         output *= min(choices, 128)
     return max(1, (chars + 3) // 4) + output
-
-
-async def _count(backend, key, item, amount, cost):
-    """Count `cost` hits on one counter; return None when still within `amount`, else seconds until its reset."""
-    # The fixed-window strategy: count first, then compare (a refused hit is counted too).
-    if await backend.incr(key, item, cost) <= amount:
-        return None
-    return max(await backend.reset_in(key), 0.001)
 
 
 class LoopMemoryStorage(MemoryStorage):
@@ -100,6 +93,11 @@ class _RedisBackend:
         bridge = self.storage.bridge
         self._prefixed = bridge.prefixed_key
         self._decr = bridge.get_connection().register_script(DECR_SCRIPT)
+        # Health pings run off the request path, with more patience: a busy event loop can make one command
+        # miss a 50 ms timeout while Redis is fine, and that alone must not split the limits per process.
+        import redis.asyncio
+
+        self._pinger = redis.asyncio.Redis.from_url(url, **client_options(max(timeout * 5, CHECK_TIMEOUT_S)))
 
     async def incr(self, key, item, amount):
         return await self.storage.incr(key, item.get_expiry(), amount)
@@ -111,18 +109,23 @@ class _RedisBackend:
         return await self.storage.get_expiry(key) - time.time()
 
     async def check(self):
-        return await self.storage.check()
+        """Return True when Redis answers a PING."""
+        try:
+            return await self._pinger.ping()
+        except Exception:
+            return False
 
 
 class Limits:
     """The gateway's counters. Checks return None when allowed, else seconds until the window resets.
 
     With Redis, every command is bounded by `timeout` (connect, then reply).
-    When Redis fails or hangs, the limits fall back to this process's memory
-    at once (the request that met the failure is counted there too), logged
-    once and counted in /metrics; a background check pings Redis after
-    `recheck_s` (doubling up to MAX_RECHECK_S) and moves the counters back
-    when it answers. Meanwhile each process enforces every limit on its own.
+    A request whose command fails or times out is counted in this process's
+    memory instead, and a background ping (with more patience) confirms the
+    trouble: then every request is counted in memory until Redis answers
+    again (logged once, counted in /metrics). Meanwhile each process enforces
+    every limit on its own; a background check pings Redis after `recheck_s`
+    (doubling up to MAX_RECHECK_S) and moves the counters back when it answers.
     Any other storage failure lets the request through (logged): the limits
     protect budgets, they must not take the gateway down with them.
     """
@@ -134,6 +137,7 @@ class Limits:
         self.recheck_s = recheck_s
         self.metrics = metrics
         self._recovery = None  # the task that pings Redis while the counters are in memory
+        self._confirming = None  # the task that pings Redis after a failed command
         self._keys = {}
         self._carry = {}  # provider key id -> reported minus estimated tokens, not yet counted
 
@@ -142,8 +146,24 @@ class Limits:
         """True while the counters are in this process because Redis failed."""
         return self.redis is not None and self.backend is self.memory
 
+    def _trouble(self, error):
+        """Note a failed Redis command; unless a check runs already, confirm it with a ping off the request path."""
+        if self.metrics is not None:
+            self.metrics.limits_redis_errors += 1
+        if self.backend is self.redis and self._confirming is None:
+            self._confirming = asyncio.ensure_future(self._confirm(error))
+
+    async def _confirm(self, error):
+        try:
+            if await self.redis.check():
+                log.info("rate-limit storage: one Redis command failed (%s) but Redis answers; staying on it", error)
+            else:
+                self._fall_back(error)
+        finally:
+            self._confirming = None
+
     def _fall_back(self, error):
-        """Move the counters to memory after a Redis failure (once per outage) and start the recovery check."""
+        """Move the counters to memory (once per outage) and start the recovery check."""
         if self.backend is self.memory:
             return
         self.backend = self.memory
@@ -168,9 +188,10 @@ class Limits:
         log.warning("rate-limit storage: Redis answers again; limits are shared again")
 
     async def close(self):
-        if self._recovery is not None:
-            self._recovery.cancel()
-            self._recovery = None
+        for task in (self._recovery, self._confirming):
+            if task is not None:
+                task.cancel()
+        self._recovery = self._confirming = None
 
     def _counter(self, kind, owner_id, amount):
         """Return (storage key, item) of one counter; both are cached (building a key costs microseconds)."""
@@ -185,13 +206,23 @@ class Limits:
         key, item = self._counter(kind, owner_id, amount)
         backend = self.backend
         try:
-            return await _count(backend, key, item, amount, cost)
+            # The fixed-window strategy: count first, then compare (a refused hit is counted too).
+            if await backend.incr(key, item, cost) <= amount:
+                return None
+            return max(await backend.reset_in(key), 0.001)
         except Exception as error:
             if backend is not self.redis:
                 log.warning("rate-limit storage failed; letting the request through", exc_info=True)
                 return None
-            self._fall_back(error)
-        return await _count(self.memory, key, item, amount, cost)
+            self._trouble(error)
+        return await self._hit_memory(key, item, amount, cost)
+
+    async def _hit_memory(self, key, item, amount, cost):
+        """Count a hit whose Redis command failed in this process's memory (the limit still holds, per process)."""
+        memory = self.memory
+        if await memory.incr(key, item, cost) <= amount:
+            return None
+        return max(await memory.reset_in(key), 0.001)
 
     async def client_key(self, client_key):
         """Count one request of a gateway key against its rpm."""
@@ -236,7 +267,7 @@ class Limits:
             await backend.decr(counter, amount)
         except Exception as error:
             if backend is self.redis:
-                self._fall_back(error)  # what Redis held is lost with it; memory starts from zero
+                self._trouble(error)  # the reservation stays held in Redis until its window ends
             else:
                 log.warning("rate-limit storage failed while giving back a call's reservation", exc_info=True)
 

@@ -96,6 +96,7 @@ class Metrics:
         self.repairs = {}  # (deployment, note) -> answers repaired (a malformed event skipped, [DONE] added)
         self.limits_fallbacks = 0  # times the limits fell back to this process's memory (Redis failed)
         self.limits_falling_back = 0  # 1 while they are there
+        self.limits_redis_errors = 0  # rate-limit commands Redis failed or did not answer in time
         self.concurrency = None  # proxy.ProviderSlots: in-flight, waits and overflows per provider
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -170,6 +171,9 @@ class Metrics:
         yield CounterMetricFamily("weathervane_gateway_limits_fallback",
                                   "Times the rate limits fell back to per-process counters because Redis failed",
                                   value=self.limits_fallbacks)
+        yield CounterMetricFamily("weathervane_gateway_limits_redis_errors",
+                                  "Rate-limit commands that Redis failed or did not answer in time (counted locally)",
+                                  value=self.limits_redis_errors)
         yield GaugeMetricFamily("weathervane_gateway_limits_fallback_active",
                                 "1 while the rate limits are per process because Redis failed, else 0",
                                 value=self.limits_falling_back)

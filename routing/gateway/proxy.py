@@ -208,7 +208,8 @@ class Proxy:
         route = call.route
         if not call.given_up and call.session is None:
             target = selection.pick_weighted(route.targets, route.totals, self.rng)
-            if target is None or self._takes_traffic(target.deployment_id):
+            if target is None or ((not self.resting or not self._resting(target.deployment_id))
+                                  and self.breakers.available(target.deployment_id)):
                 return target
         candidates = [t for t in route.targets if t.deployment_id not in call.given_up]
         pool = [t for t in candidates if self._takes_traffic(t.deployment_id)] or candidates

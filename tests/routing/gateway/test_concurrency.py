@@ -1,6 +1,7 @@
 """Bounded concurrency per provider: Provider.max_concurrency in flight per gateway process; over it a request
 waits briefly for a slot, then fails over, never counted against the deployment; slots always come back."""
 
+import asyncio
 import random
 import threading
 
@@ -136,3 +137,45 @@ def test_max_concurrency_is_set_over_the_api_and_validated(admin_api):
     assert Provider.objects.get(name="acme").max_concurrency == 8
     cleared = admin_api.patch(f"{API}/providers/acme", {"max_concurrency": None}, format="json")
     assert cleared.status_code == 200 and Provider.objects.get(name="acme").max_concurrency is None
+
+
+# --- the slots themselves, on one event loop ---------------------------------------------------------------
+
+
+class Limited:
+    provider, max_concurrency = "p", 1
+
+
+def test_a_waiter_cancelled_while_waiting_leaves_no_slot_taken():
+    from routing.gateway.concurrency import ProviderSlots
+
+    async def scenario():
+        slots, target = ProviderSlots(wait_s=10), Limited()
+        loop = asyncio.get_running_loop()
+        assert await slots.take(target, loop.time() + 10)
+        waiter = asyncio.ensure_future(slots.take(target, loop.time() + 10))
+        await asyncio.sleep(0)
+        waiter.cancel()  # e.g. the client went away while it waited
+        await asyncio.gather(waiter, return_exceptions=True)
+        slots.give_back(target)
+        return slots.in_flight["p"], await slots.take(target, loop.time() + 10)
+
+    assert asyncio.run(scenario()) == (0, True)
+
+
+def test_a_freed_slot_goes_to_the_longest_waiting_request():
+    from routing.gateway.concurrency import ProviderSlots
+
+    async def scenario():
+        slots, target = ProviderSlots(wait_s=10), Limited()
+        deadline = asyncio.get_running_loop().time() + 10
+        await slots.take(target, deadline)
+        first = asyncio.ensure_future(slots.take(target, deadline))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(slots.take(target, deadline))
+        await asyncio.sleep(0)
+        slots.give_back(target)
+        await asyncio.sleep(0)
+        return first.done() and first.result(), second.done(), slots.in_flight["p"]
+
+    assert asyncio.run(scenario()) == (True, False, 1)
