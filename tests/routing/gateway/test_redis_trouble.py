@@ -104,3 +104,19 @@ def test_without_redis_the_limits_report_no_fallback(sim, serve_gateway, metrics
     assert [post_chat(gateway, key, "r").status_code for _ in range(2)] == [200, 429]
     assert metric(gateway, "weathervane_gateway_limits_fallback_total") == 0
     assert metric(gateway, "weathervane_gateway_limits_fallback_active") == 0
+
+
+@pytest.mark.redis
+def test_a_failed_calls_token_reservation_is_given_back_in_redis_too(sim, serve_gateway, metrics_token,
+                                                                     require_redis):
+    sim.simulator.configure("broken", error_rate=1.0)
+    provider = make_provider(sim, tpm_limit=2000)
+    make_route("bad", provider, {"b": ("broken", 100)})
+    make_route("good", provider, {"g": ("fast", 100)})
+    key = client_key()
+    prefix = f"wv-test-{uuid.uuid4().hex[:8]}"
+    gateway = serve_gateway(redis_url=require_redis, limits_prefix=prefix, retries_per_target=0)
+    assert post_chat(gateway, key, "bad", max_tokens=1_000_000_000).status_code == 502
+    for _ in range(3):  # the 2,000 tokens the failed call held are back: other clients of the key get through
+        assert post_chat(gateway, key, "good", max_tokens=10).status_code == 200
+    assert metric(gateway, "weathervane_gateway_limits_redis_errors_total") == 0  # all of it in Redis
