@@ -5,9 +5,10 @@ The rules (issue 3): retry with full-jitter backoff within a retry budget on
 connection errors, timeouts before the first byte, 429 (after its
 Retry-After, unless that outlasts the deadline: then fail over at once),
 5xx (a 503 with Retry-After rests its deployment and fails over, or waits
-like a 429 when no other target is left), malformed answers and an error as a stream's first event; never retry
-400/404/422 or context-length errors (they are passed through as the
-provider sent them). 401/403 marks the key invalid and tries another key.
+like a 429 when no other target is left), malformed answers and an error as
+a stream's first event; never retry 400/404/422 or context-length errors
+(they are passed through as the provider sent them). 401/403 marks the key
+invalid and tries another key.
 After a target's retries, fail over to another target by weight. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
@@ -202,8 +203,9 @@ class Proxy:
         """Return the next target to try, or None when every option is used up.
 
         By weight (sticky with a session id) among targets not given up whose
-        circuit is not open. When every remaining target's circuit is open the
-        breakers are ignored ("panic mode"): trying beats refusing everyone.
+        circuit is not open and that do not rest after a 503's Retry-After.
+        When every remaining target is open or resting, both are ignored
+        ("panic mode"): trying beats refusing everyone.
         """
         route = call.route
         if not call.given_up and call.session is None:
