@@ -18,6 +18,8 @@ from django.contrib.auth.signals import user_logged_out
 from django.db.models.signals import m2m_changed, post_save
 from django.dispatch import receiver
 
+from dashboard.redis_guard import Outage
+
 log = logging.getLogger(__name__)
 
 GROUP_ALL = "dashboard"  # every signed-in dashboard socket joins this group
@@ -37,6 +39,7 @@ RIGHTS_CHANGED = "rights.changed"  # sent to one user's group only: their socket
 # layer's queues belong to that loop, so other threads must hand it their sends.
 _consumer_loop = None
 _in_flight = set()  # background sends started from async code (kept so they are not collected)
+_outage = Outage("live dashboard updates")
 
 
 def user_group(user_id):
@@ -62,16 +65,30 @@ def _deliver(layer, group, message):
         asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).result(timeout=5)
     elif running is not None:
         # Called from async code: async_to_sync would refuse; send in the background.
-        task = running.create_task(layer.group_send(group, message))
+        task = running.create_task(_group_send(layer, group, message))
         _in_flight.add(task)
         task.add_done_callback(_in_flight.discard)
     else:
-        async_to_sync(layer.group_send)(group, message)
+        async_to_sync(_group_send)(layer, group, message)
+
+
+async def _group_send(layer, group, message):
+    """Send to a group; over Redis at most twice WEATHERVANE_REDIS_TIMEOUT (a request may be waiting on it)."""
+    if isinstance(layer, InMemoryChannelLayer):
+        await layer.group_send(group, message)
+        return
+    try:
+        async with asyncio.timeout(2 * settings.REDIS_TIMEOUT_S):
+            await layer.group_send(group, message)
+    except Exception as error:  # a hung or refusing Redis: skip live updates for a while (pages backfill)
+        _outage.failed(error)
+    else:
+        _outage.answered()
 
 
 def _send(message_type, payload, group=GROUP_ALL):
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or (_outage.skip() and not isinstance(layer, InMemoryChannelLayer)):
         return
     try:
         _deliver(layer, group, {"type": message_type, "payload": payload})

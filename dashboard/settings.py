@@ -140,9 +140,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, cache, shared limits, Celery broker --------------
 REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+# How long a request path waits for Redis to connect, and then to answer one command (dashboard/redis_guard.py).
+REDIS_TIMEOUT_S = env_float("WEATHERVANE_REDIS_TIMEOUT", 0.05, minimum=0.001)
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # The API's throttle counters: served from this process's memory while Redis does not answer.
+    CACHES = {"default": {"BACKEND": "dashboard.cache.RedisCacheWithFallback", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -273,6 +276,8 @@ GATEWAY_BREAKER_MAX_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_MAX_COOL
 # Safety net behind the change notices: how often each gateway process checks the config for changes.
 GATEWAY_SNAPSHOT_POLL_S = env_float("WEATHERVANE_GATEWAY_SNAPSHOT_POLL", 1.0, minimum=0.1)
 GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervane")
+# A provider with max_concurrency requests in flight: a request waits this long for a slot, then fails over.
+GATEWAY_CONCURRENCY_WAIT_S = env_float("WEATHERVANE_GATEWAY_CONCURRENCY_WAIT", 0.5, minimum=0.0)
 GATEWAY_LOG_RETENTION_DAYS = env_int("WEATHERVANE_GATEWAY_LOG_RETENTION_DAYS", 7, minimum=1)
 # --- Limits of both servers (Daphne: `manage.py serve`; uvicorn: `manage.py gateway`) --------------
 SERVER_MAX_HEADER_BYTES = env_int("WEATHERVANE_MAX_HEADER_BYTES", 16384, minimum=1024)

@@ -169,7 +169,8 @@ class ProviderAdminForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "reason"]
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "max_concurrency", "enabled", "notes",
+                  "reason"]
 
     def clean(self):
         cleaned = super().clean()

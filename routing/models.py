@@ -46,6 +46,10 @@ class Provider(models.Model):
     read_timeout = models.FloatField(
         default=30.0, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
         help_text="Seconds to wait for the first byte of an answer, and between chunks of a stream")
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text="Most requests in flight to this provider per gateway process; over it a request waits "
+                  "briefly for a slot, then fails over. Empty = no limit")
     enabled = models.BooleanField(default=True)
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -90,8 +90,8 @@ class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "enabled", "notes", "reason",
-                  "created_at", "updated_at"]
+        fields = ["name", "kind", "base_url", "connect_timeout", "read_timeout", "max_concurrency", "enabled", "notes",
+                  "reason", "created_at", "updated_at"]
 
     def validate(self, attrs):
         audit = self.context.get("audit")

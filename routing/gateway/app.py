@@ -66,6 +66,9 @@ class GatewayConfig:
     poll_s: float = 1.0
     redis_url: str = ""
     limits_prefix: str = "weathervane"
+    redis_timeout_s: float = 0.05
+    limits_recheck_s: float = 2.0
+    concurrency_wait_s: float = 0.5
     local_notices: bool = True
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
 
@@ -81,6 +84,7 @@ class GatewayConfig:
             flush_interval_s=s.GATEWAY_FLUSH_INTERVAL_S, log_sample=s.GATEWAY_LOG_SUCCESS_SAMPLE,
             log_bodies=s.GATEWAY_LOG_BODIES,
             poll_s=s.GATEWAY_SNAPSHOT_POLL_S, redis_url=s.REDIS_URL, limits_prefix=s.GATEWAY_LIMITS_PREFIX,
+            redis_timeout_s=s.REDIS_TIMEOUT_S, concurrency_wait_s=s.GATEWAY_CONCURRENCY_WAIT_S,
             breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S,
                                   max_cooldown_s=max(s.GATEWAY_BREAKER_MAX_COOLDOWN_S, s.GATEWAY_BREAKER_COOLDOWN_S)),
         )
@@ -149,6 +153,7 @@ class Gateway:
         self.limits = None
         self.session = None
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
+        self.recorder.metrics.concurrency = self.proxy.slots
         self.started = False
         self.loop = None
         self._start_lock = None
@@ -201,7 +206,9 @@ class Gateway:
             except Exception:  # e.g. not migrated yet: serve nothing, the refresher keeps trying
                 log.exception("gateway could not load its first config snapshot")
             self.session = upstream.new_session()
-            self.limits = Limits(self.config.redis_url or None, self.config.limits_prefix)
+            config = self.config
+            self.limits = Limits(config.redis_url or None, config.limits_prefix, config.redis_timeout_s,
+                                 config.limits_recheck_s, self.recorder.metrics)
             self.proxy.start(self.session, self.limits)
             self.store.start()
             self.recorder.start()
@@ -222,6 +229,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.stop)
         await loop.run_in_executor(None, self.recorder.stop)
+        await self.limits.close()
         await self.session.close()
 
     # --- config snapshot and key state ---------------------------------------------

@@ -95,6 +95,10 @@ class Metrics:
         self.drops = {}  # (what,) -> records the database refused, dropped after logging
         self.repairs = {}  # (deployment, note) -> answers repaired (a malformed event skipped, [DONE] added)
         self.continuations = {}  # (route, result) -> broken streams continued on another target (proxy.Continued)
+        self.limits_fallbacks = 0  # times the limits fell back to this process's memory (Redis failed)
+        self.limits_falling_back = 0  # 1 while they are there
+        self.limits_redis_errors = 0  # rate-limit commands Redis failed or did not answer in time
+        self.concurrency = None  # proxy.ProviderSlots: in-flight, waits and overflows per provider
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -170,6 +174,31 @@ class Metrics:
                             ["what"], self.drops)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
                                 value=self.snapshot_version)
+        yield CounterMetricFamily("weathervane_gateway_limits_fallback",
+                                  "Times the rate limits fell back to per-process counters because Redis failed",
+                                  value=self.limits_fallbacks)
+        yield CounterMetricFamily("weathervane_gateway_limits_redis_errors",
+                                  "Rate-limit commands that Redis failed or did not answer in time (counted locally)",
+                                  value=self.limits_redis_errors)
+        yield GaugeMetricFamily("weathervane_gateway_limits_fallback_active",
+                                "1 while the rate limits are per process because Redis failed, else 0",
+                                value=self.limits_falling_back)
+        if self.concurrency is not None:
+            yield from self._concurrency(self.concurrency)
+
+    def _concurrency(self, slots):
+        in_flight = GaugeMetricFamily("weathervane_gateway_provider_in_flight",
+                                      "Requests in flight per provider with a max_concurrency (this process)",
+                                      labels=["provider"])
+        for provider, count in list(slots.in_flight.items()):
+            in_flight.add_metric([provider], count)
+        yield in_flight
+        yield self._counter("weathervane_gateway_provider_concurrency_waits",
+                            "Requests that waited for a slot of a provider at its max_concurrency",
+                            ["provider"], slots.waits)
+        yield self._counter("weathervane_gateway_provider_concurrency_overflows",
+                            "Requests that found no slot in time and failed over (never counted against the provider)",
+                            ["provider"], slots.overflows)
 
     @staticmethod
     def _counter(name, documentation, labels, table):

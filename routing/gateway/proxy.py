@@ -4,9 +4,11 @@ before the first byte reached the client, then relay the answer.
 The rules (issue 3): retry with full-jitter backoff within a retry budget on
 connection errors, timeouts before the first byte, 429 (after its
 Retry-After, unless that outlasts the deadline: then fail over at once),
-5xx, malformed answers and an error as a stream's first event; never retry
-400/404/422 or context-length errors (they are passed through as the
-provider sent them). 401/403 marks the key invalid and tries another key.
+5xx (a 503 with Retry-After rests its deployment and fails over, or waits
+like a 429 when no other target is left), malformed answers and an error as
+a stream's first event; never retry 400/404/422 or context-length errors
+(they are passed through as the provider sent them). 401/403 marks the key
+invalid and tries another key.
 After a target's retries, fail over to another target by weight. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
@@ -24,6 +26,7 @@ import orjson
 
 from routing import sse
 from routing.gateway import errors, selection, upstream
+from routing.gateway.concurrency import ProviderSlots
 from routing.gateway.errors import GatewayError
 from routing.gateway.limits import estimate_tokens
 from routing.gateway.retry import backoff
@@ -200,6 +203,8 @@ class Proxy:
         self.log_bodies = log_bodies
         self.session = None
         self.limits = None
+        self.slots = ProviderSlots(config.concurrency_wait_s)
+        self.resting = {}  # deployment id -> monotonic time until which its 503's Retry-After asked us to stay away
 
     def start(self, session, limits):
         self.session, self.limits = session, limits
@@ -210,19 +215,36 @@ class Proxy:
         """Return the next target to try, or None when every option is used up.
 
         By weight (sticky with a session id) among targets not given up whose
-        circuit is not open. When every remaining target's circuit is open the
-        breakers are ignored ("panic mode"): trying beats refusing everyone.
+        circuit is not open and that do not rest after a 503's Retry-After.
+        When every remaining target is open or resting, both are ignored
+        ("panic mode"): trying beats refusing everyone.
         """
-        route, breakers = call.route, self.breakers
+        route = call.route
         if not call.given_up and call.session is None:
             target = selection.pick_weighted(route.targets, route.totals, self.rng)
-            if target is None or breakers.available(target.deployment_id):
+            if target is None or ((not self.resting or not self._resting(target.deployment_id))
+                                  and self.breakers.available(target.deployment_id)):
                 return target
         candidates = [t for t in route.targets if t.deployment_id not in call.given_up]
-        pool = [t for t in candidates if breakers.available(t.deployment_id)] or candidates
+        pool = [t for t in candidates if self._takes_traffic(t.deployment_id)] or candidates
         if call.session is not None:
             return selection.sticky_choice(pool, call.session)
         return selection.choose(pool, self.rng)
+
+    def _takes_traffic(self, deployment_id):
+        """Return False while the deployment's circuit is open or it rests after a 503 with Retry-After."""
+        if self.resting and self._resting(deployment_id):
+            return False
+        return self.breakers.available(deployment_id)
+
+    def _resting(self, deployment_id):
+        until = self.resting.get(deployment_id)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self.resting[deployment_id]
+        return False
 
     async def pick_key(self, call, target):
         """Return a usable key of the target's provider within its limits, round-robin, or None.
@@ -255,16 +277,27 @@ class Proxy:
         while True:
             if target is None or len(call.tried) >= self.config.max_attempts:
                 raise self.exhausted(call)
-            key = await self.pick_key(call, target)
-            if key is None:
-                call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+            held, failure, broken = target, None, None
+            bounded = target.max_concurrency is not None  # only then a slot is taken: no cost for the others
+            if bounded and not await self.slots.take(target, call.deadline):
+                message = f"provider '{target.provider}' has its {target.max_concurrency} requests in flight"
+                call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, message))
                 target, retries = self._fail_over(call, target)
                 continue
             try:
-                broken = await self.attempt(call, target, key, send, receive)
-            except UpstreamError as err:
-                failure = err
-            else:
+                key = await self.pick_key(call, target)
+                if key is None:
+                    call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
+                    target, retries = self._fail_over(call, held)
+                    continue
+                try:
+                    broken = await self.attempt(call, target, key, send, receive)
+                except UpstreamError as err:
+                    failure = err
+            finally:
+                if bounded:
+                    self.slots.give_back(held)  # the slot taken above, even when `target` moved on
+            if failure is None:
                 if broken is not None:
                     await self.continue_stream(call, target, broken, send, receive)
                 return
@@ -304,6 +337,8 @@ class Proxy:
             return await self._after_429(call, target, key, err, retries)
         if not self.breakers.available(target.deployment_id):  # this failure opened its circuit: do not retry into it
             return Next.FAIL_OVER
+        if err.status == 503 and err.retry_after is not None:
+            return await self._after_503(call, target, err, retries)
         if err.outcome == Outcome.TIMEOUT:  # silent or slow: trying the same target again would cost another timeout
             return Next.FAIL_OVER
         if retries >= self.config.retries_per_target or not self.budget.withdraw():
@@ -322,6 +357,22 @@ class Proxy:
         if wait > config.max_retry_wait_s or retries >= config.retries_per_target or not self.budget.withdraw():
             return Next.FAIL_OVER
         # A little past the Retry-After, so the cooled key is usable again when we wake.
+        if not await self._sleep_within_deadline(call, wait + 0.01):
+            return Next.FAIL_OVER
+        return Next.RETRY
+
+    async def _after_503(self, call, target, err, retries):
+        """Honour a 503's Retry-After as a 429's: the deployment rests that long in this process (at most the
+        breaker's longest cooldown), and the request goes to another target, or waits it out when none is left
+        and the wait fits (WEATHERVANE_GATEWAY_MAX_RETRY_WAIT, the deadline, the retry budget)."""
+        wait = err.retry_after
+        self.resting[target.deployment_id] = time.monotonic() + min(wait, self.config.breaker.max_cooldown_s)
+        if any(t is not target and t.deployment_id not in call.given_up and self._takes_traffic(t.deployment_id)
+               for t in call.route.targets):
+            return Next.FAIL_OVER
+        config = self.config
+        if wait > config.max_retry_wait_s or retries >= config.retries_per_target or not self.budget.withdraw():
+            return Next.FAIL_OVER
         if not await self._sleep_within_deadline(call, wait + 0.01):
             return Next.FAIL_OVER
         return Next.RETRY

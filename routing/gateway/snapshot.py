@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections, reset_queries
 from django.db.models import Prefetch
 
+from dashboard.redis_guard import Outage, client_options
 from routing.crypto import SecretUnreadable
 from routing.models import ApiKey, Deployment, DeploymentCircuit, GatewayKey, KeyState, Provider, Route, RouteTarget
 from routing.netguard import UpstreamBlocked, check_host
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "weathervane:gateway:config"
 _listeners = set()  # the change events of every SnapshotStore in this process
 _publisher = {}
+_notice_outage = Outage("config-change notices")
 
 
 def announce_change():
@@ -45,15 +47,23 @@ def announce_change():
 
 
 def _publish(url):
+    """Publish the notice, bounded (it runs on commit, in the request that changed the config).
+
+    While Redis fails, notices are skipped (the version poll catches the change within a second).
+    """
+    if _notice_outage.skip():
+        return
     try:
         import redis
 
         client = _publisher.get(url)
         if client is None:
-            client = _publisher[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            client = _publisher[url] = redis.Redis.from_url(url, **client_options())
         client.publish(CHANNEL, str(time.time()))
-    except Exception:  # the version poll still catches the change
-        log.warning("could not publish the config-change notice to Redis", exc_info=True)
+    except Exception as error:  # the version poll still catches the change
+        _notice_outage.failed(error)
+    else:
+        _notice_outage.answered()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,7 @@ class Target:
     price_in: float  # per token
     price_out: float
     keys: tuple
+    max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
 
     def cost(self, tokens_in, tokens_out):
         return tokens_in * self.price_in + tokens_out * self.price_out
@@ -156,7 +167,7 @@ def fingerprint():
     """Return a digest of every config row the snapshot depends on (cheap: small tables)."""
     parts = [
         list(Provider.objects.order_by("id").values_list("id", "updated_at", "enabled", "base_url", "connect_timeout",
-                                                         "read_timeout")),
+                                                         "read_timeout", "max_concurrency")),
         list(ApiKey.objects.order_by("id").values_list("id", "updated_at", "enabled", "state", "rate_limited_until",
                                                        "rpm_limit", "tpm_limit", "secret_encrypted")),
         list(Route.objects.order_by("id").values_list("id", "name", "version", "continue_streams")),
@@ -220,7 +231,7 @@ def _target(row, keys):
         read_timeout=provider.read_timeout,
         first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
-        keys=keys.get(provider.pk, ()),
+        keys=keys.get(provider.pk, ()), max_concurrency=provider.max_concurrency,
     )
 
 

@@ -156,7 +156,10 @@ class Simulator:
             await self._rate_limited(exchange, personality.retry_after_s)
             return False
         if roll < personality.rate_429 + personality.error_rate:
-            await self._server_error(exchange, personality.error_status)
+            if personality.overload_retry_after_s is not None:
+                await self._overloaded(exchange, personality.overload_retry_after_s)
+            else:
+                await self._server_error(exchange, personality.error_status)
             return False
         return True
 
@@ -168,6 +171,10 @@ class Simulator:
         )
         message = "Simulated rate limit."
         await exchange.error(429, Reply.RATE_LIMITED, message, "rate_limit_exceeded", "requests", headers)
+
+    async def _overloaded(self, exchange, retry_after_s):
+        headers = ((b"retry-after", str(math.ceil(retry_after_s)).encode()),)
+        await exchange.error(503, Reply.ERROR_503, "Simulated overload.", "overloaded", "server_error", headers)
 
     async def _server_error(self, exchange, status=None):
         # Alternate per model so a client sees both flavours of 5xx (unless the personality fixes one).

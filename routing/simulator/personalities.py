@@ -114,7 +114,8 @@ class Personality:
     Latency is the wait before the status line, log-normal from its median
     and p99 (constant when p99 is not above the median). tokens_per_s paces a
     stream, 0 meaning as fast as possible. A request gets rate_429, then
-    error_rate (500 and 503 in turn), then fault with fault_rate. answer
+    error_rate (500 and 503 in turn; with overload_retry_after_s, always 503
+    with that Retry-After), then fault with fault_rate. answer
     replaces the "tok0 tok1 ..." content; report_model is the model name
     reported back, for a silent swap. fault_after_tokens says after how many
     tokens cut_midway, stall, malformed_chunk and error_midway strike (None:
@@ -142,6 +143,7 @@ class Personality:
     fail_first: int = 0
     context_window: int | None = None
     content_filter: bool = False
+    overload_retry_after_s: float | None = None
     fault: Fault | None = None
     fault_rate: float = 1.0
     fault_delay_s: float | None = None
@@ -163,6 +165,8 @@ class Personality:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.error_rate + self.rate_429 > 1:
             raise ValueError("error_rate + rate_429 must not exceed 1")
+        if self.overload_retry_after_s is not None and self.overload_retry_after_s < 0:
+            raise ValueError("overload_retry_after_s must not be negative")
         for name in ("latency_median_ms", "latency_p99_ms", "tokens_per_s", "retry_after_s"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must not be negative")
