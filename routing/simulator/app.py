@@ -208,19 +208,23 @@ class Simulator:
             if completion is None:
                 message = "messages must be a list and max_tokens a positive integer."
                 await exchange.error(400, Reply.BAD_REQUEST, message, "invalid_value")
+            elif _too_long(completion, request, personality):
+                await _context_length_exceeded(exchange, completion, request, personality)
             elif await self._serve_model(exchange, personality):
-                await self._answer(exchange, completion, personality)
+                await self._answer(exchange, completion, personality, request)
         finally:
             exchange.close()
 
-    async def _answer(self, exchange, completion, personality):
+    async def _answer(self, exchange, completion, personality, request):
         fault = self._draw_fault(personality)
         stream = exchange.attempt.stream
         if fault is None and not stream:
             await exchange.reply(200, completion.body())
             return
         exchange.attempt.outcome = str(fault or Reply.OK)
-        if fault == Fault.RESET_BEFORE_HEADERS:
+        if fault == Fault.CONTEXT_LENGTH:
+            await _context_length_exceeded(exchange, completion, request, personality)
+        elif fault == Fault.RESET_BEFORE_HEADERS:
             await exchange.drop(reset=True)
         elif fault == Fault.SILENCE:
             await exchange.pause(SILENCE_LIMIT_S)
@@ -263,6 +267,25 @@ async def _unauthorized(exchange, key):
     else:
         message = f"Incorrect API key provided: {mask_key(key)}."
         await exchange.error(401, Reply.UNAUTHORIZED, message, "invalid_api_key")
+
+
+def _too_long(completion, request, personality):
+    window = personality.context_window
+    return window is not None and completion.prompt_tokens + (_max_tokens(request) or 0) > window
+
+
+def _max_tokens(request):
+    return request.get("max_completion_tokens", request.get("max_tokens"))
+
+
+async def _context_length_exceeded(exchange, completion, request, personality):
+    """Answer OpenAI's 400 for a prompt plus completion that do not fit the model's context window."""
+    wanted = _max_tokens(request) or 0
+    window = personality.context_window or max(1, completion.prompt_tokens + wanted - 1)
+    message = (f"This model's maximum context length is {window} tokens. However, you requested "
+               f"{completion.prompt_tokens + wanted} tokens ({completion.prompt_tokens} in the messages, {wanted} in "
+               "the completion). Please reduce the length of the messages or completion.")
+    await exchange.error(400, Reply.CONTEXT_LENGTH, message, "context_length_exceeded")
 
 
 def _positive_int_or_none(value):

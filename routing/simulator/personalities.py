@@ -40,6 +40,10 @@ class Fault(enum.StrEnum):
     # HTTP 200 whose only event is `data: {"error": {...}}`; the openai SDK raises
     # APIError. A non-streaming 200 carries the same error object as its body.
     ERROR_FIRST_EVENT = "error_first_event"
+    # HTTP 400 `context_length_exceeded` in OpenAI's words, whatever the prompt (the
+    # provider counted more tokens than the gateway estimated); openai BadRequestError.
+    # A model with a `context_window` answers the same when the prompt plus max_tokens exceed it.
+    CONTEXT_LENGTH = "context_length"
 
 
 class Reply(enum.StrEnum):
@@ -53,6 +57,7 @@ class Reply(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
+    CONTEXT_LENGTH = "context_length"
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,8 @@ class Personality:
     stream, 0 meaning as fast as possible. A request gets rate_429, then
     error_rate (500 and 503 in turn), then fault with fault_rate. answer
     replaces the "tok0 tok1 ..." content; report_model is the model name
-    reported back, for a silent swap.
+    reported back, for a silent swap. context_window (tokens, None for no
+    limit) refuses a prompt plus max_tokens that exceed it, as OpenAI does.
     """
 
     latency_median_ms: float = 0
@@ -126,6 +132,7 @@ class Personality:
     fault_delay_s: float | None = None
     answer: str | None = None
     report_model: str | None = None
+    context_window: int | None = None
     schedule: tuple = ()
 
     def __post_init__(self):
@@ -145,6 +152,8 @@ class Personality:
                 raise ValueError(f"{name} must not be negative")
         if self.output_tokens < 0 or self.max_output_tokens < 1:
             raise ValueError("output_tokens must be >= 0 and max_output_tokens >= 1")
+        if self.context_window is not None and (type(self.context_window) is not int or self.context_window < 1):
+            raise ValueError("context_window must be a whole number of tokens >= 1, or null")
 
     def at(self, elapsed_s):
         """Return the personality in effect elapsed_s after the model was set: every active Change applied."""
