@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.forms.models import BaseInlineFormSet
+from django.forms.models import BaseInlineFormSet, inlineformset_factory
 from django.utils import timezone
 from knox.models import AuthToken as KnoxAuthToken
 
@@ -243,6 +243,10 @@ class RouteTargetFormSet(BaseInlineFormSet):
             raise ValidationError([message for messages in problems.values() for message in messages])
 
 
+TargetFormSet = inlineformset_factory(Route, RouteTarget, formset=RouteTargetFormSet, fields=["deployment", "weight"],
+                                     extra=0)
+
+
 class RouteTargetInline(admin.TabularInline):
     model = RouteTarget
     formset = RouteTargetFormSet
@@ -251,7 +255,7 @@ class RouteTargetInline(admin.TabularInline):
 
 
 class RouteFallbackFormSet(BaseInlineFormSet):
-    """The chain on the page must pass the same checks as the API's (weighted targets as stored)."""
+    """The chain on the page must pass the same checks as the API's, against the split the same page submits."""
 
     def clean(self):
         super().clean()
@@ -259,10 +263,18 @@ class RouteFallbackFormSet(BaseInlineFormSet):
             return
         kept = [f for f in self.forms if f.cleaned_data.get("deployment") and not f.cleaned_data.get("DELETE")]
         kept.sort(key=lambda f: f.cleaned_data.get("position") or 0)
-        split = self.instance.weights() if self.instance.pk else {}
-        problems = weights.check_fallbacks([f.cleaned_data["deployment"].name for f in kept], split)
+        problems = weights.check_fallbacks([f.cleaned_data["deployment"].name for f in kept], self._submitted_split())
         if problems:
             raise ValidationError([message for messages in problems.values() for message in messages])
+
+    def _submitted_split(self):
+        """Return the split of the targets inline posted with this chain (the stored one when it is not valid)."""
+        stored = self.instance.weights() if self.instance.pk else {}
+        targets = TargetFormSet(self.data, instance=self.instance, prefix="targets")
+        if "targets-TOTAL_FORMS" not in self.data or not targets.is_valid():
+            return stored  # the targets inline shows its own errors
+        return {f.cleaned_data["deployment"].name: f.cleaned_data["weight"] for f in targets.forms
+                if f.cleaned_data.get("deployment") and not f.cleaned_data.get("DELETE")}
 
 
 class RouteFallbackInline(admin.TabularInline):
