@@ -345,6 +345,6 @@ class RequestLogSerializer(serializers.ModelSerializer):
         fields = ["id", "created_at", "request_id", "route_name", "deployment", "api_key", "gateway_key", "outcome",
                   "status",
                   "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost",
-                  "error",
+                  "error", "fallback",
                   "tried", "request_body", "response_body"]
         read_only_fields = fields
