@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from routing.models import CircuitState
+from routing.outcomes import Outcome
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -94,6 +95,7 @@ class Metrics:
         self.unauthenticated = 0  # requests without a valid gateway key: counted, never logged one by one
         self.drops = {}  # (what,) -> records the database refused, dropped after logging
         self.repairs = {}  # (deployment, note) -> answers repaired (a malformed event skipped, [DONE] added)
+        self.fallbacks = {}  # (route, deployment) -> requests a fallback answered
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -105,6 +107,8 @@ class Metrics:
             _bump(self.repairs, (record.deployment or "-", note))
         route, deployment = record.route or "-", record.deployment or "-"
         _bump(self.requests, (route, deployment, record.outcome))
+        if record.fallback and record.outcome == Outcome.OK:
+            _bump(self.fallbacks, (route, record.fallback))
         for attempt in record.tried:
             _bump(self.attempts, (attempt.target.deployment, attempt.outcome))
         if record.latency_ms is not None and record.deployment:
@@ -159,6 +163,9 @@ class Metrics:
                                   "Requests refused for a missing or unknown gateway key", value=self.unauthenticated)
         yield self._counter("weathervane_gateway_stream_repairs", "Streams repaired yet successful, by kind",
                             ["deployment", "kind"], self.repairs)
+        yield self._counter("weathervane_gateway_fallback_answers",
+                            "Requests answered by a fallback (every weighted target failed or had an open circuit)",
+                            ["route", "deployment"], self.fallbacks)
         yield self._counter("weathervane_gateway_recorder_dropped",
                             "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)

@@ -6,7 +6,7 @@ import pytest
 
 from routing.gateway.breaker import BreakerPolicy
 from routing.models import Deployment, RequestLog, RouteFallback
-from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, wait_until
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, scrape, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -126,6 +126,16 @@ def test_a_stream_from_a_fallback_is_whole_and_says_so(sim, chained):
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == FULL_TEXT
 
 
+def test_answers_from_fallbacks_are_counted_in_the_metrics(sim, chained, metrics_token):
+    gateway, key = chained({"primary": ("down", 100)}, {"backup": "spare"})
+
+    for _ in range(2):
+        assert post_chat(gateway, key, "r", max_tokens=TOKENS).status_code == 200
+
+    line = 'weathervane_gateway_fallback_answers_total{deployment="backup",route="r"} 2.0'
+    assert wait_until(lambda: line in scrape(gateway).text)
+
+
 def test_the_request_log_says_which_fallback_served(sim, chained):
     gateway, key = chained({"primary": ("down", 100)}, {"backup": "spare"}, log_sample=1.0)
 
@@ -146,3 +156,15 @@ def test_a_direct_answer_carries_no_fallback_header(sim, chained):
     assert response.status_code == 200, response.text
     assert response.headers["x-weathervane-deployment"] == "primary"
     assert "x-weathervane-fallback" not in response.headers
+
+
+def test_a_disabled_fallback_is_passed_over_for_the_next_one(sim, chained):
+    sim.simulator.configure("switched-off")
+    gateway, key = chained({"primary": ("down", 100)}, {"off": "switched-off", "backup": "spare"})
+    Deployment.objects.filter(name="off").update(enabled=False)
+    gateway.gateway.store.load()
+
+    response = post_chat(gateway, key, "r", max_tokens=TOKENS)
+
+    assert response.status_code == 200 and response.headers["x-weathervane-fallback"] == "backup"
+    assert models_seen(sim) == ["down", "down", "spare"]
