@@ -288,3 +288,16 @@ def test_a_weighted_target_cannot_be_a_fallback_in_the_admin(browser, route):
     assert response.status_code == 200 and "weight 90" in response.content.decode()
     assert Route.objects.get().fallback_chain() == []
     assert Route.objects.get().version == route.version
+
+
+def test_a_new_route_gets_its_fallbacks_from_the_add_page(browser, route):
+    data = admin_form_data(browser.get(url(Route, "add")))
+    stable, canary = Deployment.objects.get(name="stable"), Deployment.objects.get(name="canary")
+    data |= {"name": "solo", "targets-TOTAL_FORMS": "1", "targets-INITIAL_FORMS": "0",
+             "targets-0-deployment": str(stable.pk), "targets-0-weight": "100"}
+
+    response = browser.post(url(Route, "add"), _with_fallbacks(data, "canary"))
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Route.objects.get(name="solo").fallback_chain() == [canary.name]
+    assert AuditEvent.objects.get(object_type="route", action="create").after["fallbacks"] == ["canary"]
