@@ -189,7 +189,7 @@ def deployment_json(request, name):
 def routes_data(now=None):
     """Return every route's targets with weight and real traffic over the same window, and recent changes."""
     now = now or timezone.now()
-    routes = list(Route.objects.prefetch_related("targets__deployment__provider"))
+    routes = list(Route.objects.prefetch_related("targets__deployment__provider", "fallbacks__deployment__provider"))
     deployments = {t.deployment.pk: t.deployment for r in routes for t in r.targets.all()}
     window = metrics.Window.M15
     since = now - metrics.SPAN[window]
@@ -210,6 +210,7 @@ def _route_row(route, since, health, seconds):
         "name": route.name, "description": route.description, "version": route.version,
         "continue_streams": route.continue_streams,
         "targets": [_target_row(t, traffic[t.deployment_id], health[t.deployment_id], total, seconds) for t in targets],
+        "fallbacks": [_fallback_row(f) for f in route.fallbacks.all()],
         "history": _history(route),
         "rollout": _active_rollout(route),
     }
@@ -219,6 +220,12 @@ def _active_rollout(route):
     """Return {id, state, canary} of the route's active rollout, or None."""
     rollout = controller.active_rollout(route.pk)
     return {"id": rollout.pk, "state": rollout.state, "canary": rollout.canary.name} if rollout else None
+
+
+def _fallback_row(link):
+    deployment = link.deployment
+    return {"position": link.position, "deployment": deployment.name,
+            "enabled": deployment.enabled and deployment.provider.enabled}
 
 
 def _target_row(target, figures, health, total, seconds):

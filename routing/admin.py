@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.forms.models import BaseInlineFormSet
+from django.forms.models import BaseInlineFormSet, inlineformset_factory
 from django.utils import timezone
 from knox.models import AuthToken as KnoxAuthToken
 
@@ -30,6 +30,7 @@ from routing.models import (
     Provider,
     RequestLog,
     Route,
+    RouteFallback,
     RouteTarget,
     secret_validator,
 )
@@ -68,7 +69,7 @@ class AuditedAdmin(admin.ModelAdmin):
         """Hook run after the inlines are saved and before the audit record."""
 
     def save_formset(self, request, form, formset, change):
-        if formset.model is RouteTarget:
+        if formset.model in (RouteTarget, RouteFallback):  # the route's own record covers its split and chain
             return super().save_formset(request, form, formset, change)
         before = {f.instance.pk: _stored_snapshot(f.instance)
                   for f in formset.initial_forms if f.instance.pk and f.has_changed()}
@@ -243,11 +244,47 @@ class RouteTargetFormSet(BaseInlineFormSet):
             raise ValidationError([message for messages in problems.values() for message in messages])
 
 
+TargetFormSet = inlineformset_factory(Route, RouteTarget, formset=RouteTargetFormSet, fields=["deployment", "weight"],
+                                     extra=0)
+
+
 class RouteTargetInline(admin.TabularInline):
     model = RouteTarget
     formset = RouteTargetFormSet
     fields = ["deployment", "weight"]
     extra = 0
+
+
+class RouteFallbackFormSet(BaseInlineFormSet):
+    """The chain on the page must pass the same checks as the API's, against the split the same page submits."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return
+        kept = [f for f in self.forms if f.cleaned_data.get("deployment") and not f.cleaned_data.get("DELETE")]
+        kept.sort(key=lambda f: f.cleaned_data.get("position") or 0)
+        problems = weights.check_fallbacks([f.cleaned_data["deployment"].name for f in kept], self._submitted_split())
+        if problems:
+            raise ValidationError([message for messages in problems.values() for message in messages])
+
+    def _submitted_split(self):
+        """Return the split of the targets inline posted with this chain (the stored one when it is not valid)."""
+        stored = self.instance.weights() if self.instance.pk else {}
+        targets = TargetFormSet(self.data, instance=self.instance, prefix="targets")
+        if "targets-TOTAL_FORMS" not in self.data or not targets.is_valid():
+            return stored  # the targets inline shows its own errors
+        return {f.cleaned_data["deployment"].name: f.cleaned_data["weight"] for f in targets.forms
+                if f.cleaned_data.get("deployment") and not f.cleaned_data.get("DELETE")}
+
+
+class RouteFallbackInline(admin.TabularInline):
+    model = RouteFallback
+    formset = RouteFallbackFormSet
+    fields = ["position", "deployment"]
+    extra = 0
+    verbose_name = "fallback"
+    verbose_name_plural = "fallbacks (tried in order after every weighted target failed)"
 
 
 class RouteAdminForm(forms.ModelForm):
@@ -283,25 +320,32 @@ class RouteAdminForm(forms.ModelForm):
 @admin.register(Route)
 class RouteAdmin(AuditedAdmin):
     form = RouteAdminForm
-    list_display = ["name", "split", "continue_streams", "version", "updated_at"]
+    list_display = ["name", "split", "fallbacks", "continue_streams", "version", "updated_at"]
     search_fields = ["name", "description"]
     readonly_fields = ["version", "created_at", "updated_at"]
-    inlines = [RouteTargetInline]
+    inlines = [RouteTargetInline, RouteFallbackInline]
 
     @admin.display(description="Split")
     def split(self, route):
         return ", ".join(f"{name} {weight}%" for name, weight in route.weights().items()) or "—"
 
+    @admin.display(description="Fallbacks")
+    def fallbacks(self, route):
+        return " → ".join(route.fallback_chain()) or "—"
+
     def save_model(self, request, obj, form, change):
-        request._weights_before = Route.objects.get(pk=obj.pk).weights() if change else None
+        stored = Route.objects.get(pk=obj.pk) if change else None
+        request._weights_before = stored.weights() if change else None
+        request._fallbacks_before = stored.fallback_chain() if change else None
         super().save_model(request, obj, form, change)
 
     def related_saved(self, request, form, change):
+        weights.drop_weighted_fallbacks(form.instance)
         if change:
             weights.note_split_change(
                 form.instance, request._weights_before,
                 reason=form.cleaned_data.get("reason") or "changed in the admin",
-                actor=actor_name(request.user), user=request.user,
+                actor=actor_name(request.user), user=request.user, fallbacks_before=request._fallbacks_before,
             )
 
 

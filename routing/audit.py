@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.db import router
 from django.db.models.deletion import Collector
 
-from routing.models import AuditEvent, RouteTarget
+from routing.models import AuditEvent, RouteFallback, RouteTarget
 
 # Fields that must never be copied into an audit row (masked forms are kept).
 SECRET_FIELDS = {"secret_encrypted", "key_hash", "password", "digest"}
@@ -15,7 +15,7 @@ SECRET_FIELDS = {"secret_encrypted", "key_hash", "password", "digest"}
 def snapshot(obj):
     """Return a JSON-safe dict of `obj`'s concrete fields, secrets left out.
 
-    Routes include their weights; API keys keep only their masked hint.
+    Routes include their weights and fallback chain; API keys keep only their masked hint.
     """
     data = {}
     for field in obj._meta.concrete_fields:
@@ -28,6 +28,7 @@ def snapshot(obj):
             data[field.name] = sorted(str(o) for o in getattr(obj, field.name).all())
     if obj._meta.model_name == "route" and obj.pk:
         data["weights"] = obj.weights()
+        data["fallbacks"] = obj.fallback_chain()
     return data
 
 
@@ -67,13 +68,13 @@ def record(*, action, obj=None, actor, user=None, before=None, after=None, reaso
 
 
 def deleted_with(obj):
-    """Return the registry objects (other than route targets, which their route's
+    """Return the registry objects (other than route targets and fallbacks, which their route's
     snapshot covers) that deleting `obj` would delete too, e.g. a provider's keys."""
     collector = Collector(using=router.db_for_write(type(obj)))
     collector.collect([obj])
     cascaded = [o for model, objs in collector.data.items() if model in _config_models() for o in objs]
     cascaded += [o for queryset in collector.fast_deletes if queryset.model in _config_models() for o in queryset]
-    return [o for o in cascaded if o != obj and not isinstance(o, RouteTarget)]
+    return [o for o in cascaded if o != obj and not isinstance(o, (RouteTarget, RouteFallback))]
 
 
 def _config_models():

@@ -266,6 +266,12 @@ class Route(models.Model):
         """Return the targets that can receive traffic: weight > 0 and an enabled deployment and provider."""
         return self.targets.filter(weight__gt=0, deployment__enabled=True, deployment__provider__enabled=True)
 
+    def fallback_chain(self):
+        """Return the deployment names of this route's fallback chain, in the order they are tried."""
+        prefetched = "fallbacks" in getattr(self, "_prefetched_objects_cache", {})
+        links = self.fallbacks.all() if prefetched else self.fallbacks.select_related("deployment")
+        return [f.deployment.name for f in links]
+
 
 class RouteTarget(models.Model):
     route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="targets")
@@ -281,6 +287,22 @@ class RouteTarget(models.Model):
 
     def __str__(self):
         return f"{self.route.name} → {self.deployment.name} ({self.weight}%)"
+
+
+class RouteFallback(models.Model):
+    """One link of a route's ordered fallback chain: tried only after every weighted target failed or has an
+    open circuit. Never a target with weight > 0 (routing.weights keeps the two apart)."""
+
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="fallbacks")
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="fallback_for")
+    position = models.PositiveSmallIntegerField(default=1, help_text="1 is tried first")
+
+    class Meta:
+        ordering = ["route_id", "position", "id"]
+        constraints = [models.UniqueConstraint(fields=["route", "deployment"], name="unique_fallback_per_route")]
+
+    def __str__(self):
+        return f"{self.route.name} fallback #{self.position}: {self.deployment.name}"
 
 
 GATEWAY_KEY_PREFIX = "wv-"
@@ -493,6 +515,8 @@ class RequestLog(models.Model):
     tokens_out = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=8, default=0)
     error = models.CharField(max_length=500, blank=True)
+    fallback = models.CharField(max_length=100, blank=True,
+                                help_text="The fallback deployment that served, when one did")
     tried = models.JSONField(default=list, blank=True,
                              help_text="[{deployment, key, outcome, status, ms}] per upstream attempt")
     request_body = models.JSONField(null=True, blank=True)

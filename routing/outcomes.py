@@ -185,11 +185,14 @@ class UpstreamError(Exception):
 
     `message` is already redacted. `body` is the upstream's error body as it
     came (bounded), for passing a non-retryable error through; redact it with
-    `redact_bytes` before relaying it.
+    `redact_bytes` before relaying it. `too_long` marks a context-length error:
+    the request's fault, which a target with a larger window may still serve.
     """
 
-    def __init__(self, outcome, message, retryable, status=None, retry_after=None, body=b"", content_type=None):
+    def __init__(self, outcome, message, retryable, status=None, retry_after=None, body=b"", content_type=None,
+                 too_long=False):
         super().__init__(message)
+        self.too_long = too_long
         self.outcome = outcome
         self.message = message
         self.retryable = retryable
@@ -204,4 +207,5 @@ def http_failure(status, headers, body, secrets=()):
     outcome, retryable = classify_status(status, body)
     wait = parse_retry_after(headers) if status in RETRY_AFTER_STATUSES else None
     message = f"HTTP {status}: {error_message(body, secrets)}"
-    return UpstreamError(outcome, message, retryable, status, wait, body, headers.get("content-type"))
+    too_long = outcome == Outcome.CLIENT_ERROR and status != 429 and is_context_length_error(body)
+    return UpstreamError(outcome, message, retryable, status, wait, body, headers.get("content-type"), too_long)

@@ -5,9 +5,9 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
-from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteTarget
+from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteFallback, RouteTarget
 
-CONFIG_MODELS = (Provider, ApiKey, Deployment, Route, RouteTarget, GatewayKey)
+CONFIG_MODELS = (Provider, ApiKey, Deployment, Route, RouteTarget, RouteFallback, GatewayKey)
 
 
 def config_changed():

@@ -166,16 +166,40 @@ class RouteTargetSerializer(StrictFieldsMixin, serializers.Serializer):
     weight = StrictIntegerField(min_value=0, max_value=100, help_text="Share of traffic in percent (0-100)")
 
 
+FALLBACKS_HELP = ("Deployment names tried in this order only after every weighted target failed or has an open "
+                  "circuit. Each one once, enabled, and not a target with weight > 0 (weight 0 or no target at all). "
+                  "[] removes the chain.")
+
+
+def fallbacks_field(help_text=FALLBACKS_HELP, **kwargs):
+    return serializers.ListField(child=serializers.CharField(max_length=100), max_length=weights.MAX_FALLBACKS,
+                                 help_text=help_text, **kwargs)
+
+
 class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     targets = RouteTargetSerializer(
         many=True, required=False, min_length=1, error_messages={"min_length": NO_TARGETS},
         help_text="Deployments and their weights (summing to 100). On update, the given list replaces the targets.",
     )
+    fallbacks = fallbacks_field(required=False, source="fallback_chain")
 
     class Meta:
         model = Route
-        fields = ["name", "description", "continue_streams", "version", "targets", "created_at", "updated_at"]
+        fields = ["name", "description", "continue_streams", "version", "targets", "fallbacks", "created_at",
+                  "updated_at"]
         read_only_fields = ["version"]
+
+    def validate(self, attrs):
+        if "fallback_chain" not in attrs:
+            return attrs
+        if "targets" in attrs:
+            split = {t["deployment"].name: t["weight"] for t in attrs["targets"]}
+        else:
+            split = self.instance.weights() if self.instance is not None else {}
+        errors = weights.check_fallbacks(attrs["fallback_chain"], split)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
 
     def validate_targets(self, targets):
         if not targets:
@@ -193,19 +217,27 @@ class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     def create(self, validated_data):
         targets = validated_data.pop("targets", [])
+        fallbacks = validated_data.pop("fallback_chain", [])
         route = Route.objects.create(**validated_data)
         RouteTarget.objects.bulk_create(RouteTarget(route=route, **t) for t in targets)
+        weights.set_fallbacks(route, fallbacks)
         return route
 
     def update(self, instance, validated_data):
         targets = validated_data.pop("targets", None)
-        before = instance.weights()
+        fallbacks = validated_data.pop("fallback_chain", None)
+        before, chain_before = instance.weights(), instance.fallback_chain()
         with transaction.atomic():
             instance = super().update(instance, validated_data)
             if targets is not None:
                 _replace_targets(instance, targets)
+            if fallbacks is not None:
+                weights.set_fallbacks(instance, fallbacks)
+            else:
+                weights.drop_weighted_fallbacks(instance)
             audit = self.context["audit"]
-            weights.note_split_change(instance, before, reason=audit.reason, actor=audit.actor, user=audit.user)
+            weights.note_split_change(instance, before, reason=audit.reason, actor=audit.actor, user=audit.user,
+                                      fallbacks_before=chain_before)
         return instance
 
 
@@ -220,12 +252,23 @@ class WeightsChangeSerializer(StrictFieldsMixin, serializers.Serializer):
     weights = serializers.DictField(
         help_text='{"<deployment name>": <integer weight>, ...}, one entry per target, summing to 100',
     )
+    fallbacks = fallbacks_field(required=False, help_text=FALLBACKS_HELP.replace(
+        "[] removes the chain.", "Set in the same change as the weights; left out, the chain stays (less any "
+                                 "deployment the new weights give weight > 0)."))
     reason = serializers.CharField(required=False, allow_blank=True, default="",
                                    help_text="Why; required, kept in the audit trail")
     version = StrictIntegerField(required=False, min_value=1,
                                  help_text="The route version you edited (or send If-Match)")
     dry_run = serializers.BooleanField(default=False, help_text="Only project the split's spend, p95 and error rate "
                                        "at the current volume; change nothing (no reason needed)")
+
+
+class FallbacksChangeSerializer(StrictFieldsMixin, serializers.Serializer):
+    fallbacks = fallbacks_field()
+    reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                   help_text="Why; required, kept in the audit trail")
+    version = StrictIntegerField(required=False, min_value=1,
+                                 help_text="The route version you edited (or send If-Match)")
 
 
 class WeightsRevertSerializer(StrictFieldsMixin, serializers.Serializer):
@@ -303,6 +346,6 @@ class RequestLogSerializer(serializers.ModelSerializer):
         fields = ["id", "created_at", "request_id", "route_name", "deployment", "api_key", "gateway_key", "outcome",
                   "status",
                   "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost",
-                  "error",
+                  "error", "fallback",
                   "tried", "request_body", "response_body"]
         read_only_fields = fields

@@ -254,16 +254,19 @@ class RouteViewSet(AuditedModelViewSet):
     Looked up by name. Reads carry `ETag: "<version>"`; writes honour If-Match.
     """
 
-    queryset = Route.objects.prefetch_related("targets__deployment")
+    queryset = Route.objects.prefetch_related("targets__deployment", "fallbacks__deployment")
     serializer_class = s.RouteSerializer
     filterset_class = RouteFilter
     lookup_field = "name"
     lookup_value_regex = NAME_LOOKUP
-    action_permissions = {"set_weights": [WEIGHTS_PERMISSION], "revert_weights": [WEIGHTS_PERMISSION]}
+    action_permissions = {"set_weights": [WEIGHTS_PERMISSION], "revert_weights": [WEIGHTS_PERMISSION],
+                          "set_fallbacks": [WEIGHTS_PERMISSION]}
 
     def perform_update(self, serializer):
-        if "targets" in serializer.validated_data and not can_move_weights(self.request.user):
-            raise PermissionDenied(f"Changing a route's targets also needs the {WEIGHTS_PERMISSION} permission.")
+        changes_routing = {"targets", "fallback_chain"} & set(serializer.validated_data)
+        if changes_routing and not can_move_weights(self.request.user):
+            raise PermissionDenied(f"Changing a route's targets or fallbacks also needs the {WEIGHTS_PERMISSION} "
+                                   "permission.")
         with transaction.atomic():
             current = Route.objects.select_for_update().get(pk=serializer.instance.pk)
             wanted = expected_version(self.request, _body_version(self.request))
@@ -291,26 +294,46 @@ class RouteViewSet(AuditedModelViewSet):
         request=s.WeightsChangeSerializer, parameters=[IF_MATCH_PARAMETER],
         responses={200: s.RouteSerializer, 409: CONFLICT},
         description="Set the traffic split: every target once, integers 0-100 summing to 100, "
-        "weight > 0 only on enabled deployments, and a reason. With \"dry_run\": true the split is checked the same "
-        "way but not applied: the answer is its projection at the current volume (spend per day, p95, error rate) "
-        "next to today's split.",
+        "weight > 0 only on enabled deployments, and a reason. Optionally `fallbacks` sets the fallback chain in the "
+        "same change (\"primary 100 %, fallback on failure\" is one call). With \"dry_run\": true the split is "
+        "checked the same way but not applied: the answer is its projection at the current volume (spend per day, "
+        "p95, error rate) next to today's split.",
     )
     @action(detail=True, methods=["put", "patch"], url_path="weights", url_name="weights")
     def set_weights(self, request, name=None):
         route = self.get_object()
         payload = self._validated(s.WeightsChangeSerializer)
         if payload["dry_run"]:
-            return self._projection(route, payload["weights"])
+            return self._projection(route, payload["weights"], payload.get("fallbacks"))
         route = weights.apply_weights(
             route, payload["weights"], reason=payload["reason"], actor=actor_name(request.user), user=request.user,
-            expected_version=expected_version(request, payload.get("version")),
+            expected_version=expected_version(request, payload.get("version")), fallbacks=payload.get("fallbacks"),
         )
         return self._route_response(route)
 
-    def _projection(self, route, proposed):
-        """Answer a dry run: the split checked like a real change, projected, nothing applied."""
+    @extend_schema(
+        request=s.FallbacksChangeSerializer, parameters=[IF_MATCH_PARAMETER],
+        responses={200: s.RouteSerializer, 409: CONFLICT},
+        description="Set the fallback chain (deployments tried in order after every weighted target failed or has "
+        "an open circuit), with a reason; the split stays. Audited like a weights change. Allowed while a rollout "
+        "drives the split.",
+    )
+    @action(detail=True, methods=["put"], url_path="fallbacks", url_name="fallbacks")
+    def set_fallbacks(self, request, name=None):
+        route = self.get_object()
+        payload = self._validated(s.FallbacksChangeSerializer)
+        route = weights.apply_weights(
+            route, None, reason=payload["reason"], actor=actor_name(request.user), user=request.user,
+            expected_version=expected_version(request, payload.get("version")), fallbacks=payload["fallbacks"],
+        )
+        return self._route_response(route)
+
+    def _projection(self, route, proposed, fallbacks=None):
+        """Answer a dry run: the split (and chain) checked like a real change, projected, nothing applied."""
         names = {t.deployment.name for t in route.targets.select_related("deployment")}
         errors = weights.check_weights(proposed, targets=names)
+        if fallbacks is not None:
+            errors.update(weights.check_fallbacks(fallbacks, proposed))
         if errors:
             raise weights.WeightsInvalid(errors)
         return Response({"dry_run": True, "route": route.name, "version": route.version,

@@ -11,7 +11,8 @@ A request is authenticated by the SHA-256 of its bearer token, counted
 against its key's limit, parsed once with orjson, resolved to a route in the
 in-memory snapshot, and handed to `proxy.Proxy`. Every response carries
 x-request-id, x-weathervane-route, x-weathervane-deployment,
-x-weathervane-attempts and x-weathervane-overhead-ms. `mount()` puts it in
+x-weathervane-attempts and x-weathervane-overhead-ms (and
+x-weathervane-fallback when a fallback answered). `mount()` puts it in
 front of Django for the embedded single process.
 """
 

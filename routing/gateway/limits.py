@@ -28,6 +28,17 @@ DEFAULT_OUTPUT_ESTIMATE = 256  # tokens assumed when a request names no max_toke
 def estimate_tokens(request):
     """Return the tokens a request may use: about 1 per 4 prompt characters plus max_tokens for each of its `n`
     choices."""
+    prompt, wanted = context_tokens(request)
+    output = wanted if wanted else (0 if "input" in request else DEFAULT_OUTPUT_ESTIMATE)
+    choices = request.get("n")
+    if type(choices) is int and choices > 1:
+        output *= min(choices, 128)
+    return prompt + output
+
+
+def context_tokens(request):
+    """Return (prompt tokens, max_tokens) of a request as a model's context window must hold them: about 1 token
+    per 4 prompt characters, and the completion's max_tokens (0 when it names none)."""
     chars = 0
     for message in request.get("messages") or ():
         content = message.get("content") if type(message) is dict else None
@@ -38,11 +49,7 @@ def estimate_tokens(request):
     if "input" in request:  # embeddings
         chars += len(str(request["input"]))
     wanted = request.get("max_completion_tokens") or request.get("max_tokens")
-    output = wanted if type(wanted) is int and wanted > 0 else (0 if "input" in request else DEFAULT_OUTPUT_ESTIMATE)
-    choices = request.get("n")
-    if type(choices) is int and choices > 1:
-        output *= min(choices, 128)
-    return max(1, (chars + 3) // 4) + output
+    return max(1, (chars + 3) // 4), (wanted if type(wanted) is int and wanted > 0 else 0)
 
 
 class LoopMemoryStorage(MemoryStorage):

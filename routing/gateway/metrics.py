@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from routing.models import CircuitState
+from routing.outcomes import Outcome
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -99,6 +100,7 @@ class Metrics:
         self.limits_falling_back = 0  # 1 while they are there
         self.limits_redis_errors = 0  # rate-limit commands Redis failed or did not answer in time
         self.concurrency = None  # proxy.ProviderSlots: in-flight, waits and overflows per provider
+        self.fallbacks = {}  # (route, deployment) -> requests a fallback answered
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -112,6 +114,8 @@ class Metrics:
         if record.continuation is not None:
             _bump(self.continuations, (route, record.continuation))
         _bump(self.requests, (route, deployment, record.outcome))
+        if record.fallback and record.outcome == Outcome.OK:
+            _bump(self.fallbacks, (route, record.fallback))
         for attempt in record.tried:
             _bump(self.attempts, (attempt.target.deployment, attempt.outcome))
         if record.latency_ms is not None and record.deployment:
@@ -169,6 +173,9 @@ class Metrics:
         yield self._counter("weathervane_gateway_stream_continuations",
                             "Broken streams continued on another target from a prefill, by route and result",
                             ["route", "result"], self.continuations)
+        yield self._counter("weathervane_gateway_fallback_answers",
+                            "Requests answered by a fallback (every weighted target failed or had an open circuit)",
+                            ["route", "deployment"], self.fallbacks)
         yield self._counter("weathervane_gateway_recorder_dropped",
                             "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)

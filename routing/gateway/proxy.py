@@ -6,10 +6,12 @@ connection errors, timeouts before the first byte, 429 (after its
 Retry-After, unless that outlasts the deadline: then fail over at once),
 5xx (a 503 with Retry-After rests its deployment and fails over, or waits
 like a 429 when no other target is left), malformed answers and an error as
-a stream's first event; never retry 400/404/422 or context-length errors
-(they are passed through as the provider sent them). 401/403 marks the key
-invalid and tries another key.
-After a target's retries, fail over to another target by weight. A stream
+a stream's first event; never retry 400/403/404/422 (they are passed through as the provider sent them). 401
+makes the key suspect and tries another key. After a target's retries,
+fail over to another target by weight, and after every weighted target to
+the route's fallbacks in order. Targets whose context window cannot hold
+the request are skipped before the call; a context-length error fails over
+to a target with a larger window, or ends in a 400 saying none has one. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
 and no [DONE]. On a route that opted in (`continue_streams`), a stream that
@@ -28,7 +30,7 @@ from routing import sse
 from routing.gateway import errors, selection, upstream
 from routing.gateway.concurrency import ProviderSlots
 from routing.gateway.errors import GatewayError
-from routing.gateway.limits import estimate_tokens
+from routing.gateway.limits import context_tokens, estimate_tokens
 from routing.gateway.retry import backoff
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome, UpstreamError, redact_bytes
 
@@ -60,15 +62,16 @@ class Next(enum.Enum):
     RETRY = "try the same target again"
     ANOTHER_KEY = "try the same target with another key"
     FAIL_OVER = "try another target"
+    LARGER_WINDOW = "try a target with a larger context window"
 
 
 # Upstream errors pass through with the upstream's content type: browsers must not guess another.
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
-def common_headers(request_id, route, deployment, attempts, overhead_ms):
-    """Return the headers every gateway response carries."""
-    return [
+def common_headers(request_id, route, deployment, attempts, overhead_ms, fallback=""):
+    """Return the headers every gateway response carries (and x-weathervane-fallback when a fallback answered)."""
+    headers = [
         NOSNIFF,
         (b"x-request-id", request_id.encode()),
         (b"x-weathervane-route", route.encode()),
@@ -76,16 +79,20 @@ def common_headers(request_id, route, deployment, attempts, overhead_ms):
         (b"x-weathervane-attempts", str(attempts).encode()),
         (b"x-weathervane-overhead-ms", b"%.3f" % overhead_ms),
     ]
+    if fallback:
+        headers.append((b"x-weathervane-fallback", fallback.encode()))
+    return headers
 
 
 class Try:
     """One upstream attempt, as recorded."""
 
     __slots__ = ("target", "key", "outcome", "status", "ms", "ttft_ms", "tokens_in", "tokens_out", "cost", "tps",
-                 "error", "continuation")
+                 "error", "continuation", "too_long")
 
-    def __init__(self, target, key, outcome, status, ms, error="", continuation=False):
+    def __init__(self, target, key, outcome, status, ms, error="", continuation=False, too_long=False):
         self.target, self.key, self.outcome, self.status, self.ms, self.error = target, key, outcome, status, ms, error
+        self.too_long = too_long  # a context-length refusal: the request's fault, kept out of the deployment's figures
         self.ttft_ms = self.tps = None
         self.tokens_in = self.tokens_out = 0
         self.cost = 0.0
@@ -98,7 +105,7 @@ class Call:
     __slots__ = ("t0", "request_id", "route", "request", "raw", "url_of", "stream", "wants_usage", "session",
                  "deadline", "clients_deadline", "record", "upstream_s", "given_up", "refused_keys", "confirmed_a_key",
                  "committed", "client_gone", "tokens", "bodies",
-                 "limit_waits", "response")
+                 "limit_waits", "response", "context", "too_long_at")
 
     def __init__(self, t0, request_id, route, request, raw, url_of, session, deadline, record, clients_deadline=False):
         self.t0 = t0
@@ -124,6 +131,8 @@ class Call:
         self.bodies = {}
         self.limit_waits = []
         self.response = None
+        self.context = None  # (prompt tokens, max_tokens), computed once when a window is to be checked
+        self.too_long_at = None  # after an upstream's context-length error: the window a target must exceed
 
     @property
     def tried(self):
@@ -150,6 +159,22 @@ class Call:
             self.tokens = estimate_tokens(self.request)
         return self.tokens
 
+    def context_need(self):
+        """Return (prompt tokens, max_tokens) as a context window must hold them (estimated once)."""
+        if self.context is None:
+            self.context = context_tokens(self.request)
+        return self.context
+
+    def fits(self, target):
+        """Return True when `target`'s context window can hold this request (an unknown window is assumed to).
+
+        After an upstream said the request is too long, only a known, larger window fits.
+        """
+        window = target.context_window
+        if self.too_long_at is not None:
+            return window is not None and window > self.too_long_at and sum(self.context_need()) <= window
+        return window is None or sum(self.context_need()) <= window
+
     def overhead_ms(self):
         return max((perf_counter() - self.t0 - self.upstream_s) * 1000, 0.0)
 
@@ -161,14 +186,16 @@ class Call:
         """Fill in how the request ended: the one place a request record gets its result."""
         finish(self.record, outcome, status, target, key_id, error, attempt)
 
-    def response_headers(self, deployment, content_type, length, unrecorded=1):
-        """Return the headers of the answer (SSE when content_type is None); records the overhead.
+    def response_headers(self, target, content_type, length, unrecorded=1):
+        """Return the headers of `target`'s answer (SSE when content_type is None); records the overhead.
 
         `unrecorded` counts the answering attempt when it is not in `tried` yet.
         """
         overhead = self.overhead_ms()
         self.record.overhead_ms = overhead
-        headers = common_headers(self.request_id, self.route.name, deployment, self.attempts() + unrecorded, overhead)
+        fallback = target.deployment if target.fallback else ""
+        headers = common_headers(self.request_id, self.route.name, target.deployment, self.attempts() + unrecorded,
+                                 overhead, fallback)
         if content_type is None:
             headers.extend(SSE_HEADERS)
         else:
@@ -178,10 +205,12 @@ class Call:
 
 
 def finish(record, outcome, status, target=None, key_id=None, error="", attempt=None):
-    """Set a request record's outcome, status, serving deployment and key, error, and usage of `attempt`."""
+    """Set a request record's outcome, status, serving deployment (and fallback) and key, error, and usage of
+    `attempt`."""
     record.outcome, record.status, record.error = outcome, status, error
     if target is not None:
         record.deployment_id, record.deployment, record.key_id = target.deployment_id, target.deployment, key_id
+        record.fallback = target.deployment if target.fallback else ""
     if attempt is not None:
         record.tokens_in, record.tokens_out, record.cost = attempt.tokens_in, attempt.tokens_out, attempt.cost
 
@@ -215,18 +244,37 @@ class Proxy:
         """Return the next target to try, or None when every option is used up.
 
         By weight (sticky with a session id) among targets not given up whose
-        circuit is not open and that do not rest after a 503's Retry-After.
-        When every remaining target is open or resting, both are ignored
-        ("panic mode"): trying beats refusing everyone.
+        circuit is not open, that do not rest after a 503's Retry-After and
+        whose context window fits; then the route's fallbacks in order, on
+        the same terms. When every remaining target and fallback is open or
+        resting, both are ignored ("panic mode", weighted targets first):
+        trying beats refusing everyone.
         """
-        route = call.route
+        route, breakers = call.route, self.breakers
         if not call.given_up and call.session is None:
             target = selection.pick_weighted(route.targets, route.totals, self.rng)
-            if target is None or ((not self.resting or not self._resting(target.deployment_id))
-                                  and self.breakers.available(target.deployment_id)):
+            if target is not None and (not self.resting or not self._resting(target.deployment_id)) and (
+                    breakers.available(target.deployment_id) and (not route.windows or call.fits(target))):
                 return target
-        candidates = [t for t in route.targets if t.deployment_id not in call.given_up]
-        pool = [t for t in candidates if self._takes_traffic(t.deployment_id)] or candidates
+        candidates = self._remaining(call, route.targets)
+        pool = [t for t in candidates if self._takes_traffic(t.deployment_id)]
+        if pool:
+            return self._by_weight(call, pool)
+        chain = self._remaining(call, route.fallbacks)
+        for fallback in chain:
+            if self._takes_traffic(fallback.deployment_id):
+                return fallback
+        if candidates:
+            return self._by_weight(call, candidates)
+        return chain[0] if chain else None
+
+    @staticmethod
+    def _remaining(call, targets):
+        """Return `targets` not given up for `call` whose context window fits it."""
+        given_up, check = call.given_up, call.route.windows or call.too_long_at is not None
+        return [t for t in targets if t.deployment_id not in given_up and (not check or call.fits(t))]
+
+    def _by_weight(self, call, pool):
         if call.session is not None:
             return selection.sticky_choice(pool, call.session)
         return selection.choose(pool, self.rng)
@@ -309,7 +357,7 @@ class Proxy:
                 raise self.exhausted(call)
             if step is Next.RETRY:
                 retries += 1
-            elif step is Next.FAIL_OVER:
+            elif step is Next.FAIL_OVER or step is Next.LARGER_WINDOW:
                 target, retries = self._fail_over(call, target)
             # Next.ANOTHER_KEY: the same target; pick_key passes over the key just marked
 
@@ -326,6 +374,9 @@ class Proxy:
         """Return the Next step after a failed attempt (sleeping first when it is a retry)."""
         if err.outcome in DEPLOYMENT_FAILURES:
             self.breakers.failure(target.deployment_id, err.message)
+        if err.too_long:  # the request's fault, not the deployment's; a larger window may hold it
+            call.too_long_at = max(call.too_long_at or 0, target.context_window or 0)
+            return Next.LARGER_WINDOW
         if not err.retryable:
             return Next.RELAY_ERROR
         if err.outcome == Outcome.BAD_KEY:
@@ -390,6 +441,8 @@ class Proxy:
     def exhausted(self, call):
         """Return the GatewayError for a request whose every option failed."""
         tried = call.tried
+        if call.too_long_at is not None or (not tried and self._unfit(call)):
+            return self.too_long(call)
         if not tried:
             message = f"The model '{call.route.name}' has no target with traffic."
             return GatewayError(503, message, "server_error", "no_target")
@@ -406,6 +459,32 @@ class Proxy:
         status, code = (504, "upstream_timeout") if tried[-1].outcome == Outcome.TIMEOUT else (502, "upstream_failed")
         message = f"Every upstream option failed after {len(tried)} attempts. Tried: {summary}."
         return GatewayError(status, message, "server_error", code)
+
+    @staticmethod
+    def _unfit(call):
+        """Return the targets and fallbacks of the route whose context window cannot hold the request."""
+        route = call.route
+        if not route.windows:
+            return []
+        return [t for t in (*route.targets, *route.fallbacks) if not call.fits(t)]
+
+    def too_long(self, call):
+        """Return the 400 (OpenAI's context_length_exceeded) for a request no target's context window can hold."""
+        prompt, wanted = call.context_need()
+        route = call.route
+        windows = [(t.context_window, t.deployment) for t in (*route.targets, *route.fallbacks) if t.context_window]
+        largest = max(windows, default=None)
+        refused = [t for t in call.tried if t.too_long]
+        if refused:
+            said = "; ".join(f"{t.target.deployment}: {t.error}" for t in refused[-4:])
+            message = (f"The request is too long for every target of '{route.name}' that could take it ({said}), "
+                       "and no other target has a larger context window.")
+        else:
+            message = (f"No target of '{route.name}' can hold this request: it needs about {prompt + wanted} tokens "
+                       f"({prompt} in the messages, {wanted} in max_tokens), and the largest context window is "
+                       f"{largest[0]} tokens ({largest[1]}). Shorten the messages or lower max_tokens.")
+        param = "max_tokens" if largest is not None and wanted >= largest[0] else "messages"
+        return GatewayError(400, message, "invalid_request_error", "context_length_exceeded", param)
 
     def _cooling_left(self, tried):
         now = time.time()
@@ -437,7 +516,7 @@ class Proxy:
         except UpstreamError as err:
             call.upstream_s += perf_counter() - started
             call.tried.append(Try(target, key, err.outcome, err.status, (perf_counter() - started) * 1000, err.message,
-                                  continuing))
+                                  continuing, err.too_long))
             if key.tpm_limit is not None:  # a failed attempt used nothing: its reservation must not crowd out others
                 await self.limits.release_tokens(key, call.token_estimate())
             raise
@@ -463,7 +542,7 @@ class Proxy:
         body = redact_bytes(err.body, (key.secret,)) if err.body else b""
         body = body or errors.error_body(err.message, "invalid_request_error", "upstream_error")
         content_type = (err.content_type or "application/json").encode("latin-1")
-        headers = call.response_headers(target.deployment, content_type, len(body), unrecorded=0)
+        headers = call.response_headers(target, content_type, len(body), unrecorded=0)
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -491,7 +570,7 @@ class Proxy:
             raise UpstreamError(Outcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
         call.upstream_s += ms / 1000
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
-        headers = call.response_headers(target.deployment, content_type, len(body))
+        headers = call.response_headers(target, content_type, len(body))
         self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), sse.usage_of(payload))
         if self.log_bodies:
             call.record.response_body = body.decode("utf-8", "replace")
@@ -546,7 +625,7 @@ class Proxy:
         call.upstream_s += now - started
         cap = self.config.max_malformed_events
         if resume is None:
-            headers = call.response_headers(target.deployment, None, None)
+            headers = call.response_headers(target, None, None)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             call.committed = True
             relay = StreamRelay(call, target, key, started, cap)

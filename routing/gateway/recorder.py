@@ -62,7 +62,8 @@ class Record:
 
     __slots__ = ("at", "request_id", "route_id", "route", "client_key_id", "deployment_id", "deployment", "key_id",
                  "outcome", "status", "stream", "tried", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in",
-                 "tokens_out", "cost", "error", "request_body", "response_body", "notes", "continuation")
+                 "tokens_out", "cost", "error", "request_body", "response_body", "notes", "continuation",
+                 "fallback")
 
     def __init__(self, request_id, route_id=None, route="", client_key_id=None):
         self.at = time.time()
@@ -82,6 +83,7 @@ class Record:
         self.request_body = self.response_body = None
         self.notes = ()  # repairs of an answer that still succeeded (proxy.Note); a tuple: none is the rule
         self.continuation = None  # how a broken stream's continuation ended (proxy.Continued), if one was tried
+        self.fallback = ""  # the fallback deployment that served, when one did
 
 
 class Recorder:
@@ -145,7 +147,7 @@ class Recorder:
         self.last_used[record.client_key_id] = record.at
         when = self._minute(record.at)
         for attempt in record.tried:
-            if attempt.outcome in NOT_THE_DEPLOYMENTS:
+            if attempt.outcome in NOT_THE_DEPLOYMENTS or attempt.too_long:  # too long: the request's fault
                 continue
             self.aggregator.add(attempt.target.deployment_id, attempt.key.id if attempt.key is not None else None,
                                 when=when, route_id=record.route_id, outcome=attempt.outcome, latency_ms=attempt.ms,
@@ -172,6 +174,7 @@ class Recorder:
     def _log_row(self, record, when):
         tried = [{"deployment": a.target.deployment, "key": a.key.label if a.key is not None else None,
                   "outcome": a.outcome, "status": a.status, "ms": round(a.ms, 2), "error": storable(a.error, 200),
+                  "fallback": a.target.fallback or None,
                   **({"continuation": True} if a.continuation else {})}
                  for a in record.tried]
         return RequestLog(
@@ -181,7 +184,7 @@ class Recorder:
             outcome=record.outcome, status=record.status, stream=record.stream, attempts=len(record.tried),
             latency_ms=record.latency_ms, ttft_ms=record.ttft_ms, overhead_ms=record.overhead_ms,
             tokens_in=record.tokens_in, tokens_out=record.tokens_out, cost=round(record.cost, 8),
-            error=storable(record.error, 500), tried=tried,
+            error=storable(record.error, 500), fallback=record.fallback, tried=tried,
             request_body=_storable_json(record.request_body) if self.log_bodies else None,
             response_body=storable(record.response_body, 1_000_000) if self.log_bodies else "",
         )

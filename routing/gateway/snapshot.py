@@ -1,8 +1,9 @@
 """The gateway's immutable view of the routing config, and how it stays fresh.
 
 Each gateway process serves from a `Snapshot`: routes with their weighted
-targets (deployment, provider URL and timeouts, upstream model, prices, keys
-with their secrets decrypted in memory only), and the gateway keys by hash.
+targets and their ordered fallback chain (deployment, provider URL and
+timeouts, upstream model, context window, prices, keys with their secrets
+decrypted in memory only), and the gateway keys by hash.
 No request queries the database. A request takes `store.current` once and
 finishes on it even if a newer snapshot replaces it meanwhile.
 
@@ -27,7 +28,17 @@ from django.db.models import Prefetch
 
 from dashboard.redis_guard import Outage, client_options
 from routing.crypto import SecretUnreadable
-from routing.models import ApiKey, Deployment, DeploymentCircuit, GatewayKey, KeyState, Provider, Route, RouteTarget
+from routing.models import (
+    ApiKey,
+    Deployment,
+    DeploymentCircuit,
+    GatewayKey,
+    KeyState,
+    Provider,
+    Route,
+    RouteFallback,
+    RouteTarget,
+)
 from routing.netguard import UpstreamBlocked, check_host
 
 log = logging.getLogger(__name__)
@@ -105,6 +116,8 @@ class Target:
     price_out: float
     keys: tuple
     max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
+    context_window: int | None = None  # tokens of prompt + completion; None: unknown, never skipped for it
+    fallback: int = 0  # position in the route's fallback chain (1 first); 0 for a weighted target
 
     def cost(self, tokens_in, tokens_out):
         return tokens_in * self.price_in + tokens_out * self.price_out
@@ -118,6 +131,8 @@ class RouteInfo:
     targets: tuple  # weight > 0, enabled, not blocked; probe-down ones left out unless all are
     totals: tuple  # cumulative weights of `targets`
     continue_streams: bool = False  # a broken stream continues on another target (proxy.Continuation)
+    fallbacks: tuple = ()  # Targets (weight 0, `fallback` = position) tried in order after every weighted one
+    windows: bool = False  # some target or fallback has a known context window (the only case that costs a check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +187,12 @@ def fingerprint():
                                                        "rpm_limit", "tpm_limit", "secret_encrypted")),
         list(Route.objects.order_by("id").values_list("id", "name", "version", "continue_streams")),
         list(RouteTarget.objects.order_by("id").values_list("id", "route_id", "deployment_id", "weight")),
+        list(RouteFallback.objects.order_by("id").values_list("id", "route_id", "deployment_id", "position")),
         list(GatewayKey.objects.order_by("id").values_list("id", "key_hash", "enabled", "all_routes", "rpm_limit")),
         list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
         list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model",
-                                                           "provider_id",
-                                                           "first_token_timeout")),
+                                                           "provider_id", "first_token_timeout",
+                                                           "context_window")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
     ]
@@ -219,12 +235,12 @@ def _blocked(base_url):
     return None
 
 
-def _target(row, keys):
+def _target(row, keys, fallback=0):
     deployment, provider = row.deployment, row.deployment.provider
     base = provider.base_url.rstrip("/")
     return Target(
         deployment_id=deployment.pk, deployment=deployment.name, provider_id=provider.pk, provider=provider.name,
-        upstream_model=deployment.upstream_model, weight=row.weight,
+        upstream_model=deployment.upstream_model, weight=0 if fallback else row.weight,
         chat_url=f"{base}/chat/completions", embeddings_url=f"{base}/embeddings",
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout,
                                       sock_read=provider.read_timeout),
@@ -232,16 +248,24 @@ def _target(row, keys):
         first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
         keys=keys.get(provider.pk, ()), max_concurrency=provider.max_concurrency,
+        context_window=deployment.context_window, fallback=fallback,
     )
 
 
-def _route(route, keys, down):
-    rows = [t for t in route.targets.all() if t.weight > 0 and t.deployment.enabled and t.deployment.provider.enabled]
+def _servable(route, rows, what):
+    """Return `rows` (targets or fallbacks) whose deployment and provider are enabled and whose URL is allowed;
+    probe-down ones are the caller's to drop."""
+    rows = [r for r in rows if r.deployment.enabled and r.deployment.provider.enabled]
     for row in list(rows):
         reason = _blocked(row.deployment.provider.base_url)
         if reason:
-            log.warning("route %s: target %s gets no traffic: %s", route.name, row.deployment.name, reason)
+            log.warning("route %s: %s %s gets no traffic: %s", route.name, what, row.deployment.name, reason)
             rows.remove(row)
+    return rows
+
+
+def _route(route, keys, down):
+    rows = _servable(route, [t for t in route.targets.all() if t.weight > 0], "target")
     healthy = [t for t in rows if t.deployment_id not in down]
     # Probes see every target down: keep them all rather than send nothing.
     targets = tuple(_target(t, keys) for t in (healthy or rows))
@@ -249,7 +273,13 @@ def _route(route, keys, down):
     for target in targets:
         running += target.weight
         totals.append(running)
-    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals), route.continue_streams)
+    weighted = {t.deployment_id for t in targets}
+    links = _servable(route, [f for f in route.fallbacks.all() if f.deployment_id not in weighted], "fallback")
+    up = [f for f in links if f.deployment_id not in down] or links
+    fallbacks = tuple(_target(f, keys, position) for position, f in enumerate(up, start=1))
+    windows = any(t.context_window for t in (*targets, *fallbacks))
+    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals),
+                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows)
 
 
 def _client_keys():
@@ -267,7 +297,8 @@ def build(version=1):
     keys = _keys_by_provider()
     ordered = RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name")
     targets = Prefetch("targets", queryset=ordered)
-    routes = {r.name: _route(r, keys, down) for r in Route.objects.prefetch_related(targets)}
+    chains = Prefetch("fallbacks", queryset=RouteFallback.objects.select_related("deployment__provider"))
+    routes = {r.name: _route(r, keys, down) for r in Route.objects.prefetch_related(targets, chains)}
     by_id = {info.id: info for infos in keys.values() for info in infos}
     names = dict(Deployment.objects.values_list("id", "name"))
     circuits = {c.deployment_id: (c.state, c.since.timestamp(), c.reason) for c in DeploymentCircuit.objects.all()}

@@ -234,18 +234,20 @@ class Simulator:
                 reply, message = refusal
                 await exchange.error(400, reply, message, _REFUSAL_CODES[reply])
             elif await self._serve_model(exchange, personality):
-                await self._answer(exchange, completion, personality)
+                await self._answer(exchange, completion, personality, request)
         finally:
             exchange.close()
 
-    async def _answer(self, exchange, completion, personality):
+    async def _answer(self, exchange, completion, personality, request):
         fault = self._draw_fault(personality)
         stream = exchange.attempt.stream
         if fault is None and not stream:
             await exchange.reply(200, completion.body())
             return
         exchange.attempt.outcome = str(fault or Reply.OK)
-        if fault == Fault.RESET_BEFORE_HEADERS:
+        if fault == Fault.CONTEXT_LENGTH:
+            await _context_length_exceeded(exchange, completion, request, personality)
+        elif fault == Fault.RESET_BEFORE_HEADERS:
             await exchange.drop(reset=True)
         elif fault == Fault.SILENCE:
             await exchange.pause(SILENCE_LIMIT_S)
@@ -342,6 +344,20 @@ def _pieces_covered(pieces, prefill):
         if not prefill or not prefill.startswith(joined):
             return 0
     return 0
+
+
+def _max_tokens(request):
+    return request.get("max_completion_tokens", request.get("max_tokens"))
+
+
+async def _context_length_exceeded(exchange, completion, request, personality):
+    """Answer OpenAI's 400 for a prompt plus completion that do not fit the model's context window."""
+    wanted = _max_tokens(request) or 0
+    window = personality.context_window or max(1, completion.prompt_tokens + wanted - 1)
+    message = (f"This model's maximum context length is {window} tokens. However, you requested "
+               f"{completion.prompt_tokens + wanted} tokens ({completion.prompt_tokens} in the messages, {wanted} in "
+               "the completion). Please reduce the length of the messages or completion.")
+    await exchange.error(400, Reply.CONTEXT_LENGTH, message, "context_length_exceeded")
 
 
 def _positive_int_or_none(value):

@@ -43,6 +43,10 @@ class Fault(enum.StrEnum):
     # Half the tokens (or fault_after_tokens), then `data: {"error": {...}}` and the end of
     # the body: no finish_reason, no [DONE]. A non-streaming 200 carries the error object.
     ERROR_MIDWAY = "error_midway"
+    # HTTP 400 `context_length_exceeded` in OpenAI's words, whatever the prompt (the
+    # provider counted more tokens than the gateway estimated); openai BadRequestError.
+    # A model with a `context_window` answers the same when the prompt plus max_tokens exceed it.
+    CONTEXT_LENGTH = "context_length"
 
 
 class Reply(enum.StrEnum):
@@ -57,7 +61,7 @@ class Reply(enum.StrEnum):
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
     PREFILL_REFUSED = "prefill_refused"
-    CONTEXT_LENGTH = "context_length_exceeded"
+    CONTEXT_LENGTH = "context_length"
     CONTENT_FILTER = "content_filter"
 
 
@@ -123,7 +127,8 @@ class Personality:
     error_status fixes the status of errors (else 500 and 503 in turn);
     fail_first makes the first N chat requests after the model was set answer
     500. context_window refuses (400, context_length_exceeded) a request whose
-    prompt estimate plus max_tokens exceeds it; content_filter refuses every
+    prompt estimate plus max_tokens exceeds it (the
+    context_length fault refuses whatever the prompt); content_filter refuses every
     chat request as OpenAI's moderation does (400, content_filter).
 
     A request whose last message is the assistant's is a prefill: the answer
@@ -172,7 +177,7 @@ class Personality:
                 raise ValueError(f"{name} must not be negative")
         if self.error_status is not None and self.error_status not in (500, 502, 503, 504):
             raise ValueError("error_status must be 500, 502, 503 or 504")
-        for name in ("fail_first", "context_window"):
+        for name in ("fail_first",):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 0):
                 raise ValueError(f"{name} must be a whole number >= 0")
@@ -184,6 +189,8 @@ class Personality:
         for name in ("accepts_prefill", "content_filter"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"{name} must be true or false")
+        if self.context_window is not None and (type(self.context_window) is not int or self.context_window < 1):
+            raise ValueError("context_window must be a whole number of tokens >= 1, or null")
 
     def at(self, elapsed_s):
         """Return the personality in effect elapsed_s after the model was set: every active Change applied."""

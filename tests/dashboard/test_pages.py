@@ -218,3 +218,25 @@ def test_deployment_names_with_a_slash_have_working_pages(seeded, viewer_user):
     assert 'href="/deployments/openai/gpt-4o/"' in client.get("/").content.decode()
     assert client.get("/deployments/openai/gpt-4o/").status_code == 200
     assert client.get("/dashboard-data/deployments/openai/gpt-4o/?window=7d").json()["name"] == "openai/gpt-4o"
+
+
+def test_the_routes_page_shows_the_fallback_chain_in_order(seeded, viewer_user):
+    from routing.models import Deployment
+
+    Deployment.objects.create(name="spare", provider=seeded["stable"].provider, upstream_model="fast", enabled=True)
+    weights.apply_weights(seeded["route"], {"stable": 100, "canary": 0}, fallbacks=["canary", "spare"],
+                          reason="canary on failure", actor="alice")
+    Deployment.objects.filter(name="spare").update(enabled=False)
+
+    response = signed_in(viewer_user).get("/routes/")
+
+    route = initial_data(response)["routes"][0]
+    assert [(f["position"], f["deployment"], f["enabled"]) for f in route["fallbacks"]] == [
+        (1, "canary", True), (2, "spare", False)]
+    chain = re.search(r'<ol class="fallback-chain">(.*?)</ol>', response.content.decode(), re.S).group(1)
+    assert re.findall(r'data-deployment="([^"]+)"', chain) == ["canary", "spare"] and "disabled" in chain
+
+
+def test_the_routes_page_says_when_a_route_has_no_fallbacks(seeded, viewer_user):
+    page = signed_in(viewer_user).get("/routes/").content.decode()
+    assert "Fallbacks: none." in page

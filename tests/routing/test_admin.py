@@ -250,3 +250,54 @@ def test_audit_and_event_records_cannot_be_added_changed_or_deleted(browser, rou
     assert browser.post(url(model, "change", obj.pk), {"message": "x", "actor": "x"}).status_code == 403
     assert browser.post(url(model, "delete", obj.pk), {"post": "yes"}).status_code == 403
     assert model.objects.count() == count
+
+
+# --- Fallbacks --------------------------------------------------------------------------------
+
+
+def _with_fallbacks(data, *names):
+    data |= {"fallbacks-TOTAL_FORMS": str(len(names)), "fallbacks-INITIAL_FORMS": "0"}
+    for i, name in enumerate(names):
+        data |= {f"fallbacks-{i}-deployment": str(Deployment.objects.get(name=name).pk),
+                 f"fallbacks-{i}-position": str(i + 1)}
+    return data
+
+
+def test_the_route_page_has_a_fallbacks_inline(browser, route):
+    page = browser.get(url(Route, "change", route.pk)).content.decode()
+    assert "fallbacks (tried in order after every weighted target failed)" in page.lower()
+    assert 'name="fallbacks-TOTAL_FORMS"' in page
+
+
+def test_fallbacks_set_in_the_admin_are_versioned_and_audited(browser, route):
+    Deployment.objects.create(name="spare", provider=route.targets.first().deployment.provider, upstream_model="x")
+    data = _with_fallbacks(_route_data(browser, route, stable=100, canary=0), "canary", "spare")
+
+    response = browser.post(url(Route, "change", route.pk), data | {"reason": "canary on failure"})
+
+    assert response.status_code == 302
+    assert Route.objects.get().fallback_chain() == ["canary", "spare"]
+    change = AuditEvent.objects.get(action="weights")
+    assert (change.before["fallbacks"], change.after["fallbacks"]) == ([], ["canary", "spare"])
+    assert browser.get(url(Route, "changelist")).content.decode().count("canary → spare") == 1
+
+
+def test_a_weighted_target_cannot_be_a_fallback_in_the_admin(browser, route):
+    response = browser.post(url(Route, "change", route.pk), _with_fallbacks(_route_data(browser, route), "stable"))
+
+    assert response.status_code == 200 and "weight 90" in response.content.decode()
+    assert Route.objects.get().fallback_chain() == []
+    assert Route.objects.get().version == route.version
+
+
+def test_a_new_route_gets_its_fallbacks_from_the_add_page(browser, route):
+    data = admin_form_data(browser.get(url(Route, "add")))
+    stable, canary = Deployment.objects.get(name="stable"), Deployment.objects.get(name="canary")
+    data |= {"name": "solo", "targets-TOTAL_FORMS": "1", "targets-INITIAL_FORMS": "0",
+             "targets-0-deployment": str(stable.pk), "targets-0-weight": "100"}
+
+    response = browser.post(url(Route, "add"), _with_fallbacks(data, "canary"))
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Route.objects.get(name="solo").fallback_chain() == [canary.name]
+    assert AuditEvent.objects.get(object_type="route", action="create").after["fallbacks"] == ["canary"]

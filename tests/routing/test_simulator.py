@@ -438,6 +438,29 @@ def test_error_first_event_is_a_200_stream_opening_with_an_error(http, sdk):
         list(sdk.chat.completions.create(model="fault-error-first-event", messages=HELLO, stream=True))
 
 
+def test_a_context_window_refuses_a_prompt_and_max_tokens_that_exceed_it_as_openai_does(http, sdk, sim):
+    sim.configure("small", context_window=20)  # HELLO is 9 tokens
+
+    assert chat(http, "small", max_tokens=11).status_code == 200
+    refused = chat(http, "small", max_tokens=12)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+    assert "maximum context length is 20 tokens" in error["message"] and "21 tokens" in error["message"]
+    assert sim.attempts()[-1].outcome == "context_length"
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="small", messages=HELLO, max_tokens=12)
+
+
+def test_the_context_length_fault_refuses_whatever_the_prompt(http, sim):
+    refused = chat(http, "fault-context-length", max_tokens=1)
+
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    assert only_attempt(sim).outcome == "context_length"
+    with pytest.raises(ValueError):
+        Personality(context_window=0)
+
+
 def test_fault_rate_zero_never_misbehaves(http, sim):
     sim.configure("fault-cut-midway", fault_rate=0.0)
 

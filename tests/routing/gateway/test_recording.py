@@ -76,6 +76,7 @@ def test_bodies_are_logged_only_when_enabled(sim, serve_gateway, points):
 class _Target:
     def __init__(self, deployment):
         self.deployment_id, self.deployment = deployment.pk, deployment.name
+        self.fallback = 0
 
 
 def _finished(deployment, route, **attempt):

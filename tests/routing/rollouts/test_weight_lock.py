@@ -61,3 +61,21 @@ def test_a_paused_rollout_lets_a_human_change_the_split(running):
     gate(rollout.pk, "pause", reason="taking over", actor="admin")
     weights.apply_weights(w.route, {"stable": 50, "canary": 50}, reason="by hand", actor="alice")
     assert w.route.weights() == {"canary": 50, "stable": 50}
+
+
+def test_the_fallback_chain_may_change_while_a_rollout_drives_the_split(running, admin_api):
+    w, rollout = running
+    from routing.models import Deployment
+
+    Deployment.objects.create(name="spare", provider=w.canary.provider, upstream_model="fast")
+    split = Route.objects.get().weights()
+
+    response = admin_api.put("/api/v1/routes/chat/fallbacks", {"fallbacks": ["spare"], "reason": "a spare"},
+                             format="json")
+
+    assert response.status_code == 200, response.json()
+    assert Route.objects.get().fallback_chain() == ["spare"] and Route.objects.get().weights() == split
+    refused = admin_api.put("/api/v1/routes/chat/weights", {"weights": {"stable": 50, "canary": 50},
+                                                            "fallbacks": [], "reason": "by hand"}, format="json")
+    assert refused.status_code == 409 and Route.objects.get().fallback_chain() == ["spare"]
+
