@@ -490,6 +490,25 @@ def demo_rollout(shared_db, settings, admin_user, viewer_user, serve_gateway):
             sender.join(timeout=10)
 
 
+CHART_DATA = """() => ['chart-latency', 'chart-ttft', 'chart-errors', 'chart-share'].map((id) =>
+    Chart.getChart(id).data.datasets.map((set) => [set.label, set.data.length, set.data.map((p) => p.y).join()]))"""
+
+
+def _charts_move_live_for_both_arms(page):
+    """The detail page's charts take new traffic over the socket, without a reload, on the same x axis."""
+    page.wait_for_load_state("networkidle")
+    page.evaluate("() => { window.notReloaded = true; }")
+    before = page.evaluate(CHART_DATA)
+    page.wait_for_function(f"(before) => JSON.stringify(({CHART_DATA})()) !== JSON.stringify(before)", arg=before,
+                           timeout=20_000)
+    assert page.evaluate("() => window.notReloaded") is True
+    latency = {label: points for label, points, _ in page.evaluate(CHART_DATA)[0]}
+    assert latency["baseline p95"] > 0 and latency["canary p95"] > 0
+    axes = page.evaluate("""() => ['chart-latency', 'chart-share'].map((id) => {
+        const x = Chart.getChart(id).options.scales.x; return [x.min, x.max]; })""")
+    assert axes[0] == axes[1] and axes[0][1] - axes[0][0] == 30 * 60 * 1000
+
+
 def _routes_weight(page, deployment):
     return page.locator(f'tr[data-deployment="{deployment}"] [data-field=weight] .num')
 
@@ -519,6 +538,7 @@ def test_a_degrading_canary_rolls_back_by_itself_and_every_browser_sees_it(chrom
     # A viewer sees the running rollout but no gate, and a hand-made POST is refused and changes nothing.
     viewer.wait_for_selector("#rollout-state:text-is('running')", timeout=10_000)
     assert viewer.locator("form.gate").count() == 0
+    _charts_move_live_for_both_arms(viewer)
     answers = viewer.evaluate("""async (id) => {
         const post = (url, body, type) => fetch(url, {method: 'POST', credentials: 'same-origin',
             headers: {'Content-Type': type, 'X-CSRFToken': Weathervane.csrfToken()}, body});
