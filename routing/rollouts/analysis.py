@@ -37,6 +37,7 @@ from django.db.models import TextChoices
 from probes import sketch
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
 
+from .choices import Verdict  # noqa: F401  (analysis.Verdict is its public name too)
 from .sequential import Side, log_e_ratio, log_e_value, log_e_worse, ratio_bounds
 
 ALPHA = 0.01
@@ -56,12 +57,6 @@ class Metric(TextChoices):
     TTFT_P95 = "ttft_p95", "p95 time to first token"
     TOKENS_PER_S = "tokens_per_s", "Tokens per second"
     COST_PER_REQUEST = "cost_per_request", "Cost per request"
-
-
-class Verdict(TextChoices):
-    PASS = "pass", "Pass"
-    FAIL = "fail", "Fail"
-    INCONCLUSIVE = "inconclusive", "Inconclusive"
 
 
 RATE_METRICS = (Metric.ERRORS, Metric.RATE_LIMITED)

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from routing.models import Deployment, Route
 
-from .analysis import Verdict
+from .choices import Verdict
 
 
 class RolloutState(models.TextChoices):
