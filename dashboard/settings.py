@@ -206,6 +206,8 @@ PROBE_DEGRADED_LATENCY_MS = env_int("WEATHERVANE_PROBE_DEGRADED_MS", 5000, minim
 PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0.2, minimum=0.0)
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
 ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
+# Verdicts kept per rollout when old data is pruned (besides each step's last one); ~80 minutes of 5 s ticks.
+ROLLOUT_VERDICTS_KEPT = env_int("WEATHERVANE_ROLLOUT_VERDICTS_KEPT", 1000, minimum=50)
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
 # Redis redelivers a message a killed worker never acked after this many seconds
 # (a short timeout also needs frequent sweeps for such messages).

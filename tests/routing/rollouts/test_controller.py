@@ -261,3 +261,22 @@ def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
     rollout.refresh_from_db()
     assert (rollout.step, rollout.carried) == (0, {})
     assert w.route.weights() == {"canary": 10, "stable": 90}
+
+
+def test_a_step_that_begins_mid_minute_counts_that_minute_s_traffic_after_its_start():
+    from probes import rollups
+    from probes.models import Source
+
+    w = world()
+    rollout = running(w)
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=2)
+    Rollout.objects.filter(pk=rollout.pk).update(step_started_at=minute + timedelta(seconds=30))
+    agg = rollups.Aggregator(Source.TRAFFIC)
+    for deployment, requests in ((w.canary, 120), (w.stable, 900)):
+        for _ in range(requests):
+            agg.add(deployment.pk, route_id=w.route.pk, when=minute + timedelta(seconds=40), outcome=Outcome.OK,
+                    latency_ms=100.0)
+    rollups.save_deltas(agg.drain())
+    tick(rollout.pk, now=minute + timedelta(seconds=50))
+    verdict = Rollout.objects.get(pk=rollout.pk).verdicts.get()
+    assert (verdict.canary_requests, verdict.baseline_requests) == (120, 900)  # not waiting for the next minute
