@@ -225,6 +225,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 GATEWAY_URL = env_url("WEATHERVANE_GATEWAY_URL", ("http", "https")).rstrip("/")
 GATEWAY_MAX_BODY_BYTES = env_int("WEATHERVANE_GATEWAY_MAX_BODY", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_DEADLINE_S = env_float("WEATHERVANE_GATEWAY_DEADLINE", 120.0, minimum=1.0)
+# Mirrored requests of a rollout's shadow step in flight per gateway process; more are dropped (counted).
+GATEWAY_SHADOW_MAX_IN_FLIGHT = env_int("WEATHERVANE_GATEWAY_SHADOW_MAX_IN_FLIGHT", 8, minimum=1)
 GATEWAY_FIRST_TOKEN_TIMEOUT_S = env_float("WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT", 20.0, minimum=0.5)
 GATEWAY_LOG_SUCCESS_SAMPLE = env_float("WEATHERVANE_GATEWAY_LOG_SAMPLE", 0.01, minimum=0.0)
 GATEWAY_LOG_BODIES = env_bool("WEATHERVANE_GATEWAY_LOG_BODIES", False)

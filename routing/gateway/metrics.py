@@ -94,6 +94,7 @@ class Metrics:
         self.unauthenticated = 0  # requests without a valid gateway key: counted, never logged one by one
         self.drops = {}  # (what,) -> records the database refused, dropped after logging
         self.repairs = {}  # (deployment, note) -> answers repaired (a malformed event skipped, [DONE] added)
+        self.shadows = {}  # (result,) -> mirrored requests of a rollout's shadow step: sent, dropped (too many)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -129,6 +130,9 @@ class Metrics:
     def dropped(self, what):
         _bump(self.drops, (what,))
 
+    def shadowed(self, result):
+        _bump(self.shadows, (result,))
+
     def circuit_changed(self, deployment, state):
         self.circuits[deployment] = CIRCUIT_VALUES.get(state, 0)
 
@@ -162,6 +166,9 @@ class Metrics:
         yield self._counter("weathervane_gateway_recorder_dropped",
                             "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)
+        yield self._counter("weathervane_gateway_shadow_requests",
+                            "Requests mirrored to a shadow step's canary (sent) or not (dropped: too many in flight)",
+                            ["result"], self.shadows)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
                                 value=self.snapshot_version)
 

@@ -99,12 +99,21 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """A rollout's shadow step on a route: `share` (0..1) of its answered requests are mirrored to `target`."""
+
+    target: Target
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
 class RouteInfo:
     id: int
     name: str
     version: int
     targets: tuple  # weight > 0, enabled, not blocked; probe-down ones left out unless all are
     totals: tuple  # cumulative weights of `targets`
+    shadow: Shadow | None = None  # None unless a running rollout is at a shadow step (the rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,7 @@ def fingerprint():
                                                            "first_token_timeout")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
+        _shadow_steps(),
     ]
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
@@ -222,7 +232,30 @@ def _target(row, keys):
     )
 
 
-def _route(route, keys, down):
+def _shadow_steps():
+    """Return {route id: (canary deployment id, share 0..1)} of the running rollouts at a shadow step."""
+    from routing.rollouts.models import Rollout, RolloutState
+
+    steps = {}
+    running = Rollout.objects.filter(state=RolloutState.RUNNING).order_by("id")
+    for route_id, canary_id, plan, step in running.values_list("route_id", "canary_id", "plan", "step"):
+        current = plan[step] if step < len(plan) else {}
+        if current.get("shadow"):
+            steps[route_id] = (canary_id, current["shadow"] / 100)
+    return steps
+
+
+def _shadow(route, keys, shadows):
+    canary_id, share = shadows.get(route.pk, (None, 0.0))
+    row = next((t for t in route.targets.all() if t.deployment_id == canary_id), None)
+    if row is None or not (row.deployment.enabled and row.deployment.provider.enabled):
+        return None
+    if _blocked(row.deployment.provider.base_url):
+        return None
+    return Shadow(_target(row, keys), share)
+
+
+def _route(route, keys, down, shadows=None):
     rows = [t for t in route.targets.all() if t.weight > 0 and t.deployment.enabled and t.deployment.provider.enabled]
     for row in list(rows):
         reason = _blocked(row.deployment.provider.base_url)
@@ -236,7 +269,8 @@ def _route(route, keys, down):
     for target in targets:
         running += target.weight
         totals.append(running)
-    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals))
+    shadow = _shadow(route, keys, shadows) if shadows and route.pk in shadows else None
+    return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals), shadow)
 
 
 def _client_keys():
@@ -254,7 +288,8 @@ def build(version=1):
     keys = _keys_by_provider()
     ordered = RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name")
     targets = Prefetch("targets", queryset=ordered)
-    routes = {r.name: _route(r, keys, down) for r in Route.objects.prefetch_related(targets)}
+    shadows = _shadow_steps()
+    routes = {r.name: _route(r, keys, down, shadows) for r in Route.objects.prefetch_related(targets)}
     by_id = {info.id: info for infos in keys.values() for info in infos}
     names = dict(Deployment.objects.values_list("id", "name"))
     circuits = {c.deployment_id: (c.state, c.since.timestamp(), c.reason) for c in DeploymentCircuit.objects.all()}
