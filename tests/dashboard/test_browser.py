@@ -420,11 +420,16 @@ def test_a_proposed_split_shows_its_projected_effect_before_it_is_applied(chromi
 
 
 def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
+    from routing.rollouts.models import Rollout
+
+    rollout = Rollout.objects.create(route=world.route, canary=world.route.targets.get(deployment__name="canary")
+                                     .deployment, plan=[{"weight": 50}], guards=[{"metric": "errors", "allowed": 0.01}])
     page = signed_in_page(chromium, app_url, "alice", "/routes/")
     violations = []
     page.on("console",
             lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
-    for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/admin/", "/api/docs/"):
+    for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/rollouts/", f"/rollouts/{rollout.pk}/",
+                 "/admin/", "/api/docs/"):
         page.goto(path)
         page.wait_for_load_state("networkidle")
     page.goto("/routes/")
