@@ -87,8 +87,15 @@
     list.replaceChildren(...verdicts.map(verdictItem));
   }
 
+  const rendered = { state: data.state, step: data.step };
+
   function apply(fresh) {
     data = fresh;
+    // A transition while this page was loading sent its message before the socket was back: catch up.
+    if ((fresh.state !== rendered.state || fresh.step !== rendered.step) && !typing()) {
+      window.location.reload();
+      return;
+    }
     drawCharts(fresh.charts);
     drawVerdicts(fresh.verdicts);
   }
