@@ -7,10 +7,11 @@ draws its arm, its failure and its latency from common random numbers, so both
 judges see the same requests (their plans then move the weights apart).
 
 - Weathervane: guards errors +0.5 pp and p95 latency +10 %, alpha 0.01 split
-  over them, at least 100 canary requests and one interval at a step before it
-  can pass; a fail rolls back at the next look; a passed step's evidence is
-  carried into the next (e-values of successive steps multiply). The latency threshold is the
-  baseline's p95 over the 5 minutes before the rollout, frozen for the rollout.
+  over them by weight (analysis.BUDGET_WEIGHTS: errors 0.008, p95 0.002), at
+  least 100 canary requests and one interval at a step before it can pass; a
+  fail rolls back at the next look; a passed step's evidence is carried into
+  the next (e-values of successive steps multiply). The latency threshold is
+  the baseline's p95 over the 5 minutes before the rollout, frozen for it.
 - Flagger-style: every interval, the canary's error rate over that interval
   must stay under baseline + 0.5 pp and its p95 under 1.1 x the same baseline
   p95; two failed checks roll back, a passed check moves to the next step.

@@ -103,7 +103,8 @@ def rollouts(data):
         f"Baseline: {data['base_error_rate'] * 100:g} % errors, "
         f"log-normal latency (median {data['latency']['median_ms']:.0f} ms, sigma {data['latency']['sigma']}). "
         f"Guards: errors +{data['allowed_errors_pp']:g} pp, p95 latency +{data['allowed_p95'] * 100:g} %, "
-        f"alpha {data['alpha']:g}; plan {' → '.join(f'{w} %' for w in data['plan'])} → promoted. Flagger-style: fixed "
+        f"alpha {data['alpha']:g} split by weight (errors 4 : p95 1); "
+        f"plan {' → '.join(f'{w} %' for w in data['plan'])} → promoted. Flagger-style: fixed "
         "per-interval thresholds at the same allowances, rollback after 2 failed checks, one step per passed check.\n"
     )
     tail = (f"\nLeft undecided at the end of the horizon (a step timeout would pause for a human): {undecided}.\n")

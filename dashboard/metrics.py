@@ -26,12 +26,15 @@ from probes.rollups import (
     select_rows,
 )
 from routing.models import CircuitState, KeyState
+from routing.outcomes import DEPLOYMENT_FAILURES
 
 # How often a page re-reads a window while live messages arrive (seconds).
 REFRESH_S = {Window.M5: 10, Window.M15: 10, Window.H1: 15, Window.H24: 60, Window.D7: 300}
 
 TILE_SPAN = timedelta(minutes=15)
 SPARK_SPAN = timedelta(minutes=30)
+ROLLOUT_SPAN = timedelta(minutes=30)  # a rollout's charts: the last half hour of its route, per minute
+ROLLOUT_CHART_FIELDS = ("t", "count", "p50_ms", "p95_ms", "ttft_p50_ms", "ttft_p95_ms")
 HEALTH_RANK = {HealthState.UNKNOWN: 0, HealthState.UP: 1, HealthState.DEGRADED: 2, HealthState.DOWN: 3}
 
 
@@ -50,6 +53,33 @@ def series(deployment_id, window, now=None):
     size = BUCKET[window]
     rows = select_rows(deployment_id, since=floor_to(now - SPAN[window], size))
     return read_window(rows, now - SPAN[window], now, size, rate_source=Source.TRAFFIC)
+
+
+def rollout_series(route_id, canary_id, until, span=ROLLOUT_SPAN):
+    """Return {since_ms, until_ms, canary: points, baseline: points} of a route's own traffic per minute.
+
+    Both arms cover the same minutes (every one present, oldest first): the canary's rows and every other
+    target's merged. A point has its latency and time-to-first-token percentiles, `error_rate` (the guarded
+    errors a rollout judges: never the client's) and `share` (its part of the minute's requests).
+    """
+    since, bucket = until - span, timedelta(minutes=1)
+    arms = {"canary": [], "baseline": []}
+    for row in select_rows(source=Source.TRAFFIC, since=floor_to(since, bucket), until=until, route_id=route_id):
+        arms["canary" if row.deployment_id == canary_id else "baseline"].append(row)
+    points = {arm: read_window(rows, since, until, bucket)[1] for arm, rows in arms.items()}
+    charts = {"since_ms": epoch_ms(since), "until_ms": epoch_ms(until), "canary": [], "baseline": []}
+    for canary, baseline in zip(points["canary"], points["baseline"], strict=True):
+        total = canary["count"] + baseline["count"]
+        for arm, point in (("canary", canary), ("baseline", baseline)):
+            charts[arm].append(_rollout_point(point, total))
+    return charts
+
+
+def _rollout_point(point, total):
+    guarded = sum(n for kind, n in point["errors"].items() if kind in DEPLOYMENT_FAILURES)
+    return {**{name: point[name] for name in ROLLOUT_CHART_FIELDS},
+            "error_rate": guarded / point["count"] if point["count"] else None,
+            "share": point["count"] / total if total else None}
 
 
 def sparklines(deployment_ids, now=None):

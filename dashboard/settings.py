@@ -237,6 +237,8 @@ _not_above(
 
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
 ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
+# Verdicts kept per rollout when old data is pruned (besides each step's last one); ~80 minutes of 5 s ticks.
+ROLLOUT_VERDICTS_KEPT = env_int("WEATHERVANE_ROLLOUT_VERDICTS_KEPT", 1000, minimum=50)
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
 # Invalid keys are re-checked after KEY_RECHECK_BASE_S, doubling after each failed re-check up to KEY_RECHECK_MAX_S.
 KEY_RECHECK_BASE_S = env_int("WEATHERVANE_KEY_RECHECK_BASE", 60, minimum=1)
@@ -257,6 +259,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 GATEWAY_URL = env_url("WEATHERVANE_GATEWAY_URL", ("http", "https")).rstrip("/")
 GATEWAY_MAX_BODY_BYTES = env_int("WEATHERVANE_GATEWAY_MAX_BODY", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_DEADLINE_S = env_float("WEATHERVANE_GATEWAY_DEADLINE", 120.0, minimum=1.0)
+# Mirrored requests of a rollout's shadow step in flight per gateway process; more are dropped (counted).
+GATEWAY_SHADOW_MAX_IN_FLIGHT = env_int("WEATHERVANE_GATEWAY_SHADOW_MAX_IN_FLIGHT", 8, minimum=1)
 GATEWAY_FIRST_TOKEN_TIMEOUT_S = env_float("WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT", 20.0, minimum=0.5)
 GATEWAY_LOG_SUCCESS_SAMPLE = env_float("WEATHERVANE_GATEWAY_LOG_SAMPLE", 0.01, minimum=0.0)
 GATEWAY_LOG_BODIES = env_bool("WEATHERVANE_GATEWAY_LOG_BODIES", False)

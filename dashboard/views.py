@@ -6,6 +6,7 @@ live socket (re)connects, so charts have no gaps. Staff may change things,
 the viewer group only looks, anyone else signed in gets 403.
 """
 
+from datetime import timedelta
 from functools import wraps
 
 from django.conf import settings
@@ -29,7 +30,7 @@ from routing.models import ApiToken, Deployment, Event, Route
 from routing.outcomes import Outcome
 from routing.rollouts import controller
 from routing.rollouts.api.serializers import RolloutDetailSerializer, RolloutSerializer
-from routing.rollouts.models import ACTIVE_STATES, Rollout
+from routing.rollouts.models import ACTIVE_STATES, FINISHED_STATES, Rollout
 from routing.weights import MAX_REASON_LENGTH, WeightsInvalid, weights_history
 
 TIMELINE_SIZE = 100
@@ -385,6 +386,8 @@ def api_tokens(request):
 # --- Rollouts -------------------------------------------------------------------
 
 ROLLOUTS_SHOWN = 50
+ROLLOUT_REFRESH_S = 5  # the detail page re-reads its charts at most this often while traffic arrives
+ROLLOUT_AFTERMATH = timedelta(minutes=5)  # a finished rollout's charts show this long after its end
 GATE_LABELS = {"start": "Start", "approve": "Approve next step", "pause": "Pause", "resume": "Resume",
                "promote": "Promote now", "abort": "Abort (roll back)", "retry": "Retry"}
 
@@ -402,7 +405,17 @@ def rollout_data(rollout):
     data = RolloutDetailSerializer(rollout).data
     data["gates"] = [{"name": name, "label": GATE_LABELS[name]}
                      for name, states in controller.GATES.items() if rollout.state in states]
+    data["charts"] = metrics.rollout_series(rollout.route_id, rollout.canary_id, _charts_until(rollout))
+    data["refresh_s"] = ROLLOUT_REFRESH_S
     return data
+
+
+def _charts_until(rollout, now=None):
+    """A rollout's charts end now while it is active (or a draft); a finished one's a few minutes after its end."""
+    now = now or timezone.now()
+    if rollout.state in FINISHED_STATES:
+        return min(now, rollout.updated_at + ROLLOUT_AFTERMATH)
+    return now
 
 
 @dashboard_view

@@ -23,6 +23,7 @@ def validate_regex(value):
 class Source(models.TextChoices):
     PROBE = "probe", "Probe"
     TRAFFIC = "traffic", "Gateway traffic"
+    SHADOW = "shadow", "Shadow requests"  # a rollout's shadow step: mirrored requests, the canary's and the primary's
 
 
 class Rollup(models.Model):

@@ -247,9 +247,13 @@ def select_rows(deployment_id=None, source=None, since=None, until=None, api_key
 
     `deployment_id` may be one id or a list. With exact_key, api_key_id=None
     means the deployment-level rows only (a rotating probe target's), not
-    every key's; otherwise None means all rows.
+    every key's; otherwise None means all rows. source=None means probes and
+    traffic: a rollout's shadow rows (mirrored requests, counted twice by
+    design) come only when asked for by their source.
     """
     rows = Rollup.objects.only(*ROW_FIELDS)
+    if source is None:
+        rows = rows.exclude(source=Source.SHADOW)
     if isinstance(deployment_id, (list, tuple, set)):
         rows = rows.filter(deployment_id__in=list(deployment_id))
     elif deployment_id is not None:

@@ -20,6 +20,7 @@ from probes.rollups import Aggregator, save_deltas
 from routing.crypto import SecretUnreadable
 from routing.models import KeyState
 from routing.outcomes import Outcome
+from routing.rollouts.models import RolloutVerdict
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,8 @@ def plan_dispatch(horizon_s, now=None):
 
 
 def prune(now=None):
-    """Delete raw results, claims, rollups and usage past their retention. Returns {kind: rows deleted}."""
+    """Delete raw results, claims, rollups and usage past their retention, and rollouts' old verdicts.
+    Returns {kind: rows deleted}."""
     now = now or timezone.now()
     raw_cutoff = now - timedelta(days=settings.PROBE_RAW_RETENTION_DAYS)
     rollup_cutoff = now - timedelta(days=settings.ROLLUP_RETENTION_DAYS)
@@ -209,4 +211,5 @@ def prune(now=None):
         "slots": ProbeSlot.objects.filter(created_at__lt=now - timedelta(days=1)).delete()[0],
         "rollups": Rollup.objects.filter(minute__lt=rollup_cutoff).delete()[0],
         "usage": ProbeUsage.objects.filter(day__lt=rollup_cutoff.date()).delete()[0],
+        "rollout_verdicts": RolloutVerdict.objects.prune(settings.ROLLOUT_VERDICTS_KEPT),
     }

@@ -40,6 +40,7 @@ from routing.gateway.metrics import scrape_allowed
 from routing.gateway.proxy import NOSNIFF, Call, Proxy, common_headers, describe, finish
 from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
+from routing.gateway.shadow import Shadows
 from routing.gateway.snapshot import SnapshotStore
 from routing.outcomes import Outcome
 
@@ -71,6 +72,7 @@ class GatewayConfig:
     limits_recheck_s: float = 2.0
     concurrency_wait_s: float = 0.5
     local_notices: bool = True
+    shadow_max_in_flight: int = 8
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
 
     @classmethod
@@ -86,6 +88,7 @@ class GatewayConfig:
             log_bodies=s.GATEWAY_LOG_BODIES,
             poll_s=s.GATEWAY_SNAPSHOT_POLL_S, redis_url=s.REDIS_URL, limits_prefix=s.GATEWAY_LIMITS_PREFIX,
             redis_timeout_s=s.REDIS_TIMEOUT_S, concurrency_wait_s=s.GATEWAY_CONCURRENCY_WAIT_S,
+            shadow_max_in_flight=s.GATEWAY_SHADOW_MAX_IN_FLIGHT,
             breaker=BreakerPolicy(consecutive=s.GATEWAY_BREAKER_FAILURES, cooldown_s=s.GATEWAY_BREAKER_COOLDOWN_S,
                                   max_cooldown_s=max(s.GATEWAY_BREAKER_MAX_COOLDOWN_S, s.GATEWAY_BREAKER_COOLDOWN_S)),
         )
@@ -155,6 +158,7 @@ class Gateway:
         self.session = None
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
         self.recorder.metrics.concurrency = self.proxy.slots
+        self.shadows = Shadows(self.proxy, self.recorder, self.rng, config.shadow_max_in_flight, config.deadline_s)
         self.started = False
         self.loop = None
         self._start_lock = None
@@ -227,6 +231,7 @@ class Gateway:
         if not self.started:
             return
         self.started = False
+        self.shadows.cancel()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.stop)
         await loop.run_in_executor(None, self.recorder.stop)
@@ -357,6 +362,8 @@ class Gateway:
         finally:
             record.latency_ms = (perf_counter() - t0) * 1000
             self.recorder.record(record)
+            if call is not None and call.route.shadow is not None:  # a rollout's shadow step: off the client's path
+                self.shadows.maybe_mirror(call)
 
     async def _serve(self, call, send, receive):
         try:

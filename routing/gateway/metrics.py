@@ -101,6 +101,7 @@ class Metrics:
         self.limits_redis_errors = 0  # rate-limit commands Redis failed or did not answer in time
         self.concurrency = None  # proxy.ProviderSlots: in-flight, waits and overflows per provider
         self.fallbacks = {}  # (route, deployment) -> requests a fallback answered
+        self.shadows = {}  # (result,) -> mirrored requests of a rollout's shadow step: sent, dropped (too many)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -139,6 +140,9 @@ class Metrics:
 
     def dropped(self, what):
         _bump(self.drops, (what,))
+
+    def shadowed(self, result):
+        _bump(self.shadows, (result,))
 
     def circuit_changed(self, deployment, state):
         self.circuits[deployment] = CIRCUIT_VALUES.get(state, 0)
@@ -179,6 +183,9 @@ class Metrics:
         yield self._counter("weathervane_gateway_recorder_dropped",
                             "Records the database refused (logged, then dropped)",
                             ["what"], self.drops)
+        yield self._counter("weathervane_gateway_shadow_requests",
+                            "Requests mirrored to a shadow step's canary (sent) or not (dropped: too many in flight)",
+                            ["result"], self.shadows)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
                                 value=self.snapshot_version)
         yield CounterMetricFamily("weathervane_gateway_limits_fallback",

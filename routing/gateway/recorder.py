@@ -96,6 +96,7 @@ class Recorder:
         self.metrics = Metrics()
         self.changes = deque()
         self.aggregator = rollups.Aggregator(Source.TRAFFIC)
+        self.shadows = rollups.Aggregator(Source.SHADOW)  # a shadow step's mirrored requests, both arms
         self.log_rows = []
         self.sampled_rows = []
         self.last_used = {}
@@ -119,6 +120,16 @@ class Recorder:
         """
         with self._lock:
             self._fold(record)
+
+    def shadow(self, route_id, primary, mirror):
+        """Fold one mirrored request into the shadow rollups: the primary's attempt (proxy.Try) and the
+        canary's answer (shadow.Mirror), side by side; timed by the whole answer, without time to first token."""
+        when = self._minute(time.time())
+        with self._lock:
+            for arm in (primary, mirror):
+                self.shadows.add(arm.target.deployment_id, when=when, route_id=route_id, outcome=arm.outcome,
+                                 latency_ms=arm.ms, tokens_in=arm.tokens_in, tokens_out=arm.tokens_out,
+                                 cost=arm.cost)
 
     def key_invalid(self, key, reason):
         self.changes.append(("key_invalid", key.id, reason, time.time()))
@@ -230,7 +241,7 @@ class Recorder:
         was deleted) is logged, dropped and counted.
         """
         with self._lock:
-            deltas = self.aggregator.drain()
+            deltas = self.aggregator.drain() + self.shadows.drain()
         saved = []
         for done, delta in enumerate(deltas):
             try:
@@ -246,7 +257,8 @@ class Recorder:
                 log.warning("dropped a gateway rollup delta the database refused", exc_info=True)
             else:
                 saved.append(delta)
-        for route_id, deployment_id, minute in {(d.route_id, d.deployment_id, d.minute) for d in saved}:
+        for route_id, deployment_id, minute in {(d.route_id, d.deployment_id, d.minute) for d in saved
+                                                if d.source == Source.TRAFFIC}:
             self._push_traffic_point(route_id, deployment_id, minute)
 
     def _push_traffic_point(self, route_id, deployment_id, minute):

@@ -124,6 +124,14 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """A rollout's shadow step on a route: `share` (0..1) of its answered requests are mirrored to `target`."""
+
+    target: Target
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
 class RouteInfo:
     id: int
     name: str
@@ -133,6 +141,7 @@ class RouteInfo:
     continue_streams: bool = False  # a broken stream continues on another target (proxy.Continuation)
     fallbacks: tuple = ()  # Targets (weight 0, `fallback` = position) tried in order after every weighted one
     windows: bool = False  # some target or fallback has a known context window (the only case that costs a check)
+    shadow: Shadow | None = None  # None unless a running rollout is at a shadow step (the rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +204,7 @@ def fingerprint():
                                                            "context_window")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
+        _shadow_steps(),
     ]
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
@@ -252,6 +262,29 @@ def _target(row, keys, fallback=0):
     )
 
 
+def _shadow_steps():
+    """Return {route id: (canary deployment id, share 0..1)} of the running rollouts at a shadow step."""
+    from routing.rollouts.models import Rollout, RolloutState
+
+    steps = {}
+    running = Rollout.objects.filter(state=RolloutState.RUNNING).order_by("id")
+    for route_id, canary_id, plan, step in running.values_list("route_id", "canary_id", "plan", "step"):
+        current = plan[step] if step < len(plan) else {}
+        if current.get("shadow"):
+            steps[route_id] = (canary_id, current["shadow"] / 100)
+    return steps
+
+
+def _shadow(route, keys, shadows):
+    canary_id, share = shadows.get(route.pk, (None, 0.0))
+    row = next((t for t in route.targets.all() if t.deployment_id == canary_id), None)
+    if row is None or not (row.deployment.enabled and row.deployment.provider.enabled):
+        return None
+    if _blocked(row.deployment.provider.base_url):
+        return None
+    return Shadow(_target(row, keys), share)
+
+
 def _servable(route, rows, what):
     """Return `rows` (targets or fallbacks) whose deployment and provider are enabled and whose URL is allowed;
     probe-down ones are the caller's to drop."""
@@ -264,7 +297,7 @@ def _servable(route, rows, what):
     return rows
 
 
-def _route(route, keys, down):
+def _route(route, keys, down, shadows=None):
     rows = _servable(route, [t for t in route.targets.all() if t.weight > 0], "target")
     healthy = [t for t in rows if t.deployment_id not in down]
     # Probes see every target down: keep them all rather than send nothing.
@@ -278,8 +311,9 @@ def _route(route, keys, down):
     up = [f for f in links if f.deployment_id not in down] or links
     fallbacks = tuple(_target(f, keys, position) for position, f in enumerate(up, start=1))
     windows = any(t.context_window for t in (*targets, *fallbacks))
+    shadow = _shadow(route, keys, shadows) if shadows and route.pk in shadows else None
     return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals),
-                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows)
+                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows, shadow=shadow)
 
 
 def _client_keys():
@@ -298,7 +332,8 @@ def build(version=1):
     ordered = RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name")
     targets = Prefetch("targets", queryset=ordered)
     chains = Prefetch("fallbacks", queryset=RouteFallback.objects.select_related("deployment__provider"))
-    routes = {r.name: _route(r, keys, down) for r in Route.objects.prefetch_related(targets, chains)}
+    shadows = _shadow_steps()
+    routes = {r.name: _route(r, keys, down, shadows) for r in Route.objects.prefetch_related(targets, chains)}
     by_id = {info.id: info for infos in keys.values() for info in infos}
     names = dict(Deployment.objects.values_list("id", "name"))
     circuits = {c.deployment_id: (c.state, c.since.timestamp(), c.reason) for c in DeploymentCircuit.objects.all()}

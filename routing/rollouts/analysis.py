@@ -23,8 +23,10 @@ t: "canary p95 <= 1.1 x baseline p95" is exactly "the canary's share above
 1.1 t <= the baseline's share above t (5 %)", so the allowed regression is
 the rate ratio 1 on these counts, whatever the shape of the distribution.
 
-The false-alarm budget alpha is split evenly across the guards, for failing
-and for passing alike; no verdict before a minimum number of canary requests.
+The false-alarm budget alpha is split across the tested guards by weight
+(BUDGET_WEIGHTS: errors first), for failing and for passing alike; guards judged
+by an absolute limit alone spend none of it. No verdict before a minimum number
+of canary requests.
 """
 
 import math
@@ -35,7 +37,8 @@ from django.db.models import TextChoices
 from probes import sketch
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
 
-from .sequential import Side, log_e_ratio, log_e_value, ratio_bounds
+from .choices import Verdict  # noqa: F401  (analysis.Verdict is its public name too)
+from .sequential import Side, log_e_ratio, log_e_value, log_e_worse, ratio_bounds
 
 ALPHA = 0.01
 MIN_CANARY_REQUESTS = 100
@@ -56,16 +59,14 @@ class Metric(TextChoices):
     COST_PER_REQUEST = "cost_per_request", "Cost per request"
 
 
-class Verdict(TextChoices):
-    PASS = "pass", "Pass"
-    FAIL = "fail", "Fail"
-    INCONCLUSIVE = "inconclusive", "Inconclusive"
-
-
 RATE_METRICS = (Metric.ERRORS, Metric.RATE_LIMITED)
 TAIL_METRICS = (Metric.LATENCY_P95, Metric.TTFT_P95)
 # Means without a per-request spread in the rollups: only their absolute limits are judged.
 LIMIT_ONLY_METRICS = (Metric.TOKENS_PER_S, Metric.COST_PER_REQUEST)
+# Shares of alpha by importance (Bonferroni with weights: the levels still add up to alpha). A failed
+# request is what a user feels first; a slower tail is caught at a small level anyway, because a real
+# latency regression moves many requests past the baseline's p95 (bench/RESULTS.md).
+BUDGET_WEIGHTS = {Metric.ERRORS: 4, Metric.RATE_LIMITED: 2, Metric.LATENCY_P95: 1, Metric.TTFT_P95: 1}
 
 
 @dataclass(frozen=True)
@@ -228,10 +229,18 @@ def judge(canary, baseline, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_
     carried = carried or {}
     if canary.requests < min_canary_requests:
         return _waiting(canary, guards, min_canary_requests, carried)
-    level = alpha / len(guards)
-    metrics = [judge_metric(guard, canary, baseline, level, carried.get(guard.metric, (0.0, 0.0)))
+    levels = guard_levels(guards, alpha)
+    metrics = [judge_metric(guard, canary, baseline, levels[guard.metric], carried.get(guard.metric, (0.0, 0.0)))
                for guard in guards]
     return Judgement(_overall(metrics), _overall_sentence(metrics), metrics)
+
+
+def guard_levels(guards, alpha=ALPHA):
+    """Return {metric: its level}: alpha split over the tested guards in proportion to BUDGET_WEIGHTS
+    (limit-only guards get none; their levels sum to alpha)."""
+    total = sum(BUDGET_WEIGHTS.get(g.metric, 0) for g in guards)
+    return {g.metric: alpha * BUDGET_WEIGHTS[g.metric] / total if g.metric in BUDGET_WEIGHTS else None
+            for g in guards}
 
 
 def judge_metric(guard, canary, baseline, alpha, carried=(0.0, 0.0)):
@@ -251,7 +260,7 @@ def _judge_rate(guard, canary, baseline, alpha, carried):
     share = canary.requests / (canary.requests + baseline.requests)
     base_rate = (misses + 0.5) / (baseline.requests + 1)  # never 0, so the ratio stays finite
     allowed_ratio = 1 + guard.allowed / base_rate
-    fail = log_e_ratio(hits, misses, share, 1.0, Side.ABOVE)
+    fail = log_e_worse(hits, misses, share)
     # Two routes to passing, averaged (the mean of e-values is one): the ratio test, or the
     # canary's own rate below the allowed points (enough when neither arm sees any event).
     within = log_e_ratio(hits, misses, share, allowed_ratio, Side.BELOW)
@@ -268,7 +277,7 @@ def _judge_tail(guard, canary, baseline, alpha, carried):
     if not c_tail or not b_tail or not c_tail.timed or not b_tail.timed or c_tail.beyond_allowed is None:
         return MetricVerdict(guard.metric, Verdict.INCONCLUSIVE, f"{guard.metric.label}: no timings yet", {}, *carried)
     share = c_tail.timed / (c_tail.timed + b_tail.timed)
-    fail = log_e_ratio(c_tail.slower, b_tail.slower, share, 1.0, Side.ABOVE)
+    fail = log_e_worse(c_tail.slower, b_tail.slower, share)
     within = log_e_ratio(c_tail.beyond_allowed, b_tail.slower, share, 1.0, Side.BELOW)
     evidence = _tail_evidence(guard, c_tail, b_tail, share, alpha)
     verdict = _decide(guard, fail, within, carried, alpha, evidence)

@@ -21,6 +21,7 @@ from dashboard import live
 from probes import rollups, runner
 from probes.models import ProbeResult, ProbeTarget, Source
 from routing.audit import record
+from routing.gateway import snapshot
 from routing.models import AuditAction, Event, EventKind
 from routing.outcomes import Outcome
 from routing.weights import WeightsInvalid, apply_weights
@@ -90,6 +91,7 @@ def _transition(rollout, to_state, *, actor, reason, evidence=None):
     event = Event.objects.create(kind=EventKind.ROLLOUT, route=rollout.route, deployment=rollout.canary,
                                  message=message[:500], data=transition_payload(transition))
     transaction.on_commit(lambda: _publish(rollout, transition, event))
+    transaction.on_commit(snapshot.announce_change)  # a shadow step begins or ends with a state or step
     return transition
 
 
@@ -181,7 +183,7 @@ def _enter_step(rollout, index, *, actor, reason, evidence=None):
     step = rollout.plan[index]
     if step.get("pause"):
         return _transition(rollout, S.AWAITING_APPROVAL, actor=actor, reason=reason, evidence=evidence)
-    _set_canary(rollout, step["weight"], reason)
+    _set_canary(rollout, step.get("weight", 0), reason)  # a shadow step: the canary answers no client
     rollout.step_started_at, rollout.thresholds = timezone.now(), {}
     return _transition(rollout, S.RUNNING, actor=actor, reason=reason, evidence=evidence)
 
@@ -277,22 +279,34 @@ def _tick_rolling_back(rollout, now):
     _roll_back(rollout, S.ROLLED_BACK, actor=rollout.actor, reason=last.reason if last else "rolling back")
 
 
-def arm_totals(rollout, since):
-    """Return (canary, baseline) RollupDeltas of the route's own traffic since `since`.
+def is_shadow(step):
+    return bool(step and step.get("shadow"))
+
+
+def arm_totals(rollout, since, source=Source.TRAFFIC):
+    """Return (canary, baseline) RollupDeltas of the route's own traffic (or shadow requests) since `since`.
 
     Every target other than the canary counts as baseline. Rollups are per minute,
     so the window starts at the minute the step began.
     """
     canary, baseline = rollups.RollupDelta(), rollups.RollupDelta()
-    for row in rollups.select_rows(source=Source.TRAFFIC, since=since, route_id=rollout.route_id):
+    for row in rollups.select_rows(source=source, since=since, route_id=rollout.route_id):
         (canary if row.deployment_id == rollout.canary_id else baseline).merge(rollups.RollupDelta.of_row(row))
     return canary, baseline
 
 
 def judge_step(rollout):
-    """Return (Judgement, canary total, baseline total) of the current step's window so far."""
+    """Return (Judgement, canary Arm, baseline Arm) of the current step's window so far.
+
+    A shadow step compares the mirrored requests (the canary's answers with the primary's to the same
+    requests); mirrors are not streamed, so a time-to-first-token guard waits for the first weighted step.
+    """
     guards = [analysis.Guard(**g) for g in rollout.guards]
-    canary_total, baseline_total = arm_totals(rollout, rollout.step_started_at)
+    source = Source.TRAFFIC
+    if is_shadow(rollout.current):
+        source = Source.SHADOW
+        guards = [g for g in guards if g.metric != analysis.Metric.TTFT_P95] or guards
+    canary_total, baseline_total = arm_totals(rollout, rollout.step_started_at, source)
     if not rollout.thresholds:
         frozen = analysis.step_thresholds(baseline_total)
         rollout.thresholds = {str(m): v for m, v in frozen.items() if v is not None}
@@ -314,13 +328,17 @@ def _tick_running(rollout, now):
     dwelt = (now - rollout.step_started_at).total_seconds() >= step.get("min_dwell_s", 0)
     if judgement.verdict == analysis.Verdict.PASS and dwelt and canary.requests >= step.get("min_requests", 0):
         rollout.carried = {str(m.metric): [m.log_fail, m.log_pass] for m in judgement.metrics}
-        reason = f"step {rollout.step + 1} ({step['weight']}%) passed: {judgement.sentence}"
+        reason = f"step {rollout.step + 1} ({step_label(step)}) passed: {judgement.sentence}"
         return _enter_step(rollout, rollout.step + 1, actor=rollout.actor, reason=reason, evidence=evidence)
     if (now - rollout.step_started_at).total_seconds() >= rollout.step_timeout_s:
         reason = f"step {rollout.step + 1} timed out after {rollout.step_timeout_s} s: {judgement.sentence}"
         return _transition(rollout, S.PAUSED, actor=rollout.actor, reason=reason, evidence=evidence)
     rollout.save()  # keeps the frozen thresholds
     return None
+
+
+def step_label(step):
+    return f"shadow {step['shadow']}%" if is_shadow(step) else f"{step['weight']}%"
 
 
 def _store_verdict(rollout, judgement, canary, baseline):

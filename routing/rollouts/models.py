@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from routing.models import Deployment, Route
 
-from .analysis import Verdict
+from .choices import Verdict
 
 
 class RolloutState(models.TextChoices):
@@ -103,6 +103,20 @@ class RolloutTransition(models.Model):
         return f"{self.rollout_id}: {self.from_state} → {self.to_state} by {self.actor}"
 
 
+class RolloutVerdictQuerySet(models.QuerySet):
+    def prune(self, keep):
+        """Delete all but each rollout's `keep` newest verdicts and the last verdict of each of its steps
+        (transitions keep their own evidence); return how many rows were deleted."""
+        deleted = 0
+        crowded = self.values("rollout_id").annotate(n=models.Count("id")).filter(n__gt=keep)
+        for rollout_id in crowded.values_list("rollout_id", flat=True):
+            rows = self.filter(rollout_id=rollout_id)
+            newest = rows.order_by("-id").values_list("id", flat=True)[:keep]
+            last_of_steps = rows.values("step").annotate(last=models.Max("id")).values_list("last", flat=True)
+            deleted += rows.exclude(id__in=[*newest, *last_of_steps]).delete()[0]
+        return deleted
+
+
 class RolloutVerdict(models.Model):
     rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="verdicts")
     step = models.PositiveSmallIntegerField()
@@ -112,6 +126,8 @@ class RolloutVerdict(models.Model):
     canary_requests = models.PositiveIntegerField(default=0)
     baseline_requests = models.PositiveIntegerField(default=0)
     at = models.DateTimeField(default=timezone.now)
+
+    objects = RolloutVerdictQuerySet.as_manager()
 
     class Meta:
         ordering = ["-at", "-id"]

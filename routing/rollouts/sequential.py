@@ -21,6 +21,11 @@ from scipy.special import betainc, betaincc, betaln
 # Spread of the mixing prior on the rate-ratio scale: the tests detect
 # ratios of about 1 +/- PRIOR_RATIO_SD fastest and stay valid for any.
 PRIOR_RATIO_SD = 1.0
+# The test for "the canary is worse" centres its prior on a doubled rate instead of on no change: the
+# regressions a rollout must catch within minutes are large, and a prior piled up just above theta0 spends
+# its mass on differences no window of a step could show. Any fixed prior on the alternative side keeps the
+# mixture a martingale under the null, so this changes power, never validity (bench/RESULTS.md).
+WORSE_PRIOR_RATIO = 2.0
 MIN_CONCENTRATION = 2.0
 RATIO_SEARCH = (1e-4, 1e4)
 
@@ -42,6 +47,14 @@ def concentration(theta0, ratio_sd=PRIOR_RATIO_SD):
     return max(MIN_CONCENTRATION, 1.0 / (theta0 * (1.0 - theta0) * ratio_sd**2) - 1.0)
 
 
+def centred_concentration(theta0, ratio, ratio_sd=PRIOR_RATIO_SD):
+    """Return the a + b of a Beta prior with mean share_of(ratio, theta0) and sd about ratio_sd on the
+    rate-ratio scale there (the slope of share_of at ratio times ratio_sd); at ratio 1 this is concentration()."""
+    centre = share_of(ratio, theta0)
+    slope = theta0 * (1.0 - theta0) / (theta0 * ratio + 1.0 - theta0) ** 2
+    return max(MIN_CONCENTRATION, centre * (1.0 - centre) / (slope * ratio_sd) ** 2 - 1.0)
+
+
 def _log_tail(a, b, theta0, side):
     """Return log P(theta on `side` of theta0) for theta ~ Beta(a, b); -inf when it underflows."""
     if side == Side.BOTH:
@@ -50,18 +63,20 @@ def _log_tail(a, b, theta0, side):
     return math.log(mass) if mass > 0 else -math.inf
 
 
-def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD, k=None):
+def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD, k=None, centre=None):
     """Return the log e-value of H0: theta = theta0 (or beyond it, away from `side`).
 
     hits events fell in the tested category, misses in the other. The prior is
-    Beta(k theta0, k (1 - theta0)) truncated to `side`, so only departures to
-    that side build evidence; k defaults to concentration(theta0, ratio_sd).
-    Raises ValueError for theta0 outside (0, 1).
+    Beta(k c, k (1 - c)) truncated to `side`, so only departures to that side
+    build evidence; its mean c is `centre` (default theta0) and k defaults to
+    concentration(theta0, ratio_sd). Raises ValueError for theta0 or centre
+    outside (0, 1).
     """
-    if not 0 < theta0 < 1:
-        raise ValueError("theta0 must be strictly between 0 and 1")
+    centre = theta0 if centre is None else centre
+    if not (0 < theta0 < 1 and 0 < centre < 1):
+        raise ValueError("theta0 and the prior's centre must be strictly between 0 and 1")
     k = concentration(theta0, ratio_sd) if k is None else k
-    a, b = k * theta0, k * (1.0 - theta0)
+    a, b = k * centre, k * (1.0 - centre)
     mixture = betaln(a + hits, b + misses) - betaln(a, b)
     tails = _log_tail(a + hits, b + misses, theta0, side) - _log_tail(a, b, theta0, side)
     null = hits * math.log(theta0) + misses * math.log1p(-theta0)
@@ -85,6 +100,15 @@ def log_e_ratio(canary, baseline, share, ratio, side):
     canary and baseline are event counts; share is the canary's share of requests.
     """
     return log_e_value(canary, baseline, share_of(ratio, share), side)
+
+
+def log_e_worse(canary, baseline, share, ratio=WORSE_PRIOR_RATIO):
+    """Return the log e-value against "the canary's rate is no worse than the baseline's" (ratio 1).
+
+    The prior is centred on `ratio` times the baseline's rate (centred_concentration), truncated above ratio 1.
+    """
+    k = centred_concentration(share, ratio)
+    return log_e_value(canary, baseline, share, Side.ABOVE, k=k, centre=share_of(ratio, share))
 
 
 def ratio_bounds(canary, baseline, share, alpha):

@@ -420,11 +420,16 @@ def test_a_proposed_split_shows_its_projected_effect_before_it_is_applied(chromi
 
 
 def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
+    from routing.rollouts.models import Rollout
+
+    rollout = Rollout.objects.create(route=world.route, canary=world.route.targets.get(deployment__name="canary")
+                                     .deployment, plan=[{"weight": 50}], guards=[{"metric": "errors", "allowed": 0.01}])
     page = signed_in_page(chromium, app_url, "alice", "/routes/")
     violations = []
     page.on("console",
             lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
-    for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/admin/", "/api/docs/"):
+    for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/rollouts/", f"/rollouts/{rollout.pk}/",
+                 "/admin/", "/api/docs/"):
         page.goto(path)
         page.wait_for_load_state("networkidle")
     page.goto("/routes/")
@@ -432,3 +437,133 @@ def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
     assert page.evaluate(width).strip() == "10%"  # set by the page's script, not an inline style
     assert violations == []
     page.context.close()
+
+
+# --- a staged rollout, watched end to end ----------------------------------------------------
+
+DEGRADE_AT_S = 1000.0  # simulated seconds: the canary slows down when the test moves the clock past this
+
+
+class SteppedClock:
+    """The simulator's clock for model schedules: moved by the test, not by the wall."""
+
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def demo_rollout(shared_db, settings, admin_user, viewer_user, serve_gateway):
+    """The demo seeded against a simulator whose tail-gpt model behaves like the baseline until the test moves
+    its clock, then answers 30x slower; a gateway, client traffic and the embedded scheduler ticking twice a
+    second."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from probes.scheduler import Scheduler
+    from routing.rollouts.models import Rollout
+    from routing.simulator import Change, Personality, Simulator, SimulatorServer
+    from tests.routing.gateway.helpers import client_key, post_chat
+
+    settings.ALLOW_PRIVATE_UPSTREAMS = True
+    clock = SteppedClock()
+    models = {"steady": Personality(latency_median_ms=10, latency_p99_ms=20),
+              "heavy-tailed": Personality(latency_median_ms=10, latency_p99_ms=20,
+                                          schedule=[Change(after_s=DEGRADE_AT_S, latency_scale=30)])}
+    with SimulatorServer(Simulator(models=models, seed=7, clock=clock)) as server:
+        call_command("seed_demo", simulator_url=server.base_url, stdout=StringIO())
+        rollout = Rollout.objects.get()
+        Rollout.objects.filter(pk=rollout.pk).update(min_canary_requests=60, preflight_probes=2)
+        gateway = serve_gateway(log_sample=0.0)
+        key = client_key()
+        stop = threading.Event()
+
+        def send():
+            while not stop.is_set():
+                post_chat(gateway, key, "gpt-demo", max_tokens=4)
+
+        senders = [threading.Thread(target=send, daemon=True) for _ in range(6)]
+        for sender in senders:
+            sender.start()
+        scheduler = Scheduler(threads=2, refresh_s=0.5).start()
+        yield SimpleNamespace(rollout=rollout, clock=clock)
+        scheduler.stop()
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=10)
+
+
+CHART_DATA = """() => ['chart-latency', 'chart-ttft', 'chart-errors', 'chart-share'].map((id) =>
+    Chart.getChart(id).data.datasets.map((set) => [set.label, set.data.length, set.data.map((p) => p.y).join()]))"""
+
+
+def _charts_move_live_for_both_arms(page):
+    """The detail page's charts take new traffic over the socket, without a reload, on the same x axis."""
+    page.wait_for_load_state("networkidle")
+    page.evaluate("() => { window.notReloaded = true; }")
+    before = page.evaluate(CHART_DATA)
+    page.wait_for_function(f"(before) => JSON.stringify(({CHART_DATA})()) !== JSON.stringify(before)", arg=before,
+                           timeout=20_000)
+    assert page.evaluate("() => window.notReloaded") is True
+    latency = {label: points for label, points, _ in page.evaluate(CHART_DATA)[0]}
+    assert latency["baseline p95"] > 0 and latency["canary p95"] > 0
+    axes = page.evaluate("""() => ['chart-latency', 'chart-share'].map((id) => {
+        const x = Chart.getChart(id).options.scales.x; return [x.min, x.max]; })""")
+    assert axes[0] == axes[1] and axes[0][1] - axes[0][0] == 30 * 60 * 1000
+
+
+def _routes_weight(page, deployment):
+    return page.locator(f'tr[data-deployment="{deployment}"] [data-field=weight] .num')
+
+
+@pytest.mark.timeout(150)
+def test_a_degrading_canary_rolls_back_by_itself_and_every_browser_sees_it(chromium, app_url, demo_rollout):
+    from routing.models import Route
+    from routing.rollouts.models import Rollout
+
+    rollout, path = demo_rollout.rollout, f"/rollouts/{demo_rollout.rollout.pk}/"
+    admin = signed_in_page(chromium, app_url, "alice", path)
+    viewer_routes = signed_in_page(chromium, app_url, "victor", "/routes/")
+    viewer_routes.evaluate("() => { window.notReloaded = true; }")
+    viewer = viewer_routes.context.new_page()
+    viewer.goto(path)
+    viewer.wait_for_selector("#live-status[data-state=live]")
+    assert viewer.locator("form.gate, form.gate button").count() == 0
+    assert "only staff can press" in viewer.locator("section[aria-labelledby=gates-title]").inner_text()
+
+    # Started from the keyboard: type the reason, Tab to the button, Enter.
+    admin.locator("#reason-start").fill("rehearse tail-gpt")
+    admin.keyboard.press("Tab")
+    admin.keyboard.press("Enter")
+    admin.wait_for_selector("#rollout-state:text-is('running')", timeout=30_000)  # preflight passed
+    _routes_weight(viewer_routes, "tail-gpt").filter(has_text="25%").wait_for(timeout=10_000)
+
+    # A viewer sees the running rollout but no gate, and a hand-made POST is refused and changes nothing.
+    viewer.wait_for_selector("#rollout-state:text-is('running')", timeout=10_000)
+    assert viewer.locator("form.gate").count() == 0
+    _charts_move_live_for_both_arms(viewer)
+    answers = viewer.evaluate("""async (id) => {
+        const post = (url, body, type) => fetch(url, {method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': type, 'X-CSRFToken': Weathervane.csrfToken()}, body});
+        const page = await post(`/rollouts/${id}/abort/`, 'reason=sneaky', 'application/x-www-form-urlencoded');
+        const api = await post(`/api/v1/rollouts/${id}/abort`, JSON.stringify({reason: 'sneaky'}), 'application/json');
+        return [page.status, api.status];
+    }""", rollout.pk)
+    assert answers == [403, 403]
+    assert Rollout.objects.get(pk=rollout.pk).state == "running"
+
+    demo_rollout.clock.now = DEGRADE_AT_S  # the canary slows down mid-step
+    admin.wait_for_selector("#rollout-state:text-is('rolled_back')", timeout=60_000)
+    explanation = admin.locator("#verdicts li.verdict-fail").first.inner_text()
+    assert "p95 latency: canary" in explanation and explanation.endswith("rolling back")
+    assert "rolling back" in admin.locator("#transitions").inner_text()
+
+    # The other browser saw the split restored live: the canary drained, the baseline's proportion back.
+    _routes_weight(viewer_routes, "tail-gpt").filter(has_text="0%").wait_for(timeout=10_000)
+    assert _routes_weight(viewer_routes, "steady-gpt").inner_text() == "100%"
+    assert viewer_routes.evaluate("() => window.notReloaded") is True
+    assert Route.objects.get(name="gpt-demo").weights() == {"steady-gpt": 100, "tail-gpt": 0, "flaky-gpt": 0}
+    admin.context.close()
+    viewer.context.close()

@@ -73,3 +73,24 @@ def test_the_admin_shows_rollouts_read_only(admin_user):
     assert page.status_code == 200 and "Save" not in page.content.decode()
     assert client.post(f"/admin/rollouts/rollout/{rollout.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Rollout.objects.filter(pk=rollout.pk).exists()
+
+
+def test_the_detail_data_charts_both_arms_over_the_same_minutes_with_the_guarded_error_rate(admin_user):
+    from tests.routing.rollouts.helpers import traffic
+
+    w = world()
+    rollout = draft(w)
+    traffic(w.route, w.canary, 20, errors=4, latency_ms=400.0)  # 4 server errors of 20
+    traffic(w.route, w.canary, 5, errors=5, error_kind="client_error")  # the client's: not the canary's failures
+    traffic(w.route, w.stable, 75, errors=0, latency_ms=100.0)
+    charts = browser(admin_user).get(f"/dashboard-data/rollouts/{rollout.pk}/").json()["charts"]
+    canary, baseline = charts["canary"], charts["baseline"]
+    assert [p["t"] for p in canary] == [p["t"] for p in baseline] and len(canary) == 31
+    assert charts["until_ms"] - charts["since_ms"] == 30 * 60 * 1000
+    assert (canary[-1]["count"], baseline[-1]["count"]) == (25, 75)
+    assert (canary[-1]["share"], baseline[-1]["share"]) == (0.25, 0.75)
+    assert (canary[-1]["error_rate"], baseline[-1]["error_rate"]) == (4 / 25, 0)
+    assert canary[-1]["p95_ms"] > 400 > 150 > baseline[-1]["p95_ms"]
+    assert canary[0]["count"] == 0 and canary[0]["share"] is None and canary[0]["p50_ms"] is None
+    page = browser(admin_user).get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert 'id="chart-share"' in page and "js/rollout.js" in page

@@ -18,13 +18,16 @@ class StepSerializer(StrictFieldsMixin, serializers.Serializer):
     min_requests = StrictIntegerField(required=False, min_value=0, default=0,
                                       help_text="Least canary requests at this weight")
     pause = serializers.BooleanField(required=False, default=False, help_text="Wait here for a human's approval")
+    shadow = StrictIntegerField(required=False, min_value=1, max_value=100,
+                                help_text="Mirror this % of the route's requests to the canary, answers discarded")
 
     def to_representation(self, step):
-        return dict(step)  # as stored: {pause: true} or the weight's fields
+        return dict(step)  # as stored: {pause: true} or the weight's (or shadow's) fields
 
     def validate(self, data):
-        if data["pause"] == ("weight" in data):
-            raise serializers.ValidationError("A step is either {weight, min_dwell_s, min_requests} or {pause: true}.")
+        if [data["pause"], "weight" in data, "shadow" in data].count(True) != 1:
+            raise serializers.ValidationError("A step is either {weight, min_dwell_s, min_requests}, "
+                                              "{shadow, min_dwell_s, min_requests} or {pause: true}.")
         return {"pause": True} if data["pause"] else {k: v for k, v in data.items() if k != "pause"}
 
 
@@ -84,6 +87,9 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             raise serializers.ValidationError("The plan needs at least one step with a weight.")
         if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
             raise serializers.ValidationError(f"Weights must strictly increase step by step, not {weights}.")
+        first_weight = next(n for n, step in enumerate(plan) if "weight" in step)
+        if any("shadow" in step for step in plan[first_weight:]):
+            raise serializers.ValidationError("Shadow steps come before the first step with a weight.")
         return plan
 
     def validate_guards(self, guards):
@@ -102,6 +108,9 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             raise serializers.ValidationError({"canary": [
                 f"{canary.name!r} already has weight {split[canary.name]} on {route.name!r}; "
                 f"the first step ({first}) must give it more."]})
+        if split[canary.name] and any("shadow" in step for step in data["plan"]):
+            raise serializers.ValidationError({"plan": [
+                f"A shadow step needs {canary.name!r} at weight 0 on {route.name!r} (it has {split[canary.name]})."]})
         if not any(w for name, w in split.items() if name != canary.name):
             raise serializers.ValidationError({"route": [f"Route {route.name!r} has no baseline traffic to compare."]})
         busy = Rollout.objects.filter(canary=canary, state__in=ACTIVE_STATES).first()

@@ -17,6 +17,7 @@ from routing.rollouts.analysis import (
     arm_from_figures,
     arms_from_totals,
     baseline_threshold,
+    guard_levels,
     judge,
     step_thresholds,
     tails_for,
@@ -30,14 +31,25 @@ def test_a_clear_error_regression_rolls_back_and_says_why():
     canary, baseline = Arm(412, errors=14), Arm(3690, errors=9)
     judgement = judge(canary, baseline, [ERRORS, LATENCY])
     assert judgement.verdict == Verdict.FAIL
-    # The e-value is the closed form that test_sequential checks against numeric integration.
+    # The e-value is the closed form that test_sequential checks against numeric integration; errors get 4 of the
+    # 5 weights of alpha 0.01 next to p95 latency (threshold 1 / 0.008 = 125).
     assert judgement.sentence == (
-        "canary errors 14 of 412 vs baseline 9 of 3,690 (e-value 662,213 > 200, alpha 0.005: worse than the baseline)"
+        "canary errors 14 of 412 vs baseline 9 of 3,690 (e-value 262,152 > 125, alpha 0.008: worse than the baseline)"
         ": rolling back")
     errors = judgement.metrics[0].evidence
     assert errors["canary"]["rate"] == pytest.approx(14 / 412)
-    assert errors["e_fail"] > errors["fail_threshold"] == 200
+    assert errors["e_fail"] > errors["fail_threshold"] == pytest.approx(125)
     assert errors["ratio_bounds"][0] > 1
+
+
+def test_the_budget_is_split_by_weight_over_the_tested_guards_only():
+    tps = Guard(Metric.TOKENS_PER_S, limit=20.0)
+    levels = guard_levels([ERRORS, LATENCY, tps], alpha=0.01)
+    assert levels == {Metric.ERRORS: pytest.approx(0.008), Metric.LATENCY_P95: pytest.approx(0.002),
+                      Metric.TOKENS_PER_S: None}
+    assert guard_levels([LATENCY], alpha=0.01) == {Metric.LATENCY_P95: 0.01}
+    every = [Guard(m, allowed=0.1) for m in (Metric.ERRORS, Metric.RATE_LIMITED, Metric.LATENCY_P95, Metric.TTFT_P95)]
+    assert sum(guard_levels(every, alpha=0.01).values()) == pytest.approx(0.01)
 
 
 def test_no_verdict_before_the_minimum_sample():

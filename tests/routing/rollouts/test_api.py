@@ -33,6 +33,23 @@ def test_staff_creates_a_draft_and_it_is_audited(w, admin_api):
     assert created.actor == "alice" and created.after["plan"] == PLAN
 
 
+def test_a_plan_may_begin_with_a_shadow_step_of_a_canary_that_has_no_weight(w, admin_api):
+    plan = [{"shadow": 20, "min_dwell_s": 60, "min_requests": 200}, *PLAN]
+    response = post(admin_api, f"{URL}/", GOOD | {"plan": plan})
+    assert response.status_code == 201, response.json()
+    assert response.json()["plan"] == plan
+
+
+def test_a_shadow_step_is_refused_for_a_canary_that_already_serves_clients(admin_api):
+    from tests.factories import canary_world
+
+    canary_world(secret=None, weights=(90, 10))
+    response = post(admin_api, f"{URL}/", GOOD | {"plan": [{"shadow": 20}, {"weight": 50}]})
+    assert response.status_code == 400
+    assert "needs 'canary' at weight 0 on 'chat' (it has 10)" in str(response.json())
+    assert not Rollout.objects.exists()
+
+
 @pytest.mark.parametrize(("change", "field", "words"), [
     ({"plan": [{"weight": 10}, {"weight": 10}]}, "plan", "strictly increase"),
     ({"plan": [{"weight": 50}, {"weight": 5}]}, "plan", "strictly increase"),
@@ -42,6 +59,10 @@ def test_staff_creates_a_draft_and_it_is_audited(w, admin_api):
     ({"plan": [{"pause": True}]}, "plan", "at least one step with a weight"),
     ({"plan": [{"weight": 10, "pause": True}]}, "plan", "either"),
     ({"plan": [{"weight": 10, "speed": 2}]}, "plan", "Unknown field"),
+    ({"plan": [{"shadow": 10, "weight": 10}]}, "plan", "either"),
+    ({"plan": [{"shadow": 0}, {"weight": 10}]}, "plan", "greater than or equal to 1"),
+    ({"plan": [{"weight": 10}, {"shadow": 50}]}, "plan", "Shadow steps come before the first step with a weight"),
+    ({"plan": [{"shadow": 50}]}, "plan", "at least one step with a weight"),
     ({"plan": []}, "plan", "may not be empty"),
     ({"guards": [{"metric": "vibes", "allowed": 0.1}]}, "guards", "not a valid choice"),
     ({"guards": [{"metric": "errors"}]}, "guards", "needs a non-negative allowed regression"),

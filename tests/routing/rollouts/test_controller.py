@@ -261,3 +261,46 @@ def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
     rollout.refresh_from_db()
     assert (rollout.step, rollout.carried) == (0, {})
     assert w.route.weights() == {"canary": 10, "stable": 90}
+
+
+def test_a_step_that_begins_mid_minute_counts_that_minute_s_traffic_after_its_start():
+    from probes import rollups
+    from probes.models import Source
+
+    w = world()
+    rollout = running(w)
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=2)
+    Rollout.objects.filter(pk=rollout.pk).update(step_started_at=minute + timedelta(seconds=30))
+    agg = rollups.Aggregator(Source.TRAFFIC)
+    for deployment, requests in ((w.canary, 120), (w.stable, 900)):
+        for _ in range(requests):
+            agg.add(deployment.pk, route_id=w.route.pk, when=minute + timedelta(seconds=40), outcome=Outcome.OK,
+                    latency_ms=100.0)
+    rollups.save_deltas(agg.drain())
+    tick(rollout.pk, now=minute + timedelta(seconds=50))
+    verdict = Rollout.objects.get(pk=rollout.pk).verdicts.get()
+    assert (verdict.canary_requests, verdict.baseline_requests) == (120, 900)  # not waiting for the next minute
+
+
+def test_a_shadow_step_gives_the_canary_no_weight_and_is_judged_on_the_mirrored_requests():
+    from probes import rollups
+    from probes.models import Source
+
+    w = world()
+    plan = [{"shadow": 20, "min_dwell_s": 0, "min_requests": 100}, {"weight": 50, "min_dwell_s": 0, "min_requests": 0}]
+    guards = [{"metric": "errors", "allowed": 0.02}, {"metric": "ttft_p95", "allowed": 0.1}]
+    rollout = running(w, plan=plan, guards=guards)
+    assert w.route.weights() == {"canary": 0, "stable": 100}
+    traffic(w.route, w.stable, 500)  # real traffic: not what a shadow step compares
+    assert tick(rollout.pk) == S.RUNNING
+    assert Rollout.objects.get(pk=rollout.pk).verdicts.get().canary_requests == 0
+    agg = rollups.Aggregator(Source.SHADOW)
+    for deployment in (w.canary, w.stable):  # each mirrored request once per arm, no time to first token
+        for _ in range(1500):
+            agg.add(deployment.pk, route_id=w.route.pk, outcome=Outcome.OK, latency_ms=100.0)
+    rollups.save_deltas(agg.drain())
+    assert tick(rollout.pk) == S.RUNNING
+    rollout.refresh_from_db()
+    assert rollout.step == 1 and w.route.weights() == {"canary": 50, "stable": 50}
+    passed = rollout.transitions.last()
+    assert passed.reason.startswith("step 1 (shadow 20%) passed: every guard within its allowed regression (1 of 1)")

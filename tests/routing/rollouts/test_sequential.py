@@ -11,9 +11,11 @@ from scipy.stats import beta
 
 from routing.rollouts.sequential import (
     Side,
+    centred_concentration,
     concentration,
     log_e_ratio,
     log_e_value,
+    log_e_worse,
     ratio_bounds,
     ratio_of,
     share_of,
@@ -57,6 +59,41 @@ def test_the_closed_form_matches_numeric_integration(hits, misses, theta0, side)
 
     expected = quad(ratio, lo, hi, limit=200)[0] / prior_mass
     assert math.exp(log_e_value(hits, misses, theta0, side)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_worse_test_centres_its_prior_on_a_doubled_rate():
+    # At an even split a doubled rate gives the canary 2/3 of the events; share_of's slope there is
+    # 0.25 / 1.5^2 = 1/9, so a ratio sd of 1 is a theta sd of 1/9: k = (2/9) / (1/81) - 1 = 17.
+    assert share_of(2.0, 0.5) == pytest.approx(2 / 3)
+    assert centred_concentration(0.5, 2.0) == pytest.approx(17.0)
+    assert centred_concentration(0.1, 1.0) == pytest.approx(concentration(0.1))  # centred on no change: as before
+
+
+@pytest.mark.parametrize(("hits", "misses", "theta0"), [(14, 9, 412 / 4102), (30, 10, 0.5), (3, 40, 0.1), (0, 5, 0.3)])
+def test_the_worse_test_matches_numeric_integration(hits, misses, theta0):
+    k = centred_concentration(theta0, 2.0)
+    centre = share_of(2.0, theta0)
+    a, b = k * centre, k * (1 - centre)
+
+    def ratio(t):
+        return (t / theta0) ** hits * ((1 - t) / (1 - theta0)) ** misses * beta.pdf(t, a, b)
+
+    expected = quad(ratio, theta0, 1, limit=200)[0] / beta.sf(theta0, a, b)
+    assert math.exp(log_e_worse(hits, misses, theta0)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("theta", [0.1, 0.07])
+def test_the_worse_test_keeps_false_alarms_under_alpha_at_every_look(theta):
+    rng = random.Random(13)
+    alarms = 0
+    for _ in range(600):
+        hits = 0
+        for n in range(1, 201):
+            hits += rng.random() < theta
+            if log_e_worse(hits, n - hits, 0.1) >= math.log(1 / 0.05):
+                alarms += 1
+                break
+    assert alarms / 600 < 0.05
 
 
 def test_no_events_are_no_evidence():
