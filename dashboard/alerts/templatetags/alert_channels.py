@@ -1,0 +1,15 @@
+"""`{% alert_channel_rows as rows %}`: what the channels section shows, so any page can include
+templates/alerts/_channels.html without preparing its context."""
+
+from django import template
+
+from dashboard.alerts.models import Channel
+
+register = template.Library()
+
+
+@register.simple_tag
+def alert_channel_rows():
+    """Return [{"channel": Channel, "last": its latest Delivery or None}] by name (hints only, never targets)."""
+    channels = Channel.objects.prefetch_related("deliveries")
+    return [{"channel": channel, "last": next(iter(channel.deliveries.all()[:1]), None)} for channel in channels]
