@@ -14,7 +14,8 @@ class Received:
 
 class Receiver:
     """`with Receiver(500, 200) as hook:` answers 500, then 200 (the last status repeats); `hook.received` lists
-    the requests, `hook.url` is its address, `hook.reply` the body it answers with."""
+    the requests, `hook.url` is its address, `hook.reply` the body it answers with (bytes, or a function of the
+    Received request returning bytes, e.g. to echo its path)."""
 
     def __init__(self, *statuses, reply=b'{"ok": true}'):
         self.statuses = list(statuses) or [200]
@@ -32,13 +33,15 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                got = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                receiver.received.append(got)
                 status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                reply = receiver.reply(got) if callable(receiver.reply) else receiver.reply
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(receiver.reply)))
+                self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
-                self.wfile.write(receiver.reply)
+                self.wfile.write(reply)
 
             def log_message(self, *args):
                 pass
