@@ -15,6 +15,14 @@ class ChannelKind(models.TextChoices):
     EMAIL = targets.Kind.EMAIL, "Email"
 
 
+class ChannelQuerySet(models.QuerySet):
+    def with_last_delivery(self):
+        """Fetch each channel's latest delivery attempt along (`channel.last_delivery`: a Delivery or None)."""
+        latest = models.Prefetch("deliveries", queryset=Delivery.objects.order_by("-at", "-pk")[:1],
+                                 to_attr="_latest_deliveries")
+        return self.prefetch_related(latest)
+
+
 class Channel(models.Model):
     """Where notifications go. The URL (and the webhook's signing secret) hold secrets: encrypted, write-only.
 
@@ -29,6 +37,8 @@ class Channel(models.Model):
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ChannelQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -51,6 +61,14 @@ class Channel(models.Model):
     def reveal_secret(self):
         """Return the webhook's signing secret ("" when none); only for signing."""
         return crypto.decrypt(self.secret_encrypted) if self.secret_encrypted else ""
+
+    @property
+    def last_delivery(self):
+        """The latest delivery attempt (prefetched by `Channel.objects.with_last_delivery()`), or None."""
+        latest = getattr(self, "_latest_deliveries", None)
+        if latest is None:
+            latest = self.deliveries.order_by("-at", "-pk")[:1]
+        return next(iter(latest), None)
 
     @property
     def has_secret(self):

@@ -43,7 +43,7 @@ class ChannelSerializer(StrictFieldsMixin, serializers.ModelSerializer):
                   "created_at", "updated_at"]
 
     def get_last_delivery(self, channel) -> DeliverySerializer(allow_null=True):
-        last = channel.deliveries.first()
+        last = channel.last_delivery
         return DeliverySerializer(last).data if last is not None else None
 
     def validate(self, attrs):

@@ -37,7 +37,7 @@ class DeliveryFilter(StrictFilterSet):
 class ChannelViewSet(AuditedModelViewSet):
     """Where alert notifications go. `target` and `secret` are write-only; responses show `target_hint`."""
 
-    queryset = Channel.objects.prefetch_related("deliveries")
+    queryset = Channel.objects.with_last_delivery()
     serializer_class = s.ChannelSerializer
     filterset_class = ChannelFilter
     lookup_value_regex = r"\d+"

@@ -11,5 +11,4 @@ register = template.Library()
 @register.simple_tag
 def alert_channel_rows():
     """Return [{"channel": Channel, "last": its latest Delivery or None}] by name (hints only, never targets)."""
-    channels = Channel.objects.prefetch_related("deliveries")
-    return [{"channel": channel, "last": next(iter(channel.deliveries.all()[:1]), None)} for channel in channels]
+    return [{"channel": channel, "last": channel.last_delivery} for channel in Channel.objects.with_last_delivery()]
