@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from dashboard.alerts import senders
@@ -44,6 +44,7 @@ MAX_BACKOFF_S = 600  # Celery's retry_backoff_max default: the embedded worker w
 MAX_ERROR = 300
 PRUNE_EVERY_S = 3600
 WORKER_THREADS = 4
+QUEUE_RETRY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2, "interval_max": 0.5}
 
 
 class RetryLater(Exception):
@@ -56,16 +57,24 @@ def backoff_s(attempt):
 
 
 def enqueue(message, channel_ids):
-    """Hand `message` to each enabled channel of `channel_ids` and return how many; never waits on a channel."""
+    """Hand `message` to each enabled channel of `channel_ids` and return how many; never waits on a channel.
+
+    Called inside a transaction, the notifications leave when it commits (and never, if it rolls back), so an
+    engine that records what it notified in the same transaction cannot send twice. Call it from sync code.
+    """
     ids = list(Channel.objects.filter(pk__in=list(channel_ids), enabled=True).values_list("pk", flat=True))
     payload = message.as_json()
-    for channel_id in ids:
-        job = Job(channel_id, payload, notification=uuid.uuid4().hex)
+    jobs = [Job(channel_id, payload, notification=uuid.uuid4().hex) for channel_id in ids]
+    transaction.on_commit(lambda: _dispatch(jobs))
+    return len(jobs)
+
+
+def _dispatch(jobs):
+    for job in jobs:
         if settings.ALERT_DELIVERY_IN_PROCESS:
             worker().submit(job)
         else:
             _queue(job)
-    return len(ids)
 
 
 def send_test(channel):
@@ -154,7 +163,9 @@ def _queue(job):
     from dashboard.alerts import tasks
 
     try:
-        tasks.deliver_notification.apply_async((job.channel_id, job.message, job.notification))
+        # A broker that is away gets a second short try, not kombu's default of several seconds of retries.
+        tasks.deliver_notification.apply_async((job.channel_id, job.message, job.notification), retry=True,
+                                               retry_policy=QUEUE_RETRY)
     except Exception as exc:  # the broker is down: say so in the log of deliveries, do not fail the caller
         log.warning("could not queue an alert delivery for channel %s: %s", job.channel_id, type(exc).__name__)
         message = Message.from_json(job.message)

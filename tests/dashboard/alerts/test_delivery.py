@@ -232,23 +232,28 @@ def test_enqueue_returns_at_once_and_the_embedded_worker_retries_until_delivered
         delivery.stop_worker()
 
 
-def test_enqueue_in_the_scaled_mode_queues_one_celery_task_per_enabled_channel_with_json_only(settings):
+def test_enqueue_in_the_scaled_mode_queues_one_celery_task_per_enabled_channel_with_json_only(
+        settings, django_capture_on_commit_callbacks):
     settings.ALERT_DELIVERY_IN_PROCESS = False
     live = channel("email", "ops@example.com", name="live")
     off = channel("email", "ops@example.com", name="off", enabled=False)
     with mock.patch.object(tasks.deliver_notification, "apply_async") as queued:
-        assert delivery.enqueue(a_message(), [live.pk, off.pk, 999]) == 1
+        with django_capture_on_commit_callbacks(execute=True):
+            assert delivery.enqueue(a_message(), [live.pk, off.pk, 999]) == 1
+            assert not queued.called  # not before the caller's transaction commits
     [(args,), _] = queued.call_args
     channel_id, message, notification = args
     assert channel_id == live.pk and json.loads(json.dumps(message)) == message and len(notification) == 32
     assert Message.from_json(message) == a_message()
 
 
-def test_a_broker_that_is_down_is_logged_as_a_failed_delivery_and_does_not_raise(settings):
+def test_a_broker_that_is_down_is_logged_as_a_failed_delivery_and_does_not_raise(
+        settings, django_capture_on_commit_callbacks):
     settings.ALERT_DELIVERY_IN_PROCESS = False
     ch = channel("email", "ops@example.com")
     with mock.patch.object(tasks.deliver_notification, "apply_async", side_effect=ConnectionRefusedError(111, "no")):
-        assert delivery.enqueue(a_message(), [ch.pk]) == 1
+        with django_capture_on_commit_callbacks(execute=True):
+            assert delivery.enqueue(a_message(), [ch.pk]) == 1
     row = Delivery.objects.get()
     assert row.outcome == "failed" and "task queue" in row.error
 
@@ -267,6 +272,22 @@ def test_the_celery_task_declares_the_same_schedule_as_the_embedded_worker():
     task = tasks.deliver_notification
     assert task.max_retries == 4 and task.retry_jitter is False and task.retry_backoff == 40
     assert [delivery.backoff_s(n) for n in (1, 2, 3, 4)] == [40, 80, 160, 320]  # Celery: 40 * 2 ** retries
+
+
+def test_notifications_enqueued_in_a_transaction_that_rolls_back_are_never_sent(
+        settings, django_capture_on_commit_callbacks):
+    from django.db import transaction
+
+    settings.ALERT_DELIVERY_IN_PROCESS = False
+    ch = channel("email", "ops@example.com")
+    with mock.patch.object(tasks.deliver_notification, "apply_async") as queued:
+        with django_capture_on_commit_callbacks(execute=True):
+            with pytest.raises(RuntimeError), transaction.atomic():
+                delivery.enqueue(a_message(), [ch.pk])
+                raise RuntimeError("the engine's tick failed")
+            delivery.enqueue(a_message("resolved"), [ch.pk])  # the next tick commits
+    [sent] = queued.call_args_list
+    assert sent.args[0][1]["status"] == "resolved"
 
 
 # --- Tests, pruning, redaction ------------------------------------------------------------------------------
