@@ -4,7 +4,6 @@ Viewers read names, kinds and hints; staff with the model permissions change the
 needs `alerts.change_channel`, is sent at once and recorded in the audit trail with its outcome.
 """
 
-from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -28,8 +27,6 @@ class ChannelFilter(StrictFilterSet):
 
 
 class DeliveryFilter(StrictFilterSet):
-    channel = filters.NumberFilter(field_name="channel_id", help_text="Channel id")
-
     class Meta:
         model = Delivery
         fields = ["channel", "outcome", "status", "test", "notification"]
