@@ -198,3 +198,9 @@ def test_the_button_needs_staff_rights_and_a_csrf_token(admin_user, viewer_user)
     staff.user_permissions.add(Permission.objects.get(codename="change_channel"))
     assert browser(staff).post(url, {"next": "https://evil.example/"}).url == reverse("alert-channels")
     assert Delivery.objects.count() == 1
+
+
+def test_the_channels_page_sends_anonymous_visitors_to_log_in_and_refuses_users_without_a_role(outsider_user):
+    anonymous = Client().get(reverse("alert-channels"))
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/login/?next=")
+    assert browser(outsider_user).get(reverse("alert-channels")).status_code == 403
