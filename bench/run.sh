@@ -8,7 +8,9 @@
 #   5. rollout verdicts: the analysis vs a Flagger-style rule on simulated streams (bench/rollout_verdicts.py;
 #      the issue's 1,000 rollouts per case, about 5 minutes of one core; ROLLOUTS_FAST=1 runs 200)
 #   6. the 16-fault scorecard of issue 9 on the default settings (bench/faults.py, about a minute)
-# SKIP="gateway probes dashboard soak rollouts faults" skips parts.
+#   7. alert delivery: enqueue -> signed webhook on loopback, 200 notifications paced and in a burst
+#      (bench/alert_delivery.py, embedded mode, ~30 s)
+# SKIP="gateway probes dashboard soak rollouts faults alerts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
@@ -37,5 +39,8 @@ if [[ $SKIP != *rollouts* ]]; then
 fi
 if [[ $SKIP != *faults* ]]; then
   "$PY" "$ROOT/bench/faults.py" --results "$ROOT/bench/RESULTS.md"
+fi
+if [[ $SKIP != *alerts* ]]; then
+  "$PY" "$ROOT/bench/alert_delivery.py" --out "$ROOT/bench/results/alerts-$stamp.json" > /dev/null
 fi
 echo "bench/RESULTS.md updated"

@@ -253,6 +253,27 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_TASK_DEFAULT_QUEUE = env_str("WEATHERVANE_CELERY_QUEUE", "celery")
 
+# --- Alert delivery (dashboard/alerts) ----------------------------------------
+# Notifications go out from an in-process worker thread, or as Celery tasks where the probes run on Celery.
+ALERT_DELIVERY_IN_PROCESS = env_bool("WEATHERVANE_ALERT_DELIVERY_IN_PROCESS", PROBES_IN_PROCESS)
+# Attempts per notification and channel; the waits between them double from the first (40, 80, 160, 320 s).
+ALERT_DELIVERY_ATTEMPTS = env_int("WEATHERVANE_ALERT_DELIVERY_ATTEMPTS", 5, minimum=1, maximum=20)
+ALERT_DELIVERY_BACKOFF_S = env_int("WEATHERVANE_ALERT_DELIVERY_BACKOFF", 40, minimum=0, maximum=600)
+ALERT_DELIVERY_TIMEOUT_S = env_float("WEATHERVANE_ALERT_DELIVERY_TIMEOUT", 10.0, minimum=0.5)  # one attempt, any kind
+ALERT_DELIVERY_RETENTION_DAYS = env_int("WEATHERVANE_ALERT_DELIVERY_RETENTION_DAYS", 30, minimum=1)
+# Email channels use Django's email backend; SMTP through these.
+EMAIL_BACKEND = env_str("WEATHERVANE_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("WEATHERVANE_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("WEATHERVANE_EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("WEATHERVANE_EMAIL_USER")
+EMAIL_HOST_PASSWORD = env_str("WEATHERVANE_EMAIL_PASSWORD")
+EMAIL_USE_TLS = env_bool("WEATHERVANE_EMAIL_STARTTLS", False)
+EMAIL_USE_SSL = env_bool("WEATHERVANE_EMAIL_SSL", False)
+EMAIL_TIMEOUT = ALERT_DELIVERY_TIMEOUT_S
+DEFAULT_FROM_EMAIL = env_str("WEATHERVANE_EMAIL_FROM", "weathervane@localhost")
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set at most one of WEATHERVANE_EMAIL_STARTTLS and WEATHERVANE_EMAIL_SSL.")
+
 # --- Gateway -----------------------------------------------------------------
 # Where clients reach the gateway when it runs on its own (`manage.py gateway`), ending in /v1;
 # empty means /v1 on the control plane's own address. Printed by the demo and `serve`.
@@ -343,6 +364,9 @@ SPECTACULAR_SETTINGS = {
         "HealthStateEnum": "probes.models.HealthState",
         "OutcomeEnum": "routing.outcomes.Outcome",
         "RolloutStateEnum": "routing.rollouts.models.RolloutState",
+        "ChannelKindEnum": "dashboard.alerts.models.ChannelKind",
+        "DeliveryOutcomeEnum": "dashboard.alerts.models.DeliveryOutcome",
+        "AlertStatusEnum": "dashboard.alerts.message.Status",
     },
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("WEATHERVANE_API_MAX_BODY", 256 * 1024, minimum=1024)
@@ -429,5 +453,9 @@ LOGGING = {
         # httpcore and hpack log raw headers at DEBUG, an upstream's echo of the key included: never below WARNING.
         "httpcore": {"level": "WARNING"},
         "hpack": {"level": "WARNING"},
+        # Apprise and urllib3 (under it) log notification URLs, tokens in their paths included, below WARNING.
+        # Apprise's warnings reach the delivery log through its own result, redacted; never the process log.
+        "apprise": {"level": "WARNING", "propagate": False},
+        "urllib3": {"level": "WARNING"},
     },
 }

@@ -9,7 +9,7 @@ from django.db.models.deletion import Collector
 from routing.models import AuditEvent, RouteFallback, RouteTarget
 
 # Fields that must never be copied into an audit row (masked forms are kept).
-SECRET_FIELDS = {"secret_encrypted", "key_hash", "password", "digest"}
+SECRET_FIELDS = {"secret_encrypted", "target_encrypted", "key_hash", "password", "digest"}
 
 
 def snapshot(obj):

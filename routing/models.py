@@ -361,6 +361,7 @@ class AuditAction(models.TextChoices):
     KEY_STATE = "key_state", "Key state changed"
     ROTATE = "rotate", "Secrets re-encrypted"
     ROLLOUT = "rollout", "Rollout gate"
+    TEST = "test", "Test notification sent"
 
 
 class AuditEventQuerySet(models.QuerySet):

@@ -5,8 +5,17 @@ The engine (rules, grouping, inhibition, silences) builds a Message; delivery
 side reaches into the other's models beyond `Channel`.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+
+from django.db import models
+
+
+class Status(models.TextChoices):
+    """A notification's (and an alert's) status."""
+
+    FIRING = "firing", "Firing"
+    RESOLVED = "resolved", "Resolved"
 
 
 @dataclass(frozen=True)
@@ -48,3 +57,29 @@ class Message:
             return value
 
         return plain(asdict(self))
+
+    def subject(self):
+        """One line for an email subject or a chat title: `[FIRING] gpt-demo error rate`."""
+        return f"[{self.status.upper()}] {self.title}"
+
+    def as_text(self):
+        """The plain-text body of chat and email channels: the text, one line per alert, the page's address."""
+        lines = [self.text] if self.text else []
+        for alert in self.alerts:
+            lines.append(f"- [{alert.status}] {alert.severity}: {alert.summary}")
+        if self.url:
+            lines.append(self.url)
+        return "\n".join(lines) or self.title
+
+    @classmethod
+    def from_json(cls, data):
+        """Return the Message that `as_json()` made `data` from (how it travels to a Celery worker)."""
+        data = dict(data)
+        data["alerts"] = tuple(AlertItem(**_datetimes(AlertItem, item)) for item in data.get("alerts", ()))
+        return cls(**_datetimes(cls, data))
+
+
+def _datetimes(cls, data):
+    """`data` with the ISO 8601 strings of `cls`'s datetime fields parsed back."""
+    names = {f.name for f in fields(cls) if "datetime" in str(f.type)}
+    return {k: datetime.fromisoformat(v) if k in names and isinstance(v, str) else v for k, v in data.items()}

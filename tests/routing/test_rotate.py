@@ -66,3 +66,28 @@ def test_a_secret_no_key_opens_is_reported_and_left_alone_while_others_rotate():
     with override_settings(FERNET_KEYS=[NEW]):
         assert ApiKey.objects.get(label="good").reveal() == "sk-good-secret-0001"
     assert AuditEvent.objects.get(action="rotate").after == {"rotated": 1, "unreadable": ["sim/lost"]}
+
+
+def test_alert_channel_targets_and_signing_secrets_rotate_too():
+    from dashboard.alerts.models import Channel
+
+    make_key("one", "sk-first-secret-0001", OLD)
+    with override_settings(FERNET_KEYS=[OLD]):
+        hook = Channel(name="hook", kind="webhook")
+        hook.set_target("https://hooks.example.com/wv/0001")
+        hook.set_secret("whsec-0123456789abcdef")
+        hook.save()
+        mail = Channel(name="mail", kind="email")
+        mail.set_target("ops@example.com")
+        mail.save()
+
+    with override_settings(FERNET_KEYS=[NEW, OLD]):
+        output = rotate()
+
+    assert "Re-encrypted 2 alert channel" in output
+    with override_settings(FERNET_KEYS=[NEW]):
+        hook, mail = Channel.objects.get(name="hook"), Channel.objects.get(name="mail")
+        assert (hook.reveal(), hook.reveal_secret()) == ("https://hooks.example.com/wv/0001", "whsec-0123456789abcdef")
+        assert (mail.reveal(), mail.reveal_secret()) == ("ops@example.com", "")
+    event = AuditEvent.objects.get(action="rotate", object_type="channel")
+    assert event.after == {"rotated": 2, "unreadable": []} and "hooks.example.com" not in json.dumps(event.after)

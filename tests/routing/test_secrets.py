@@ -183,3 +183,46 @@ def test_a_provider_secret_appears_nowhere(admin_api, browser, logged_sql):
 
     assert_nowhere([first, patched, from_admin], crawl(admin_api, browser), logged_sql)
     assert "INSERT INTO" in logged_sql.text  # the SQL log really was captured
+
+
+def test_alert_channel_targets_and_signing_secrets_appear_nowhere(admin_api, browser, logged_sql, settings):
+    """Apprise URLs, webhook URLs and secrets, email recipients: through the API and the admin, into failed
+    deliveries whose receiver echoes them back, then every page, log line and row is searched."""
+    from dashboard.alerts.models import Channel, Delivery
+    from tests.dashboard.alerts.receivers import Receiver
+
+    settings.ALLOW_PRIVATE_UPSTREAMS = True
+    # Not sk-… shaped: the generic patterns of routing.outcomes.redact would hide those anyway.
+    markers = [f"chanMARKER{uuid.uuid4().hex}" for _ in range(6)]
+    apprise_url, hook_path, signing, recipient, new_path, new_signing = markers
+    def echo(request):  # a receiver that repeats what it was sent: the path, the query, the headers
+        said = f"bad request {request.path} {json.dumps(request.headers)} {request.body.decode()}"
+        return json.dumps({"error": {"message": said}}).encode()
+
+    with Receiver(500, reply=echo) as hook:
+        bodies = [
+            {"name": "ntfy", "kind": "apprise", "target": f"json://{apprise_url}:{apprise_url}@127.0.0.1:"
+             f"{hook.url.rsplit(':', 1)[1]}/{apprise_url}?token={apprise_url}"},
+            {"name": "hook", "kind": "webhook", "target": f"{hook.url}/h/{hook_path}?key={hook_path}",
+             "secret": signing},
+            {"name": "mail", "kind": "email", "target": f"{recipient}@example.com"},
+        ]
+        for body in bodies:
+            created = admin_api.post("/api/v1/alert-channels/", body, format="json")
+            assert created.status_code == 201 and not [m for m in markers if m in everything_said(created)]
+            tested = admin_api.post(f"/api/v1/alert-channels/{created.json()['id']}/test/")
+            assert tested.status_code == 200 and not [m for m in markers if m in everything_said(tested)]
+        webhook = Channel.objects.get(name="hook")
+        change_url = reverse("admin:alerts_channel_change", args=[webhook.pk])
+        form = admin_form_data(browser.get(change_url))
+        saved = browser.post(change_url, form | {"target": f"{hook.url}/n/{new_path}", "secret": new_signing})
+        assert saved.status_code == 302 and Channel.objects.get(pk=webhook.pk).reveal_secret() == new_signing
+        admin_api.post(f"/api/v1/alert-channels/{webhook.pk}/test/")
+    failed = Delivery.objects.filter(outcome="failed")
+    assert failed.count() == 3 and all(row.error for row in failed.exclude(channel__kind="email"))
+
+    seen = crawl(admin_api, browser)
+    assert seen[f"/api/v1/alert-channels/{webhook.pk}/"][0] == 200
+    assert seen[reverse("admin:alerts_channel_change", args=[webhook.pk])][0] == 200
+    assert seen["/alerts/channels/"][0] == 200
+    assert_nowhere(markers, seen, logged_sql)

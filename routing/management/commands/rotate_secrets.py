@@ -1,4 +1,4 @@
-"""Re-encrypt every stored provider secret with the newest Fernet key.
+"""Re-encrypt every stored provider secret (and alert channel target and signing secret) with the newest Fernet key.
 
 Rotation: put a new key first in WEATHERVANE_FERNET_KEYS (keeping the old
 ones after it), run this command, then drop the old keys.
@@ -15,22 +15,36 @@ ACTOR = "command:rotate_secrets"
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt every API key secret with the first key in WEATHERVANE_FERNET_KEYS."
+    help = "Re-encrypt every API key secret and alert channel target with the first key in WEATHERVANE_FERNET_KEYS."
 
     def handle(self, *args, **options):
         with transaction.atomic():
             rotated, unreadable = self.rotate_all()
+            lost_channels = self.rotate_channels()
             keycheck.record_primary()
             record(
                 action=AuditAction.ROTATE, actor=ACTOR, object_type="apikey", object_id="*",
                 object_repr=f"{rotated} API key secrets", after={"rotated": rotated, "unreadable": unreadable},
             )
         self.stdout.write(f"Re-encrypted {rotated} API key secret(s) with the newest key.")
+        unreadable += lost_channels
         if unreadable:
             raise CommandError(
                 f"{len(unreadable)} key(s) could not be decrypted with any configured key and were left as they were: "
                 f"{', '.join(unreadable)}. Add the key they were encrypted with, or set their secrets again."
             )
+
+    def rotate_channels(self):
+        """Re-encrypt the alert channels' targets and secrets too; return the names no configured key opens."""
+        from dashboard.alerts.models import rotate_channel_secrets
+
+        rotated, unreadable = rotate_channel_secrets()
+        if rotated or unreadable:
+            record(action=AuditAction.ROTATE, actor=ACTOR, object_type="channel", object_id="*",
+                   object_repr=f"{rotated} alert channel secrets", after={"rotated": rotated, "unreadable": unreadable})
+        if rotated or unreadable:
+            self.stdout.write(f"Re-encrypted {rotated} alert channel target(s) and signing secret(s).")
+        return [f"alert channel {name}" for name in unreadable]
 
     def rotate_all(self):
         """Return (number re-encrypted, names of keys no configured key opens)."""

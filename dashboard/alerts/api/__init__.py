@@ -1,0 +1,1 @@
+"""REST API of alert channels and their delivery log (under /api/v1/)."""

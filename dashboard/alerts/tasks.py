@@ -1,0 +1,24 @@
+"""Celery tasks of alert delivery (the scaled mode). Thin: ids and the JSON message in, dashboard.alerts.delivery
+does the work. The retry schedule is declared here and matches `delivery.backoff_s` (no jitter)."""
+
+from celery import shared_task
+from django.conf import settings
+
+from dashboard.alerts import delivery
+from dashboard.alerts.message import Message
+
+
+@shared_task(
+    bind=True, acks_late=True, ignore_result=True,
+    autoretry_for=(delivery.RetryLater,), max_retries=settings.ALERT_DELIVERY_ATTEMPTS - 1,
+    retry_backoff=settings.ALERT_DELIVERY_BACKOFF_S, retry_backoff_max=delivery.MAX_BACKOFF_S, retry_jitter=False,
+    default_retry_delay=settings.ALERT_DELIVERY_BACKOFF_S,
+    soft_time_limit=settings.ALERT_DELIVERY_TIMEOUT_S * 3, time_limit=settings.ALERT_DELIVERY_TIMEOUT_S * 3 + 10,
+)
+def deliver_notification(self, channel_id, message, notification):
+    """Make the next attempt of one notification (`message`: Message.as_json()) to one channel; returns the
+    Delivery id, or None when the channel is gone or disabled. Raises RetryLater when another attempt is due."""
+    row = delivery.attempt(channel_id, Message.from_json(message), self.request.retries + 1, notification)
+    if row is not None and row.next_attempt_at is not None:
+        raise delivery.RetryLater(f"channel {channel_id}: attempt {row.attempt} failed")
+    return row.pk if row is not None else None
