@@ -109,6 +109,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.alerts.context.alerts_nav",
             ],
         },
     },
@@ -207,6 +208,9 @@ PROBE_DEGRADED_ERROR_RATE = env_float("WEATHERVANE_PROBE_DEGRADED_ERROR_RATE", 0
 PROBE_DISPATCH_EVERY_S = env_int("WEATHERVANE_PROBE_DISPATCH_EVERY", 5, minimum=1)  # celery beat period
 ROLLOUT_TICK_EVERY_S = env_int("WEATHERVANE_ROLLOUT_TICK_EVERY", 5, minimum=1)  # celery beat period of rollout ticks
 PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded scheduler's probe threads
+ALERT_TICK_EVERY_S = env_int("WEATHERVANE_ALERT_TICK_EVERY", 5, minimum=1)  # alert evaluation period (both modes)
+ALERT_RESOLVED_KEEP_DAYS = env_int("WEATHERVANE_ALERT_RESOLVED_KEEP_DAYS", 7, minimum=1)  # resolved alerts kept
+PUBLIC_URL = env_url("WEATHERVANE_PUBLIC_URL", ("http", "https"))  # absolute links in notifications
 # Redis redelivers a message a killed worker never acked after this many seconds
 # (a short timeout also needs frequent sweeps for such messages).
 _VISIBILITY_TIMEOUT = env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
