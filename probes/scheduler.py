@@ -5,7 +5,8 @@ to a small thread pool that calls `runner.run_probe`, the function the Celery
 task calls. Every few seconds it re-reads the targets, so edits, pauses and
 new deployments take effect without a restart. Each target's slots are
 spread over its interval (see probes.slots). At each re-read it also hands
-the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all).
+the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all),
+and every ALERT_TICK_EVERY_S one tick of the alert engine (dashboard.alerts.engine).
 
     from probes import scheduler
     scheduler.start()   # idempotent; scheduler.stop() ends it
@@ -64,15 +65,18 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self):
-        next_refresh = 0.0
+        next_refresh = next_alerts = 0.0
         while not self._stop.is_set():
             now = runner.now_ms()
             if now >= next_refresh:
                 self._safely(self.refresh, now)
                 self._pool.submit(self._tick_rollouts)
                 next_refresh = now + self.refresh_s * 1000
+            if now >= next_alerts:
+                self._pool.submit(self._tick_alerts)
+                next_alerts = now + settings.ALERT_TICK_EVERY_S * 1000
             self._fire_due(now)
-            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh)
+            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh, next_alerts)
             self._stop.wait(max(wake - runner.now_ms(), 0) / 1000)
         close_old_connections()
 
@@ -129,6 +133,16 @@ class Scheduler:
             controller.tick_all()
         except Exception:  # a broken rollout must not stop the probes
             log.exception("rollout tick failed")
+        finally:
+            close_old_connections()
+
+    def _tick_alerts(self):
+        from dashboard.alerts import engine
+
+        try:
+            engine.tick()  # leased: a tick still running elsewhere makes this one a no-op
+        except Exception:  # a broken rule must not stop the probes
+            log.exception("alert tick failed")
         finally:
             close_old_connections()
 

@@ -279,13 +279,3 @@ def _publish(counts):
     live.alerts_changed(live.AlertsChanged(firing=counts["firing"], pending=counts["pending"],
                                            at=counts.get("sent_at") or timezone.now().isoformat()))
 
-
-def tick_safely():
-    """The scheduler's entry point: one tick, never raising into the caller's loop."""
-    import logging
-
-    try:
-        return tick()
-    except Exception:
-        logging.getLogger(__name__).exception("alert tick failed")
-        return None
