@@ -305,6 +305,7 @@ SPECTACULAR_SETTINGS = {
         "EventKindEnum": "routing.models.EventKind",
         "ProviderKindEnum": "routing.models.ProviderKind",
         "HealthStateEnum": "probes.models.HealthState",
+        "AlertSeverityEnum": "dashboard.alerts.models.Severity",
         "OutcomeEnum": "routing.outcomes.Outcome",
         "RolloutStateEnum": "routing.rollouts.models.RolloutState",
     },

@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/", include("probes.api.urls")),
     path("api/v1/", include("routing.rollouts.api.urls")),
     path("api/v1/", include("probes.loadtest.api.urls")),
+    path("api/v1/", include("dashboard.alerts.api.urls")),
     re_path(r"^api/v1/", api_errors.not_found),  # after every API route: unknown API URLs get JSON
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", DOCS_CSP(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="api-docs"),
