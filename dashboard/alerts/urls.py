@@ -1,0 +1,12 @@
+"""The alerts page, its JSON and its silence forms (included by dashboard/page_urls.py)."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("alerts/", views.alerts, name="alerts"),
+    path("alerts/silences/", views.create_silence, name="alerts-silence-create"),
+    path("alerts/silences/<int:pk>/expire/", views.expire_silence, name="alerts-silence-expire"),
+    path("dashboard-data/alerts/", views.alerts_json, name="alerts-data"),
+]
