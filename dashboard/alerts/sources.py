@@ -206,23 +206,31 @@ def error_rate(rules, now):
     per_minute = list(rows.values("minute", "source", "route_id", "deployment_id")
                       .annotate(n=Sum("count"), good=Sum("ok")))
     deployments, routes = _names()
+    counted = {}  # (scope, window) → {subject: [requests, ok]}, counted once for every rule that shares them
     for rule in rules:
         scope, window = rule.params.get("scope", "route"), rule.params.get("window_s", 600)
-        start = rollups.minute_of(now - timedelta(seconds=window))
-        counts = defaultdict(lambda: [0, 0])
-        for row in per_minute:
-            subject = row["route_id"] if scope == "route" else row["deployment_id"]
-            if row["minute"] >= start and subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
-                counts[subject][0] += row["n"]
-                counts[subject][1] += row["good"]
+        if (scope, window) not in counted:
+            counted[(scope, window)] = _count_by(per_minute, scope, now - timedelta(seconds=window))
         found = []
-        for subject, (n, good) in counts.items():
+        for subject, (n, good) in counted[(scope, window)].items():
             rate = (n - good) / n if n else 0.0
             if n >= rule.params.get("min_count", 20) and rate > rule.params["threshold"]:
                 labels, name = _subject_labels(scope, subject, deployments, routes)
                 found.append(Observation(labels, f"{name} error rate {rate:.1%} > {rule.params['threshold']:.1%} "
                                                  f"over {_span(window)} ({n - good} of {n})", rate))
         yield rule, found
+
+
+def _count_by(per_minute, scope, since):
+    """Return {route or deployment id: [requests, ok]} from `since` (a route's: its gateway traffic only)."""
+    start = rollups.minute_of(since)
+    counts = defaultdict(lambda: [0, 0])
+    for row in per_minute:
+        subject = row["route_id"] if scope == "route" else row["deployment_id"]
+        if row["minute"] >= start and subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
+            counts[subject][0] += row["n"]
+            counts[subject][1] += row["good"]
+    return counts
 
 
 def _subject_labels(scope, subject, deployments, routes):
@@ -237,20 +245,25 @@ def spend_today(rules, now):
     rows = Rollup.objects.filter(source=Source.TRAFFIC, minute__gte=midnight)
     per = list(rows.values("route_id", "deployment_id").annotate(spent=Sum("cost")))
     deployments, routes = _names()
+    totals = {scope: _spent_by(per, scope) for scope in {r.params.get("scope", "total") for r in rules}}
     for rule in rules:
         scope, limit = rule.params.get("scope", "total"), rule.params["limit"]
-        totals = defaultdict(float)
-        for row in per:
-            subject = None if scope == "total" else row["route_id" if scope == "route" else "deployment_id"]
-            if scope == "total" or subject is not None:
-                totals[subject] += float(row["spent"] or 0)
         found = []
-        for subject, spent in totals.items():
+        for subject, spent in totals[scope].items():
             if spent > limit:
                 labels, name = ({}, "all traffic") if scope == "total" else _subject_labels(
                     scope, subject, deployments, routes)
                 found.append(Observation(labels, f"{name} spent {spent:.2f} today (UTC) > limit {limit:g}", spent))
         yield rule, found
+
+
+def _spent_by(per, scope):
+    totals = defaultdict(float)
+    for row in per:
+        subject = None if scope == "total" else row["route_id" if scope == "route" else "deployment_id"]
+        if scope == "total" or subject is not None:
+            totals[subject] += float(row["spent"] or 0)
+    return totals
 
 
 def _span(seconds):
