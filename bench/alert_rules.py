@@ -37,7 +37,9 @@ def setup_django(data_dir):
     django.setup()
     from django.core.management import call_command
 
+    began = time.perf_counter()
     call_command("migrate", verbosity=0)
+    print(f"migrated in {time.perf_counter() - began:.0f} s", file=sys.stderr)
 
 
 def seed(rng, deployments_n, routes_n, now):
@@ -74,6 +76,7 @@ def seed(rng, deployments_n, routes_n, now):
                 rows.append(Rollup(minute=at, source=source, deployment_id=d.pk, route_id=route.pk if route else None,
                                    **delta.row_values()))
     Rollup.objects.bulk_create(rows, batch_size=500)
+    print(f"{len(rows)} rollup rows", file=sys.stderr)
     return providers, deployments, routes
 
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from dashboard import live
 
 from . import delivery, sources
-from .matching import fingerprint, inhibited_by, matches_all
+from .matching import Inhibitions, fingerprint, matches_all
 from .message import AlertItem, Message
 from .models import (
     OPEN_STATES,
@@ -144,18 +144,17 @@ def _mark_suppressed(firing, now):
     """Set each firing alert's `suppressed` (silenced, in maintenance or inhibited, in that order) and save changes."""
     silences = list(Silence.objects.filter(starts_at__lte=now, ends_at__gt=now))
     windows = [w for w in MaintenanceWindow.objects.filter(enabled=True) if w.is_open(now)]
-    inhibit_rules = list(InhibitRule.objects.filter(enabled=True))
-    sources_firing = [(a.fingerprint, a.labels) for a in firing]
+    inhibitions = Inhibitions(InhibitRule.objects.filter(enabled=True), [(a.fingerprint, a.labels) for a in firing])
     changed = []
     for alert in firing:
-        reason, by = suppression(alert.labels, alert.fingerprint, silences, windows, inhibit_rules, sources_firing)
+        reason, by = suppression(alert.labels, alert.fingerprint, silences, windows, inhibitions)
         if (reason, by) != (alert.suppressed, alert.suppressed_by):
             alert.suppressed, alert.suppressed_by = reason, by[:200]
             changed.append(alert)
     Alert.objects.bulk_update(changed, ["suppressed", "suppressed_by"])
 
 
-def suppression(labels, own_fingerprint, silences, windows, inhibit_rules, firing):
+def suppression(labels, own_fingerprint, silences, windows, inhibitions):
     """Return (Suppression, what suppresses it) of one alert's labels; (NONE, "") when it is to be sent."""
     for silence in silences:
         if matches_all(silence.matchers, labels):
@@ -163,7 +162,7 @@ def suppression(labels, own_fingerprint, silences, windows, inhibit_rules, firin
     for window in windows:
         if matches_all(window.matchers, labels):
             return Suppression.MAINTENANCE, f"maintenance window {window.name}"
-    rule = inhibited_by(labels, own_fingerprint, inhibit_rules, firing)
+    rule = inhibitions.muted_by(labels, own_fingerprint)
     if rule:
         return Suppression.INHIBITED, f"inhibit rule {rule}"
     return Suppression.NONE, ""

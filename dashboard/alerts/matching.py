@@ -80,21 +80,34 @@ def fingerprint(labels):
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def inhibited_by(labels, own_fingerprint, rules, firing):
-    """Return the name of the first inhibit rule that mutes `labels`, or "".
+class Inhibitions:
+    """The inhibit rules in force for one set of firing alerts, indexed so each alert is checked in O(rules).
 
     `rules`: InhibitRule-like objects; `firing`: [(fingerprint, labels)] of firing alerts. An alert never
     inhibits itself; equal labels absent on both sides count as equal, as in Alertmanager.
     """
-    for rule in rules:
-        if not matches_all(rule.target_matchers, labels):
-            continue
-        for fp, source in firing:
-            if fp == own_fingerprint or not matches_all(rule.source_matchers, source):
-                continue
-            if all(source.get(name, "") == labels.get(name, "") for name in rule.equal):
+
+    def __init__(self, rules, firing):
+        self.sources = []  # (rule, {equal label values: {source fingerprints}})
+        for rule in rules:
+            index = {}
+            for fp, labels in firing:
+                if matches_all(rule.source_matchers, labels):
+                    index.setdefault(self._values(rule, labels), set()).add(fp)
+            if index:
+                self.sources.append((rule, index))
+
+    @staticmethod
+    def _values(rule, labels):
+        return tuple(labels.get(name, "") for name in rule.equal)
+
+    def muted_by(self, labels, own_fingerprint):
+        """Return the name of the first inhibit rule that mutes `labels`, or ""."""
+        for rule, index in self.sources:
+            found = index.get(self._values(rule, labels))
+            if found and (len(found) > 1 or own_fingerprint not in found) and matches_all(rule.target_matchers, labels):
                 return rule.name
-    return ""
+        return ""
 
 
 def window_open(window, now):
