@@ -101,8 +101,14 @@ def alert_labels(rule, observed_labels):
     return {**observed_labels, **free, "alertname": rule.name, "severity": rule.severity, "kind": rule.kind}
 
 
+ALERT_FIELDS = ("pk", "rule_id", "fingerprint", "labels", "state", "summary", "value", "started_at", "fired_at",
+                "suppressed", "suppressed_by")
+
+
 def _update_alerts(rules, observed, now):
-    open_alerts = {a.fingerprint: a for a in Alert.objects.filter(state__in=OPEN_STATES)}
+    """Create, fire and resolve alerts; only the rows that change are built and written (thousands may be open)."""
+    open_alerts = {row["fingerprint"]: row for row in Alert.objects.filter(state__in=OPEN_STATES)
+                   .values(*ALERT_FIELDS)}
     seen, new, changed = set(), [], []
     for rule in rules:
         for observation in observed.get(rule.pk, ()):
@@ -111,30 +117,38 @@ def _update_alerts(rules, observed, now):
             if fp in seen:
                 continue
             seen.add(fp)
-            alert = open_alerts.get(fp)
-            if alert is None:
+            summary, row = observation.summary[:500], open_alerts.get(fp)
+            if row is None:
                 alert = Alert(rule=rule, fingerprint=fp, labels=labels, started_at=now, state=AlertState.PENDING)
                 new.append(alert)
-            elif alert.summary == observation.summary[:500] and not _due_to_fire(alert, rule, now):
+            elif row["summary"] == summary and not _due_to_fire(row, rule, now):
                 continue
             else:
+                alert = _shell(row)
                 changed.append(alert)
-            alert.summary, alert.value = observation.summary[:500], observation.value
-            if _due_to_fire(alert, rule, now):
+            alert.summary, alert.value = summary, observation.value
+            if _due_to_fire({"state": alert.state, "started_at": alert.started_at}, rule, now):
                 alert.state, alert.fired_at = FIRING, now
-    gone = [a for fp, a in open_alerts.items() if fp not in seen]
-    Alert.objects.filter(pk__in=[a.pk for a in gone if a.state == AlertState.PENDING]).delete()
-    for alert in gone:
-        if alert.state == FIRING:
+    gone = [row for fp, row in open_alerts.items() if fp not in seen]
+    Alert.objects.filter(pk__in=[row["pk"] for row in gone if row["state"] == AlertState.PENDING]).delete()
+    for row in gone:
+        if row["state"] == FIRING:
+            alert = _shell(row)
             alert.state, alert.resolved_at, alert.suppressed, alert.suppressed_by = RESOLVED, now, "", ""
             changed.append(alert)
     Alert.objects.bulk_create(new)
     Alert.objects.bulk_update(changed, ["state", "summary", "value", "fired_at", "resolved_at", "suppressed",
-                                        "suppressed_by"])
+                                        "suppressed_by"], batch_size=500)
+
+
+def _shell(row):
+    """An Alert built from a values() row, for bulk_update."""
+    return Alert(**{("id" if k == "pk" else k): v for k, v in row.items()}, resolved_at=None)
 
 
 def _due_to_fire(alert, rule, now):
-    return alert.state == AlertState.PENDING and (now - alert.started_at).total_seconds() >= rule.for_s
+    """alert: a dict with state and started_at."""
+    return alert["state"] == AlertState.PENDING and (now - alert["started_at"]).total_seconds() >= rule.for_s
 
 
 # --- silences, maintenance, inhibition -----------------------------------------------------------------------

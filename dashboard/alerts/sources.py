@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.models import Sum
 
-from probes import rollups, runner
+from probes import rollups, runner, sketch
 from probes.models import HealthState, ProbeTarget, Rollup, Source
 from routing.models import ApiKey, CircuitState, Deployment, DeploymentCircuit, KeyState, Provider, Route
 from routing.rollouts.models import Rollout, RolloutState, RolloutTransition
@@ -171,33 +171,36 @@ def _names():
 
 def ttft_p95(rules, now):
     longest = max(r.params.get("window_s", 300) for r in rules)
-    rows = list(rollups.select_rows(since=now - timedelta(seconds=longest)).exclude(ttft=None))
-    deltas = [(row.minute, row.source, row.deployment_id, rollups.RollupDelta.of_row(row)) for row in rows]
+    # Only the TTFT sketch and the count of each row: parsing the latency sketch too would double the work.
+    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest))).exclude(ttft=None)
+    parsed = [(minute, source, deployment_id, count, sketch.from_json(ttft)) for minute, source, deployment_id, count,
+              ttft in rows.values_list("minute", "source", "deployment_id", "count", "ttft")]
     deployments, _ = _names()
-    figures = {}  # (window, source) → {deployment id: figures}, computed once for every rule that shares them
+    p95s = {}  # (window, source) → {deployment id: (p95 ms, requests)}, computed once for the rules that share them
     for rule in rules:
         window, source = rule.params.get("window_s", 300), rule.params.get("source", "all")
-        if (window, source) not in figures:
-            figures[(window, source)] = _merge_by_deployment(deltas, now - timedelta(seconds=window), source)
+        if (window, source) not in p95s:
+            p95s[(window, source)] = _p95_by_deployment(parsed, now - timedelta(seconds=window), source)
         found = []
-        for pk, fig in figures[(window, source)].items():
-            p95 = fig["ttft_p95_ms"]
-            enough = fig["count"] >= rule.params.get("min_count", 1)
-            if p95 is not None and enough and p95 > rule.params["threshold_ms"]:
+        threshold, least = rule.params["threshold_ms"], rule.params.get("min_count", 1)
+        for pk, (p95, count) in p95s[(window, source)].items():
+            if p95 is not None and count >= least and p95 > threshold:
                 name, provider = deployments[pk]
                 found.append(Observation({"provider": provider, "deployment": name},
-                                         f"{name} p95 TTFT {p95:.0f} ms > {rule.params['threshold_ms']:g} ms over "
-                                         f"{_span(window)}", p95))
+                                         f"{name} p95 TTFT {p95:.0f} ms > {threshold:g} ms over {_span(window)}", p95))
         yield rule, found
 
 
-def _merge_by_deployment(deltas, since, source):
+def _p95_by_deployment(parsed, since, source):
     start = rollups.minute_of(since)
-    merged = defaultdict(rollups.RollupDelta)
-    for minute, row_source, deployment_id, delta in deltas:
+    merged, counts = {}, defaultdict(int)
+    for minute, row_source, deployment_id, count, ttft in parsed:
         if minute >= start and source in ("all", row_source):
-            merged[deployment_id].merge(delta)
-    return {pk: delta.figures() for pk, delta in merged.items()}
+            counts[deployment_id] += count
+            if deployment_id not in merged:
+                merged[deployment_id] = sketch.new()  # rows are shared by windows: merge into a sketch of its own
+            merged[deployment_id].merge(ttft)
+    return {pk: (sketch.quantiles(merged[pk], (0.95,))[0.95], counts[pk]) for pk in merged}
 
 
 def error_rate(rules, now):
