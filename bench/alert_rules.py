@@ -3,8 +3,9 @@ evaluated by one `dashboard.alerts.engine.tick(now)` on one worker. Goal: a tick
 
 A throwaway SQLite database (the embedded mode) gets 200 deployments of 10 providers behind 20 routes, 15
 minutes of per-minute rollups (gateway traffic per route and probes, with latency and TTFT sketches; every tenth
-deployment slow and failing, so its threshold alerts fire), probe targets in mixed health, and 1,000 rules (TTFT p95, error rates, spend, health, silent probes, keys, circuits,
-providers, rollouts, budgets), half of them narrowed to one subject. Delivery is replaced by a counter. The
+deployment slow and failing, so its threshold alerts fire), probe targets in mixed health, and 1,000 rules
+(TTFT p95, error rates, spend, health, silent probes, keys, circuits, providers, rollouts, budgets), half of the
+subject kinds narrowed to one subject. Delivery is replaced by a counter. The
 first tick creates the alerts; the following ones are the steady state that runs every few seconds.
 
     .venv/bin/python bench/alert_rules.py              # 1,000 rules, 20 ticks
