@@ -101,8 +101,8 @@ def alert_labels(rule, observed_labels):
     return {**observed_labels, **free, "alertname": rule.name, "severity": rule.severity, "kind": rule.kind}
 
 
-ALERT_FIELDS = ("pk", "rule_id", "fingerprint", "labels", "state", "summary", "value", "started_at", "fired_at",
-                "suppressed", "suppressed_by")
+ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at", "fired_at", "suppressed",
+                "suppressed_by")  # what an update needs (bulk_update writes only its listed fields)
 
 
 def _update_alerts(rules, observed, now):

@@ -171,10 +171,8 @@ def _names():
 
 def ttft_p95(rules, now):
     longest = max(r.params.get("window_s", 300) for r in rules)
-    # Only the TTFT sketch and the count of each row: parsing the latency sketch too would double the work.
     rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest))).exclude(ttft=None)
-    parsed = [(minute, source, deployment_id, count, sketch.from_json(ttft)) for minute, source, deployment_id, count,
-              ttft in rows.values_list("minute", "source", "deployment_id", "count", "ttft")]
+    parsed = _parsed_ttft(list(rows.values_list("pk", "count", "minute", "source", "deployment_id")))
     deployments, _ = _names()
     p95s = {}  # (window, source) → {deployment id: (p95 ms, requests)}, computed once for the rules that share them
     for rule in rules:
@@ -189,6 +187,26 @@ def ttft_p95(rules, now):
                 found.append(Observation({"provider": provider, "deployment": name},
                                          f"{name} p95 TTFT {p95:.0f} ms > {threshold:g} ms over {_span(window)}", p95))
         yield rule, found
+
+
+_ttft_cache = {}  # (rollup id, count) → its parsed TTFT sketch, kept from one tick to the next
+
+
+def _parsed_ttft(rows):
+    """Return [(minute, source, deployment id, count, TTFT sketch)] of the rows, parsing only new or grown ones.
+
+    Only the TTFT sketch is read (not the latency one), and a rollup row only grows (every merge adds requests),
+    so a row with the count seen last tick holds the same sketch: past minutes are parsed once, not every tick.
+    """
+    global _ttft_cache
+    wanted = {(pk, count) for pk, count, *_ in rows}
+    missing = [pk for pk, count in wanted if (pk, count) not in _ttft_cache]
+    fresh = {(pk, count): sketch.from_json(ttft) for pk, count, ttft in
+             Rollup.objects.filter(pk__in=missing).values_list("pk", "count", "ttft")} if missing else {}
+    cache = {key: _ttft_cache.get(key) or fresh.get(key) for key in wanted}
+    _ttft_cache = {key: value for key, value in cache.items() if value is not None}
+    return [(minute, source, deployment_id, count, _ttft_cache[(pk, count)])
+            for pk, count, minute, source, deployment_id in rows if (pk, count) in _ttft_cache]
 
 
 def _p95_by_deployment(parsed, since, source):

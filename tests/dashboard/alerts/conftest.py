@@ -24,6 +24,14 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(autouse=True)
+def fresh_sketch_cache():
+    """Test databases roll back and reuse row ids: start each test without the TTFT sketches of another."""
+    from dashboard.alerts import sources
+
+    sources._ttft_cache.clear()
+
+
 @pytest.fixture
 def clock():
     return Clock()
