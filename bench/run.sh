@@ -7,7 +7,8 @@
 #   4. memory soak: RSS growth per million requests through one gateway worker (bench/soak.sh; SOAK=long for 5 min)
 #   5. rollout verdicts: the analysis vs a Flagger-style rule on simulated streams (bench/rollout_verdicts.py;
 #      the issue's 1,000 rollouts per case, about 5 minutes of one core; ROLLOUTS_FAST=1 runs 200)
-# SKIP="gateway probes dashboard soak rollouts" skips parts.
+#   6. alert rules: 1,000 mixed rules over 200 deployments' rollups, one tick on one worker (bench/alert_rules.py)
+# SKIP="gateway probes dashboard soak rollouts alerts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=$ROOT/.venv/bin/python
@@ -33,5 +34,8 @@ if [[ $SKIP != *rollouts* ]]; then
   size=(--full); [[ ${ROLLOUTS_FAST:-0} == 1 ]] && size=()
   "$PY" "$ROOT/bench/rollout_verdicts.py" "${size[@]}" --out "$ROOT/bench/results/rollouts-$stamp.json"
   "$PY" "$ROOT/bench/write_sections.py" rollouts "$ROOT/bench/results/rollouts-$stamp.json" "$ROOT/bench/RESULTS.md"
+fi
+if [[ $SKIP != *alerts* ]]; then
+  "$PY" "$ROOT/bench/alert_rules.py" --write-results
 fi
 echo "bench/RESULTS.md updated"
