@@ -12,6 +12,7 @@ every `repeat_interval`. A silenced, inhibited or in-maintenance alert leaves it
 notification; when that ends it is new to them and is sent again.
 """
 
+from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
@@ -106,10 +107,11 @@ ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at", 
 
 
 def _update_alerts(rules, observed, now):
-    """Create, fire and resolve alerts; only the rows that change are built and written (thousands may be open)."""
+    """Create, fire and resolve alerts. Only changes are written: alerts that merely fire or resolve in one UPDATE
+    each (thousands may at once), a changed summary row by row."""
     open_alerts = {row["fingerprint"]: row for row in Alert.objects.filter(state__in=OPEN_STATES)
                    .values(*ALERT_FIELDS)}
-    seen, new, changed = set(), [], []
+    seen, new, rewritten, fired = set(), [], [], []
     for rule in rules:
         for observation in observed.get(rule.pk, ()):
             labels = alert_labels(rule, observation.labels)
@@ -119,26 +121,36 @@ def _update_alerts(rules, observed, now):
             seen.add(fp)
             summary, row = observation.summary[:500], open_alerts.get(fp)
             if row is None:
-                alert = Alert(rule=rule, fingerprint=fp, labels=labels, started_at=now, state=AlertState.PENDING)
-                new.append(alert)
-            elif row["summary"] == summary and not _due_to_fire(row, rule, now):
-                continue
-            else:
+                state = FIRING if rule.for_s == 0 else AlertState.PENDING
+                new.append(Alert(rule=rule, fingerprint=fp, labels=labels, started_at=now, state=state,
+                                 fired_at=now if state == FIRING else None, summary=summary,
+                                 value=observation.value))
+            elif row["summary"] != summary:
                 alert = _shell(row)
-                changed.append(alert)
-            alert.summary, alert.value = summary, observation.value
-            if _due_to_fire({"state": alert.state, "started_at": alert.started_at}, rule, now):
-                alert.state, alert.fired_at = FIRING, now
+                alert.summary, alert.value = summary, observation.value
+                if _due_to_fire(row, rule, now):
+                    alert.state, alert.fired_at = FIRING, now
+                rewritten.append(alert)
+            elif _due_to_fire(row, rule, now):
+                fired.append(row["pk"])
     gone = [row for fp, row in open_alerts.items() if fp not in seen]
-    Alert.objects.filter(pk__in=[row["pk"] for row in gone if row["state"] == AlertState.PENDING]).delete()
-    for row in gone:
-        if row["state"] == FIRING:
-            alert = _shell(row)
-            alert.state, alert.resolved_at, alert.suppressed, alert.suppressed_by = RESOLVED, now, "", ""
-            changed.append(alert)
+    for chunk in _chunks([row["pk"] for row in gone if row["state"] == AlertState.PENDING]):
+        Alert.objects.filter(pk__in=chunk).delete()
+    _update([row["pk"] for row in gone if row["state"] == FIRING], state=RESOLVED, resolved_at=now, suppressed="",
+            suppressed_by="")
+    _update(fired, state=FIRING, fired_at=now)
     Alert.objects.bulk_create(new)
-    Alert.objects.bulk_update(changed, ["state", "summary", "value", "fired_at", "resolved_at", "suppressed",
-                                        "suppressed_by"], batch_size=500)
+    Alert.objects.bulk_update(rewritten, ["state", "summary", "value", "fired_at"], batch_size=200)
+
+
+def _chunks(ids, size=900):
+    """Slices of ids short enough for any database's limit on query parameters."""
+    return (ids[i:i + size] for i in range(0, len(ids), size))
+
+
+def _update(ids, **values):
+    for chunk in _chunks(ids):
+        Alert.objects.filter(pk__in=chunk).update(**values)
 
 
 def _shell(row):
@@ -159,13 +171,15 @@ def _mark_suppressed(firing, now):
     silences = list(Silence.objects.filter(starts_at__lte=now, ends_at__gt=now))
     windows = [w for w in MaintenanceWindow.objects.filter(enabled=True) if w.is_open(now)]
     inhibitions = Inhibitions(InhibitRule.objects.filter(enabled=True), [(a.fingerprint, a.labels) for a in firing])
-    changed = []
+    changed = defaultdict(list)  # (suppressed, by) → alert ids: one UPDATE per distinct value
     for alert in firing:
         reason, by = suppression(alert.labels, alert.fingerprint, silences, windows, inhibitions)
+        by = by[:200]
         if (reason, by) != (alert.suppressed, alert.suppressed_by):
-            alert.suppressed, alert.suppressed_by = reason, by[:200]
-            changed.append(alert)
-    Alert.objects.bulk_update(changed, ["suppressed", "suppressed_by"])
+            alert.suppressed, alert.suppressed_by = reason, by
+            changed[(reason, by)].append(alert.pk)
+    for (reason, by), ids in changed.items():
+        _update(ids, suppressed=reason, suppressed_by=by)
 
 
 def suppression(labels, own_fingerprint, silences, windows, inhibitions):
