@@ -177,8 +177,10 @@ def section(result, command):
         "",
         "| measure | goal | result | met? |",
         "|---|---|---|---|",
-        f"| steady-state tick, p95 of {result['ticks']} | under 1 s | {result['p95_s'] * 1000:.0f} ms "
-        f"(median {result['median_s'] * 1000:.0f} ms, max {result['max_s'] * 1000:.0f} ms) | {met} |",
+        f"| tick after the first, median of {result['ticks']} | under 1 s | {result['median_s'] * 1000:.0f} ms | "
+        f"{'yes' if result['median_s'] < 1 else '**no**'} |",
+        f"| tick after the first, p95 and max (the tick where the `for: 60 s` alerts fire at once) | under 1 s | "
+        f"{result['p95_s'] * 1000:.0f} ms, {result['max_s'] * 1000:.0f} ms | {met} |",
         f"| database queries per tick | one per kind, not per rule | {result['queries']:.0f} | "
         f"{'yes' if result['queries'] < 60 else '**no**'} |",
         f"| first tick (creates {result['alerts']:,} alerts, {result['firing']:,} firing) | (no goal) | "
