@@ -3,16 +3,46 @@ maintenance windows), validated and audited like the registry. Viewers read; sta
 
 from django.db import transaction
 from django.utils import timezone
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from routing.api.base import AuditedModelViewSet, ReadOnlyViewSet
+from routing.api.filters import StrictFilterSet
 from routing.audit import snapshot
 from routing.models import AuditAction
 
-from ..models import Alert, AlertRule, InhibitRule, MaintenanceWindow, NotificationPolicy, Silence
+from ..models import (
+    Alert,
+    AlertRule,
+    AlertState,
+    ConditionKind,
+    InhibitRule,
+    MaintenanceWindow,
+    NotificationPolicy,
+    Severity,
+    Silence,
+)
 from . import serializers
+
+
+class AlertFilter(StrictFilterSet):
+    state = filters.ChoiceFilter(choices=AlertState.choices)
+    rule = filters.CharFilter(field_name="rule__name", help_text="Rule name")
+
+    class Meta:
+        model = Alert
+        fields = ["state", "rule"]
+
+
+class AlertRuleFilter(StrictFilterSet):
+    kind = filters.ChoiceFilter(choices=ConditionKind.choices)
+    severity = filters.ChoiceFilter(choices=Severity.choices)
+
+    class Meta:
+        model = AlertRule
+        fields = ["kind", "severity", "enabled"]
 
 
 class AlertViewSet(ReadOnlyViewSet):
@@ -20,7 +50,7 @@ class AlertViewSet(ReadOnlyViewSet):
 
     queryset = Alert.objects.select_related("rule")
     serializer_class = serializers.AlertSerializer
-    filterset_fields = ["state", "suppressed"]
+    filterset_class = AlertFilter
 
 
 class ConfigViewSet(AuditedModelViewSet):
@@ -30,7 +60,7 @@ class ConfigViewSet(AuditedModelViewSet):
 class AlertRuleViewSet(ConfigViewSet):
     queryset = AlertRule.objects.all()
     serializer_class = serializers.AlertRuleSerializer
-    filterset_fields = ["kind", "severity", "enabled"]
+    filterset_class = AlertRuleFilter
 
 
 class NotificationPolicyViewSet(ConfigViewSet):

@@ -138,6 +138,9 @@ def test_alerts_are_listed_with_why_they_are_quiet_and_cannot_be_written(world, 
     assert (alert["rule"], alert["severity"], alert["suppressed"]) == ("deployment down", "critical", "silenced")
     assert admin_api.get("/api/v1/alerts/?state=resolved").json()["results"] == []
     assert admin_api.get("/api/v1/alerts/?state=bogus").status_code == 400
+    assert admin_api.get("/api/v1/alerts/?state=").status_code == 400
+    assert admin_api.get("/api/v1/alert-rules/?enabled=null").status_code == 400
+    assert len(admin_api.get("/api/v1/alert-rules/?enabled=true").json()["results"]) == 1
     assert post(admin_api, "/api/v1/alerts/", {"summary": "x"}).status_code == 405
 
 
