@@ -178,7 +178,8 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(data, indent=2))
     results = Path(args.results)
-    results.write_text(_replace_section()(results.read_text() if results.exists() else "", "alerts", section(data)))
+    before = results.read_text() if results.exists() else ""
+    results.write_text(_replace_section()(before, "alert-delivery", section(data)))
     print(json.dumps(data, indent=2))
 
 

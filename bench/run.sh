@@ -10,6 +10,7 @@
 #   6. the 16-fault scorecard of issue 9 on the default settings (bench/faults.py, about a minute)
 #   7. alert delivery: enqueue -> signed webhook on loopback, 200 notifications paced and in a burst
 #      (bench/alert_delivery.py, embedded mode, ~30 s)
+#   8. alert rules: 1,000 mixed rules over 200 deployments' rollups, one tick on one worker (bench/alert_rules.py)
 # SKIP="gateway probes dashboard soak rollouts faults alerts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,5 +43,6 @@ if [[ $SKIP != *faults* ]]; then
 fi
 if [[ $SKIP != *alerts* ]]; then
   "$PY" "$ROOT/bench/alert_delivery.py" --out "$ROOT/bench/results/alerts-$stamp.json" > /dev/null
+  "$PY" "$ROOT/bench/alert_rules.py" --write-results
 fi
 echo "bench/RESULTS.md updated"

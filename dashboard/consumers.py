@@ -147,6 +147,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def rollout_changed(self, event):
         self._queue(event)
 
+    async def alerts_changed(self, event):
+        self._queue(event, key=("alerts",))  # only the latest counts matter
+
     async def session_logout(self, event):
         await self.close(code=CLOSE_UNAUTHENTICATED)
 

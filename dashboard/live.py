@@ -32,6 +32,7 @@ TIMELINE_EVENT = "timeline.event"
 HEALTH_CHANGED = "health.changed"
 LOADTEST_PROGRESS = "loadtest.progress"
 ROLLOUT_CHANGED = "rollout.changed"
+ALERTS_CHANGED = "alerts.changed"
 SESSION_LOGOUT = "session.logout"  # sent to one user's group only: closes their sockets
 RIGHTS_CHANGED = "rights.changed"  # sent to one user's group only: their sockets re-check the user's rights
 
@@ -163,6 +164,15 @@ class RolloutChanged:
     at: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class AlertsChanged:
+    """The alert engine's counts changed (or it sent notifications): pages re-read the alerts."""
+
+    firing: int  # firing and not silenced, inhibited or in maintenance: the navigation bar's count
+    pending: int
+    at: str | None = None
+
+
 def probe_result(payload: ProbeResult):
     _send(PROBE_RESULT, asdict(payload))
 
@@ -181,6 +191,10 @@ def health_changed(payload: HealthChanged):
 
 def rollout_changed(payload: RolloutChanged):
     _send(ROLLOUT_CHANGED, asdict(payload))
+
+
+def alerts_changed(payload: AlertsChanged):
+    _send(ALERTS_CHANGED, asdict(payload))
 
 
 def timeline_event(event):

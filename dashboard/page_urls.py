@@ -1,6 +1,6 @@
 """The dashboard's pages and the JSON they re-read when the live socket (re)connects."""
 
-from django.urls import path
+from django.urls import include, path
 
 from dashboard import views
 
@@ -23,4 +23,5 @@ urlpatterns = [
     path("dashboard-data/timeline/", views.timeline_json, name="timeline-data"),
     path("dashboard-data/load-tests/", views.load_tests_json, name="load-tests-data"),
     path("dashboard-data/load-tests/<int:pk>/", views.load_test_json, name="load-test-data"),
+    path("", include("dashboard.alerts.urls")),
 ]

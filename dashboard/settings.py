@@ -109,6 +109,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.alerts.context.alerts_nav",
             ],
         },
     },
@@ -243,6 +244,9 @@ PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded s
 # Invalid keys are re-checked after KEY_RECHECK_BASE_S, doubling after each failed re-check up to KEY_RECHECK_MAX_S.
 KEY_RECHECK_BASE_S = env_int("WEATHERVANE_KEY_RECHECK_BASE", 60, minimum=1)
 KEY_RECHECK_MAX_S = env_int("WEATHERVANE_KEY_RECHECK_MAX", 3600, minimum=1)
+ALERT_TICK_EVERY_S = env_int("WEATHERVANE_ALERT_TICK_EVERY", 5, minimum=1)  # alert evaluation period (both modes)
+ALERT_RESOLVED_KEEP_DAYS = env_int("WEATHERVANE_ALERT_RESOLVED_KEEP_DAYS", 7, minimum=1)  # resolved alerts kept
+PUBLIC_URL = env_url("WEATHERVANE_PUBLIC_URL", ("http", "https"))  # absolute links in notifications
 # Redis redelivers a message a killed worker never acked after this many seconds
 # (a short timeout also needs frequent sweeps for such messages).
 _VISIBILITY_TIMEOUT = env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
@@ -362,6 +366,7 @@ SPECTACULAR_SETTINGS = {
         "EventKindEnum": "routing.models.EventKind",
         "ProviderKindEnum": "routing.models.ProviderKind",
         "HealthStateEnum": "probes.models.HealthState",
+        "AlertSeverityEnum": "dashboard.alerts.models.Severity",
         "OutcomeEnum": "routing.outcomes.Outcome",
         "RolloutStateEnum": "routing.rollouts.models.RolloutState",
         "ChannelKindEnum": "dashboard.alerts.models.ChannelKind",

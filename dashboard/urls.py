@@ -28,7 +28,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", DOCS_CSP(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="api-docs"),
     path("api/redoc/", REDOC_CSP(SpectacularRedocView.as_view(url_name="schema")), name="api-redoc"),
-    path("alerts/", include("dashboard.alerts.urls")),
     path("", include("dashboard.page_urls")),
 ]
 

@@ -5,9 +5,10 @@ to a small thread pool that calls `runner.run_probe`, the function the Celery
 task calls. Every few seconds it re-reads the targets, so edits, pauses and
 new deployments take effect without a restart. Each target's slots are
 spread over its interval (see probes.slots). At each re-read it also hands
-the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all)
-and one sweep of the key re-checks (probes.rechecks.run_due), each only when
-the previous one has finished.
+the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all),
+one sweep of the key re-checks (probes.rechecks.run_due), each only when
+the previous one has finished, and every ALERT_TICK_EVERY_S one tick of the
+alert engine (dashboard.alerts.engine).
 
     from probes import scheduler
     scheduler.start()   # idempotent; scheduler.stop() ends it
@@ -67,7 +68,7 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self):
-        next_refresh = 0.0
+        next_refresh = next_alerts = 0.0
         while not self._stop.is_set():
             now = runner.now_ms()
             if now >= next_refresh:
@@ -76,8 +77,11 @@ class Scheduler:
                 if self._rechecking is None or self._rechecking.done():
                     self._rechecking = self._pool.submit(self._recheck_keys)
                 next_refresh = now + self.refresh_s * 1000
+            if now >= next_alerts:
+                self._pool.submit(self._tick_alerts)
+                next_alerts = now + settings.ALERT_TICK_EVERY_S * 1000
             self._fire_due(now)
-            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh)
+            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh, next_alerts)
             self._stop.wait(max(wake - runner.now_ms(), 0) / 1000)
         close_old_connections()
 
@@ -142,6 +146,17 @@ class Scheduler:
             rechecks.run_due()
         except Exception:  # a broken re-check must not stop the probes
             log.exception("key re-check failed")
+        finally:
+            close_old_connections()
+            reset_queries()
+
+    def _tick_alerts(self):
+        from dashboard.alerts import engine
+
+        try:
+            engine.tick()  # leased: a tick still running elsewhere makes this one a no-op
+        except Exception:  # a broken rule must not stop the probes
+            log.exception("alert tick failed")
         finally:
             close_old_connections()
             reset_queries()

@@ -1,11 +1,18 @@
-"""Celery tasks of alert delivery (the scaled mode). Thin: ids and the JSON message in, dashboard.alerts.delivery
+"""Celery task of the scaled mode: beat runs `tick_alerts` every ALERT_TICK_EVERY_S seconds (see
+`manage.py setup_probe_schedule`). The tick claims the engine's lease, so a second beat or a redelivered
+message never sends a notification twice.
+
+Celery tasks of alert delivery (the scaled mode). Thin: ids and the JSON message in, dashboard.alerts.delivery
 does the work. The retry schedule is declared here and matches `delivery.backoff_s` (no jitter)."""
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from dashboard.alerts import delivery
 from dashboard.alerts.message import Message
+
+from . import engine
 
 
 @shared_task(
@@ -22,3 +29,10 @@ def deliver_notification(self, channel_id, message, notification):
     if row is not None and row.next_attempt_at is not None:
         raise delivery.RetryLater(f"channel {channel_id}: attempt {row.attempt} failed")
     return row.pk if row is not None else None
+
+
+@shared_task(ignore_result=True, expires=30, soft_time_limit=50, time_limit=60,
+             autoretry_for=(OperationalError, InterfaceError), max_retries=2)
+def tick_alerts():
+    """Run one alert evaluation; return its counts, or None when another tick holds the lease."""
+    return engine.tick()

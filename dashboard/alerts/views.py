@@ -1,15 +1,38 @@
-"""The channels page and its "send test notification" button (staff with `alerts.change_channel`)."""
+"""The alerts page: firing, pending and recently resolved alerts, silences (created and expired here by staff),
+maintenance windows, rules, policies and channels. Built from the API's serializers, so page and API agree.
+
+The channels page and its "send test notification" button (staff with `alerts.change_channel`)."""
+
+from datetime import timedelta
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from dashboard.alerts import delivery
 from dashboard.alerts.api.views import TEST_PERMISSION
 from dashboard.alerts.models import Channel, DeliveryOutcome
-from dashboard.views import dashboard_view
+from dashboard.views import _json, _page, dashboard_view
+from routing.audit import actor_name, record, snapshot
+from routing.models import AuditAction
+
+from . import engine
+from .api import serializers
+from .matching import MatcherInvalid, format_matchers, parse_matchers
+from .models import (
+    Alert,
+    AlertRule,
+    AlertState,
+    InhibitRule,
+    MaintenanceWindow,
+    NotificationPolicy,
+    Silence,
+)
+from .sources import SUBJECT_LABELS
 
 
 @dashboard_view
@@ -33,3 +56,119 @@ def send_test(request, pk):
     if not url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
         return redirect("alert-channels")
     return redirect(target)
+
+
+RESOLVED_SHOWN = 50
+MAX_SILENCE_HOURS = 24 * 90
+
+
+def alerts_data(now=None):
+    """Return everything the alerts page shows, as the REST API shows each part."""
+    now = now or timezone.now()
+    alerts = Alert.objects.select_related("rule")
+    resolved = alerts.filter(state=AlertState.RESOLVED, resolved_at__gte=now - timedelta(days=1))[:RESOLVED_SHOWN]
+    silences = Silence.objects.filter(ends_at__gte=now - timedelta(days=1))
+    firing = serializers.AlertSerializer(alerts.filter(state=AlertState.FIRING), many=True).data
+    return {
+        "firing": firing,
+        "firing_count": sum(1 for a in firing if not a["suppressed"]),
+        "pending": serializers.AlertSerializer(alerts.filter(state=AlertState.PENDING), many=True).data,
+        "resolved": serializers.AlertSerializer(resolved, many=True).data,
+        "silences": [_silence_row(s, now) for s in silences],
+        "windows": serializers.MaintenanceWindowSerializer(MaintenanceWindow.objects.all(), many=True).data,
+        "rules": serializers.AlertRuleSerializer(AlertRule.objects.all(), many=True).data,
+        "policies": serializers.NotificationPolicySerializer(
+            NotificationPolicy.objects.prefetch_related("channels"), many=True).data,
+        "inhibit_rules": serializers.InhibitRuleSerializer(InhibitRule.objects.all(), many=True).data,
+        "channels": [{"name": c.name, "kind": c.get_kind_display(), "hint": c.target_hint, "enabled": c.enabled}
+                     for c in Channel.objects.all()],
+    }
+
+
+def _silence_row(silence, now):
+    row = serializers.SilenceSerializer(silence).data
+    row["matchers_text"] = format_matchers(silence.matchers)
+    row["state"] = "active" if silence.active(now) else ("pending" if silence.starts_at > now else "expired")
+    return row
+
+
+def _silence_form(request):
+    """The silence form's initial matchers: the labels of the alert named by ?silence=<id>, if any."""
+    alert = Alert.objects.filter(pk=request.GET.get("silence") or 0).first() if (
+        request.GET.get("silence", "").isdigit()) else None
+    if alert is None:
+        return {"matchers": "", "hours": 2, "reason": ""}
+    names = ["alertname", *[n for n in SUBJECT_LABELS if n in alert.labels]]
+    matchers = [{"name": n, "op": "=", "value": alert.labels[n]} for n in names]
+    return {"matchers": format_matchers(matchers), "hours": 2, "reason": ""}
+
+
+@dashboard_view
+def alerts(request):
+    return _page(request, "alerts/alerts.html", alerts_data(), form=_silence_form(request),
+                 can_silence=request.user.has_perm("alerts.add_silence"))
+
+
+@dashboard_view
+def alerts_json(request):
+    return _json(alerts_data())
+
+
+def _require(request, permission):
+    if not (request.user.is_staff and request.user.has_perm(permission)):
+        raise PermissionDenied("Only staff with the right permission can change silences; viewers can look.")
+
+
+@require_POST
+@dashboard_view
+def create_silence(request):
+    """Create a silence from the page's form; answer the page again with the problem (400) when it is refused."""
+    _require(request, "alerts.add_silence")
+    form = {k: request.POST.get(k, "").strip() for k in ("matchers", "hours", "reason")}
+    problem, silence = _new_silence(form, request.user)
+    if problem:
+        response = _page(request, "alerts/alerts.html", alerts_data(), form=form, problem=problem, can_silence=True)
+        response.status_code = 400
+        return response
+    engine.tick()  # show it quiet now (when another tick holds the lease, that one will)
+    return redirect("alerts")
+
+
+def _new_silence(form, user):
+    """Return (problem in words, None) or (None, the saved and audited Silence)."""
+    try:
+        matchers = parse_matchers(form["matchers"])
+    except MatcherInvalid as exc:
+        return f"Matchers: {exc}", None
+    try:
+        hours = float(form["hours"])
+    except ValueError:
+        hours = 0
+    if not 0 < hours <= MAX_SILENCE_HOURS:
+        return f"Hours: a number above 0, at most {MAX_SILENCE_HOURS}.", None
+    if not form["reason"] or len(form["reason"]) > 1000:
+        return "Reason: say why (1 to 1,000 characters); it is kept with the silence.", None
+    now = timezone.now()
+    with transaction.atomic():
+        silence = Silence.objects.create(matchers=matchers, starts_at=now, ends_at=now + timedelta(hours=hours),
+                                         created_by=actor_name(user), reason=form["reason"])
+        record(action=AuditAction.CREATE, obj=silence, actor=actor_name(user), user=user, after=snapshot(silence),
+               reason=form["reason"])
+    return None, silence
+
+
+@require_POST
+@dashboard_view
+def expire_silence(request, pk):
+    _require(request, "alerts.change_silence")
+    with transaction.atomic():
+        silence = get_object_or_404(Silence.objects.select_for_update(), pk=pk)
+        now = timezone.now()
+        if silence.ends_at > now:
+            before = snapshot(silence)
+            silence.ends_at = max(now, silence.starts_at)
+            silence.save(update_fields=["ends_at"])
+            record(action=AuditAction.UPDATE, obj=silence, actor=actor_name(request.user), user=request.user,
+                   before=before, after=snapshot(silence), reason="expired from the alerts page")
+    engine.tick()
+    return redirect("alerts")

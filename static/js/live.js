@@ -124,6 +124,7 @@
       socket.addEventListener("message", (event) => {
         const frame = JSON.parse(event.data);
         if (frame.type !== "batch") return;
+        showFiringCount(frame.messages);
         options.onBatch(frame.messages);
         if (frame.dropped && options.onConnect) options.onConnect();
       });
@@ -138,6 +139,15 @@
 
     setStatus("connecting", "Connecting…");
     open();
+  }
+
+  /* The navigation bar's firing count, on every live page. */
+  function showFiringCount(messages) {
+    const badge = document.getElementById("nav-alerts-firing");
+    const last = messages.filter((m) => m.type === "alerts.changed").pop();
+    if (!badge || !last) return;
+    badge.textContent = String(last.payload.firing);
+    badge.classList.toggle("firing", last.payload.firing > 0);
   }
 
   /* After a refused or closed socket: if the session is gone, show the login form. */

@@ -567,3 +567,30 @@ def test_a_degrading_canary_rolls_back_by_itself_and_every_browser_sees_it(chrom
     assert Route.objects.get(name="gpt-demo").weights() == {"steady-gpt": 100, "tail-gpt": 0, "flaky-gpt": 0}
     admin.context.close()
     viewer.context.close()
+
+
+def test_a_silence_created_on_the_alerts_page_quiets_a_firing_alert(chromium, app_url, world):
+    from unittest import mock
+
+    from dashboard.alerts import engine
+    from dashboard.alerts.models import Alert, AlertRule
+    from probes.models import ProbeTarget
+
+    AlertRule.objects.create(name="deployment down", kind="deployment_health", params={"states": ["down"]},
+                             severity="critical")
+    ProbeTarget.objects.filter(deployment__name="canary").update(health="down", health_reason="3 failures")
+    with mock.patch("dashboard.alerts.delivery.enqueue"):
+        engine.tick()
+        page = signed_in_page(chromium, app_url, "alice", "/alerts/")
+        firing = page.locator("table.alerts[data-group=firing] tbody tr").first
+        assert "canary is down: 3 failures" in firing.inner_text()
+        assert page.locator("#nav-alerts-firing").inner_text() == "1"
+        firing.get_by_role("link", name="Silence…").click()
+        page.wait_for_selector("#silence-matchers[value*=canary]")
+        page.fill("#silence-reason", "known: the canary is being replaced")
+        page.click("#silence-form button[type=submit]")
+        page.wait_for_selector("table.alerts[data-group=firing] tr.quiet:has-text('silenced')", timeout=10000)
+        assert page.locator("#nav-alerts-firing").inner_text() == "0"
+        assert "known: the canary is being replaced" in page.locator("table.silences").inner_text()
+        assert Alert.objects.get().suppressed == "silenced"
+    page.context.close()

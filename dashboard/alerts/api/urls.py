@@ -1,4 +1,5 @@
-"""/api/v1/alert-channels/ and /api/v1/alert-deliveries/ (a SimpleRouter: the API root belongs to routing's)."""
+"""/api/v1/ routes of alerting: alerts, rules, silences, windows, policies, inhibit rules, channels and
+deliveries (a SimpleRouter: the API root belongs to routing's router)."""
 
 from rest_framework.routers import SimpleRouter
 
@@ -12,6 +13,12 @@ class AlertsRouter(SimpleRouter):
 
 
 router = AlertsRouter()
+router.register("alerts", views.AlertViewSet, basename="alert")
+router.register("alert-rules", views.AlertRuleViewSet, basename="alertrule")
+router.register("silences", views.SilenceViewSet, basename="silence")
+router.register("maintenance-windows", views.MaintenanceWindowViewSet, basename="maintenancewindow")
+router.register("notification-policies", views.NotificationPolicyViewSet, basename="notificationpolicy")
+router.register("inhibit-rules", views.InhibitRuleViewSet, basename="inhibitrule")
 router.register("alert-channels", views.ChannelViewSet, basename="alert-channel")
 router.register("alert-deliveries", views.DeliveryViewSet, basename="alert-delivery")
 urlpatterns = router.urls

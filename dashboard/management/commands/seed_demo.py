@@ -1,6 +1,7 @@
 """Seed the embedded demo once: three simulated providers with distinct
 personalities, a route split 90/10, a ready-to-start (draft) rollout of
-tail-gpt onto it, an admin and a gateway key.
+tail-gpt onto it, the default alert rules with a catch-all notification policy
+(no channel yet: add one in the admin), an admin and a gateway key.
 
 The admin password and the gateway key are printed exactly once, when they
 are created; running the command again changes nothing.
@@ -13,6 +14,8 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from dashboard.alerts import defaults as alert_defaults
+from dashboard.alerts.models import AlertRule, NotificationPolicy
 from routing import audit
 from routing.models import ApiKey, AuditAction, Deployment, GatewayKey, Provider, Route, RouteTarget
 from routing.rollouts.models import Rollout
@@ -58,6 +61,7 @@ class Command(BaseCommand):
             return
         with transaction.atomic():
             self._seed_registry(simulator_url)
+            self._seed_alerts()
             password = self._seed_admin()
             gateway_secret = self._seed_gateway_key()
         self.stdout.write(self.style.SUCCESS("Demo seeded. These secrets are shown once; note them now:"))
@@ -92,6 +96,13 @@ class Command(BaseCommand):
                                          plan=ROLLOUT_PLAN, guards=ROLLOUT_GUARDS, step_timeout_s=900,
                                          created_by=ACTOR)
         self._created(rollout)
+
+    def _seed_alerts(self):
+        for rule in alert_defaults.RULES:
+            if not AlertRule.objects.filter(name=rule["name"]).exists():
+                self._created(AlertRule.objects.create(**rule))
+        if not NotificationPolicy.objects.filter(name=alert_defaults.POLICY["name"]).exists():
+            self._created(NotificationPolicy.objects.create(**alert_defaults.POLICY))
 
     def _seed_admin(self):
         Group.objects.get_or_create(name=settings.VIEWER_GROUP)

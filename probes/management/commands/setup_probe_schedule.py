@@ -1,4 +1,4 @@
-"""Create or update celery beat's periodic tasks for probes and rollout ticks (django-celery-beat's DB scheduler).
+"""Create or update celery beat's periodic tasks: probes, rollout and alert ticks (django-celery-beat's DB scheduler).
 
 Run once after `migrate` in the scaled mode; running it again is harmless and
 picks up a changed WEATHERVANE_PROBE_DISPATCH_EVERY.
@@ -13,6 +13,7 @@ SCHEDULE = (
     ("probes: re-check keys", "probes.tasks.recheck_keys", lambda: settings.PROBE_DISPATCH_EVERY_S),
     ("probes: prune old data", "probes.tasks.prune_old_data", lambda: 3600),
     ("rollouts: tick", "routing.rollouts.tasks.tick_rollouts", lambda: settings.ROLLOUT_TICK_EVERY_S),
+    ("alerts: tick", "dashboard.alerts.tasks.tick_alerts", lambda: settings.ALERT_TICK_EVERY_S),
 )
 
 

@@ -1,0 +1,308 @@
+"""The alert engine: one `tick(now)` evaluates every rule, moves alerts pending → firing → resolved, marks the
+silenced, inhibited and in-maintenance ones, and sends each policy's groups with Alertmanager's timing.
+
+A tick first claims the engine's lease with a conditional UPDATE (as the rollout controller does), then works in
+one transaction; its notifications go to `delivery.enqueue` only after that transaction committed. Two
+overlapping ticks never both run, so nothing is sent twice; a tick that dies midway rolls back whole and sends
+nothing, and the next tick after its lease starts from the stored state.
+
+Grouping follows Alertmanager: a new group waits `group_wait` before its first notification; afterwards it is
+sent again when an alert joined or resolved, at most every `group_interval`, and while anything still fires,
+every `repeat_interval`. A silenced, inhibited or in-maintenance alert leaves its groups without a
+notification; when that ends it is new to them and is sent again.
+"""
+
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from dashboard import live
+
+from . import delivery, sources
+from .matching import Inhibitions, fingerprint, matches_all
+from .message import AlertItem, Message
+from .models import (
+    OPEN_STATES,
+    SEVERITY_RANK,
+    Alert,
+    AlertGroup,
+    AlertRule,
+    AlertState,
+    EngineLease,
+    InhibitRule,
+    MaintenanceWindow,
+    NotificationPolicy,
+    Silence,
+    Suppression,
+)
+
+LEASE_S = 60
+FIRING, RESOLVED = AlertState.FIRING, AlertState.RESOLVED
+
+
+# --- the lease -----------------------------------------------------------------------------------------------
+
+
+def claim(now):
+    """Take the tick lease; return the claimed tick number, or None while another tick holds it."""
+    EngineLease.objects.get_or_create(pk=1)
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    if not EngineLease.objects.filter(free, pk=1).update(ticks=F("ticks") + 1,
+                                                         lease_until=now + timedelta(seconds=LEASE_S)):
+        return None
+    return EngineLease.objects.values_list("ticks", flat=True).get(pk=1)
+
+
+def _release(number, now):
+    EngineLease.objects.filter(pk=1, ticks=number).update(lease_until=None, last_tick_at=now)
+
+
+def tick(now=None):
+    """Claim and run one evaluation; return {"firing", "pending", "sent"} counts, or None when not claimed."""
+    now = now or timezone.now()
+    number = claim(now)
+    if number is None:
+        return None
+    try:
+        with transaction.atomic():
+            outbox, counts = evaluate(now)
+    finally:
+        _release(number, now)
+    for message, channel_ids in outbox:
+        delivery.enqueue(message, channel_ids)
+    _publish(counts if not outbox else {**counts, "sent_at": now.isoformat()})
+    return {**counts, "sent": len(outbox)}
+
+
+def evaluate(now):
+    """Do one tick's work inside the caller's transaction; return ([(Message, channel ids)], counts)."""
+    rules = list(AlertRule.objects.filter(enabled=True))
+    observed = sources.observe(rules, now)
+    _update_alerts(rules, observed, now)
+    firing = list(Alert.objects.filter(state=FIRING).select_related("rule"))
+    _mark_suppressed(firing, now)
+    keep = now - timedelta(days=settings.ALERT_RESOLVED_KEEP_DAYS)
+    Alert.objects.filter(state=RESOLVED, resolved_at__lt=keep).delete()
+    recent = Alert.objects.filter(state=RESOLVED, resolved_at__gte=now - timedelta(days=1)).select_related("rule")
+    outbox = _notify(firing, list(recent), now)
+    pending = Alert.objects.filter(state=AlertState.PENDING).count()
+    return outbox, {"firing": sum(1 for a in firing if not a.suppressed), "pending": pending}
+
+
+# --- alerts: pending → firing → resolved ---------------------------------------------------------------------
+
+
+def alert_labels(rule, observed_labels):
+    """Return an alert's labels: the subject's, the rule's own (free) labels, alertname, severity and kind."""
+    free = {k: str(v) for k, v in rule.labels.items() if k not in sources.SUBJECT_LABELS}
+    return {**observed_labels, **free, "alertname": rule.name, "severity": rule.severity, "kind": rule.kind}
+
+
+ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at", "fired_at", "suppressed",
+                "suppressed_by")  # what an update needs (bulk_update writes only its listed fields)
+
+
+def _update_alerts(rules, observed, now):
+    """Create, fire and resolve alerts. Only changes are written: alerts that merely fire or resolve in one UPDATE
+    each (thousands may at once), a changed summary row by row."""
+    open_alerts = {row["fingerprint"]: row for row in Alert.objects.filter(state__in=OPEN_STATES)
+                   .values(*ALERT_FIELDS)}
+    seen, new, rewritten, fired = set(), [], [], []
+    for rule in rules:
+        for observation in observed.get(rule.pk, ()):
+            labels = alert_labels(rule, observation.labels)
+            fp = fingerprint(labels)
+            if fp in seen:
+                continue
+            seen.add(fp)
+            summary, row = observation.summary[:500], open_alerts.get(fp)
+            if row is None:
+                state = FIRING if rule.for_s == 0 else AlertState.PENDING
+                new.append(Alert(rule=rule, fingerprint=fp, labels=labels, started_at=now, state=state,
+                                 fired_at=now if state == FIRING else None, summary=summary,
+                                 value=observation.value))
+            elif row["summary"] != summary:
+                alert = _shell(row)
+                alert.summary, alert.value = summary, observation.value
+                if _due_to_fire(row, rule, now):
+                    alert.state, alert.fired_at = FIRING, now
+                rewritten.append(alert)
+            elif _due_to_fire(row, rule, now):
+                fired.append(row["pk"])
+    gone = [row for fp, row in open_alerts.items() if fp not in seen]
+    for chunk in _chunks([row["pk"] for row in gone if row["state"] == AlertState.PENDING]):
+        Alert.objects.filter(pk__in=chunk).delete()
+    _update([row["pk"] for row in gone if row["state"] == FIRING], state=RESOLVED, resolved_at=now, suppressed="",
+            suppressed_by="")
+    _update(fired, state=FIRING, fired_at=now)
+    Alert.objects.bulk_create(new)
+    Alert.objects.bulk_update(rewritten, ["state", "summary", "value", "fired_at"], batch_size=200)
+
+
+def _chunks(ids, size=900):
+    """Slices of ids short enough for any database's limit on query parameters."""
+    return (ids[i:i + size] for i in range(0, len(ids), size))
+
+
+def _update(ids, **values):
+    for chunk in _chunks(ids):
+        Alert.objects.filter(pk__in=chunk).update(**values)
+
+
+def _shell(row):
+    """An Alert built from a values() row, for bulk_update."""
+    return Alert(**{("id" if k == "pk" else k): v for k, v in row.items()}, resolved_at=None)
+
+
+def _due_to_fire(alert, rule, now):
+    """alert: a dict with state and started_at."""
+    return alert["state"] == AlertState.PENDING and (now - alert["started_at"]).total_seconds() >= rule.for_s
+
+
+# --- silences, maintenance, inhibition -----------------------------------------------------------------------
+
+
+def _mark_suppressed(firing, now):
+    """Set each firing alert's `suppressed` (silenced, in maintenance or inhibited, in that order) and save changes."""
+    silences = list(Silence.objects.filter(starts_at__lte=now, ends_at__gt=now))
+    windows = [w for w in MaintenanceWindow.objects.filter(enabled=True) if w.is_open(now)]
+    inhibitions = Inhibitions(InhibitRule.objects.filter(enabled=True), [(a.fingerprint, a.labels) for a in firing])
+    changed = defaultdict(list)  # (suppressed, by) → alert ids: one UPDATE per distinct value
+    for alert in firing:
+        reason, by = suppression(alert.labels, alert.fingerprint, silences, windows, inhibitions)
+        by = by[:200]
+        if (reason, by) != (alert.suppressed, alert.suppressed_by):
+            alert.suppressed, alert.suppressed_by = reason, by
+            changed[(reason, by)].append(alert.pk)
+    for (reason, by), ids in changed.items():
+        _update(ids, suppressed=reason, suppressed_by=by)
+
+
+def suppression(labels, own_fingerprint, silences, windows, inhibitions):
+    """Return (Suppression, what suppresses it) of one alert's labels; (NONE, "") when it is to be sent."""
+    for silence in silences:
+        if matches_all(silence.matchers, labels):
+            return Suppression.SILENCED, f"silence {silence.pk} by {silence.created_by}"
+    for window in windows:
+        if matches_all(window.matchers, labels):
+            return Suppression.MAINTENANCE, f"maintenance window {window.name}"
+    rule = inhibitions.muted_by(labels, own_fingerprint)
+    if rule:
+        return Suppression.INHIBITED, f"inhibit rule {rule}"
+    return Suppression.NONE, ""
+
+
+# --- routing and grouping ------------------------------------------------------------------------------------
+
+
+def route(labels, policies):
+    """Return the policies an alert goes to: the first that matches, and the following ones while `continue`."""
+    chosen = []
+    for policy in policies:
+        if policy.severities and labels.get("severity") not in policy.severities:
+            continue
+        if matches_all(policy.matchers, labels):
+            chosen.append(policy)
+            if not policy.continue_matching:
+                break
+    return chosen
+
+
+def group_of(policy, labels):
+    """Return (key, shared labels) of the group an alert joins in a policy ('...' groups by every label)."""
+    names = sorted(labels) if "..." in policy.group_by else sorted(policy.group_by)
+    shared = {name: labels.get(name, "") for name in names}
+    return ",".join(f'{k}="{v}"' for k, v in shared.items())[:500], shared
+
+
+def _notify(firing, recent_resolved, now):
+    policies = list(NotificationPolicy.objects.filter(enabled=True).prefetch_related("channels"))
+    stored = {(g.policy_id, g.key): g for g in AlertGroup.objects.all()}
+    members = {}  # (policy id, key) → (policy, shared labels, {fingerprint: (status, alert)})
+    for status, alerts in ((RESOLVED, recent_resolved), (FIRING, [a for a in firing if not a.suppressed])):
+        for alert in alerts:
+            for policy in route(alert.labels, policies):
+                key, shared = group_of(policy, alert.labels)
+                members.setdefault((policy.pk, key), (policy, shared, {}))[2][alert.fingerprint] = (status, alert)
+    outbox = []
+    for ident in set(members) | set(stored):
+        policy, shared, current = members.get(ident, (None, {}, {}))
+        sent = _flush_group(stored.get(ident), policy, ident[1], shared, current, now)
+        if sent is not None:
+            outbox.append(sent)
+    return outbox
+
+
+def _flush_group(group, policy, key, shared, current, now):
+    """Bring one group's notification state up to date; return (Message, channel ids) when it is due, else None."""
+    notified = dict(group.notified) if group else {}
+    firing = {fp for fp, (status, _) in current.items() if status == FIRING}
+    resolved = {fp for fp, (status, _) in current.items() if status == RESOLVED and notified.get(fp) == FIRING}
+    if group is None:
+        if not firing:
+            return None
+        group = AlertGroup.objects.create(policy=policy, key=key, labels=shared, created_at=now)
+    # An alert that left silently (silenced, inhibited, in maintenance) is forgotten: back, it is news again.
+    notified = {fp: status for fp, status in notified.items() if fp in firing or fp in resolved}
+    if not firing and not resolved:
+        group.delete()
+        return None
+    if not _due(group, policy, firing, resolved, notified, now):
+        if notified != group.notified:
+            AlertGroup.objects.filter(pk=group.pk).update(notified=notified)
+        return None
+    items = [current[fp][1] for fp in sorted(firing | resolved)]
+    message = build_message(group, items, now)
+    remaining = {fp: FIRING for fp in firing}
+    if remaining:
+        AlertGroup.objects.filter(pk=group.pk).update(notified=remaining, last_sent_at=now)
+    else:
+        group.delete()
+    channel_ids = [c.pk for c in policy.channels.all() if c.enabled]
+    return (message, channel_ids) if channel_ids else None
+
+
+def _due(group, policy, firing, resolved, notified, now):
+    if group.last_sent_at is None:
+        return (now - group.created_at).total_seconds() >= policy.group_wait_s
+    since = (now - group.last_sent_at).total_seconds()
+    news = bool(resolved) or bool(firing - {fp for fp, s in notified.items() if s == FIRING})
+    return (news and since >= policy.group_interval_s) or (bool(firing) and since >= policy.repeat_interval_s)
+
+
+def build_message(group, alerts, now):
+    """Return the Message of one group notification of `alerts` (firing ones first, then resolved)."""
+    items = tuple(AlertItem(rule=a.rule.name, status=a.state, severity=a.rule.severity, summary=a.summary,
+                            labels=dict(a.labels), started_at=a.fired_at or a.started_at, ended_at=a.resolved_at)
+                  for a in sorted(alerts, key=lambda a: (a.state != FIRING, SEVERITY_RANK[a.rule.severity])))
+    firing = [i for i in items if i.status == FIRING]
+    status = FIRING if firing else RESOLVED
+    severity = min((i.severity for i in (firing or items)), key=lambda s: SEVERITY_RANK[s])
+    count = len(firing) if firing else len(items)
+    subject = ", ".join(f"{k}={v}" for k, v in group.labels.items() if v) or group.policy.name
+    title = f"[{status.upper()}{f':{count}' if count > 1 else ''}] {items[0].rule if count == 1 else subject}"
+    text = "\n".join(f"{i.status.upper()} ({i.severity}): {i.summary}" for i in items)
+    url = f"{settings.PUBLIC_URL.rstrip('/')}/alerts/" if settings.PUBLIC_URL else "/alerts/"
+    return Message(group_key=f"{group.policy.name}:{{{group.key}}}", status=status, severity=severity,
+                   title=title[:200], text=text, labels=dict(group.labels), alerts=items, url=url, sent_at=now)
+
+
+# --- live ----------------------------------------------------------------------------------------------------
+
+
+_last_published = {}
+
+
+def _publish(counts):
+    """Tell open pages the counts when they changed (every tick would be a message per socket per tick)."""
+    if _last_published == counts:
+        return
+    _last_published.clear()
+    _last_published.update(counts)
+    live.alerts_changed(live.AlertsChanged(firing=counts["firing"], pending=counts["pending"],
+                                           at=counts.get("sent_at") or timezone.now().isoformat()))
+

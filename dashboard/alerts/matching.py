@@ -1,0 +1,129 @@
+"""Label matchers (Alertmanager's = != =~ !~), silences, inhibition and maintenance windows: pure functions over
+plain dicts, shared by the engine, the API's validation and the page's silence form."""
+
+import hashlib
+import re
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+OPS = ("=", "!=", "=~", "!~")
+LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_TEXT_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
+
+
+class MatcherInvalid(ValueError):
+    """A matcher that cannot be used; the message says which part and why."""
+
+
+def check_matcher(matcher):
+    """Return the matcher as {name, op, value} or raise MatcherInvalid naming the bad part."""
+    if not isinstance(matcher, dict) or set(matcher) - {"name", "op", "value"}:
+        raise MatcherInvalid('A matcher is {"name": label, "op": one of = != =~ !~, "value": text}.')
+    name, op, value = matcher.get("name"), matcher.get("op", "="), matcher.get("value")
+    if not isinstance(name, str) or not LABEL_NAME.match(name):
+        raise MatcherInvalid("name: a label name is a letter or _ then letters, digits or _ (at most 64).")
+    if op not in OPS:
+        raise MatcherInvalid(f"op: use one of {', '.join(OPS)}.")
+    if not isinstance(value, str) or len(value) > 500:
+        raise MatcherInvalid("value: text of at most 500 characters.")
+    if op in ("=~", "!~"):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise MatcherInvalid(f"value: not a valid regular expression: {exc}.") from None
+    return {"name": name, "op": op, "value": value}
+
+
+def parse_matchers(text):
+    """Return the matchers of `text` like 'deployment="flaky-gpt", severity=~"crit.*"'; raise MatcherInvalid."""
+    parts = [part for part in (text or "").split(",") if part.strip()]
+    if not parts:
+        raise MatcherInvalid('Give at least one matcher, e.g. deployment="flaky-gpt".')
+    matchers = []
+    for part in parts:
+        found = _TEXT_MATCHER.match(part)
+        if not found:
+            raise MatcherInvalid(f"{part.strip()!r} is not label=value, label!=value, label=~regex or label!~regex.")
+        matchers.append(check_matcher({"name": found[1], "op": found[2], "value": found[3]}))
+    return matchers
+
+
+def format_matchers(matchers):
+    return ", ".join(f'{m["name"]}{m["op"]}"{m["value"]}"' for m in matchers)
+
+
+@lru_cache(maxsize=1024)
+def _regex(value):
+    return re.compile(value)
+
+
+def matches(matcher, labels):
+    """Return True when `labels` satisfy one matcher (a missing label reads as "", as in Alertmanager)."""
+    actual = labels.get(matcher["name"], "")
+    op, value = matcher.get("op", "="), matcher["value"]
+    if op == "=":
+        return actual == value
+    if op == "!=":
+        return actual != value
+    hit = _regex(value).fullmatch(actual) is not None
+    return hit if op == "=~" else not hit
+
+
+def matches_all(matchers, labels):
+    return all(matches(m, labels) for m in matchers)
+
+
+def fingerprint(labels):
+    """Return a stable id of a label set (the same labels always give the same alert)."""
+    text = "\x1f".join(f"{k}\x1e{labels[k]}" for k in sorted(labels))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Inhibitions:
+    """The inhibit rules in force for one set of firing alerts, indexed so each alert is checked in O(rules).
+
+    `rules`: InhibitRule-like objects; `firing`: [(fingerprint, labels)] of firing alerts. An alert never
+    inhibits itself; equal labels absent on both sides count as equal, as in Alertmanager.
+    """
+
+    def __init__(self, rules, firing):
+        self.sources = []  # (rule, {equal label values: {source fingerprints}})
+        for rule in rules:
+            index = {}
+            for fp, labels in firing:
+                if matches_all(rule.source_matchers, labels):
+                    index.setdefault(self._values(rule, labels), set()).add(fp)
+            if index:
+                self.sources.append((rule, index))
+
+    @staticmethod
+    def _values(rule, labels):
+        return tuple(labels.get(name, "") for name in rule.equal)
+
+    def muted_by(self, labels, own_fingerprint):
+        """Return the name of the first inhibit rule that mutes `labels`, or ""."""
+        for rule, index in self.sources:
+            found = index.get(self._values(rule, labels))
+            if found and (len(found) > 1 or own_fingerprint not in found) and matches_all(rule.target_matchers, labels):
+                return rule.name
+        return ""
+
+
+def window_open(window, now):
+    """Return True when a maintenance window (one-off or weekly, in its timezone) is open at `now`."""
+    if window.kind == "one_off":
+        return window.starts_at is not None and window.ends_at is not None and window.starts_at <= now < window.ends_at
+    local = now.astimezone(ZoneInfo(window.timezone))
+    start, end = window.start_time, window.end_time
+    if start is None or end is None:
+        return False
+    for days_back in (0, 1):  # a window past midnight began on the day before
+        day = (local - timedelta(days=days_back)).date()
+        if day.weekday() not in window.weekdays:
+            continue
+        opens = datetime.combine(day, start, tzinfo=local.tzinfo)
+        closes = datetime.combine(day + timedelta(days=1) if end <= start else day, end, tzinfo=local.tzinfo)
+        if opens <= local < closes:
+            return True
+    return False

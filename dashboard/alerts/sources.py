@@ -1,0 +1,299 @@
+"""What the rules watch: one function per condition kind, each reading its data in one batch for every rule of
+that kind (one or two queries per kind, never one per rule), returning {rule id: [Observation]}.
+
+State conditions (a deployment down, a circuit open, a key invalid, a rollout awaiting approval) hold while the
+state lasts; one-off rollout outcomes (preflight failed, rolled back, promoted) hold for the rule's `hold_s`
+while the rollout stays there; thresholds are read over the rule's window of per-minute rollups.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.db.models import Sum
+
+from probes import rollups, runner, sketch
+from probes.models import HealthState, ProbeTarget, Rollup, Source
+from routing.models import ApiKey, CircuitState, Deployment, DeploymentCircuit, KeyState, Provider, Route
+from routing.rollouts.models import Rollout, RolloutState, RolloutTransition
+
+from .models import ConditionKind
+
+SUBJECT_LABELS = ("provider", "deployment", "route", "key")
+ROLLOUT_EVENTS = {"preflight_failed": RolloutState.ABORTED, "rolled_back": RolloutState.ROLLED_BACK,
+                  "promoted": RolloutState.PROMOTED}
+ROLLOUT_STATES = (*ROLLOUT_EVENTS, "awaiting_approval")
+DEFAULT_HOLD_S = 3600
+
+
+@dataclass(frozen=True)
+class Observation:
+    labels: dict
+    summary: str
+    value: float | None = None
+
+
+def observe(rules, now):
+    """Return {rule id: [Observation]} of every rule's condition holding at `now`."""
+    by_kind = defaultdict(list)
+    for rule in rules:
+        by_kind[rule.kind].append(rule)
+    found = {}
+    for kind, kind_rules in by_kind.items():
+        for rule, observations in OBSERVERS[kind](kind_rules, now):
+            found[rule.pk] = [o for o in observations if _in_scope(rule, o.labels)]
+    return found
+
+
+def _in_scope(rule, labels):
+    """A rule's provider / deployment / route / key labels narrow it to those subjects."""
+    return all(labels.get(name) == rule.labels[name] for name in SUBJECT_LABELS if rule.labels.get(name))
+
+
+# --- state conditions ----------------------------------------------------------------------------------------
+
+
+def _targets():
+    rows = ProbeTarget.objects.filter(enabled=True, deployment__enabled=True, deployment__provider__enabled=True)
+    return list(rows.select_related("deployment__provider", "api_key"))
+
+
+def _target_labels(target):
+    labels = {"provider": target.deployment.provider.name, "deployment": target.deployment.name}
+    if target.api_key_id:
+        labels["key"] = target.api_key.label
+    return labels
+
+
+def deployment_health(rules, now):
+    targets = _targets()
+    for rule in rules:
+        states = rule.params.get("states") or [HealthState.DOWN]
+        yield rule, [Observation(_target_labels(t), f"{t} is {t.health}: {t.health_reason}".rstrip(": "))
+                     for t in targets if t.health in states]
+
+
+def provider_down(rules, now):
+    healths = defaultdict(set)
+    for target in _targets():
+        healths[target.deployment.provider.name].add(target.health)
+    down = [name for name, states in healths.items() if states == {HealthState.DOWN}]
+    observations = [Observation({"provider": name}, f"provider {name} is down: every probed deployment is down")
+                    for name in sorted(down)]
+    for rule in rules:
+        yield rule, observations
+
+
+def circuit_open(rules, now):
+    circuits = DeploymentCircuit.objects.exclude(state=CircuitState.CLOSED).select_related("deployment__provider")
+    observations = [Observation({"provider": c.deployment.provider.name, "deployment": c.deployment.name},
+                                f"circuit of {c.deployment.name} is {c.get_state_display().lower()}: {c.reason}")
+                    for c in circuits]
+    for rule in rules:
+        yield rule, observations
+
+
+def key_state(rules, now):
+    keys = list(ApiKey.objects.filter(enabled=True, state__in=(KeyState.INVALID, KeyState.RATE_LIMITED))
+                .select_related("provider"))
+    for rule in rules:
+        states = rule.params.get("states") or [KeyState.INVALID, KeyState.RATE_LIMITED]
+        yield rule, [Observation({"provider": k.provider.name, "key": k.label},
+                                 f"key {k} is {k.get_state_display().lower()}: {k.state_reason}".rstrip(": "))
+                     for k in keys if k.state in states and _still_limited(k, now)]
+
+
+def _still_limited(key, now):
+    return key.state != KeyState.RATE_LIMITED or key.rate_limited_until is None or key.rate_limited_until > now
+
+
+def rollout(rules, now):
+    horizon = now - timedelta(seconds=max(r.params.get("hold_s", DEFAULT_HOLD_S) for r in rules))
+    transitions = list(RolloutTransition.objects.filter(at__gte=horizon, to_state__in=ROLLOUT_EVENTS.values())
+                       .select_related("rollout__route", "rollout__canary"))
+    waiting = list(Rollout.objects.filter(state=RolloutState.AWAITING_APPROVAL).select_related("route", "canary"))
+    for rule in rules:
+        wanted = rule.params.get("states") or list(ROLLOUT_STATES)
+        since = now - timedelta(seconds=rule.params.get("hold_s", DEFAULT_HOLD_S))
+        found = {}
+        for t in transitions:
+            name = _rollout_event(t)
+            if name in wanted and t.at >= since and t.rollout.state == t.to_state:
+                found[t.rollout_id] = _rollout_observation(t.rollout, name, t.reason)
+        if "awaiting_approval" in wanted:
+            found |= {r.pk: _rollout_observation(r, "awaiting_approval", "a human's approval is needed")
+                      for r in waiting}
+        yield rule, list(found.values())
+
+
+def _rollout_event(transition):
+    if transition.to_state == RolloutState.ABORTED:
+        return "preflight_failed" if transition.from_state == RolloutState.PREFLIGHT else None
+    return {v: k for k, v in ROLLOUT_EVENTS.items()}.get(transition.to_state)
+
+
+def _rollout_observation(ro, event, reason):
+    labels = {"route": ro.route.name, "deployment": ro.canary.name, "rollout": str(ro.pk), "event": event}
+    return Observation(labels, f"{ro}: {event.replace('_', ' ')}: {reason}"[:500])
+
+
+def probe_budget(rules, now):
+    spent = runner.spent_budget_slowdowns(now.date())
+    names = dict(Provider.objects.filter(pk__in=spent).values_list("pk", "name"))
+    observations = [Observation({"provider": names[pk]}, f"probe budget of {names[pk]} is spent today; probes "
+                                f"run {spent[pk]}x slower") for pk in sorted(names)]
+    for rule in rules:
+        yield rule, observations
+
+
+def no_data(rules, now):
+    intervals = {pk: interval for pk, interval, _ in runner.schedulable_targets()}
+    targets = [t for t in _targets() if t.pk in intervals]
+    for rule in rules:
+        times = rule.params.get("intervals", 3)
+        found = []
+        for t in targets:
+            last = t.last_probe_at or t.created_at
+            if (now - last).total_seconds() > times * intervals[t.pk]:
+                silent = f"since {t.last_probe_at:%H:%M:%S} UTC" if t.last_probe_at else "ever"
+                found.append(Observation(_target_labels(t), f"no probe result from {t} {silent}"))
+        yield rule, found
+
+
+# --- thresholds over rollups ----------------------------------------------------------------------------------
+
+
+def _names():
+    deployments = {pk: (name, provider) for pk, name, provider in
+                   Deployment.objects.values_list("pk", "name", "provider__name")}
+    return deployments, dict(Route.objects.values_list("pk", "name"))
+
+
+def ttft_p95(rules, now):
+    longest = max(r.params.get("window_s", 300) for r in rules)
+    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest))).exclude(ttft=None)
+    parsed = _parsed_ttft(list(rows.values_list("pk", "count", "minute", "source", "deployment_id")))
+    deployments, _ = _names()
+    p95s = {}  # (window, source) → {deployment id: (p95 ms, requests)}, computed once for the rules that share them
+    for rule in rules:
+        window, source = rule.params.get("window_s", 300), rule.params.get("source", "all")
+        if (window, source) not in p95s:
+            p95s[(window, source)] = _p95_by_deployment(parsed, now - timedelta(seconds=window), source)
+        found = []
+        threshold, least = rule.params["threshold_ms"], rule.params.get("min_count", 1)
+        for pk, (p95, count) in p95s[(window, source)].items():
+            if p95 is not None and count >= least and p95 > threshold:
+                name, provider = deployments[pk]
+                found.append(Observation({"provider": provider, "deployment": name},
+                                         f"{name} p95 TTFT {p95:.0f} ms > {threshold:g} ms over {_span(window)}", p95))
+        yield rule, found
+
+
+_ttft_cache = {}  # (rollup id, count) → its parsed TTFT sketch, kept from one tick to the next
+
+
+def _parsed_ttft(rows):
+    """Return [(minute, source, deployment id, count, TTFT sketch)] of the rows, parsing only new or grown ones.
+
+    Only the TTFT sketch is read (not the latency one), and a rollup row only grows (every merge adds requests),
+    so a row with the count seen last tick holds the same sketch: past minutes are parsed once, not every tick.
+    """
+    global _ttft_cache
+    wanted = {(pk, count) for pk, count, *_ in rows}
+    missing = [pk for pk, count in wanted if (pk, count) not in _ttft_cache]
+    fresh = {(pk, count): sketch.from_json(ttft) for pk, count, ttft in
+             Rollup.objects.filter(pk__in=missing).values_list("pk", "count", "ttft")} if missing else {}
+    cache = {key: _ttft_cache.get(key) or fresh.get(key) for key in wanted}
+    _ttft_cache = {key: value for key, value in cache.items() if value is not None}
+    return [(minute, source, deployment_id, count, _ttft_cache[(pk, count)])
+            for pk, count, minute, source, deployment_id in rows if (pk, count) in _ttft_cache]
+
+
+def _p95_by_deployment(parsed, since, source):
+    start = rollups.minute_of(since)
+    merged, counts = {}, defaultdict(int)
+    for minute, row_source, deployment_id, count, ttft in parsed:
+        if minute >= start and source in ("all", row_source):
+            counts[deployment_id] += count
+            if deployment_id not in merged:
+                merged[deployment_id] = sketch.new()  # rows are shared by windows: merge into a sketch of its own
+            merged[deployment_id].merge(ttft)
+    return {pk: (sketch.quantiles(merged[pk], (0.95,))[0.95], counts[pk]) for pk in merged}
+
+
+def error_rate(rules, now):
+    longest = max(r.params.get("window_s", 600) for r in rules)
+    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest)))
+    per_minute = list(rows.values("minute", "source", "route_id", "deployment_id")
+                      .annotate(n=Sum("count"), good=Sum("ok")))
+    deployments, routes = _names()
+    counted = {}  # (scope, window) → {subject: [requests, ok]}, counted once for every rule that shares them
+    for rule in rules:
+        scope, window = rule.params.get("scope", "route"), rule.params.get("window_s", 600)
+        if (scope, window) not in counted:
+            counted[(scope, window)] = _count_by(per_minute, scope, now - timedelta(seconds=window))
+        found = []
+        for subject, (n, good) in counted[(scope, window)].items():
+            rate = (n - good) / n if n else 0.0
+            if n >= rule.params.get("min_count", 20) and rate > rule.params["threshold"]:
+                labels, name = _subject_labels(scope, subject, deployments, routes)
+                found.append(Observation(labels, f"{name} error rate {rate:.1%} > {rule.params['threshold']:.1%} "
+                                                 f"over {_span(window)} ({n - good} of {n})", rate))
+        yield rule, found
+
+
+def _count_by(per_minute, scope, since):
+    """Return {route or deployment id: [requests, ok]} from `since` (a route's: its gateway traffic only)."""
+    start = rollups.minute_of(since)
+    counts = defaultdict(lambda: [0, 0])
+    for row in per_minute:
+        subject = row["route_id"] if scope == "route" else row["deployment_id"]
+        if row["minute"] >= start and subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
+            counts[subject][0] += row["n"]
+            counts[subject][1] += row["good"]
+    return counts
+
+
+def _subject_labels(scope, subject, deployments, routes):
+    if scope == "route":
+        return {"route": routes[subject]}, routes[subject]
+    name, provider = deployments[subject]
+    return {"provider": provider, "deployment": name}, name
+
+
+def spend_today(rules, now):
+    midnight = datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), tzinfo=UTC)
+    rows = Rollup.objects.filter(source=Source.TRAFFIC, minute__gte=midnight)
+    per = list(rows.values("route_id", "deployment_id").annotate(spent=Sum("cost")))
+    deployments, routes = _names()
+    totals = {scope: _spent_by(per, scope) for scope in {r.params.get("scope", "total") for r in rules}}
+    for rule in rules:
+        scope, limit = rule.params.get("scope", "total"), rule.params["limit"]
+        found = []
+        for subject, spent in totals[scope].items():
+            if spent > limit:
+                labels, name = ({}, "all traffic") if scope == "total" else _subject_labels(
+                    scope, subject, deployments, routes)
+                found.append(Observation(labels, f"{name} spent {spent:.2f} today (UTC) > limit {limit:g}", spent))
+        yield rule, found
+
+
+def _spent_by(per, scope):
+    totals = defaultdict(float)
+    for row in per:
+        subject = None if scope == "total" else row["route_id" if scope == "route" else "deployment_id"]
+        if scope == "total" or subject is not None:
+            totals[subject] += float(row["spent"] or 0)
+    return totals
+
+
+def _span(seconds):
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
+OBSERVERS = {
+    ConditionKind.DEPLOYMENT_HEALTH: deployment_health, ConditionKind.PROVIDER_DOWN: provider_down,
+    ConditionKind.CIRCUIT_OPEN: circuit_open, ConditionKind.KEY_STATE: key_state, ConditionKind.ROLLOUT: rollout,
+    ConditionKind.PROBE_BUDGET: probe_budget, ConditionKind.NO_DATA: no_data, ConditionKind.TTFT_P95: ttft_p95,
+    ConditionKind.ERROR_RATE: error_rate, ConditionKind.SPEND_TODAY: spend_today,
+}

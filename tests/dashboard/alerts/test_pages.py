@@ -1,0 +1,86 @@
+"""The alerts page: what fires and why it is quiet, the silence form (staff only), the navigation bar's count."""
+
+import pytest
+from django.test import Client
+
+from dashboard.alerts import engine
+from dashboard.alerts.models import Alert, Silence
+from routing.models import AuditEvent
+
+from .conftest import make_rule, set_health
+
+pytestmark = pytest.mark.django_db
+
+
+def signed_in(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def firing(world, sent):
+    make_rule()
+    set_health(world.canary, "down")
+    engine.tick()
+    return Alert.objects.get()
+
+
+def test_the_page_lists_what_fires_and_the_nav_bar_counts_it_on_every_page(firing, admin_user, channel):
+    client = signed_in(admin_user)
+    page = client.get("/alerts/").content.decode()
+    assert "canary is down: 3 consecutive failures" in page
+    assert 'id="nav-alerts-firing" title="Firing alerts">1<' in page
+    assert "ops webhook" in page and "very-secret-token" not in page  # channels show their masked hint only
+    overview = client.get("/").content.decode()
+    assert 'id="nav-alerts-firing" title="Firing alerts">1<' in overview
+
+
+def test_staff_silence_a_firing_alert_from_the_page_and_it_goes_quiet(firing, admin_user):
+    client = signed_in(admin_user)
+    prefilled = client.get(f"/alerts/?silence={firing.pk}").content.decode()
+    assert 'value="alertname=&quot;deployment down&quot;, provider=&quot;sim&quot;, deployment=&quot;canary&quot;"' \
+        in prefilled
+    response = client.post("/alerts/silences/", {"matchers": 'deployment="canary"', "hours": "2",
+                                                 "reason": "known outage"})
+    assert response.status_code == 302
+    firing.refresh_from_db()
+    assert firing.suppressed == "silenced"
+    page = client.get("/alerts/").content.decode()
+    assert 'id="nav-alerts-firing" title="Firing alerts">0<' in page
+    assert AuditEvent.objects.get(object_type="silence", action="create").actor == "alice"
+    silence = Silence.objects.get()
+    assert client.post(f"/alerts/silences/{silence.pk}/expire/").status_code == 302
+    firing.refresh_from_db()
+    assert firing.suppressed == ""
+
+
+@pytest.mark.parametrize(("form", "words"), [
+    ({"matchers": "deployment", "hours": "2", "reason": "r"}, "Matchers"),
+    ({"matchers": 'deployment=~"("', "hours": "2", "reason": "r"}, "regular expression"),
+    ({"matchers": 'deployment="canary"', "hours": "-1", "reason": "r"}, "Hours"),
+    ({"matchers": 'deployment="canary"', "hours": "2", "reason": ""}, "Reason"),
+])
+def test_a_bad_silence_form_answers_400_with_the_problem_and_changes_nothing(firing, admin_user, form, words):
+    response = signed_in(admin_user).post("/alerts/silences/", form)
+    assert response.status_code == 400 and words in response.content.decode()
+    assert not Silence.objects.exists() and not AuditEvent.objects.filter(object_type="silence").exists()
+
+
+def test_viewers_see_the_page_but_cannot_silence(firing, viewer_user):
+    client = signed_in(viewer_user)
+    page = client.get("/alerts/").content.decode()
+    assert "canary is down" in page and "Read-only: only staff can create or expire silences." in page
+    assert 'id="silence-form"' not in page
+    response = client.post("/alerts/silences/", {"matchers": 'deployment="canary"', "hours": "2", "reason": "x"})
+    assert response.status_code == 403 and not Silence.objects.exists()
+
+
+def test_outsiders_get_403_and_strangers_the_login(firing, outsider_user):
+    assert signed_in(outsider_user).get("/alerts/").status_code == 403
+    assert Client().get("/alerts/").status_code == 302
+
+
+def test_the_page_json_matches_the_page(firing, admin_user):
+    data = signed_in(admin_user).get("/dashboard-data/alerts/").json()
+    assert data["firing_count"] == 1 and data["firing"][0]["summary"] == firing.summary
