@@ -13,6 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from routing.api.base import BodySizeLimitMixin
+from routing.api.filters import StrictFilterSet
 from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction
 
@@ -35,13 +36,21 @@ def _gate_action(name, url_path, description):
                          description=description)(press)
 
 
+class RolloutFilter(StrictFilterSet):
+    """`?state=` is one of the states; present but empty is a 400, as everywhere in the API."""
+
+    class Meta:
+        model = Rollout
+        fields = ["state"]
+
+
 @extend_schema(tags=["rollouts"])
 class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                      viewsets.GenericViewSet):
     """Staged rollouts of a canary onto a route; created as drafts, moved by gates and the controller."""
 
     queryset = Rollout.objects.select_related("route", "canary")
-    filterset_fields = ["state"]
+    filterset_class = RolloutFilter
 
     def get_serializer_class(self):
         return s.RolloutDetailSerializer if self.action != "list" else s.RolloutSerializer

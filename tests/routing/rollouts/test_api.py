@@ -112,6 +112,15 @@ def test_viewers_read_the_list_and_the_detail(w, viewer_api, outsider_api):
     assert outsider_api.get(f"{URL}/").status_code == 403
 
 
+def test_the_list_filters_by_state_and_refuses_an_empty_or_unknown_one(w, viewer_api):
+    rollout = draft(w)
+    assert [r["id"] for r in viewer_api.get(f"{URL}/?state=draft").json()["results"]] == [rollout.pk]
+    assert viewer_api.get(f"{URL}/?state=running").json()["results"] == []
+    for bad in ("", "sideways"):
+        refused = viewer_api.get(f"{URL}/?state={bad}")
+        assert refused.status_code == 400 and "state" in refused.json()
+
+
 def test_gates_move_the_rollout_and_show_up_in_detail_timeline_and_audit(w, admin_api):
     rollout = draft(w)
     started = post(admin_api, f"{URL}/{rollout.pk}/start", {"reason": "ship it"})
