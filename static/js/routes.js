@@ -155,16 +155,44 @@
     return form.classList.contains("fallback-form");
   }
 
+  function splitOf(route) {
+    return Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight]));
+  }
+
+  function chainOf(route) {
+    return (route.fallbacks || []).map((f) => (typeof f === "string" ? f : f.deployment));
+  }
+
+  /* What a form edits, as a comparable string: its split, or its chain. */
+  function baseKey(form, value) {
+    return JSON.stringify(isChainForm(form) ? value : Object.entries(value).sort());
+  }
+
   /* Show `route` (an API answer or a routes_json row) in `form`: its split, or its chain. */
   function resetForm(form, route) {
-    if (isChainForm(form)) setChain(form, (route.fallbacks || []).map((f) => (typeof f === "string" ? f : f.deployment)));
-    else setWeights(form, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    if (isChainForm(form)) setChain(form, chainOf(route));
+    else setWeights(form, splitOf(route));
+  }
+
+  /* A new `version` of the route shows `value` (a split or a chain). An untouched form follows it; an edited one
+     keeps its version (a stale edit is refused with a 409) unless the new version left what it edits as it was:
+     applying a chain does not make a pending split edit stale, nor the reverse. */
+  function follow(form, version, value) {
+    if (!form.dataset.dirty) {
+      form.dataset.version = version;
+      form.base = baseKey(form, value);
+      if (isChainForm(form)) setChain(form, value);
+      else setWeights(form, value);
+    } else if (form.base === baseKey(form, value)) {
+      form.dataset.version = version;
+    }
   }
 
   function applied(form, route) {
     form.dataset.version = route.version;
     form.dataset.dirty = "";
     form.querySelector("input[name=reason]").value = "";
+    form.base = baseKey(form, isChainForm(form) ? chainOf(route) : splitOf(route));
     resetForm(form, route);
     message(form, "", `Applied — now version ${route.version}.`);
     refresh();
@@ -174,6 +202,7 @@
     form.dataset.dirty = "";
     const route = routeOf(form.dataset.route);
     if (route) resetForm(form, route);
+    form.base = null; // until the refresh below shows the current one
     if (answer && answer.version) form.dataset.version = answer.version;
     const what = isChainForm(form) ? "fallbacks" : "split";
     message(form, describeError(answer, 409) + ` The form now shows the current ${what}.`, "");
@@ -331,10 +360,7 @@
     const route = routeOf(name);
     if (route) route.targets.forEach((t) => { if (t.deployment in weights) t.weight = weights[t.deployment]; });
     const form = section.querySelector("form.split-form");
-    if (form && !form.dataset.dirty) {
-      form.dataset.version = version;
-      setWeights(form, weights);
-    }
+    if (form) follow(form, version, weights);
   }
 
   function deploymentUrl(name) {
@@ -382,10 +408,7 @@
     const rows = chain.map((f) => (typeof f === "string" ? { deployment: f, enabled: enabledFallback(route, f) } : f));
     showChain(section, rows);
     const form = section.querySelector("form.fallback-form");
-    if (form && !form.dataset.dirty) {
-      form.dataset.version = version;
-      setChain(form, rows.map((r) => r.deployment));
-    }
+    if (form) follow(form, version, rows.map((r) => r.deployment));
   }
 
   function historyRow(change) {
@@ -455,6 +478,10 @@
     else showTotal(form);
   });
   document.querySelectorAll("form.fallback-form").forEach(wireChainForm);
+  document.querySelectorAll("form.split-form, form.fallback-form").forEach((form) => {
+    const route = routeOf(form.dataset.route);
+    if (route) form.base = baseKey(form, isChainForm(form) ? chainOf(route) : splitOf(route));
+  });
   W.connect({ onBatch, onConnect: refresh });
   window.WeathervaneRoutes = { drained }; // exposed for checks in the browser console and tests
 })();

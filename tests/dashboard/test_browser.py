@@ -366,6 +366,7 @@ def test_the_fallback_chain_is_edited_from_the_keyboard_on_the_routes_page_and_e
     admin = signed_in_page(chromium, app_url, "alice", "/routes/")
     viewer = signed_in_page(chromium, app_url, "victor", "/routes/")
     assert viewer.locator("form.fallback-form").count() == 0  # viewers see the chain, no editor
+    admin.locator('.weight-row[data-deployment="canary"] input[type=range]').press("ArrowRight")  # a pending split edit
     editor = admin.locator("form.fallback-form")
     for name in ("spare", "backup", "canary"):
         editor.locator(".fallback-choice").select_option(name)
@@ -392,6 +393,13 @@ def test_the_fallback_chain_is_edited_from_the_keyboard_on_the_routes_page_and_e
     admin.wait_for_function(f"() => ({chain})() === 'spare'", timeout=5000)
     assert editor.locator(".fallback-edit li").evaluate_all("items => items.map((li) => li.dataset.deployment)") == [
         "spare"]  # the untouched editor follows the change made elsewhere
+    split_form = admin.locator("form.split-form")
+    split_form.locator("input[name=reason]").fill("a little more canary")
+    split_form.locator("button.apply").press("Enter")
+    split_form.locator(".form-ok:has-text('Applied')").wait_for(timeout=10_000)  # chain changes left the edit valid
+    assert admin_api.get("/api/v1/routes/chat/").json()["fallbacks"] == ["spare"]
+    assert {t["deployment"]: t["weight"] for t in admin_api.get("/api/v1/routes/chat/").json()["targets"]} == {
+        "stable": 89, "canary": 11}
     admin.context.close()
     viewer.context.close()
 
