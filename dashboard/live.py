@@ -138,6 +138,7 @@ class WeightsChanged:
     actor: str
     reason: str
     at: str | None = None
+    fallbacks: list | None = None  # the route's fallback chain (deployment names, in order) after the change
 
 
 @dataclass(frozen=True, kw_only=True)

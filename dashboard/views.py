@@ -31,7 +31,7 @@ from routing.outcomes import Outcome
 from routing.rollouts import controller
 from routing.rollouts.api.serializers import RolloutDetailSerializer, RolloutSerializer
 from routing.rollouts.models import ACTIVE_STATES, FINISHED_STATES, Rollout
-from routing.weights import MAX_REASON_LENGTH, WeightsInvalid, weights_history
+from routing.weights import MAX_REASON_LENGTH, WeightsInvalid, describe_chain_change, weights_history
 
 TIMELINE_SIZE = 100
 HISTORY_SIZE = 10
@@ -188,7 +188,8 @@ def deployment_json(request, name):
 
 
 def routes_data(now=None):
-    """Return every route's targets with weight and real traffic over the same window, and recent changes."""
+    """Return every route's targets with weight and real traffic over the same window, its fallbacks and recent
+    changes, and every deployment's name (what a fallback may be)."""
     now = now or timezone.now()
     routes = list(Route.objects.prefetch_related("targets__deployment__provider", "fallbacks__deployment__provider"))
     deployments = {t.deployment.pk: t.deployment for r in routes for t in r.targets.all()}
@@ -199,6 +200,7 @@ def routes_data(now=None):
     return {
         "window": window.value, "window_label": window.label, "at": now.isoformat(),
         "routes": [_route_row(r, since, health, seconds) for r in routes],
+        "deployments": list(Deployment.objects.order_by("name").values_list("name", flat=True)),  # fallback choices
     }
 
 
@@ -242,12 +244,19 @@ def _target_row(target, figures, health, total, seconds):
 
 
 def _history(route):
-    """Return the last HISTORY_SIZE weights changes of `route`, newest first."""
+    """Return the last HISTORY_SIZE weights changes of `route`, newest first; `fallbacks` summarises a chain change."""
     return [
         {"at": e.created_at.isoformat(), "actor": e.actor, "reason": e.reason,
-         "before": (e.before or {}).get("weights"), "after": (e.after or {}).get("weights")}
+         "before": (e.before or {}).get("weights"), "after": (e.after or {}).get("weights"),
+         "fallbacks": _chain_change(e.before or {}, e.after or {})}
         for e in weights_history(route)[:HISTORY_SIZE]
     ]
+
+
+def _chain_change(before, after):
+    chain_before = before.get("fallbacks") or []
+    chain = after.get("fallbacks") or []
+    return describe_chain_change(chain_before, chain) if chain_before != chain else None
 
 
 @dashboard_view

@@ -266,13 +266,13 @@ def note_split_change(route, before, *, reason, actor, user=None, always=False, 
     record(action=AuditAction.WEIGHTS, obj=route, actor=actor, user=user, reason=reason, before=old, after=new)
     message = describe_change(route.name, before, after)
     if chain_before != chain:
-        message += f"; fallbacks {' → '.join(chain_before) or 'none'} ⇒ {' → '.join(chain) or 'none'}"
+        message += "; " + describe_chain_change(chain_before, chain)
     event = Event.objects.create(
         kind=EventKind.WEIGHTS, route=route, message=message[:500],
         data={"version": route.version, "before": before, "after": after, "actor": actor, "reason": reason,
               "fallbacks_before": chain_before, "fallbacks": chain},
     )
-    transaction.on_commit(lambda: _publish(route, after, actor, reason, event))
+    transaction.on_commit(lambda: _publish(route, after, chain, actor, reason, event))
 
 
 def describe_change(route_name, before, after):
@@ -282,8 +282,13 @@ def describe_change(route_name, before, after):
     return f"{route_name}: {', '.join(moves) or 'split unchanged'}"
 
 
-def _publish(route, weights, actor, reason, event):
+def describe_chain_change(before, after):
+    """Return a summary such as "fallbacks none ⇒ backup → spare"."""
+    return f"fallbacks {' → '.join(before) or 'none'} ⇒ {' → '.join(after) or 'none'}"
+
+
+def _publish(route, weights, chain, actor, reason, event):
     at = event.created_at.isoformat() if event.created_at else timezone.now().isoformat()
     live.weights_changed(live.WeightsChanged(route=route.name, version=route.version, weights=weights, actor=actor,
-                                             reason=reason, at=at))
+                                             reason=reason, at=at, fallbacks=chain))
     live.timeline_event(event)

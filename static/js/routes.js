@@ -1,5 +1,6 @@
-/* Routes: each route's split with live traffic side by side, and (for staff)
-   a slider form that applies a new split through the REST API. */
+/* Routes: each route's split with live traffic side by side and its fallback
+   chain, and (for staff) a slider form and a chain editor that apply changes
+   through the REST API. */
 (function () {
   "use strict";
   const W = window.Weathervane;
@@ -150,11 +151,49 @@
     }
   }
 
+  function isChainForm(form) {
+    return form.classList.contains("fallback-form");
+  }
+
+  function splitOf(route) {
+    return Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight]));
+  }
+
+  function chainOf(route) {
+    return (route.fallbacks || []).map((f) => (typeof f === "string" ? f : f.deployment));
+  }
+
+  /* What a form edits, as a comparable string: its split, or its chain. */
+  function baseKey(form, value) {
+    return JSON.stringify(isChainForm(form) ? value : Object.entries(value).sort());
+  }
+
+  /* Show `route` (an API answer or a routes_json row) in `form`: its split, or its chain. */
+  function resetForm(form, route) {
+    if (isChainForm(form)) setChain(form, chainOf(route));
+    else setWeights(form, splitOf(route));
+  }
+
+  /* A new `version` of the route shows `value` (a split or a chain). An untouched form follows it; an edited one
+     keeps its version (a stale edit is refused with a 409) unless the new version left what it edits as it was:
+     applying a chain does not make a pending split edit stale, nor the reverse. */
+  function follow(form, version, value) {
+    if (!form.dataset.dirty) {
+      form.dataset.version = version;
+      form.base = baseKey(form, value);
+      if (isChainForm(form)) setChain(form, value);
+      else setWeights(form, value);
+    } else if (form.base === baseKey(form, value)) {
+      form.dataset.version = version;
+    }
+  }
+
   function applied(form, route) {
     form.dataset.version = route.version;
     form.dataset.dirty = "";
     form.querySelector("input[name=reason]").value = "";
-    setWeights(form, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    form.base = baseKey(form, isChainForm(form) ? chainOf(route) : splitOf(route));
+    resetForm(form, route);
     message(form, "", `Applied — now version ${route.version}.`);
     refresh();
   }
@@ -162,16 +201,19 @@
   function conflicted(form, answer) {
     form.dataset.dirty = "";
     const route = routeOf(form.dataset.route);
-    if (route) setWeights(form, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    if (route) resetForm(form, route);
+    form.base = null; // until the refresh below shows the current one
     if (answer && answer.version) form.dataset.version = answer.version;
-    message(form, describeError(answer, 409) + " The form now shows the current split.", "");
+    const what = isChainForm(form) ? "fallbacks" : "split";
+    message(form, describeError(answer, 409) + ` The form now shows the current ${what}.`, "");
     refresh();
   }
 
   function reasonOf(form) {
     const reason = form.querySelector("input[name=reason]");
     if (!reason.value.trim()) {
-      reason.setCustomValidity("Say why the split changes; the reason is kept in the audit trail.");
+      const what = isChainForm(form) ? "fallbacks change" : "split changes";
+      reason.setCustomValidity(`Say why the ${what}; the reason is kept in the audit trail.`);
       reason.reportValidity();
       reason.setCustomValidity("");
       return null;
@@ -217,6 +259,81 @@
     if (reason !== null) submit(form, "POST", "weights/revert", { reason });
   }
 
+  // --- The fallback chain editor --------------------------------------------------
+
+  function readChain(form) {
+    return [...form.querySelectorAll(".fallback-edit li")].map((li) => li.dataset.deployment);
+  }
+
+  function chainButton(cls, text, label) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = cls;
+    button.textContent = text;
+    button.setAttribute("aria-label", label);
+    return button;
+  }
+
+  function chainItem(name) {
+    const li = document.createElement("li");
+    li.dataset.deployment = name;
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    li.append(label, " ", chainButton("move-up", "↑", `Move ${name} up`), " ",
+      chainButton("move-down", "↓", `Move ${name} down`), " ", chainButton("remove", "Remove", `Remove ${name}`));
+    return li;
+  }
+
+  function setChain(form, names) {
+    form.querySelector(".fallback-edit").replaceChildren(...names.map(chainItem));
+  }
+
+  /* Reorder, remove or add in the editor only; nothing is sent before "Apply fallbacks". */
+  function editChain(form, button) {
+    const names = readChain(form);
+    const item = button.closest("li");
+    const at = item ? names.indexOf(item.dataset.deployment) : -1;
+    if (button.classList.contains("add")) {
+      const choice = form.querySelector(".fallback-choice");
+      if (!choice.value || names.includes(choice.value)) return choice.focus();
+      names.push(choice.value);
+      choice.value = "";
+    } else if (button.classList.contains("remove")) {
+      names.splice(at, 1);
+    } else {
+      const to = button.classList.contains("move-up") ? at - 1 : at + 1;
+      if (to < 0 || to >= names.length) return;
+      names.splice(to, 0, names.splice(at, 1)[0]);
+    }
+    setChain(form, names);
+    form.dataset.dirty = "true";
+    message(form, "", "");
+    if (item) keepFocus(form, button, item.dataset.deployment, at);
+  }
+
+  /* Keep the keyboard where it was: on the moved item's same button, or on the item after a removed one. */
+  function keepFocus(form, button, name, at) {
+    const items = form.querySelectorAll(".fallback-edit li");
+    const moved = [...items].find((li) => li.dataset.deployment === name);
+    const kind = ["move-up", "move-down", "remove"].find((k) => button.classList.contains(k));
+    const next = items[Math.min(at, items.length - 1)];
+    const target = moved ? moved.querySelector("." + kind) : next ? next.querySelector(".remove") : null;
+    (target || form.querySelector(".fallback-choice")).focus();
+  }
+
+  function wireChainForm(form) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const reason = reasonOf(form);
+      if (reason !== null) submit(form, "PUT", "fallbacks", { fallbacks: readChain(form), reason });
+    });
+    form.addEventListener("click", (event) => {
+      const button = event.target.closest("button");
+      if (button && !button.disabled && button.type !== "submit") editChain(form, button);
+    });
+  }
+
   // --- Live figures ---------------------------------------------------------------
 
   function cell(row, field, text) {
@@ -243,10 +360,55 @@
     const route = routeOf(name);
     if (route) route.targets.forEach((t) => { if (t.deployment in weights) t.weight = weights[t.deployment]; });
     const form = section.querySelector("form.split-form");
-    if (form && !form.dataset.dirty) {
-      form.dataset.version = version;
-      setWeights(form, weights);
+    if (form) follow(form, version, weights);
+  }
+
+  function deploymentUrl(name) {
+    return "/deployments/" + name.split("/").map(encodeURIComponent).join("/") + "/";
+  }
+
+  /* Whether fallback `name` of `route` is enabled, as far as the last refresh knows (the next one corrects it). */
+  function enabledFallback(route, name) {
+    const known = route && [...(route.fallbacks || []), ...route.targets].find((f) => f.deployment === name);
+    return known ? known.enabled : true;
+  }
+
+  function showChain(section, rows) {
+    const box = section.querySelector(".fallbacks[data-field=fallbacks]");
+    if (!rows.length) return box.replaceChildren("Fallbacks: none. A request fails once every weighted target failed.");
+    const list = document.createElement("ol");
+    list.className = "fallback-chain";
+    for (const row of rows) {
+      const li = document.createElement("li");
+      li.dataset.deployment = row.deployment;
+      const link = document.createElement("a");
+      link.href = deploymentUrl(row.deployment);
+      link.textContent = row.deployment;
+      li.append(link);
+      if (!row.enabled) {
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "disabled";
+        li.append(" ", badge);
+      }
+      list.append(li);
     }
+    box.replaceChildren("Fallbacks (tried in this order once every weighted target failed or has an open circuit):", list);
+  }
+
+  /* A chain changed (here or elsewhere): show it; an untouched chain editor follows it.
+     `chain` is deployment names (a live notice) or {deployment, enabled} rows (a refresh). */
+  function applyChain(name, version, chain) {
+    const section = sectionOf(name);
+    if (!section) return;
+    const shown = section.querySelector("[data-field=version]");
+    if (Number(version) < Number(shown.textContent)) return;
+    shown.textContent = String(version);
+    const route = routeOf(name);
+    const rows = chain.map((f) => (typeof f === "string" ? { deployment: f, enabled: enabledFallback(route, f) } : f));
+    showChain(section, rows);
+    const form = section.querySelector("form.fallback-form");
+    if (form) follow(form, version, rows.map((r) => r.deployment));
   }
 
   function historyRow(change) {
@@ -254,7 +416,7 @@
     const moves = Object.entries(change.after || {}).map(([n, w]) => {
       const before = (change.before || {})[n];
       return `${n} ${before === undefined || before === null ? "–" : before}→${w}%`;
-    }).join(", ");
+    }).join(", ") + (change.fallbacks ? "; " + change.fallbacks : "");
     for (const value of [W.timeElement(change.at), change.actor, moves, change.reason]) {
       const td = document.createElement("td");
       td.append(value);
@@ -267,6 +429,7 @@
     const section = sectionOf(route.name);
     if (!section) return;
     applySplit(route.name, route.version, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
+    applyChain(route.name, route.version, route.fallbacks);
     for (const t of route.targets) {
       const row = section.querySelector(`tbody tr[data-deployment="${CSS.escape(t.deployment)}"]`);
       if (!row) continue;
@@ -300,6 +463,7 @@
       const p = m.payload || {};
       if (m.type === "weights.changed") {
         applySplit(p.route, p.version, p.weights || {});
+        if (Array.isArray(p.fallbacks)) applyChain(p.route, p.version, p.fallbacks);
         refresh(); // the audit trail gained a row
       } else if (m.type === "traffic.point" || m.type === "health.changed") {
         refreshSoon();
@@ -312,6 +476,11 @@
   document.querySelectorAll("form.split-form").forEach((form) => {
     if (!form.querySelector("fieldset").disabled) wireForm(form);
     else showTotal(form);
+  });
+  document.querySelectorAll("form.fallback-form").forEach(wireChainForm);
+  document.querySelectorAll("form.split-form, form.fallback-form").forEach((form) => {
+    const route = routeOf(form.dataset.route);
+    if (route) form.base = baseKey(form, isChainForm(form) ? chainOf(route) : splitOf(route));
   });
   W.connect({ onBatch, onConnect: refresh });
   window.WeathervaneRoutes = { drained }; // exposed for checks in the browser console and tests

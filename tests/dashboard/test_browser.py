@@ -355,6 +355,55 @@ def test_an_edit_of_a_split_changed_meanwhile_is_refused_and_the_form_catches_up
     admin.context.close()
 
 
+def test_the_fallback_chain_is_edited_from_the_keyboard_on_the_routes_page_and_every_page_follows(
+        chromium, app_url, world, admin_api):
+    from routing import weights
+    from routing.models import AuditEvent, Deployment
+
+    provider = Deployment.objects.get(name="stable").provider
+    for name in ("spare", "backup"):
+        Deployment.objects.create(name=name, provider=provider, upstream_model="fast")
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    viewer = signed_in_page(chromium, app_url, "victor", "/routes/")
+    assert viewer.locator("form.fallback-form").count() == 0  # viewers see the chain, no editor
+    admin.locator('.weight-row[data-deployment="canary"] input[type=range]').press("ArrowRight")  # a pending split edit
+    editor = admin.locator("form.fallback-form")
+    for name in ("spare", "backup", "canary"):
+        editor.locator(".fallback-choice").select_option(name)
+        editor.locator("button.add").press("Enter")
+    editor.locator("input[name=reason]").fill("spares for outages")
+    editor.locator("input[name=reason]").press("Enter")
+    editor.locator(".form-error:has-text('fallbacks.canary')").wait_for(timeout=10_000)  # canary has weight 10
+    assert "weight 10" in editor.locator(".form-error").inner_text()
+    assert admin_api.get("/api/v1/routes/chat/").json()["fallbacks"] == []
+
+    editor.locator('li[data-deployment="canary"] .remove').press("Enter")
+    editor.locator('li[data-deployment="backup"] .move-up').press("Enter")
+    assert admin.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Move backup up"
+    editor.locator("button.apply").press("Enter")
+    editor.locator(".form-ok:has-text('Applied')").wait_for(timeout=10_000)
+
+    assert admin_api.get("/api/v1/routes/chat/").json()["fallbacks"] == ["backup", "spare"]
+    assert AuditEvent.objects.filter(action="weights").first().after["fallbacks"] == ["backup", "spare"]
+    chain = "() => [...document.querySelectorAll('.fallback-chain li')].map((li) => li.dataset.deployment).join(',')"
+    viewer.wait_for_function(f"() => ({chain})() === 'backup,spare'", timeout=5000)  # live, without a reload
+    viewer.wait_for_selector("[data-field=history] tr:has-text('fallbacks none ⇒ backup → spare')", timeout=5000)
+
+    weights.apply_weights(world.route, None, fallbacks=["spare"], reason="from a script", actor="bob")
+    admin.wait_for_function(f"() => ({chain})() === 'spare'", timeout=5000)
+    assert editor.locator(".fallback-edit li").evaluate_all("items => items.map((li) => li.dataset.deployment)") == [
+        "spare"]  # the untouched editor follows the change made elsewhere
+    split_form = admin.locator("form.split-form")
+    split_form.locator("input[name=reason]").fill("a little more canary")
+    split_form.locator("button.apply").press("Enter")
+    split_form.locator(".form-ok:has-text('Applied')").wait_for(timeout=10_000)  # chain changes left the edit valid
+    assert admin_api.get("/api/v1/routes/chat/").json()["fallbacks"] == ["spare"]
+    assert {t["deployment"]: t["weight"] for t in admin_api.get("/api/v1/routes/chat/").json()["targets"]} == {
+        "stable": 89, "canary": 11}
+    admin.context.close()
+    viewer.context.close()
+
+
 def test_a_small_load_test_started_from_the_dashboard_shows_its_progress_and_then_its_figures(chromium, app_url, world):
     page = signed_in_page(chromium, app_url, "alice", "/load-tests/")
     page.select_option("#lt-target", "deployment:stable")

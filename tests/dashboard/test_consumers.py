@@ -67,7 +67,7 @@ async def test_a_weights_change_is_sent_at_once_without_waiting_for_the_batch(ad
     socket = await connected(admin_user)
     try:
         change = {"route": "chat", "version": 4, "weights": {"a": 75, "b": 25}, "actor": "alice", "reason": "canary",
-                  "at": None}
+                  "at": None, "fallbacks": ["b"]}
         started = asyncio.get_running_loop().time()
         await sync_to_async(live.weights_changed)(live.WeightsChanged(**change))
         assert await messages_of(socket, timeout=0.2) == [{"type": "weights.changed", "payload": change}]

@@ -161,7 +161,7 @@ def test_a_deployment_serving_two_routes_counts_each_routes_own_traffic(seeded, 
 def test_staff_get_enabled_split_controls(seeded, admin_user):
     page = signed_in(admin_user).get("/routes/").content.decode()
     controls = re.findall(r"<input[^>]*type=\"(?:range|number|text)\"[^>]*>", page)
-    assert len(controls) == 5  # two sliders, two numbers, the reason
+    assert len(controls) == 6  # two sliders, two numbers, the split's reason, the fallbacks' reason
     assert not any("disabled" in c for c in controls)
     assert 'data-version="1"' in page
 
@@ -240,3 +240,93 @@ def test_the_routes_page_shows_the_fallback_chain_in_order(seeded, viewer_user):
 def test_the_routes_page_says_when_a_route_has_no_fallbacks(seeded, viewer_user):
     page = signed_in(viewer_user).get("/routes/").content.decode()
     assert "Fallbacks: none." in page
+
+
+def page_session(user):
+    """A browser-like client (CSRF enforced) that has loaded the routes page; returns (client, page)."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client, client.get("/routes/").content.decode()
+
+
+def put_fallbacks(client, page, fallbacks, reason="spare for outages"):
+    """PUT the chain the way routes.js does: JSON, the CSRF token, If-Match with the form's version."""
+    version = re.search(r'<form class="fallback-form" data-route="chat" data-version="(\d+)"', page).group(1)
+    return client.put("/api/v1/routes/chat/fallbacks", json.dumps({"fallbacks": fallbacks, "reason": reason}),
+                      content_type="application/json", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value,
+                      HTTP_IF_MATCH=f'"{version}"')
+
+
+def chain_of(page):
+    return re.findall(r'data-deployment="([^"]+)"', re.search(r'<ol class="fallback-chain">(.*?)</ol>', page, re.S)[1])
+
+
+def test_staff_edit_the_fallback_chain_from_the_routes_page(seeded, admin_user, monkeypatch,
+                                                           django_capture_on_commit_callbacks):
+    from routing.models import AuditEvent, Deployment
+
+    for name in ("spare", "backup"):
+        Deployment.objects.create(name=name, provider=seeded["provider"], upstream_model="fast")
+    client, page = page_session(admin_user)
+    editor = re.search(r'<form class="fallback-form".*?</form>', page, re.S).group(0)
+    assert '<option value="spare">spare</option>' in editor and 'name="reason"' in editor
+    sent = []
+    monkeypatch.setattr("routing.weights.live.weights_changed", sent.append)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = put_fallbacks(client, page, ["backup", "spare"])
+
+    assert response.status_code == 200, response.content
+    assert Route.objects.get(name="chat").fallback_chain() == ["backup", "spare"]
+    change = AuditEvent.objects.filter(action="weights").first()
+    assert (change.actor, change.reason) == ("alice", "spare for outages")
+    assert change.after["fallbacks"] == ["backup", "spare"]
+    assert [(p.version, p.fallbacks) for p in sent] == [(2, ["backup", "spare"])]  # open pages redraw the chain
+    page = client.get("/routes/").content.decode()
+    assert chain_of(page) == ["backup", "spare"]
+    editor = re.search(r'<ol class="fallback-edit">(.*?)</ol>', page, re.S).group(1)
+    assert re.findall(r'<li data-deployment="([^"]+)"', editor) == ["backup", "spare"]
+    assert "fallbacks none ⇒ backup → spare" in page  # the history row says what changed
+
+
+@pytest.mark.parametrize("fallbacks, field, says", [
+    (["nope"], "fallbacks.nope", "no deployment named"),
+    (["stable"], "fallbacks.stable", "weight 90"),
+])
+def test_a_bad_fallback_from_the_page_is_a_clear_400_and_changes_nothing(seeded, admin_user, fallbacks, field, says):
+    from routing.models import AuditEvent
+
+    client, page = page_session(admin_user)
+
+    response = put_fallbacks(client, page, fallbacks)
+
+    assert response.status_code == 400
+    assert says in " ".join(response.json()[field])
+    route = Route.objects.get(name="chat")
+    assert (route.version, route.fallback_chain()) == (1, [])
+    assert not AuditEvent.objects.filter(action="weights").exists()
+    assert "Fallbacks: none." in client.get("/routes/").content.decode()
+
+
+def test_a_fallback_edit_from_a_stale_page_is_refused(seeded, admin_user):
+    client, page = page_session(admin_user)
+    weights.apply_weights(seeded["route"], {"stable": 80, "canary": 20}, reason="meanwhile", actor="bob")
+
+    response = put_fallbacks(client, page, ["canary"])
+
+    assert response.status_code == 409
+    assert Route.objects.get(name="chat").fallback_chain() == []
+
+
+def test_viewers_see_the_chain_but_get_no_editor_and_cannot_change_it(seeded, viewer_user):
+    weights.apply_weights(seeded["route"], {"stable": 100, "canary": 0}, fallbacks=["canary"], reason="spare",
+                          actor="alice")
+    client, page = page_session(viewer_user)
+    assert chain_of(page) == ["canary"]
+    assert "fallback-form" not in page and "fallback-edit" not in page
+
+    response = client.put("/api/v1/routes/chat/fallbacks", json.dumps({"fallbacks": [], "reason": "sneaky"}),
+                          content_type="application/json", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+
+    assert response.status_code == 403
+    assert Route.objects.get(name="chat").fallback_chain() == ["canary"]

@@ -43,7 +43,7 @@ def test_it_saves_the_split_bumps_the_version_and_records_why(route, admin_user,
     assert [kind for kind, _ in published] == ["weights", "timeline"]
     assert published[0][1] | {"at": None} == {
         "route": "chat", "version": 2, "weights": {"canary": 50, "stable": 50}, "actor": "alice", "reason": "ramp",
-        "at": None,
+        "at": None, "fallbacks": [],
     }
 
 
