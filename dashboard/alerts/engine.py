@@ -83,14 +83,25 @@ def evaluate(now):
     rules = list(AlertRule.objects.filter(enabled=True))
     observed = sources.observe(rules, now)
     _update_alerts(rules, observed, now)
-    firing = list(Alert.objects.filter(state=FIRING).select_related("rule"))
+    firing = _with_rules(Alert.objects.filter(state=FIRING), rules)
     _mark_suppressed(firing, now)
     keep = now - timedelta(days=settings.ALERT_RESOLVED_KEEP_DAYS)
     Alert.objects.filter(state=RESOLVED, resolved_at__lt=keep).delete()
-    recent = Alert.objects.filter(state=RESOLVED, resolved_at__gte=now - timedelta(days=1)).select_related("rule")
-    outbox = _notify(firing, list(recent), now)
+    outbox = _notify(firing, now, rules)
     pending = Alert.objects.filter(state=AlertState.PENDING).count()
     return outbox, {"firing": sum(1 for a in firing if not a.suppressed), "pending": pending}
+
+
+def _with_rules(alerts, rules):
+    """Return the alerts with their rules attached from `rules` (the tick's own), reading only the missing ones:
+    a join would build one more model per alert, thousands per tick."""
+    alerts = list(alerts)
+    known = {rule.pk: rule for rule in rules}
+    missing = {a.rule_id for a in alerts} - known.keys()
+    known |= {rule.pk: rule for rule in AlertRule.objects.filter(pk__in=missing)} if missing else {}
+    for alert in alerts:
+        Alert.rule.field.set_cached_value(alert, known[alert.rule_id])
+    return alerts
 
 
 # --- alerts: pending → firing → resolved ---------------------------------------------------------------------
@@ -222,10 +233,11 @@ def group_of(policy, labels):
     return ",".join(f'{k}="{v}"' for k, v in shared.items())[:500], shared
 
 
-def _notify(firing, recent_resolved, now):
+def _notify(firing, now, rules):
     policies = list(NotificationPolicy.objects.filter(enabled=True).prefetch_related("channels"))
     by_pk = {policy.pk: policy for policy in policies}
     stored = {(g.policy_id, g.key): g for g in AlertGroup.objects.all()}
+    recent_resolved = _resolved_news(stored.values(), now, rules)
     members = {}  # (policy id, key) → (policy, shared labels, {fingerprint: (status, alert)})
     for status, alerts in ((RESOLVED, recent_resolved), (FIRING, [a for a in firing if not a.suppressed])):
         for alert in alerts:
@@ -240,6 +252,15 @@ def _notify(firing, recent_resolved, now):
             outbox.append(sent)
     writes.save()
     return outbox
+
+
+def _resolved_news(groups, now, rules):
+    """Return the alerts resolved in the last day that some group last sent as firing: the only resolved ones a
+    notification can tell about."""
+    told = {fp for group in groups for fp, status in group.notified.items() if status == FIRING}
+    recent = Alert.objects.filter(state=RESOLVED, resolved_at__gte=now - timedelta(days=1))
+    return [alert for chunk in _chunks(sorted(told))
+            for alert in _with_rules(recent.filter(fingerprint__in=chunk), rules)]
 
 
 class GroupWrites:
