@@ -113,8 +113,7 @@ def alert_labels(rule, observed_labels):
     return {**observed_labels, **free, "alertname": rule.name, "severity": rule.severity, "kind": rule.kind}
 
 
-ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at", "fired_at", "suppressed",
-                "suppressed_by")  # what an update needs (bulk_update writes only its listed fields)
+ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at")  # what an update needs
 
 
 def _update_alerts(rules, observed, now):

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from probes import rollups, runner, sketch
 from probes.models import HealthState, ProbeTarget, Rollup, Source
@@ -172,7 +172,7 @@ def _names():
 def ttft_p95(rules, now):
     longest = max(r.params.get("window_s", 300) for r in rules)
     rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest))).exclude(ttft=None)
-    parsed = _parsed_ttft(list(rows.values_list("pk", "count", "minute", "source", "deployment_id")))
+    parsed = _parsed_ttft(list(rows.values_list("pk", "count")))
     deployments, _ = _names()
     p95s = {}  # (window, source) → {deployment id: (p95 ms, requests)}, computed once for the rules that share them
     for rule in rules:
@@ -189,24 +189,30 @@ def ttft_p95(rules, now):
         yield rule, found
 
 
-_ttft_cache = {}  # (rollup id, count) → its parsed TTFT sketch, kept from one tick to the next
+_ttft_cache = {}  # (rollup id, count) → (minute, source, deployment id, parsed TTFT sketch), kept between ticks
 
 
 def _parsed_ttft(rows):
-    """Return [(minute, source, deployment id, count, TTFT sketch)] of the rows, parsing only new or grown ones.
+    """Return [(minute, source, deployment id, count, TTFT sketch)] of the [(id, count)] rows, reading and parsing
+    only new or grown ones.
 
     Only the TTFT sketch is read (not the latency one), and a rollup row only grows (every merge adds requests),
-    so a row with the count seen last tick holds the same sketch: past minutes are parsed once, not every tick.
+    so a row with the count seen last tick holds the same sketch (and its minute, source and deployment never
+    change): past minutes are read and parsed once, not every tick.
     """
     global _ttft_cache
-    wanted = {(pk, count) for pk, count, *_ in rows}
+    wanted = set(rows)
     missing = [pk for pk, count in wanted if (pk, count) not in _ttft_cache]
-    fresh = {(pk, count): sketch.from_json(ttft) for pk, count, ttft in
-             Rollup.objects.filter(pk__in=missing).values_list("pk", "count", "ttft")} if missing else {}
+    fields = ("pk", "count", "minute", "source", "deployment_id", "ttft")
+    fresh = {}
+    for chunk in (missing[i:i + 900] for i in range(0, len(missing), 900)):
+        fresh |= {(pk, count): (minute, source, deployment_id, sketch.from_json(ttft))
+                  for pk, count, minute, source, deployment_id, ttft in
+                  Rollup.objects.filter(pk__in=chunk).values_list(*fields)}
     cache = {key: _ttft_cache.get(key) or fresh.get(key) for key in wanted}
     _ttft_cache = {key: value for key, value in cache.items() if value is not None}
-    return [(minute, source, deployment_id, count, _ttft_cache[(pk, count)])
-            for pk, count, minute, source, deployment_id in rows if (pk, count) in _ttft_cache]
+    return [(minute, source, deployment_id, count, ttft)
+            for (pk, count), (minute, source, deployment_id, ttft) in _ttft_cache.items()]
 
 
 def _p95_by_deployment(parsed, since, source):
@@ -222,16 +228,13 @@ def _p95_by_deployment(parsed, since, source):
 
 
 def error_rate(rules, now):
-    longest = max(r.params.get("window_s", 600) for r in rules)
-    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest)))
-    per_minute = list(rows.values("minute", "source", "route_id", "deployment_id")
-                      .annotate(n=Sum("count"), good=Sum("ok")))
+    per_subject = _counts_per_window(now, {r.params.get("window_s", 600) for r in rules})
     deployments, routes = _names()
     counted = {}  # (scope, window) → {subject: [requests, ok]}, counted once for every rule that shares them
     for rule in rules:
         scope, window = rule.params.get("scope", "route"), rule.params.get("window_s", 600)
         if (scope, window) not in counted:
-            counted[(scope, window)] = _count_by(per_minute, scope, now - timedelta(seconds=window))
+            counted[(scope, window)] = _count_by(per_subject, scope, window)
         found = []
         for subject, (n, good) in counted[(scope, window)].items():
             rate = (n - good) / n if n else 0.0
@@ -242,15 +245,27 @@ def error_rate(rules, now):
         yield rule, found
 
 
-def _count_by(per_minute, scope, since):
-    """Return {route or deployment id: [requests, ok]} from `since` (a route's: its gateway traffic only)."""
-    start = rollups.minute_of(since)
+def _counts_per_window(now, windows):
+    """Return one row per (source, route, deployment) with its requests `n<window>` and successes `ok<window>`
+    over each window: summed by the database, not minute by minute in Python."""
+    longest = max(windows)
+    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest)))
+    sums = {}
+    for window in windows:
+        since = Q(minute__gte=rollups.minute_of(now - timedelta(seconds=window)))
+        sums[f"n{window}"] = Sum("count", filter=since)
+        sums[f"ok{window}"] = Sum("ok", filter=since)
+    return list(rows.values("source", "route_id", "deployment_id").annotate(**sums))
+
+
+def _count_by(per_subject, scope, window):
+    """Return {route or deployment id: [requests, ok]} over `window` s (a route's: its gateway traffic only)."""
     counts = defaultdict(lambda: [0, 0])
-    for row in per_minute:
+    for row in per_subject:
         subject = row["route_id"] if scope == "route" else row["deployment_id"]
-        if row["minute"] >= start and subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
-            counts[subject][0] += row["n"]
-            counts[subject][1] += row["good"]
+        if subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
+            counts[subject][0] += row[f"n{window}"] or 0
+            counts[subject][1] += row[f"ok{window}"] or 0
     return counts
 
 
