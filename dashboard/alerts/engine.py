@@ -78,6 +78,12 @@ def tick(now=None):
     return {**counts, "sent": len(outbox)}
 
 
+def next_due():
+    """Return when the first pending alert's `for` ends (a tick then fires it), or None when none is pending."""
+    pending = Alert.objects.filter(state=AlertState.PENDING).values_list("started_at", "rule__for_s")
+    return min((started + timedelta(seconds=for_s) for started, for_s in pending), default=None)
+
+
 def evaluate(now):
     """Do one tick's work inside the caller's transaction; return ([(Message, channel ids)], counts)."""
     rules = list(AlertRule.objects.filter(enabled=True))
@@ -131,8 +137,10 @@ def _update_alerts(rules, observed, now):
             seen.add(fp)
             summary, row = observation.summary[:500], open_alerts.get(fp)
             if row is None:
-                state = FIRING if rule.for_s == 0 else AlertState.PENDING
-                new.append(Alert(rule=rule, fingerprint=fp, labels=labels, started_at=now, state=state,
+                # The probes' verdict, not this tick, is when a deployment went down: a tick later is no extra wait.
+                started = min(observation.since or now, now)
+                state = FIRING if (now - started).total_seconds() >= rule.for_s else AlertState.PENDING
+                new.append(Alert(rule=rule, fingerprint=fp, labels=labels, started_at=started, state=state,
                                  fired_at=now if state == FIRING else None, summary=summary,
                                  value=observation.value))
             else:

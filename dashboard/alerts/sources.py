@@ -31,6 +31,7 @@ class Observation:
     labels: dict
     summary: str
     value: float | None = None
+    since: datetime | None = None  # when the condition began, where the source knows it: `for` counts from there
 
 
 def observe(rules, now):
@@ -69,7 +70,8 @@ def deployment_health(rules, now):
     targets = _targets()
     for rule in rules:
         states = rule.params.get("states") or [HealthState.DOWN]
-        yield rule, [Observation(_target_labels(t), f"{t} is {t.health}: {t.health_reason}".rstrip(": "))
+        yield rule, [Observation(_target_labels(t), f"{t} is {t.health}: {t.health_reason}".rstrip(": "),
+                                 since=t.health_since)
                      for t in targets if t.health in states]
 
 

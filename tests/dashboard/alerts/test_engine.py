@@ -197,3 +197,17 @@ def test_a_tick_writes_in_a_few_queries_however_many_alerts_fire_at_once(world, 
         engine.tick(clock.advance(60))
     assert [m.status for m, _ in sent[20 * deployments:]] == ["resolved"] * 20 * deployments
     assert AlertGroup.objects.count() == 0
+
+
+def test_for_counts_from_when_the_probes_marked_the_deployment_down_not_from_the_tick_that_saw_it(world, clock):
+    from datetime import timedelta
+
+    make_rule(for_s=60)
+    set_health(world.canary, "down")
+    ProbeTarget.objects.filter(deployment=world.canary).update(health_since=clock() - timedelta(seconds=50))
+    engine.tick(clock())
+    assert states() == [("canary", "pending")]
+    assert engine.next_due() == clock() + timedelta(seconds=10)
+    engine.tick(clock.advance(10))
+    assert states() == [("canary", "firing")]
+    assert engine.next_due() is None
