@@ -6,6 +6,7 @@ state lasts; one-off rollout outcomes (preflight failed, rolled back, promoted) 
 while the rollout stays there; thresholds are read over the rule's window of per-minute rollups.
 """
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,9 +41,13 @@ def observe(rules, now):
     for rule in rules:
         by_kind[rule.kind].append(rule)
     found = {}
-    for kind, kind_rules in by_kind.items():
-        for rule, observations in OBSERVERS[kind](kind_rules, now):
-            found[rule.pk] = [o for o in observations if _in_scope(rule, o.labels)]
+    _per_tick.cache = {}
+    try:
+        for kind, kind_rules in by_kind.items():
+            for rule, observations in OBSERVERS[kind](kind_rules, now):
+                found[rule.pk] = [o for o in observations if _in_scope(rule, o.labels)]
+    finally:
+        _per_tick.cache = None
     return found
 
 
@@ -54,9 +59,21 @@ def _in_scope(rule, labels):
 # --- state conditions ----------------------------------------------------------------------------------------
 
 
+_per_tick = threading.local()  # what several kinds read (the targets, the names), read once per `observe`
+
+
+def _once(name, read):
+    cache = getattr(_per_tick, "cache", None)
+    if cache is None:  # called on its own, outside `observe`
+        return read()
+    if name not in cache:
+        cache[name] = read()
+    return cache[name]
+
+
 def _targets():
     rows = ProbeTarget.objects.filter(enabled=True, deployment__enabled=True, deployment__provider__enabled=True)
-    return list(rows.select_related("deployment__provider", "api_key"))
+    return _once("targets", lambda: list(rows.select_related("deployment__provider", "api_key")))
 
 
 def _target_labels(target):
@@ -166,9 +183,12 @@ def no_data(rules, now):
 
 
 def _names():
-    deployments = {pk: (name, provider) for pk, name, provider in
-                   Deployment.objects.values_list("pk", "name", "provider__name")}
-    return deployments, dict(Route.objects.values_list("pk", "name"))
+    def read():
+        deployments = {pk: (name, provider) for pk, name, provider in
+                       Deployment.objects.values_list("pk", "name", "provider__name")}
+        return deployments, dict(Route.objects.values_list("pk", "name"))
+
+    return _once("names", read)
 
 
 def ttft_p95(rules, now):
