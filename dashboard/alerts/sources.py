@@ -196,11 +196,14 @@ def ttft_p95(rules, now):
     rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest))).exclude(ttft=None)
     parsed = _parsed_ttft(list(rows.values_list("pk", "count")))
     deployments, _ = _names()
+    windows = defaultdict(set)  # source → the windows its rules look at
+    for rule in rules:
+        windows[rule.params.get("source", "all")].add(rule.params.get("window_s", 300))
     p95s = {}  # (window, source) → {deployment id: (p95 ms, requests)}, computed once for the rules that share them
+    for source, its_windows in windows.items():
+        p95s |= {(window, source): p95 for window, p95 in _p95s_by_window(parsed, now, its_windows, source).items()}
     for rule in rules:
         window, source = rule.params.get("window_s", 300), rule.params.get("source", "all")
-        if (window, source) not in p95s:
-            p95s[(window, source)] = _p95_by_deployment(parsed, now - timedelta(seconds=window), source)
         found = []
         threshold, least = rule.params["threshold_ms"], rule.params.get("min_count", 1)
         for pk, (p95, count) in p95s[(window, source)].items():
@@ -237,16 +240,25 @@ def _parsed_ttft(rows):
             for (pk, count), (minute, source, deployment_id, ttft) in _ttft_cache.items()]
 
 
-def _p95_by_deployment(parsed, since, source):
-    start = rollups.minute_of(since)
-    merged, counts = {}, defaultdict(int)
-    for minute, row_source, deployment_id, count, ttft in parsed:
-        if minute >= start and source in ("all", row_source):
+def _p95s_by_window(parsed, now, windows, source):
+    """Return {window s: {deployment id: (p95 ms, requests)}} of `source`'s rows ("all": every source).
+
+    The rows are merged newest first into one sketch per deployment, read at each window's start: a longer window
+    adds only its older minutes to the shorter one's sketch, so every row is merged once.
+    """
+    rows = sorted((row for row in parsed if source in ("all", row[1])), key=lambda row: row[0], reverse=True)
+    merged, counts, found, i = {}, defaultdict(int), {}, 0
+    for window in sorted(windows):
+        start = rollups.minute_of(now - timedelta(seconds=window))
+        while i < len(rows) and rows[i][0] >= start:
+            _, _, deployment_id, count, ttft = rows[i]
             counts[deployment_id] += count
             if deployment_id not in merged:
-                merged[deployment_id] = sketch.new()  # rows are shared by windows: merge into a sketch of its own
+                merged[deployment_id] = sketch.new()  # rows are shared by ticks: merge into a sketch of its own
             merged[deployment_id].merge(ttft)
-    return {pk: (sketch.quantiles(merged[pk], (0.95,))[0.95], counts[pk]) for pk in merged}
+            i += 1
+        found[window] = {pk: (sketch.quantiles(merged[pk], (0.95,))[0.95], counts[pk]) for pk in merged}
+    return found
 
 
 def error_rate(rules, now):
