@@ -139,6 +139,7 @@ def run(args):
     sent = []
     times, queries = [], []
     slowest = (0.0, None)
+    burst = (float("nan"), 0)
     with mock.patch("dashboard.alerts.delivery.enqueue", side_effect=lambda m, ids: sent.append(m)):
         for i in range(args.ticks + 1):
             profiler = cProfile.Profile() if args.profile and i else None  # the first tick has no goal
@@ -152,9 +153,12 @@ def run(args):
                 profiler.disable()
                 if elapsed > slowest[0]:
                     slowest = (elapsed, profiler)
+            print(f"tick {i} (+{5 * i} s): {elapsed * 1000:.0f} ms, {len(captured)} queries", file=sys.stderr)
             if i:  # the first tick creates every alert; the rest are the steady state
                 times.append(elapsed)
                 queries.append(len(captured))
+                if 5 * i == 60:  # the `for: 60 s` alerts (about 2,000) fire together, ~300 groups open
+                    burst = (elapsed, len(captured))
             else:
                 first = (elapsed, len(captured))
     if slowest[1]:  # profiled ticks are slower; the profile shows where the slowest one spent its time
@@ -162,7 +166,8 @@ def run(args):
     return {"rules": rules, "deployments": len(deployments), "routes": len(routes), "ticks": len(times),
             "first_s": first[0], "first_queries": first[1], "median_s": statistics.median(times),
             "p95_s": sorted(times)[max(0, int(len(times) * 0.95) - 1)], "max_s": max(times),
-            "queries": statistics.median(queries), "alerts": Alert.objects.count(),
+            "queries": statistics.median(queries), "burst_s": burst[0], "burst_queries": burst[1],
+            "alerts": Alert.objects.count(),
             "firing": Alert.objects.filter(state="firing").count(), "notifications": len(sent)}
 
 
@@ -183,7 +188,11 @@ def section(result, command):
         "|---|---|---|---|",
         f"| tick after the first, median of {result['ticks']} | under 1 s | {result['median_s'] * 1000:.0f} ms | "
         f"{'yes' if result['median_s'] < 1 else '**no**'} |",
-        f"| tick after the first, p95 and max (the tick where the `for: 60 s` alerts fire at once) | under 1 s | "
+        f"| the burst tick (+60 s: the `for: 60 s` alerts fire at once, their groups open) | under 1 s | "
+        f"{result['burst_s'] * 1000:.0f} ms, {result['burst_queries']} queries | "
+        f"{'yes' if result['burst_s'] < 1 else '**no**'} |",
+        f"| tick after the first, p95 and max (over every tick: the burst, and the minutes' turns where thousands "
+        f"of threshold alerts resolve and start) | under 1 s | "
         f"{result['p95_s'] * 1000:.0f} ms, {result['max_s'] * 1000:.0f} ms | {met} |",
         f"| database queries per tick | one per kind, not per rule | {result['queries']:.0f} | "
         f"{'yes' if result['queries'] < 60 else '**no**'} |",

@@ -98,16 +98,28 @@ def evaluate(now):
     return outbox, {"firing": sum(1 for a in firing if not a.suppressed), "pending": pending}
 
 
+class AlertRow:
+    """What a tick reads of an alert to mute, group and notify it: thousands per tick, so plain rows rather than
+    models (building a model per alert was a third of a tick)."""
+
+    FIELDS = ("pk", "rule_id", "fingerprint", "labels", "state", "summary", "suppressed", "suppressed_by",
+              "started_at", "fired_at", "resolved_at")
+    __slots__ = (*FIELDS, "rule")
+
+    def __init__(self, values, rule):
+        for name, value in zip(self.FIELDS, values, strict=True):
+            setattr(self, name, value)
+        self.rule = rule
+
+
 def _with_rules(alerts, rules):
-    """Return the alerts with their rules attached from `rules` (the tick's own), reading only the missing ones:
-    a join would build one more model per alert, thousands per tick."""
-    alerts = list(alerts)
+    """Return AlertRows of the alerts, their rules taken from `rules` (the tick's own), reading only the missing
+    ones (a join would build one more model per alert)."""
+    rows = list(alerts.values_list(*AlertRow.FIELDS))
     known = {rule.pk: rule for rule in rules}
-    missing = {a.rule_id for a in alerts} - known.keys()
+    missing = {row[1] for row in rows} - known.keys()
     known |= {rule.pk: rule for rule in AlertRule.objects.filter(pk__in=missing)} if missing else {}
-    for alert in alerts:
-        Alert.rule.field.set_cached_value(alert, known[alert.rule_id])
-    return alerts
+    return [AlertRow(row, known[row[1]]) for row in rows]
 
 
 # --- alerts: pending → firing → resolved ---------------------------------------------------------------------
