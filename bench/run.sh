@@ -11,6 +11,8 @@
 #   7. alert delivery: enqueue -> signed webhook on loopback, 200 notifications paced and in a burst
 #      (bench/alert_delivery.py, embedded mode, ~30 s)
 #   8. alert rules: 1,000 mixed rules over 200 deployments' rollups, one tick on one worker (bench/alert_rules.py)
+#   9. alert latency end to end: a deployment down in the simulator -> the webhook, 20 trials on the embedded
+#      scheduler, once with 1 s alert ticks and once with the default 5 s (bench/alert_latency.py, ~3 min)
 # SKIP="gateway probes dashboard soak rollouts faults alerts" skips parts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,5 +46,8 @@ fi
 if [[ $SKIP != *alerts* ]]; then
   "$PY" "$ROOT/bench/alert_delivery.py" --out "$ROOT/bench/results/alerts-$stamp.json" > /dev/null
   "$PY" "$ROOT/bench/alert_rules.py" --write-results
+  "$PY" "$ROOT/bench/alert_latency.py" --tick 1 --out "$ROOT/bench/results/alert-latency-1s-$stamp.json" > /dev/null
+  "$PY" "$ROOT/bench/alert_latency.py" --tick 5 --write-results \
+    --out "$ROOT/bench/results/alert-latency-5s-$stamp.json" > /dev/null
 fi
 echo "bench/RESULTS.md updated"

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 5.0
 CATCH_UP_SPREAD_MS = 5000
+MIN_ALERT_GAP_MS = 250  # between an alert tick and one brought forward for a pending alert's end
 
 
 class Scheduler:
@@ -40,6 +41,8 @@ class Scheduler:
         self.heap = []  # (slot ms, target id, interval s, repeats)
         self.started = 0  # probes handed to the pool
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set to re-plan the loop's sleep (stopping, an alert falling due sooner)
+        self._alerts_due_ms = None  # when the engine said a pending alert's `for` ends
         self._thread = None
         self._pool = None
         self._rechecking = None  # the Future of the key re-check sweep under way
@@ -56,6 +59,7 @@ class Scheduler:
     def stop(self, timeout=5.0):
         """Stop scheduling; probes under way may finish within `timeout`."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -77,12 +81,16 @@ class Scheduler:
                 if self._rechecking is None or self._rechecking.done():
                     self._rechecking = self._pool.submit(self._recheck_keys)
                 next_refresh = now + self.refresh_s * 1000
-            if now >= next_alerts:
+            due = self._alerts_due_ms
+            if now >= next_alerts or (due is not None and now >= due):
+                self._alerts_due_ms = None
                 self._pool.submit(self._tick_alerts)
                 next_alerts = now + settings.ALERT_TICK_EVERY_S * 1000
             self._fire_due(now)
-            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh, next_alerts)
-            self._stop.wait(max(wake - runner.now_ms(), 0) / 1000)
+            due = self._alerts_due_ms
+            wake = min(self.heap[0][0] if self.heap else next_refresh, next_refresh, next_alerts, due or next_alerts)
+            self._wake.wait(max(wake - runner.now_ms(), 0) / 1000)
+            self._wake.clear()
         close_old_connections()
 
     def refresh(self, now):
@@ -154,7 +162,12 @@ class Scheduler:
         from dashboard.alerts import engine
 
         try:
-            engine.tick()  # leased: a tick still running elsewhere makes this one a no-op
+            if engine.tick() is None:  # leased: a tick still running elsewhere makes this one a no-op
+                return
+            due = engine.next_due()  # a pending alert fires when its `for` ends, not up to a tick later
+            if due is not None:
+                self._alerts_due_ms = max(int(due.timestamp() * 1000), runner.now_ms() + MIN_ALERT_GAP_MS)
+                self._wake.set()
         except Exception:  # a broken rule must not stop the probes
             log.exception("alert tick failed")
         finally:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -78,19 +78,48 @@ def tick(now=None):
     return {**counts, "sent": len(outbox)}
 
 
+def next_due():
+    """Return when the first pending alert's `for` ends (a tick then fires it), or None when none is pending."""
+    pending = Alert.objects.filter(state=AlertState.PENDING).values_list("started_at", "rule__for_s")
+    return min((started + timedelta(seconds=for_s) for started, for_s in pending), default=None)
+
+
 def evaluate(now):
     """Do one tick's work inside the caller's transaction; return ([(Message, channel ids)], counts)."""
     rules = list(AlertRule.objects.filter(enabled=True))
     observed = sources.observe(rules, now)
     _update_alerts(rules, observed, now)
-    firing = list(Alert.objects.filter(state=FIRING).select_related("rule"))
+    firing = _with_rules(Alert.objects.filter(state=FIRING), rules)
     _mark_suppressed(firing, now)
     keep = now - timedelta(days=settings.ALERT_RESOLVED_KEEP_DAYS)
     Alert.objects.filter(state=RESOLVED, resolved_at__lt=keep).delete()
-    recent = Alert.objects.filter(state=RESOLVED, resolved_at__gte=now - timedelta(days=1)).select_related("rule")
-    outbox = _notify(firing, list(recent), now)
+    outbox = _notify(firing, now, rules)
     pending = Alert.objects.filter(state=AlertState.PENDING).count()
     return outbox, {"firing": sum(1 for a in firing if not a.suppressed), "pending": pending}
+
+
+class AlertRow:
+    """What a tick reads of an alert to mute, group and notify it: thousands per tick, so plain rows rather than
+    models (building a model per alert was a third of a tick)."""
+
+    FIELDS = ("pk", "rule_id", "fingerprint", "labels", "state", "summary", "suppressed", "suppressed_by",
+              "started_at", "fired_at", "resolved_at")
+    __slots__ = (*FIELDS, "rule")
+
+    def __init__(self, values, rule):
+        for name, value in zip(self.FIELDS, values, strict=True):
+            setattr(self, name, value)
+        self.rule = rule
+
+
+def _with_rules(alerts, rules):
+    """Return AlertRows of the alerts, their rules taken from `rules` (the tick's own), reading only the missing
+    ones (a join would build one more model per alert)."""
+    rows = list(alerts.values_list(*AlertRow.FIELDS))
+    known = {rule.pk: rule for rule in rules}
+    missing = {row[1] for row in rows} - known.keys()
+    known |= {rule.pk: rule for rule in AlertRule.objects.filter(pk__in=missing)} if missing else {}
+    return [AlertRow(row, known[row[1]]) for row in rows]
 
 
 # --- alerts: pending → firing → resolved ---------------------------------------------------------------------
@@ -102,13 +131,12 @@ def alert_labels(rule, observed_labels):
     return {**observed_labels, **free, "alertname": rule.name, "severity": rule.severity, "kind": rule.kind}
 
 
-ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at", "fired_at", "suppressed",
-                "suppressed_by")  # what an update needs (bulk_update writes only its listed fields)
+ALERT_FIELDS = ("pk", "fingerprint", "state", "summary", "value", "started_at")  # what an update needs
 
 
 def _update_alerts(rules, observed, now):
-    """Create, fire and resolve alerts. Only changes are written: alerts that merely fire or resolve in one UPDATE
-    each (thousands may at once), a changed summary row by row."""
+    """Create, fire and resolve alerts. Only changes are written: alerts that fire or resolve in one UPDATE each
+    (thousands may at once), changed summaries and values in one statement run per row."""
     open_alerts = {row["fingerprint"]: row for row in Alert.objects.filter(state__in=OPEN_STATES)
                    .values(*ALERT_FIELDS)}
     seen, new, rewritten, fired = set(), [], [], []
@@ -121,18 +149,17 @@ def _update_alerts(rules, observed, now):
             seen.add(fp)
             summary, row = observation.summary[:500], open_alerts.get(fp)
             if row is None:
-                state = FIRING if rule.for_s == 0 else AlertState.PENDING
-                new.append(Alert(rule=rule, fingerprint=fp, labels=labels, started_at=now, state=state,
+                # The probes' verdict, not this tick, is when a deployment went down: a tick later is no extra wait.
+                started = min(observation.since or now, now)
+                state = FIRING if (now - started).total_seconds() >= rule.for_s else AlertState.PENDING
+                new.append(Alert(rule=rule, fingerprint=fp, labels=labels, started_at=started, state=state,
                                  fired_at=now if state == FIRING else None, summary=summary,
                                  value=observation.value))
-            elif row["summary"] != summary:
-                alert = _shell(row)
-                alert.summary, alert.value = summary, observation.value
+            else:
+                if row["summary"] != summary or row["value"] != observation.value:
+                    rewritten.append((summary, observation.value, row["pk"]))
                 if _due_to_fire(row, rule, now):
-                    alert.state, alert.fired_at = FIRING, now
-                rewritten.append(alert)
-            elif _due_to_fire(row, rule, now):
-                fired.append(row["pk"])
+                    fired.append(row["pk"])
     gone = [row for fp, row in open_alerts.items() if fp not in seen]
     for chunk in _chunks([row["pk"] for row in gone if row["state"] == AlertState.PENDING]):
         Alert.objects.filter(pk__in=chunk).delete()
@@ -140,7 +167,18 @@ def _update_alerts(rules, observed, now):
             suppressed_by="")
     _update(fired, state=FIRING, fired_at=now)
     Alert.objects.bulk_create(new)
-    Alert.objects.bulk_update(rewritten, ["state", "summary", "value", "fired_at"], batch_size=200)
+    _rewrite(rewritten)
+
+
+def _rewrite(rows):
+    """Write [(summary, value, id)]: one statement run for every row. (Django's bulk_update builds a CASE per
+    field and row, which costs seconds of Python for the thousands of summaries a threshold tick changes.)"""
+    if not rows:
+        return
+    table, quote = Alert._meta.db_table, connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {quote(table)} SET {quote('summary')} = %s, {quote('value')} = %s "
+                           f"WHERE {quote('id')} = %s", rows)
 
 
 def _chunks(ids, size=900):
@@ -151,11 +189,6 @@ def _chunks(ids, size=900):
 def _update(ids, **values):
     for chunk in _chunks(ids):
         Alert.objects.filter(pk__in=chunk).update(**values)
-
-
-def _shell(row):
-    """An Alert built from a values() row, for bulk_update."""
-    return Alert(**{("id" if k == "pk" else k): v for k, v in row.items()}, resolved_at=None)
 
 
 def _due_to_fire(alert, rule, now):
@@ -219,51 +252,88 @@ def group_of(policy, labels):
     return ",".join(f'{k}="{v}"' for k, v in shared.items())[:500], shared
 
 
-def _notify(firing, recent_resolved, now):
+def _notify(firing, now, rules):
     policies = list(NotificationPolicy.objects.filter(enabled=True).prefetch_related("channels"))
+    by_pk = {policy.pk: policy for policy in policies}
     stored = {(g.policy_id, g.key): g for g in AlertGroup.objects.all()}
+    recent_resolved = _resolved_news(stored.values(), now, rules)
     members = {}  # (policy id, key) → (policy, shared labels, {fingerprint: (status, alert)})
     for status, alerts in ((RESOLVED, recent_resolved), (FIRING, [a for a in firing if not a.suppressed])):
         for alert in alerts:
             for policy in route(alert.labels, policies):
                 key, shared = group_of(policy, alert.labels)
                 members.setdefault((policy.pk, key), (policy, shared, {}))[2][alert.fingerprint] = (status, alert)
-    outbox = []
+    outbox, writes = [], GroupWrites()
     for ident in set(members) | set(stored):
-        policy, shared, current = members.get(ident, (None, {}, {}))
-        sent = _flush_group(stored.get(ident), policy, ident[1], shared, current, now)
+        policy, shared, current = members.get(ident, (by_pk.get(ident[0]), {}, {}))
+        sent = _flush_group(stored.get(ident), policy, ident[1], shared, current, now, writes)
         if sent is not None:
             outbox.append(sent)
+    writes.save()
     return outbox
 
 
-def _flush_group(group, policy, key, shared, current, now):
-    """Bring one group's notification state up to date; return (Message, channel ids) when it is due, else None."""
+def _resolved_news(groups, now, rules):
+    """Return the alerts resolved in the last day that some group last sent as firing: the only resolved ones a
+    notification can tell about."""
+    told = {fp for group in groups for fp, status in group.notified.items() if status == FIRING}
+    recent = Alert.objects.filter(state=RESOLVED, resolved_at__gte=now - timedelta(days=1))
+    return [alert for chunk in _chunks(sorted(told))
+            for alert in _with_rules(recent.filter(fingerprint__in=chunk), rules)]
+
+
+class GroupWrites:
+    """The group rows one tick creates, changes and deletes, written in one query per kind (a burst of alerts
+    can open hundreds of groups at once)."""
+
+    def __init__(self):
+        self.created, self.changed, self.deleted = [], [], []
+
+    def save(self):
+        AlertGroup.objects.bulk_create(self.created)
+        AlertGroup.objects.bulk_update(self.changed, ["notified", "last_sent_at"], batch_size=200)
+        for chunk in _chunks(self.deleted):
+            AlertGroup.objects.filter(pk__in=chunk).delete()
+
+
+def _flush_group(group, policy, key, shared, current, now, writes):
+    """Bring one group's notification state up to date (its writes go to `writes`); return (Message, channel ids)
+    when it is due, else None."""
     notified = dict(group.notified) if group else {}
     firing = {fp for fp, (status, _) in current.items() if status == FIRING}
     resolved = {fp for fp, (status, _) in current.items() if status == RESOLVED and notified.get(fp) == FIRING}
     if group is None:
         if not firing:
             return None
-        group = AlertGroup.objects.create(policy=policy, key=key, labels=shared, created_at=now)
+        group = AlertGroup(policy=policy, key=key, labels=shared, created_at=now, notified={})
+        writes.created.append(group)
+    elif policy is not None:
+        group.policy = policy  # the prefetched one, with its channels: no query per group
     # An alert that left silently (silenced, inhibited, in maintenance) is forgotten: back, it is news again.
     notified = {fp: status for fp, status in notified.items() if fp in firing or fp in resolved}
     if not firing and not resolved:
-        group.delete()
+        writes.deleted.append(group.pk)
         return None
     if not _due(group, policy, firing, resolved, notified, now):
-        if notified != group.notified:
-            AlertGroup.objects.filter(pk=group.pk).update(notified=notified)
+        _change(group, writes, notified=notified)
         return None
-    items = [current[fp][1] for fp in sorted(firing | resolved)]
-    message = build_message(group, items, now)
+    message = build_message(group, [current[fp][1] for fp in sorted(firing | resolved)], now)
     remaining = {fp: FIRING for fp in firing}
     if remaining:
-        AlertGroup.objects.filter(pk=group.pk).update(notified=remaining, last_sent_at=now)
+        _change(group, writes, notified=remaining, last_sent_at=now)
     else:
-        group.delete()
+        writes.deleted.append(group.pk)
     channel_ids = [c.pk for c in policy.channels.all() if c.enabled]
     return (message, channel_ids) if channel_ids else None
+
+
+def _change(group, writes, **values):
+    """Set `values` on a group; a stored group whose values changed joins the tick's bulk update."""
+    changed = any(getattr(group, name) != value for name, value in values.items())
+    for name, value in values.items():
+        setattr(group, name, value)
+    if changed and group.pk is not None:
+        writes.changed.append(group)
 
 
 def _due(group, policy, firing, resolved, notified, now):

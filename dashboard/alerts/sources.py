@@ -6,11 +6,12 @@ state lasts; one-off rollout outcomes (preflight failed, rolled back, promoted) 
 while the rollout stays there; thresholds are read over the rule's window of per-minute rollups.
 """
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from probes import rollups, runner, sketch
 from probes.models import HealthState, ProbeTarget, Rollup, Source
@@ -31,6 +32,7 @@ class Observation:
     labels: dict
     summary: str
     value: float | None = None
+    since: datetime | None = None  # when the condition began, where the source knows it: `for` counts from there
 
 
 def observe(rules, now):
@@ -39,9 +41,13 @@ def observe(rules, now):
     for rule in rules:
         by_kind[rule.kind].append(rule)
     found = {}
-    for kind, kind_rules in by_kind.items():
-        for rule, observations in OBSERVERS[kind](kind_rules, now):
-            found[rule.pk] = [o for o in observations if _in_scope(rule, o.labels)]
+    _per_tick.cache = {}
+    try:
+        for kind, kind_rules in by_kind.items():
+            for rule, observations in OBSERVERS[kind](kind_rules, now):
+                found[rule.pk] = [o for o in observations if _in_scope(rule, o.labels)]
+    finally:
+        _per_tick.cache = None
     return found
 
 
@@ -53,9 +59,21 @@ def _in_scope(rule, labels):
 # --- state conditions ----------------------------------------------------------------------------------------
 
 
+_per_tick = threading.local()  # what several kinds read (the targets, the names), read once per `observe`
+
+
+def _once(name, read):
+    cache = getattr(_per_tick, "cache", None)
+    if cache is None:  # called on its own, outside `observe`
+        return read()
+    if name not in cache:
+        cache[name] = read()
+    return cache[name]
+
+
 def _targets():
     rows = ProbeTarget.objects.filter(enabled=True, deployment__enabled=True, deployment__provider__enabled=True)
-    return list(rows.select_related("deployment__provider", "api_key"))
+    return _once("targets", lambda: list(rows.select_related("deployment__provider", "api_key")))
 
 
 def _target_labels(target):
@@ -69,7 +87,8 @@ def deployment_health(rules, now):
     targets = _targets()
     for rule in rules:
         states = rule.params.get("states") or [HealthState.DOWN]
-        yield rule, [Observation(_target_labels(t), f"{t} is {t.health}: {t.health_reason}".rstrip(": "))
+        yield rule, [Observation(_target_labels(t), f"{t} is {t.health}: {t.health_reason}".rstrip(": "),
+                                 since=t.health_since)
                      for t in targets if t.health in states]
 
 
@@ -164,21 +183,27 @@ def no_data(rules, now):
 
 
 def _names():
-    deployments = {pk: (name, provider) for pk, name, provider in
-                   Deployment.objects.values_list("pk", "name", "provider__name")}
-    return deployments, dict(Route.objects.values_list("pk", "name"))
+    def read():
+        deployments = {pk: (name, provider) for pk, name, provider in
+                       Deployment.objects.values_list("pk", "name", "provider__name")}
+        return deployments, dict(Route.objects.values_list("pk", "name"))
+
+    return _once("names", read)
 
 
 def ttft_p95(rules, now):
     longest = max(r.params.get("window_s", 300) for r in rules)
     rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest))).exclude(ttft=None)
-    parsed = _parsed_ttft(list(rows.values_list("pk", "count", "minute", "source", "deployment_id")))
+    parsed = _parsed_ttft(list(rows.values_list("pk", "count")))
     deployments, _ = _names()
+    windows = defaultdict(set)  # source → the windows its rules look at
+    for rule in rules:
+        windows[rule.params.get("source", "all")].add(rule.params.get("window_s", 300))
     p95s = {}  # (window, source) → {deployment id: (p95 ms, requests)}, computed once for the rules that share them
+    for source, its_windows in windows.items():
+        p95s |= {(window, source): p95 for window, p95 in _p95s_by_window(parsed, now, its_windows, source).items()}
     for rule in rules:
         window, source = rule.params.get("window_s", 300), rule.params.get("source", "all")
-        if (window, source) not in p95s:
-            p95s[(window, source)] = _p95_by_deployment(parsed, now - timedelta(seconds=window), source)
         found = []
         threshold, least = rule.params["threshold_ms"], rule.params.get("min_count", 1)
         for pk, (p95, count) in p95s[(window, source)].items():
@@ -189,49 +214,61 @@ def ttft_p95(rules, now):
         yield rule, found
 
 
-_ttft_cache = {}  # (rollup id, count) → its parsed TTFT sketch, kept from one tick to the next
+_ttft_cache = {}  # (rollup id, count) → (minute, source, deployment id, parsed TTFT sketch), kept between ticks
 
 
 def _parsed_ttft(rows):
-    """Return [(minute, source, deployment id, count, TTFT sketch)] of the rows, parsing only new or grown ones.
+    """Return [(minute, source, deployment id, count, TTFT sketch)] of the [(id, count)] rows, reading and parsing
+    only new or grown ones.
 
     Only the TTFT sketch is read (not the latency one), and a rollup row only grows (every merge adds requests),
-    so a row with the count seen last tick holds the same sketch: past minutes are parsed once, not every tick.
+    so a row with the count seen last tick holds the same sketch (and its minute, source and deployment never
+    change): past minutes are read and parsed once, not every tick.
     """
     global _ttft_cache
-    wanted = {(pk, count) for pk, count, *_ in rows}
+    wanted = set(rows)
     missing = [pk for pk, count in wanted if (pk, count) not in _ttft_cache]
-    fresh = {(pk, count): sketch.from_json(ttft) for pk, count, ttft in
-             Rollup.objects.filter(pk__in=missing).values_list("pk", "count", "ttft")} if missing else {}
+    fields = ("pk", "count", "minute", "source", "deployment_id", "ttft")
+    fresh = {}
+    for chunk in (missing[i:i + 900] for i in range(0, len(missing), 900)):
+        fresh |= {(pk, count): (minute, source, deployment_id, sketch.from_json(ttft))
+                  for pk, count, minute, source, deployment_id, ttft in
+                  Rollup.objects.filter(pk__in=chunk).values_list(*fields)}
     cache = {key: _ttft_cache.get(key) or fresh.get(key) for key in wanted}
     _ttft_cache = {key: value for key, value in cache.items() if value is not None}
-    return [(minute, source, deployment_id, count, _ttft_cache[(pk, count)])
-            for pk, count, minute, source, deployment_id in rows if (pk, count) in _ttft_cache]
+    return [(minute, source, deployment_id, count, ttft)
+            for (pk, count), (minute, source, deployment_id, ttft) in _ttft_cache.items()]
 
 
-def _p95_by_deployment(parsed, since, source):
-    start = rollups.minute_of(since)
-    merged, counts = {}, defaultdict(int)
-    for minute, row_source, deployment_id, count, ttft in parsed:
-        if minute >= start and source in ("all", row_source):
+def _p95s_by_window(parsed, now, windows, source):
+    """Return {window s: {deployment id: (p95 ms, requests)}} of `source`'s rows ("all": every source).
+
+    The rows are merged newest first into one sketch per deployment, read at each window's start: a longer window
+    adds only its older minutes to the shorter one's sketch, so every row is merged once.
+    """
+    rows = sorted((row for row in parsed if source in ("all", row[1])), key=lambda row: row[0], reverse=True)
+    merged, counts, found, i = {}, defaultdict(int), {}, 0
+    for window in sorted(windows):
+        start = rollups.minute_of(now - timedelta(seconds=window))
+        while i < len(rows) and rows[i][0] >= start:
+            _, _, deployment_id, count, ttft = rows[i]
             counts[deployment_id] += count
             if deployment_id not in merged:
-                merged[deployment_id] = sketch.new()  # rows are shared by windows: merge into a sketch of its own
+                merged[deployment_id] = sketch.new()  # rows are shared by ticks: merge into a sketch of its own
             merged[deployment_id].merge(ttft)
-    return {pk: (sketch.quantiles(merged[pk], (0.95,))[0.95], counts[pk]) for pk in merged}
+            i += 1
+        found[window] = {pk: (sketch.quantiles(merged[pk], (0.95,))[0.95], counts[pk]) for pk in merged}
+    return found
 
 
 def error_rate(rules, now):
-    longest = max(r.params.get("window_s", 600) for r in rules)
-    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest)))
-    per_minute = list(rows.values("minute", "source", "route_id", "deployment_id")
-                      .annotate(n=Sum("count"), good=Sum("ok")))
+    per_subject = _counts_per_window(now, {r.params.get("window_s", 600) for r in rules})
     deployments, routes = _names()
     counted = {}  # (scope, window) → {subject: [requests, ok]}, counted once for every rule that shares them
     for rule in rules:
         scope, window = rule.params.get("scope", "route"), rule.params.get("window_s", 600)
         if (scope, window) not in counted:
-            counted[(scope, window)] = _count_by(per_minute, scope, now - timedelta(seconds=window))
+            counted[(scope, window)] = _count_by(per_subject, scope, window)
         found = []
         for subject, (n, good) in counted[(scope, window)].items():
             rate = (n - good) / n if n else 0.0
@@ -242,15 +279,27 @@ def error_rate(rules, now):
         yield rule, found
 
 
-def _count_by(per_minute, scope, since):
-    """Return {route or deployment id: [requests, ok]} from `since` (a route's: its gateway traffic only)."""
-    start = rollups.minute_of(since)
+def _counts_per_window(now, windows):
+    """Return one row per (source, route, deployment) with its requests `n<window>` and successes `ok<window>`
+    over each window: summed by the database, not minute by minute in Python."""
+    longest = max(windows)
+    rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest)))
+    sums = {}
+    for window in windows:
+        since = Q(minute__gte=rollups.minute_of(now - timedelta(seconds=window)))
+        sums[f"n{window}"] = Sum("count", filter=since)
+        sums[f"ok{window}"] = Sum("ok", filter=since)
+    return list(rows.values("source", "route_id", "deployment_id").annotate(**sums))
+
+
+def _count_by(per_subject, scope, window):
+    """Return {route or deployment id: [requests, ok]} over `window` s (a route's: its gateway traffic only)."""
     counts = defaultdict(lambda: [0, 0])
-    for row in per_minute:
+    for row in per_subject:
         subject = row["route_id"] if scope == "route" else row["deployment_id"]
-        if row["minute"] >= start and subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
-            counts[subject][0] += row["n"]
-            counts[subject][1] += row["good"]
+        if subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
+            counts[subject][0] += row[f"n{window}"] or 0
+            counts[subject][1] += row[f"ok{window}"] or 0
     return counts
 
 

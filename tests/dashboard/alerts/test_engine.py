@@ -3,7 +3,9 @@
 import pytest
 
 from dashboard.alerts import engine
-from dashboard.alerts.models import Alert, AlertGroup, EngineLease
+from dashboard.alerts.models import Alert, AlertGroup, EngineLease, NotificationPolicy
+from probes.models import ProbeTarget
+from routing.models import Deployment
 
 from .conftest import make_rule, set_health
 
@@ -170,3 +172,42 @@ def test_disabling_a_rule_resolves_its_alerts(world, policy, sent, clock):
     rule.save()
     engine.tick(clock.advance(5))
     assert states() == [("canary", "resolved")]
+
+
+def test_a_tick_writes_in_a_few_queries_however_many_alerts_fire_at_once(world, channel, sent, clock,
+                                                                         django_assert_max_num_queries):
+    policy = NotificationPolicy.objects.create(name="per deployment", group_by=["alertname", "deployment"],
+                                               group_wait_s=0, group_interval_s=60)
+    policy.channels.add(channel)
+    for i in range(13):
+        Deployment.objects.create(name=f"extra-{i:02d}", provider=world.stable.provider, upstream_model="m")
+    ProbeTarget.objects.update(health="down", health_reason="4 hard failures in a row")
+    for i in range(20):
+        make_rule(name=f"down {i:02d}", for_s=60)
+    deployments = Deployment.objects.count()
+    with django_assert_max_num_queries(40):  # 20 rules x 15 deployments: alerts created in one INSERT
+        engine.tick(clock())
+    assert Alert.objects.filter(state="pending").count() == 20 * deployments
+    with django_assert_max_num_queries(40):  # all fire together: one UPDATE, the groups in one INSERT
+        engine.tick(clock.advance(60))
+    assert Alert.objects.filter(state="firing").count() == 20 * deployments
+    assert AlertGroup.objects.count() == len(sent) == 20 * deployments
+    ProbeTarget.objects.update(health="up", health_reason="")
+    with django_assert_max_num_queries(40):  # all resolve together, notified and their groups deleted
+        engine.tick(clock.advance(60))
+    assert [m.status for m, _ in sent[20 * deployments:]] == ["resolved"] * 20 * deployments
+    assert AlertGroup.objects.count() == 0
+
+
+def test_for_counts_from_when_the_probes_marked_the_deployment_down_not_from_the_tick_that_saw_it(world, clock):
+    from datetime import timedelta
+
+    make_rule(for_s=60)
+    set_health(world.canary, "down")
+    ProbeTarget.objects.filter(deployment=world.canary).update(health_since=clock() - timedelta(seconds=50))
+    engine.tick(clock())
+    assert states() == [("canary", "pending")]
+    assert engine.next_due() == clock() + timedelta(seconds=10)
+    engine.tick(clock.advance(10))
+    assert states() == [("canary", "firing")]
+    assert engine.next_due() is None
