@@ -50,8 +50,8 @@ def test_a_hung_redis_costs_a_rate_limited_request_little_and_the_limit_still_ho
                                                                                      metrics_token, caplog):
     caplog.set_level(logging.WARNING, logger="routing.gateway.limits")
     with SilentServer() as redis:
+        key = client_key(rpm_limit=3)  # before the gateway starts: its first snapshot has the key
         gateway, _ = limited_gateway(sim, serve_gateway, redis.url)
-        key = client_key(rpm_limit=3)
         statuses, slowest = statuses_and_overhead(gateway, key, 5)
         assert redis.accepted >= 1  # the gateway did try the hung Redis
     assert statuses == [200, 200, 200, 429, 429]  # enforced by this process's own counters
@@ -66,8 +66,8 @@ def test_a_hung_redis_costs_a_rate_limited_request_little_and_the_limit_still_ho
 
 def test_a_redis_that_refuses_connections_falls_back_the_same_way(sim, serve_gateway, metrics_token, caplog):
     caplog.set_level(logging.WARNING, logger="routing.gateway.limits")
-    gateway, _ = limited_gateway(sim, serve_gateway, f"redis://127.0.0.1:{closed_port()}/0")
     key = client_key(rpm_limit=2)
+    gateway, _ = limited_gateway(sim, serve_gateway, f"redis://127.0.0.1:{closed_port()}/0")
     statuses, slowest = statuses_and_overhead(gateway, key, 4)
     assert statuses == [200, 200, 429, 429]
     assert slowest < 1.0
@@ -82,9 +82,9 @@ def test_the_limits_go_back_to_redis_by_themselves_when_it_answers_again(sim, se
 
     db = require_redis.rsplit("/", 1)[-1]
     with SilentServer(forward_to=("127.0.0.1", 6379)) as redis:
+        key = client_key(rpm_limit=50)
         gateway, prefix = limited_gateway(sim, serve_gateway, f"redis://127.0.0.1:{redis.port}/{db}",
                                           limits_recheck_s=0.2)
-        key = client_key(rpm_limit=50)
         assert post_chat(gateway, key, "r").status_code == 200
         # The failed command is confirmed by a ping in the background, then the counters move to memory.
         assert wait_until(lambda: metric(gateway, "weathervane_gateway_limits_fallback_active") == 1, timeout=5)
@@ -99,8 +99,8 @@ def test_the_limits_go_back_to_redis_by_themselves_when_it_answers_again(sim, se
 
 
 def test_without_redis_the_limits_report_no_fallback(sim, serve_gateway, metrics_token):
-    gateway, _ = limited_gateway(sim, serve_gateway, "")
     key = client_key(rpm_limit=1)
+    gateway, _ = limited_gateway(sim, serve_gateway, "")
     assert [post_chat(gateway, key, "r").status_code for _ in range(2)] == [200, 429]
     assert metric(gateway, "weathervane_gateway_limits_fallback_total") == 0
     assert metric(gateway, "weathervane_gateway_limits_fallback_active") == 0
