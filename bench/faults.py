@@ -3,9 +3,9 @@
     .venv/bin/python bench/faults.py [--results bench/RESULTS.md] [--only 8,9]
 
 Starts the simulator and a gateway on loopback (a throwaway data directory), then plays each fault on its
-own route "primary + fallback": the faulty deployment goes first, a healthy one is next. Fallback chains are
-not on this branch yet, so each route is two weighted targets (50/50) and a sticky session id that maps to
-the faulty one: the first attempt always hits the fault, and a failover or continuation lands on the other.
+own route "primary 100 %, fallback on failure": the faulty deployment is the route's one weighted target
+(weight 100) and a healthy one its fallback chain, so the first attempt always hits the fault, and a
+failover or continuation lands on the fallback.
 Every deployment has its own provider (and key), as primary and fallback do in real life, so a 429 cooling
 one key does not touch the other. Routes with a mid-stream fault opt in to continuation.
 
@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,10 +49,9 @@ import httpx  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from routing.gateway import selection  # noqa: E402
 from routing.gateway.app import Gateway  # noqa: E402
 from routing.gateway.serve import GatewayServer  # noqa: E402
-from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteTarget  # noqa: E402
+from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteFallback, RouteTarget  # noqa: E402
 from routing.simulator import Simulator, SimulatorServer, personality_from  # noqa: E402
 
 MAX_TOKENS = 60
@@ -117,11 +115,6 @@ def deployment(name, base_url, model, context_window):
                                      input_price_per_mtok=1, output_price_per_mtok=2)
 
 
-def session_going_first_to(name, weights):
-    pool = [SimpleNamespace(deployment=n, weight=w) for n, w in weights.items()]
-    return next(f"s{i}" for i in range(10_000) if selection.sticky_choice(pool, f"s{i}").deployment == name)
-
-
 def seed(cases, base_url):
     """Create one route per case and a gateway key; return (the key, {case name: (route name, session,
     primary deployment and model, fallback deployment and model)})."""
@@ -130,10 +123,11 @@ def seed(cases, base_url):
         route_name = f"c{number:02d}"
         primary, fallback = f"{route_name}-primary", f"{route_name}-fallback"
         route = Route.objects.create(name=route_name, continue_streams=case.continue_streams)
-        for name, window in zip((primary, fallback), case.context_windows, strict=True):
-            RouteTarget.objects.create(route=route, deployment=deployment(name, base_url, name, window), weight=50)
-        plan[case.name] = (route_name, session_going_first_to(primary, {primary: 50, fallback: 50}), primary,
-                           fallback)
+        first, second = (deployment(name, base_url, name, window)
+                         for name, window in zip((primary, fallback), case.context_windows, strict=True))
+        RouteTarget.objects.create(route=route, deployment=first, weight=100)
+        RouteFallback.objects.create(route=route, deployment=second, position=1)
+        plan[case.name] = (route_name, f"session-{number}", primary, fallback)
     client = GatewayKey(name="faults")
     plaintext = client.generate()
     client.save()
@@ -279,8 +273,8 @@ def section(rows, wall_s):
         f"{RESULTS_START}\n## Fault scorecard (`bench/faults.py`)\n\n"
         f"Run {at} on {os.cpu_count()} cores ({platform.python_implementation()} {platform.python_version()}), "
         f"{wall_s:.0f} s wall time, the gateway on its default settings against the simulator. Each fault on its "
-        "own two-target route (the faulty target first by a sticky session, since fallback chains are not on this "
-        "branch; continuation on for the mid-stream faults); the outage of the recovery case is "
+        "own route: the faulty deployment at weight 100 and a healthy one as its fallback chain (continuation on "
+        "for the mid-stream faults); the outage of the recovery case is "
         f"{RECOVERY_OUTAGE_S:g} s instead of a minute, with the default circuit (5 failures, 5 s cooldown doubling "
         "to at most 30 s).\n\n"
         f"**{counts['answered']} answered correctly, {counts['safe']} safe explicit errors, {counts['wrong']} wrong** "
