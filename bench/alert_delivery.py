@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.write_sections import replace_section  # noqa: E402  (bench/ on the path would shadow probes/)
 
 SECRET = "bench-signing-secret-0123456789"
 
@@ -137,16 +138,6 @@ def section(data):
     )
 
 
-def _replace_section():
-    """bench/write_sections.py's replace_section (bench/ is not a package, and its probes.py would shadow ours)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("write_sections", ROOT / "bench" / "write_sections.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.replace_section
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
@@ -179,7 +170,7 @@ def main():
     Path(args.out).write_text(json.dumps(data, indent=2))
     results = Path(args.results)
     before = results.read_text() if results.exists() else ""
-    results.write_text(_replace_section()(before, "alert-delivery", section(data)))
+    results.write_text(replace_section(before, "alert-delivery", section(data)))
     print(json.dumps(data, indent=2))
 
 

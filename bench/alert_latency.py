@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.write_sections import replace_section  # noqa: E402  (bench/ on the path would shadow probes/)
+
 KEY = "sk-bench-latency-0001"
 SECRET = "bench-signing-secret-0123456789"
 
@@ -248,16 +250,6 @@ NOTE = (
 )
 
 
-def _replace_section():
-    """bench/write_sections.py's replace_section (bench/ is not a package, and its probes.py would shadow ours)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("write_sections", ROOT / "bench" / "write_sections.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.replace_section
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -287,7 +279,7 @@ def main():
     print(json.dumps({k: v for k, v in data.items() if k != "raw"}, indent=2), file=sys.stderr)
     if args.write_results:
         results = ROOT / "bench" / "RESULTS.md"
-        results.write_text(_replace_section()(results.read_text(), "alert-latency", text))
+        results.write_text(replace_section(results.read_text(), "alert-latency", text))
 
 
 if __name__ == "__main__":

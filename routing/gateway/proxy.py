@@ -404,10 +404,15 @@ class Proxy:
         now = time.time()
         if any(self.keys.usable(k, now) for k in target.keys if k is not key):
             return Next.ANOTHER_KEY
+        return await self._wait_and_retry(call, wait, retries)
+
+    async def _wait_and_retry(self, call, wait, retries):
+        """RETRY after waiting out `wait` (a Retry-After) when it fits WEATHERVANE_GATEWAY_MAX_RETRY_WAIT, the
+        target's retries, the retry budget and the deadline; else FAIL_OVER."""
         config = self.config
         if wait > config.max_retry_wait_s or retries >= config.retries_per_target or not self.budget.withdraw():
             return Next.FAIL_OVER
-        # A little past the Retry-After, so the cooled key is usable again when we wake.
+        # A little past the Retry-After, so the cooled key (or resting deployment) is usable again when we wake.
         if not await self._sleep_within_deadline(call, wait + 0.01):
             return Next.FAIL_OVER
         return Next.RETRY
@@ -419,14 +424,9 @@ class Proxy:
         wait = err.retry_after
         self.resting[target.deployment_id] = time.monotonic() + min(wait, self.config.breaker.max_cooldown_s)
         if any(t is not target and t.deployment_id not in call.given_up and self._takes_traffic(t.deployment_id)
-               for t in call.route.targets):
+               for t in (*call.route.targets, *call.route.fallbacks)):
             return Next.FAIL_OVER
-        config = self.config
-        if wait > config.max_retry_wait_s or retries >= config.retries_per_target or not self.budget.withdraw():
-            return Next.FAIL_OVER
-        if not await self._sleep_within_deadline(call, wait + 0.01):
-            return Next.FAIL_OVER
-        return Next.RETRY
+        return await self._wait_and_retry(call, wait, retries)
 
     async def _sleep_within_deadline(self, call, seconds):
         """Sleep `seconds` unless that would outlast the deadline; return whether it slept."""

@@ -62,3 +62,18 @@ def test_a_retry_after_beyond_the_longest_wait_fails_at_once_without_a_retry(sim
     # The deployment rests at most the breaker's longest cooldown (30 s), not the 600 s it asked for.
     resting = gateway.gateway.proxy.resting[Deployment.objects.get(name="only").pk]
     assert resting - time.monotonic() <= 30
+
+
+def test_a_fallback_is_another_target_a_503_does_not_wait_for(sim, serve_gateway):
+    from routing.models import Route, RouteFallback
+
+    sim.simulator.configure("busy", error_rate=1.0, overload_retry_after_s=2)  # short enough to be waited out
+    provider = make_provider(sim)
+    make_route("r", provider, {"primary": ("busy", 100), "backup": ("fast", 0)})
+    RouteFallback.objects.create(route=Route.objects.get(name="r"), deployment=Deployment.objects.get(name="backup"))
+    key = client_key()
+    gateway = serve_gateway()
+    answered = post_chat(gateway, key, "r")
+    assert answered.status_code == 200 and answered.headers["x-weathervane-fallback"] == "backup"
+    assert answered.headers["x-weathervane-attempts"] == "2"  # no retry into the primary that asked for 2 s
+    assert len(sim.simulator.attempts("busy")) == 1
