@@ -42,6 +42,7 @@ class Rollup(models.Model):
     errors = models.JSONField(default=dict, help_text="{outcome kind: count} for non-ok outcomes")
     latency = models.JSONField(null=True, help_text="Sketch of total latency in ms")
     ttft = models.JSONField(null=True, help_text="Sketch of time to first token in ms")
+    tpot = models.JSONField(null=True, blank=True, help_text="Sketch of time per output token in ms (streams)")
     tokens_in = models.PositiveBigIntegerField(default=0)
     tokens_out = models.PositiveBigIntegerField(default=0)
     tps_sum = models.FloatField(default=0.0, help_text="Sum of output tokens/s over streamed requests")

@@ -115,6 +115,7 @@ class RollupDelta:
     tps_sum: float = 0.0
     tps_count: int = 0
     cost: Decimal = Decimal(0)
+    tpot: object = field(default_factory=sketch.new)  # ms per output token after the first (streams)
 
     @property
     def key(self):
@@ -136,6 +137,7 @@ class RollupDelta:
         if tps and tps > 0:
             self.tps_sum += tps
             self.tps_count += 1
+            self.tpot.add(max(1000.0 / tps, 0.001))
         self.cost += _cost(cost)
 
     def merge(self, other):
@@ -146,6 +148,7 @@ class RollupDelta:
             self.errors[kind] = self.errors.get(kind, 0) + n
         self.latency.merge(other.latency)
         self.ttft.merge(other.ttft)
+        self.tpot.merge(other.tpot)
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
         self.tps_sum += other.tps_sum
@@ -158,12 +161,13 @@ class RollupDelta:
         """Return a Rollup row's figures as a delta."""
         return cls(row.minute, row.source, row.deployment_id, row.api_key_id, row.route_id, row.count, row.ok,
                    dict(row.errors or {}), sketch.from_json(row.latency), sketch.from_json(row.ttft), row.tokens_in,
-                   row.tokens_out, row.tps_sum, row.tps_count, Decimal(row.cost))
+                   row.tokens_out, row.tps_sum, row.tps_count, Decimal(row.cost), sketch.from_json(row.tpot))
 
     def row_values(self):
         """Return the Rollup column values of these figures."""
         return {"count": self.count, "ok": self.ok, "errors": self.errors, "latency": sketch.to_json(self.latency),
-                "ttft": sketch.to_json(self.ttft), "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "ttft": sketch.to_json(self.ttft), "tpot": sketch.to_json(self.tpot), "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
                 "tps_sum": self.tps_sum, "tps_count": self.tps_count, "cost": self.cost}
 
     def figures(self):
@@ -238,7 +242,7 @@ def save_deltas(deltas):
 # --- reading ---------------------------------------------------------------------------
 
 ROW_FIELDS = ("minute", "source", "deployment_id", "api_key_id", "route_id", "count", "ok", "errors", "latency", "ttft",
-              "tokens_in", "tokens_out", "tps_sum", "tps_count", "cost")
+              "tpot", "tokens_in", "tokens_out", "tps_sum", "tps_count", "cost")
 
 
 def select_rows(deployment_id=None, source=None, since=None, until=None, api_key_id=None, exact_key=False,
