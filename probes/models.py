@@ -187,7 +187,8 @@ class ProbeResult(models.Model):
     tokens_in = models.PositiveIntegerField(default=0)
     tokens_out = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=8, default=0)
-    completed = models.BooleanField(default=False, help_text="finish_reason and [DONE] both seen")
+    completed = models.BooleanField(default=False,
+                                    help_text="the answer was whole (routing.streams: its finish_reason, or [DONE])")
     finish_reason = models.CharField(max_length=30, blank=True)
     model_reported = models.CharField(max_length=200, blank=True)
     model_swapped = models.BooleanField(default=False,

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from probes import sketch
 from probes.models import Rollup, Source
-from routing.outcomes import Outcome
+from routing.outcomes import Outcome, client_errors, deployment_errors
 
 MAX_TOKENS = 10**9  # per request: a larger usage report is an upstream's bug, not a bill
 
@@ -176,13 +176,23 @@ class RollupDelta:
         ttft = sketch.quantiles(self.ttft, (0.5, 0.95))
         return {
             "count": self.count, "ok": self.ok, "errors": dict(self.errors),
-            "error_rate": (self.count - self.ok) / self.count if self.count else None,
-            "availability": self.ok / self.count if self.count else None,
+            **_error_figures(self.errors, self.count),
             "p50_ms": lat[0.5], "p95_ms": lat[0.95], "p99_ms": lat[0.99],
             "ttft_p50_ms": ttft[0.5], "ttft_p95_ms": ttft[0.95],
             "tokens_per_s": self.tps_sum / self.tps_count if self.tps_count else None,
             "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": str(self.cost),
         }
+
+
+def _error_figures(errors, count):
+    """Return error_rate (the deployment's own failures: routing.outcomes.deployment_errors), availability (its
+    complement) and the separate counts of client errors and rate limits (a key's 429s)."""
+    failures = deployment_errors(errors)
+    return {
+        "error_rate": failures / count if count else None,
+        "availability": (count - failures) / count if count else None,
+        "client_errors": client_errors(errors), "rate_limited": errors.get(Outcome.RATE_LIMITED, 0),
+    }
 
 
 def _cost(value):
