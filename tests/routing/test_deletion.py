@@ -42,7 +42,7 @@ def finished_rollout_with_traffic(w):
     """A promoted rollout with its transition and verdict, rollups, an event and a request log on the route."""
     done = rollout(w, RolloutState.PROMOTED)
     RolloutTransition.objects.create(rollout=done, from_state="running", to_state="promoted", actor="x", reason="ok")
-    RolloutVerdict.objects.create(rollout=done, step=0, verdict="pass", sentence="fine")
+    RolloutVerdict.objects.create(rollout=done, step=0, verdict="pass", sentence="no regression at step 1")
     traffic(w.route, w.stable, 30)
     traffic(w.route, w.canary, 10, errors=1)
     Event.objects.create(kind=EventKind.WEIGHTS, route=w.route, message="chat: stable 90, canary 10")
@@ -88,10 +88,22 @@ def test_deleting_a_route_after_its_rollout_finished_keeps_all_its_history(admin
     assert admin_api.get(f"{API}/routes/chat").status_code == 404
     listed = admin_api.get(f"{API}/rollouts/").json()["results"]
     assert [(r["id"], r["route"], r["state"]) for r in listed] == [(done.pk, "chat", "promoted")]
-    assert admin_api.get(f"{API}/rollouts/{done.pk}/").json()["verdicts"][0]["sentence"] == "fine"
+    assert admin_api.get(f"{API}/rollouts/{done.pk}/").json()["verdicts"][0]["sentence"] == "no regression at step 1"
     assert [e["route"] for e in admin_api.get(f"{API}/events/").json()["results"]] == ["chat"]
     figures = admin_api.get(f"{API}/rollups/", {"deployment": "canary", "source": "traffic"}).json()["summary"]
     assert figures["count"] == 10
+
+
+def test_the_rollout_pages_of_a_deleted_route_still_show_it(browser, world):
+    done = finished_rollout_with_traffic(world)
+    deletion.delete(world.route, actor="test")
+
+    listed = browser.get(reverse("rollouts"))
+    detail = browser.get(reverse("rollout", args=[done.pk]))
+
+    assert listed.status_code == 200 and "chat" in listed.content.decode()
+    assert detail.status_code == 200 and "no regression at step 1" in detail.content.decode()
+    assert browser.get(reverse("rollout-data", args=[done.pk])).status_code == 200
 
 
 def test_a_deleted_route_frees_its_deployments_and_its_name(admin_api, world):
