@@ -33,9 +33,11 @@ class Rollup(models.Model):
 
     minute = models.DateTimeField(db_index=True, help_text="Start of the minute (UTC)")
     source = models.CharField(max_length=10, choices=Source.choices)
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rollups")
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups")
-    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups",
+    # History outlives what it describes: deleting a deployment or key with rollups is refused (a 409, see
+    # routing.deletion); a deleted route is archived, so its rollups keep their route.
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="rollups")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="rollups")
+    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.PROTECT, related_name="rollups",
                               help_text="The route the gateway traffic came through (empty for probes)")
     count = models.PositiveIntegerField(default=0)
     ok = models.PositiveIntegerField(default=0)

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.validators import UniqueValidator
 
 from routing import endpoints, weights
 from routing.models import (
@@ -22,6 +23,7 @@ from routing.models import (
     RequestLog,
     Route,
     RouteTarget,
+    name_validator,
     secret_validator,
 )
 
@@ -188,6 +190,10 @@ class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         fields = ["name", "description", "continue_streams", "version", "targets", "fallbacks", "created_at",
                   "updated_at"]
         read_only_fields = ["version"]
+        # Unique among live routes only (a deleted route's name is free again): DRF does not derive this
+        # validator from the conditional constraint.
+        extra_kwargs = {"name": {"validators": [name_validator, UniqueValidator(
+            queryset=Route.objects.all(), message="A route with this name already exists.")]}}
 
     def validate(self, attrs):
         if "fallback_chain" not in attrs:
