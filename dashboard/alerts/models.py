@@ -317,7 +317,7 @@ class Silence(models.Model):
         return self.starts_at <= now < self.ends_at
 
     @staticmethod
-    def check(matchers, starts_at, ends_at, *, match_all=False):
+    def validate_silence(matchers, starts_at, ends_at, *, match_all=False):
         """Raise matching.SilenceInvalid for a silence the page and the API both refuse (see check_silence)."""
         known = {"alertname": list(AlertRule.objects.values_list("name", flat=True)),
                  "severity": Severity.values, "kind": ConditionKind.values}

@@ -138,7 +138,7 @@ def create_silence(request):
 
 def _silence_input(form, now):
     """Return (problem in words, None) or (None, the silence's fields) from the page's form, checked as the API
-    checks them (Silence.check)."""
+    checks them (Silence.validate_silence)."""
     try:
         matchers = parse_matchers(form["matchers"])
     except MatcherInvalid as exc:
@@ -153,7 +153,7 @@ def _silence_input(form, now):
         return "Reason: say why (1 to 1,000 characters); it is kept with the silence.", None
     fields = {"matchers": matchers, "starts_at": now, "ends_at": now + timedelta(hours=hours)}
     try:
-        Silence.check(**fields, match_all=form.get("match_all", False))
+        Silence.validate_silence(**fields, match_all=form.get("match_all", False))
     except SilenceInvalid as exc:
         return f"{SILENCE_FIELD_LABELS[exc.field]}: {exc}", None
     return None, fields

@@ -317,7 +317,7 @@ class SilenceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             raise serializers.ValidationError({"ends_at": ["The silence must end in the future."]})
         matchers = data.get("matchers", getattr(self.instance, "matchers", None))
         try:
-            Silence.check(matchers, starts, ends, match_all=data.pop("match_all", False))
+            Silence.validate_silence(matchers, starts, ends, match_all=data.pop("match_all", False))
         except SilenceInvalid as exc:
             raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
         data["starts_at"] = starts
