@@ -6,6 +6,8 @@ from django.conf import settings
 
 # Moving traffic between a route's existing targets (slider, PUT .../weights, revert).
 WEIGHTS_PERMISSION = "routing.change_routetarget"
+# Reading the request and response bodies the gateway logged (WEATHERVANE_GATEWAY_LOG_BODIES).
+BODIES_PERMISSION = "routing.view_request_bodies"
 # Drafting a rollout, and pressing its gates.
 ROLLOUT_CREATE_PERMISSION = "rollouts.add_rollout"
 ROLLOUT_PERMISSION = "rollouts.change_rollout"
@@ -44,3 +46,11 @@ def gate_permissions(gate):
 
 def can_press_gate(user, gate):
     return may(user, gate_permissions(gate))
+
+
+def can_view_bodies(user):
+    """A viewer (or staff) holding BODIES_PERMISSION, or a superuser, reads logged bodies; others see the log
+    without them."""
+    if not (user and user.is_authenticated and user.is_active):
+        return False
+    return user.is_superuser or (is_viewer(user) and user.has_perm(BODIES_PERMISSION))
