@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
-from dashboard.roles import can_move_weights, is_viewer
+from dashboard.roles import can_move_weights, can_press_gate, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
@@ -453,9 +453,11 @@ def revoke_api_token(request, token_key):
 @require_POST
 @dashboard_view
 def rollout_gate(request, pk, gate):
-    """Press a gate from the page (staff only); answer the page again with the problem when it is refused."""
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff can press a rollout's gates; viewers can look.")
+    """Press a gate from the page (with the API's permissions); answer the page again with the problem when it is
+    refused."""
+    if not can_press_gate(request.user, gate):
+        raise PermissionDenied("Pressing this gate needs the rollout permission (and the weights permission for a "
+                               "gate that moves traffic); viewers can look.")
     rollout = get_object_or_404(Rollout, pk=pk)
     reason = request.POST.get("reason", "").strip()
     if gate not in controller.GATES:
@@ -474,7 +476,7 @@ def _press(rollout, gate, reason, user):
     if not reason or len(reason) > MAX_REASON_LENGTH:
         return f"Say why (1 to {MAX_REASON_LENGTH} characters); the reason is kept in the audit trail.", 400
     try:
-        controller.gate(rollout.pk, gate, reason=reason, actor=user.get_username(), user=user)
+        controller.gate(rollout.pk, gate, reason=reason, actor=actor_name(user), user=user)
     except controller.GateRefused as exc:
         return str(exc), 409
     except WeightsInvalid as exc:

@@ -15,6 +15,7 @@ from django.forms.models import BaseInlineFormSet, inlineformset_factory
 from django.utils import timezone
 from knox.models import AuthToken as KnoxAuthToken
 
+from dashboard.roles import can_view_bodies
 from routing import deletion, endpoints, tokens, weights
 from routing.audit import actor_name, record, snapshot
 from routing.models import (
@@ -412,6 +413,10 @@ class RequestLogAdmin(ReadOnlyAdmin):
     search_fields = ["request_id", "route_name"]
     date_hierarchy = "created_at"
     list_select_related = ["deployment"]
+
+    def get_exclude(self, request, obj=None):
+        # The bodies need their own permission, here as in the API.
+        return [] if can_view_bodies(request.user) else ["request_body", "response_body"]
 
 
 # --- API tokens -----------------------------------------------------------------------------

@@ -548,6 +548,8 @@ class RequestLog(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Bodies carry users' prompts and answers: reading the log does not mean reading them.
+        permissions = [("view_request_bodies", "Can view logged request and response bodies")]
 
     def __str__(self):
         return f"{self.created_at:%H:%M:%S} {self.request_id} {self.outcome}"

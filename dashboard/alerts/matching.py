@@ -74,6 +74,43 @@ def matches_all(matchers, labels):
     return all(matches(m, labels) for m in matchers)
 
 
+# --- silences: one validation for the page and the API ------------------------------------------------------
+
+MAX_SILENCE = timedelta(days=90)
+UNLISTED_VALUES = ("", "x")  # a label outside `known` may be missing, or hold anything
+
+
+class SilenceInvalid(ValueError):
+    """A silence that cannot be saved; `field` names the part at fault."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+
+
+def _takes_every_value(matcher, known):
+    name = matcher["name"]
+    values = known.get(name) or (*UNLISTED_VALUES, matcher["value"])
+    return all(matches(matcher, {name: value}) for value in values)
+
+
+def matches_every_alert(matchers, known):
+    """Return True when `matchers` silence any alert at all: each one accepts every value its label takes
+    (`known`: {label: its values}, e.g. the rules' names, the severities; any other label may be missing,
+    hold anything, or hold the matcher's own value)."""
+    return all(_takes_every_value(m, known) for m in matchers)
+
+
+def check_silence(matchers, starts_at, ends_at, *, match_all, known):
+    """Raise SilenceInvalid when a silence runs longer than MAX_SILENCE, or would silence every alert without
+    `match_all` saying that is meant."""
+    if ends_at - starts_at > MAX_SILENCE:
+        raise SilenceInvalid("ends_at", f"A silence lasts at most {MAX_SILENCE.days} days; make a new one after.")
+    if not match_all and matches_every_alert(matchers, known):
+        raise SilenceInvalid("match_all", "These matchers silence every alert; say match_all (on the page: tick "
+                                          "'Silence every alert') if that is meant.")
+
+
 def fingerprint(labels):
     """Return a stable id of a label set (the same labels always give the same alert)."""
     text = "\x1f".join(f"{k}\x1e{labels[k]}" for k in sorted(labels))

@@ -22,7 +22,7 @@ from routing.models import AuditAction
 
 from . import engine
 from .api import serializers
-from .matching import MatcherInvalid, format_matchers, parse_matchers
+from .matching import MAX_SILENCE, MatcherInvalid, SilenceInvalid, format_matchers, parse_matchers
 from .models import (
     Alert,
     AlertRule,
@@ -59,7 +59,8 @@ def send_test(request, pk):
 
 
 RESOLVED_SHOWN = 50
-MAX_SILENCE_HOURS = 24 * 90
+MAX_SILENCE_HOURS = MAX_SILENCE.total_seconds() / 3600
+SILENCE_FIELD_LABELS = {"ends_at": "Hours", "match_all": "Matchers"}  # the form's words for the API's fields
 
 
 def alerts_data(now=None):
@@ -125,6 +126,7 @@ def create_silence(request):
     """Create a silence from the page's form; answer the page again with the problem (400) when it is refused."""
     _require(request, "alerts.add_silence")
     form = {k: request.POST.get(k, "").strip() for k in ("matchers", "hours", "reason")}
+    form["match_all"] = request.POST.get("match_all") == "on"
     problem, silence = _new_silence(form, request.user)
     if problem:
         response = _page(request, "alerts/alerts.html", alerts_data(), form=form, problem=problem, can_silence=True)
@@ -134,8 +136,9 @@ def create_silence(request):
     return redirect("alerts")
 
 
-def _new_silence(form, user):
-    """Return (problem in words, None) or (None, the saved and audited Silence)."""
+def _silence_input(form, now):
+    """Return (problem in words, None) or (None, the silence's fields) from the page's form, checked as the API
+    checks them (Silence.validate_silence)."""
     try:
         matchers = parse_matchers(form["matchers"])
     except MatcherInvalid as exc:
@@ -145,13 +148,24 @@ def _new_silence(form, user):
     except ValueError:
         hours = 0
     if not 0 < hours <= MAX_SILENCE_HOURS:
-        return f"Hours: a number above 0, at most {MAX_SILENCE_HOURS}.", None
+        return f"Hours: a number above 0, at most {MAX_SILENCE_HOURS:g}.", None
     if not form["reason"] or len(form["reason"]) > 1000:
         return "Reason: say why (1 to 1,000 characters); it is kept with the silence.", None
-    now = timezone.now()
+    fields = {"matchers": matchers, "starts_at": now, "ends_at": now + timedelta(hours=hours)}
+    try:
+        Silence.validate_silence(**fields, match_all=form.get("match_all", False))
+    except SilenceInvalid as exc:
+        return f"{SILENCE_FIELD_LABELS[exc.field]}: {exc}", None
+    return None, fields
+
+
+def _new_silence(form, user):
+    """Return (problem in words, None) or (None, the saved and audited Silence)."""
+    problem, fields = _silence_input(form, timezone.now())
+    if problem:
+        return problem, None
     with transaction.atomic():
-        silence = Silence.objects.create(matchers=matchers, starts_at=now, ends_at=now + timedelta(hours=hours),
-                                         created_by=actor_name(user), reason=form["reason"])
+        silence = Silence.objects.create(**fields, created_by=actor_name(user), reason=form["reason"])
         record(action=AuditAction.CREATE, obj=silence, actor=actor_name(user), user=user, after=snapshot(silence),
                reason=form["reason"])
     return None, silence

@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import UniqueValidator
 
+from dashboard.roles import BODIES_PERMISSION, can_view_bodies
 from routing import endpoints, weights
 from routing.models import (
     ApiKey,
@@ -344,8 +345,25 @@ class DeploymentCircuitSerializer(serializers.ModelSerializer):
 
 
 class RequestLogSerializer(serializers.ModelSerializer):
+    """A logged request; its bodies only for those who may read them (roles.can_view_bodies), else withheld
+    (request_body null, response_body empty) with bodies_shown false saying so."""
+
     deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     gateway_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True, allow_null=True)
+    bodies_shown = serializers.SerializerMethodField(
+        help_text=f"False when the bodies are withheld: reading them needs the {BODIES_PERMISSION} permission")
+
+    def get_bodies_shown(self, row) -> bool:
+        request = self.context.get("request")
+        if "may_view_bodies" not in self.context:  # once per response, not per row
+            self.context["may_view_bodies"] = request is not None and can_view_bodies(request.user)
+        return self.context["may_view_bodies"]
+
+    def to_representation(self, row):
+        data = super().to_representation(row)
+        if not data["bodies_shown"]:
+            data["request_body"], data["response_body"] = None, ""
+        return data
 
     class Meta:
         model = RequestLog
@@ -353,5 +371,5 @@ class RequestLogSerializer(serializers.ModelSerializer):
                   "status",
                   "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost",
                   "error", "fallback",
-                  "tried", "request_body", "response_body"]
+                  "tried", "request_body", "response_body", "bodies_shown"]
         read_only_fields = fields
