@@ -79,5 +79,8 @@ def deployment_target(settings):
     keys = [k for k in deployment.provider.keys.order_by("id") if k.usable()]
     if not keys:
         raise NoKey(f"{deployment.provider.name} has no usable API key")
-    return Target(url=chat_url(deployment.provider.base_url), model=deployment.upstream_model, secret=keys[0].reveal(),
-                  prices=prices([deployment]), deployment=deployment.name, label=target_label(settings))
+    key = keys[0]
+    return Target(url=chat_url(deployment.provider.base_url), model=deployment.upstream_model, secret=key.reveal(),
+                  prices=prices([deployment]), deployment=deployment.name, label=target_label(settings),
+                  guarded=True, max_in_flight=deployment.provider.max_concurrency or 0, rpm=key.rpm_limit,
+                  tpm=key.tpm_limit)
