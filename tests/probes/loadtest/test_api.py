@@ -135,3 +135,63 @@ def test_a_run_left_running_by_a_stopped_server_does_not_block_new_ones(admin_ap
     assert finished(response.json()["id"])
     abandoned = LoadTestRun.objects.exclude(pk=response.json()["id"]).get()
     assert abandoned.status == "failed" and "abandoned" in abandoned.error
+
+
+# --- where a route run goes: configuration only, never the caller's Host header -------------------------------
+
+@pytest.fixture
+def no_gateway_address(settings, monkeypatch):
+    from probes.loadtest import jobs
+
+    settings.LOADTEST_GATEWAY_URL = settings.GATEWAY_URL = ""
+    settings.ALLOWED_HOSTS = ["*"]
+    monkeypatch.setitem(jobs._served_gateway, "url", "")
+    started = []
+    monkeypatch.setattr(jobs.Job, "start", lambda job: started.append(job.gateway_url))
+    return started
+
+
+def test_a_route_run_without_a_configured_gateway_is_refused_whatever_the_host_header(admin_api, registry,
+                                                                                      no_gateway_address):
+    body = {"route": "chat", "requests": 5, "confirm": True}
+    response = admin_api.post(URL, body, format="json", HTTP_HOST="127.0.0.1:6379")
+    assert response.status_code == 400
+    assert "WEATHERVANE_LOADTEST_GATEWAY_URL" in response.json()["route"][0]
+    assert not LoadTestRun.objects.exists() and no_gateway_address == []
+
+
+def test_a_route_run_goes_to_the_address_serve_bound_not_the_host_header(admin_api, registry, no_gateway_address):
+    from probes.loadtest import jobs
+
+    jobs.serve_gateway_at("0.0.0.0", 8123)
+    response = admin_api.post(URL, {"route": "chat", "requests": 5, "confirm": True}, format="json",
+                              HTTP_HOST="127.0.0.1:6379")
+    assert response.status_code == 201
+    assert no_gateway_address == ["http://127.0.0.1:8123/v1"]
+
+
+def test_the_configured_load_test_gateway_url_comes_first(admin_api, registry, no_gateway_address, settings):
+    from probes.loadtest import jobs
+
+    jobs.serve_gateway_at("127.0.0.1", 8123)
+    settings.GATEWAY_URL = "https://gateway.example.com/v1"
+    settings.LOADTEST_GATEWAY_URL = "http://10.0.0.5:8080/v1"
+    assert admin_api.post(URL, {"route": "chat", "requests": 5, "confirm": True}, format="json",
+                          HTTP_HOST="evil.example:1").status_code == 201
+    assert no_gateway_address == ["http://10.0.0.5:8080/v1"]
+
+
+def test_the_key_of_a_run_whose_process_died_is_disabled_and_audited(registry):
+    from probes.loadtest import jobs
+    from routing.models import AuditEvent, GatewayKey, Route
+
+    run = LoadTestRun.objects.create(target_label="route:chat", settings={"duration_s": 60}, status="running")
+    context = jobs.run_key(Route.objects.get(name="chat"), run)
+    context.__enter__()  # the process dies here: the context never exits
+    key = GatewayKey.objects.get(name=f"load test #{run.pk}")
+    assert key.enabled
+    jobs.close_abandoned(restarted=True)  # `serve` starting again
+    key.refresh_from_db()
+    run.refresh_from_db()
+    assert run.status == "failed" and not key.enabled
+    assert AuditEvent.objects.filter(object_type="gatewaykey", action="update", reason__contains="is over").exists()
