@@ -42,8 +42,12 @@ class LoadTestRunViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
         body.is_valid(raise_exception=True)
         settings_ = body.as_settings()
         confirm = settings_.pop("confirm")
+        try:
+            spend = plans.check_spend(settings_)  # the server's cap, whoever asks and however
+        except plans.OverSpendCap as over:
+            raise ValidationError({"requests": [str(over)]}) from None
         if not confirm:
-            return Response({"estimated_max_cost": str(plans.max_spend(settings_)), "settings": settings_,
+            return Response({"estimated_max_cost": str(spend), "settings": settings_,
                              "confirm": "Send the same body with \"confirm\": true to start."})
         gateway = jobs.gateway_url()  # from configuration only: never the caller's Host header
         if settings_.get("route") and not gateway:

@@ -31,12 +31,50 @@ def finished(run_id, timeout=15):
     return wait_until(lambda: not LoadTestRun.objects.get(pk=run_id).active, timeout=timeout)
 
 
-def test_without_confirm_it_only_estimates_the_maximum_spend_of_the_dearest_active_target(admin_api, registry):
-    body = {"route": "chat", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
-    response = admin_api.post(URL, body, format="json")
+ESTIMATE = {"route": "chat", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
+
+
+def test_without_confirm_it_only_estimates_the_maximum_spend_of_the_dearest_active_target(admin_api, registry,
+                                                                                           settings):
+    settings.GATEWAY_RETRIES_PER_TARGET, settings.GATEWAY_MAX_ATTEMPTS = 1, 6
+    response = admin_api.post(URL, ESTIMATE, format="json")
     assert response.status_code == 200
-    # "dear": (100 × $3 + 50 × $10) / 1M = $0.0008 a request, × 1,000; "off" has weight 0 and cannot be reached
-    assert Decimal(response.json()["estimated_max_cost"]) == Decimal("0.8")
+    # "dear": (100 × $3 + 50 × $10) / 1M = $0.0008 a call, × 1,000; "off" has weight 0 and cannot be reached.
+    # Each request may cost up to 4 calls: 2 targets × (1 try + 1 retry), under the gateway's 6 attempts.
+    assert Decimal(response.json()["estimated_max_cost"]) == Decimal("0.8") * 4
+    assert not LoadTestRun.objects.exists()
+
+
+def test_the_estimate_counts_a_dearer_fallback_and_a_rollouts_shadow_copies(admin_api, registry, settings):
+    from routing.models import Route, RouteFallback
+    from routing.rollouts.models import Rollout, RolloutState
+
+    settings.GATEWAY_RETRIES_PER_TARGET, settings.GATEWAY_MAX_ATTEMPTS = 0, 6
+    settings.LOADTEST_MAX_SPEND = 1000.0
+    route = Route.objects.get(name="chat")
+    spare = Deployment.objects.create(name="spare", provider=registry, upstream_model="fast",
+                                      input_price_per_mtok=Decimal(10), output_price_per_mtok=Decimal(20))
+    RouteFallback.objects.create(route=route, deployment=spare, position=1)
+    # spare: (100 × $10 + 50 × $20) / 1M = $0.002 a call; 3 options (cheap, dear, spare), no retries: 3 calls
+    assert Decimal(admin_api.post(URL, ESTIMATE, format="json").json()["estimated_max_cost"]) == Decimal("6")
+    Rollout.objects.create(route=route, canary=Deployment.objects.get(name="off"), state=RolloutState.RUNNING,
+                           plan=[{"shadow": 50, "min_dwell_s": 60}, {"weight": 10, "min_dwell_s": 60}])
+    # the canary "off" ((100 × $100 + 50 × $100) / 1M = $0.015 a call) may now get weight: 4 options, 4 calls;
+    # and each request may be mirrored to it once
+    assert Decimal(admin_api.post(URL, ESTIMATE, format="json").json()["estimated_max_cost"]) == Decimal("75")
+
+
+def test_a_direct_run_is_one_call_a_request(admin_api, registry):
+    body = {"deployment": "dear", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
+    assert Decimal(admin_api.post(URL, body, format="json").json()["estimated_max_cost"]) == Decimal("0.8")
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+def test_a_run_over_the_servers_spend_cap_is_refused_naming_requests(admin_api, registry, settings, confirm):
+    settings.LOADTEST_MAX_SPEND = 1.0
+    response = admin_api.post(URL, {**ESTIMATE, "confirm": confirm}, format="json")
+    assert response.status_code == 400
+    assert "WEATHERVANE_LOADTEST_MAX_SPEND" in response.json()["requests"][0]
     assert not LoadTestRun.objects.exists()
 
 
