@@ -97,6 +97,8 @@ def test_in_the_scaled_mode_a_silence_from_the_page_queues_a_tick_once_saved(fir
 @pytest.mark.parametrize(("form", "words"), [
     ({"matchers": "deployment", "hours": "2", "reason": "r"}, "Matchers"),
     ({"matchers": 'deployment=~"("', "hours": "2", "reason": "r"}, "regular expression"),
+    ({"matchers": 'deployment=~"(a)\\1"', "hours": "2", "reason": "r"}, "RE2"),
+    ({"matchers": 'deployment="x", ' * 300, "hours": "2", "reason": "r"}, "under 4000 characters"),
     ({"matchers": 'deployment="canary"', "hours": "-1", "reason": "r"}, "Hours"),
     ({"matchers": 'deployment="canary"', "hours": "2", "reason": ""}, "Reason"),
 ])
