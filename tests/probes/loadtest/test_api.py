@@ -233,3 +233,20 @@ def test_the_key_of_a_run_whose_process_died_is_disabled_and_audited(registry):
     run.refresh_from_db()
     assert run.status == "failed" and not key.enabled
     assert AuditEvent.objects.filter(object_type="gatewaykey", action="update", reason__contains="is over").exists()
+
+
+def test_the_hourly_prune_disables_the_key_of_a_run_past_its_time_cap_in_the_scaled_mode(registry):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from probes import tasks
+    from probes.loadtest import jobs
+    from routing.models import GatewayKey, Route
+
+    run = LoadTestRun.objects.create(target_label="route:chat", settings={"duration_s": 60}, status="running",
+                                     started_at=timezone.now() - timedelta(hours=1))
+    jobs.run_key(Route.objects.get(name="chat"), run).__enter__()  # its worker died mid-run
+    tasks.prune_old_data()
+    assert not GatewayKey.objects.get(name=f"load test #{run.pk}").enabled
+    assert LoadTestRun.objects.get(pk=run.pk).status == "failed"
