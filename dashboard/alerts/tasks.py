@@ -17,6 +17,8 @@ from probes import scheduler
 
 from . import engine
 
+log = logging.getLogger(__name__)
+
 
 @shared_task(
     bind=True, acks_late=True, ignore_result=True,
@@ -39,9 +41,6 @@ def deliver_notification(self, channel_id, message, notification):
 def tick_alerts():
     """Run one alert evaluation; return its counts, or None when another tick holds the lease."""
     return engine.tick()
-
-
-log = logging.getLogger(__name__)
 
 
 def tick_soon():
