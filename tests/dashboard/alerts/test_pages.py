@@ -125,3 +125,14 @@ def test_outsiders_get_403_and_strangers_the_login(firing, outsider_user):
 def test_the_page_json_matches_the_page(firing, admin_user):
     data = signed_in(admin_user).get("/dashboard-data/alerts/").json()
     assert data["firing_count"] == 1 and data["firing"][0]["summary"] == firing.summary
+
+
+def test_the_page_and_its_data_carry_one_version_that_a_tick_changes(firing, admin_user, loop):
+    client = signed_in(admin_user)
+    rendered = client.get("/alerts/").content.decode()
+    before = client.get("/dashboard-data/alerts/").json()["version"]
+    assert f'data-version="{before}"' in rendered  # what alerts.js compares once its socket is open
+    client.post("/alerts/silences/", {"matchers": 'deployment="canary"', "hours": "2", "reason": "known outage"})
+    assert client.get("/dashboard-data/alerts/").json()["version"] == before  # nothing ticked in the request
+    engine.tick()
+    assert client.get("/dashboard-data/alerts/").json()["version"] != before
