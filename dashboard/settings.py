@@ -196,8 +196,12 @@ ALLOW_PRIVATE_UPSTREAMS = env_bool("WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS", DEBUG)
 SIMULATOR_PORT = env_int("WEATHERVANE_SIMULATOR_PORT", 8001, minimum=1, maximum=65535)
 
 # --- Load tests ----------------------------------------------------------------
-# Where runs started from the API and dashboard reach the gateway; empty: /v1/ of the server itself.
-LOADTEST_GATEWAY_URL = env_str("WEATHERVANE_LOADTEST_GATEWAY_URL", "")
+# Where runs started from the API and dashboard reach the gateway; empty: WEATHERVANE_GATEWAY_URL, else the
+# address `serve` bound (never the request's Host header); with none of them, such runs are refused.
+LOADTEST_GATEWAY_URL = env_url("WEATHERVANE_LOADTEST_GATEWAY_URL", ("http", "https")).rstrip("/")
+# The most a run started from the API or the pages may spend by its estimate (US$; retries, fallbacks and
+# shadow copies included); one over it is refused.
+LOADTEST_MAX_SPEND = env_float("WEATHERVANE_LOADTEST_MAX_SPEND", 10.0, minimum=0.0)
 # `serve` sends this many demo requests per second through the gateway on the demo route (0: none).
 DEMO_TRAFFIC_RPS = env_float("WEATHERVANE_DEMO_TRAFFIC_RPS", 2.0, minimum=0.0)
 

@@ -1,7 +1,5 @@
 """Measurements: per-minute rollups shared by probes and real gateway traffic."""
 
-import re
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -11,13 +9,15 @@ from django.utils import timezone
 
 from routing.models import ApiKey, Deployment, Provider, Route
 from routing.outcomes import Outcome
+from routing.patterns import PatternInvalid, check_pattern
 
 
 def validate_regex(value):
+    """The expected answer's pattern: one RE2 can run (probes match it with routing.patterns)."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValidationError(f"Not a valid regular expression: {exc}.") from None
+        check_pattern(value)
+    except PatternInvalid as exc:
+        raise ValidationError(f"Not usable: {exc}") from None
 
 
 class Source(models.TextChoices):

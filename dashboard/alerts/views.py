@@ -3,6 +3,7 @@ maintenance windows, rules, policies and channels. Built from the API's serializ
 
 The channels page and its "send test notification" button (staff with `alerts.change_channel`)."""
 
+import hashlib
 from datetime import timedelta
 
 from django.contrib import messages
@@ -20,7 +21,7 @@ from dashboard.views import _json, _page, dashboard_view
 from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction
 
-from . import engine
+from . import tasks
 from .api import serializers
 from .matching import MAX_SILENCE, MatcherInvalid, SilenceInvalid, format_matchers, parse_matchers
 from .models import (
@@ -70,10 +71,12 @@ def alerts_data(now=None):
     resolved = alerts.filter(state=AlertState.RESOLVED, resolved_at__gte=now - timedelta(days=1))[:RESOLVED_SHOWN]
     silences = Silence.objects.filter(ends_at__gte=now - timedelta(days=1))
     firing = serializers.AlertSerializer(alerts.filter(state=AlertState.FIRING), many=True).data
+    pending = serializers.AlertSerializer(alerts.filter(state=AlertState.PENDING), many=True).data
     return {
         "firing": firing,
         "firing_count": sum(1 for a in firing if not a["suppressed"]),
-        "pending": serializers.AlertSerializer(alerts.filter(state=AlertState.PENDING), many=True).data,
+        "pending": pending,
+        "version": _version(firing, pending),
         "resolved": serializers.AlertSerializer(resolved, many=True).data,
         "silences": [_silence_row(s, now) for s in silences],
         "windows": serializers.MaintenanceWindowSerializer(MaintenanceWindow.objects.all(), many=True).data,
@@ -84,6 +87,14 @@ def alerts_data(now=None):
         "channels": [{"name": c.name, "kind": c.get_kind_display(), "hint": c.target_hint, "enabled": c.enabled}
                      for c in Channel.objects.all()],
     }
+
+
+def _version(firing, pending):
+    """Return a short fingerprint of what fires, what is quiet and what is pending. Ticks run off the request
+    (a silence is applied by the next one), so a page compares it once its socket is open: a tick between its
+    render and its first live message would otherwise go unseen."""
+    parts = [f"{a['id']}:{a['suppressed']}" for a in firing] + [f"p{a['id']}" for a in pending]
+    return hashlib.sha256(",".join(parts).encode()).hexdigest()[:16]
 
 
 def _silence_row(silence, now):
@@ -132,7 +143,7 @@ def create_silence(request):
         response = _page(request, "alerts/alerts.html", alerts_data(), form=form, problem=problem, can_silence=True)
         response.status_code = 400
         return response
-    engine.tick()  # show it quiet now (when another tick holds the lease, that one will)
+    tasks.tick_soon()  # quiet within a moment, from the scheduler's thread: never a tick inside a web request
     return redirect("alerts")
 
 
@@ -184,5 +195,5 @@ def expire_silence(request, pk):
             silence.save(update_fields=["ends_at"])
             record(action=AuditAction.UPDATE, obj=silence, actor=actor_name(request.user), user=request.user,
                    before=before, after=snapshot(silence), reason="expired from the alerts page")
-    engine.tick()
+    tasks.tick_soon()
     return redirect("alerts")
