@@ -109,7 +109,11 @@ async def _read_body(response, sample, sent):
     if message:
         sample.outcome, sample.error = Outcome.SERVER_ERROR, f"error body: {message}"
         return
-    usage = sse.usage_of(body)
+    try:
+        usage = sse.usage_of(body)
+    except sse.Malformed as bad:
+        sample.outcome, sample.error = Outcome.MALFORMED, str(bad)
+        return
     if usage:
         sample.tokens_in, sample.tokens_out = usage
     if sample.tokens_out > 1:
@@ -164,7 +168,10 @@ class _StreamReading:
             return self._stop((Outcome.SERVER_ERROR, f"error event: {message}"))
         if sse.has_content(payload):
             self.chunk_times.append(now)
-        self.usage = sse.usage_of(payload) or self.usage
+        try:
+            self.usage = sse.usage_of(payload) or self.usage
+        except sse.Malformed as bad:
+            return self._stop((Outcome.MALFORMED, str(bad)))
         self.finish_reason = self.finish_reason or any(
             isinstance(c, dict) and c.get("finish_reason") for c in payload.get("choices") or ())
         return True

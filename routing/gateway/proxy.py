@@ -568,10 +568,11 @@ class Proxy:
         problem = sse.error_of(payload)
         if problem is not None:
             raise UpstreamError(Outcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
+        usage = _checked_usage(payload)
         call.upstream_s += ms / 1000
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
         headers = call.response_headers(target, content_type, len(body))
-        self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), sse.usage_of(payload))
+        self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), usage)
         if self.log_bodies:
             call.record.response_body = body.decode("utf-8", "replace")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -615,6 +616,7 @@ class Proxy:
         problem = sse.error_of(payload)
         if problem is not None:
             raise UpstreamError(Outcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
+        _checked_usage(payload)
         return payload is sse.DONE or sse.has_content(payload) or sse.has_finish(payload)
 
     async def relay_stream(self, call, target, key, response, started, send, receive, resume=None):
@@ -711,6 +713,15 @@ def describe(attempt):
     return f"{attempt.target.deployment}{key}: {attempt.outcome} ({attempt.error})"
 
 
+def _checked_usage(payload):
+    """Return the answer's (prompt, completion) tokens, or None. Raises UpstreamError (malformed, retryable)
+    when its usage is not token counts: before the first byte, that answer fails over like any malformed one."""
+    try:
+        return sse.usage_of(payload)
+    except sse.Malformed as bad:
+        raise UpstreamError(Outcome.MALFORMED, str(bad), True) from None
+
+
 async def _read_to_end(response):
     """Consume what follows [DONE] (the chunked terminator), so the connection can be reused."""
     try:
@@ -779,7 +790,10 @@ class StreamRelay:
                 if not self.finished and sse.has_finish(payload):
                     self.finished = True
                 if payload.get("usage") is not None:
-                    self.usage = sse.usage_of(payload)
+                    try:
+                        self.usage = sse.usage_of(payload)
+                    except sse.Malformed as bad:  # its tokens and cost cannot be known: the answer is malformed
+                        return b"".join(out), (Outcome.MALFORMED, str(bad))
                     if self.strip_usage and sse.is_usage_only(payload):
                         continue
             elif payload is sse.DONE:
