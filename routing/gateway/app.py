@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from routing.gateway import errors, health, upstream
 from routing.gateway.breaker import BreakerPolicy, Breakers
-from routing.gateway.disconnect import ClientWatch
+from routing.gateway.disconnect import ClientWatches
 from routing.gateway.errors import GatewayError
 from routing.gateway.keys import KeyRing
 from routing.gateway.limits import Limits
@@ -161,6 +161,7 @@ class Gateway:
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
         self.recorder.metrics.concurrency = self.proxy.slots
         self.shadows = Shadows(self.proxy, self.recorder, self.rng, config.shadow_max_in_flight, config.deadline_s)
+        self.watches = ClientWatches()
         self.started = False
         self.loop = None
         self._start_lock = None
@@ -368,7 +369,7 @@ class Gateway:
                 self.shadows.maybe_mirror(call)
 
     async def _serve(self, call, send, receive):
-        call.watch = ClientWatch(receive, call)
+        call.watch = self.watches.watch(receive, call)
         try:
             async with asyncio.timeout_at(call.deadline) as call.timeout:
                 await self.proxy.run(call, send)

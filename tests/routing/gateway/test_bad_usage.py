@@ -76,7 +76,8 @@ def bad_usage(sim, serve_gateway, settings):
     def start(model):
         route = make_route("r", make_provider(upstream, name="bad-usage"), {"bad": (model, 100)})
         add_fallbacks(route, make_provider(sim, name="sim"), {"spare": "fast"})
-        return serve_gateway(), client_key()
+        key = client_key()  # before the gateway starts: its first snapshot holds the key
+        return serve_gateway(), key
 
     yield start
     upstream.stop()
