@@ -166,7 +166,11 @@ async def _read_body(response, sample, sent):
     if message:
         sample.outcome, sample.error = Outcome.SERVER_ERROR, f"error body: {message}"
         return
-    usage = sse.usage_of(body)
+    try:
+        usage = sse.usage_of(body)
+    except sse.Malformed as bad:
+        sample.outcome, sample.error = Outcome.MALFORMED, str(bad)
+        return
     if usage:
         sample.tokens_in, sample.tokens_out = usage
     if sample.tokens_out > 1:
