@@ -5,8 +5,9 @@
 #   2. probe scheduling: Celery worker with 200 targets, embedded with 100 (bench/probes.py; needs Redis)
 #   3. dashboard live path: probe recorded -> WebSocket client, 100 clients on one Daphne (bench/dashboard_ws.py)
 #   4. memory soak: RSS growth per million requests through one gateway worker (bench/soak.sh; SOAK=long for 5 min)
-#   5. rollout verdicts: the analysis vs a Flagger-style rule on simulated streams (bench/rollout_verdicts.py;
-#      the issue's 1,000 rollouts per case, about 5 minutes of one core; ROLLOUTS_FAST=1 runs 200)
+#   5. rollout verdicts: the analysis and the controller's decisions vs a Flagger-style rule on realistic
+#      simulated streams (bench/rollout_verdicts.py; 400 rollouts per case, about an hour of one core;
+#      ROLLOUTS_FAST=1 runs 60)
 #   6. the 16-fault scorecard of issue 9 on the default settings (bench/faults.py, about a minute)
 #   7. alert delivery: enqueue -> signed webhook on loopback, 200 notifications paced and in a burst
 #      (bench/alert_delivery.py, embedded mode, ~30 s)
@@ -36,7 +37,7 @@ if [[ $SKIP != *soak* ]]; then
   bash "$ROOT/bench/soak.sh" ${SOAK:+--$SOAK}
 fi
 if [[ $SKIP != *rollouts* ]]; then
-  size=(--full); [[ ${ROLLOUTS_FAST:-0} == 1 ]] && size=()
+  size=(--rollouts 400); [[ ${ROLLOUTS_FAST:-0} == 1 ]] && size=(--rollouts 60)
   "$PY" "$ROOT/bench/rollout_verdicts.py" "${size[@]}" --out "$ROOT/bench/results/rollouts-$stamp.json"
   "$PY" "$ROOT/bench/write_sections.py" rollouts "$ROOT/bench/results/rollouts-$stamp.json" "$ROOT/bench/RESULTS.md"
 fi

@@ -64,14 +64,22 @@ def dashboard(data):
     )
 
 
-# (case, measure, goal text, goal test on the Weathervane summary)
-ROLLOUT_GOALS = [
-    ("identical", "false rollbacks", "under 1 %", lambda s: s["rolled_back"] < 0.01, "rolled_back"),
-    ("latency", "rolled back within 3 intervals", "at least 90 %", lambda s: s["rolled_back"] >= 0.9, "rolled_back"),
-    ("errors", "rolled back within 6 intervals", "at least 90 %", lambda s: s["rolled_back"] >= 0.9, "rolled_back"),
-    ("identical", "promoted by the end of the plan", "(no goal)", None, "promoted"),
-    ("identical_100rps", "promoted by the end of the plan", "(no goal)", None, "promoted"),
-]
+# case -> (the measure shown, its goal as a test on the Weathervane summary)
+ROLLOUT_GOALS = {
+    "identical": ("rolled back (false) / promoted", lambda s: s["rolled_back"] < 0.01 and not s["crashed"]),
+    "bursts": ("rolled back (false) / promoted", lambda s: s["rolled_back"] < 0.01),
+    "sticky": ("rolled back (false) / promoted", lambda s: s["rolled_back"] < 0.01),
+    "high_inside": ("rolled back (false) / promoted", lambda s: s["rolled_back"] < 0.01),
+    "high_beyond": ("rolled back", lambda s: s["rolled_back"] >= 0.9),
+    "low_0.5": ("rolled back within 10 min", lambda s: s["within_10_min"] >= 0.9),
+    "low_2": ("rolled back within 10 min", lambda s: s["within_10_min"] >= 0.9),
+    "low_0.5_at_25": ("rolled back within 10 min", lambda s: s["within_10_min"] >= 0.9),
+    "ttft_only_tight": ("rolled back / drained at the step timeout", lambda s: s["rolled_back"] >= 0.9),
+    "ttft_only": ("rolled back / drained at the step timeout", lambda s: s["rolled_back"] >= 0.9),
+    "tpot_only": ("rolled back / drained at the step timeout", lambda s: s["rolled_back"] >= 0.9),
+    "late": ("never promoted (rolled back / drained)", lambda s: s["promoted"] == 0),
+    "limits": ("rolled back (false) / promoted", lambda s: s["rolled_back"] < 0.01),
+}
 
 
 def _pct(value):
@@ -83,32 +91,37 @@ def _median(summary, kind):
     return "–" if value is None else f"{value:.0f} s"
 
 
+def _outcomes(summary, name):
+    if name.startswith("low_"):
+        return f"{_pct(summary['within_10_min'])} (all: {_pct(summary['rolled_back'])})"
+    if name.startswith(("ttft_only", "tpot_only", "late")):
+        return f"{_pct(summary['rolled_back'])} / {_pct(summary['paused'])}"
+    return f"{_pct(summary['rolled_back'])} / {_pct(summary['promoted'])}"
+
+
 def rollouts(data):
-    rows = ["| case | measure | goal | Weathervane | met? | median time | Flagger-style, same streams | median time |",
+    rows = ["| case | goal | measure | Weathervane (defaults) | met? | median time to roll back / promote "
+            "| paused at a timeout | Flagger-style, same streams |",
             "|---|---|---|---|---|---|---|---|"]
-    for name, measure, goal, met, kind in ROLLOUT_GOALS:
-        case = data["cases"].get(name)
-        if case is None:
-            continue
+    for name, case in data["cases"].items():
+        measure, met = ROLLOUT_GOALS.get(name, ("rolled back / promoted", None))
         ours, theirs = case["weathervane"], case["flagger"]
         verdict = "–" if met is None else ("yes" if met(ours) else "**no**")
-        rows.append(f"| {case['title']} | {measure} | {goal} | {_pct(ours[kind])} | {verdict} | "
-                    f"{_median(ours, kind)} | {_pct(theirs[kind])} | {_median(theirs, kind)} |")
-    undecided = ", ".join(f"{name} {_pct(case['weathervane']['undecided'])}" for name, case in data["cases"].items())
+        times = f"{_median(ours, 'rolled_back')} / {_median(ours, 'promoted')}"
+        rows.append(f"| {case['title']} | {case['goal']} | {measure} | {_outcomes(ours, name)} | {verdict} | {times} "
+                    f"| {_pct(ours['paused'])} | {_outcomes(theirs, name)} |")
     head = (
         "## Rollout verdicts (`bench/rollout_verdicts.py`)\n\n"
-        f"Run {data['at']}: {data['rollouts']:,} simulated rollouts per case (seed {data['seed']}), "
-        f"{data['rps']} requests/s, {data['interval_s']} s intervals, Weathervane's verdict every {data['look_s']} s "
-        f"in simulated time (the run took {data['seconds']:.0f} s). "
-        f"Baseline: {data['base_error_rate'] * 100:g} % errors, "
-        f"log-normal latency (median {data['latency']['median_ms']:.0f} ms, sigma {data['latency']['sigma']}). "
-        f"Guards: errors +{data['allowed_errors_pp']:g} pp, p95 latency +{data['allowed_p95'] * 100:g} %, "
-        f"alpha {data['alpha']:g} split by weight (errors 4 : p95 1); "
-        f"plan {' → '.join(f'{w} %' for w in data['plan'])} → promoted. Flagger-style: fixed "
-        "per-interval thresholds at the same allowances, rollback after 2 failed checks, one step per passed check.\n"
+        f"Run {data['at']}: {data['rollouts']:,} simulated rollouts per case (seed {data['seed']}, the run took "
+        f"{data['seconds']:.0f} s), judged every 10 s of simulated time by `analysis.judge` on per-minute rollup "
+        "deltas and decided by `controller.decide`, with the **default guards** (errors +1 pp, p95 time to first "
+        f"token +20 %, p95 time per output token +20 %, alpha {data['alpha']:g}) and the plan "
+        f"{' → '.join(str(s['weight']) + ' %' for s in data['plan'])} (60 s dwell), step timeout 1,800 s, unless the "
+        "case says otherwise. Flagger-style: every minute the canary's error rate under the baseline's + 1 pp and "
+        "its TTFT and per-token p95 under 1.2x the baseline's in that minute; two failed checks roll back, a passed "
+        "check moves one step.\n"
     )
-    tail = (f"\nLeft undecided at the end of the horizon (a step timeout would pause for a human): {undecided}.\n")
-    return head + "\n" + "\n".join(rows) + "\n" + tail
+    return head + "\n" + "\n".join(rows) + "\n"
 
 
 def replace_section(text, name, body):

@@ -309,8 +309,8 @@ def tail_minutes(window, metric, q, allowed, value):
     """Return Minutes of requests slower than value x (1 + allowed) on the canary and than value on the baseline."""
     name = SKETCH_FIELD[metric]
     limit = value * (1 + allowed)
-    return [Minute(sketch.count_above(getattr(c, name), limit), int(getattr(c, name).count),
-                   sketch.count_above(getattr(b, name), value), int(getattr(b, name).count))
+    return [Minute(int(sketch.count_above(getattr(c, name), limit)), int(getattr(c, name).count),
+                   int(sketch.count_above(getattr(b, name), value)), int(getattr(b, name).count))
             for c, b in zip(window.canary, window.baseline, strict=True)]
 
 
@@ -448,7 +448,9 @@ def _combine_quantiles(metric, decided, alpha):
                 "pass": min(v.evidence["progress"]["pass"] for v in verdicts)}
     incident = any(v.incident for v in verdicts) and overall != Verdict.FAIL
     evidence = {"progress": progress, "alpha": alpha, "fail_threshold": math.exp(level),
-                "pass_threshold": 1 / PASS_ALPHA}
+                "pass_threshold": 1 / PASS_ALPHA, "e_fail": _e(log_fail),
+                "e_pass": min(v.evidence["e_pass"] for v in verdicts),
+                "phi": max(v.evidence["phi"] for v in verdicts), "carried": any(v.evidence["carried"] for v in verdicts)}
     return MetricVerdict(metric, overall, "", evidence, log_fail, incident)
 
 

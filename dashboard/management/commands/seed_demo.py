@@ -29,8 +29,9 @@ PROVIDERS = [
     ("flaky-relay", "flaky", "flaky-gpt", "0.20", "0.80"),
 ]
 SPLIT = {"steady-gpt": 90, "tail-gpt": 10, "flaky-gpt": 0}
-# The draft rollout of tail-gpt: allowances loose enough to promote within minutes at demo traffic
-# (proving +0.5 pp takes thousands of canary requests); tail-gpt's heavy tail fails the p95 guard.
+# The draft rollout of tail-gpt: allowances loose enough to decide within minutes at demo traffic (proving
+# +0.5 pp takes thousands of canary requests). tail-gpt's heavy tail is in the wait before its first byte, so
+# the time-to-first-token guard is what catches it (a 48-token answer's end-to-end time hides it).
 ROLLOUT_CANARY = "tail-gpt"
 ROLLOUT_PLAN = [
     {"weight": 25, "min_dwell_s": 60, "min_requests": 100},
@@ -40,7 +41,7 @@ ROLLOUT_PLAN = [
 ]
 ROLLOUT_GUARDS = [
     {"metric": "errors", "allowed": 0.02, "limit": None},
-    {"metric": "latency_p95", "allowed": 0.25, "limit": None},
+    {"metric": "ttft_p95", "allowed": 0.25, "limit": None},
 ]
 
 
