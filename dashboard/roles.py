@@ -5,6 +5,8 @@ from django.conf import settings
 
 # Moving traffic between a route's existing targets (slider, PUT .../weights, revert).
 WEIGHTS_PERMISSION = "routing.change_routetarget"
+# Drafting a rollout (the page's form and POST /api/v1/rollouts/): it will move a route's traffic, so both.
+ROLLOUT_PERMISSIONS = ("rollouts.add_rollout", WEIGHTS_PERMISSION)
 
 
 def is_viewer(user):
@@ -17,3 +19,7 @@ def can_move_weights(user):
     return user.is_authenticated and user.is_active and (user.is_superuser or user.is_staff) and (
         user.has_perm(WEIGHTS_PERMISSION)
     )
+
+
+def can_draft_rollouts(user):
+    return can_move_weights(user) and user.has_perms(ROLLOUT_PERMISSIONS)

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
-from dashboard.roles import can_move_weights, is_viewer
+from dashboard.roles import can_draft_rollouts, can_move_weights, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
@@ -28,6 +28,7 @@ from routing.audit import actor_name
 from routing.models import ApiToken, Deployment, Event, Route
 from routing.outcomes import Outcome
 from routing.rollouts import controller
+from routing.rollouts.models import LOCKING_STATES
 from routing.weights import describe_chain_change, weights_history
 
 TIMELINE_SIZE = 100
@@ -217,9 +218,13 @@ def _route_row(route, since, health, seconds):
 
 
 def _active_rollout(route):
-    """Return {id, state, canary} of the route's active rollout, or None."""
+    """Return {id, state, canary, locking} of the route's active rollout, or None; `locking`: it holds the wheel
+    (manual weight changes are refused until it is paused)."""
     rollout = controller.active_rollout(route.pk)
-    return {"id": rollout.pk, "state": rollout.state, "canary": rollout.canary.name} if rollout else None
+    if rollout is None:
+        return None
+    return {"id": rollout.pk, "state": rollout.state, "canary": rollout.canary.name,
+            "locking": rollout.state in LOCKING_STATES}
 
 
 def _fallback_row(link):
@@ -258,7 +263,7 @@ def _chain_change(before, after):
 
 @dashboard_view
 def routes(request):
-    return _page(request, "dashboard/routes.html", routes_data())
+    return _page(request, "dashboard/routes.html", routes_data(), can_draft=can_draft_rollouts(request.user))
 
 
 @dashboard_view

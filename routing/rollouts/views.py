@@ -10,10 +10,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
+from dashboard.roles import can_draft_rollouts
 from dashboard.views import _json, _page, dashboard_view
+from routing.models import Route
 from routing.weights import MAX_REASON_LENGTH, WeightsInvalid
 
-from . import controller
+from . import controller, form
 from .api.serializers import RolloutDetailSerializer, RolloutSerializer
 from .models import ACTIVE_STATES, FINISHED_STATES, Rollout
 
@@ -30,6 +32,10 @@ def rollouts_data():
     active = [r for r in rows if r.state in ACTIVE_STATES]
     recent = [r for r in rows if r.state not in ACTIVE_STATES]
     return {"active": RolloutSerializer(active, many=True).data, "recent": RolloutSerializer(recent, many=True).data}
+
+
+def _page_with_drafting(request, template, data, **context):
+    return _page(request, template, data, can_draft=can_draft_rollouts(request.user), **context)
 
 
 def rollout_data(rollout):
@@ -52,7 +58,7 @@ def _charts_until(rollout, now=None):
 
 @dashboard_view
 def rollouts(request):
-    return _page(request, "rollouts/rollouts.html", rollouts_data())
+    return _page_with_drafting(request, "rollouts/rollouts.html", rollouts_data())
 
 
 @dashboard_view
@@ -95,3 +101,55 @@ def _press(rollout, gate, reason, user):
     except WeightsInvalid as exc:
         return str(exc), 400
     return None, 200
+
+
+# --- New rollout ------------------------------------------------------------------
+
+
+def form_data():
+    """Return what the form's script needs: each route's targets (the canary choices) and active rollout, and the
+    plan templates."""
+    routes = Route.objects.prefetch_related("targets__deployment").order_by("name")
+    return {
+        "routes": {r.name: {"targets": [{"name": t.deployment.name, "weight": t.weight} for t in r.targets.all()],
+                            "rollout": _active_id(r)} for r in routes},
+        "templates": form.PLAN_TEMPLATES,
+    }
+
+
+def _active_id(route):
+    rollout = controller.active_rollout(route.pk)
+    return rollout.pk if rollout else None
+
+
+@dashboard_view
+def new_rollout(request):
+    """The "New rollout" form (staff who may draft rollouts and move weights); a valid POST creates a draft,
+    audited as the API does, and goes to its page; an invalid one answers 400 with each error by its field."""
+    if not can_draft_rollouts(request.user):
+        raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
+    if request.method != "POST":
+        return _form_page(request, form.initial_state(request.GET.get("route", "")))
+    state = form.posted_state(request.POST)
+    body, layout = form.body(state)
+    serializer = RolloutSerializer(data=body)
+    if not serializer.is_valid():
+        return _form_page(request, state, form.field_errors(serializer.errors, layout), status=400)
+    rollout = serializer.save_draft(request.user)
+    return redirect("rollout", pk=rollout.pk)
+
+
+def _form_page(request, state, errors=None, status=200):
+    data = form_data()
+    canaries = _canary_choices(data["routes"], state.route)
+    response = _page(request, "rollouts/new.html", data, state=state, errors=errors or {"steps": {}, "guard": {}},
+                     canaries=canaries, templates=form.PLAN_TEMPLATES)
+    response.status_code = status
+    return response
+
+
+def _canary_choices(routes, route):
+    """The chosen route's targets, the lightest first (the likely canary); every route's without a choice."""
+    targets = routes[route]["targets"] if route in routes else [t for r in routes.values() for t in r["targets"]]
+    names = [t["name"] for t in sorted(targets, key=lambda t: (t["weight"], t["name"]))]
+    return list(dict.fromkeys(names))

@@ -445,11 +445,18 @@
     if (route.history.length) history.replaceChildren(...route.history.map(historyRow));
   }
 
+  /* Who holds each route's wheel: a rollout (its id and state) or nobody. */
+  function wheels(d) {
+    return (d.routes || []).map((r) => r.name + ":" + (r.rollout ? `${r.rollout.id}/${r.rollout.state}` : "")).join("\n");
+  }
+
   async function refresh() {
     try {
       const fresh = await W.getJSON("/dashboard-data/routes/");
       const names = (r) => (r.routes || []).map((x) => x.name + ":" + x.targets.map((t) => t.deployment).join(",")).join("\n");
       if (names(fresh) !== names(data)) return window.location.reload(); // routes or targets added/removed
+      // A rollout took or gave back the wheel: the page renders its sliders enabled or disabled with the banner.
+      if (wheels(fresh) !== wheels(data)) return window.location.reload();
       data = fresh;
       fresh.routes.forEach(applyRoute);
     } catch (error) {
@@ -465,6 +472,8 @@
         applySplit(p.route, p.version, p.weights || {});
         if (Array.isArray(p.fallbacks)) applyChain(p.route, p.version, p.fallbacks);
         refresh(); // the audit trail gained a row
+      } else if (m.type === "rollout.changed") {
+        refresh();
       } else if (m.type === "traffic.point" || m.type === "health.changed") {
         refreshSoon();
       }

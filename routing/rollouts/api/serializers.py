@@ -1,9 +1,11 @@
 """REST representations of rollouts: a strictly validated plan and guards in, transitions and verdicts out."""
 
+from django.db import transaction
 from rest_framework import serializers
 
 from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
-from routing.models import Deployment, Route
+from routing.audit import actor_name, record, snapshot
+from routing.models import AuditAction, Deployment, Route
 from routing.weights import MAX_REASON_LENGTH
 
 from ..analysis import Guard, Metric
@@ -117,6 +119,16 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         if busy is not None:
             raise serializers.ValidationError({"canary": [f"{canary.name!r} is the canary of {busy}, still active."]})
         return data
+
+    def save_draft(self, user):
+        """Save the validated rollout as a draft with its audit row (one transaction); return it. The API and the
+        page's form both create drafts here."""
+        actor = actor_name(user)
+        with transaction.atomic():
+            rollout = self.save(created_by=actor)
+            record(action=AuditAction.CREATE, obj=rollout, actor=actor, user=user, after=snapshot(rollout),
+                   reason="rollout drafted")
+        return rollout
 
 
 class RolloutDetailSerializer(RolloutSerializer):

@@ -6,16 +6,15 @@ and a timeline Event. A gate that does not apply in the rollout's state
 answers 409 and changes nothing.
 """
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from dashboard.roles import ROLLOUT_PERMISSIONS
 from routing.api.base import BodySizeLimitMixin
 from routing.api.filters import StrictFilterSet
-from routing.audit import actor_name, record, snapshot
-from routing.models import AuditAction
+from routing.audit import actor_name
 
 from .. import controller
 from ..models import Rollout
@@ -51,6 +50,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
 
     queryset = Rollout.objects.select_related("route", "canary")
     filterset_class = RolloutFilter
+    action_permissions = {"create": ROLLOUT_PERMISSIONS}  # the same as the page's "New rollout" form
 
     def get_serializer_class(self):
         return s.RolloutDetailSerializer if self.action != "list" else s.RolloutSerializer
@@ -60,11 +60,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
         return queryset.prefetch_related("transitions") if self.action != "list" else queryset
 
     def perform_create(self, serializer):
-        actor = actor_name(self.request.user)
-        with transaction.atomic():
-            rollout = serializer.save(created_by=actor)
-            record(action=AuditAction.CREATE, obj=rollout, actor=actor, user=self.request.user,
-                   after=snapshot(rollout), reason="rollout drafted")
+        serializer.save_draft(self.request.user)
 
     def press_gate(self, name):
         rollout = self.get_object()
