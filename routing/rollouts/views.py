@@ -16,8 +16,9 @@ from routing.models import Route
 from routing.weights import MAX_REASON_LENGTH, WeightsInvalid
 
 from . import controller, form
+from .analysis import Metric
 from .api.serializers import RolloutDetailSerializer, RolloutSerializer
-from .models import ACTIVE_STATES, FINISHED_STATES, Rollout
+from .models import ACTIVE_STATES, FINISHED_STATES, Rollout, RolloutState
 
 ROLLOUTS_SHOWN = 50
 ROLLOUT_REFRESH_S = 5  # the detail page re-reads its charts at most this often while traffic arrives
@@ -39,13 +40,71 @@ def _page_with_drafting(request, template, data, **context):
 
 
 def rollout_data(rollout):
-    """Return one rollout as the API's detail shows it, plus the gates that apply now."""
+    """Return one rollout as the API's detail shows it, plus the gates that apply now, the latest verdict's
+    evidence per guard and when the current step times out."""
     data = RolloutDetailSerializer(rollout).data
     data["gates"] = [{"name": name, "label": GATE_LABELS[name]}
                      for name, states in controller.GATES.items() if rollout.state in states]
     data["charts"] = metrics.rollout_series(rollout.route_id, rollout.canary_id, _charts_until(rollout))
     data["refresh_s"] = ROLLOUT_REFRESH_S
+    data["guard_evidence"] = guard_evidence(data["verdicts"])
+    data["step_deadline"] = _step_deadline(rollout)
+    data["active"] = rollout.is_active()
     return data
+
+
+def _step_deadline(rollout):
+    """When a running step times out (its start plus step_timeout_s), as ISO text; None when no clock runs."""
+    if rollout.state != RolloutState.RUNNING or rollout.step_started_at is None:
+        return None
+    return (rollout.step_started_at + timedelta(seconds=rollout.step_timeout_s)).isoformat()
+
+
+def guard_evidence(verdicts):
+    """Return the latest verdict's guards as the detail page shows them: {metric, label, verdict, sentence,
+    progress ({fail, pass} in whole percent, or None), numbers ([name, text])}; [] before any verdict."""
+    if not verdicts:
+        return []
+    latest = verdicts[0]
+    rows = [_guard_row(m) for m in (latest.get("evidence") or {}).get("metrics") or []]
+    return [row | {"step": latest["step"]} for row in rows]
+
+
+def _guard_row(judged):
+    evidence = judged.get("evidence") or {}
+    progress = judged.get("progress") or evidence.get("progress")
+    label = Metric(judged["metric"]).label if judged["metric"] in Metric.values else judged["metric"]
+    return {"metric": judged["metric"], "label": label, "verdict": judged.get("verdict"),
+            "sentence": judged.get("sentence", ""), "progress": _percents(progress), "numbers": _numbers(evidence)}
+
+
+def _percents(progress):
+    if not isinstance(progress, dict):
+        return None
+    return {side: round(100 * min(1.0, max(0.0, float(progress.get(side) or 0)))) for side in ("fail", "pass")}
+
+
+def _numbers(evidence):
+    """Flatten one level of evidence into [name, text] pairs (the analysis owns its fields; the page shows them)."""
+    pairs = []
+    for name, value in evidence.items():
+        if name == "progress":
+            continue
+        inner = value.items() if isinstance(value, dict) else [("", value)]
+        pairs += [[f"{name} {key}".strip().replace("_", " "), _text(v)] for key, v in inner]
+    return pairs
+
+
+def _text(value):
+    if value is None or isinstance(value, bool | str):
+        return {None: "–", True: "yes", False: "no"}.get(value, value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value)
+    return str(value)
 
 
 def _charts_until(rollout, now=None):

@@ -235,3 +235,45 @@ def test_a_driving_rollout_disables_the_route_s_sliders_with_a_banner_and_a_paus
     assert "(paused) is paused: the split is yours to change" in page and "<fieldset disabled>" not in page
     data = browser(admin_user).get("/dashboard-data/routes/").json()["routes"][0]["rollout"]
     assert data == {"id": rollout.pk, "state": "paused", "canary": "canary", "locking": False}
+
+
+# --- the detail page: evidence per guard, the current step, the step's timeout ---------------------------------
+
+
+def test_the_detail_shows_each_guard_s_evidence_and_progress_the_current_step_and_its_timeout(admin_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from routing.rollouts.models import RolloutVerdict
+
+    started = timezone.now().replace(microsecond=0)
+    rollout = draft(world(), step=1, state=RolloutState.RUNNING, step_started_at=started, step_timeout_s=600)
+    errors = {"metric": "errors", "verdict": "inconclusive", "sentence": "canary errors 3 of 400",
+              "evidence": {"canary": {"events": 3, "requests": 400, "rate": 0.0075}, "allowed": 0.005,
+                           "ratio_bounds": [0.41, 2.5], "progress": {"fail": 0.25, "pass": 0.8}}}
+    ttft = {"metric": "ttft_p95", "verdict": "pass", "sentence": "fine", "evidence": {"carried": False}}
+    RolloutVerdict.objects.create(rollout=rollout, step=1, verdict="inconclusive", sentence="holding",
+                                  evidence={"verdict": "inconclusive", "metrics": [errors, ttft]})
+    data = browser(admin_user).get(f"/dashboard-data/rollouts/{rollout.pk}/").json()
+    assert data["step_started_at"].startswith(started.isoformat()[:19])
+    assert data["step_deadline"] == (started + timedelta(seconds=600)).isoformat()
+    first = data["guard_evidence"][0]
+    assert (first["label"], first["progress"], first["step"]) == ("Error rate", {"fail": 25, "pass": 80}, 1)
+    assert ["canary requests", "400"] in first["numbers"] and ["ratio bounds", "0.41, 2.5"] in first["numbers"]
+    assert data["guard_evidence"][1]["progress"] is None and ["carried", "no"] in data["guard_evidence"][1]["numbers"]
+    page = browser(admin_user).get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert 'toward a rollback <progress max="100" value="25" data-side="fail">' in page
+    assert 'toward a pass <progress max="100" value="80" data-side="pass">' in page
+    assert "<strong>p95 time to first token</strong>: <span class=\"verdict\">pass</span> — fine" in page
+    assert '<li aria-current="step" class="current now"> <strong class="now-mark">Now:</strong> 50%' in " ".join(
+        page.split())
+    assert f'id="step-countdown" data-deadline="{data["step_deadline"]}">Step 2 times out' in page
+
+
+def test_a_draft_has_no_countdown_and_says_no_verdict_yet(admin_user):
+    rollout = draft(world())
+    data = browser(admin_user).get(f"/dashboard-data/rollouts/{rollout.pk}/").json()
+    assert data["step_deadline"] is None and data["guard_evidence"] == []
+    page = browser(admin_user).get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert "step-countdown" not in page and "No verdict yet: each guard" in page and "Now:" not in page

@@ -136,7 +136,8 @@ class RolloutDetailSerializer(RolloutSerializer):
     verdicts = serializers.SerializerMethodField()
 
     class Meta(RolloutSerializer.Meta):
-        fields = [*RolloutSerializer.Meta.fields, "transitions", "verdicts"]
+        fields = [*RolloutSerializer.Meta.fields, "step_started_at", "transitions", "verdicts"]
+        read_only_fields = [*RolloutSerializer.Meta.read_only_fields, "step_started_at"]
 
     def get_verdicts(self, rollout) -> list:
         return RolloutVerdictSerializer(rollout.verdicts.all()[:50], many=True).data
