@@ -66,9 +66,79 @@
     return row;
   }
 
-  /* Called after any change; the time-to-decision preview hooks in here. */
+  // --- Time to a decision: the server's dry run of this very form (the API's preview, same serializer) ---------
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return null;
+    if (seconds < 90) return `about ${Math.max(1, Math.round(seconds))} s`;
+    if (seconds < 5400) return `about ${Math.round(seconds / 60)} min`;
+    return `about ${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  const reqs = (rps) => `${rps < 10 ? rps.toFixed(1) : Math.round(rps)} req/s`;
+
+  /* One step's line: how long, at what canary traffic, which guard needs how many requests. */
+  function stepText(step) {
+    const time = duration(step.seconds);
+    const needs = step.guards.filter((g) => g.requests_needed).map((g) => `${g.metric} needs ~${g.requests_needed.toLocaleString()} requests`);
+    const head = time ? `${time} at ${reqs(step.canary_rps)} to the canary` : `no decision expected at ${reqs(step.canary_rps)} to the canary`;
+    const tail = step.decides_in_time ? "" : "; cannot decide within its step timeout";
+    return head + (needs.length ? ` (${needs.join(", ")})` : "") + tail;
+  }
+
+  function clearForecast() {
+    rows().forEach((row) => { row.classList.remove("slow"); row.querySelector(".step-forecast").textContent = ""; });
+  }
+
+  function showForecast(answer) {
+    const box = document.getElementById("forecast");
+    clearForecast();
+    box.hidden = false;
+    const forecast = answer.forecast;
+    const slow = forecast.steps.filter((s) => !s.decides_in_time).length;
+    document.getElementById("forecast-summary").textContent = `At the route's ${reqs(forecast.route_rps)} over the last ${duration(forecast.window_s).replace("about ", "")}: ` +
+      (slow ? `${slow} step(s) cannot decide within the step timeout.` : "every step can decide within the step timeout.");
+    forecast.steps.forEach((step, n) => {
+      const row = rows()[answer.step_rows[n]];
+      if (!row) return;
+      row.classList.toggle("slow", !step.decides_in_time);
+      row.querySelector(".step-forecast").textContent = step.weight === null ? (step.label || "") : stepText(step);
+    });
+    const warnings = document.getElementById("forecast-warnings");
+    warnings.replaceChildren(...forecast.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  }
+
+  function showNoForecast(text) {
+    clearForecast();
+    document.getElementById("forecast").hidden = false;
+    document.getElementById("forecast-summary").textContent = text;
+    document.getElementById("forecast-warnings").replaceChildren();
+  }
+
+  let asked = 0;
+  async function preview() {
+    const mine = ++asked;
+    try {
+      const response = await fetch(form.dataset.preview, { method: "POST", body: new FormData(form), credentials: "same-origin",
+        headers: { Accept: "application/json", "X-CSRFToken": W.csrfToken() } });
+      if (mine !== asked) return; // a newer edit asked again meanwhile
+      if (response.status === 400) return showNoForecast("No forecast until the form is valid: Create draft names each problem.");
+      if (!response.ok) throw new Error("preview answered " + response.status);
+      showForecast(await response.json());
+    } catch (error) {
+      console.warn("rollout preview failed", error);
+    }
+  }
+  const previewSoon = debounce(preview, 400);
+
+  function debounce(fn, ms) {
+    let timer = null;
+    return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+  }
+
+  /* Called after any change of the form. */
   function changed() {
-    if (typeof window.WeathervaneRolloutPreview === "function") window.WeathervaneRolloutPreview(form);
+    if (form.dataset.preview) previewSoon();
   }
 
   routeSelect.addEventListener("change", () => { showCanaries(); changed(); });
@@ -83,4 +153,5 @@
     if (row) field(row, "weight").focus();
   });
   showCanaries();
+  changed();
 })();
