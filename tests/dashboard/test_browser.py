@@ -698,6 +698,7 @@ def test_an_open_routes_page_disables_the_sliders_when_a_rollout_takes_the_wheel
     admin = signed_in_page(chromium, app_url, "alice", "/routes/")
     slider = '.weight-row[data-deployment="canary"] input[type=range]'
     assert admin.locator(slider).is_enabled()
+    admin.evaluate("() => { window.notReloaded = true; }")
     controller.gate(rollout.pk, "resume", reason="carry on", actor="alice")  # running again: it holds the wheel
     admin.wait_for_selector(f".rollout-link.banner:has-text('rollout #{rollout.pk} of canary (running) is driving "
                             "this route; pause it to take the wheel.')", timeout=15_000)
@@ -705,4 +706,5 @@ def test_an_open_routes_page_disables_the_sliders_when_a_rollout_takes_the_wheel
     controller.gate(rollout.pk, "pause", reason="my turn", actor="alice")
     admin.wait_for_selector(".rollout-link:has-text('is paused: the split is yours to change')", timeout=15_000)
     assert admin.locator(slider).is_enabled()
+    assert admin.evaluate("() => window.notReloaded") is True  # followed live, nothing typed is lost
     admin.context.close()
