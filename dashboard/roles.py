@@ -5,7 +5,8 @@ from django.conf import settings
 
 # Moving traffic between a route's existing targets (slider, PUT .../weights, revert).
 WEIGHTS_PERMISSION = "routing.change_routetarget"
-# Drafting a rollout (the page's form and POST /api/v1/rollouts/): it will move a route's traffic, so both.
+# Drafting a rollout or pressing its gates, on the pages or through the API: a rollout moves a route's traffic,
+# so it takes both.
 ROLLOUT_PERMISSIONS = ("rollouts.add_rollout", WEIGHTS_PERMISSION)
 
 
@@ -21,5 +22,5 @@ def can_move_weights(user):
     )
 
 
-def can_draft_rollouts(user):
+def can_run_rollouts(user):
     return can_move_weights(user) and user.has_perms(ROLLOUT_PERMISSIONS)

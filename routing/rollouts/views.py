@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
-from dashboard.roles import can_draft_rollouts
+from dashboard.roles import can_run_rollouts
 from dashboard.views import _json, _page, dashboard_view
 from routing.models import Route
 from routing.weights import MAX_REASON_LENGTH, WeightsInvalid
@@ -35,8 +35,8 @@ def rollouts_data():
     return {"active": RolloutSerializer(active, many=True).data, "recent": RolloutSerializer(recent, many=True).data}
 
 
-def _page_with_drafting(request, template, data, **context):
-    return _page(request, template, data, can_draft=can_draft_rollouts(request.user), **context)
+def _rollout_page(request, template, data, **context):
+    return _page(request, template, data, can_run_rollouts=can_run_rollouts(request.user), **context)
 
 
 def rollout_data(rollout):
@@ -117,12 +117,12 @@ def _charts_until(rollout, now=None):
 
 @dashboard_view
 def rollouts(request):
-    return _page_with_drafting(request, "rollouts/rollouts.html", rollouts_data())
+    return _rollout_page(request, "rollouts/rollouts.html", rollouts_data())
 
 
 @dashboard_view
 def rollout_detail(request, pk):
-    return _page(request, "rollouts/rollout.html", rollout_data(get_object_or_404(Rollout, pk=pk)))
+    return _rollout_page(request, "rollouts/rollout.html", rollout_data(get_object_or_404(Rollout, pk=pk)))
 
 
 @dashboard_view
@@ -133,9 +133,10 @@ def rollout_json(request, pk):
 @require_POST
 @dashboard_view
 def rollout_gate(request, pk, gate):
-    """Press a gate from the page (staff only); answer the page again with the problem when it is refused."""
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff can press a rollout's gates; viewers can look.")
+    """Press a gate from the page (as the API's gates: staff who may run rollouts and move weights); answer the
+    page again with the problem when it is refused."""
+    if not can_run_rollouts(request.user):
+        raise PermissionDenied("Only staff who may run rollouts and move weights can press a rollout's gates.")
     rollout = get_object_or_404(Rollout, pk=pk)
     reason = request.POST.get("reason", "").strip()
     if gate not in controller.GATES:
@@ -144,7 +145,7 @@ def rollout_gate(request, pk, gate):
     if problem is None:
         return redirect("rollout", pk=pk)
     rollout.refresh_from_db()
-    response = _page(request, "rollouts/rollout.html", rollout_data(rollout), problem=problem)
+    response = _rollout_page(request, "rollouts/rollout.html", rollout_data(rollout), problem=problem)
     response.status_code = status
     return response
 
@@ -185,7 +186,7 @@ def _active_id(route):
 def new_rollout(request):
     """The "New rollout" form (staff who may draft rollouts and move weights); a valid POST creates a draft,
     audited as the API does, and goes to its page; an invalid one answers 400 with each error by its field."""
-    if not can_draft_rollouts(request.user):
+    if not can_run_rollouts(request.user):
         raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
     if request.method != "POST":
         return _form_page(request, form.initial_state(request.GET.get("route", "")))

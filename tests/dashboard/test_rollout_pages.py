@@ -277,3 +277,21 @@ def test_a_draft_has_no_countdown_and_says_no_verdict_yet(admin_user):
     assert data["step_deadline"] is None and data["guard_evidence"] == []
     page = browser(admin_user).get(f"/rollouts/{rollout.pk}/").content.decode()
     assert "step-countdown" not in page and "No verdict yet: each guard" in page and "Now:" not in page
+
+
+def test_gates_ask_the_same_permissions_on_the_page_and_in_the_api():
+    from rest_framework.test import APIClient
+
+    rollout = draft(world())
+    staff_only = staff_with("sam", "rollouts.add_rollout")  # may not move weights
+    detail = browser(staff_only).get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert "Read-only: only staff can press" in detail and 'action="/rollouts/' not in detail
+    assert browser(staff_only).post(f"/rollouts/{rollout.pk}/start/", {"reason": "go"}).status_code == 403
+    api = APIClient()
+    api.force_authenticate(staff_only)
+    assert api.post(f"/api/v1/rollouts/{rollout.pk}/start", {"reason": "go"}, format="json").status_code == 403
+    assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.DRAFT
+    both = staff_with("tess", "rollouts.add_rollout", "routing.change_routetarget")
+    assert f'action="/rollouts/{rollout.pk}/start/"' in browser(both).get(f"/rollouts/{rollout.pk}/").content.decode()
+    assert browser(both).post(f"/rollouts/{rollout.pk}/start/", {"reason": "go"}).status_code == 302
+    assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.PREFLIGHT

@@ -50,7 +50,8 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
 
     queryset = Rollout.objects.select_related("route", "canary")
     filterset_class = RolloutFilter
-    action_permissions = {"create": ROLLOUT_PERMISSIONS}  # the same as the page's "New rollout" form
+    # The pages' form and gates ask the same (dashboard.roles.can_run_rollouts).
+    action_permissions = {name: ROLLOUT_PERMISSIONS for name in ("create", *controller.GATES)}
 
     def get_serializer_class(self):
         return s.RolloutDetailSerializer if self.action != "list" else s.RolloutSerializer
