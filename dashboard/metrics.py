@@ -26,7 +26,6 @@ from probes.rollups import (
     select_rows,
 )
 from routing.models import CircuitState, KeyState
-from routing.outcomes import DEPLOYMENT_FAILURES
 
 # How often a page re-reads a window while live messages arrive (seconds).
 REFRESH_S = {Window.M5: 10, Window.M15: 10, Window.H1: 15, Window.H24: 60, Window.D7: 300}
@@ -59,8 +58,9 @@ def rollout_series(route_id, canary_id, until, span=ROLLOUT_SPAN):
     """Return {since_ms, until_ms, canary: points, baseline: points} of a route's own traffic per minute.
 
     Both arms cover the same minutes (every one present, oldest first): the canary's rows and every other
-    target's merged. A point has its latency and time-to-first-token percentiles, `error_rate` (the guarded
-    errors a rollout judges: never the client's) and `share` (its part of the minute's requests).
+    target's merged. A point has its latency and time-to-first-token percentiles, `error_rate` (the deployment
+    error rate a rollout judges: never the client's, never a key's 429) and `share` (its part of the minute's
+    requests).
     """
     since, bucket = until - span, timedelta(minutes=1)
     arms = {"canary": [], "baseline": []}
@@ -76,9 +76,7 @@ def rollout_series(route_id, canary_id, until, span=ROLLOUT_SPAN):
 
 
 def _rollout_point(point, total):
-    guarded = sum(n for kind, n in point["errors"].items() if kind in DEPLOYMENT_FAILURES)
-    return {**{name: point[name] for name in ROLLOUT_CHART_FIELDS},
-            "error_rate": guarded / point["count"] if point["count"] else None,
+    return {**{name: point[name] for name in ROLLOUT_CHART_FIELDS}, "error_rate": point["error_rate"],
             "share": point["count"] / total if total else None}
 
 

@@ -20,7 +20,8 @@ import httpx
 from routing import sse
 from routing.httpx_guard import GuardedTransport, is_blocked
 from routing.models import sendable_secret
-from routing.outcomes import Outcome, UpstreamError, error_message, http_failure, redact
+from routing.outcomes import Outcome, UpstreamError, http_failure, redact
+from routing.streams import StreamReader
 
 USER_AGENT = "weathervane-probe/1"
 MAX_ERROR_BODY = 4096
@@ -181,72 +182,47 @@ def _read_error(response, result, secret):
 
 
 class _Stream:
-    """Accumulates the events of one streamed completion."""
+    """Reads one streamed completion through routing.streams (the gateway's rules) into a Measurement."""
 
     def __init__(self, result, started):
         self.result = result
         self.started = started
-        self.first_token_at = None
-        self.last_token_at = None
-        self.token_chunks = 0
+        self.reader = StreamReader(needs_usage=True, timed=True)  # probes always ask for usage
         self.text = []
 
     def take(self, event):
         """Fold one raw event into the result; return False to stop reading."""
-        try:
-            event = sse.parse(sse.event_data(event))
-        except sse.Malformed:
-            return self._fail(Outcome.MALFORMED, "an event was not valid JSON")
-        if event is None:
-            return True
-        if event is sse.DONE:
-            self.result.saw_done = True
+        payload = self.reader.take(sse.event_data(event))
+        if self.reader.problem is not None or payload is sse.DONE:
             return False
-        if not isinstance(event, dict):
-            return self._fail(Outcome.MALFORMED, "an event was not a JSON object")
-        if event.get("error"):
-            return self._fail(Outcome.SERVER_ERROR, f"error event: {error_message(event)}")
-        try:
-            self._take_chunk(event)
-        except (AttributeError, TypeError, ValueError):
-            return self._fail(Outcome.MALFORMED, "an event did not have the chat.completion.chunk shape")
+        if type(payload) is dict:
+            self._take_chunk(payload)
         return True
 
     def _take_chunk(self, event):
         if isinstance(event.get("model"), str) and event["model"]:
             self.result.model_reported = event["model"]
-        usage = event.get("usage")
-        if isinstance(usage, dict):
-            self.result.tokens_in = int(usage.get("prompt_tokens") or 0)
-            self.result.tokens_out = int(usage.get("completion_tokens") or 0)
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                self._token(delta["content"])
-            if choice.get("finish_reason"):
-                self.result.finish_reason = str(choice["finish_reason"])[:30]
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta") if type(choice) is dict else None
+            if type(delta) is dict and isinstance(delta.get("content"), str):
+                self.text.append(delta["content"])
 
-    def _token(self, content):
-        now = time.perf_counter()
-        if self.first_token_at is None:
-            self.first_token_at = now
-            self.result.ttft_ms = (now - self.started) * 1000
-        self.last_token_at = now
-        self.token_chunks += 1
-        self.text.append(content)
-
-    def _fail(self, outcome, message):
-        self.result.outcome, self.result.error = outcome, message
-        return False
-
-    def finish(self):
-        result = self.result
+    def finish(self, outcome, error):
+        """Fill in the result from the reader, the stream having ended with (outcome, error)."""
+        result, reader = self.result, self.reader
+        result.outcome, result.error = outcome, error
         result.text = "".join(self.text)[:MAX_ANSWER]
-        result.tokens_out = result.tokens_out or self.token_chunks
-        span = (self.last_token_at or 0) - (self.first_token_at or 0)
-        if result.tokens_out >= 2 and span > 0.0005:
-            result.tokens_per_s = (result.tokens_out - 1) / span
-        result.completed = result.saw_done and bool(result.finish_reason)
+        result.saw_done, result.finish_reason = reader.done, reader.finish_reason
+        result.completed = reader.whole
+        if reader.usage:
+            result.tokens_in, result.tokens_out = reader.usage
+        result.tokens_out = result.tokens_out or reader.content_chunks
+        times = reader.chunk_times
+        if times:
+            result.ttft_ms = (times[0] - self.started) * 1000
+            span = times[-1] - times[0]
+            if result.tokens_out >= 2 and span > 0.0005:
+                result.tokens_per_s = (result.tokens_out - 1) / span
 
 
 def _read_stream(response, result, started, deadline):
@@ -254,26 +230,34 @@ def _read_stream(response, result, started, deadline):
         result.outcome, result.error = Outcome.MALFORMED, "expected an event stream"
         return
     stream = _Stream(result, started)
+    try:
+        ended = _read_events(response, stream, deadline)
+    except httpx.TimeoutException:  # the connection failed after the headers: the reader judges what came
+        ended = stream.reader.broke(Outcome.TIMEOUT, "the stream went silent")
+    except httpx.HTTPError as exc:
+        ended = stream.reader.broke(Outcome.CONNECT_ERROR, _describe(exc))
+    stream.finish(*ended)
+
+
+def _read_events(response, stream, deadline):
+    """Feed the stream's events to `stream`; return how it ended (outcome, message). Raises UpstreamError."""
     for event in _events(response):
         if not stream.take(event):
             break
         if time.perf_counter() > deadline:
-            result.outcome, result.error = Outcome.TIMEOUT, "stream did not finish in time"
-            break
-    stream.finish()
-    if result.outcome == Outcome.OK and not result.completed:
-        missing = "[DONE]" if not result.saw_done else "finish_reason"
-        result.outcome, result.error = Outcome.TRUNCATED, f"stream ended without {missing}"
+            return Outcome.TIMEOUT, "stream did not finish in time"
+    return stream.reader.end()
 
 
 def _events(response):
-    """Yield each whole server-sent event of a streamed response (routing.sse framing)."""
+    """Yield each whole server-sent event of a streamed response (routing.sse framing).
+
+    An unterminated event at the end is dropped, as the SSE spec, the gateway and the load tests do.
+    """
     buffer = b""
     for chunk in response.iter_bytes():
         events, buffer = sse.split_events(buffer + chunk)
         yield from events
-    if buffer.strip():
-        yield buffer + b"\n\n"
 
 
 # --- correctness -------------------------------------------------------------------

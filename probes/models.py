@@ -42,6 +42,7 @@ class Rollup(models.Model):
     errors = models.JSONField(default=dict, help_text="{outcome kind: count} for non-ok outcomes")
     latency = models.JSONField(null=True, help_text="Sketch of total latency in ms")
     ttft = models.JSONField(null=True, help_text="Sketch of time to first token in ms")
+    tpot = models.JSONField(null=True, blank=True, help_text="Sketch of time per output token in ms (streams)")
     tokens_in = models.PositiveBigIntegerField(default=0)
     tokens_out = models.PositiveBigIntegerField(default=0)
     tps_sum = models.FloatField(default=0.0, help_text="Sum of output tokens/s over streamed requests")
@@ -186,7 +187,8 @@ class ProbeResult(models.Model):
     tokens_in = models.PositiveIntegerField(default=0)
     tokens_out = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=16, decimal_places=8, default=0)
-    completed = models.BooleanField(default=False, help_text="finish_reason and [DONE] both seen")
+    completed = models.BooleanField(default=False,
+                                    help_text="the answer was whole (routing.streams: its finish_reason, or [DONE])")
     finish_reason = models.CharField(max_length=30, blank=True)
     model_reported = models.CharField(max_length=200, blank=True)
     model_swapped = models.BooleanField(default=False,

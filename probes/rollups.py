@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from probes import sketch
 from probes.models import Rollup, Source
-from routing.outcomes import Outcome
+from routing.outcomes import Outcome, client_errors, deployment_errors
 
 MAX_TOKENS = 10**9  # per request: a larger usage report is an upstream's bug, not a bill
 
@@ -115,6 +115,7 @@ class RollupDelta:
     tps_sum: float = 0.0
     tps_count: int = 0
     cost: Decimal = Decimal(0)
+    tpot: object = field(default_factory=sketch.new)  # ms per output token after the first (streams)
 
     @property
     def key(self):
@@ -136,6 +137,7 @@ class RollupDelta:
         if tps and tps > 0:
             self.tps_sum += tps
             self.tps_count += 1
+            self.tpot.add(max(1000.0 / tps, 0.001))
         self.cost += _cost(cost)
 
     def merge(self, other):
@@ -146,6 +148,7 @@ class RollupDelta:
             self.errors[kind] = self.errors.get(kind, 0) + n
         self.latency.merge(other.latency)
         self.ttft.merge(other.ttft)
+        self.tpot.merge(other.tpot)
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
         self.tps_sum += other.tps_sum
@@ -158,12 +161,13 @@ class RollupDelta:
         """Return a Rollup row's figures as a delta."""
         return cls(row.minute, row.source, row.deployment_id, row.api_key_id, row.route_id, row.count, row.ok,
                    dict(row.errors or {}), sketch.from_json(row.latency), sketch.from_json(row.ttft), row.tokens_in,
-                   row.tokens_out, row.tps_sum, row.tps_count, Decimal(row.cost))
+                   row.tokens_out, row.tps_sum, row.tps_count, Decimal(row.cost), sketch.from_json(row.tpot))
 
     def row_values(self):
         """Return the Rollup column values of these figures."""
         return {"count": self.count, "ok": self.ok, "errors": self.errors, "latency": sketch.to_json(self.latency),
-                "ttft": sketch.to_json(self.ttft), "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "ttft": sketch.to_json(self.ttft), "tpot": sketch.to_json(self.tpot), "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
                 "tps_sum": self.tps_sum, "tps_count": self.tps_count, "cost": self.cost}
 
     def figures(self):
@@ -172,13 +176,23 @@ class RollupDelta:
         ttft = sketch.quantiles(self.ttft, (0.5, 0.95))
         return {
             "count": self.count, "ok": self.ok, "errors": dict(self.errors),
-            "error_rate": (self.count - self.ok) / self.count if self.count else None,
-            "availability": self.ok / self.count if self.count else None,
+            **_error_figures(self.errors, self.count),
             "p50_ms": lat[0.5], "p95_ms": lat[0.95], "p99_ms": lat[0.99],
             "ttft_p50_ms": ttft[0.5], "ttft_p95_ms": ttft[0.95],
             "tokens_per_s": self.tps_sum / self.tps_count if self.tps_count else None,
             "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": str(self.cost),
         }
+
+
+def _error_figures(errors, count):
+    """Return error_rate (the deployment's own failures: routing.outcomes.deployment_errors), availability (its
+    complement) and the separate counts of client errors and rate limits (a key's 429s)."""
+    failures = deployment_errors(errors)
+    return {
+        "error_rate": failures / count if count else None,
+        "availability": (count - failures) / count if count else None,
+        "client_errors": client_errors(errors), "rate_limited": errors.get(Outcome.RATE_LIMITED, 0),
+    }
 
 
 def _cost(value):
@@ -238,7 +252,7 @@ def save_deltas(deltas):
 # --- reading ---------------------------------------------------------------------------
 
 ROW_FIELDS = ("minute", "source", "deployment_id", "api_key_id", "route_id", "count", "ok", "errors", "latency", "ttft",
-              "tokens_in", "tokens_out", "tps_sum", "tps_count", "cost")
+              "tpot", "tokens_in", "tokens_out", "tps_sum", "tps_count", "cost")
 
 
 def select_rows(deployment_id=None, source=None, since=None, until=None, api_key_id=None, exact_key=False,

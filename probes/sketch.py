@@ -48,7 +48,7 @@ def count_above(sketch, value):
     """Return how many values of `sketch` lie in bins above the bin holding `value` (exact to the bin)."""
     key = sketch._mapping.key(value)
     store = sketch._store
-    return sum(c for i, c in enumerate(store.bins) if store.offset + i > key)
+    return sum(store.bins[max(key - store.offset + 1, 0):])
 
 
 def mixture_quantile(weighted, q):

@@ -46,6 +46,21 @@ class Outcome(models.TextChoices):
 DEPLOYMENT_FAILURES = frozenset({Outcome.TIMEOUT, Outcome.CONNECT_ERROR, Outcome.SERVER_ERROR, Outcome.MALFORMED,
                                  Outcome.TRUNCATED})
 
+# The client's own doing (a bad request, its deadline, its disconnect): shown apart, never held against anyone.
+CLIENT_CAUSED = frozenset({Outcome.CLIENT_ERROR, Outcome.CLIENT_CLOSED, Outcome.CLIENT_DEADLINE})
+
+
+def deployment_errors(errors):
+    """Return how many of `errors` ({outcome: count}) are the deployment's own failures: the one definition of
+    a deployment's error (its "deployment error rate" on every page, API figure, alert and rollout)."""
+    return sum(n for kind, n in errors.items() if kind in DEPLOYMENT_FAILURES)
+
+
+def client_errors(errors):
+    """Return how many of `errors` ({outcome: count}) the client caused (CLIENT_CAUSED)."""
+    return sum(n for kind, n in errors.items() if kind in CLIENT_CAUSED)
+
+
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 BAD_KEY_STATUSES = frozenset({401})
 RETRY_AFTER_STATUSES = frozenset({429, 503})

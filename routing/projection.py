@@ -20,6 +20,7 @@ from django.utils import timezone
 from probes import sketch
 from probes.models import Rollup, Source
 from probes.rollups import merge_rows, select_rows
+from routing.outcomes import deployment_errors
 
 VOLUME_WINDOW = timedelta(hours=24)
 RECENT_WINDOW = timedelta(hours=1)
@@ -49,7 +50,8 @@ def _rows(deployment, source, since):
 
 
 def _error_rate(rows, count):
-    return (count - sum(r.ok for r in rows)) / count if count else None
+    """The deployment error rate (routing.outcomes.deployment_errors) of `rows`."""
+    return sum(deployment_errors(r.errors or {}) for r in rows) / count if count else None
 
 
 def mix(weights, figures, per_day):

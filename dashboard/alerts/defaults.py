@@ -30,7 +30,7 @@ RULES = [
     {"name": "probes silent", "kind": "no_data", "params": {"intervals": 3}, "for_s": 0, "severity": "warning"},
     {"name": "slow first token", "kind": "ttft_p95", "params": {"threshold_ms": 2000, "window_s": 300},
      "for_s": 300, "severity": "warning"},
-    {"name": "route error rate", "kind": "error_rate",
+    {"name": "route deployment error rate", "kind": "error_rate",
      "params": {"threshold": 0.05, "window_s": 600, "min_count": 20, "scope": "route"}, "for_s": 0,
      "severity": "critical"},
 ]

@@ -12,11 +12,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Q, Sum
+from django.db.models import IntegerField, Q, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 
 from probes import rollups, runner, sketch
 from probes.models import HealthState, ProbeTarget, Rollup, Source
 from routing.models import ApiKey, CircuitState, Deployment, DeploymentCircuit, KeyState, Provider, Route
+from routing.outcomes import DEPLOYMENT_FAILURES
 from routing.rollouts.models import Rollout, RolloutState, RolloutTransition
 
 from .models import ConditionKind
@@ -293,44 +296,49 @@ def _p95s_by_window(parsed, now, windows, source):
 
 
 def error_rate(rules, now):
+    """Observe the deployment error rate (routing.outcomes.deployment_errors: never a client's error or a
+    key's 429) of each route's traffic or each deployment over each rule's window."""
     per_subject = _counts_per_window(now, {r.params.get("window_s", 600) for r in rules})
     deployments, routes = _names()
-    counted = {}  # (scope, window) → {subject: [requests, ok]}, counted once for every rule that shares them
+    counted = {}  # (scope, window) → {subject: [requests, failures]}, counted once for every rule that shares them
     for rule in rules:
         scope, window = rule.params.get("scope", "route"), rule.params.get("window_s", 600)
         if (scope, window) not in counted:
             counted[(scope, window)] = _count_by(per_subject, scope, window)
         found = []
-        for subject, (n, good) in counted[(scope, window)].items():
-            rate = (n - good) / n if n else 0.0
+        for subject, (n, bad) in counted[(scope, window)].items():
+            rate = bad / n if n else 0.0
             if n >= rule.params.get("min_count", 20) and rate > rule.params["threshold"]:
                 labels, name = _subject_labels(scope, subject, deployments, routes)
-                found.append(Observation(labels, f"{name} error rate {rate:.1%} > {rule.params['threshold']:.1%} "
-                                                 f"over {_span(window)} ({n - good} of {n})", rate))
+                found.append(Observation(labels, f"{name} deployment error rate {rate:.1%} > "
+                                                 f"{rule.params['threshold']:.1%} over {_span(window)} "
+                                                 f"({bad} of {n})", rate))
         yield rule, found
 
 
 def _counts_per_window(now, windows):
-    """Return one row per (source, route, deployment) with its requests `n<window>` and successes `ok<window>`
-    over each window: summed by the database, not minute by minute in Python."""
+    """Return one row per (source, route, deployment) with its requests `n<window>` and its deployment failures
+    `f<window>_<outcome>` over each window: summed by the database, not minute by minute in Python."""
     longest = max(windows)
     rows = Rollup.objects.filter(minute__gte=rollups.minute_of(now - timedelta(seconds=longest)))
     sums = {}
     for window in windows:
         since = Q(minute__gte=rollups.minute_of(now - timedelta(seconds=window)))
         sums[f"n{window}"] = Sum("count", filter=since)
-        sums[f"ok{window}"] = Sum("ok", filter=since)
+        for kind in DEPLOYMENT_FAILURES:
+            sums[f"f{window}_{kind}"] = Sum(Cast(KT(f"errors__{kind}"), IntegerField()), filter=since)
     return list(rows.values("source", "route_id", "deployment_id").annotate(**sums))
 
 
 def _count_by(per_subject, scope, window):
-    """Return {route or deployment id: [requests, ok]} over `window` s (a route's: its gateway traffic only)."""
+    """Return {route or deployment id: [requests, deployment failures]} over `window` s (a route's: its gateway
+    traffic only)."""
     counts = defaultdict(lambda: [0, 0])
     for row in per_subject:
         subject = row["route_id"] if scope == "route" else row["deployment_id"]
         if subject is not None and (scope != "route" or row["source"] == Source.TRAFFIC):
             counts[subject][0] += row[f"n{window}"] or 0
-            counts[subject][1] += row[f"ok{window}"] or 0
+            counts[subject][1] += sum(row[f"f{window}_{kind}"] or 0 for kind in DEPLOYMENT_FAILURES)
     return counts
 
 

@@ -112,8 +112,13 @@ class RollupFiguresSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     ok = serializers.IntegerField()
     errors = serializers.DictField(child=serializers.IntegerField(), help_text="{outcome: count}")
-    error_rate = serializers.FloatField(allow_null=True)
-    availability = serializers.FloatField(allow_null=True)
+    error_rate = serializers.FloatField(
+        allow_null=True, help_text="Deployment error rate: the deployment's own failures (timeout, connect_error, "
+        "server_error, malformed, truncated) over all requests; never a client's error or a key's 429")
+    availability = serializers.FloatField(allow_null=True, help_text="1 - error_rate")
+    client_errors = serializers.IntegerField(
+        help_text="Requests the client caused to fail: client_error (4xx), client_deadline, client_closed")
+    rate_limited = serializers.IntegerField(help_text="Requests answered 429 for the key in use (rate_limited)")
     p50_ms = serializers.FloatField(allow_null=True)
     p95_ms = serializers.FloatField(allow_null=True)
     p99_ms = serializers.FloatField(allow_null=True)

@@ -14,6 +14,7 @@ import orjson
 from probes.loadtest.metrics import Sample, stream_figures
 from routing import sse
 from routing.outcomes import Outcome, http_failure, redact
+from routing.streams import StreamReader
 
 USER_AGENT = "weathervane-loadtest/1"
 MAX_ERROR_BODY = 2048
@@ -117,68 +118,30 @@ async def _read_body(response, sample, sent):
 
 
 async def _read_stream(response, sample, sent):
-    reading = _StreamReading()
+    reader = StreamReader(needs_usage=True, timed=True)  # the gateway's rules (routing.streams); usage was asked
+    try:
+        outcome, problem = await _read_events(response, reader)
+    except TimeoutError:  # the connection failed after the headers: the reader judges what came
+        outcome, problem = reader.broke(Outcome.TIMEOUT, "no complete answer in time")
+    except (aiohttp.ClientError, OSError) as exc:
+        outcome, problem = reader.broke(Outcome.CONNECT_ERROR, type(exc).__name__)
+    end = time.perf_counter()
+    sample.outcome, sample.error = outcome, problem
+    if reader.usage:
+        sample.tokens_in, sample.tokens_out = reader.usage
+    tokens = sample.tokens_out or reader.content_chunks
+    sample.tokens_out = tokens
+    for name, value in stream_figures(sent, reader.chunk_times, end, tokens).items():
+        setattr(sample, name, value)
+
+
+async def _read_events(response, reader):
+    """Feed the stream's events to `reader` until [DONE], a failure or the end; return (outcome, message)."""
     buffer = b""
     async for chunk in response.content.iter_any():
         events, buffer = sse.split_events(buffer + chunk)
         for event in events:
-            if not reading.take(sse.event_data(event), time.perf_counter()):
-                break
-        if reading.finished:
-            break
-    end = time.perf_counter()
-    reading.close(sample)
-    tokens = sample.tokens_out or reading.content_chunks
-    sample.tokens_out = tokens
-    for name, value in stream_figures(sent, reading.chunk_times, end, tokens).items():
-        setattr(sample, name, value)
-
-
-class _StreamReading:
-    """Folds the events of one stream: content chunk times, usage, [DONE] and finish_reason."""
-
-    def __init__(self):
-        self.chunk_times = []
-        self.usage = None
-        self.done = False
-        self.finish_reason = False
-        self.problem = None
-        self.finished = False
-
-    @property
-    def content_chunks(self):
-        return len(self.chunk_times)
-
-    def take(self, data, now):
-        try:
-            payload = sse.parse(data)
-        except sse.Malformed:
-            return self._stop((Outcome.MALFORMED, "an event was not JSON"))
-        if payload is sse.DONE:
-            self.done = True
-            return self._stop(None)
-        if payload is None:
-            return True
-        message = sse.error_of(payload)
-        if message:
-            return self._stop((Outcome.SERVER_ERROR, f"error event: {message}"))
-        if sse.has_content(payload):
-            self.chunk_times.append(now)
-        self.usage = sse.usage_of(payload) or self.usage
-        self.finish_reason = self.finish_reason or any(
-            isinstance(c, dict) and c.get("finish_reason") for c in payload.get("choices") or ())
-        return True
-
-    def _stop(self, problem):
-        self.problem = problem
-        self.finished = True
-        return False
-
-    def close(self, sample):
-        if self.usage:
-            sample.tokens_in, sample.tokens_out = self.usage
-        if self.problem:
-            sample.outcome, sample.error = self.problem
-        elif not (self.done and self.finish_reason):
-            missing = "[DONE]" if not self.done else "finish_reason"
-            sample.outcome, sample.error = Outcome.TRUNCATED, f"stream ended without {missing}"
+            payload = reader.take(sse.event_data(event))
+            if reader.problem is not None or payload is sse.DONE:
+                return reader.end()
+    return reader.end()

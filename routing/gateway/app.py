@@ -349,7 +349,7 @@ class Gateway:
         try:
             client, route, request, raw = await self._admit(scope, receive, snapshot, headers, record, url_of)
             record.route_id, record.route = route.id, route.name
-            session = headers[2].decode("latin-1") if headers[2] else None
+            session = headers[2].decode("latin-1") if headers[2] and route.sticky else None
             deadline, clients = self._deadline(headers[4])
             call = Call(t0, request_id, route, request, raw, url_of, session, deadline, record, clients)
             record.stream = call.stream

@@ -33,6 +33,7 @@ from routing.gateway.errors import GatewayError
 from routing.gateway.limits import context_tokens, estimate_tokens
 from routing.gateway.retry import backoff
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome, UpstreamError, redact_bytes
+from routing.streams import SKIPPED, StreamReader
 
 SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
@@ -588,6 +589,7 @@ class Proxy:
         Raises UpstreamError.
         """
         buffer, held = b"", []
+        opening = StreamReader()  # the same rules as the relay's reader, for the events before the commit
         try:
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + target.first_token_timeout
                                           - (perf_counter() - started)):
@@ -599,23 +601,11 @@ class Proxy:
                         raise UpstreamError(Outcome.TRUNCATED, "the stream ended before its first event", True)
                     events, buffer = sse.split_events(buffer + chunk)
                     held.extend(events)
-                    if any(self._starts_the_answer(event) for event in events):
+                    if _opens_the_answer(opening, events):
                         return held, buffer
         except TimeoutError:
             message = f"no first token within {target.first_token_timeout:g} s"
             raise UpstreamError(Outcome.TIMEOUT, message, True) from None
-
-    @staticmethod
-    def _starts_the_answer(event):
-        """Return True for the first event worth committing to: content, a finish or [DONE]. Raises UpstreamError."""
-        try:
-            payload = sse.parse(sse.event_data(event))
-        except sse.Malformed as bad:
-            raise UpstreamError(Outcome.MALFORMED, str(bad), True) from None
-        problem = sse.error_of(payload)
-        if problem is not None:
-            raise UpstreamError(Outcome.SERVER_ERROR, f"the stream's first event was an error: {problem}", True)
-        return payload is sse.DONE or sse.has_content(payload) or sse.has_finish(payload)
 
     async def relay_stream(self, call, target, key, response, started, send, receive, resume=None):
         """Relay a stream (the rest of the broken one `resume`, when given); return a Continuation when it
@@ -705,6 +695,18 @@ class Proxy:
             self.keys.cool(key, min(wait, MAX_COOLING_S), err.message)
 
 
+def _opens_the_answer(reader, events):
+    """Return True once `events` brought content, a finish or [DONE]. Raises UpstreamError (retryable: nothing
+    was relayed) for an error event or a malformed start."""
+    for event in events:
+        reader.take(sse.event_data(event))
+        if reader.problem is not None:
+            raise UpstreamError(*reader.problem, True)
+        if reader.started:
+            return True
+    return False
+
+
 def describe(attempt):
     """Return one attempt as the error messages list it: deployment, key label (never the secret), outcome."""
     key = f" with key '{attempt.key.label}'" if attempt.key is not None else ""
@@ -741,16 +743,15 @@ class StreamRelay:
     with [DONE]: the answer is whole. Both repairs are noted on the record.
     """
 
-    __slots__ = ("call", "target", "key", "started", "done", "usage", "ttft_ms", "client_ttft_ms", "first_content",
-                 "strip_usage", "finished", "malformed", "max_malformed", "kept", "stamp", "resumable")
+    __slots__ = ("call", "target", "key", "started", "reader", "ttft_ms", "client_ttft_ms", "first_content",
+                 "strip_usage", "kept", "stamp", "resumable")
 
     def __init__(self, call, target, key, started, max_malformed=3):
         self.call, self.target, self.key, self.started = call, target, key, started
-        self.done = self.finished = self.resumable = False
-        self.usage = None
+        self.reader = StreamReader(call.wants_usage, max_malformed)  # what the stream means: routing.streams
+        self.resumable = False
         self.ttft_ms = self.client_ttft_ms = self.first_content = None
         self.strip_usage = not call.wants_usage
-        self.malformed, self.max_malformed = 0, max_malformed
         # The text relayed so far, kept only on routes that continue broken streams (None: not kept).
         self.kept = [] if call.route.continue_streams and _one_choice(call.request) else None
         self.stamp = None  # the id, model and created fields the client saw
@@ -758,32 +759,22 @@ class StreamRelay:
     def _select(self, events):
         """Return (bytes to forward, problem): the events up to [DONE], or up to the first
         error event (or malformed one past the cap), whose (outcome, message) is then the problem."""
-        out = []
+        out, reader = [], self.reader
         for event in events:
-            try:
-                payload = sse.parse(sse.event_data(event))
-            except sse.Malformed as bad:
-                self.malformed += 1
+            payload = reader.take(sse.event_data(event))
+            if reader.problem is not None:
+                return b"".join(out), reader.problem
+            if payload is SKIPPED:
                 self.call.record.notes += (Note.MALFORMED_SKIPPED,)
-                if self.malformed > self.max_malformed:
-                    return b"".join(out), (Outcome.MALFORMED, f"{self.malformed} malformed events; the last: {bad}")
                 continue
             if type(payload) is dict:
-                if "error" in payload:
-                    message = f"the upstream sent an error mid-stream: {sse.error_of(payload)}"
-                    return b"".join(out), (Outcome.SERVER_ERROR, message)
-                if self.first_content is None and sse.has_content(payload):
-                    self._first_token()
+                if self.first_content is None and reader.first_content_at is not None:
+                    self._first_token(reader.first_content_at)
                 if self.kept is not None:
                     self._keep(payload)
-                if not self.finished and sse.has_finish(payload):
-                    self.finished = True
-                if payload.get("usage") is not None:
-                    self.usage = sse.usage_of(payload)
-                    if self.strip_usage and sse.is_usage_only(payload):
-                        continue
+                if self.strip_usage and sse.is_usage_only(payload):
+                    continue
             elif payload is sse.DONE:
-                self.done = True
                 out.append(event)
                 break
             out.append(event)
@@ -806,18 +797,26 @@ class StreamRelay:
                     self.stamp = {name: payload[name] for name in STAMP_FIELDS if name in payload}
                 self.kept.append(content)
 
-    def _first_token(self):
-        now = perf_counter()
+    def _first_token(self, now):
         self.first_content = now
         self.ttft_ms = (now - self.started) * 1000
         self.client_ttft_ms = (now - self.call.t0) * 1000
 
+    @property
+    def usage(self):
+        return self.reader.usage
+
+    @property
+    def finished(self):
+        return bool(self.reader.finish_reason)
+
     async def run(self, response, events, buffer, send):
         """Relay until [DONE] or a failure; return (outcome, problem)."""
+        reader = self.reader
         try:
             while True:
                 data, problem = self._select(events)
-                if self.done:  # [DONE] and the end of the body in one write: clients stop reading at [DONE]
+                if reader.done:  # [DONE] and the end of the body in one write: clients stop reading at [DONE]
                     await send({"type": "http.response.body", "body": data})
                     return Outcome.OK, ""
                 if data:
@@ -826,18 +825,20 @@ class StreamRelay:
                     return await self._broken(send, *problem)
                 chunk = await upstream.read_chunk(response)
                 if not chunk:
-                    if self.call.client_gone:
-                        return Outcome.CLIENT_CLOSED, "the client disconnected"
-                    if self.finished and (self.usage is not None or not self.call.wants_usage):
-                        self.call.record.notes += (Note.DONE_ADDED,)
-                        await send({"type": "http.response.body", "body": DONE_EVENT})
-                        return Outcome.OK, ""
-                    return await self._broken(send, Outcome.TRUNCATED, "the upstream ended the stream without [DONE]")
+                    return await self._ended(send, *reader.end())
                 events, buffer = sse.split_events(buffer + chunk)
         except UpstreamError as err:
-            if self.call.client_gone:
-                return Outcome.CLIENT_CLOSED, "the client disconnected"
-            return await self._broken(send, err.outcome, err.message)
+            return await self._ended(send, *reader.broke(err.outcome, err.message))
+
+    async def _ended(self, send, outcome, problem):
+        """Finish a stream whose upstream body ended without [DONE]: a whole answer gets the [DONE] it lacked."""
+        if self.call.client_gone:
+            return Outcome.CLIENT_CLOSED, "the client disconnected"
+        if outcome != Outcome.OK:
+            return await self._broken(send, outcome, problem)
+        self.call.record.notes += (Note.DONE_ADDED,)
+        await send({"type": "http.response.body", "body": DONE_EVENT})
+        return Outcome.OK, ""
 
     async def _broken(self, send, outcome, problem):
         if self.kept and not self.finished and not self.call.client_gone:
@@ -883,9 +884,9 @@ class ContinuationRelay(StreamRelay):
         self.stamp = broken.stamp
         self.client_ttft_ms = broken.client_ttft_ms
 
-    def _first_token(self):
-        self.first_content = perf_counter()
-        self.ttft_ms = (self.first_content - self.started) * 1000
+    def _first_token(self, now):
+        self.first_content = now
+        self.ttft_ms = (now - self.started) * 1000
 
     def _select(self, events):
         return super()._select([event for event in map(self._restamp, events) if event is not None])

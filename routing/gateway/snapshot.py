@@ -142,6 +142,9 @@ class RouteInfo:
     fallbacks: tuple = ()  # Targets (weight 0, `fallback` = position) tried in order after every weighted one
     windows: bool = False  # some target or fallback has a known context window (the only case that costs a check)
     shadow: Shadow | None = None  # None unless a running rollout is at a shadow step (the rule)
+    # False while a rollout runs on the route: session ids are ignored so each request draws its arm by weight
+    # (sticky users would give the arms different users, and the verdict would judge the users, not the canary)
+    sticky: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,20 +266,20 @@ def _target(row, keys, fallback=0):
 
 
 def _shadow_steps():
-    """Return {route id: (canary deployment id, share 0..1)} of the running rollouts at a shadow step."""
+    """Return {route id: (canary deployment id, share 0..1) or None} of the running rollouts: the canary and
+    its share at a shadow step, None at a weighted one."""
     from routing.rollouts.models import Rollout, RolloutState
 
     steps = {}
     running = Rollout.objects.filter(state=RolloutState.RUNNING).order_by("id")
     for route_id, canary_id, plan, step in running.values_list("route_id", "canary_id", "plan", "step"):
         current = plan[step] if step < len(plan) else {}
-        if current.get("shadow"):
-            steps[route_id] = (canary_id, current["shadow"] / 100)
+        steps[route_id] = (canary_id, current["shadow"] / 100) if current.get("shadow") else None
     return steps
 
 
 def _shadow(route, keys, shadows):
-    canary_id, share = shadows.get(route.pk, (None, 0.0))
+    canary_id, share = shadows[route.pk]
     row = next((t for t in route.targets.all() if t.deployment_id == canary_id), None)
     if row is None or not (row.deployment.enabled and row.deployment.provider.enabled):
         return None
@@ -311,9 +314,11 @@ def _route(route, keys, down, shadows=None):
     up = [f for f in links if f.deployment_id not in down] or links
     fallbacks = tuple(_target(f, keys, position) for position, f in enumerate(up, start=1))
     windows = any(t.context_window for t in (*targets, *fallbacks))
-    shadow = _shadow(route, keys, shadows) if shadows and route.pk in shadows else None
+    rollout = route.pk in shadows if shadows else False
+    shadow = _shadow(route, keys, shadows) if rollout and shadows[route.pk] else None
     return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals),
-                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows, shadow=shadow)
+                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows, shadow=shadow,
+                     sticky=not rollout)
 
 
 def _client_keys():

@@ -1,52 +1,81 @@
-"""Canary vs baseline over the same window: a pass / fail / inconclusive verdict per guard, with its evidence.
+"""Canary vs baseline over a step's minutes: a pass / fail / inconclusive verdict per guard, with its evidence.
 
-Pure functions over per-arm figures (as merged from the route's rollups); no
-database. Every guard goes through the same anytime-valid count test
-(`sequential`), conditional on the canary's share of requests, with two
-one-sided questions:
+Pure functions over per-minute figures (a StepWindow, as read from the route's
+rollups); no database. Every guard is one or more count tests: each minute,
+some of each arm's requests are "events" (a failure, a request slower than a
+baseline quantile), and the test asks how the events split between the arms,
+given the canary's share of requests (`sequential`: Lindon & Malek's
+beta-binomial mixture, an anytime-valid e-value). The allowed regression is one
+boundary on the rate ratio, and the two questions are one-sided tests of it:
 
-- fail: is the canary worse than the baseline at all? H0 "no difference":
-  each event lands on the canary with probability equal to its share.
-- pass: is any regression within what the guard allows? H0 "the regression
-  is exactly the allowed one"; rejecting it is evidence of no larger
-  regression. Silence never passes.
+- fail ("clearly beyond the allowance"): H0 "the canary is at most the allowed
+  regression worse"; rejecting it rolls back.
+- pass ("within the allowance"): H0 "the canary is at least the allowed
+  regression worse"; rejecting it passes the step. Silence never passes.
+- neither: the zone between; the step holds and its timeout drains the canary
+  and asks a human.
 
-Errors and 429s: the events are each arm's guarded failures; "+0.5 pp" is the
-rate ratio (baseline rate + 0.5 pp) / baseline rate at the baseline's observed
-rate, or (second route) the canary's own rate proven below 0.5 pp.
+Requests are not independent: a provider's bad spell puts many failures in a
+minute on one arm. So the minute is the unit of variation: the counts are
+weighed by 1/phi, phi being the minute-to-minute over-dispersion of the split
+(sequential.dispersion, a quasi-binomial correction), and a rollback must
+survive leaving out the canary's worst minute, so one minute's incident on the
+canary's provider holds the step ("canary provider incident") instead of
+proving a regression.
 
-p95 latency and p95 time to first token: the events are requests slower than
-the baseline's p95 t (frozen by the caller for the step). To fail, the canary's
-count above t is compared with the baseline's (ratio 1). To pass with +10 %,
-the canary's count above t x 1.1 is compared with the baseline's count above
-t: "canary p95 <= 1.1 x baseline p95" is exactly "the canary's share above
-1.1 t <= the baseline's share above t (5 %)", so the allowed regression is
-the rate ratio 1 on these counts, whatever the shape of the distribution.
+Errors and 429s: "+0.5 pp" is the ratio (baseline rate + 0.5 pp) / baseline
+rate at the baseline's observed rate (or, to pass, the canary's own rate proven
+under 0.5 pp). Latency, time to first token and time per output token: for the
+median and the p95 of the baseline (re-derived every look from at least
+MIN_THRESHOLD_SAMPLE baseline timings), the canary's requests slower than
+quantile x (1 + allowed) are compared with the baseline's slower than the
+quantile: "the canary's q-quantile <= (1 + allowed) x the baseline's" is
+exactly "its share above that is at most 1 - q", ratio 1, whatever the shape.
 
-The false-alarm budget alpha is split across the tested guards by weight
-(BUDGET_WEIGHTS: errors first), for failing and for passing alike; guards judged
-by an absolute limit alone spend none of it. No verdict before a minimum number
-of canary requests.
+The false-alarm budget alpha is split over the guards by BUDGET_WEIGHTS, and
+over a tail guard's quantiles evenly; a pass needs every guard and quantile
+within its allowance at PASS_ALPHA (an intersection-union test: no split). Failure evidence is carried from step to
+step (never below none: an e-detector over steps, so with k steps the false
+rollback rate is at most k x alpha); a step passes only on its own traffic,
+after the minimum sample. Absolute limits are judged with the same e-values
+(a rate or a p99 proven beyond the limit), not point estimates.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from django.db.models import TextChoices
+from scipy.stats import beta as beta_dist
 
 from probes import sketch
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
 
 from .choices import Verdict  # noqa: F401  (analysis.Verdict is its public name too)
-from .sequential import Side, log_e_ratio, log_e_value, log_e_worse, ratio_bounds
+from .sequential import (
+    DISPERSION_PRIOR_DF,
+    Side,
+    dispersion,
+    log_e_beyond,
+    log_e_value,
+    log_e_within,
+    share_of,
+)
 
 ALPHA = 0.01
+# A step passes when every guard (and every quantile of a tail guard) is shown within its allowance at this level:
+# an intersection-union test, so the level needs no splitting. It is looser than the rollback side's alpha
+# because a wrong pass only moves the canary to a step with more traffic, where the rollback side keeps
+# watching with the evidence carried, and the next step must pass again on its own traffic.
+PASS_ALPHA = 0.05
 MIN_CANARY_REQUESTS = 100
-P95 = 0.95
-
-# Outcome kinds that count against a deployment (never the client's own).
-# The lead's routing/outcomes.py will own this set; until then the values of probes.models.Outcome.
-GUARDED_ERROR_KINDS = DEPLOYMENT_FAILURES  # the deployment's failures; never the client's or a key's
+MIN_THRESHOLD_SAMPLE = 200  # baseline timings before a latency threshold is trusted
+REFERENCE_MINUTES = 30  # the baseline's look-back before a step (thresholds, its own variation, its long-run rate)
+TAIL_QUANTILES = (0.5, 0.95)
+OWN_PRIOR_K = 4.0  # the own-rate rollback route's prior: wide, centred on four times its limit (thin traffic, big
+# regressions are what it is for)
+OWN_ROUTE_EVENTS = 5  # baseline events under which a rate may also pass on the canary's own rate
+OWN_ROUTE_WEIGHT = 0.25  # the own-rate rollback route's share of the errors' e-value (the split test keeps 3/4)
+P99 = 0.99
 RATE_LIMITED_KIND = Outcome.RATE_LIMITED
 
 
@@ -55,18 +84,25 @@ class Metric(TextChoices):
     RATE_LIMITED = "rate_limited", "429 rate"
     LATENCY_P95 = "latency_p95", "p95 latency"
     TTFT_P95 = "ttft_p95", "p95 time to first token"
+    TPOT_P95 = "tpot_p95", "p95 time per output token"
     TOKENS_PER_S = "tokens_per_s", "Tokens per second"
     COST_PER_REQUEST = "cost_per_request", "Cost per request"
 
 
 RATE_METRICS = (Metric.ERRORS, Metric.RATE_LIMITED)
-TAIL_METRICS = (Metric.LATENCY_P95, Metric.TTFT_P95)
+TAIL_METRICS = (Metric.LATENCY_P95, Metric.TTFT_P95, Metric.TPOT_P95)
+SKETCH_FIELD = {Metric.LATENCY_P95: "latency", Metric.TTFT_P95: "ttft", Metric.TPOT_P95: "tpot"}
 # Means without a per-request spread in the rollups: only their absolute limits are judged.
 LIMIT_ONLY_METRICS = (Metric.TOKENS_PER_S, Metric.COST_PER_REQUEST)
-# Shares of alpha by importance (Bonferroni with weights: the levels still add up to alpha). A failed
-# request is what a user feels first; a slower tail is caught at a small level anyway, because a real
-# latency regression moves many requests past the baseline's p95 (bench/RESULTS.md).
-BUDGET_WEIGHTS = {Metric.ERRORS: 4, Metric.RATE_LIMITED: 2, Metric.LATENCY_P95: 1, Metric.TTFT_P95: 1}
+# Shares of alpha by importance (Bonferroni with weights: the levels still add up to alpha).
+BUDGET_WEIGHTS = {Metric.ERRORS: 4, Metric.RATE_LIMITED: 2, Metric.LATENCY_P95: 1, Metric.TTFT_P95: 1,
+                  Metric.TPOT_P95: 1}
+# What a rollout guards when its author says nothing: LLM latency is time to first token and time per output
+# token; end-to-end latency is the client's choice of length.
+# The allowances are ones a step can decide at a few requests per second (forecast.py says how long).
+DEFAULT_GUARDS = ({"metric": Metric.ERRORS.value, "allowed": 0.01, "limit": None},
+                  {"metric": Metric.TTFT_P95.value, "allowed": 0.20, "limit": None},
+                  {"metric": Metric.TPOT_P95.value, "allowed": 0.20, "limit": None})
 
 
 @dataclass(frozen=True)
@@ -74,7 +110,7 @@ class Guard:
     """One guarded metric: `allowed` regression and an optional absolute `limit`.
 
     allowed is in points for rates (0.005 = +0.5 pp) and relative for tails
-    (0.10 = +10 % p95). limit is a maximum rate for rates, a maximum p99 in ms
+    (0.10 = +10 %). limit is a maximum rate for rates, a maximum p99 in ms
     for tails, a minimum for tokens per second and a maximum for cost per request.
     """
 
@@ -88,62 +124,75 @@ class Guard:
             raise ValueError(f"{self.metric} takes an absolute limit and no allowed regression")
         if self.metric not in LIMIT_ONLY_METRICS and (self.allowed is None or self.allowed < 0):
             raise ValueError(f"{self.metric} needs a non-negative allowed regression")
+        if self.metric in RATE_METRICS and self.allowed is not None and self.allowed >= 1:
+            raise ValueError(f"{self.metric}'s allowed regression is in points: below 1 (0.005 = +0.5 pp)")
+        if self.metric in RATE_METRICS and self.limit is not None and not 0 < self.limit < 1:
+            raise ValueError(f"{self.metric}'s limit is a rate strictly between 0 and 1")
 
 
 @dataclass(frozen=True)
-class Tail:
-    """One arm's requests with a timing: how many were slower than `threshold_ms` (the baseline's p95)
-    and, for the canary, than `allowed_ms` (that p95 plus the allowed regression); its percentiles."""
+class Minute:
+    """One minute of one count: events among requests on each arm."""
 
-    timed: int
-    slower: int
-    threshold_ms: float
-    beyond_allowed: int | None = None
-    allowed_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
+    canary: int
+    canary_n: int
+    baseline: int
+    baseline_n: int
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One arm's figures over the window."""
+@dataclass
+class StepWindow:
+    """A step's figures: per-minute deltas of each arm (aligned, oldest first; probes.rollups.RollupDelta or
+    anything with count, errors and the sketches) and `reference`, the baseline's per-minute deltas over a longer
+    look-back (REFERENCE_MINUTES before the step up to now): where latency thresholds, the baseline's own
+    minute-to-minute variation and its long-run error rate come from (empty: the window's own baseline)."""
 
-    requests: int
-    errors: int = 0
-    rate_limited: int = 0
-    latency: Tail | None = None
-    ttft: Tail | None = None
-    tps_sum: float = 0.0
-    tps_count: int = 0
-    cost: float = 0.0
+    canary: list
+    baseline: list
+    reference: list = field(default_factory=list)
 
-    def count_of(self, metric):
-        return self.errors if metric == Metric.ERRORS else self.rate_limited
+    def requests(self):
+        return sum(m.count for m in self.canary), sum(m.count for m in self.baseline)
 
-    def tail_of(self, metric):
-        return self.latency if metric == Metric.LATENCY_P95 else self.ttft
+    def history(self):
+        """Return the baseline's per-minute deltas to read its long-run figures from."""
+        return self.reference or self.baseline
 
-    def mean_of(self, metric):
-        """Return tokens per second or cost per request, or None without data."""
-        if metric == Metric.TOKENS_PER_S:
-            return self.tps_sum / self.tps_count if self.tps_count else None
-        return self.cost / self.requests if self.requests else None
+
+@dataclass
+class CountTest:
+    """The e-values of one count test over a window's minutes (logs), and what they rest on."""
+
+    minutes: list
+    boundary: float
+    phi: float
+    log_fail: float
+    log_fail_robust: float
+    log_pass: float
+    worst: int | None  # index of the minute that weighs most against the canary
+    log_worst: float = -math.inf  # the failure e-value of that minute alone
+
+    @property
+    def totals(self):
+        m = self.minutes
+        return (sum(x.canary for x in m), sum(x.canary_n for x in m), sum(x.baseline for x in m),
+                sum(x.baseline_n for x in m))
 
 
 @dataclass
 class MetricVerdict:
-    """One guard's verdict; log_fail and log_pass are its e-values so far (in logs), to carry to the next step."""
+    """One guard's verdict; log_fail is its failure evidence so far (in logs, earlier steps' included)."""
 
     metric: Metric
     verdict: Verdict
     sentence: str
     evidence: dict = field(default_factory=dict)
     log_fail: float = 0.0
-    log_pass: float = 0.0
+    incident: bool = False
 
     def as_dict(self):
         return {"metric": str(self.metric), "verdict": str(self.verdict), "sentence": self.sentence,
-                "evidence": self.evidence, "log_fail": self.log_fail, "log_pass": self.log_pass}
+                "evidence": self.evidence, "log_fail": max(self.log_fail, -700.0), "incident": self.incident}
 
 
 @dataclass
@@ -152,87 +201,142 @@ class Judgement:
     sentence: str
     metrics: list
 
+    @property
+    def incident(self):
+        return any(m.incident for m in self.metrics) and self.verdict != Verdict.FAIL
+
     def as_dict(self):
-        return {"verdict": str(self.verdict), "sentence": self.sentence,
+        return {"verdict": str(self.verdict), "sentence": self.sentence, "incident": self.incident,
                 "metrics": [m.as_dict() for m in self.metrics]}
 
 
-# --- building arms from rollups ------------------------------------------------------
+# --- the count test --------------------------------------------------------------------
 
 
-def baseline_threshold(latency_sketch):
-    """Return the p95 in ms of a sketch (the baseline's, frozen at the step's start), or None when empty."""
-    return sketch.quantiles(latency_sketch, (P95,))[P95]
+def count_test(minutes, boundary, within_centre=1.0, own_limit=None, phi_floor=1.0):
+    """Return the CountTest of `minutes` against the rate-ratio `boundary`.
 
-
-def tail_from_sketch(latency_sketch, threshold_ms, allowed_ms=None):
-    """Return the Tail of one arm's sketch against threshold_ms (and allowed_ms when given)."""
-    q = sketch.quantiles(latency_sketch, (P95, 0.99))
-    beyond = None if allowed_ms is None else sketch.count_above(latency_sketch, allowed_ms)
-    slower = sketch.count_above(latency_sketch, threshold_ms)
-    return Tail(int(latency_sketch.count), slower, threshold_ms, beyond, allowed_ms, q[P95], q[0.99])
-
-
-def arm_from_figures(errors, count, latency=None, ttft=None, tps_sum=0.0, tps_count=0, cost=0.0):
-    """Return an Arm from merged rollup figures: errors by kind, sketches already turned into Tails."""
-    guarded = sum(n for kind, n in errors.items() if kind in GUARDED_ERROR_KINDS)
-    return Arm(count, guarded, errors.get(RATE_LIMITED_KIND, 0), latency, ttft, tps_sum, tps_count, float(cost))
-
-
-def tails_for(guard, canary_sketch, baseline_sketch, threshold_ms):
-    """Return (canary Tail, baseline Tail) for a tail guard, threshold_ms being the baseline's frozen p95."""
-    canary = tail_from_sketch(canary_sketch, threshold_ms, threshold_ms * (1 + guard.allowed))
-    return canary, tail_from_sketch(baseline_sketch, threshold_ms)
-
-
-def step_thresholds(baseline_total):
-    """Return {tail metric: the baseline's p95 in ms} from its merged rollup totals, to freeze for a step."""
-    return {Metric.LATENCY_P95: baseline_threshold(baseline_total.latency),
-            Metric.TTFT_P95: baseline_threshold(baseline_total.ttft)}
-
-
-def arms_from_totals(canary_total, baseline_total, guards, thresholds):
-    """Return (canary Arm, baseline Arm) from merged rollup totals (probes.rollups.RollupDelta's fields).
-
-    thresholds is step_thresholds() of the baseline, frozen when the step began;
-    a tail guard without a threshold (no baseline timings yet) gets no Tail.
+    within_centre is the ratio where the pass test's prior sits (a canary that deserves to pass). own_limit,
+    for rates, adds a second route to passing when the baseline has (almost) no events: the canary's own rate
+    proven under it (the mean of the two e-values). phi_floor is the baseline's own over-dispersion (from its
+    look-back): the rollback side never weighs the window's counts by less (a provider's bad spells can be
+    known before the window has minutes enough to show them); the pass side weighs by the window's own split.
+    Raises ValueError when either arm has no requests.
     """
-    tails = {"canary": {}, "baseline": {}}
-    for guard in guards:
-        threshold = thresholds.get(guard.metric) if guard.metric in TAIL_METRICS else None
-        if threshold is None:
-            continue
-        field_name = "latency" if guard.metric == Metric.LATENCY_P95 else "ttft"
-        canary_sketch, baseline_sketch = getattr(canary_total, field_name), getattr(baseline_total, field_name)
-        tails["canary"][field_name], tails["baseline"][field_name] = tails_for(
-            guard, canary_sketch, baseline_sketch, threshold)
-    return tuple(
-        arm_from_figures(total.errors, total.count, tps_sum=total.tps_sum, tps_count=total.tps_count,
-                         cost=total.cost, **tails[arm])
-        for arm, total in (("canary", canary_total), ("baseline", baseline_total))
-    )
+    c, cn, b, bn = (sum(getattr(m, name) for m in minutes) for name in ("canary", "canary_n", "baseline",
+                                                                        "baseline_n"))
+    if not cn or not bn:
+        raise ValueError("both arms need requests")
+    share = cn / (cn + bn)
+    split = dispersion([(m.canary, m.canary_n, m.baseline, m.baseline_n) for m in minutes])
+    phi = max(split, phi_floor)
+    log_fail = log_e_beyond(c / phi, b / phi, share, boundary)
+    log_pass = log_e_within(c / split, b / split, share, boundary, within_centre)
+    if own_limit and b <= OWN_ROUTE_EVENTS:
+        own = log_e_value(c / split, (cn - c) / split, own_limit, Side.BELOW)
+        log_pass = _log_mean(log_pass, own)
+    worst = _worst_minute(minutes, share, boundary)
+    if worst is None:
+        return CountTest(minutes, boundary, phi, log_fail, log_fail, log_pass, None)
+    robust = _without(minutes, worst, boundary, phi_floor)
+    alone = minutes[worst]
+    log_worst = log_e_beyond(alone.canary, alone.baseline, alone.canary_n / (alone.canary_n + alone.baseline_n),
+                            boundary) if alone.baseline_n else -math.inf
+    return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst)
+
+
+def _worst_minute(minutes, share, boundary):
+    """Return the index of the minute with the most canary events beyond what the boundary expects, or None."""
+    theta = share_of(boundary, share)
+    excess = [(m.canary - (m.canary + m.baseline) * theta, i) for i, m in enumerate(minutes) if m.canary]
+    return max(excess)[1] if excess else None
+
+
+def _without(minutes, index, boundary, phi_floor):
+    """Return the failure log e-value of the window without minute `index` (-inf when nothing is left)."""
+    rest = minutes[:index] + minutes[index + 1:]
+    c, cn, b, bn = (sum(getattr(m, name) for m in rest) for name in ("canary", "canary_n", "baseline", "baseline_n"))
+    if not cn or not bn:
+        return -math.inf
+    phi = max(dispersion([(m.canary, m.canary_n, m.baseline, m.baseline_n) for m in rest]), phi_floor)
+    return log_e_beyond(c / phi, b / phi, cn / (cn + bn), boundary)
+
+
+def _log_mix(main, second, weight=OWN_ROUTE_WEIGHT):
+    """Return the log of (1 - weight) x e(main) + weight x e(second): a weighted mean of e-values is one."""
+    total = (1 - weight) * math.exp(min(main, 700.0)) + weight * math.exp(min(second, 700.0))
+    return math.log(total) if total > 0 else -math.inf
+
+
+def _log_mean(*log_values):
+    """Return the log of the mean of e-values given as logs (-inf for e-values of 0)."""
+    total = sum(math.exp(min(v, 700.0)) for v in log_values)
+    return math.log(total / len(log_values)) if total > 0 else -math.inf
+
+
+# --- minutes from rollups -------------------------------------------------------------------
+
+
+def guarded_failures(errors):
+    """Return the failures of a deployment in an {outcome: count} dict: never the client's or a key's."""
+    return sum(n for kind, n in errors.items() if kind in DEPLOYMENT_FAILURES)
+
+
+def rate_minutes(window, metric):
+    """Return the window's Minutes of errors (the deployment's own failures) or 429s."""
+    return [Minute(rate_events(c, metric)[0], c.count, rate_events(b, metric)[0], b.count)
+            for c, b in zip(window.canary, window.baseline, strict=True)]
+
+
+def threshold(window, metric, q):
+    """Return the baseline's q-quantile in ms for a tail metric, or None while it rests on too little.
+
+    From window.history(): at least MIN_THRESHOLD_SAMPLE timings, and about 1 - q of them above it (the
+    sketch's bins can lump a tail together).
+    """
+    name = SKETCH_FIELD[metric]
+    reference = sketch.new()
+    for delta in window.history():
+        reference.merge(getattr(delta, name))
+    if reference.count < MIN_THRESHOLD_SAMPLE:
+        return None
+    value = sketch.quantiles(reference, (q,))[q]
+    above = sketch.count_above(reference, value) / reference.count
+    return value if 0.5 * (1 - q) <= above <= 1.5 * (1 - q) + 1 / reference.count else None
+
+
+def tail_minutes(window, metric, q, allowed, value):
+    """Return Minutes of requests slower than value x (1 + allowed) on the canary and than value on the baseline."""
+    name = SKETCH_FIELD[metric]
+    limit = value * (1 + allowed)
+    return [Minute(sketch.count_above(getattr(c, name), limit), int(getattr(c, name).count),
+                   sketch.count_above(getattr(b, name), value), int(getattr(b, name).count))
+            for c, b in zip(window.canary, window.baseline, strict=True)]
 
 
 # --- judging ---------------------------------------------------------------------------
 
 
-def judge(canary, baseline, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None):
-    """Return the Judgement of canary vs baseline (Arms over the same window, the current step's) under guards.
+def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None):
+    """Return the Judgement of a StepWindow under guards.
 
-    carried maps a metric to (log_fail, log_pass) of the rollout's earlier steps
-    (their MetricVerdicts' final values): e-processes of successive steps
-    multiply and stay valid. Fail if any guard fails, pass if every guard
-    passes, otherwise inconclusive. Raises ValueError without guards.
+    carried maps a metric to the failure log e-value of the rollout's earlier steps. Fail if any guard
+    fails (from the first canary request on), pass if every guard passes and the canary has at least
+    min_canary_requests, otherwise inconclusive. Raises ValueError without guards.
     """
     if not guards:
         raise ValueError("a rollout needs at least one guard")
     carried = carried or {}
-    if canary.requests < min_canary_requests:
-        return _waiting(canary, guards, min_canary_requests, carried)
+    canary_n, baseline_n = window.requests()
+    if not canary_n or not baseline_n:
+        return _no_traffic(guards, canary_n, carried)
     levels = guard_levels(guards, alpha)
-    metrics = [judge_metric(guard, canary, baseline, levels[guard.metric], carried.get(guard.metric, (0.0, 0.0)))
+    metrics = [judge_metric(guard, window, levels[guard.metric] or alpha, carried.get(guard.metric, 0.0))
                for guard in guards]
-    return Judgement(_overall(metrics), _overall_sentence(metrics), metrics)
+    verdict = _overall(metrics)
+    if verdict == Verdict.PASS and canary_n < min_canary_requests:
+        return Judgement(Verdict.INCONCLUSIVE, _waiting_sentence(canary_n, min_canary_requests), metrics)
+    return Judgement(verdict, _overall_sentence(metrics), metrics)
 
 
 def guard_levels(guards, alpha=ALPHA):
@@ -243,100 +347,215 @@ def guard_levels(guards, alpha=ALPHA):
             for g in guards}
 
 
-def judge_metric(guard, canary, baseline, alpha, carried=(0.0, 0.0)):
+def judge_metric(guard, window, alpha, carried=0.0):
     """Return the MetricVerdict of one guard at level alpha (its share of the budget)."""
     if guard.metric in RATE_METRICS:
-        verdict = _judge_rate(guard, canary, baseline, alpha, carried)
+        verdict = _judge_rate(guard, window, alpha, carried)
     elif guard.metric in TAIL_METRICS:
-        verdict = _judge_tail(guard, canary, baseline, alpha, carried)
+        verdict = _judge_tail(guard, window, alpha, carried)
     else:
-        verdict = _judge_mean(guard, canary, baseline)
-    return _apply_limit(guard, canary, verdict)
+        verdict = _judge_mean(guard, window)
+    return _apply_limit(guard, window, verdict, alpha)
 
 
-def _judge_rate(guard, canary, baseline, alpha, carried):
-    """Errors or 429s: fail on any proven excess, pass on the allowed points' ratio (or the canary's own rate)."""
-    hits, misses = canary.count_of(guard.metric), baseline.count_of(guard.metric)
-    share = canary.requests / (canary.requests + baseline.requests)
-    base_rate = (misses + 0.5) / (baseline.requests + 1)  # never 0, so the ratio stays finite
-    allowed_ratio = 1 + guard.allowed / base_rate
-    fail = log_e_worse(hits, misses, share)
-    # Two routes to passing, averaged (the mean of e-values is one): the ratio test, or the
-    # canary's own rate below the allowed points (enough when neither arm sees any event).
-    within = log_e_ratio(hits, misses, share, allowed_ratio, Side.BELOW)
-    own = log_e_value(hits, canary.requests - hits, guard.allowed, Side.BELOW) if guard.allowed > 0 else -math.inf
-    evidence = _rate_evidence(guard, canary, baseline, share, allowed_ratio, alpha)
-    verdict = _decide(guard, fail, _log_mean(within, own), carried, alpha, evidence)
-    verdict.sentence = _rate_sentence(guard, evidence, verdict.verdict)
+def _judge_rate(guard, window, alpha, carried):
+    """Errors or 429s. The baseline's rate, its variation and the own-rate route to a rollback come from its
+    look-back; the split of each minute's events is the main test."""
+    minutes = rate_minutes(window, guard.metric)
+    history = [rate_events(d, guard.metric) for d in window.history()]
+    events, requests = sum(e for e, _ in history), sum(n for _, n in history)
+    base_rate = (events + 0.5) / (requests + 1)  # never 0, so the ratio stays finite
+    phi_b = baseline_dispersion(history)
+    test = count_test(minutes, 1 + guard.allowed / base_rate, own_limit=guard.allowed or None, phi_floor=phi_b)
+    rest = minutes if test.worst is None else minutes[:test.worst] + minutes[test.worst + 1:]
+    own = _own_rate_fail(minutes, events, requests, guard.allowed, alpha, test.phi)
+    own_robust = _own_rate_fail(rest, events, requests, guard.allowed, alpha, test.phi)
+    test.log_fail = _log_mix(test.log_fail, own)
+    test.log_fail_robust = _log_mix(test.log_fail_robust, own_robust)
+    verdict = _decide(guard.metric, test, carried, alpha)
+    verdict.evidence.update(_rate_evidence(guard, test, base_rate))
+    verdict.sentence = _rate_sentence(guard, verdict)
     return verdict
 
 
-def _judge_tail(guard, canary, baseline, alpha, carried):
-    """p95 latency or TTFT: fail on more canary requests above the baseline's p95, pass on fewer above p95 + allowed."""
-    c_tail, b_tail = canary.tail_of(guard.metric), baseline.tail_of(guard.metric)
-    if not c_tail or not b_tail or not c_tail.timed or not b_tail.timed or c_tail.beyond_allowed is None:
-        return MetricVerdict(guard.metric, Verdict.INCONCLUSIVE, f"{guard.metric.label}: no timings yet", {}, *carried)
-    share = c_tail.timed / (c_tail.timed + b_tail.timed)
-    fail = log_e_worse(c_tail.slower, b_tail.slower, share)
-    within = log_e_ratio(c_tail.beyond_allowed, b_tail.slower, share, 1.0, Side.BELOW)
-    evidence = _tail_evidence(guard, c_tail, b_tail, share, alpha)
-    verdict = _decide(guard, fail, within, carried, alpha, evidence)
-    verdict.sentence = _tail_sentence(guard, evidence, verdict.verdict)
+def _own_rate_fail(minutes, events, requests, allowed, alpha, phi):
+    """The second route to a rollback, for thin traffic: the canary's own rate proven above the baseline's
+    look-back rate (its upper confidence bound at alpha, counts weighed by phi) plus the allowance."""
+    c, cn = sum(m.canary for m in minutes), sum(m.canary_n for m in minutes)
+    if not requests or not cn:
+        return -math.inf
+    upper = float(beta_dist.ppf(1 - alpha, events / phi + 1, (requests - events) / phi + 1))
+    limit = min(upper + allowed, 0.999)
+    return log_e_value(c / phi, (cn - c) / phi, limit, Side.ABOVE, k=OWN_PRIOR_K, centre=min(4 * limit, 0.9))
+
+
+def rate_events(delta, metric):
+    """Return (events, requests) of one delta for a rate metric."""
+    events = guarded_failures(delta.errors) if metric == Metric.ERRORS else delta.errors.get(RATE_LIMITED_KIND, 0)
+    return events, delta.count
+
+
+def baseline_dispersion(history):
+    """Return the over-dispersion of the baseline's own events from minute to minute (Pearson's chi-square over
+    its degrees of freedom around its long-run rate, shrunk like sequential.dispersion; at least 1)."""
+    useful = [(e, n) for e, n in history if n]
+    events, requests = sum(e for e, _ in useful), sum(n for _, n in useful)
+    if len(useful) < 2 or not events or events == requests:
+        return 1.0
+    rate = events / requests
+    chi2 = sum((e - n * rate) ** 2 / (n * rate * (1 - rate)) for e, n in useful)
+    return max(1.0, (DISPERSION_PRIOR_DF + chi2) / (DISPERSION_PRIOR_DF + len(useful) - 1))
+
+
+def _judge_tail(guard, window, alpha, carried):
+    """Every quantile of TAIL_QUANTILES at alpha / their number: fail if one fails, pass if all pass."""
+    level = alpha / len(TAIL_QUANTILES)
+    parts = []
+    for q in TAIL_QUANTILES:
+        value = threshold(window, guard.metric, q)
+        if value is None:
+            return _undecided_tail(guard, carried)
+        minutes = tail_minutes(window, guard.metric, q, guard.allowed, value)
+        if not sum(m.canary_n for m in minutes) or not sum(m.baseline_n for m in minutes):
+            return _undecided_tail(guard, carried)
+        # No floor from the baseline's own variation here: latency moves with who is asking (prompt sizes,
+        # sessions), which both arms share when requests are assigned one by one; the split shows the rest.
+        parts.append((q, value, count_test(minutes, 1.0, within_centre=(1 + guard.allowed) ** -3)))
+    decided = [(q, value, _decide(guard.metric, test, carried, level)) for q, value, test in parts]
+    verdict = _combine_quantiles(guard.metric, decided, alpha)
+    verdict.evidence.update(_tail_evidence(guard, parts, decided))
+    verdict.sentence = _tail_sentence(guard, verdict, parts)
     return verdict
 
 
-def _decide(guard, log_fail, log_pass, carried, alpha, evidence):
-    """Return the MetricVerdict (sentence still empty) of this step's log e-values times the carried ones."""
-    log_fail, log_pass = log_fail + carried[0], log_pass + carried[1]
-    evidence.update(e_fail=_e(log_fail), e_pass=_e(log_pass), pass_threshold=1 / alpha,
-                    carried=any(carried))
-    level = math.log(1 / alpha)
+def _undecided_tail(guard, carried):
+    sentence = f"{guard.metric.label}: too few baseline timings for a threshold yet (at least {MIN_THRESHOLD_SAMPLE:,})"
+    return MetricVerdict(guard.metric, Verdict.INCONCLUSIVE, sentence, {"progress": {"fail": 0.0, "pass": 0.0}},
+                         carried)
+
+
+def _combine_quantiles(metric, decided, alpha):
+    verdicts = [v for _, _, v in decided]
+    if any(v.verdict == Verdict.FAIL for v in verdicts):
+        overall = Verdict.FAIL
+    elif all(v.verdict == Verdict.PASS for v in verdicts):
+        overall = Verdict.PASS
+    else:
+        overall = Verdict.INCONCLUSIVE
+    level = math.log(len(verdicts) / alpha)
+    log_fail = max(v.log_fail for v in verdicts)  # what the next step carries (the quantiles' Bonferroni covers it)
+    progress = {"fail": max(v.evidence["progress"]["fail"] for v in verdicts),
+                "pass": min(v.evidence["progress"]["pass"] for v in verdicts)}
+    incident = any(v.incident for v in verdicts) and overall != Verdict.FAIL
+    evidence = {"progress": progress, "alpha": alpha, "fail_threshold": math.exp(level),
+                "pass_threshold": 1 / PASS_ALPHA}
+    return MetricVerdict(metric, overall, "", evidence, log_fail, incident)
+
+
+def _decide(metric, test, carried, alpha):
+    """Return the MetricVerdict (sentence still empty) of a CountTest at level alpha.
+
+    The rollback side adds the carried evidence of earlier steps to the robust e-value (the worst minute
+    left out, over-dispersion weighed in); the pass side is this step's own.
+    """
+    level, pass_level = math.log(1 / alpha), math.log(1 / PASS_ALPHA)
+    log_fail = max(carried, 0.0) + test.log_fail_robust
     if log_fail >= level:
         verdict = Verdict.FAIL
-    elif log_pass >= level:
+    elif test.log_pass >= pass_level:
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
-    return MetricVerdict(guard.metric, verdict, "", evidence, log_fail, log_pass)
+    # One minute alone says "clearly worse" and the rest does not lean against the canary at all: the canary's
+    # provider had a bad spell.
+    incident = verdict != Verdict.FAIL and test.log_worst >= level and test.log_fail_robust <= 0
+    evidence = {"e_fail": _e(log_fail), "e_pass": _e(test.log_pass), "alpha": alpha, "fail_threshold": 1 / alpha,
+                "pass_threshold": 1 / PASS_ALPHA, "phi": test.phi, "carried": carried > 0, "incident": incident,
+                "progress": {"fail": _progress(log_fail, level), "pass": _progress(test.log_pass, pass_level)}}
+    return MetricVerdict(metric, verdict, "", evidence, log_fail, incident)
 
 
-def _log_mean(*log_values):
-    return math.log(sum(math.exp(min(v, 700.0)) for v in log_values) / len(log_values))
+def _progress(log_value, level):
+    return round(min(max(log_value / level, 0.0), 1.0), 3)
 
 
-def _judge_mean(guard, canary, baseline):
+def _judge_mean(guard, window):
     """Tokens per second and cost: shown, and judged by their absolute limit alone (in _apply_limit)."""
-    c_mean, b_mean = canary.mean_of(guard.metric), baseline.mean_of(guard.metric)
-    evidence = {"canary": c_mean, "baseline": b_mean}
+    c_mean, b_mean = _mean(guard.metric, window.canary), _mean(guard.metric, window.baseline)
+    evidence = {"canary": c_mean, "baseline": b_mean, "progress": {"fail": 0.0, "pass": 1.0}}
     sentence = f"{guard.metric.label}: canary {_num(c_mean)} vs baseline {_num(b_mean)}"
     return MetricVerdict(guard.metric, Verdict.PASS, sentence, evidence)  # every such Guard has a limit
 
 
-def _apply_limit(guard, canary, verdict):
-    """The plain second layer: a canary point estimate beyond an absolute limit fails the guard."""
-    value = _limited_value(guard.metric, canary)
+def _mean(metric, deltas):
+    if metric == Metric.TOKENS_PER_S:
+        count = sum(d.tps_count for d in deltas)
+        return sum(d.tps_sum for d in deltas) / count if count else None
+    count = sum(d.count for d in deltas)
+    return float(sum(d.cost for d in deltas)) / count if count else None
+
+
+# --- absolute limits -------------------------------------------------------------------------
+
+
+def _apply_limit(guard, window, verdict, alpha):
+    """The second layer: a canary proven beyond an absolute limit fails the guard (an e-value at the guard's
+    level for rates and p99s; a mean, which has no spread in the rollups, once the canary has the minimum
+    sample)."""
     if guard.limit is None or verdict.verdict == Verdict.FAIL:
         return verdict
-    verdict.evidence.update(limit=guard.limit, limited_value=value)
+    beyond, value, e_limit = _beyond_limit(guard, window, alpha)
+    verdict.evidence.update(limit=guard.limit, limited_value=value, e_limit=e_limit)
     if value is None:
         verdict.verdict = Verdict.INCONCLUSIVE
-        return verdict
-    below_minimum = guard.metric == Metric.TOKENS_PER_S and value < guard.limit
-    above_maximum = guard.metric != Metric.TOKENS_PER_S and value > guard.limit
-    if below_minimum or above_maximum:
+    elif beyond:
         verdict.verdict = Verdict.FAIL
-        measured, limit = _limit_text(guard.metric, value), _limit_text(guard.metric, guard.limit)
-        verdict.sentence += f"; beyond its limit ({measured} vs {limit})"
+        verdict.incident = False
+        verdict.sentence += f"; beyond its limit ({_limit_text(guard.metric, value)} vs " \
+                            f"{_limit_text(guard.metric, guard.limit)})"
     return verdict
 
 
-def _limited_value(metric, canary):
-    if metric in RATE_METRICS:
-        return canary.count_of(metric) / canary.requests if canary.requests else None
-    if metric in TAIL_METRICS:
-        tail = canary.tail_of(metric)
-        return tail.p99_ms if tail else None
-    return canary.mean_of(metric)
+def _beyond_limit(guard, window, alpha):
+    """Return (proven beyond, the canary's value, the e-value or None)."""
+    level = math.log(1 / alpha)
+    total = _canary_total(window, guard.metric)
+    if guard.metric in RATE_METRICS:
+        minutes = rate_minutes(window, guard.metric)
+        events, n = sum(m.canary for m in minutes), sum(m.canary_n for m in minutes)
+        return _proven_above(events, n, guard.limit, minutes, level)
+    if guard.metric in TAIL_METRICS:
+        if not total.count:
+            return False, None, None
+        above = sketch.count_above(total, guard.limit)
+        p99 = sketch.quantiles(total, (P99,))[P99]
+        beyond, _, e_value = _proven_above(above, int(total.count), 1 - P99, None, level)
+        return beyond, p99, e_value
+    value = _mean(guard.metric, window.canary)
+    if value is None or window.requests()[0] < MIN_CANARY_REQUESTS:
+        return False, None, None
+    below_minimum = guard.metric == Metric.TOKENS_PER_S and value < guard.limit
+    return below_minimum or (guard.metric != Metric.TOKENS_PER_S and value > guard.limit), value, None
+
+
+def _proven_above(events, n, limit, minutes, level):
+    if not n:
+        return False, None, None
+    phi = dispersion([(m.canary, m.canary_n, m.baseline, m.baseline_n) for m in minutes]) if minutes else 1.0
+    log_e = log_e_value(events / phi, (n - events) / phi, limit, Side.ABOVE)
+    return log_e >= level, events / n, _e(log_e)
+
+
+def _canary_total(window, metric):
+    if metric not in TAIL_METRICS:
+        return None
+    total = sketch.new()
+    for delta in window.canary:
+        total.merge(getattr(delta, SKETCH_FIELD[metric]))
+    return total
+
+
+# --- the whole judgement ------------------------------------------------------------------
 
 
 def _overall(metrics):
@@ -346,67 +565,17 @@ def _overall(metrics):
     return Verdict.PASS if verdicts == {Verdict.PASS} else Verdict.INCONCLUSIVE
 
 
-def _waiting(canary, guards, minimum, carried):
-    sentence = f"waiting for the minimum sample: {canary.requests:,} of {minimum:,} canary requests"
-    metrics = [MetricVerdict(g.metric, Verdict.INCONCLUSIVE, sentence, {}, *carried.get(g.metric, (0.0, 0.0)))
-               for g in guards]
-    return Judgement(Verdict.INCONCLUSIVE, f"{sentence}: holding", metrics)
+def _no_traffic(guards, canary_n, carried):
+    arm = "the baseline" if canary_n else "the canary"
+    sentence = f"no traffic on {arm} in this step yet: holding"
+    metrics = [MetricVerdict(g.metric, Verdict.INCONCLUSIVE, sentence, {"progress": {"fail": 0.0, "pass": 0.0}},
+                             carried.get(g.metric, 0.0)) for g in guards]
+    return Judgement(Verdict.INCONCLUSIVE, sentence, metrics)
 
 
-# --- evidence and words ------------------------------------------------------------------
-
-
-def _rate_evidence(guard, canary, baseline, share, allowed_ratio, alpha):
-    hits, misses = canary.count_of(guard.metric), baseline.count_of(guard.metric)
-    low, high = ratio_bounds(hits, misses, share, alpha)
-    return {
-        "canary": {"events": hits, "requests": canary.requests, "rate": hits / canary.requests},
-        "baseline": {"events": misses, "requests": baseline.requests,
-                     "rate": misses / baseline.requests if baseline.requests else None},
-        "share": share, "allowed": guard.allowed, "allowed_ratio": allowed_ratio,
-        "ratio_bounds": [low, _finite(high)], "alpha": alpha, "fail_threshold": 1 / alpha,
-    }
-
-
-def _tail_evidence(guard, c_tail, b_tail, share, alpha):
-    low, high = ratio_bounds(c_tail.slower, b_tail.slower, share, alpha)
-    return {
-        "canary": asdict(c_tail), "baseline": asdict(b_tail), "share": share, "allowed": guard.allowed,
-        "allowed_ratio": 1.0, "ratio_bounds": [low, _finite(high)], "alpha": alpha, "fail_threshold": 1 / alpha,
-    }
-
-
-def _rate_sentence(guard, ev, verdict):
-    name = "errors" if guard.metric == Metric.ERRORS else "429s"
-    c, b = ev["canary"], ev["baseline"]
-    counts = (f"canary {name} {c['events']:,} of {c['requests']:,} vs baseline {b['events']:,} "
-              f"of {b['requests']:,}")
-    allowed = f"+{guard.allowed * 100:g} pp"
-    return f"{counts} ({_reason(ev, verdict, allowed)})"
-
-
-def _tail_sentence(guard, ev, verdict):
-    c, b = ev["canary"], ev["baseline"]
-    counts = (f"canary {c['slower']:,} of {c['timed']:,} slower than the baseline's p95 {b['threshold_ms']:,.0f} ms "
-              f"({c['beyond_allowed']:,} slower than {c['allowed_ms']:,.0f} ms) vs baseline {b['slower']:,} "
-              f"of {b['timed']:,}")
-    allowed = f"+{guard.allowed * 100:g}% {guard.metric.label}"
-    return f"{guard.metric.label}: {counts} ({_reason(ev, verdict, allowed)})"
-
-
-def _reason(ev, verdict, allowed):
-    reason = _verdict_reason(ev, verdict, allowed)
-    return f"{reason}; with earlier steps' evidence" if ev["carried"] else reason
-
-
-def _verdict_reason(ev, verdict, allowed):
-    if verdict == Verdict.FAIL:
-        threshold = _num(ev["fail_threshold"])
-        return f"e-value {_num(ev['e_fail'])} > {threshold}, alpha {ev['alpha']:.2g}: worse than the baseline"
-    if verdict == Verdict.PASS:
-        return f"e-value {_num(ev['e_pass'])} > {_num(ev['pass_threshold'])}: within {allowed}"
-    return (f"e-values {_num(ev['e_fail'])} for worse and {_num(ev['e_pass'])} for within {allowed}, "
-            f"both under {_num(ev['fail_threshold'])}: undecided")
+def _waiting_sentence(canary_n, minimum):
+    return (f"every guard within its allowed regression, but only {canary_n:,} of the {minimum:,} canary requests "
+            f"a pass needs: holding")
 
 
 def _overall_sentence(metrics):
@@ -415,25 +584,89 @@ def _overall_sentence(metrics):
         return "; ".join(failed) + ": rolling back"
     if all(m.verdict == Verdict.PASS for m in metrics):
         return f"every guard within its allowed regression ({len(metrics)} of {len(metrics)}): step passes"
-    undecided = [str(m.metric.label) for m in metrics if m.verdict == Verdict.INCONCLUSIVE]
-    return f"{', '.join(undecided)} not decided yet: holding"
+    incidents = [m for m in metrics if m.incident]
+    if incidents:
+        return "; ".join(m.sentence for m in incidents) + ": canary provider incident, holding"
+    undecided = [m.sentence for m in metrics if m.verdict == Verdict.INCONCLUSIVE]
+    return "; ".join(undecided) + ": holding"
+
+
+# --- evidence and words ------------------------------------------------------------------
+
+
+def _rate_evidence(guard, test, base_rate):
+    c, cn, b, bn = test.totals
+    return {"canary": {"events": c, "requests": cn, "rate": c / cn},
+            "baseline": {"events": b, "requests": bn, "rate": b / bn},
+            "share": cn / (cn + bn), "allowed": guard.allowed, "allowed_ratio": test.boundary,
+            "baseline_rate": base_rate, "minutes": len(test.minutes)}
+
+
+def _tail_evidence(guard, parts, decided):
+    quantiles = []
+    for (q, value, test), (_, _, verdict) in zip(parts, decided, strict=True):
+        c, cn, b, bn = test.totals
+        quantiles.append({"q": q, "baseline_ms": value, "canary_limit_ms": value * (1 + guard.allowed),
+                          "canary": {"slower": c, "timed": cn}, "baseline": {"slower": b, "timed": bn},
+                          "phi": test.phi, "e_fail": verdict.evidence["e_fail"], "e_pass": verdict.evidence["e_pass"],
+                          "verdict": str(verdict.verdict)})
+    return {"allowed": guard.allowed, "quantiles": quantiles}
+
+
+def _rate_sentence(guard, verdict):
+    ev = verdict.evidence
+    name = "errors" if guard.metric == Metric.ERRORS else "429s"
+    c, b = ev["canary"], ev["baseline"]
+    counts = (f"canary {name} {c['events']:,} of {c['requests']:,} ({_pct(c['rate'])}) vs baseline "
+              f"{b['events']:,} of {b['requests']:,} ({_pct(b['rate'])})")
+    return f"{counts} ({_reason(ev, verdict, f'+{guard.allowed * 100:g} pp')})"
+
+
+def _tail_sentence(guard, verdict, parts):
+    pieces = []
+    for q, value, test in parts:
+        c, cn, b, bn = test.totals
+        pieces.append(f"{_quantile_name(q)} {value:,.0f} ms: canary {c:,} of {cn:,} slower than "
+                      f"{value * (1 + guard.allowed):,.0f} ms vs baseline {b:,} of {bn:,} slower than it")
+    allowed = f"+{guard.allowed * 100:g} %"
+    return f"{guard.metric.label}: " + "; ".join(pieces) + f" ({_reason(verdict.evidence, verdict, allowed)})"
+
+
+def _quantile_name(q):
+    return "median" if q == 0.5 else f"p{q * 100:g}"
+
+
+def _reason(ev, verdict, allowed):
+    worse = f"{_num(ev.get('e_fail', 0))} of {_num(ev['fail_threshold'])}" if "e_fail" in ev else None
+    if verdict.verdict == Verdict.FAIL:
+        reason = f"clearly beyond {allowed}: e-value {worse}, alpha {ev['alpha']:.2g}"
+    elif verdict.verdict == Verdict.PASS:
+        reason = f"within {allowed}: e-value {_num(ev.get('e_pass', 0))} of {_num(ev['pass_threshold'])}"
+    elif verdict.incident:
+        reason = f"worse only in one minute: a provider incident, not a proven regression ({worse})"
+    else:
+        pct = f"{ev['progress']['fail'] * 100:.0f} % of the way to a rollback, {ev['progress']['pass'] * 100:.0f} %"
+        reason = f"between: not clearly beyond {allowed}, not yet shown within it ({pct} to a pass)"
+    if ev.get("phi", 1) > 1.05:
+        reason += f"; counts weighed down {ev['phi']:.1f}x for minute-to-minute bursts"
+    return f"{reason}; with earlier steps' evidence" if ev.get("carried") else reason
 
 
 def _limit_text(metric, value):
     if metric in RATE_METRICS:
-        return f"{value * 100:.2f}%"
+        return _pct(value)
     if metric in TAIL_METRICS:
         return f"p99 {value:,.0f} ms"
     return _num(value)
 
 
+def _pct(value):
+    return f"{value * 100:.1f} %" if value is not None else "n/a"
+
+
 def _e(log_value):
     """Return an e-value from its log, capped so it stays JSON-safe."""
     return math.exp(min(log_value, 700.0))
-
-
-def _finite(value):
-    return None if math.isinf(value) else value
 
 
 def _num(value):

@@ -11,7 +11,9 @@ overlapping ticks never both advance, and a tick killed midway rolls back whole;
 its lease expires after LEASE_S and the next tick starts from the stored state.
 """
 
+import logging
 from datetime import timedelta
+from enum import StrEnum
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -28,6 +30,8 @@ from routing.weights import WeightsInvalid, apply_weights
 
 from . import analysis
 from .models import ACTIVE_STATES, Rollout, RolloutState, RolloutTransition, RolloutVerdict
+
+log = logging.getLogger(__name__)
 
 LEASE_S = 60
 TICKING_STATES = (RolloutState.PREFLIGHT, RolloutState.RUNNING, RolloutState.ROLLING_BACK)
@@ -136,7 +140,7 @@ def _latest_evidence(rollout):
 def _start(rollout, actor, reason):
     _refuse_if_taken(rollout)
     rollout.baseline = rollout.route.weights()
-    rollout.step, rollout.carried, rollout.thresholds = 0, {}, {}
+    rollout.step, rollout.carried = 0, {}
     rollout.preflight_started_at = timezone.now()
     _transition(rollout, S.PREFLIGHT, actor=actor, reason=reason)
 
@@ -183,8 +187,11 @@ def _enter_step(rollout, index, *, actor, reason, evidence=None):
     step = rollout.plan[index]
     if step.get("pause"):
         return _transition(rollout, S.AWAITING_APPROVAL, actor=actor, reason=reason, evidence=evidence)
+    if step.get("weight") == 100:  # no baseline is left to compare: reaching 100 % is the promotion
+        _set_canary(rollout, 100, reason)
+        return _transition(rollout, S.PROMOTED, actor=actor, reason=reason, evidence=evidence)
     _set_canary(rollout, step.get("weight", 0), reason)  # a shadow step: the canary answers no client
-    rollout.step_started_at, rollout.thresholds = timezone.now(), {}
+    rollout.step_started_at = timezone.now()
     return _transition(rollout, S.RUNNING, actor=actor, reason=reason, evidence=evidence)
 
 
@@ -229,9 +236,17 @@ def tick(rollout_id, now=None):
 
 
 def tick_all(now=None):
-    """Tick every rollout that has work (preflight, running, rolling back); return how many were claimed."""
-    ids = Rollout.objects.filter(state__in=TICKING_STATES).values_list("pk", flat=True)
-    return sum(tick(pk, now) is not None for pk in list(ids))
+    """Tick every rollout that has work (preflight, running, rolling back); return how many were claimed.
+
+    One rollout's error is logged and never stops the others' ticks (its lease lets the next tick retry it).
+    """
+    claimed = 0
+    for pk in list(Rollout.objects.filter(state__in=TICKING_STATES).values_list("pk", flat=True)):
+        try:
+            claimed += tick(pk, now) is not None
+        except Exception:
+            log.exception("rollout %s: tick failed", pk)
+    return claimed
 
 
 def _preflight_targets(rollout_id):
@@ -283,71 +298,129 @@ def is_shadow(step):
     return bool(step and step.get("shadow"))
 
 
-def arm_totals(rollout, since, source=Source.TRAFFIC):
-    """Return (canary, baseline) RollupDeltas of the route's own traffic (or shadow requests) since `since`.
+REFERENCE = timedelta(minutes=analysis.REFERENCE_MINUTES)
+UNSTREAMED = (analysis.Metric.TTFT_P95, analysis.Metric.TPOT_P95)
 
-    Every target other than the canary counts as baseline. Rollups are per minute,
-    so the window starts at the minute the step began.
+
+def step_window(rollout, since, source=Source.TRAFFIC):
+    """Return the StepWindow of the route's own traffic (or shadow requests) since `since`: per-minute deltas of
+    the canary and of every other target (the baseline), and the baseline's minutes since REFERENCE before
+    `since` as its reference. Rollups are per minute, so the window starts at the minute `since` falls in.
     """
-    canary, baseline = rollups.RollupDelta(), rollups.RollupDelta()
-    for row in rollups.select_rows(source=source, since=since, route_id=rollout.route_id):
-        (canary if row.deployment_id == rollout.canary_id else baseline).merge(rollups.RollupDelta.of_row(row))
-    return canary, baseline
+    start = rollups.minute_of(since)
+    canary, baseline, reference = {}, {}, {}
+    for row in rollups.select_rows(source=source, since=start - REFERENCE, route_id=rollout.route_id):
+        delta = rollups.RollupDelta.of_row(row)
+        is_canary = row.deployment_id == rollout.canary_id
+        if not is_canary:
+            reference.setdefault(row.minute, rollups.RollupDelta()).merge(delta)
+        if row.minute >= start:
+            arm = canary if is_canary else baseline
+            arm.setdefault(row.minute, rollups.RollupDelta()).merge(delta)
+    minutes = sorted(set(canary) | set(baseline))
+    return analysis.StepWindow([canary.get(m) or rollups.RollupDelta() for m in minutes],
+                               [baseline.get(m) or rollups.RollupDelta() for m in minutes],
+                               [reference[m] for m in sorted(reference)])
 
 
 def judge_step(rollout):
-    """Return (Judgement, canary Arm, baseline Arm) of the current step's window so far.
+    """Return (Judgement, StepWindow) of the current step so far.
 
     A shadow step compares the mirrored requests (the canary's answers with the primary's to the same
-    requests); mirrors are not streamed, so a time-to-first-token guard waits for the first weighted step.
+    requests); mirrors are not streamed, so first-token and per-token guards wait for the first weighted step.
     """
     guards = [analysis.Guard(**g) for g in rollout.guards]
     source = Source.TRAFFIC
     if is_shadow(rollout.current):
         source = Source.SHADOW
-        guards = [g for g in guards if g.metric != analysis.Metric.TTFT_P95] or guards
-    canary_total, baseline_total = arm_totals(rollout, rollout.step_started_at, source)
-    if not rollout.thresholds:
-        frozen = analysis.step_thresholds(baseline_total)
-        rollout.thresholds = {str(m): v for m, v in frozen.items() if v is not None}
-    thresholds = {analysis.Metric(m): v for m, v in rollout.thresholds.items()}
-    canary, baseline = analysis.arms_from_totals(canary_total, baseline_total, guards, thresholds)
-    carried = {analysis.Metric(m): tuple(v) for m, v in rollout.carried.items()}
-    judgement = analysis.judge(canary, baseline, guards, alpha=rollout.alpha,
-                               min_canary_requests=rollout.min_canary_requests, carried=carried)
-    return judgement, canary, baseline
+        guards = [g for g in guards if g.metric not in UNSTREAMED] or guards
+    window = step_window(rollout, rollout.step_started_at, source)
+    judgement = analysis.judge(window, guards, alpha=rollout.alpha, min_canary_requests=rollout.min_canary_requests,
+                               carried=carried_evidence(rollout))
+    return judgement, window
+
+
+def carried_evidence(rollout):
+    """Return {Metric: failure log e-value of earlier steps} (older rows stored [log_fail, log_pass])."""
+    return {analysis.Metric(m): float(v[0] if isinstance(v, list) else v) for m, v in rollout.carried.items()}
+
+
+class Decision(StrEnum):
+    """What a look at a running step decides (the controller's tick and the verdict bench share it)."""
+
+    ROLL_BACK = "roll_back"
+    NEXT_STEP = "next_step"
+    TIMED_OUT = "timed_out"
+    HOLD = "hold"
+
+
+def decide(rollout, judgement, canary_requests, now):
+    """Return the Decision for a running step: fail rolls back; a pass after the step's dwell and minimum
+    requests moves on; past the step timeout the canary is drained and a human asked; otherwise hold."""
+    if judgement.verdict == analysis.Verdict.FAIL:
+        return Decision.ROLL_BACK
+    step = rollout.current
+    elapsed = (now - rollout.step_started_at).total_seconds()
+    if (judgement.verdict == analysis.Verdict.PASS and elapsed >= step.get("min_dwell_s", 0)
+            and canary_requests >= step.get("min_requests", 0)):
+        return Decision.NEXT_STEP
+    if elapsed >= rollout.step_timeout_s:
+        return Decision.TIMED_OUT
+    return Decision.HOLD
+
+
+def next_carried(judgement):
+    """Return the failure evidence a passed step hands to the next: never below none (an e-detector over steps)."""
+    return {str(m.metric): max(m.log_fail, 0.0) for m in judgement.metrics}
 
 
 def _tick_running(rollout, now):
-    judgement, canary, baseline = judge_step(rollout)
+    judgement, window = judge_step(rollout)
     evidence = judgement.as_dict()
-    _store_verdict(rollout, judgement, canary, baseline)
-    if judgement.verdict == analysis.Verdict.FAIL:
+    canary_requests, baseline_requests = window.requests()
+    _store_verdict(rollout, judgement, canary_requests, baseline_requests)
+    decision = decide(rollout, judgement, canary_requests, now)
+    if decision == Decision.ROLL_BACK:
         return _roll_back(rollout, S.ROLLED_BACK, actor=rollout.actor, reason=judgement.sentence, evidence=evidence)
+    if judgement.incident:
+        _note_incident(rollout, judgement)
     step = rollout.current
-    dwelt = (now - rollout.step_started_at).total_seconds() >= step.get("min_dwell_s", 0)
-    if judgement.verdict == analysis.Verdict.PASS and dwelt and canary.requests >= step.get("min_requests", 0):
-        rollout.carried = {str(m.metric): [m.log_fail, m.log_pass] for m in judgement.metrics}
+    if decision == Decision.NEXT_STEP:
+        rollout.carried = next_carried(judgement)
         reason = f"step {rollout.step + 1} ({step_label(step)}) passed: {judgement.sentence}"
         return _enter_step(rollout, rollout.step + 1, actor=rollout.actor, reason=reason, evidence=evidence)
-    if (now - rollout.step_started_at).total_seconds() >= rollout.step_timeout_s:
-        reason = f"step {rollout.step + 1} timed out after {rollout.step_timeout_s} s: {judgement.sentence}"
+    if decision == Decision.TIMED_OUT:
+        reason = (f"step {rollout.step + 1} timed out after {rollout.step_timeout_s} s undecided: "
+                  f"{judgement.sentence}; canary drained until a human resumes, promotes or aborts")
+        _set_canary(rollout, 0, reason)
         return _transition(rollout, S.PAUSED, actor=rollout.actor, reason=reason, evidence=evidence)
-    rollout.save()  # keeps the frozen thresholds
+    rollout.save()
     return None
+
+
+def _note_incident(rollout, judgement):
+    """Put "canary provider incident" on the timeline once per step (the step holds; nothing is proven)."""
+    already = Event.objects.filter(kind=EventKind.ROLLOUT, route=rollout.route, deployment=rollout.canary,
+                                   created_at__gte=rollout.step_started_at,
+                                   message__contains="canary provider incident").exists()
+    if not already:
+        message = f"{rollout}: canary provider incident at step {rollout.step + 1}, holding: {judgement.sentence}"
+        event = Event.objects.create(kind=EventKind.ROLLOUT, route=rollout.route, deployment=rollout.canary,
+                                     message=message[:500], data={"rollout": rollout.pk, "incident": True})
+        transaction.on_commit(lambda: live.timeline_event(event))
 
 
 def step_label(step):
     return f"shadow {step['shadow']}%" if is_shadow(step) else f"{step['weight']}%"
 
 
-def _store_verdict(rollout, judgement, canary, baseline):
+def _store_verdict(rollout, judgement, canary_requests, baseline_requests):
     last = rollout.verdicts.filter(step=rollout.step).first()
-    if last and (last.canary_requests, last.baseline_requests) == (canary.requests, baseline.requests):
+    if last and (last.canary_requests, last.baseline_requests) == (canary_requests, baseline_requests):
         return last  # no new traffic: the same verdict again adds nothing to the history
     return RolloutVerdict.objects.create(
         rollout=rollout, step=rollout.step, verdict=judgement.verdict, sentence=judgement.sentence,
-        evidence=judgement.as_dict(), canary_requests=canary.requests, baseline_requests=baseline.requests)
+        evidence=judgement.as_dict(), canary_requests=canary_requests, baseline_requests=baseline_requests)
 
 
 TICK_ACTIONS = {S.PREFLIGHT: _tick_preflight, S.RUNNING: _tick_running, S.ROLLING_BACK: _tick_rolling_back}

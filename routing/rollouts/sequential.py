@@ -26,7 +26,13 @@ PRIOR_RATIO_SD = 1.0
 # its mass on differences no window of a step could show. Any fixed prior on the alternative side keeps the
 # mixture a martingale under the null, so this changes power, never validity (bench/RESULTS.md).
 WORSE_PRIOR_RATIO = 2.0
+WORSE_PRIOR_RATIOS = (WORSE_PRIOR_RATIO, 8.0)
+# The test for "the canary is within its allowance" centres its prior where a canary that deserves to pass sits
+# (no change, or the ratio an unchanged distribution gives) with this spread: tighter than the worse side's,
+# because the allowance is small next to the regressions a rollback must catch.
+WITHIN_PRIOR_SD = 0.3
 MIN_CONCENTRATION = 2.0
+DISPERSION_PRIOR_DF = 4
 RATIO_SEARCH = (1e-4, 1e4)
 
 
@@ -80,7 +86,7 @@ def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD, k=None, cen
     mixture = betaln(a + hits, b + misses) - betaln(a, b)
     tails = _log_tail(a + hits, b + misses, theta0, side) - _log_tail(a, b, theta0, side)
     null = hits * math.log(theta0) + misses * math.log1p(-theta0)
-    return mixture + tails - null
+    return float(mixture + tails - null)  # a plain float: verdicts are stored as JSON
 
 
 def share_of(ratio, share):
@@ -102,13 +108,63 @@ def log_e_ratio(canary, baseline, share, ratio, side):
     return log_e_value(canary, baseline, share_of(ratio, share), side)
 
 
-def log_e_worse(canary, baseline, share, ratio=WORSE_PRIOR_RATIO):
-    """Return the log e-value against "the canary's rate is no worse than the baseline's" (ratio 1).
+def log_e_worse(canary, baseline, share, boundary=1.0, ratio=WORSE_PRIOR_RATIO):
+    """Return the log e-value against "the canary's rate is at most `boundary` x the baseline's".
 
-    The prior is centred on `ratio` times the baseline's rate (centred_concentration), truncated above ratio 1.
+    The prior is centred on `ratio` x `boundary` (centred_concentration), truncated above the boundary.
     """
-    k = centred_concentration(share, ratio)
-    return log_e_value(canary, baseline, share, Side.ABOVE, k=k, centre=share_of(ratio, share))
+    theta0 = share_of(boundary, share)
+    k = centred_concentration(theta0, ratio)
+    return log_e_value(canary, baseline, theta0, Side.ABOVE, k=k, centre=share_of(ratio, theta0))
+
+
+def log_e_beyond(canary, baseline, share, boundary=1.0, ratios=WORSE_PRIOR_RATIOS):
+    """Return the log of the mean of log_e_worse's e-values over priors centred on each of `ratios` x the
+    boundary: a mean of e-values is one, and a prior with a heavier tail catches a canary ten times worse
+    within a few events without giving up the moderate regressions the first prior is for."""
+    values = [log_e_worse(canary, baseline, share, boundary, ratio) for ratio in ratios]
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values)) if top > -math.inf else top
+
+
+def log_e_within(canary, baseline, share, boundary, centre_ratio, ratio_sd=WITHIN_PRIOR_SD):
+    """Return the log e-value against "the canary's rate is at least `boundary` x the baseline's".
+
+    Rejecting it is evidence the canary is within the boundary. The prior is centred on `centre_ratio` x the
+    baseline's rate (below the boundary: where a canary that deserves a pass sits), with sd about ratio_sd on
+    the ratio scale there, truncated below the boundary.
+    """
+    theta0 = share_of(boundary, share)
+    relative = centre_ratio / boundary
+    k = centred_concentration(theta0, relative, ratio_sd / boundary)
+    return log_e_value(canary, baseline, theta0, Side.BELOW, k=k, centre=share_of(relative, theta0))
+
+
+def dispersion(minutes):
+    """Return the over-dispersion of the canary's share of events from minute to minute (at least 1).
+
+    minutes are (canary events, canary requests, baseline events, baseline requests). Each minute's
+    canary events are compared with what the window's own ratio predicts from that minute's events and
+    request shares (Pearson's chi-square over its degrees of freedom, as in a quasi-binomial fit): 1 when
+    events fall independently, far above 1 when a provider's bad spell piles them into a few minutes.
+    Minutes without events or without both arms say nothing; fewer than two informative minutes give 1.
+    The estimate is shrunk towards 1 by DISPERSION_PRIOR_DF degrees of freedom: with sparse events a few
+    minutes' chi-square is noisy, and max(1, noise) alone would weigh independent counts down for nothing.
+    """
+    useful = [(c, b, cn / (cn + bn)) for c, cn, b, bn in minutes if c + b > 0 and cn > 0 and bn > 0]
+    if len(useful) < 2:
+        return 1.0
+    hits = sum(c for c, _, _ in useful)
+    events = hits + sum(b for _, b, _ in useful)
+    requests_share = sum(cn for _, cn, _, bn in minutes if cn and bn) / sum(
+        cn + bn for _, cn, _, bn in minutes if cn and bn)
+    fitted = ratio_of(min(max((hits + 0.5) / (events + 1.0), 1e-6), 1 - 1e-6), requests_share)
+    chi2 = 0.0
+    for c, b, share in useful:
+        theta = share_of(max(fitted, 1e-6), share)
+        expected = (c + b) * theta
+        chi2 += (c - expected) ** 2 / max(expected * (1.0 - theta), 1e-9)
+    return max(1.0, (DISPERSION_PRIOR_DF + chi2) / (DISPERSION_PRIOR_DF + len(useful) - 1))
 
 
 def ratio_bounds(canary, baseline, share, alpha):

@@ -111,7 +111,8 @@
   function applyTotals(totals) {
     const box = document.getElementById("totals");
     const text = { count: String(totals.count), p50_ms: W.ms(totals.p50_ms), p95_ms: W.ms(totals.p95_ms),
-      p99_ms: W.ms(totals.p99_ms), ttft_p50_ms: W.ms(totals.ttft_p50_ms), error_rate: W.pct(totals.error_rate) };
+      p99_ms: W.ms(totals.p99_ms), ttft_p50_ms: W.ms(totals.ttft_p50_ms), error_rate: W.pct(totals.error_rate),
+      client_errors: String(totals.client_errors), rate_limited: String(totals.rate_limited) };
     for (const [name, value] of Object.entries(text)) box.querySelector(`[data-field="${name}"]`).textContent = value;
   }
 

@@ -41,8 +41,6 @@ def test_the_probe_asks_for_a_tiny_stream(simulator, private_upstreams):
 
 @pytest.mark.parametrize(("model", "outcome"), [
     ("fault-cut-midway", Outcome.TRUNCATED),
-    ("fault-no-done", Outcome.TRUNCATED),
-    ("fault-malformed-chunk", Outcome.MALFORMED),
     ("fault-error-first-event", Outcome.SERVER_ERROR),
     ("fault-reset-before-headers", Outcome.CONNECT_ERROR),
     ("no-such-model", Outcome.CLIENT_ERROR),
@@ -51,6 +49,20 @@ def test_broken_answers_are_classified_not_ok(simulator, private_upstreams, mode
     m = measure.probe(request(simulator, model))
     assert m.outcome == outcome, m.error
     assert not m.completed and m.error
+
+
+@pytest.mark.parametrize("model", ["fault-no-done", "fault-malformed-chunk"])
+def test_a_whole_answer_is_ok_without_its_done_or_past_a_stray_malformed_event(simulator, private_upstreams, model):
+    """routing.streams' rules: whole once the finish_reason and usage came; a few malformed events midway skipped."""
+    m = measure.probe(request(simulator, model))
+    assert m.outcome == Outcome.OK, m.error
+    assert m.completed and m.finish_reason == "stop" and m.tokens_out == 8
+
+
+def test_a_stream_that_starts_with_a_malformed_event_is_malformed(simulator, private_upstreams):
+    simulator.simulator.configure("fault-malformed-chunk", fault_after_tokens=0)
+    m = measure.probe(request(simulator, "fault-malformed-chunk"))
+    assert m.outcome == Outcome.MALFORMED and not m.completed
 
 
 @pytest.mark.parametrize("model", ["fault-silence", "fault-slow-first-token", "fault-stall"])
@@ -151,8 +163,10 @@ def test_run_probe_saves_one_result_counts_usage_and_rolls_up(make_target):
     assert stats["count"] == 1 and 140 <= stats["p50_ms"] <= 400
 
 
-def test_an_event_of_the_wrong_shape_is_malformed_not_a_crash():
+def test_an_event_of_the_wrong_shape_is_not_a_crash():
     result = measure.Measurement()
     stream = measure._Stream(result, 0.0)
-    assert stream.take(b'data: {"choices": ["not an object"]}\n\n') is False
-    assert result.outcome == Outcome.MALFORMED
+    assert stream.take(b'data: {"choices": ["not an object"]}\n\n') is True  # carries nothing
+    assert stream.take(b"data: [1, 2]\n\n") is False  # not an object, before the answer started
+    stream.finish(*stream.reader.end())
+    assert result.outcome == Outcome.MALFORMED and not result.completed

@@ -23,10 +23,12 @@ def latencies(value, count):
 
 
 def traffic(deployment, count, ok, ms, cost, source=Source.TRAFFIC, ago=timedelta(minutes=10)):
+    """A rollup row whose failures (count - ok) are the deployment's own (server errors)."""
     route = Route.objects.get(name="chat") if source == Source.TRAFFIC else None
     Rollup.objects.create(minute=(timezone.now() - ago).replace(second=0, microsecond=0), source=source,
                           deployment=deployment, route=route, count=count, ok=ok, latency=latencies(ms, count),
-                          cost=Decimal(cost), tokens_in=100 * count, tokens_out=50 * count)
+                          errors={"server_error": count - ok} if count > ok else {}, cost=Decimal(cost),
+                          tokens_in=100 * count, tokens_out=50 * count)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction, Deployment, Route
 from routing.weights import MAX_REASON_LENGTH
 
-from ..analysis import Guard, Metric
+from ..analysis import DEFAULT_GUARDS, Guard, Metric
 from ..models import ACTIVE_STATES, Rollout, RolloutTransition, RolloutVerdict
 
 MAX_STEPS = 20
@@ -65,7 +65,10 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     route = serializers.SlugRelatedField(slug_field="name", queryset=Route.objects.all())
     canary = serializers.SlugRelatedField(slug_field="name", queryset=Deployment.objects.all())
     plan = StepSerializer(many=True, allow_empty=False, max_length=MAX_STEPS)
-    guards = GuardSerializer(many=True, allow_empty=False, max_length=len(Metric.choices))
+    guards = GuardSerializer(many=True, allow_empty=False, max_length=len(Metric.choices), required=False,
+                             default=lambda: [dict(g) for g in DEFAULT_GUARDS],
+                             help_text="Default: errors +1 pp, p95 time to first token +20 %, "
+                                       "p95 time per output token +20 %")
     alpha = serializers.FloatField(required=False, min_value=1e-6, max_value=0.2, default=0.01)
 
     class Meta:
@@ -145,3 +148,21 @@ class RolloutDetailSerializer(RolloutSerializer):
 
 class GateSerializer(StrictFieldsMixin, serializers.Serializer):
     reason = serializers.CharField(max_length=MAX_REASON_LENGTH, help_text="Why; kept in the audit trail")
+
+
+class StepForecastSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    label = serializers.CharField()
+    weight = serializers.IntegerField(allow_null=True)
+    canary_rps = serializers.FloatField()
+    requests_needed = serializers.IntegerField(allow_null=True, help_text="Canary requests an unchanged canary needs")
+    guards = serializers.ListField(child=serializers.DictField())
+    seconds = serializers.IntegerField(allow_null=True, help_text="Likely seconds to a decision at recent traffic")
+    decides_in_time = serializers.BooleanField()
+
+
+class ForecastSerializer(serializers.Serializer):
+    route_rps = serializers.FloatField(help_text="The route's requests per second over the last window_s")
+    window_s = serializers.IntegerField()
+    steps = StepForecastSerializer(many=True)
+    warnings = serializers.ListField(child=serializers.CharField())

@@ -16,8 +16,8 @@ from routing.api.base import BodySizeLimitMixin
 from routing.api.filters import StrictFilterSet
 from routing.audit import actor_name
 
-from .. import controller
-from ..models import Rollout
+from .. import controller, forecast
+from ..models import DEFAULT_STEP_TIMEOUT_S, Rollout
 from . import serializers as s
 
 GATE_CONFLICT = OpenApiResponse(description="The gate does not apply in the rollout's present state.")
@@ -74,6 +74,19 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
             return Response({"detail": str(exc), "state": rollout.state}, status=status.HTTP_409_CONFLICT)
         fresh = self.get_queryset().get(pk=rollout.pk)
         return Response(s.RolloutDetailSerializer(fresh, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=s.RolloutSerializer, responses={200: s.ForecastSerializer},
+                   description="Dry run: validate a rollout as create does and say how long each step will likely "
+                               "take to decide at the route's recent traffic; nothing is saved.")
+    @action(detail=False, methods=["post"], url_path="preview", url_name="preview")
+    def preview(self, request):
+        serializer = s.RolloutSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        return Response(forecast.forecast_plan(
+            data["route"], data["plan"], data["guards"],
+            step_timeout_s=data.get("step_timeout_s", DEFAULT_STEP_TIMEOUT_S),
+            min_canary_requests=data.get("min_canary_requests", 100)))
 
     start = _gate_action("start", "start", "Start a draft: preflight probes of the canary, then its first step.")
     approve = _gate_action("approve", "approve", "Approve the next step of a rollout awaiting approval.")

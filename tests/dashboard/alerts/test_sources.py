@@ -136,7 +136,18 @@ def test_error_rate_of_a_route_needs_enough_requests(world, clock):
     traffic(world.canary, clock() - timedelta(minutes=1), [Outcome.OK] * 10, route=world.route)
     assert observed(rule, clock()) == []  # 1 of 20 is 5 %: not above it
     traffic(world.canary, clock(), [Outcome.SERVER_ERROR], route=world.route)
-    assert observed(rule, clock()) == [("chat", "chat error rate 9.5% > 5.0% over 10 min (2 of 21)")]
+    assert observed(rule, clock()) == [("chat", "chat deployment error rate 9.5% > 5.0% over 10 min (2 of 21)")]
+
+
+def test_error_rate_counts_the_deployments_failures_only(world, clock):
+    """A client's 400s, deadlines and disconnects and a key's 429s make no provider look broken."""
+    rule = make_rule("errors", kind="error_rate", params={"threshold": 0.05, "window_s": 600, "min_count": 20,
+                                                         "scope": "deployment"})
+    theirs = [Outcome.CLIENT_ERROR, Outcome.CLIENT_DEADLINE, Outcome.CLIENT_CLOSED, Outcome.RATE_LIMITED] * 10
+    traffic(world.canary, clock() - timedelta(minutes=1), [Outcome.OK] * 10 + theirs, route=world.route)
+    assert observed(rule, clock()) == []
+    traffic(world.canary, clock(), [Outcome.TIMEOUT, Outcome.TRUNCATED, Outcome.MALFORMED], route=world.route)
+    assert observed(rule, clock()) == [("canary", "canary deployment error rate 5.7% > 5.0% over 10 min (3 of 53)")]
 
 
 def test_spend_today_in_total_and_per_route(world, clock):

@@ -1,9 +1,12 @@
 """Builders for rollout tests: a 100/0 route, a draft rollout, probe results and route traffic written directly."""
 
+from datetime import timedelta
+
+from django.db.models import F
 from django.utils import timezone
 
 from probes import rollups
-from probes.models import ProbeResult, ProbeTarget, Source
+from probes.models import ProbeResult, ProbeTarget, Rollup, Source
 from routing.outcomes import Outcome
 from routing.rollouts.models import Rollout
 from tests.factories import canary_world
@@ -30,10 +33,19 @@ def probe_results(deployment, outcomes):
                                    started_at=timezone.now(), outcome=outcome, total_ms=120.0)
 
 
-def traffic(route, deployment, requests, errors=0, error_kind=Outcome.SERVER_ERROR, latency_ms=200.0):
-    """Record `requests` gateway requests of `route` through `deployment` in this minute's rollup."""
+def traffic(route, deployment, requests, errors=0, error_kind=Outcome.SERVER_ERROR, latency_ms=200.0, minutes=1):
+    """Record `requests` gateway requests of `route` through `deployment` in the rollups of this minute and the
+    `minutes` - 1 after it, evenly (a regression must show in more than one minute to roll a canary back)."""
     agg = rollups.Aggregator(Source.TRAFFIC)
+    now = timezone.now()
     for n in range(requests):
         outcome = error_kind if n < errors else Outcome.OK
-        agg.add(deployment.pk, route_id=route.pk, outcome=outcome, latency_ms=latency_ms + n % 50)
+        when = now + timedelta(minutes=n % minutes)
+        agg.add(deployment.pk, route_id=route.pk, outcome=outcome, latency_ms=latency_ms + n % 50, when=when)
     rollups.save_deltas(agg.drain())
+
+
+def age(rollout, minutes=1):
+    """Move the route's recorded traffic and the rollout's step `minutes` into the past (time passing)."""
+    Rollup.objects.filter(route=rollout.route).update(minute=F("minute") - timedelta(minutes=minutes))
+    Rollout.objects.filter(pk=rollout.pk).update(step_started_at=F("step_started_at") - timedelta(minutes=minutes))

@@ -13,7 +13,7 @@ from routing.rollouts.controller import GateRefused, gate, step_weights, tick
 from routing.rollouts.models import Rollout, RolloutState
 from routing.weights import weights_history
 
-from .helpers import draft, probe_results, traffic, world
+from .helpers import age, draft, probe_results, traffic, world
 
 pytestmark = pytest.mark.django_db
 S = RolloutState
@@ -96,14 +96,14 @@ def test_a_healthy_canary_steps_up_and_is_promoted_at_the_end():
 def test_a_failing_canary_is_rolled_back_at_once_with_the_verdict_as_reason():
     w = world()
     rollout = running(w)
-    traffic(w.route, w.canary, 200, errors=40)
-    traffic(w.route, w.stable, 1800, errors=18)
+    traffic(w.route, w.canary, 200, errors=40, minutes=2)
+    traffic(w.route, w.stable, 1800, errors=18, minutes=2)
     assert tick(rollout.pk) == S.ROLLED_BACK
     rollout.refresh_from_db()
     assert w.route.weights() == {"canary": 0, "stable": 100}
     verdict = rollout.verdicts.get()
     assert verdict.verdict == "fail"
-    assert verdict.sentence.startswith("canary errors 40 of 200 vs baseline 18 of 1,800")
+    assert verdict.sentence.startswith("canary errors 40 of 200 (20.0 %) vs baseline 18 of 1,800 (1.0 %)")
     assert verdict.sentence.endswith(": rolling back")
     assert states(rollout)[-2:] == [(S.RUNNING, S.ROLLING_BACK), (S.ROLLING_BACK, S.ROLLED_BACK)]
     assert weights_history(w.route).first().reason == verdict.sentence
@@ -129,8 +129,12 @@ def test_too_few_canary_requests_hold_the_step_and_its_timeout_pauses_for_a_huma
     assert rollout.verdicts.get().verdict == "inconclusive"
     assert tick(rollout.pk, now=timezone.now() + timedelta(seconds=601)) == S.PAUSED
     rollout.refresh_from_db()
-    assert rollout.transitions.last().reason.startswith("step 1 timed out after 600 s")
-    assert w.route.weights() == {"canary": 10, "stable": 90}  # a human decides
+    reason = rollout.transitions.last().reason
+    assert reason.startswith("step 1 timed out after 600 s undecided: ")
+    assert reason.endswith("canary drained until a human resumes, promotes or aborts")
+    assert w.route.weights() == {"canary": 0, "stable": 100}  # never left serving while nobody knows
+    gate(rollout.pk, "resume", reason="more traffic now", actor="admin")
+    assert w.route.weights() == {"canary": 10, "stable": 90}  # the step starts afresh
 
 
 def test_a_pause_step_awaits_approval_and_approve_moves_on():
@@ -252,8 +256,8 @@ def test_a_preflight_cannot_be_paused_so_no_resume_ever_skips_it():
 def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
     w = world()
     rollout = running(w)
-    traffic(w.route, w.canary, 200, errors=40)
-    traffic(w.route, w.stable, 1800, errors=18)
+    traffic(w.route, w.canary, 200, errors=40, minutes=2)
+    traffic(w.route, w.stable, 1800, errors=18, minutes=2)
     assert tick(rollout.pk) == S.ROLLED_BACK
     gate(rollout.pk, "retry", reason="fixed", actor="admin")
     probe_results(w.canary, [Outcome.OK] * 3)
@@ -304,3 +308,76 @@ def test_a_shadow_step_gives_the_canary_no_weight_and_is_judged_on_the_mirrored_
     assert rollout.step == 1 and w.route.weights() == {"canary": 50, "stable": 50}
     passed = rollout.transitions.last()
     assert passed.reason.startswith("step 1 (shadow 20%) passed: every guard within its allowed regression (1 of 1)")
+
+
+def test_a_plan_ending_at_100_percent_promotes_when_it_gets_there_with_no_baseline_left_to_judge():
+    w = world()
+    plan = [{"weight": 10, "min_dwell_s": 0, "min_requests": 0}, {"weight": 100}]
+    rollout = running(w, plan=plan)
+    traffic(w.route, w.canary, 1500)
+    traffic(w.route, w.stable, 13500)
+    assert tick(rollout.pk) == S.PROMOTED
+    assert w.route.weights() == {"canary": 100, "stable": 0}
+    assert tick(rollout.pk) is None  # nothing left to tick, nothing divided by an empty baseline
+
+
+def test_one_rollouts_error_never_stops_the_others_ticks(monkeypatch, caplog):
+    first = world()
+    second = world_two(first)
+    broken, healthy = running(first), running(second)
+    real = controller.judge_step
+
+    def judge_step(rollout):
+        if rollout.pk == broken.pk:
+            raise ZeroDivisionError("as a 100 % step once did")
+        return real(rollout)
+
+    monkeypatch.setattr(controller, "judge_step", judge_step)
+    traffic(second.route, second.canary, 200, errors=40, minutes=2)
+    traffic(second.route, second.stable, 1800, errors=18, minutes=2)
+    assert controller.tick_all() == 1
+    assert Rollout.objects.get(pk=healthy.pk).state == S.ROLLED_BACK
+    assert Rollout.objects.get(pk=broken.pk).state == S.RUNNING  # its lease expires; the next tick retries it
+    assert f"rollout {broken.pk}: tick failed" in caplog.text
+
+
+def test_a_bad_minute_on_the_canarys_provider_holds_the_step_and_says_incident_once():
+    w = world()
+    rollout = running(w)
+    traffic(w.route, w.canary, 100, errors=50)  # this minute: half the canary's requests fail
+    traffic(w.route, w.stable, 900, errors=9)
+    age(rollout)
+    traffic(w.route, w.canary, 100, errors=1)
+    traffic(w.route, w.stable, 900, errors=9)
+    assert tick(rollout.pk) == S.RUNNING
+    assert tick(rollout.pk) == S.RUNNING
+    incidents = Event.objects.filter(kind=EventKind.ROLLOUT, message__contains="canary provider incident")
+    assert incidents.count() == 1
+    assert rollout.verdicts.first().evidence["incident"] is True
+    assert w.route.weights() == {"canary": 10, "stable": 90}
+
+
+def test_decide_moves_on_only_after_the_dwell_and_the_minimum_requests():
+    from routing.rollouts.analysis import Judgement, Verdict
+
+    now = timezone.now()
+    rollout = Rollout(plan=[{"weight": 10, "min_dwell_s": 120, "min_requests": 500}], step=0,
+                      step_started_at=now, step_timeout_s=600)
+    passed, held = Judgement(Verdict.PASS, "", []), Judgement(Verdict.INCONCLUSIVE, "", [])
+    assert controller.decide(rollout, passed, 1000, now + timedelta(seconds=60)) == controller.Decision.HOLD
+    assert controller.decide(rollout, passed, 400, now + timedelta(seconds=130)) == controller.Decision.HOLD
+    assert controller.decide(rollout, passed, 600, now + timedelta(seconds=130)) == controller.Decision.NEXT_STEP
+    assert controller.decide(rollout, held, 600, now + timedelta(seconds=600)) == controller.Decision.TIMED_OUT
+    failed = Judgement(Verdict.FAIL, "", [])
+    assert controller.decide(rollout, failed, 1, now) == controller.Decision.ROLL_BACK
+
+
+def test_while_a_rollout_runs_session_ids_are_ignored_so_each_request_draws_its_arm():
+    from routing.gateway import snapshot
+
+    w = world()
+    assert snapshot.build().routes["chat"].sticky
+    rollout = running(w)
+    assert not snapshot.build().routes["chat"].sticky  # sticky users would give the arms different users
+    gate(rollout.pk, "abort", reason="enough", actor="admin")
+    assert snapshot.build().routes["chat"].sticky

@@ -11,6 +11,7 @@ from routing.rollouts.controller import gate, tick
 from routing.rollouts.models import Rollout, RolloutState
 from routing.simulator import Change, Personality, Simulator, SimulatorServer
 from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, wait_until
+from tests.routing.rollouts.helpers import age
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -50,15 +51,18 @@ def test_a_slow_canary_is_rolled_back_by_itself_and_the_gateway_drains_it(settin
 
         with ThreadPoolExecutor(6) as pool:
             assert set(pool.map(lambda _: served_by(gateway, key), range(260))) == {"canary", "stable"}
-        assert wait_until(lambda: _canary_requests(route) >= 60, timeout=10)
+            assert wait_until(lambda: _canary_requests(route) >= 60, timeout=10)
+            age(rollout)  # a minute passes: a rollback needs more than one minute's evidence
+            list(pool.map(lambda _: served_by(gateway, key), range(260)))
+        assert wait_until(lambda: _canary_requests(route) >= 160, timeout=10)
         assert tick(rollout.pk) == RolloutState.ROLLED_BACK
 
         rollout.refresh_from_db()
         assert route.weights() == {"canary": 0, "stable": 100}
         verdict = rollout.verdicts.first()
         assert verdict.verdict == "fail"
-        assert verdict.sentence.startswith("p95 latency: canary ")
-        assert verdict.sentence.endswith("worse than the baseline): rolling back")
+        assert verdict.sentence.startswith("p95 latency: median ")
+        assert "clearly beyond +10 %" in verdict.sentence and verdict.sentence.endswith(": rolling back")
         version = Route.objects.get(pk=route.pk).version
         assert wait_until(lambda: gateway.gateway.recorder.metrics.snapshot_version >= version, timeout=2)
         assert {served_by(gateway, key) for _ in range(40)} == {"stable"}  # weight 0: not one request more

@@ -15,6 +15,7 @@ from routing.rollouts.sequential import (
     concentration,
     log_e_ratio,
     log_e_value,
+    log_e_within,
     log_e_worse,
     ratio_bounds,
     ratio_of,
@@ -155,3 +156,48 @@ def test_moving_an_event_to_the_canary_never_weakens_the_case_against_it(hits, m
     more = log_e_value(hits + 1, misses - 1, theta0, Side.ABOVE)
     assert more >= log_e_value(hits, misses, theta0, Side.ABOVE) - 1e-9
     assert log_e_value(hits + 1, misses - 1, theta0, Side.BELOW) <= log_e_value(hits, misses, theta0, Side.BELOW) + 1e-9
+
+
+@pytest.mark.parametrize(("hits", "misses", "share", "boundary"), [(14, 9, 0.1, 1.5), (3, 40, 0.25, 2.0)])
+def test_the_worse_test_at_a_boundary_matches_numeric_integration(hits, misses, share, boundary):
+    # H0: the canary's rate is at most `boundary` x the baseline's; the prior sits at twice the boundary.
+    theta0 = share_of(boundary, share)
+    k = centred_concentration(theta0, 2.0)
+    centre = share_of(2.0 * boundary, share)
+    a, b = k * centre, k * (1 - centre)
+
+    def ratio(t):
+        return (t / theta0) ** hits * ((1 - t) / (1 - theta0)) ** misses * beta.pdf(t, a, b)
+
+    expected = quad(ratio, theta0, 1, limit=200)[0] / beta.sf(theta0, a, b)
+    assert math.exp(log_e_worse(hits, misses, share, boundary)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(("hits", "misses", "share", "boundary", "centre_ratio"),
+                         [(10, 95, 0.1, 2.0, 1.0), (30, 700, 0.05, 1.0, 0.75)])
+def test_the_within_test_matches_numeric_integration(hits, misses, share, boundary, centre_ratio):
+    theta0 = share_of(boundary, share)
+    k = centred_concentration(theta0, centre_ratio / boundary, 0.3 / boundary)
+    centre = share_of(centre_ratio, share)
+    a, b = k * centre, k * (1 - centre)
+
+    def ratio(t):
+        return (t / theta0) ** hits * ((1 - t) / (1 - theta0)) ** misses * beta.pdf(t, a, b)
+
+    expected = quad(ratio, 0, theta0, limit=200)[0] / beta.cdf(theta0, a, b)
+    assert math.exp(log_e_within(hits, misses, share, boundary, centre_ratio)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_within_test_keeps_wrong_passes_under_alpha_at_the_boundary():
+    # A canary exactly at the boundary (ratio 1.5), tested after every event: Ville's bound for the pass side.
+    rng = random.Random(17)
+    theta = share_of(1.5, 0.1)
+    passes = 0
+    for _ in range(400):
+        hits = 0
+        for n in range(1, 301):
+            hits += rng.random() < theta
+            if log_e_within(hits, n - hits, 0.1, 1.5, 1.0) >= math.log(1 / 0.05):
+                passes += 1
+                break
+    assert passes / 400 < 0.05

@@ -11,6 +11,7 @@ from routing.rollouts.controller import tick
 from routing.rollouts.models import Rollout, RolloutState
 from routing.simulator import Personality, Simulator, SimulatorServer
 from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, scrape, wait_until
+from tests.routing.rollouts.helpers import age
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -108,7 +109,11 @@ def test_a_canary_that_errs_on_mirrored_requests_is_rolled_back_before_any_clien
     route, canary, key, gateway = world("erring")
     rollout = shadow_rollout(route, canary, share=100, min_canary_requests=40)
     assert shadow_in_snapshot(gateway)
-    for _ in range(60):
+    for _ in range(30):
+        served_by(gateway, key)
+    assert wait_until(lambda: shadow_counts(route).get("canary", (0,))[0] >= 30, timeout=10)
+    age(rollout)  # a minute passes: a rollback needs more than one minute's evidence
+    for _ in range(30):
         served_by(gateway, key)
     assert wait_until(lambda: shadow_counts(route).get("canary", (0,))[0] >= 60, timeout=10)
     assert tick(rollout.pk) == RolloutState.ROLLED_BACK
