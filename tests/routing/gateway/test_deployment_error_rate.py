@@ -11,8 +11,9 @@ from dashboard.alerts.models import AlertRule
 from dashboard.alerts.sources import error_rate
 from dashboard.metrics import deployment_health
 from probes.models import HealthState, Rollup
+from probes.rollups import RollupDelta
 from routing.models import Deployment, DeploymentCircuit
-from routing.rollouts.analysis import arm_from_figures
+from routing.rollouts.analysis import Metric, StepWindow, rate_minutes
 from routing.simulator import Personality
 from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, wait_until
 
@@ -78,4 +79,5 @@ def test_a_clients_failures_and_a_keys_429s_never_make_the_deployment_look_broke
     [(_, observed)] = list(error_rate([rule], timezone.now()))
     assert observed == []
 
-    assert arm_from_figures(summary["errors"], summary["count"]).errors == 0
+    arm = RollupDelta(count=summary["count"], errors=summary["errors"])
+    assert rate_minutes(StepWindow([arm], [arm]), Metric.ERRORS)[0].canary == 0  # what a rollout's verdict reads

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('probes', '0006_rollup_shadow_source'),
+        ('probes', '0007_rollup_tpot'),
     ]
 
     operations = [
