@@ -4,7 +4,7 @@ when the live socket (re)connects. Built from the API's serializers, so page and
 from datetime import timedelta
 
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseBadRequest
+from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -197,6 +197,21 @@ def new_rollout(request):
         return _form_page(request, state, form.field_errors(serializer.errors, layout), status=400)
     rollout = serializer.save_draft(request.user)
     return redirect("rollout", pk=rollout.pk)
+
+
+@require_POST
+@dashboard_view
+def preview_rollout(request):
+    """The form's time-to-decision preview: the API's dry run (RolloutSerializer.forecast) of the form as it
+    stands, read through the form's own translation. Answers {forecast, step_rows: plan index → form row}, or 400
+    with {errors} keyed as the form shows them."""
+    if not can_run_rollouts(request.user):
+        raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
+    body, layout = form.body(form.posted_state(request.POST))
+    serializer = RolloutSerializer(data=body)
+    if not serializer.is_valid():
+        return JsonResponse({"errors": form.field_errors(serializer.errors, layout)}, status=400)
+    return _json({"forecast": serializer.forecast(), "step_rows": layout.step_rows})
 
 
 def _form_page(request, state, errors=None, status=200):

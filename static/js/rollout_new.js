@@ -86,8 +86,14 @@
     return head + (needs.length ? ` (${needs.join(", ")})` : "") + tail;
   }
 
+  /* Steps the forecast leaves out say why: reaching 100 % is the promotion, a pause waits for a human. */
   function clearForecast() {
-    rows().forEach((row) => { row.classList.remove("slow"); row.querySelector(".step-forecast").textContent = ""; });
+    rows().forEach((row) => {
+      row.classList.remove("slow");
+      const pause = field(row, "kind").value === "pause";
+      const full = field(row, "weight").value === "100";
+      row.querySelector(".step-forecast").textContent = pause ? "waits for a human's approval" : full ? "the promotion: nothing left to compare" : "";
+    });
   }
 
   function showForecast(answer) {
@@ -98,11 +104,11 @@
     const slow = forecast.steps.filter((s) => !s.decides_in_time).length;
     document.getElementById("forecast-summary").textContent = `At the route's ${reqs(forecast.route_rps)} over the last ${duration(forecast.window_s).replace("about ", "")}: ` +
       (slow ? `${slow} step(s) cannot decide within the step timeout.` : "every step can decide within the step timeout.");
-    forecast.steps.forEach((step, n) => {
-      const row = rows()[answer.step_rows[n]];
+    forecast.steps.forEach((step) => {
+      const row = rows()[answer.step_rows[step.index]]; // the plan's step index → the form's row
       if (!row) return;
       row.classList.toggle("slow", !step.decides_in_time);
-      row.querySelector(".step-forecast").textContent = step.weight === null ? (step.label || "") : stepText(step);
+      row.querySelector(".step-forecast").textContent = stepText(step);
     });
     const warnings = document.getElementById("forecast-warnings");
     warnings.replaceChildren(...forecast.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));

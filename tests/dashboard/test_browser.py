@@ -662,6 +662,14 @@ def test_staff_draft_a_rollout_from_the_keyboard_and_see_it_listed_while_viewers
     assert admin.locator("[name=step-0-weight]").input_value() == "10"
     assert admin.locator("[name=step-2-weight]").input_value() == "100"
     assert admin.locator("[name=step-3-weight]").input_value() == ""
+    # The time-to-decision preview of the form as it stands (the API's dry run): each step's line, slow ones flagged.
+    first = admin.locator('.step-row[data-row="0"] .step-forecast')
+    first.filter(has_text="req/s to the canary").wait_for(timeout=10_000)
+    assert "cannot decide within its step timeout" in first.inner_text()
+    assert "slow" in admin.locator('.step-row[data-row="0"]').get_attribute("class").split()
+    assert admin.locator('.step-row[data-row="2"] .step-forecast').inner_text() == (
+        "the promotion: nothing left to compare")
+    assert "cannot decide within the step timeout" in admin.locator("#forecast-summary").inner_text()
     admin.focus("[name=guard-errors-allowed]")
     admin.keyboard.press("Control+A")
     admin.keyboard.type("1")

@@ -295,3 +295,35 @@ def test_gates_ask_the_same_permissions_on_the_page_and_in_the_api():
     assert f'action="/rollouts/{rollout.pk}/start/"' in browser(both).get(f"/rollouts/{rollout.pk}/").content.decode()
     assert browser(both).post(f"/rollouts/{rollout.pk}/start/", {"reason": "go"}).status_code == 302
     assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.PREFLIGHT
+
+
+# --- the form's time-to-decision preview ------------------------------------------------------------------------
+
+
+def test_the_form_s_preview_is_the_api_s_dry_run_of_the_form_as_typed_with_each_step_s_row(admin_user, admin_api):
+    from tests.routing.rollouts.helpers import traffic
+
+    w = world()
+    traffic(w.route, w.stable, 900, errors=9)  # the route's recent traffic: 1 request a second over 15 minutes
+    fields = {"route": "chat", "canary": "canary", "plan_template": "custom", "step-0-weight": "10",
+              "step-1-kind": "pause", "step-2-weight": "50", "step-3-weight": "100",
+              "guard-errors-on": "on", "guard-errors-allowed": "0.5", "step_timeout_s": "600"}
+    answer = browser(admin_user).post("/rollouts/new/preview/", fields)
+    assert answer.status_code == 200 and not Rollout.objects.exists()
+    api = admin_api.post("/api/v1/rollouts/preview/", {
+        "route": "chat", "canary": "canary", "guards": [{"metric": "errors", "allowed": 0.005}], "step_timeout_s": 600,
+        "plan": [{"weight": 10}, {"pause": True}, {"weight": 50}, {"weight": 100}]}, format="json").json()
+    assert answer.json()["forecast"] == api  # the same dry run
+    assert answer.json()["step_rows"] == [0, 1, 2, 3]  # plan index → form row
+    assert [s["index"] for s in api["steps"]] == [0, 2] and api["steps"][0]["decides_in_time"] is False
+    assert api["warnings"]
+
+
+def test_the_preview_of_an_invalid_form_answers_its_errors_by_field_and_viewers_get_none(admin_user, viewer_user):
+    world()
+    answer = browser(admin_user).post("/rollouts/new/preview/", {"route": "chat", "canary": "canary",
+                                                                  "plan_template": "custom", "step-0-weight": "0"})
+    assert answer.status_code == 400
+    assert answer.json()["errors"]["steps"] == {"0": ["weight: Ensure this value is greater than or equal to 1."]}
+    assert answer.json()["errors"]["guards"] == ["This list may not be empty."]
+    assert browser(viewer_user).post("/rollouts/new/preview/", {"route": "chat"}).status_code == 403

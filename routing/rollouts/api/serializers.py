@@ -8,6 +8,7 @@ from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction, Deployment, Route
 from routing.weights import MAX_REASON_LENGTH
 
+from .. import forecast
 from ..analysis import DEFAULT_GUARDS, Guard, Metric
 from ..models import ACTIVE_STATES, Rollout, RolloutTransition, RolloutVerdict
 
@@ -122,6 +123,13 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         if busy is not None:
             raise serializers.ValidationError({"canary": [f"{canary.name!r} is the canary of {busy}, still active."]})
         return data
+
+    def forecast(self):
+        """Return forecast.forecast_plan of the validated rollout: the API's dry run and the form's preview."""
+        data = self.validated_data
+        fields = {name: data.get(name, Rollout._meta.get_field(name).default)
+                  for name in ("step_timeout_s", "min_canary_requests")}
+        return forecast.forecast_plan(data["route"], data["plan"], data["guards"], **fields)
 
     def save_draft(self, user):
         """Save the validated rollout as a draft with its audit row (one transaction); return it. The API and the

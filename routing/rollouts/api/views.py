@@ -16,8 +16,8 @@ from routing.api.base import BodySizeLimitMixin
 from routing.api.filters import StrictFilterSet
 from routing.audit import actor_name
 
-from .. import controller, forecast
-from ..models import DEFAULT_STEP_TIMEOUT_S, Rollout
+from .. import controller
+from ..models import Rollout
 from . import serializers as s
 
 GATE_CONFLICT = OpenApiResponse(description="The gate does not apply in the rollout's present state.")
@@ -51,7 +51,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
     queryset = Rollout.objects.select_related("route", "canary")
     filterset_class = RolloutFilter
     # The pages' form and gates ask the same (dashboard.roles.can_run_rollouts).
-    action_permissions = {name: ROLLOUT_PERMISSIONS for name in ("create", *controller.GATES)}
+    action_permissions = {name: ROLLOUT_PERMISSIONS for name in ("create", "preview", *controller.GATES)}
 
     def get_serializer_class(self):
         return s.RolloutDetailSerializer if self.action != "list" else s.RolloutSerializer
@@ -82,11 +82,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
     def preview(self, request):
         serializer = s.RolloutSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        return Response(forecast.forecast_plan(
-            data["route"], data["plan"], data["guards"],
-            step_timeout_s=data.get("step_timeout_s", DEFAULT_STEP_TIMEOUT_S),
-            min_canary_requests=data.get("min_canary_requests", 100)))
+        return Response(serializer.forecast())
 
     start = _gate_action("start", "start", "Start a draft: preflight probes of the canary, then its first step.")
     approve = _gate_action("approve", "approve", "Approve the next step of a rollout awaiting approval.")
