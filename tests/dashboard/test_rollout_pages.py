@@ -116,6 +116,10 @@ def test_staff_draft_a_rollout_from_the_form_and_it_is_audited_as_the_api_does(a
     assert '<option value="chat" selected>chat</option>' in form
     assert '<option value="canary">canary</option>' in form
     assert "Careful: 1 % → 5 % → 25 % → 50 % → 100 %" in form
+    ticked = [m for m in ("errors", "ttft_p95", "tpot_p95", "latency_p95")
+              if f'name="guard-{m}-on" value="on" checked>' in form]
+    assert ticked == ["errors", "ttft_p95", "tpot_p95"]  # the defaults: +0.5 pp, +10 %, +10 %
+    assert 'name="guard-tpot_p95-allowed" value="10"' in form and 'name="guard-errors-allowed" value="0.5"' in form
     response = browser(admin_user).post("/rollouts/new/", {
         "route": "chat", "canary": "canary", "plan_template": "careful",
         "guard-errors-on": "on", "guard-errors-allowed": "0.5",
