@@ -186,14 +186,11 @@ def _active_id(route):
 def new_rollout(request):
     """The "New rollout" form (staff who may draft rollouts and move weights); a valid POST creates a draft,
     audited as the API does, and goes to its page; an invalid one answers 400 with each error by its field."""
-    if not can_run_rollouts(request.user):
-        raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
+    _require_runner(request.user)
     if request.method != "POST":
         return _form_page(request, form.initial_state(request.GET.get("route", "")))
-    state = form.posted_state(request.POST)
-    body, layout = form.body(state)
-    serializer = RolloutSerializer(data=body)
-    if not serializer.is_valid():
+    state, layout, serializer = _checked(request.POST)
+    if serializer.errors:
         return _form_page(request, state, form.field_errors(serializer.errors, layout), status=400)
     rollout = serializer.save_draft(request.user)
     return redirect("rollout", pk=rollout.pk)
@@ -205,13 +202,25 @@ def preview_rollout(request):
     """The form's time-to-decision preview: the API's dry run (RolloutSerializer.forecast) of the form as it
     stands, read through the form's own translation. Answers {forecast, step_rows: plan index → form row}, or 400
     with {errors} keyed as the form shows them."""
-    if not can_run_rollouts(request.user):
-        raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
-    body, layout = form.body(form.posted_state(request.POST))
-    serializer = RolloutSerializer(data=body)
-    if not serializer.is_valid():
+    _require_runner(request.user)
+    _, layout, serializer = _checked(request.POST)
+    if serializer.errors:
         return JsonResponse({"errors": form.field_errors(serializer.errors, layout)}, status=400)
     return _json({"forecast": serializer.forecast(), "step_rows": layout.step_rows})
+
+
+def _require_runner(user):
+    if not can_run_rollouts(user):
+        raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
+
+
+def _checked(post):
+    """Return (FormState, Layout, RolloutSerializer after is_valid) of a POSTed form: the API's own validation."""
+    state = form.posted_state(post)
+    body, layout = form.body(state)
+    serializer = RolloutSerializer(data=body)
+    serializer.is_valid()
+    return state, layout, serializer
 
 
 def _form_page(request, state, errors=None, status=200):
