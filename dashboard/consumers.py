@@ -4,9 +4,12 @@ Messages are coalesced and flushed at most every FLUSH_INTERVAL_S as one
 `{"type": "batch", "messages": [...], "dropped": n}` frame, so a busy target
 cannot flood a browser; a weights change is flushed at once.
 
-A socket follows its user's rights: they are checked again at most every
-RIGHTS_RECHECK_S (and at once when live.rights_changed says so), and the
-socket is closed when the user is deactivated or loses the viewer role. Group
+A socket follows its user's rights and its session: both are checked again at
+most every RIGHTS_RECHECK_S (and at once when live.rights_changed says so, as
+on every save of the user), and the socket is closed when the user is
+deactivated or loses the viewer role, or when its session no longer signs them
+in (deleted, expired, or ended by a password change), as the next page load
+would find. Group
 memberships expire in the channel layer (`group_expiry`), so a long-open socket
 rejoins its groups well before that; if a rejoin came too late (or failed),
 the next frame reports `dropped` so the page backfills as on a reconnect.
@@ -17,9 +20,13 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
+from importlib import import_module
+from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user
 
 from dashboard import live
 from dashboard.roles import is_viewer
@@ -31,12 +38,18 @@ CLOSE_FORBIDDEN = 4403
 DEFAULT_GROUP_EXPIRY_S = 86400  # channels' default for both layers
 
 
-def rights_close_code(user_id):
-    """Return None if the user may still watch the dashboard, else the close code to end their socket with."""
-    from django.contrib.auth import get_user_model
+def session_user(session_key):
+    """Return the user the session `session_key` signs in now, as an HTTP request with it would see them:
+    AnonymousUser once the session is deleted or expired, the user inactive, or their password changed."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return get_user(SimpleNamespace(session=store))
 
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
-    if user is None:
+
+def rights_close_code(user_id, session_key):
+    """Return None if the user may still watch the dashboard through this session, else the close code to end
+    their socket with."""
+    user = session_user(session_key)
+    if user.pk != user_id:
         return CLOSE_UNAUTHENTICATED
     return None if is_viewer(user) else CLOSE_FORBIDDEN
 
@@ -97,7 +110,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def _still_allowed(self):
         """Close the socket and return False when its user may no longer watch."""
-        code = await database_sync_to_async(rights_close_code)(self.scope["user"].pk)
+        session = self.scope.get("session")
+        session_key = session.session_key if session is not None else None
+        code = await database_sync_to_async(rights_close_code)(self.scope["user"].pk, session_key)
         if code is None:
             return True
         self.closing = True

@@ -196,8 +196,12 @@ ALLOW_PRIVATE_UPSTREAMS = env_bool("WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS", DEBUG)
 SIMULATOR_PORT = env_int("WEATHERVANE_SIMULATOR_PORT", 8001, minimum=1, maximum=65535)
 
 # --- Load tests ----------------------------------------------------------------
-# Where runs started from the API and dashboard reach the gateway; empty: /v1/ of the server itself.
-LOADTEST_GATEWAY_URL = env_str("WEATHERVANE_LOADTEST_GATEWAY_URL", "")
+# Where runs started from the API and dashboard reach the gateway; empty: WEATHERVANE_GATEWAY_URL, else the
+# address `serve` bound (never the request's Host header); with none of them, such runs are refused.
+LOADTEST_GATEWAY_URL = env_url("WEATHERVANE_LOADTEST_GATEWAY_URL", ("http", "https")).rstrip("/")
+# The most a run started from the API or the pages may spend by its estimate (US$; retries, fallbacks and
+# shadow copies included); one over it is refused.
+LOADTEST_MAX_SPEND = env_float("WEATHERVANE_LOADTEST_MAX_SPEND", 10.0, minimum=0.0)
 # `serve` sends this many demo requests per second through the gateway on the demo route (0: none).
 DEMO_TRAFFIC_RPS = env_float("WEATHERVANE_DEMO_TRAFFIC_RPS", 2.0, minimum=0.0)
 
@@ -320,7 +324,12 @@ KNOX_TOKEN_MODEL = "routing.ApiToken"
 API_TOKEN_DAYS = env_int("WEATHERVANE_API_TOKEN_DAYS", 90, minimum=1, maximum=3650)  # default lifetime
 API_TOKEN_MAX_DAYS = env_int("WEATHERVANE_API_TOKEN_MAX_DAYS", 365, minimum=1, maximum=3650)
 REST_KNOX = {"TOKEN_TTL": timedelta(days=API_TOKEN_DAYS), "TOKEN_PREFIX": "wvt_", "AUTH_HEADER_PREFIX": "Token"}
+# Behind the one reverse proxy production needs, the client is the address that proxy appended to
+# X-Forwarded-For (the right-most entry), not the proxy itself; without a proxy that header is the client's
+# own word and never trusted. Throttles (NUM_PROXIES) and lockouts (AXES_CLIENT_IP_CALLABLE) both read it so.
+BEHIND_PROXY = env_bool("WEATHERVANE_BEHIND_PROXY", False)
 REST_FRAMEWORK = {
+    "NUM_PROXIES": 1 if BEHIND_PROXY else 0,
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "routing.api.authentication.LockableTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -385,11 +394,13 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Login lockouts (django-axes): /login/, /admin/login/ and API tokens, per user name and client address.
+# Login lockouts (django-axes): /login/, /admin/login/ and API tokens, per user name (a token's key) and client
+# address (behind WEATHERVANE_BEHIND_PROXY, the forwarded one).
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env_int("WEATHERVANE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("WEATHERVANE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "routing.api.authentication.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "dashboard.views.locked_out"
 AXES_SENSITIVE_PARAMETERS = ["password", "token", "authorization"]
@@ -416,7 +427,7 @@ WHITENOISE_USE_FINDERS = True
 PLAIN_HTTP = env_bool("WEATHERVANE_PLAIN_HTTP", False)
 _HTTPS_ONLY = not DEBUG and not PLAIN_HTTP
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _HTTPS_ONLY)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("WEATHERVANE_BEHIND_PROXY", False) else None
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_PROXY else None
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _HTTPS_ONLY else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS_ONLY
 # Preloading is a commitment browsers keep for months: only when the operator asks for it.

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
-from dashboard.roles import can_move_weights, can_run_rollouts, is_viewer
+from dashboard.roles import can_draft_rollouts, can_move_weights, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
@@ -263,7 +263,7 @@ def _chain_change(before, after):
 
 @dashboard_view
 def routes(request):
-    return _page(request, "dashboard/routes.html", routes_data(), can_run_rollouts=can_run_rollouts(request.user))
+    return _page(request, "dashboard/routes.html", routes_data(), can_draft=can_draft_rollouts(request.user))
 
 
 @dashboard_view

@@ -21,6 +21,7 @@ from routing import sse
 from routing.httpx_guard import GuardedTransport, is_blocked
 from routing.models import sendable_secret
 from routing.outcomes import Outcome, UpstreamError, http_failure, redact
+from routing.patterns import PatternInvalid, compile_pattern
 from routing.streams import StreamReader
 
 USER_AGENT = "weathervane-probe/1"
@@ -284,8 +285,13 @@ def model_swapped(asked, reported):
 
 def answer_problem(text, pattern="", shape=None):
     """Return why `text` fails the correctness check, or "" when it passes."""
-    if pattern and not re.search(pattern, text):
-        return f"answer {text[:80]!r} does not match {pattern!r}"
+    if pattern:
+        try:
+            found = compile_pattern(pattern).search(text)  # RE2: linear time, whatever pattern a user saved
+        except PatternInvalid as exc:
+            return f"the expected pattern cannot be used: {exc}"
+        if not found:
+            return f"answer {text[:80]!r} does not match {pattern!r}"
     if shape is not None:
         try:
             value = json.loads(text)

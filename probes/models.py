@@ -1,7 +1,5 @@
 """Measurements: per-minute rollups shared by probes and real gateway traffic."""
 
-import re
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -11,13 +9,15 @@ from django.utils import timezone
 
 from routing.models import ApiKey, Deployment, Provider, Route
 from routing.outcomes import Outcome
+from routing.patterns import PatternInvalid, check_pattern
 
 
 def validate_regex(value):
+    """The expected answer's pattern: one RE2 can run (probes match it with routing.patterns)."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValidationError(f"Not a valid regular expression: {exc}.") from None
+        check_pattern(value)
+    except PatternInvalid as exc:
+        raise ValidationError(f"Not usable: {exc}") from None
 
 
 class Source(models.TextChoices):
@@ -33,9 +33,11 @@ class Rollup(models.Model):
 
     minute = models.DateTimeField(db_index=True, help_text="Start of the minute (UTC)")
     source = models.CharField(max_length=10, choices=Source.choices)
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="rollups")
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups")
-    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.CASCADE, related_name="rollups",
+    # History outlives what it describes: deleting a deployment or key with rollups is refused (a 409, see
+    # routing.deletion); a deleted route is archived, so its rollups keep their route.
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="rollups")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="rollups")
+    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.PROTECT, related_name="rollups",
                               help_text="The route the gateway traffic came through (empty for probes)")
     count = models.PositiveIntegerField(default=0)
     ok = models.PositiveIntegerField(default=0)

@@ -174,6 +174,11 @@ class Scheduler:
             close_old_connections()
             reset_queries()
 
+    def alerts_due_now(self):
+        """Tick the alert engine on the loop's next turn (on its own thread, not the caller's)."""
+        self._alerts_due_ms = runner.now_ms()
+        self._wake.set()
+
     def _safely(self, func, *args):
         try:
             func(*args)
@@ -192,6 +197,15 @@ def start(threads=None):
         if _scheduler is None:
             _scheduler = Scheduler(threads)
         return _scheduler.start()
+
+
+def bring_alerts_forward():
+    """Have this process's scheduler tick the alert engine now; return False when none runs here."""
+    current = _scheduler
+    if current is None or not current.running:
+        return False
+    current.alerts_due_now()
+    return True
 
 
 def stop():

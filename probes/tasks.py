@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from probes import rechecks, runner
+from probes.loadtest import jobs
 
 # A dispatch covers two beat periods, so one late or lost tick skips nothing.
 HORIZON_PERIODS = 2
@@ -65,5 +66,7 @@ def recheck_key(key_id):
 
 @shared_task(ignore_result=True, acks_late=True, expires=3600)
 def prune_old_data():
-    """Delete probe data past its retention; returns {kind: rows deleted}."""
+    """Delete probe data past its retention, and close load tests whose process died (disabling their gateway
+    keys); returns {kind: rows deleted}."""
+    jobs.close_abandoned()
     return runner.prune()

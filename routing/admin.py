@@ -15,8 +15,9 @@ from django.forms.models import BaseInlineFormSet, inlineformset_factory
 from django.utils import timezone
 from knox.models import AuthToken as KnoxAuthToken
 
-from routing import endpoints, tokens, weights
-from routing.audit import actor_name, deleted_with, record, snapshot
+from dashboard.roles import can_view_bodies
+from routing import deletion, endpoints, tokens, weights
+from routing.audit import actor_name, record, snapshot
 from routing.models import (
     ApiKey,
     ApiToken,
@@ -83,21 +84,24 @@ class AuditedAdmin(admin.ModelAdmin):
         for pk, obj in deleted:
             _audit(request, AuditAction.DELETE, obj, before.get(pk), None, object_id=str(pk))
 
+    def get_deleted_objects(self, objs, request):
+        """Refuse on the confirmation page, with the API's 409 sentences, what the API would refuse."""
+        refusals = [sentence for sentence in map(deletion.refusal, objs) if sentence]
+        if refusals:
+            return [], {}, set(), refusals
+        return self.listed_for_deletion(objs, request)
+
+    def listed_for_deletion(self, objs, request):
+        """Return what the confirmation page lists, in get_deleted_objects' shape."""
+        return super().get_deleted_objects(objs, request)
+
     def delete_model(self, request, obj):
-        with transaction.atomic():
-            _audit_deletion(request, obj)
-            super().delete_model(request, obj)
+        deletion.delete(obj, actor=actor_name(request.user), user=request.user)
 
     def delete_queryset(self, request, queryset):
         with transaction.atomic():
             for obj in queryset:
-                _audit_deletion(request, obj)
-            super().delete_queryset(request, queryset)
-
-
-def _audit_deletion(request, obj):
-    for doomed in [obj, *deleted_with(obj)]:
-        _audit(request, AuditAction.DELETE, doomed, snapshot(doomed), None)
+                deletion.delete(obj, actor=actor_name(request.user), user=request.user)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -333,6 +337,13 @@ class RouteAdmin(AuditedAdmin):
     def fallbacks(self, route):
         return " → ".join(route.fallback_chain()) or "—"
 
+    def listed_for_deletion(self, objs, request):
+        """A route is archived (routing.deletion): only its targets and fallbacks go, its history stays."""
+        routes = list(objs)
+        config = [str(link) for route in routes for link in [*route.targets.all(), *route.fallbacks.all()]]
+        listed = [*(str(route) for route in routes), config] if config else [str(route) for route in routes]
+        return listed, {Route._meta.verbose_name_plural: len(routes)}, set(), []
+
     def save_model(self, request, obj, form, change):
         stored = Route.objects.get(pk=obj.pk) if change else None
         request._weights_before = stored.weights() if change else None
@@ -402,6 +413,10 @@ class RequestLogAdmin(ReadOnlyAdmin):
     search_fields = ["request_id", "route_name"]
     date_hierarchy = "created_at"
     list_select_related = ["deployment"]
+
+    def get_exclude(self, request, obj=None):
+        # The bodies need their own permission, here as in the API.
+        return [] if can_view_bodies(request.user) else ["request_body", "response_body"]
 
 
 # --- API tokens -----------------------------------------------------------------------------

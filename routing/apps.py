@@ -7,4 +7,4 @@ class RoutingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from routing import signals  # noqa: F401  (config-change notices)
+        from routing import signals, tokens  # noqa: F401  (config-change notices; tokens end with a password)

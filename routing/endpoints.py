@@ -8,7 +8,6 @@ and the admin both refuse the change without a reason, and both call
 from urllib.parse import urlsplit
 
 from django.db import transaction
-from django.utils import timezone
 
 from dashboard import live
 from routing.models import Event, EventKind
@@ -38,8 +37,5 @@ def note_base_url_change(provider, old_url, *, actor, reason):
         kind=EventKind.PROVIDER_URL, message=f"{provider.name}: base URL {before} → {after} ({actor}: {reason})"[:500],
         data={"provider": provider.name, "before": before, "after": after, "actor": actor, "reason": reason},
     )
-    at = (event.created_at or timezone.now()).isoformat()
-    payload = {"id": event.pk, "kind": event.kind, "message": event.message, "deployment": None, "route": None,
-               "api_key": None, "at": at}
-    transaction.on_commit(lambda: live.timeline_event(payload))
+    transaction.on_commit(lambda: live.timeline_event(event))  # live.timeline_event builds Event.payload()
     return event

@@ -237,8 +237,19 @@ class Deployment(models.Model):
         return cost / Decimal(1_000_000)
 
 
+class RouteManager(models.Manager):
+    """The routes that exist for users: lists, pickers, lookups by name and the gateway's snapshot.
+
+    A deleted route is archived, not removed (its rollups, rollouts and events describe it); an
+    archived route is reached only through the history that points at it, or `Route.all_objects`.
+    """
+
+    def get_queryset(self):
+        return super().get_queryset().filter(archived_at__isnull=True)
+
+
 class Route(models.Model):
-    name = models.CharField(max_length=100, unique=True, validators=[name_validator],
+    name = models.CharField(max_length=100, validators=[name_validator],
                             help_text="The model name clients ask the gateway for")
     description = models.TextField(blank=True)
     continue_streams = models.BooleanField(
@@ -250,12 +261,24 @@ class Route(models.Model):
                                           help_text="Bumped on every change; used for conflict detection")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    archived_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                       help_text="When it was deleted; its history stays, its name is free again")
+
+    objects = RouteManager()
+    all_objects = models.Manager()
 
     class Meta:
         ordering = ["name"]
+        # Relations (a rollout's route, an event's) still reach archived routes.
+        base_manager_name = "all_objects"
+        constraints = [
+            models.UniqueConstraint(fields=["name"], condition=models.Q(archived_at__isnull=True),
+                                    name="unique_live_route_name",
+                                    violation_error_message="A route with this name already exists."),
+        ]
 
     def __str__(self):
-        return self.name
+        return f"{self.name} (deleted)" if self.archived_at else self.name
 
     def weights(self):
         """Return {deployment name: weight} for every target of this route."""
@@ -525,6 +548,8 @@ class RequestLog(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Bodies carry users' prompts and answers: reading the log does not mean reading them.
+        permissions = [("view_request_bodies", "Can view logged request and response bodies")]
 
     def __str__(self):
         return f"{self.created_at:%H:%M:%S} {self.request_id} {self.outcome}"

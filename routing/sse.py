@@ -5,6 +5,8 @@ joined. The gateway only ever forwards whole events, so a stream that breaks
 never leaves half an event at the client.
 """
 
+import math
+
 import orjson
 
 from routing.outcomes import error_message
@@ -88,11 +90,32 @@ def has_finish(payload):
 
 
 def usage_of(payload):
-    """Return (prompt_tokens, completion_tokens) from a chunk or body with usage, else None."""
+    """Return (prompt_tokens, completion_tokens) from a chunk or body with usage, else None.
+
+    A missing or null count is 0. Raises Malformed when usage is not an object or a count in it is not a
+    non-negative number: tokens and cost would be made up, so the answer counts as malformed.
+    """
     usage = payload.get("usage") if type(payload) is dict else None
-    if type(usage) is not dict:
+    if usage is None:
         return None
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    if type(usage) is not dict:
+        raise Malformed(f"the upstream's usage is not an object but a {type(usage).__name__}")
+    return _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+
+
+def _token_count(usage, name):
+    value = usage.get(name)
+    if value is None:
+        return 0
+    # bool is an int to Python, and NaN or infinity would poison every sum they join.
+    if type(value) not in (int, float) or not 0 <= value < math.inf:
+        # Its type, not its text: an upstream's text may echo the key it was sent.
+        raise Malformed(f"the upstream's usage.{name} is not a token count but a {_kind(value)}")
+    return int(value)
+
+
+def _kind(value):
+    return "negative number" if type(value) in (int, float) and value < 0 else type(value).__name__
 
 
 def is_role_only(payload):

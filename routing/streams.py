@@ -94,7 +94,10 @@ class StreamReader:
                 if type(choice) is dict:
                     self._choice(choice)
         if payload.get("usage") is not None:
-            self.usage = _usage(payload) or self.usage
+            try:
+                self.usage = sse.usage_of(payload) or self.usage
+            except sse.Malformed as bad:  # its tokens and cost cannot be known: the answer is malformed
+                self.problem = (Outcome.MALFORMED, str(bad))
 
     def _choice(self, choice):
         delta = choice.get("delta")
@@ -152,9 +155,3 @@ class StreamReader:
             return Outcome.TRUNCATED, f"the stream broke off: {message}"
         return outcome, message
 
-
-def _usage(payload):
-    try:
-        return sse.usage_of(payload)
-    except (TypeError, ValueError):  # a usage of the wrong shape is no usage
-        return None

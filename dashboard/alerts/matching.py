@@ -4,10 +4,14 @@ plain dicts, shared by the engine, the API's validation and the page's silence f
 import hashlib
 import re
 from datetime import datetime, timedelta
-from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from routing.patterns import PatternInvalid, compile_pattern
+
 OPS = ("=", "!=", "=~", "!~")
+MAX_VALUE = 500  # a matcher's text or regular expression
+MAX_TEXT = 4000  # a silence form's matchers, all together
+MAX_LABEL_VALUE = 1000  # a regex is not tried on a longer label (no such label is made; none is matched)
 LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _TEXT_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
 
@@ -25,18 +29,20 @@ def check_matcher(matcher):
         raise MatcherInvalid("name: a label name is a letter or _ then letters, digits or _ (at most 64).")
     if op not in OPS:
         raise MatcherInvalid(f"op: use one of {', '.join(OPS)}.")
-    if not isinstance(value, str) or len(value) > 500:
-        raise MatcherInvalid("value: text of at most 500 characters.")
+    if not isinstance(value, str) or len(value) > MAX_VALUE:
+        raise MatcherInvalid(f"value: text of at most {MAX_VALUE} characters.")
     if op in ("=~", "!~"):
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise MatcherInvalid(f"value: not a valid regular expression: {exc}.") from None
+            compile_pattern(value)
+        except PatternInvalid as exc:
+            raise MatcherInvalid(f"value: {exc}") from None
     return {"name": name, "op": op, "value": value}
 
 
 def parse_matchers(text):
     """Return the matchers of `text` like 'deployment="flaky-gpt", severity=~"crit.*"'; raise MatcherInvalid."""
+    if len(text or "") > MAX_TEXT:
+        raise MatcherInvalid(f"Keep the matchers under {MAX_TEXT} characters.")
     parts = [part for part in (text or "").split(",") if part.strip()]
     if not parts:
         raise MatcherInvalid('Give at least one matcher, e.g. deployment="flaky-gpt".')
@@ -53,25 +59,66 @@ def format_matchers(matchers):
     return ", ".join(f'{m["name"]}{m["op"]}"{m["value"]}"' for m in matchers)
 
 
-@lru_cache(maxsize=1024)
-def _regex(value):
-    return re.compile(value)
-
-
 def matches(matcher, labels):
-    """Return True when `labels` satisfy one matcher (a missing label reads as "", as in Alertmanager)."""
+    """Return True when `labels` satisfy one matcher (a missing label reads as "", as in Alertmanager).
+
+    Regexes run on RE2 (linear time). A regex saved before RE2 that it cannot run, or a label over
+    MAX_LABEL_VALUE, satisfies neither =~ nor !~: a silence or window built on it then mutes nothing.
+    """
     actual = labels.get(matcher["name"], "")
     op, value = matcher.get("op", "="), matcher["value"]
     if op == "=":
         return actual == value
     if op == "!=":
         return actual != value
-    hit = _regex(value).fullmatch(actual) is not None
+    if len(actual) > MAX_LABEL_VALUE:
+        return False
+    try:
+        hit = compile_pattern(value).fullmatch(actual) is not None
+    except PatternInvalid:
+        return False
     return hit if op == "=~" else not hit
 
 
 def matches_all(matchers, labels):
     return all(matches(m, labels) for m in matchers)
+
+
+# --- silences: one validation for the page and the API ------------------------------------------------------
+
+MAX_SILENCE = timedelta(days=90)
+UNLISTED_VALUES = ("", "x")  # a label outside `known` may be missing, or hold anything
+
+
+class SilenceInvalid(ValueError):
+    """A silence that cannot be saved; `field` names the part at fault."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+
+
+def _takes_every_value(matcher, known):
+    name = matcher["name"]
+    values = known.get(name) or (*UNLISTED_VALUES, matcher["value"])
+    return all(matches(matcher, {name: value}) for value in values)
+
+
+def matches_every_alert(matchers, known):
+    """Return True when `matchers` silence any alert at all: each one accepts every value its label takes
+    (`known`: {label: its values}, e.g. the rules' names, the severities; any other label may be missing,
+    hold anything, or hold the matcher's own value)."""
+    return all(_takes_every_value(m, known) for m in matchers)
+
+
+def check_silence(matchers, starts_at, ends_at, *, match_all, known):
+    """Raise SilenceInvalid when a silence runs longer than MAX_SILENCE, or would silence every alert without
+    `match_all` saying that is meant."""
+    if ends_at - starts_at > MAX_SILENCE:
+        raise SilenceInvalid("ends_at", f"A silence lasts at most {MAX_SILENCE.days} days; make a new one after.")
+    if not match_all and matches_every_alert(matchers, known):
+        raise SilenceInvalid("match_all", "These matchers silence every alert; say match_all (on the page: tick "
+                                          "'Silence every alert') if that is meant.")
 
 
 def fingerprint(labels):

@@ -5,6 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from dashboard.alerts import targets
+from dashboard.alerts.matching import check_silence
 from dashboard.alerts.message import Status
 from routing import crypto
 
@@ -314,6 +315,13 @@ class Silence(models.Model):
 
     def active(self, now):
         return self.starts_at <= now < self.ends_at
+
+    @staticmethod
+    def validate_silence(matchers, starts_at, ends_at, *, match_all=False):
+        """Raise matching.SilenceInvalid for a silence the page and the API both refuse (see check_silence)."""
+        known = {"alertname": list(AlertRule.objects.values_list("name", flat=True)),
+                 "severity": Severity.values, "kind": ConditionKind.values}
+        check_silence(matchers, starts_at, ends_at, match_all=match_all, known=known)
 
 
 class WindowKind(models.TextChoices):

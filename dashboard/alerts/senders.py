@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import httpx
 import orjson
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
 from django.utils import timezone
 
@@ -37,6 +38,7 @@ from dashboard.alerts.message import Status
 from routing import netguard
 from routing.httpx_guard import GuardedTransport, is_blocked
 from routing.outcomes import RETRYABLE_STATUSES, error_message
+from routing.requests_guard import guarded
 
 SIGNATURE_HEADER = "X-Weathervane-Signature"
 TIMESTAMP_HEADER = "X-Weathervane-Timestamp"
@@ -151,15 +153,24 @@ def notify_type(message):
 
 
 def send_apprise(url, message):
+    """Send through Apprise under the address policy: the target is re-checked (scheme, literal host) before
+    every send, every address dialed is checked (routing.requests_guard), and no redirect is followed."""
     import apprise  # imported when first used: it loads some 180 plugins
 
+    try:
+        targets.clean_target(targets.Kind.APPRISE, url)  # a channel saved before today's rules meets them now
+    except ValidationError as problem:
+        return Sent(False, error=f"this channel's URL is no longer accepted ({problem.messages[0]}); set it again")
     app = apprise.Apprise(asset=targets.apprise_asset())
     if not app.add(url):
         return Sent(False, error="Apprise no longer accepts this channel's URL; set it again")
-    result = app.notify(body=message.as_text(), title=message.subject(), notify_type=notify_type(message),
-                        body_format=apprise.NotifyFormat.TEXT, timeout=settings.ALERT_DELIVERY_TIMEOUT_S)
+    with guarded() as refusals:
+        result = app.notify(body=message.as_text(), title=message.subject(), notify_type=notify_type(message),
+                            body_format=apprise.NotifyFormat.TEXT, timeout=settings.ALERT_DELIVERY_TIMEOUT_S)
     if result:
         return Sent(True)
+    if refusals:
+        return Sent(False, error=BLOCKED)
     said = "; ".join(entry.message for entry in result.logs()
                      if logging.getLevelName(entry.level) >= logging.WARNING)
     found = APPRISE_STATUS.search(said)

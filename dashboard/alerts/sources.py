@@ -220,7 +220,8 @@ def _names():
     def read():
         deployments = {pk: (name, provider) for pk, name, provider in
                        Deployment.objects.values_list("pk", "name", "provider__name")}
-        return deployments, dict(Route.objects.values_list("pk", "name"))
+        # Deleted routes too: their rollups stay (archived, see routing.deletion) and still count.
+        return deployments, dict(Route.all_objects.values_list("pk", "name"))
 
     return _once("names", read)
 

@@ -6,7 +6,10 @@ here never repeat it, its display hint keeps at most the scheme, host and
 last four characters, and `secret_parts` lists what redaction must hide.
 Apprise and webhook hosts follow the upstream address policy of
 routing.netguard (loopback and private networks only with
-WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS).
+WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS): judged without resolving at save, and
+on every address actually dialed when sending (routing.httpx_guard,
+routing.requests_guard). Apprise channels take the HTTP schemes of
+APPRISE_SCHEMES only.
 """
 
 import re
@@ -25,6 +28,14 @@ MAX_SECRET = 256
 RECIPIENT_SEPARATORS = re.compile(r"[,;\s]+")
 VISIBLE_ASCII = re.compile(r"[!-~]+")
 HINT_LENGTH = 60
+# Apprise schemes a channel may use: services reached over HTTP(S) only, so every connection goes through the
+# address policy of routing.requests_guard (email has its own channel kind; SMTP, MQTT, XMPP are not guarded).
+APPRISE_SCHEMES = frozenset({
+    "discord", "gchat", "gotify", "gotifys", "json", "jsons", "matrix", "matrixs", "mmost", "mmosts", "ntfy", "ntfys",
+    "opsgenie", "pagerduty", "pover", "rocket", "rockets", "signal", "signals", "slack", "tgram", "webex",
+    "workflows", "wxteams", "zulip",
+})
+GENERIC_JSON = ("json", "jsons")  # posts to any URL: POST only, no headers of the caller's choosing
 
 
 class Kind:
@@ -90,12 +101,28 @@ def _apprise_url(value):
 
     if any(ch.isspace() for ch in value) or "," in value:
         raise ValidationError("Give one Apprise URL per channel.", code="several")
-    if apprise.Apprise.instantiate(value, asset=apprise_asset()) is None:
+    plugin = apprise.Apprise.instantiate(value, asset=apprise_asset())
+    if plugin is None:
         raise ValidationError(
             "Apprise does not accept this URL: check its scheme and the parts that service needs "
             "(see https://appriseit.com/services/).", code="apprise")
+    _check_apprise_scheme(value, plugin)
     _check_host(urlsplit(value).hostname)
     return value
+
+
+def _check_apprise_scheme(value, plugin):
+    """Refuse schemes off the allow-list, and a json:// URL that Apprise reads as another method or extra
+    headers (asked of Apprise's own parse, so no spelling of them slips past)."""
+    scheme = urlsplit(value).scheme.lower()
+    if scheme not in APPRISE_SCHEMES:
+        raise ValidationError(f"Apprise channels use one of: {', '.join(sorted(APPRISE_SCHEMES))} "
+                              "(HTTP services only; a generic endpoint is a webhook channel).", code="scheme")
+    if scheme in GENERIC_JSON:
+        if getattr(plugin, "headers", None):
+            raise ValidationError("A json:// channel sends no extra headers (+name=value).", code="headers")
+        if str(getattr(plugin, "method", "POST")).upper() != "POST":
+            raise ValidationError("A json:// channel only POSTs.", code="method")
 
 
 def _webhook_url(value):

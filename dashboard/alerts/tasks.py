@@ -5,14 +5,19 @@ message never sends a notification twice.
 Celery tasks of alert delivery (the scaled mode). Thin: ids and the JSON message in, dashboard.alerts.delivery
 does the work. The retry schedule is declared here and matches `delivery.backoff_s` (no jitter)."""
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
 from dashboard.alerts import delivery
 from dashboard.alerts.message import Message
+from probes import scheduler
 
 from . import engine
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -36,3 +41,20 @@ def deliver_notification(self, channel_id, message, notification):
 def tick_alerts():
     """Run one alert evaluation; return its counts, or None when another tick holds the lease."""
     return engine.tick()
+
+
+def tick_soon():
+    """Have the alert engine tick soon, never on the calling thread: a page that changed silences must not run
+    the tick in its web request (every rule and matcher, under the engine's lease). The embedded scheduler ticks
+    on its next turn; in the scaled mode a `tick_alerts` task is queued once the caller's transaction commits."""
+    if settings.PROBES_IN_PROCESS:
+        scheduler.bring_alerts_forward()
+    else:
+        transaction.on_commit(_queue_tick)
+
+
+def _queue_tick():
+    try:
+        tick_alerts.apply_async(retry=True, retry_policy=delivery.QUEUE_RETRY)
+    except Exception as exc:  # the broker is away: beat's next tick does it
+        log.warning("could not queue an alert tick: %s", type(exc).__name__)

@@ -3,6 +3,7 @@ maintenance windows, rules, policies and channels. Built from the API's serializ
 
 The channels page and its "send test notification" button (staff with `alerts.change_channel`)."""
 
+import hashlib
 from datetime import timedelta
 
 from django.contrib import messages
@@ -20,9 +21,9 @@ from dashboard.views import _json, _page, dashboard_view
 from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction
 
-from . import engine
+from . import tasks
 from .api import serializers
-from .matching import MatcherInvalid, format_matchers, parse_matchers
+from .matching import MAX_SILENCE, MatcherInvalid, SilenceInvalid, format_matchers, parse_matchers
 from .models import (
     Alert,
     AlertRule,
@@ -59,7 +60,8 @@ def send_test(request, pk):
 
 
 RESOLVED_SHOWN = 50
-MAX_SILENCE_HOURS = 24 * 90
+MAX_SILENCE_HOURS = MAX_SILENCE.total_seconds() / 3600
+SILENCE_FIELD_LABELS = {"ends_at": "Hours", "match_all": "Matchers"}  # the form's words for the API's fields
 
 
 def alerts_data(now=None):
@@ -69,10 +71,12 @@ def alerts_data(now=None):
     resolved = alerts.filter(state=AlertState.RESOLVED, resolved_at__gte=now - timedelta(days=1))[:RESOLVED_SHOWN]
     silences = Silence.objects.filter(ends_at__gte=now - timedelta(days=1))
     firing = serializers.AlertSerializer(alerts.filter(state=AlertState.FIRING), many=True).data
+    pending = serializers.AlertSerializer(alerts.filter(state=AlertState.PENDING), many=True).data
     return {
         "firing": firing,
         "firing_count": sum(1 for a in firing if not a["suppressed"]),
-        "pending": serializers.AlertSerializer(alerts.filter(state=AlertState.PENDING), many=True).data,
+        "pending": pending,
+        "version": _version(firing, pending),
         "resolved": serializers.AlertSerializer(resolved, many=True).data,
         "silences": [_silence_row(s, now) for s in silences],
         "windows": serializers.MaintenanceWindowSerializer(MaintenanceWindow.objects.all(), many=True).data,
@@ -83,6 +87,14 @@ def alerts_data(now=None):
         "channels": [{"name": c.name, "kind": c.get_kind_display(), "hint": c.target_hint, "enabled": c.enabled}
                      for c in Channel.objects.all()],
     }
+
+
+def _version(firing, pending):
+    """Return a short fingerprint of what fires, what is quiet and what is pending. Ticks run off the request
+    (a silence is applied by the next one), so a page compares it once its socket is open: a tick between its
+    render and its first live message would otherwise go unseen."""
+    parts = [f"{a['id']}:{a['suppressed']}" for a in firing] + [f"p{a['id']}" for a in pending]
+    return hashlib.sha256(",".join(parts).encode()).hexdigest()[:16]
 
 
 def _silence_row(silence, now):
@@ -125,17 +137,19 @@ def create_silence(request):
     """Create a silence from the page's form; answer the page again with the problem (400) when it is refused."""
     _require(request, "alerts.add_silence")
     form = {k: request.POST.get(k, "").strip() for k in ("matchers", "hours", "reason")}
+    form["match_all"] = request.POST.get("match_all") == "on"
     problem, silence = _new_silence(form, request.user)
     if problem:
         response = _page(request, "alerts/alerts.html", alerts_data(), form=form, problem=problem, can_silence=True)
         response.status_code = 400
         return response
-    engine.tick()  # show it quiet now (when another tick holds the lease, that one will)
+    tasks.tick_soon()  # quiet within a moment, from the scheduler's thread: never a tick inside a web request
     return redirect("alerts")
 
 
-def _new_silence(form, user):
-    """Return (problem in words, None) or (None, the saved and audited Silence)."""
+def _silence_input(form, now):
+    """Return (problem in words, None) or (None, the silence's fields) from the page's form, checked as the API
+    checks them (Silence.validate_silence)."""
     try:
         matchers = parse_matchers(form["matchers"])
     except MatcherInvalid as exc:
@@ -145,13 +159,24 @@ def _new_silence(form, user):
     except ValueError:
         hours = 0
     if not 0 < hours <= MAX_SILENCE_HOURS:
-        return f"Hours: a number above 0, at most {MAX_SILENCE_HOURS}.", None
+        return f"Hours: a number above 0, at most {MAX_SILENCE_HOURS:g}.", None
     if not form["reason"] or len(form["reason"]) > 1000:
         return "Reason: say why (1 to 1,000 characters); it is kept with the silence.", None
-    now = timezone.now()
+    fields = {"matchers": matchers, "starts_at": now, "ends_at": now + timedelta(hours=hours)}
+    try:
+        Silence.validate_silence(**fields, match_all=form.get("match_all", False))
+    except SilenceInvalid as exc:
+        return f"{SILENCE_FIELD_LABELS[exc.field]}: {exc}", None
+    return None, fields
+
+
+def _new_silence(form, user):
+    """Return (problem in words, None) or (None, the saved and audited Silence)."""
+    problem, fields = _silence_input(form, timezone.now())
+    if problem:
+        return problem, None
     with transaction.atomic():
-        silence = Silence.objects.create(matchers=matchers, starts_at=now, ends_at=now + timedelta(hours=hours),
-                                         created_by=actor_name(user), reason=form["reason"])
+        silence = Silence.objects.create(**fields, created_by=actor_name(user), reason=form["reason"])
         record(action=AuditAction.CREATE, obj=silence, actor=actor_name(user), user=user, after=snapshot(silence),
                reason=form["reason"])
     return None, silence
@@ -170,5 +195,5 @@ def expire_silence(request, pk):
             silence.save(update_fields=["ends_at"])
             record(action=AuditAction.UPDATE, obj=silence, actor=actor_name(request.user), user=request.user,
                    before=before, after=snapshot(silence), reason="expired from the alerts page")
-    engine.tick()
+    tasks.tick_soon()
     return redirect("alerts")

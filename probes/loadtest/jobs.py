@@ -6,7 +6,11 @@ thread of its own, so the generator never waits on the database. Every
 PROGRESS_S the calling thread saves the progress, publishes it live, honours a
 stop request, and hands the figures to `on_tick` (the CLI's progress bar).
 A route is tested through the gateway with a key made for the run (limited to
-that route, audited, disabled afterwards) unless the caller brings its own.
+that route, audited, disabled when the run ends, or by `close_abandoned` when
+the process running it died) unless the caller brings its own.
+
+Where the gateway is comes from configuration only (`gateway_url`), never from
+a request: a caller's Host header would aim the run, and its key, at any port.
 """
 
 import asyncio
@@ -17,13 +21,14 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import aiohttp
+from django.conf import settings as django_settings
 from django.db import connections
 from django.utils import timezone
 
 from dashboard import live
 from probes.loadtest import plans
 from probes.loadtest.client import Sender
-from probes.loadtest.models import LoadTestRun
+from probes.loadtest.models import ACTIVE, LoadTestRun
 from probes.loadtest.runner import LoadTest, RunStatus
 from routing import audit
 from routing.models import AuditAction, Deployment, GatewayKey, Route
@@ -34,6 +39,23 @@ log = logging.getLogger(__name__)
 PROGRESS_S = 0.5
 ACTOR = "system:loadtest"
 KEY_READY_TIMEOUT_S = 10.0
+
+
+_served_gateway = {"url": ""}  # the /v1 of the address `serve` bound in this process
+
+
+def serve_gateway_at(host, port):
+    """Note the address `manage.py serve` bound: runs started here reach the embedded gateway there."""
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    local = f"[{local}]" if ":" in local else local
+    _served_gateway["url"] = f"http://{local}:{port}/v1"
+    return _served_gateway["url"]
+
+
+def gateway_url():
+    """Return the gateway's /v1 base for runs started from the API and pages, "" when none is known:
+    WEATHERVANE_LOADTEST_GATEWAY_URL, else WEATHERVANE_GATEWAY_URL, else the address `serve` bound."""
+    return django_settings.LOADTEST_GATEWAY_URL or django_settings.GATEWAY_URL or _served_gateway["url"]
 
 
 class Job:
@@ -168,15 +190,23 @@ def run_key(route, run):
     secret = key.generate()
     key.save()
     key.routes.set([route])
+    LoadTestRun.objects.filter(pk=run.pk).update(gateway_key=key)  # found again if this process dies mid-run
     audit.record(action=AuditAction.CREATE, obj=key, actor=ACTOR, after=audit.snapshot(key), reason=f"{run} starts")
     try:
         yield secret
     finally:
-        before = audit.snapshot(key)
-        key.enabled = False
-        key.save(update_fields=["enabled"])
-        audit.record(action=AuditAction.UPDATE, obj=key, actor=ACTOR, before=before, after=audit.snapshot(key),
-                     reason=f"{run} ended")
+        disable_key(key, f"{run} ended")
+
+
+def disable_key(key, reason):
+    """Disable a run's gateway key (audited); a key already disabled is left alone."""
+    if not key.enabled:
+        return
+    before = audit.snapshot(key)
+    key.enabled = False
+    key.save(update_fields=["enabled"])
+    audit.record(action=AuditAction.UPDATE, obj=key, actor=ACTOR, before=before, after=audit.snapshot(key),
+                 reason=reason)
 
 
 async def wait_for_key(gateway_url, secret, timeout_s=KEY_READY_TIMEOUT_S):
@@ -201,15 +231,19 @@ async def wait_for_key(gateway_url, secret, timeout_s=KEY_READY_TIMEOUT_S):
 ABANDONED_AFTER_S = 300  # past its time cap by this much, a run's process is gone (a restart mid-run)
 
 
-def close_abandoned(now=None):
-    """Mark runs still "running" long after their time cap as failed; return how many."""
+def close_abandoned(now=None, restarted=False):
+    """Mark runs still "running" long after their time cap (every one, when `restarted`: the one process that
+    runs them started anew) as failed, and disable the key of every run that is over; return how many closed."""
     now = now or timezone.now()
     closed = 0
-    for run in LoadTestRun.objects.filter(status__in=(RunStatus.QUEUED, RunStatus.RUNNING)):
+    for run in LoadTestRun.objects.filter(status__in=ACTIVE):
         cap = float(run.settings.get("duration_s") or 0) + ABANDONED_AFTER_S
-        if (now - (run.started_at or run.created_at)).total_seconds() > cap:
+        if restarted or (now - (run.started_at or run.created_at)).total_seconds() > cap:
             closed += LoadTestRun.objects.filter(pk=run.pk, status=run.status).update(
                 status=RunStatus.FAILED, error="abandoned: the process running it stopped", finished_at=now)
+    over = LoadTestRun.objects.exclude(status__in=ACTIVE).filter(gateway_key__enabled=True)
+    for run in over.select_related("gateway_key"):
+        disable_key(run.gateway_key, f"{run} is over (its process stopped)")
     return closed
 
 

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 
 from probes.loadtest.runner import RunStatus
-from routing.models import Deployment, Route
+from routing.models import Deployment, GatewayKey, Route
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -27,6 +27,8 @@ class LoadTestRun(models.Model):
     error = models.CharField(max_length=500, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    gateway_key = models.ForeignKey(GatewayKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                    editable=False, help_text="The key made for the run; disabled when it is over")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -3,6 +3,8 @@ the Plan, the Target, and the estimated maximum spend shown before a run starts.
 
 from decimal import Decimal
 
+from django.conf import settings as django_settings
+
 from probes.loadtest import profiles, prompts, thresholds
 from probes.loadtest.client import Target
 from probes.loadtest.profiles import ProfileKind
@@ -10,6 +12,7 @@ from probes.loadtest.prompts import PromptSource
 from probes.loadtest.runner import Plan
 from probes.measure import chat_url
 from routing.models import Deployment, Route
+from routing.rollouts.models import ACTIVE_STATES, Rollout
 
 CENT_MILLIONTHS = Decimal("0.00000001")  # the precision LoadTestRun.estimated_max_cost stores
 
@@ -35,21 +38,57 @@ def plan_for(settings):
 
 
 def priced_deployments(settings):
-    """Return the deployments a run may reach: the route's active targets, or the one deployment."""
+    """Return the deployments a run may reach: the one deployment; or the route's active targets, its fallbacks
+    and the canary of a rollout under way on it (which may get weight while the run lasts)."""
     if settings.get("deployment"):
         return list(Deployment.objects.filter(name=settings["deployment"]))
     route = Route.objects.get(name=settings["route"])
-    return [t.deployment for t in route.active_targets().select_related("deployment")]
+    reachable = [t.deployment for t in route.active_targets().select_related("deployment")]
+    reachable += [f.deployment for f in route.fallbacks.select_related("deployment")]
+    reachable += [r.canary for r in _rollouts(route)]
+    return list({d.pk: d for d in reachable}.values())
+
+
+def _rollouts(route):
+    return list(Rollout.objects.filter(route=route, state__in=ACTIVE_STATES).select_related("canary"))
+
+
+def calls_per_request(settings, deployments):
+    """Return (upstream attempts, shadow copies) one request can cost at most: a direct run sends once; through
+    the gateway, every retry and fallback the gateway may try (GATEWAY_RETRIES per option, at most
+    GATEWAY_MAX_ATTEMPTS), plus one mirrored copy while a rollout with a shadow step is under way."""
+    if settings.get("deployment"):
+        return 1, 0
+    tries = len(deployments) * (1 + django_settings.GATEWAY_RETRIES_PER_TARGET)
+    attempts = max(1, min(django_settings.GATEWAY_MAX_ATTEMPTS, tries))
+    route = Route.objects.get(name=settings["route"])
+    shadowed = any(step.get("shadow") for r in _rollouts(route) for step in r.plan if isinstance(step, dict))
+    return attempts, int(shadowed)
 
 
 def max_spend(settings):
-    """Return the most a run can cost: request cap × (prompt tokens estimate × input price +
-    max_tokens × output price) of the most expensive target."""
+    """Return the most a run can cost: request cap × calls per request (retries, fallbacks, shadow copies) ×
+    (prompt tokens estimate × input price + max_tokens × output price) of the dearest deployment it may reach."""
     prompt_tokens = max(p.estimated_tokens() for p in prompts_for(settings))
     max_tokens = max([settings["max_tokens"], *(p.max_tokens or 0 for p in prompts_for(settings))])
-    prices = [d.price_for(prompt_tokens, max_tokens) for d in priced_deployments(settings)]
-    per_request = max(prices, default=Decimal(0))
-    return (per_request * settings["requests"]).quantize(CENT_MILLIONTHS)
+    deployments = priced_deployments(settings)
+    dearest = max((d.price_for(prompt_tokens, max_tokens) for d in deployments), default=Decimal(0))
+    attempts, shadows = calls_per_request(settings, deployments)
+    return (dearest * (attempts + shadows) * settings["requests"]).quantize(CENT_MILLIONTHS)
+
+
+class OverSpendCap(Exception):
+    """A run's estimated maximum spend is over WEATHERVANE_LOADTEST_MAX_SPEND."""
+
+
+def check_spend(settings):
+    """Return the estimated maximum spend; raise OverSpendCap when it is over the server's cap."""
+    spend = max_spend(settings)
+    cap = Decimal(str(django_settings.LOADTEST_MAX_SPEND))
+    if spend > cap:
+        raise OverSpendCap(f"The estimated maximum spend ${spend:.4f} is over this server's cap ${cap:.2f} "
+                           "(WEATHERVANE_LOADTEST_MAX_SPEND): lower requests or max_tokens.")
+    return spend
 
 
 def target_label(settings):
@@ -79,5 +118,8 @@ def deployment_target(settings):
     keys = [k for k in deployment.provider.keys.order_by("id") if k.usable()]
     if not keys:
         raise NoKey(f"{deployment.provider.name} has no usable API key")
-    return Target(url=chat_url(deployment.provider.base_url), model=deployment.upstream_model, secret=keys[0].reveal(),
-                  prices=prices([deployment]), deployment=deployment.name, label=target_label(settings))
+    key = keys[0]
+    return Target(url=chat_url(deployment.provider.base_url), model=deployment.upstream_model, secret=key.reveal(),
+                  prices=prices([deployment]), deployment=deployment.name, label=target_label(settings),
+                  guarded=True, max_in_flight=deployment.provider.max_concurrency or 0, rpm=key.rpm_limit,
+                  tpm=key.tpm_limit)

@@ -7,9 +7,9 @@ from django.conf import settings
 from django.db import transaction
 from rest_framework import serializers, viewsets
 
-from routing import weights
+from routing import deletion, weights
 from routing.api import errors
-from routing.audit import actor_name, deleted_with, record, snapshot
+from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction
 
 REASON_HEADER = "X-Audit-Reason"
@@ -71,10 +71,8 @@ class AuditedModelViewSet(BodySizeLimitMixin, viewsets.ModelViewSet):
             self._record(AuditAction.UPDATE, obj, before, snapshot(obj))
 
     def perform_destroy(self, instance):
-        with transaction.atomic():
-            for obj in [instance, *deleted_with(instance)]:
-                self._record(AuditAction.DELETE, obj, snapshot(obj), None)
-            instance.delete()
+        audit = self.audit_context()
+        deletion.delete(instance, actor=audit.actor, user=audit.user, reason=audit.reason)
 
 
 class ReadOnlyViewSet(BodySizeLimitMixin, viewsets.ReadOnlyModelViewSet):

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from routing.deletion import InUse, InUseByRollout
 from routing.weights import RouteLocked, StaleVersion, WeightsInvalid
 
 
@@ -54,6 +55,10 @@ def _domain_error(exc):
              "version": exc.current},
             status=status.HTTP_409_CONFLICT, headers={"ETag": f'"{exc.current}"'},
         )
+    if isinstance(exc, InUseByRollout):
+        return Response({"detail": str(exc), "rollout": exc.rollout.pk}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, InUse):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, RouteLocked):
         return Response({"detail": str(exc), "rollout": exc.rollout.pk}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, ProtectedError):

@@ -10,7 +10,7 @@ every permission; viewers hold none.
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from dashboard.roles import WEIGHTS_PERMISSION, can_move_weights, is_viewer  # noqa: F401  (the API's names for them)
+from dashboard.roles import WEIGHTS_PERMISSION, can_move_weights, is_viewer, may  # noqa: F401  (the API's names)
 
 METHOD_ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
 
@@ -39,7 +39,5 @@ class ModelPermissionsViewerReads(BasePermission):
             return False
         if request.method in SAFE_METHODS:
             return is_viewer(user) or user.is_superuser
-        if user.is_superuser:
-            return True
         perms = required_permissions(view, request.method)
-        return user.is_staff and perms is not None and user.has_perms(perms)
+        return user.is_superuser if perms is None else may(user, perms)

@@ -8,7 +8,9 @@ from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.validators import UniqueValidator
 
+from dashboard.roles import BODIES_PERMISSION, can_view_bodies
 from routing import endpoints, weights
 from routing.models import (
     ApiKey,
@@ -22,6 +24,7 @@ from routing.models import (
     RequestLog,
     Route,
     RouteTarget,
+    name_validator,
     secret_validator,
 )
 
@@ -188,6 +191,10 @@ class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         fields = ["name", "description", "continue_streams", "version", "targets", "fallbacks", "created_at",
                   "updated_at"]
         read_only_fields = ["version"]
+        # Unique among live routes only (a deleted route's name is free again): DRF does not derive this
+        # validator from the conditional constraint.
+        extra_kwargs = {"name": {"validators": [name_validator, UniqueValidator(
+            queryset=Route.objects.all(), message="A route with this name already exists.")]}}
 
     def validate(self, attrs):
         if "fallback_chain" not in attrs:
@@ -338,8 +345,25 @@ class DeploymentCircuitSerializer(serializers.ModelSerializer):
 
 
 class RequestLogSerializer(serializers.ModelSerializer):
+    """A logged request; its bodies only for those who may read them (roles.can_view_bodies), else withheld
+    (request_body null, response_body empty) with bodies_shown false saying so."""
+
     deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     gateway_key = serializers.SlugRelatedField(slug_field="prefix", read_only=True, allow_null=True)
+    bodies_shown = serializers.SerializerMethodField(
+        help_text=f"False when the bodies are withheld: reading them needs the {BODIES_PERMISSION} permission")
+
+    def get_bodies_shown(self, row) -> bool:
+        request = self.context.get("request")
+        if "may_view_bodies" not in self.context:  # once per response, not per row
+            self.context["may_view_bodies"] = request is not None and can_view_bodies(request.user)
+        return self.context["may_view_bodies"]
+
+    def to_representation(self, row):
+        data = super().to_representation(row)
+        if not data["bodies_shown"]:
+            data["request_body"], data["response_body"] = None, ""
+        return data
 
     class Meta:
         model = RequestLog
@@ -347,5 +371,5 @@ class RequestLogSerializer(serializers.ModelSerializer):
                   "status",
                   "stream", "attempts", "latency_ms", "ttft_ms", "overhead_ms", "tokens_in", "tokens_out", "cost",
                   "error", "fallback",
-                  "tried", "request_body", "response_body"]
+                  "tried", "request_body", "response_body", "bodies_shown"]
         read_only_fields = fields

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from routing.gateway import errors, health, upstream
 from routing.gateway.breaker import BreakerPolicy, Breakers
+from routing.gateway.disconnect import ClientWatches
 from routing.gateway.errors import GatewayError
 from routing.gateway.keys import KeyRing
 from routing.gateway.limits import Limits
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 JSON_TYPE = b"application/json"
 SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,100}")  # fullmatch: "$" would let a trailing newline through
 MODELS_PREFIX = "/v1/models/"
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": logged for a request that left before any answer
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class Gateway:
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
         self.recorder.metrics.concurrency = self.proxy.slots
         self.shadows = Shadows(self.proxy, self.recorder, self.rng, config.shadow_max_in_flight, config.deadline_s)
+        self.watches = ClientWatches()
         self.started = False
         self.loop = None
         self._start_lock = None
@@ -366,13 +369,21 @@ class Gateway:
                 self.shadows.maybe_mirror(call)
 
     async def _serve(self, call, send, receive):
+        call.watch = self.watches.watch(receive, call)
         try:
-            async with asyncio.timeout_at(call.deadline):
-                await self.proxy.run(call, send, receive)
+            async with asyncio.timeout_at(call.deadline) as call.timeout:
+                await self.proxy.run(call, send)
         except TimeoutError:
+            call.stop_watching()
             if not call.committed:
                 raise self._deadline_error(call) from None
             await self._end_late_stream(call, send)
+        except asyncio.CancelledError:
+            _client_left(call)
+            if not call.watch.cancelled_the_task():  # a cancellation from outside (e.g. Daphne's) goes on
+                raise
+        finally:
+            call.stop_watching()
 
     def _deadline_error(self, call):
         summary = "; ".join(describe(t) for t in call.tried[-8:]) or "nothing answered"
@@ -453,6 +464,15 @@ class Gateway:
 
 def _model_entry(name):
     return {"id": name, "object": "model", "created": 0, "owned_by": "weathervane"}
+
+
+def _client_left(call):
+    """Book a request cancelled before its deadline as the client's: it hung up (or its server gave up on it)."""
+    last = call.tried[-1] if call.tried else None
+    status = 200 if call.committed else CLIENT_CLOSED_STATUS
+    call.finish(Outcome.CLIENT_CLOSED, status, last and last.target, last and last.key and last.key.id,
+                "the client disconnected")
+    call.record.overhead_ms = call.overhead_ms()
 
 
 def _refusal_outcome(err, last):

@@ -106,7 +106,7 @@ class Call:
     __slots__ = ("t0", "request_id", "route", "request", "raw", "url_of", "stream", "wants_usage", "session",
                  "deadline", "clients_deadline", "record", "upstream_s", "given_up", "refused_keys", "confirmed_a_key",
                  "committed", "client_gone", "tokens", "bodies",
-                 "limit_waits", "response", "context", "too_long_at")
+                 "limit_waits", "response", "context", "too_long_at", "watch", "timeout")
 
     def __init__(self, t0, request_id, route, request, raw, url_of, session, deadline, record, clients_deadline=False):
         self.t0 = t0
@@ -134,6 +134,8 @@ class Call:
         self.response = None
         self.context = None  # (prompt tokens, max_tokens), computed once when a window is to be checked
         self.too_long_at = None  # after an upstream's context-length error: the window a target must exceed
+        self.watch = None  # the disconnect.ClientWatch while the request is served
+        self.timeout = None  # the asyncio.Timeout of the deadline while the request is served
 
     @property
     def tried(self):
@@ -175,6 +177,16 @@ class Call:
         if self.too_long_at is not None:
             return window is not None and window > self.too_long_at and sum(self.context_need()) <= window
         return window is None or sum(self.context_need()) <= window
+
+    def deadline_struck(self):
+        """Return True when the request's deadline has passed (what cancelled it, if anything did)."""
+        if self.timeout is not None:
+            return self.timeout.expired()
+        return asyncio.get_running_loop().time() >= self.deadline
+
+    def stop_watching(self):
+        if self.watch is not None:
+            self.watch.stop()
 
     def overhead_ms(self):
         return max((perf_counter() - self.t0 - self.upstream_s) * 1000, 0.0)
@@ -320,7 +332,7 @@ class Proxy:
 
     # --- the attempt loop ----------------------------------------------------------
 
-    async def run(self, call, send, receive):
+    async def run(self, call, send):
         """Serve `call` until an answer was sent; raises GatewayError when every option failed."""
         target, retries = self.pick_target(call), 0
         while True:
@@ -340,7 +352,7 @@ class Proxy:
                     target, retries = self._fail_over(call, held)
                     continue
                 try:
-                    broken = await self.attempt(call, target, key, send, receive)
+                    broken = await self.attempt(call, target, key, send)
                 except UpstreamError as err:
                     failure = err
             finally:
@@ -348,7 +360,7 @@ class Proxy:
                     self.slots.give_back(held)  # the slot taken above, even when `target` moved on
             if failure is None:
                 if broken is not None:
-                    await self.continue_stream(call, target, broken, send, receive)
+                    await self.continue_stream(call, target, broken, send)
                 return
             step = await self.after_failure(call, target, key, failure, retries)
             if step is Next.RELAY_ERROR:
@@ -494,7 +506,7 @@ class Proxy:
 
     # --- one attempt -------------------------------------------------------------
 
-    async def attempt(self, call, target, key, send, receive, resume=None):
+    async def attempt(self, call, target, key, send, resume=None):
         """Send one upstream request (continuing the broken stream `resume` when given) and relay its answer.
 
         Returns a Continuation when the stream broke and may be continued, else None.
@@ -511,7 +523,7 @@ class Proxy:
             if response.status >= 300:
                 raise await upstream.failure(response, key.secret)
             if call.stream:
-                return await self.relay_stream(call, target, key, response, started, send, receive, resume)
+                return await self.relay_stream(call, target, key, response, started, send, resume)
             await self.relay_body(call, target, key, response, started, send)
             return None
         except UpstreamError as err:
@@ -521,21 +533,27 @@ class Proxy:
             if key.tpm_limit is not None:  # a failed attempt used nothing: its reservation must not crowd out others
                 await self.limits.release_tokens(key, call.token_estimate())
             raise
-        except asyncio.CancelledError:  # the request deadline struck during this attempt
+        except asyncio.CancelledError:  # the request's deadline struck, or the client left
             if not call.committed:
                 call.upstream_s += perf_counter() - started
-            ms = (perf_counter() - started) * 1000
-            if call.clients_deadline:  # the client's own impatience says nothing about the deployment
-                call.tried.append(Try(target, key, Outcome.CLIENT_DEADLINE, None, ms, "the client's deadline passed",
-                                      continuing))
-            else:
-                call.tried.append(Try(target, key, Outcome.TIMEOUT, None, ms, "the request deadline passed",
-                                      continuing))
-                self.breakers.failure(target.deployment_id, "request deadline passed")
+            call.tried.append(self._cut_short(call, target, key, (perf_counter() - started) * 1000, continuing))
             raise
         finally:
             if response is not None:
                 response.release()  # back to the pool when fully read; closed otherwise
+
+    def _cut_short(self, call, target, key, ms, continuing):
+        """Return the Try of an attempt that was cancelled after `ms`.
+
+        Only the gateway's own deadline is the deployment's timeout (a breaker failure); a deadline the client
+        asked for, and any other cancellation (the client hung up, its server gave up on it), are the client's.
+        """
+        if not call.deadline_struck():
+            return Try(target, key, Outcome.CLIENT_CLOSED, None, ms, "the client disconnected", continuing)
+        if call.clients_deadline:
+            return Try(target, key, Outcome.CLIENT_DEADLINE, None, ms, "the client's deadline passed", continuing)
+        self.breakers.failure(target.deployment_id, "request deadline passed")
+        return Try(target, key, Outcome.TIMEOUT, None, ms, "the request deadline passed", continuing)
 
     async def pass_through(self, call, target, key, err, send):
         """Send an upstream's non-retryable error (400, 404, 422, context length) to the client as it came."""
@@ -569,10 +587,11 @@ class Proxy:
         problem = sse.error_of(payload)
         if problem is not None:
             raise UpstreamError(Outcome.SERVER_ERROR, f"the upstream answered 200 with an error: {problem}", True)
+        usage = _checked_usage(payload)
         call.upstream_s += ms / 1000
         content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
         headers = call.response_headers(target, content_type, len(body))
-        self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), sse.usage_of(payload))
+        self._succeeded(call, target, key, Try(target, key, Outcome.OK, 200, ms), usage)
         if self.log_bodies:
             call.record.response_body = body.decode("utf-8", "replace")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -607,7 +626,7 @@ class Proxy:
             message = f"no first token within {target.first_token_timeout:g} s"
             raise UpstreamError(Outcome.TIMEOUT, message, True) from None
 
-    async def relay_stream(self, call, target, key, response, started, send, receive, resume=None):
+    async def relay_stream(self, call, target, key, response, started, send, resume=None):
         """Relay a stream (the rest of the broken one `resume`, when given); return a Continuation when it
         broke in a way the next target may finish, else None."""
         events, buffer = await self._first_events(response, target, started)
@@ -622,12 +641,9 @@ class Proxy:
         else:
             relay = ContinuationRelay(call, target, key, started, cap, resume.relay)
         call.response = response
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, call, response))
-        try:
-            outcome, problem = await relay.run(response, events, buffer, send)
-        finally:
-            watcher.cancel()  # before reading on: once the response is sent, receive() reports a "disconnect" too
+        outcome, problem = await relay.run(response, events, buffer, send)
         if outcome == Outcome.OK:
+            call.stop_watching()  # before reading on: once the response is sent, receive() reports a "disconnect"
             await _read_to_end(response)
         self._finish_stream(call, target, key, relay, outcome, problem)
         return Continuation(relay, outcome, problem) if relay.resumable else None
@@ -647,18 +663,18 @@ class Proxy:
 
     # --- continuing a broken stream (routes with continue_streams) -------------------
 
-    async def continue_stream(self, call, failed, broken, send, receive):
+    async def continue_stream(self, call, failed, broken, send):
         """Finish the stream that broke on `failed` on the next target, from a prefill of what was relayed.
 
         One continuation per request, an extra attempt like a failover. When it
         cannot be made, is refused or fails before its first content, the
         stream ends with the error event as it would have without it.
         """
-        call.record.continuation = await self._continue(call, failed, broken, send, receive)
+        call.record.continuation = await self._continue(call, failed, broken, send)
         if broken.relay.resumable:  # nothing has ended the client's stream yet
             await broken.relay.end_broken(send, broken.problem)
 
-    async def _continue(self, call, failed, broken, send, receive):
+    async def _continue(self, call, failed, broken, send):
         """Return how the continuation went (Continued)."""
         call.given_up.add(failed.deployment_id)
         target = self.pick_target(call)
@@ -669,15 +685,15 @@ class Proxy:
             if key is not None:
                 if not self.budget.withdraw():
                     break
-                return await self._continue_on(call, target, key, broken, send, receive)
+                return await self._continue_on(call, target, key, broken, send)
             call.tried.append(Try(target, None, Outcome.NO_CAPACITY, None, 0.0, self._no_key_reason(call)))
             target, _ = self._fail_over(call, target)
         return Continued.UNAVAILABLE
 
-    async def _continue_on(self, call, target, key, broken, send, receive):
+    async def _continue_on(self, call, target, key, broken, send):
         call.record.continuation = Continued.FAILED  # should the deadline strike meanwhile
         try:
-            await self.attempt(call, target, key, send, receive, resume=broken)
+            await self.attempt(call, target, key, send, resume=broken)
         except UpstreamError as err:
             self._note_failure(call, target, key, err)
             return Continued.REFUSED if err.outcome == Outcome.CLIENT_ERROR else Continued.FAILED
@@ -713,6 +729,15 @@ def describe(attempt):
     return f"{attempt.target.deployment}{key}: {attempt.outcome} ({attempt.error})"
 
 
+def _checked_usage(payload):
+    """Return the answer's (prompt, completion) tokens, or None. Raises UpstreamError (malformed, retryable)
+    when its usage is not token counts: before the first byte, that answer fails over like any malformed one."""
+    try:
+        return sse.usage_of(payload)
+    except sse.Malformed as bad:
+        raise UpstreamError(Outcome.MALFORMED, str(bad), True) from None
+
+
 async def _read_to_end(response):
     """Consume what follows [DONE] (the chunked terminator), so the connection can be reused."""
     try:
@@ -721,14 +746,6 @@ async def _read_to_end(response):
                 return
     except Exception:  # the answer is complete; a bad ending only costs the connection
         response.close()
-
-
-async def _watch_disconnect(receive, call, response):
-    """Close the upstream response as soon as the client goes away."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    call.client_gone = True
-    response.close()
 
 
 DONE_EVENT = b"data: [DONE]\n\n"

@@ -101,7 +101,10 @@ class Shadows:
             return Mirror(target, Outcome.MALFORMED, ms)
         if sse.error_of(answer) is not None:
             return Mirror(target, Outcome.SERVER_ERROR, ms)
-        return Mirror(target, Outcome.OK, ms, sse.usage_of(answer))
+        try:
+            return Mirror(target, Outcome.OK, ms, sse.usage_of(answer))
+        except sse.Malformed:
+            return Mirror(target, Outcome.MALFORMED, ms)
 
     def cancel(self):
         for task in list(self.tasks):

@@ -35,7 +35,8 @@ class Rollout(models.Model):
     """One canary onto one route. plan: [{weight, min_dwell_s, min_requests} | {pause: true}];
     guards: [{metric, allowed, limit}] (analysis.Guard's fields); baseline: the split captured at start."""
 
-    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="rollouts")
+    # History outlives its route: a deleted route is archived (routing.deletion), never removed under its rollouts.
+    route = models.ForeignKey(Route, on_delete=models.PROTECT, related_name="rollouts")
     canary = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="rollouts")
     plan = models.JSONField(default=list)
     guards = models.JSONField(default=list)

@@ -10,8 +10,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
-from dashboard.roles import can_run_rollouts
+from dashboard.roles import can_draft_rollouts, can_press_gate
 from dashboard.views import _json, _page, dashboard_view
+from routing.audit import actor_name
 from routing.models import Route
 from routing.weights import MAX_REASON_LENGTH, WeightsInvalid
 
@@ -36,7 +37,10 @@ def rollouts_data():
 
 
 def _rollout_page(request, template, data, **context):
-    return _page(request, template, data, can_run_rollouts=can_run_rollouts(request.user), **context)
+    """Render a rollout page with what this user may do: draft rollouts, and which of the gates that apply now
+    they may press (the API's rule, dashboard.roles)."""
+    pressable = [g for g in data.get("gates", []) if can_press_gate(request.user, g["name"])]
+    return _page(request, template, data, can_draft=can_draft_rollouts(request.user), pressable=pressable, **context)
 
 
 def rollout_data(rollout):
@@ -133,10 +137,11 @@ def rollout_json(request, pk):
 @require_POST
 @dashboard_view
 def rollout_gate(request, pk, gate):
-    """Press a gate from the page (as the API's gates: staff who may run rollouts and move weights); answer the
-    page again with the problem when it is refused."""
-    if not can_run_rollouts(request.user):
-        raise PermissionDenied("Only staff who may run rollouts and move weights can press a rollout's gates.")
+    """Press a gate from the page (with the API's permissions); answer the page again with the problem when it is
+    refused."""
+    if not can_press_gate(request.user, gate):
+        raise PermissionDenied("Pressing this gate needs the rollout permission (and the weights permission for a "
+                               "gate that moves traffic); viewers can look.")
     rollout = get_object_or_404(Rollout, pk=pk)
     reason = request.POST.get("reason", "").strip()
     if gate not in controller.GATES:
@@ -155,7 +160,7 @@ def _press(rollout, gate, reason, user):
     if not reason or len(reason) > MAX_REASON_LENGTH:
         return f"Say why (1 to {MAX_REASON_LENGTH} characters); the reason is kept in the audit trail.", 400
     try:
-        controller.gate(rollout.pk, gate, reason=reason, actor=user.get_username(), user=user)
+        controller.gate(rollout.pk, gate, reason=reason, actor=actor_name(user), user=user)
     except controller.GateRefused as exc:
         return str(exc), 409
     except WeightsInvalid as exc:
@@ -210,7 +215,7 @@ def preview_rollout(request):
 
 
 def _require_runner(user):
-    if not can_run_rollouts(user):
+    if not can_draft_rollouts(user):
         raise PermissionDenied("Only staff who may create rollouts and move weights can draft a rollout.")
 
 

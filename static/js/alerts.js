@@ -14,5 +14,17 @@
     window.location.reload();
   }
 
-  W.connect({ onBatch: changed, onConnect: () => {} });
+  /* A tick may have run between this page's render and its socket opening (a silence just made is applied by
+     the scheduler's next tick): compare once connected, and re-render when something changed meanwhile. */
+  async function resync() {
+    const rendered = document.getElementById("alerts-title").dataset.version;
+    try {
+      const current = await W.getJSON("/dashboard-data/alerts/");
+      if (current.version !== rendered && !typing()) window.location.reload();
+    } catch (problem) {
+      /* the next alerts.changed message re-renders the page anyway */
+    }
+  }
+
+  W.connect({ onBatch: changed, onConnect: resync });
 })();

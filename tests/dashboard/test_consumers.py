@@ -214,6 +214,30 @@ async def test_a_right_removed_without_signals_is_noticed_by_the_periodic_rechec
         await socket.disconnect()
 
 
+async def test_a_password_change_closes_the_sockets_of_the_sessions_it_ended(viewer_user):
+    socket = await connected(viewer_user)
+    try:
+        viewer_user.set_password("another-horse-battery-staple")
+        await sync_to_async(viewer_user.save)()  # e.g. an admin resetting it, or the user on another device
+        assert await closed_with(socket) == CLOSE_UNAUTHENTICATED
+        await sync_to_async(live.probe_result)(probe())
+        assert await socket.receive_nothing(timeout=0.3)
+    finally:
+        await socket.disconnect()
+
+
+async def test_deleted_sessions_are_noticed_by_the_periodic_recheck(viewer_user, monkeypatch):
+    from django.contrib.sessions.models import Session
+
+    monkeypatch.setattr(LiveConsumer, "RIGHTS_RECHECK_S", 0.3)
+    socket = await connected(viewer_user)
+    try:
+        await sync_to_async(Session.objects.all().delete)()  # e.g. `clearsessions`, or an admin ending them all
+        assert await closed_with(socket, timeout=2) == CLOSE_UNAUTHENTICATED
+    finally:
+        await socket.disconnect()
+
+
 async def test_a_user_who_keeps_their_rights_keeps_receiving_after_the_recheck(viewer_user, monkeypatch):
     monkeypatch.setattr(LiveConsumer, "RIGHTS_RECHECK_S", 0.2)
     socket = await connected(viewer_user)

@@ -34,6 +34,16 @@ def test_a_lockout_is_per_user_name_and_address(client, admin_user, viewer_user,
     assert response.status_code == 302 and client.session["_auth_user_id"] == str(viewer_user.pk)
 
 
+def test_behind_a_proxy_a_lockout_holds_for_the_forwarded_client_only(admin_user, settings):
+    from django.test import Client
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}  # WEATHERVANE_BEHIND_PROXY's effect
+    guesser = Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="203.0.113.7")
+    assert fail(guesser, "/login/", times=settings.AXES_FAILURE_LIMIT).status_code == 429
+    alice = Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="203.0.113.8")
+    assert alice.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302
+
+
 def test_a_successful_log_in_resets_the_count(client, admin_user, settings):
     fail(client, "/login/", times=settings.AXES_FAILURE_LIMIT - 1)
     assert client.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302

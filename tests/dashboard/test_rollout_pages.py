@@ -283,22 +283,26 @@ def test_a_draft_has_no_countdown_and_says_no_verdict_yet(admin_user):
     assert "step-countdown" not in page and "No verdict yet: each guard" in page and "Now:" not in page
 
 
-def test_gates_ask_the_same_permissions_on_the_page_and_in_the_api():
+def test_the_detail_page_offers_only_the_gates_its_user_may_press_as_the_api_decides(admin_user):
     from rest_framework.test import APIClient
 
     rollout = draft(world())
-    staff_only = staff_with("sam", "rollouts.add_rollout")  # may not move weights
-    detail = browser(staff_only).get(f"/rollouts/{rollout.pk}/").content.decode()
+    drafter = staff_with("sam", "rollouts.add_rollout", "routing.change_routetarget")  # drafts, presses nothing
+    detail = browser(drafter).get(f"/rollouts/{rollout.pk}/").content.decode()
     assert "Read-only: only staff can press" in detail and 'action="/rollouts/' not in detail
-    assert browser(staff_only).post(f"/rollouts/{rollout.pk}/start/", {"reason": "go"}).status_code == 403
+    assert browser(drafter).post(f"/rollouts/{rollout.pk}/start/", {"reason": "go"}).status_code == 403
     api = APIClient()
-    api.force_authenticate(staff_only)
+    api.force_authenticate(drafter)
     assert api.post(f"/api/v1/rollouts/{rollout.pk}/start", {"reason": "go"}, format="json").status_code == 403
     assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.DRAFT
-    both = staff_with("tess", "rollouts.add_rollout", "routing.change_routetarget")
-    assert f'action="/rollouts/{rollout.pk}/start/"' in browser(both).get(f"/rollouts/{rollout.pk}/").content.decode()
-    assert browser(both).post(f"/rollouts/{rollout.pk}/start/", {"reason": "go"}).status_code == 302
-    assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.PREFLIGHT
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.RUNNING, baseline={"stable": 100, "canary": 0})
+    pauser = staff_with("pia", "rollouts.change_rollout")  # may pause (it keeps the weights), nothing else
+    gates = [g for g in ("pause", "promote", "abort") if f'data-gate="{g}"' in
+             browser(pauser).get(f"/rollouts/{rollout.pk}/").content.decode()]
+    assert gates == ["pause"]
+    assert browser(pauser).post(f"/rollouts/{rollout.pk}/abort/", {"reason": "no"}).status_code == 403
+    assert browser(pauser).post(f"/rollouts/{rollout.pk}/pause/", {"reason": "look"}).status_code == 302
+    assert Rollout.objects.get(pk=rollout.pk).state == RolloutState.PAUSED
 
 
 # --- the form's time-to-decision preview ------------------------------------------------------------------------

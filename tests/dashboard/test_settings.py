@@ -283,3 +283,12 @@ def test_a_key_file_others_can_read_stops_the_start(tmp_path):
     result = manage("check", data_dir=tmp_path)
     assert result.returncode != 0
     assert "weathervane.E002" in result.stderr and "chmod 600" in result.stderr
+
+
+@pytest.mark.parametrize(("behind_proxy", "hops"), [("false", "0"), ("true", "1")])
+def test_throttles_and_lockouts_trust_x_forwarded_for_only_behind_the_proxy(tmp_path, behind_proxy, hops):
+    code = ("from django.conf import settings; "
+            "print(settings.REST_FRAMEWORK['NUM_PROXIES'], settings.AXES_CLIENT_IP_CALLABLE)")
+    result = manage("shell", "--no-imports", "-c", code, data_dir=tmp_path, WEATHERVANE_BEHIND_PROXY=behind_proxy)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [hops, "routing.api.authentication.client_address"]

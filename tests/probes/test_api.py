@@ -61,7 +61,8 @@ def test_a_viewer_cannot_edit_pause_or_probe(viewer_api, target):
 
 @pytest.mark.parametrize(("field", "value"), [
     ("interval_s", 4), ("interval_s", "10"), ("max_tokens", 17), ("max_tokens", 0), ("timeout_s", 0.1),
-    ("expected_pattern", "(unclosed"), ("reasoning_effort", "lots"), ("colour", "blue"),
+    ("expected_pattern", "(unclosed"), ("expected_pattern", r"(?<=a)b"), ("reasoning_effort", "lots"),
+    ("colour", "blue"),
 ])
 def test_bad_target_input_names_the_field_and_changes_nothing(admin_api, target, field, value):
     response = admin_api.patch(url(target), {field: value}, format="json")

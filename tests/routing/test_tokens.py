@@ -10,6 +10,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from routing import tokens
 from routing.models import ApiToken, AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -136,3 +137,28 @@ def test_staff_see_and_revoke_any_token_in_the_admin_but_never_its_secret(admin_
     assert response.status_code == 302
     assert api_as(token).get("/api/v1/providers").status_code == 401
     assert AuditEvent.objects.filter(object_type="apitoken", action="delete", actor="alice").exists()
+
+
+def test_a_password_change_ends_every_token_of_that_user_only(admin_user, viewer_user):
+    def works(plaintext):
+        return api_as(plaintext).get("/api/v1/routes/").status_code == 200
+
+    _, alices = tokens.issue(admin_user, "ci", actor="alice")
+    _, victors = tokens.issue(viewer_user, "laptop", actor="victor")
+    admin_user.set_password("another-horse-battery-staple")
+    admin_user.save()
+    assert not works(alices) and works(victors)
+    ended = AuditEvent.objects.get(object_type="apitoken", action="delete")
+    assert ended.reason == "the password was changed" and ended.before["name"] == "ci"
+
+
+def test_a_log_in_that_upgrades_the_password_hash_or_another_save_keeps_the_tokens(admin_user, settings):
+    token, _ = tokens.issue(admin_user, "ci", actor="alice")
+    admin_user.first_name = "Alice"
+    admin_user.save()
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher", *settings.PASSWORD_HASHERS]
+    signed_in = Client().post("/login/", {"username": "alice", "password": "correct-horse-battery"})
+    assert signed_in.status_code == 302
+    admin_user.refresh_from_db()
+    assert admin_user.password.startswith("pbkdf2_sha1$")  # Django re-hashed and saved it at log-in
+    assert ApiToken.objects.filter(pk=token.pk).exists()

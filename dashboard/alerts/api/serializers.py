@@ -17,7 +17,7 @@ from dashboard.alerts.models import Channel, ChannelKind, Delivery
 from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
 from routing.models import ApiKey, Deployment, Provider, Route
 
-from ..matching import LABEL_NAME, MatcherInvalid, check_matcher
+from ..matching import LABEL_NAME, MatcherInvalid, SilenceInvalid, check_matcher
 from ..models import (
     Alert,
     AlertRule,
@@ -288,11 +288,14 @@ class InhibitRuleSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 class SilenceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     matchers = MatchersField(min_length=1)
     starts_at = serializers.DateTimeField(required=False, help_text="Default: now")
+    match_all = serializers.BooleanField(required=False, default=False, write_only=True,
+                                         help_text="Required (true) when the matchers silence every alert")
     active = serializers.SerializerMethodField()
 
     class Meta:
         model = Silence
-        fields = ["id", "matchers", "starts_at", "ends_at", "created_by", "reason", "active", "created_at"]
+        fields = ["id", "matchers", "starts_at", "ends_at", "match_all", "created_by", "reason", "active",
+                  "created_at"]
         read_only_fields = ["created_by", "created_at"]
         extra_kwargs = {"reason": {"max_length": 1000}}
 
@@ -312,6 +315,11 @@ class SilenceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             raise serializers.ValidationError({"ends_at": ["The silence must end after it starts."]})
         if ends <= now and self.instance is None:
             raise serializers.ValidationError({"ends_at": ["The silence must end in the future."]})
+        matchers = data.get("matchers", getattr(self.instance, "matchers", None))
+        try:
+            Silence.validate_silence(matchers, starts, ends, match_all=data.pop("match_all", False))
+        except SilenceInvalid as exc:
+            raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
         data["starts_at"] = starts
         return data
 

@@ -23,6 +23,7 @@ class Command(BaseCommand):
         simulator = None if no_simulator else self._start_simulator()
         scheduler = None if no_probes or not settings.PROBES_IN_PROCESS else self._start_probes()
         traffic = None if no_demo_traffic else self._start_demo_traffic(host, port)
+        self._load_tests_here(host, port)
         from dashboard.asgi import application, gateway
         from dashboard.server_limits import LimitedServer
 
@@ -70,6 +71,17 @@ class Command(BaseCommand):
         traffic = DemoTraffic(f"http://{local}:{port}/v1", ROUTE, demo_key(ROUTE), rps=rps).start()
         self.stdout.write(f"Demo traffic: about {rps:g} requests/s on {ROUTE} (--no-demo-traffic: off)")
         return traffic
+
+    def _load_tests_here(self, host, port):
+        """Load tests started from the API or pages reach the gateway this server binds, and runs a previous
+        process left behind are closed with their keys (this one process runs them all)."""
+        from probes.loadtest import jobs
+
+        jobs.serve_gateway_at(host, port)
+        try:
+            jobs.close_abandoned(restarted=True)
+        except DatabaseError:  # not migrated yet: nothing to close
+            pass
 
     def _start_probes(self):
         from probes import scheduler

@@ -5,7 +5,6 @@ Starting is two calls by design: without `"confirm": true` the answer is only th
 estimated maximum spend, so nobody spends by accident.
 """
 
-from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status
@@ -25,9 +24,8 @@ REPORT_KINDS = {
 }
 
 
-def gateway_url(request):
-    """Where the gateway answers: WEATHERVANE_LOADTEST_GATEWAY_URL, else /v1/ of this server (the embedded mode)."""
-    return settings.LOADTEST_GATEWAY_URL or f"{request.scheme}://{request.get_host()}/v1"
+NO_GATEWAY = ("No gateway address is configured for load tests: set WEATHERVANE_LOADTEST_GATEWAY_URL "
+              "(or WEATHERVANE_GATEWAY_URL), or start the server with `manage.py serve`.")
 
 
 class LoadTestRunViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
@@ -44,16 +42,23 @@ class LoadTestRunViewSet(mixins.CreateModelMixin, ReadOnlyViewSet):
         body.is_valid(raise_exception=True)
         settings_ = body.as_settings()
         confirm = settings_.pop("confirm")
+        try:
+            spend = plans.check_spend(settings_)  # the server's cap, whoever asks and however
+        except plans.OverSpendCap as over:
+            raise ValidationError({"requests": [str(over)]}) from None
         if not confirm:
-            return Response({"estimated_max_cost": str(plans.max_spend(settings_)), "settings": settings_,
+            return Response({"estimated_max_cost": str(spend), "settings": settings_,
                              "confirm": "Send the same body with \"confirm\": true to start."})
+        gateway = jobs.gateway_url()  # from configuration only: never the caller's Host header
+        if settings_.get("route") and not gateway:
+            raise ValidationError({"route": [NO_GATEWAY]})
         jobs.close_abandoned()
         running = LoadTestRun.objects.filter(status__in=ACTIVE).first()
         if running is not None:
             return Response({"detail": f"Load test #{running.pk} is still running; stop it or wait for it."},
                             status=status.HTTP_409_CONFLICT)
         run = jobs.create_run(settings_, request.user)
-        jobs.Job(run, gateway_url(request)).start()
+        jobs.Job(run, gateway).start()
         return Response(s.LoadTestRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=s.LoadTestRunSerializer)

@@ -1,6 +1,7 @@
 """REST API of staged rollouts (under /api/v1/rollouts/): create, list, detail, and the gates.
 
-Viewers read; staff create and press gates. Every gate needs a reason, is
+Viewers read; staff with the permissions of dashboard.roles create rollouts and press gates (the page asks the
+same helper, and both press through controller.gate). Every gate needs a reason, is
 recorded as a transition, an AuditEvent (with the latest verdict as evidence)
 and a timeline Event. A gate that does not apply in the rollout's state
 answers 409 and changes nothing.
@@ -11,7 +12,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from dashboard.roles import ROLLOUT_PERMISSIONS
+from dashboard import roles
 from routing.api.base import BodySizeLimitMixin
 from routing.api.filters import StrictFilterSet
 from routing.audit import actor_name
@@ -50,8 +51,8 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
 
     queryset = Rollout.objects.select_related("route", "canary")
     filterset_class = RolloutFilter
-    # The pages' form and gates ask the same (dashboard.roles.can_run_rollouts).
-    action_permissions = {name: ROLLOUT_PERMISSIONS for name in ("create", "preview", *controller.GATES)}
+    action_permissions = {"create": roles.rollout_create_permissions(), "preview": roles.rollout_create_permissions(),
+                          **{name: roles.gate_permissions(name) for name in controller.GATES}}
 
     def get_serializer_class(self):
         return s.RolloutDetailSerializer if self.action != "list" else s.RolloutSerializer

@@ -17,9 +17,10 @@ class Receiver:
     the requests, `hook.url` is its address, `hook.reply` the body it answers with (bytes, or a function of the
     Received request returning bytes, e.g. to echo its path)."""
 
-    def __init__(self, *statuses, reply=b'{"ok": true}'):
+    def __init__(self, *statuses, reply=b'{"ok": true}', headers=None):
         self.statuses = list(statuses) or [200]
         self.reply = reply
+        self.headers = headers or {}  # extra response headers, e.g. a redirect's Location
         self.received = []
         self._server = None
 
@@ -39,6 +40,8 @@ class Receiver:
                 reply = receiver.reply(got) if callable(receiver.reply) else receiver.reply
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)

@@ -211,6 +211,52 @@ def test_an_apprise_channel_delivers_end_to_end_through_its_json_scheme_and_retr
     assert "gpt-demo errors 9% > 5%" in body["message"]
 
 
+@pytest.fixture
+def rebinding_name(monkeypatch):
+    """alerts.example.com resolves to 127.0.0.1, as a name that answered public at save time might later."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == "alerts.example.com" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "alerts.example.com"
+
+
+def test_an_apprise_channel_never_connects_to_an_internal_address_when_the_policy_forbids_it(settings,
+                                                                                          rebinding_name):
+    with Receiver(200) as hook:
+        port = hook.url.rsplit(":", 1)[1]
+        ch = channel("apprise", f"json://{rebinding_name}:{port}/apprise/sk-TOKEN-abcdef0123")  # saved while allowed
+        settings.ALLOW_PRIVATE_UPSTREAMS = False
+        row = delivery.attempt(ch.pk, a_message(), 1, "n1")
+    assert hook.received == [] and row.outcome == "failed" and "private network" in row.error
+    assert row.next_attempt_at is None and "sk-TOKEN" not in row.error
+
+
+def test_an_apprise_channel_dials_the_address_it_checked(rebinding_name):
+    with Receiver(200) as hook:
+        port = hook.url.rsplit(":", 1)[1]
+        row = delivery.attempt(channel("apprise", f"json://{rebinding_name}:{port}/a").pk, a_message(), 1, "n1")
+    assert row.outcome == "ok" and len(hook.received) == 1
+
+
+def test_an_apprise_channel_is_never_redirected():
+    with Receiver(307, 200, headers={"Location": "/elsewhere"}) as hook:
+        row = delivery.attempt(channel("apprise", hook.url.replace("http://", "json://") + "/a").pk, a_message(), 1,
+                               "n1")
+    assert [r.path for r in hook.received] == ["/a"] and row.outcome == "failed"
+
+
+def test_an_apprise_channel_saved_before_the_scheme_allow_list_is_refused_when_sending():
+    with Receiver(200) as hook:
+        ch = channel("apprise", hook.url.replace("http://", "form://") + "/a")  # stored as it was once accepted
+        row = delivery.attempt(ch.pk, a_message(), 1, "n1")
+    assert hook.received == [] and row.outcome == "failed" and "no longer accepted" in row.error
+
+
 # --- Both modes, through enqueue --------------------------------------------------------------------------
 
 

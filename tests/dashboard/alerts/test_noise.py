@@ -120,3 +120,27 @@ def test_a_recurring_maintenance_window_holds_notifications_while_it_is_open(wor
     engine.tick(clock.advance(3600))  # 13:30: the window closed
     engine.tick(clock.advance(30))
     assert len(sent) == 1
+
+
+def test_a_catastrophic_silence_regex_on_a_25_character_label_is_judged_at_once():
+    import time
+
+    from dashboard.alerts.matching import matches
+
+    labels = {"deployment": "a" * 24 + "!"}
+    started = time.perf_counter()
+    assert not matches({"name": "deployment", "op": "=~", "value": "(a+)+$"}, labels)
+    assert matches({"name": "deployment", "op": "!~", "value": "(a+)+$"}, labels)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_stored_regex_re2_cannot_run_mutes_nothing(world, policy, sent, clock):
+    make_rule()
+    set_health(world.canary, "down")
+    engine.tick(clock())
+    # Saved before RE2 (or past the API): neither =~ nor !~ holds, so the silence hides no alert.
+    Silence.objects.create(matchers=[{"name": "deployment", "op": "!~", "value": r"(?=x)y"}], starts_at=clock(),
+                           ends_at=clock() + timedelta(hours=1), created_by="alice", reason="old pattern")
+    engine.tick(clock.advance(30))
+    assert suppressed() == [("deployment down", "canary", "")]
+    assert len(sent) == 1

@@ -161,6 +161,15 @@ def test_spend_today_in_total_and_per_route(world, clock):
     assert observed(total, clock()) == [("*", "all traffic spent 11.00 today (UTC) > limit 10")]
 
 
+def test_a_deleted_routes_spend_today_still_counts_under_its_name(world, clock):
+    from routing import deletion
+
+    per_route = make_rule("route spend", kind="spend_today", params={"limit": 4, "scope": "route"})
+    traffic(world.stable, clock(), [Outcome.OK], route=world.route, cost="6")
+    deletion.delete(world.route, actor="test")  # archived: its rollups stay, and so does the money they spent
+    assert observed(per_route, clock()) == [("chat", "chat spent 6.00 today (UTC) > limit 4")]
+
+
 def default_rule(name):
     from dashboard.alerts.defaults import RULES
     from dashboard.alerts.models import AlertRule

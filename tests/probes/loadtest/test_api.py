@@ -31,12 +31,50 @@ def finished(run_id, timeout=15):
     return wait_until(lambda: not LoadTestRun.objects.get(pk=run_id).active, timeout=timeout)
 
 
-def test_without_confirm_it_only_estimates_the_maximum_spend_of_the_dearest_active_target(admin_api, registry):
-    body = {"route": "chat", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
-    response = admin_api.post(URL, body, format="json")
+ESTIMATE = {"route": "chat", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
+
+
+def test_without_confirm_it_only_estimates_the_maximum_spend_of_the_dearest_active_target(admin_api, registry,
+                                                                                           settings):
+    settings.GATEWAY_RETRIES_PER_TARGET, settings.GATEWAY_MAX_ATTEMPTS = 1, 6
+    response = admin_api.post(URL, ESTIMATE, format="json")
     assert response.status_code == 200
-    # "dear": (100 × $3 + 50 × $10) / 1M = $0.0008 a request, × 1,000; "off" has weight 0 and cannot be reached
-    assert Decimal(response.json()["estimated_max_cost"]) == Decimal("0.8")
+    # "dear": (100 × $3 + 50 × $10) / 1M = $0.0008 a call, × 1,000; "off" has weight 0 and cannot be reached.
+    # Each request may cost up to 4 calls: 2 targets × (1 try + 1 retry), under the gateway's 6 attempts.
+    assert Decimal(response.json()["estimated_max_cost"]) == Decimal("0.8") * 4
+    assert not LoadTestRun.objects.exists()
+
+
+def test_the_estimate_counts_a_dearer_fallback_and_a_rollouts_shadow_copies(admin_api, registry, settings):
+    from routing.models import Route, RouteFallback
+    from routing.rollouts.models import Rollout, RolloutState
+
+    settings.GATEWAY_RETRIES_PER_TARGET, settings.GATEWAY_MAX_ATTEMPTS = 0, 6
+    settings.LOADTEST_MAX_SPEND = 1000.0
+    route = Route.objects.get(name="chat")
+    spare = Deployment.objects.create(name="spare", provider=registry, upstream_model="fast",
+                                      input_price_per_mtok=Decimal(10), output_price_per_mtok=Decimal(20))
+    RouteFallback.objects.create(route=route, deployment=spare, position=1)
+    # spare: (100 × $10 + 50 × $20) / 1M = $0.002 a call; 3 options (cheap, dear, spare), no retries: 3 calls
+    assert Decimal(admin_api.post(URL, ESTIMATE, format="json").json()["estimated_max_cost"]) == Decimal("6")
+    Rollout.objects.create(route=route, canary=Deployment.objects.get(name="off"), state=RolloutState.RUNNING,
+                           plan=[{"shadow": 50, "min_dwell_s": 60}, {"weight": 10, "min_dwell_s": 60}])
+    # the canary "off" ((100 × $100 + 50 × $100) / 1M = $0.015 a call) may now get weight: 4 options, 4 calls;
+    # and each request may be mirrored to it once
+    assert Decimal(admin_api.post(URL, ESTIMATE, format="json").json()["estimated_max_cost"]) == Decimal("75")
+
+
+def test_a_direct_run_is_one_call_a_request(admin_api, registry):
+    body = {"deployment": "dear", "prompts": "synthetic", "input_tokens": 100, "max_tokens": 50, "requests": 1000}
+    assert Decimal(admin_api.post(URL, body, format="json").json()["estimated_max_cost"]) == Decimal("0.8")
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+def test_a_run_over_the_servers_spend_cap_is_refused_naming_requests(admin_api, registry, settings, confirm):
+    settings.LOADTEST_MAX_SPEND = 1.0
+    response = admin_api.post(URL, {**ESTIMATE, "confirm": confirm}, format="json")
+    assert response.status_code == 400
+    assert "WEATHERVANE_LOADTEST_MAX_SPEND" in response.json()["requests"][0]
     assert not LoadTestRun.objects.exists()
 
 
@@ -135,3 +173,80 @@ def test_a_run_left_running_by_a_stopped_server_does_not_block_new_ones(admin_ap
     assert finished(response.json()["id"])
     abandoned = LoadTestRun.objects.exclude(pk=response.json()["id"]).get()
     assert abandoned.status == "failed" and "abandoned" in abandoned.error
+
+
+# --- where a route run goes: configuration only, never the caller's Host header -------------------------------
+
+@pytest.fixture
+def no_gateway_address(settings, monkeypatch):
+    from probes.loadtest import jobs
+
+    settings.LOADTEST_GATEWAY_URL = settings.GATEWAY_URL = ""
+    settings.ALLOWED_HOSTS = ["*"]
+    monkeypatch.setitem(jobs._served_gateway, "url", "")
+    started = []
+    monkeypatch.setattr(jobs.Job, "start", lambda job: started.append(job.gateway_url))
+    return started
+
+
+def test_a_route_run_without_a_configured_gateway_is_refused_whatever_the_host_header(admin_api, registry,
+                                                                                      no_gateway_address):
+    body = {"route": "chat", "requests": 5, "confirm": True}
+    response = admin_api.post(URL, body, format="json", HTTP_HOST="127.0.0.1:6379")
+    assert response.status_code == 400
+    assert "WEATHERVANE_LOADTEST_GATEWAY_URL" in response.json()["route"][0]
+    assert not LoadTestRun.objects.exists() and no_gateway_address == []
+
+
+def test_a_route_run_goes_to_the_address_serve_bound_not_the_host_header(admin_api, registry, no_gateway_address):
+    from probes.loadtest import jobs
+
+    jobs.serve_gateway_at("0.0.0.0", 8123)
+    response = admin_api.post(URL, {"route": "chat", "requests": 5, "confirm": True}, format="json",
+                              HTTP_HOST="127.0.0.1:6379")
+    assert response.status_code == 201
+    assert no_gateway_address == ["http://127.0.0.1:8123/v1"]
+
+
+def test_the_configured_load_test_gateway_url_comes_first(admin_api, registry, no_gateway_address, settings):
+    from probes.loadtest import jobs
+
+    jobs.serve_gateway_at("127.0.0.1", 8123)
+    settings.GATEWAY_URL = "https://gateway.example.com/v1"
+    settings.LOADTEST_GATEWAY_URL = "http://10.0.0.5:8080/v1"
+    assert admin_api.post(URL, {"route": "chat", "requests": 5, "confirm": True}, format="json",
+                          HTTP_HOST="evil.example:1").status_code == 201
+    assert no_gateway_address == ["http://10.0.0.5:8080/v1"]
+
+
+def test_the_key_of_a_run_whose_process_died_is_disabled_and_audited(registry):
+    from probes.loadtest import jobs
+    from routing.models import AuditEvent, GatewayKey, Route
+
+    run = LoadTestRun.objects.create(target_label="route:chat", settings={"duration_s": 60}, status="running")
+    context = jobs.run_key(Route.objects.get(name="chat"), run)
+    context.__enter__()  # the process dies here: the context never exits
+    key = GatewayKey.objects.get(name=f"load test #{run.pk}")
+    assert key.enabled
+    jobs.close_abandoned(restarted=True)  # `serve` starting again
+    key.refresh_from_db()
+    run.refresh_from_db()
+    assert run.status == "failed" and not key.enabled
+    assert AuditEvent.objects.filter(object_type="gatewaykey", action="update", reason__contains="is over").exists()
+
+
+def test_the_hourly_prune_disables_the_key_of_a_run_past_its_time_cap_in_the_scaled_mode(registry):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from probes import tasks
+    from probes.loadtest import jobs
+    from routing.models import GatewayKey, Route
+
+    run = LoadTestRun.objects.create(target_label="route:chat", settings={"duration_s": 60}, status="running",
+                                     started_at=timezone.now() - timedelta(hours=1))
+    jobs.run_key(Route.objects.get(name="chat"), run).__enter__()  # its worker died mid-run
+    tasks.prune_old_data()
+    assert not GatewayKey.objects.get(name=f"load test #{run.pk}").enabled
+    assert LoadTestRun.objects.get(pk=run.pk).status == "failed"

@@ -87,3 +87,94 @@ async def test_an_error_echoing_the_key_is_redacted():
     assert sample.outcome == "bad_key"
     assert "Incorrect API key provided" in sample.error
     assert SECRET not in sample.error
+
+
+# --- the outbound policy of direct runs: the gateway's resolver, no redirects, the key's limits ----------------
+
+class Upstream:
+    """A tiny upstream that records what reached it: request start times, the most in flight at once."""
+
+    def __init__(self, delay_s=0.0):
+        self.delay_s = delay_s
+        self.starts = []
+        self.in_flight = self.most = 0
+        self.redirected_to = 0
+
+    def app(self):
+        import asyncio
+        import time
+
+        from aiohttp import web
+
+        async def chat(request):
+            self.starts.append(time.monotonic())
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(self.delay_s)
+            self.in_flight -= 1
+            return web.json_response({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+        async def moved(request):
+            raise web.HTTPTemporaryRedirect("/internal")
+
+        async def internal(request):
+            self.redirected_to += 1
+            return web.json_response({})
+
+        app = web.Application()
+        app.add_routes([web.post("/v1/chat/completions", chat), web.post("/moved/chat/completions", moved),
+                        web.post("/internal", internal)])
+        return app
+
+
+@pytest.fixture
+async def upstream():
+    from aiohttp.test_utils import TestServer
+
+    recorder = Upstream(delay_s=0.05)
+    server = TestServer(recorder.app(), host="127.0.0.1")
+    await server.start_server()
+    recorder.url = f"http://127.0.0.1:{server.port}"
+    recorder.port = server.port
+    yield recorder
+    await server.close()
+
+
+async def direct(target, count=1, stream=False):
+    import asyncio
+
+    async with Sender(target, max_tokens=16, stream=stream, timeout_s=10) as sender:
+        return await asyncio.gather(*(sender.send(builtin()[0]) for _ in range(count)))
+
+
+async def test_a_direct_run_never_connects_to_a_name_that_resolves_internal(upstream, settings):
+    settings.ALLOW_PRIVATE_UPSTREAMS = False
+    guarded = Target(url=f"http://localhost:{upstream.port}/v1/chat/completions", model="m", secret=SECRET,
+                     guarded=True)
+    [sample] = await direct(guarded)
+    assert sample.outcome == "connect_error" and "internal address" in sample.error
+    assert upstream.starts == [] and SECRET not in sample.error
+
+
+async def test_a_redirect_is_an_answer_never_followed(upstream):
+    [sample] = await direct(Target(url=f"{upstream.url}/moved/chat/completions", model="m", secret=SECRET))
+    assert sample.status == 307 and sample.outcome != "ok"
+    assert upstream.redirected_to == 0
+
+
+async def test_a_direct_run_keeps_to_the_providers_concurrency(upstream):
+    samples = await direct(Target(url=f"{upstream.url}/v1/chat/completions", model="m", max_in_flight=2), count=6)
+    assert [s.outcome for s in samples] == ["ok"] * 6
+    assert upstream.most == 2
+
+
+async def test_a_direct_run_spaces_its_requests_by_the_keys_rpm_and_tpm(upstream):
+    await direct(Target(url=f"{upstream.url}/v1/chat/completions", model="m", rpm=600), count=4)  # 0.1 s apart
+    gaps = [b - a for a, b in zip(upstream.starts, upstream.starts[1:], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= 0.09
+    tokens = builtin()[0].estimated_tokens() + 16
+    upstream.starts.clear()
+    await direct(Target(url=f"{upstream.url}/v1/chat/completions", model="m", tpm=tokens * 600), count=3)
+    gaps = [b - a for a, b in zip(upstream.starts, upstream.starts[1:], strict=False)]
+    assert min(gaps) >= 0.09

@@ -5,7 +5,15 @@ import httpx
 import orjson
 import pytest
 
-from tests.routing.gateway.helpers import METRICS_TOKEN, client_key, make_provider, make_route, post_chat, scrape
+from tests.routing.gateway.helpers import (
+    METRICS_TOKEN,
+    client_key,
+    make_provider,
+    make_route,
+    post_chat,
+    scrape,
+    wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -271,3 +279,24 @@ async def test_a_client_request_id_that_is_not_a_plain_token_is_replaced(given):
 
 async def _append(messages, message):
     messages.append(message)
+
+
+def test_a_deleted_route_answers_404_like_an_unknown_model_and_its_keys_still_work(sim, serve_gateway):
+    from routing import deletion
+
+    provider = make_provider(sim)
+    chat = make_route("chat", provider, {"sim-fast": ("fast", 100)})
+    make_route("other", provider, {"sim-other": ("fast", 100)})
+    limited, everything = client_key("demo traffic", routes=[chat]), client_key("demo app")
+    gateway = serve_gateway()
+    assert post_chat(gateway, limited, "chat").status_code == 200
+
+    deletion.delete(chat, actor="test")
+
+    gone = wait_until(lambda: post_chat(gateway, everything, "chat").status_code == 404)
+    assert gone, "the gateway still serves the deleted route"
+    error = assert_openai_error(post_chat(gateway, everything, "chat"), 404, "model_not_found")
+    assert "Available models: other." in error["message"]
+    assert post_chat(gateway, everything, "other").status_code == 200
+    models = httpx.get(f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {limited.plaintext}"})
+    assert models.status_code == 200 and models.json()["data"] == []  # authenticated, with nothing left to call
