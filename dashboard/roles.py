@@ -39,6 +39,11 @@ def rollout_create_permissions():
     return [ROLLOUT_CREATE_PERMISSION, WEIGHTS_PERMISSION]
 
 
+def can_draft_rollouts(user):
+    """The "New rollout" form, its preview and its links: as POST /api/v1/rollouts/ (and its dry run)."""
+    return may(user, rollout_create_permissions())
+
+
 def gate_permissions(gate):
     """Return the permissions pressing `gate` needs: the rollout's, and the weights' unless it keeps them."""
     return [ROLLOUT_PERMISSION] if gate in GATES_KEEPING_WEIGHTS else [ROLLOUT_PERMISSION, WEIGHTS_PERMISSION]

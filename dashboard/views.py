@@ -1,4 +1,4 @@
-"""Dashboard pages and the JSON they are built from.
+"""Dashboard pages and the JSON they are built from (rollouts and alerts keep theirs in their own apps).
 
 Each page renders its data server-side and embeds the same dict with
 `json_script`; its JS re-reads the matching /dashboard-data/ view when the
@@ -6,7 +6,6 @@ live socket (re)connects, so charts have no gaps. Staff may change things,
 the viewer group only looks, anyone else signed in gets 403.
 """
 
-from datetime import timedelta
 from functools import wraps
 
 from django.conf import settings
@@ -19,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dashboard import metrics
-from dashboard.roles import can_move_weights, can_press_gate, is_viewer
+from dashboard.roles import can_draft_rollouts, can_move_weights, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
@@ -29,9 +28,8 @@ from routing.audit import actor_name
 from routing.models import ApiToken, Deployment, Event, Route
 from routing.outcomes import Outcome
 from routing.rollouts import controller
-from routing.rollouts.api.serializers import RolloutDetailSerializer, RolloutSerializer
-from routing.rollouts.models import ACTIVE_STATES, FINISHED_STATES, Rollout
-from routing.weights import MAX_REASON_LENGTH, WeightsInvalid, describe_chain_change, weights_history
+from routing.rollouts.models import LOCKING_STATES
+from routing.weights import describe_chain_change, weights_history
 
 TIMELINE_SIZE = 100
 HISTORY_SIZE = 10
@@ -220,9 +218,13 @@ def _route_row(route, since, health, seconds):
 
 
 def _active_rollout(route):
-    """Return {id, state, canary} of the route's active rollout, or None."""
+    """Return {id, state, canary, locking} of the route's active rollout, or None; `locking`: it holds the wheel
+    (manual weight changes are refused until it is paused)."""
     rollout = controller.active_rollout(route.pk)
-    return {"id": rollout.pk, "state": rollout.state, "canary": rollout.canary.name} if rollout else None
+    if rollout is None:
+        return None
+    return {"id": rollout.pk, "state": rollout.state, "canary": rollout.canary.name,
+            "locking": rollout.state in LOCKING_STATES}
 
 
 def _fallback_row(link):
@@ -261,7 +263,7 @@ def _chain_change(before, after):
 
 @dashboard_view
 def routes(request):
-    return _page(request, "dashboard/routes.html", routes_data())
+    return _page(request, "dashboard/routes.html", routes_data(), can_draft=can_draft_rollouts(request.user))
 
 
 @dashboard_view
@@ -392,93 +394,9 @@ def api_tokens(request):
     return _tokens_page(request, created={"name": token.name, "token": plaintext, "expiry": token.expiry})
 
 
-# --- Rollouts -------------------------------------------------------------------
-
-ROLLOUTS_SHOWN = 50
-ROLLOUT_REFRESH_S = 5  # the detail page re-reads its charts at most this often while traffic arrives
-ROLLOUT_AFTERMATH = timedelta(minutes=5)  # a finished rollout's charts show this long after its end
-GATE_LABELS = {"start": "Start", "approve": "Approve next step", "pause": "Pause", "resume": "Resume",
-               "promote": "Promote now", "abort": "Abort (roll back)", "retry": "Retry"}
-
-
-def rollouts_data():
-    """Return the active rollouts and the most recent others, as the REST API lists them."""
-    rows = list(Rollout.objects.select_related("route", "canary")[:ROLLOUTS_SHOWN])
-    active = [r for r in rows if r.state in ACTIVE_STATES]
-    recent = [r for r in rows if r.state not in ACTIVE_STATES]
-    return {"active": RolloutSerializer(active, many=True).data, "recent": RolloutSerializer(recent, many=True).data}
-
-
-def rollout_data(rollout):
-    """Return one rollout as the API's detail shows it, plus the gates that apply now."""
-    data = RolloutDetailSerializer(rollout).data
-    data["gates"] = [{"name": name, "label": GATE_LABELS[name]}
-                     for name, states in controller.GATES.items() if rollout.state in states]
-    data["charts"] = metrics.rollout_series(rollout.route_id, rollout.canary_id, _charts_until(rollout))
-    data["refresh_s"] = ROLLOUT_REFRESH_S
-    return data
-
-
-def _charts_until(rollout, now=None):
-    """A rollout's charts end now while it is active (or a draft); a finished one's a few minutes after its end."""
-    now = now or timezone.now()
-    if rollout.state in FINISHED_STATES:
-        return min(now, rollout.updated_at + ROLLOUT_AFTERMATH)
-    return now
-
-
-@dashboard_view
-def rollouts(request):
-    return _page(request, "dashboard/rollouts.html", rollouts_data())
-
-
-@dashboard_view
-def rollout_detail(request, pk):
-    return _page(request, "dashboard/rollout.html", rollout_data(get_object_or_404(Rollout, pk=pk)))
-
-
-@dashboard_view
-def rollout_json(request, pk):
-    return _json(rollout_data(get_object_or_404(Rollout, pk=pk)))
-
-
 @require_POST
 @dashboard_view
 def revoke_api_token(request, token_key):
     token = get_object_or_404(ApiToken, user=request.user, token_key=token_key)
     tokens.revoke(token, actor=actor_name(request.user), user=request.user)
     return redirect("api-tokens")
-
-
-@require_POST
-@dashboard_view
-def rollout_gate(request, pk, gate):
-    """Press a gate from the page (with the API's permissions); answer the page again with the problem when it is
-    refused."""
-    if not can_press_gate(request.user, gate):
-        raise PermissionDenied("Pressing this gate needs the rollout permission (and the weights permission for a "
-                               "gate that moves traffic); viewers can look.")
-    rollout = get_object_or_404(Rollout, pk=pk)
-    reason = request.POST.get("reason", "").strip()
-    if gate not in controller.GATES:
-        return HttpResponseBadRequest("Unknown gate.")
-    problem, status = _press(rollout, gate, reason, request.user)
-    if problem is None:
-        return redirect("rollout", pk=pk)
-    rollout.refresh_from_db()
-    response = _page(request, "dashboard/rollout.html", rollout_data(rollout), problem=problem)
-    response.status_code = status
-    return response
-
-
-def _press(rollout, gate, reason, user):
-    """Return (None, 200) when the gate was pressed, else (the problem in words, HTTP status)."""
-    if not reason or len(reason) > MAX_REASON_LENGTH:
-        return f"Say why (1 to {MAX_REASON_LENGTH} characters); the reason is kept in the audit trail.", 400
-    try:
-        controller.gate(rollout.pk, gate, reason=reason, actor=actor_name(user), user=user)
-    except controller.GateRefused as exc:
-        return str(exc), 409
-    except WeightsInvalid as exc:
-        return str(exc), 400
-    return None, 200

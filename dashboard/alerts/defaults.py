@@ -22,6 +22,8 @@ RULES = [
     {"name": "rollout needs attention", "kind": "rollout",
      "params": {"states": ["preflight_failed", "awaiting_approval", "rolled_back"], "hold_s": 3600}, "for_s": 0,
      "severity": "warning"},
+    {"name": "rollout paused or stuck", "kind": "rollout", "params": {"states": ["paused", "stuck"]}, "for_s": 0,
+     "severity": "warning"},
     {"name": "rollout promoted", "kind": "rollout", "params": {"states": ["promoted"], "hold_s": 600}, "for_s": 0,
      "severity": "info"},
     {"name": "probe budget spent", "kind": "probe_budget", "params": {}, "for_s": 0, "severity": "info"},

@@ -1,9 +1,10 @@
 """What the rules watch: one function per condition kind, each reading its data in one batch for every rule of
 that kind (one or two queries per kind, never one per rule), returning {rule id: [Observation]}.
 
-State conditions (a deployment down, a circuit open, a key invalid, a rollout awaiting approval) hold while the
-state lasts; one-off rollout outcomes (preflight failed, rolled back, promoted) hold for the rule's `hold_s`
-while the rollout stays there; thresholds are read over the rule's window of per-minute rollups.
+State conditions (a deployment down, a circuit open, a key invalid, a rollout awaiting approval, paused or stuck
+past its step timeout) hold while the state lasts; one-off rollout outcomes (preflight failed, rolled back,
+promoted) hold for the rule's `hold_s` while the rollout stays there; thresholds are read over the rule's window
+of per-minute rollups.
 """
 
 import threading
@@ -26,8 +27,12 @@ from .models import ConditionKind
 SUBJECT_LABELS = ("provider", "deployment", "route", "key")
 ROLLOUT_EVENTS = {"preflight_failed": RolloutState.ABORTED, "rolled_back": RolloutState.ROLLED_BACK,
                   "promoted": RolloutState.PROMOTED}
-ROLLOUT_STATES = (*ROLLOUT_EVENTS, "awaiting_approval")
+# Held while they last: waiting for an approval, paused (by a human, or by a step's timeout), stuck (a running
+# step past its timeout that no tick has paused: the rollout scheduler is not running).
+ROLLOUT_HELD = ("awaiting_approval", "paused", "stuck")
+ROLLOUT_STATES = (*ROLLOUT_EVENTS, *ROLLOUT_HELD)
 DEFAULT_HOLD_S = 3600
+STUCK_GRACE_S = 60  # a tick every few seconds pauses a timed-out step well within this
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ def rollout(rules, now):
     horizon = now - timedelta(seconds=max(r.params.get("hold_s", DEFAULT_HOLD_S) for r in rules))
     transitions = list(RolloutTransition.objects.filter(at__gte=horizon, to_state__in=ROLLOUT_EVENTS.values())
                        .select_related("rollout__route", "rollout__canary"))
-    waiting = list(Rollout.objects.filter(state=RolloutState.AWAITING_APPROVAL).select_related("route", "canary"))
+    held = _held_rollouts(now)
     for rule in rules:
         wanted = rule.params.get("states") or list(ROLLOUT_STATES)
         since = now - timedelta(seconds=rule.params.get("hold_s", DEFAULT_HOLD_S))
@@ -142,10 +147,36 @@ def rollout(rules, now):
             name = _rollout_event(t)
             if name in wanted and t.at >= since and t.rollout.state == t.to_state:
                 found[t.rollout_id] = _rollout_observation(t.rollout, name, t.reason)
-        if "awaiting_approval" in wanted:
-            found |= {r.pk: _rollout_observation(r, "awaiting_approval", "a human's approval is needed")
-                      for r in waiting}
+        found |= {pk: observation for pk, (name, observation) in held.items() if name in wanted}
         yield rule, list(found.values())
+
+
+def _held_rollouts(now):
+    """Return {rollout id: (held condition, Observation)} of rollouts awaiting approval, paused or stuck."""
+    states = (RolloutState.AWAITING_APPROVAL, RolloutState.PAUSED, RolloutState.RUNNING)
+    rollouts = Rollout.objects.filter(state__in=states).select_related("route", "canary")
+    paused_why = dict(RolloutTransition.objects.filter(rollout__state=RolloutState.PAUSED, to_state=RolloutState.PAUSED)
+                      .order_by("at", "id").values_list("rollout_id", "reason"))  # the latest pause's reason wins
+    held = {}
+    for ro in rollouts:
+        if ro.state == RolloutState.AWAITING_APPROVAL:
+            name, why = "awaiting_approval", "a human's approval is needed"
+        elif ro.state == RolloutState.PAUSED:
+            name, why = "paused", paused_why.get(ro.pk, "paused")
+        elif _overdue_s(ro, now) > STUCK_GRACE_S:
+            name = "stuck"
+            why = (f"step {ro.step + 1} is {_overdue_s(ro, now):.0f} s past its {ro.step_timeout_s} s timeout "
+                   "and no tick has paused it")
+        else:
+            continue
+        held[ro.pk] = (name, _rollout_observation(ro, name, why))
+    return held
+
+
+def _overdue_s(rollout, now):
+    if rollout.step_started_at is None:
+        return 0.0
+    return (now - rollout.step_started_at).total_seconds() - rollout.step_timeout_s
 
 
 def _rollout_event(transition):

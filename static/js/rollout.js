@@ -87,6 +87,86 @@
     list.replaceChildren(...verdicts.map(verdictItem));
   }
 
+  function guardItem(g) {
+    const item = document.createElement("li");
+    item.className = "guard verdict-" + g.verdict;
+    item.dataset.metric = g.metric;
+    const head = document.createElement("p");
+    const name = document.createElement("strong");
+    name.textContent = g.label;
+    const verdict = document.createElement("span");
+    verdict.className = "verdict";
+    verdict.textContent = g.verdict;
+    head.append(name, ": ", verdict, " — " + g.sentence);
+    item.append(head);
+    if (g.progress) item.append(progressPair(g.progress));
+    if (g.numbers.length) item.append(numbers(g.numbers));
+    return item;
+  }
+
+  function progressPair(progress) {
+    const box = document.createElement("div");
+    box.className = "progress-pair";
+    for (const [side, words] of [["fail", "toward a rollback"], ["pass", "toward a pass"]]) {
+      const label = document.createElement("label");
+      const bar = document.createElement("progress");
+      bar.max = 100;
+      bar.value = progress[side];
+      bar.dataset.side = side;
+      bar.textContent = progress[side] + " %";
+      label.append(words + " ", bar, ` ${progress[side]} %`);
+      box.append(label);
+    }
+    return box;
+  }
+
+  function numbers(pairs) {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "Numbers";
+    const list = document.createElement("dl");
+    list.className = "numbers";
+    for (const [name, text] of pairs) {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      const dd = document.createElement("dd");
+      dd.textContent = text;
+      list.append(dt, dd);
+    }
+    details.append(summary, list);
+    return details;
+  }
+
+  /* Re-drawn from the data's guard_evidence (built by the server, like the first render); open details stay open. */
+  function drawGuards(guards) {
+    const list = document.getElementById("guard-evidence");
+    if (!guards.length) return;
+    const open = new Set([...list.querySelectorAll("li[data-metric] details[open]")].map((d) => d.closest("li").dataset.metric));
+    list.replaceChildren(...guards.map(guardItem));
+    list.querySelectorAll("li[data-metric]").forEach((li) => { if (open.has(li.dataset.metric)) li.querySelector("details")?.setAttribute("open", ""); });
+  }
+
+  /* "12:34 left" until the step's timeout; then the next tick pauses the rollout (and reloads this page). */
+  function countdown() {
+    const box = document.getElementById("step-countdown");
+    if (!box) return;
+    const out = box.querySelector(".countdown");
+    const deadline = Date.parse(box.dataset.deadline);
+    function show() {
+      const left = Math.round((deadline - Date.now()) / 1000);
+      if (left <= 0) {
+        out.textContent = ": timed out, pausing at the next tick";
+        return;
+      }
+      const h = Math.floor(left / 3600);
+      const m = Math.floor((left % 3600) / 60);
+      const sec = String(left % 60).padStart(2, "0");
+      out.textContent = ` (${h ? h + ":" + String(m).padStart(2, "0") : m}:${sec} left)`;
+    }
+    show();
+    setInterval(show, 1000);
+  }
+
   const rendered = { state: data.state, step: data.step };
 
   function apply(fresh) {
@@ -98,6 +178,7 @@
     }
     drawCharts(fresh.charts);
     drawVerdicts(fresh.verdicts);
+    drawGuards(fresh.guard_evidence);
   }
 
   async function refresh() {
@@ -126,5 +207,6 @@
   }
 
   drawCharts(data.charts);
+  countdown();
   W.connect({ onBatch, onConnect: refresh });
 })();

@@ -430,6 +430,7 @@
     if (!section) return;
     applySplit(route.name, route.version, Object.fromEntries(route.targets.map((t) => [t.deployment, t.weight])));
     applyChain(route.name, route.version, route.fallbacks);
+    applyWheel(section, route.rollout);
     for (const t of route.targets) {
       const row = section.querySelector(`tbody tr[data-deployment="${CSS.escape(t.deployment)}"]`);
       if (!row) continue;
@@ -443,6 +444,39 @@
     }
     const history = section.querySelector("[data-field=history]");
     if (route.history.length) history.replaceChildren(...route.history.map(historyRow));
+  }
+
+  /* The route's rollout line: a banner while it holds the wheel, a note while paused, nothing without one. */
+  function showRollout(section, rollout) {
+    const head = section.querySelector(".route-head");
+    let line = head.querySelector("[data-field=rollout]");
+    const offer = head.querySelector("[data-field=new-rollout]");
+    if (offer) offer.hidden = Boolean(rollout);
+    if (!rollout) return line && line.remove();
+    if (!line) {
+      line = document.createElement("p");
+      line.dataset.field = "rollout";
+      head.append(line);
+    }
+    line.className = "rollout-link" + (rollout.locking ? " banner" : "");
+    const link = document.createElement("a");
+    link.href = `/rollouts/${rollout.id}/`;
+    link.textContent = `rollout #${rollout.id} of ${rollout.canary}`;
+    line.replaceChildren(link, ` (${rollout.state}) ` + (rollout.locking
+      ? "is driving this route; pause it to take the wheel."
+      : "is paused: the split is yours to change; resume it to hand the wheel back."));
+  }
+
+  /* While a rollout holds the wheel the split form is disabled; paused or ended, staff get it back. */
+  function applyWheel(section, rollout) {
+    showRollout(section, rollout);
+    const form = section.querySelector("form.split-form");
+    if (!form || form.dataset.canChange !== "true") return;
+    const locked = Boolean(rollout && rollout.locking);
+    if (form.dataset.locked === String(locked)) return; // only on a change: a submit in flight keeps its buttons
+    form.dataset.locked = String(locked);
+    form.querySelector("fieldset").disabled = locked;
+    form.querySelectorAll("fieldset input, fieldset button").forEach((control) => { control.disabled = locked; });
   }
 
   async function refresh() {
@@ -465,6 +499,8 @@
         applySplit(p.route, p.version, p.weights || {});
         if (Array.isArray(p.fallbacks)) applyChain(p.route, p.version, p.fallbacks);
         refresh(); // the audit trail gained a row
+      } else if (m.type === "rollout.changed") {
+        refresh();
       } else if (m.type === "traffic.point" || m.type === "health.changed") {
         refreshSoon();
       }
@@ -474,7 +510,7 @@
   // Set from here, not a style attribute: the Content-Security-Policy allows no inline styles.
   document.querySelectorAll(".bar[data-weight]").forEach((bar) => bar.style.setProperty("--w", bar.dataset.weight + "%"));
   document.querySelectorAll("form.split-form").forEach((form) => {
-    if (!form.querySelector("fieldset").disabled) wireForm(form);
+    if (form.dataset.canChange === "true") wireForm(form); // also while a rollout holds it: a pause gives it back
     else showTotal(form);
   });
   document.querySelectorAll("form.fallback-form").forEach(wireChainForm);

@@ -478,7 +478,7 @@ def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
     page.on("console",
             lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
     for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/rollouts/", f"/rollouts/{rollout.pk}/",
-                 "/admin/", "/api/docs/"):
+                 "/rollouts/new/?route=chat", "/admin/", "/api/docs/"):
         page.goto(path)
         page.wait_for_load_state("networkidle")
     page.goto("/routes/")
@@ -675,3 +675,76 @@ def test_a_silence_created_on_the_alerts_page_quiets_a_firing_alert(chromium, ap
         assert "known: the canary is being replaced" in page.locator("table.silences").inner_text()
         assert Alert.objects.get().suppressed == "silenced"
     page.context.close()
+
+
+def test_staff_draft_a_rollout_from_the_keyboard_and_see_it_listed_while_viewers_see_no_controls(
+        chromium, app_url, world):
+    from routing import weights
+    from routing.rollouts.models import Rollout
+
+    weights.apply_weights(world.route, {"stable": 100, "canary": 0}, reason="canary drained", actor="alice")
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    admin.focus("a.new-rollout")
+    admin.keyboard.press("Enter")
+    admin.wait_for_url("**/rollouts/new/?route=chat")
+    assert admin.locator("#id_route").input_value() == "chat"
+    assert admin.locator("#id_canary").input_value() == "canary"  # the route's lightest target
+    admin.focus("#id_plan_template")
+    admin.keyboard.press("ArrowDown")  # careful → quick: the step rows follow
+    assert admin.locator("[name=step-0-weight]").input_value() == "10"
+    assert admin.locator("[name=step-2-weight]").input_value() == "100"
+    assert admin.locator("[name=step-3-weight]").input_value() == ""
+    # The time-to-decision preview of the form as it stands (the API's dry run): each step's line, slow ones flagged.
+    first = admin.locator('.step-row[data-row="0"] .step-forecast')
+    first.filter(has_text="req/s to the canary").wait_for(timeout=10_000)
+    assert "cannot decide within its step timeout" in first.inner_text()
+    assert "slow" in admin.locator('.step-row[data-row="0"]').get_attribute("class").split()
+    assert admin.locator('.step-row[data-row="2"] .step-forecast').inner_text() == (
+        "the promotion: nothing left to compare")
+    assert "cannot decide within the step timeout" in admin.locator("#forecast-summary").inner_text()
+    admin.focus("[name=guard-errors-allowed]")
+    admin.keyboard.press("Control+A")
+    admin.keyboard.type("1")
+    admin.keyboard.press("Enter")  # submits the form
+    admin.wait_for_url(re.compile(r".*/rollouts/\d+/$"))
+    rollout = Rollout.objects.get()
+    assert admin.locator("#rollout-state").inner_text() == "draft"
+    assert [s["weight"] for s in rollout.plan] == [10, 50, 100]
+    assert rollout.guards[0] == {"metric": "errors", "allowed": 0.01, "limit": None}
+    admin.goto("/rollouts/")
+    assert admin.locator(f'table[data-group=recent] tr[data-rollout="{rollout.pk}"]').inner_text().split("\t")[:3] == [
+        f"#{rollout.pk}", "chat", "canary"]
+    admin.context.close()
+
+    viewer = signed_in_page(chromium, app_url, "victor", "/rollouts/")
+    assert viewer.locator("#new-rollout").count() == 0
+    viewer.goto("/routes/")
+    assert viewer.locator("a.new-rollout").count() == 0
+    assert viewer.goto("/rollouts/new/").status == 403
+    viewer.goto(f"/rollouts/{rollout.pk}/")
+    assert viewer.locator("form.gate").count() == 0
+    viewer.context.close()
+
+
+def test_an_open_routes_page_disables_the_sliders_when_a_rollout_takes_the_wheel_and_enables_them_on_pause(
+        chromium, app_url, world):
+    from routing.rollouts import controller
+    from routing.rollouts.models import Rollout, RolloutState
+
+    rollout = Rollout.objects.create(route=world.route, canary=world.route.targets.get(deployment__name="canary")
+                                     .deployment, plan=[{"weight": 50}], guards=[{"metric": "errors", "allowed": 0.01}],
+                                     state=RolloutState.AWAITING_APPROVAL, baseline={"stable": 90, "canary": 10})
+    controller.gate(rollout.pk, "pause", reason="hands on", actor="alice")
+    admin = signed_in_page(chromium, app_url, "alice", "/routes/")
+    slider = '.weight-row[data-deployment="canary"] input[type=range]'
+    assert admin.locator(slider).is_enabled()
+    admin.evaluate("() => { window.notReloaded = true; }")
+    controller.gate(rollout.pk, "resume", reason="carry on", actor="alice")  # running again: it holds the wheel
+    admin.wait_for_selector(f".rollout-link.banner:has-text('rollout #{rollout.pk} of canary (running) is driving "
+                            "this route; pause it to take the wheel.')", timeout=15_000)
+    assert admin.locator(slider).is_disabled() and admin.locator("form.split-form button.apply").is_disabled()
+    controller.gate(rollout.pk, "pause", reason="my turn", actor="alice")
+    admin.wait_for_selector(".rollout-link:has-text('is paused: the split is yours to change')", timeout=15_000)
+    assert admin.locator(slider).is_enabled()
+    assert admin.evaluate("() => window.notReloaded") is True  # followed live, nothing typed is lost
+    admin.context.close()

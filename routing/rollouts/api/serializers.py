@@ -1,11 +1,14 @@
 """REST representations of rollouts: a strictly validated plan and guards in, transitions and verdicts out."""
 
+from django.db import transaction
 from rest_framework import serializers
 
 from routing.api.serializers import StrictFieldsMixin, StrictIntegerField
-from routing.models import Deployment, Route
+from routing.audit import actor_name, record, snapshot
+from routing.models import AuditAction, Deployment, Route
 from routing.weights import MAX_REASON_LENGTH
 
+from .. import forecast
 from ..analysis import DEFAULT_GUARDS, Guard, Metric
 from ..models import ACTIVE_STATES, Rollout, RolloutTransition, RolloutVerdict
 
@@ -121,13 +124,31 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             raise serializers.ValidationError({"canary": [f"{canary.name!r} is the canary of {busy}, still active."]})
         return data
 
+    def forecast(self):
+        """Return forecast.forecast_plan of the validated rollout: the API's dry run and the form's preview."""
+        data = self.validated_data
+        fields = {name: data.get(name, Rollout._meta.get_field(name).default)
+                  for name in ("step_timeout_s", "min_canary_requests")}
+        return forecast.forecast_plan(data["route"], data["plan"], data["guards"], **fields)
+
+    def save_draft(self, user):
+        """Save the validated rollout as a draft with its audit row (one transaction); return it. The API and the
+        page's form both create drafts here."""
+        actor = actor_name(user)
+        with transaction.atomic():
+            rollout = self.save(created_by=actor)
+            record(action=AuditAction.CREATE, obj=rollout, actor=actor, user=user, after=snapshot(rollout),
+                   reason="rollout drafted")
+        return rollout
+
 
 class RolloutDetailSerializer(RolloutSerializer):
     transitions = RolloutTransitionSerializer(many=True, read_only=True)
     verdicts = serializers.SerializerMethodField()
 
     class Meta(RolloutSerializer.Meta):
-        fields = [*RolloutSerializer.Meta.fields, "transitions", "verdicts"]
+        fields = [*RolloutSerializer.Meta.fields, "step_started_at", "transitions", "verdicts"]
+        read_only_fields = [*RolloutSerializer.Meta.read_only_fields, "step_started_at"]
 
     def get_verdicts(self, rollout) -> list:
         return RolloutVerdictSerializer(rollout.verdicts.all()[:50], many=True).data

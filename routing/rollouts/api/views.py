@@ -7,7 +7,6 @@ and a timeline Event. A gate that does not apply in the rollout's state
 answers 409 and changes nothing.
 """
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -16,11 +15,10 @@ from rest_framework.response import Response
 from dashboard import roles
 from routing.api.base import BodySizeLimitMixin
 from routing.api.filters import StrictFilterSet
-from routing.audit import actor_name, record, snapshot
-from routing.models import AuditAction
+from routing.audit import actor_name
 
-from .. import controller, forecast
-from ..models import DEFAULT_STEP_TIMEOUT_S, Rollout
+from .. import controller
+from ..models import Rollout
 from . import serializers as s
 
 GATE_CONFLICT = OpenApiResponse(description="The gate does not apply in the rollout's present state.")
@@ -53,7 +51,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
 
     queryset = Rollout.objects.select_related("route", "canary")
     filterset_class = RolloutFilter
-    action_permissions = {"create": roles.rollout_create_permissions(),
+    action_permissions = {"create": roles.rollout_create_permissions(), "preview": roles.rollout_create_permissions(),
                           **{name: roles.gate_permissions(name) for name in controller.GATES}}
 
     def get_serializer_class(self):
@@ -64,11 +62,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
         return queryset.prefetch_related("transitions") if self.action != "list" else queryset
 
     def perform_create(self, serializer):
-        actor = actor_name(self.request.user)
-        with transaction.atomic():
-            rollout = serializer.save(created_by=actor)
-            record(action=AuditAction.CREATE, obj=rollout, actor=actor, user=self.request.user,
-                   after=snapshot(rollout), reason="rollout drafted")
+        serializer.save_draft(self.request.user)
 
     def press_gate(self, name):
         rollout = self.get_object()
@@ -89,11 +83,7 @@ class RolloutViewSet(BodySizeLimitMixin, mixins.CreateModelMixin, mixins.ListMod
     def preview(self, request):
         serializer = s.RolloutSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        return Response(forecast.forecast_plan(
-            data["route"], data["plan"], data["guards"],
-            step_timeout_s=data.get("step_timeout_s", DEFAULT_STEP_TIMEOUT_S),
-            min_canary_requests=data.get("min_canary_requests", 100)))
+        return Response(serializer.forecast())
 
     start = _gate_action("start", "start", "Start a draft: preflight probes of the canary, then its first step.")
     approve = _gate_action("approve", "approve", "Approve the next step of a rollout awaiting approval.")

@@ -168,3 +168,45 @@ def test_a_deleted_routes_spend_today_still_counts_under_its_name(world, clock):
     traffic(world.stable, clock(), [Outcome.OK], route=world.route, cost="6")
     deletion.delete(world.route, actor="test")  # archived: its rollups stay, and so does the money they spent
     assert observed(per_route, clock()) == [("chat", "chat spent 6.00 today (UTC) > limit 4")]
+
+
+def default_rule(name):
+    from dashboard.alerts.defaults import RULES
+    from dashboard.alerts.models import AlertRule
+
+    return AlertRule.objects.create(**next(rule for rule in RULES if rule["name"] == name))
+
+
+def test_by_default_a_paused_rollout_fires_with_why_and_resolves_when_it_resumes(world, policy, sent, clock):
+    from routing.rollouts import controller
+
+    default_rule("rollout paused or stuck")
+    rollout = Rollout.objects.create(route=world.route, canary=world.canary, plan=[{"weight": 50}], guards=[],
+                                     state=RolloutState.RUNNING, step_started_at=clock(),
+                                     baseline={"stable": 90, "canary": 10})
+    engine.tick(clock())
+    assert not Alert.objects.exists()  # running inside its timeout: nothing to say
+    controller.gate(rollout.pk, "pause", reason="step 1 timed out after 1800 s: undecided", actor="rollout:1")
+    engine.tick(clock.advance(5))
+    alert = Alert.objects.get()
+    assert alert.state == "firing" and alert.labels["event"] == "paused" and alert.labels["route"] == "chat"
+    assert alert.summary == f"{rollout}: paused: step 1 timed out after 1800 s: undecided"
+    engine.tick(clock.advance(30))  # the policy's group wait
+    assert [m.alerts[0].summary for m, _ in sent][-1] == alert.summary
+    controller.gate(rollout.pk, "resume", reason="looked at it", actor="alice")
+    Rollout.objects.filter(pk=rollout.pk).update(step_started_at=clock())
+    engine.tick(clock.advance(5))
+    assert Alert.objects.get().state == "resolved"
+
+
+def test_by_default_a_running_step_past_its_timeout_that_no_tick_paused_fires_as_stuck(world, policy, clock):
+    default_rule("rollout paused or stuck")
+    started = clock() - timedelta(seconds=600 + sources.STUCK_GRACE_S - 1)
+    Rollout.objects.create(route=world.route, canary=world.canary, plan=[{"weight": 50}], guards=[],
+                           state=RolloutState.RUNNING, step_started_at=started, step_timeout_s=600)
+    engine.tick(clock())
+    assert not Alert.objects.exists()  # the next tick may still pause it
+    engine.tick(clock.advance(120))
+    alert = Alert.objects.get()
+    assert alert.labels["event"] == "stuck" and alert.state == "firing"
+    assert "step 1 is 179 s past its 600 s timeout and no tick has paused it" in alert.summary
