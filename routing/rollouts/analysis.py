@@ -450,7 +450,8 @@ def _combine_quantiles(metric, decided, alpha):
     evidence = {"progress": progress, "alpha": alpha, "fail_threshold": math.exp(level),
                 "pass_threshold": 1 / PASS_ALPHA, "e_fail": _e(log_fail),
                 "e_pass": min(v.evidence["e_pass"] for v in verdicts),
-                "phi": max(v.evidence["phi"] for v in verdicts), "carried": any(v.evidence["carried"] for v in verdicts)}
+                "phi": max(v.evidence["phi"] for v in verdicts),
+                "carried": any(v.evidence["carried"] for v in verdicts)}
     return MetricVerdict(metric, overall, "", evidence, log_fail, incident)
 
 

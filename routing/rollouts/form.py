@@ -9,7 +9,7 @@ in percent; the API takes fractions (0.005 = +0.5 pp, 0.1 = +10 %).
 import math
 from dataclasses import dataclass, field
 
-from .analysis import LIMIT_ONLY_METRICS, RATE_METRICS, Metric
+from .analysis import DEFAULT_GUARDS, LIMIT_ONLY_METRICS, RATE_METRICS, Metric
 from .api.serializers import MAX_STEPS
 from .models import DEFAULT_STEP_TIMEOUT_S
 
@@ -22,13 +22,14 @@ def _label(name, steps):
     return f"{name}: " + " → ".join(f"{s['weight']} %" for s in steps)
 
 
-CAREFUL = _steps([1, 5, 25, 50, 100], 300)
+CAREFUL = _steps([5, 25, 50, 100], 300)
 QUICK = _steps([10, 50, 100], 120)
 PLAN_TEMPLATES = {"careful": {"label": _label("Careful", CAREFUL), "steps": CAREFUL},
                   "quick": {"label": _label("Quick", QUICK), "steps": QUICK}}
 CUSTOM = "custom"
 # Guarded unless the user unticks them: what a user feels first (failures, a slow first token, a slow stream).
-DEFAULT_ALLOWED = {"errors": "0.5", "ttft_p95": "10", "tpot_p95": "10"}
+# The guards a rollout gets when its author says nothing (analysis.DEFAULT_GUARDS), in the form's units.
+DEFAULT_ALLOWED = {g["metric"]: f"{g['allowed'] * 100:g}" for g in DEFAULT_GUARDS}
 SPARE_ROWS = 2  # blank step rows under the plan, for a form used without JavaScript
 NUMBER_FIELDS = ("alpha", "min_canary_requests", "step_timeout_s")
 NUMBER_DEFAULTS = {"alpha": "0.01", "min_canary_requests": "100", "step_timeout_s": str(DEFAULT_STEP_TIMEOUT_S)}

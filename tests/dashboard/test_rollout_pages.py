@@ -115,11 +115,11 @@ def test_staff_draft_a_rollout_from_the_form_and_it_is_audited_as_the_api_does(a
     form = browser(admin_user).get("/rollouts/new/?route=chat").content.decode()
     assert '<option value="chat" selected>chat</option>' in form
     assert '<option value="canary">canary</option>' in form
-    assert "Careful: 1 % → 5 % → 25 % → 50 % → 100 %" in form
+    assert "Careful: 5 % → 25 % → 50 % → 100 %" in form
     ticked = [m for m in ("errors", "ttft_p95", "tpot_p95", "latency_p95")
               if f'name="guard-{m}-on" value="on" checked>' in form]
-    assert ticked == ["errors", "ttft_p95", "tpot_p95"]  # the defaults: +0.5 pp, +10 %, +10 %
-    assert 'name="guard-tpot_p95-allowed" value="10"' in form and 'name="guard-errors-allowed" value="0.5"' in form
+    assert ticked == ["errors", "ttft_p95", "tpot_p95"]  # the API's defaults: +1 pp, +20 %, +20 %
+    assert 'name="guard-tpot_p95-allowed" value="20"' in form and 'name="guard-errors-allowed" value="1"' in form
     response = browser(admin_user).post("/rollouts/new/", {
         "route": "chat", "canary": "canary", "plan_template": "careful",
         "guard-errors-on": "on", "guard-errors-allowed": "0.5",
@@ -129,7 +129,7 @@ def test_staff_draft_a_rollout_from_the_form_and_it_is_audited_as_the_api_does(a
     rollout = Rollout.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/rollouts/{rollout.pk}/"
     assert rollout.state == RolloutState.DRAFT and rollout.created_by == "alice"
-    assert [s["weight"] for s in rollout.plan] == [1, 5, 25, 50, 100]
+    assert [s["weight"] for s in rollout.plan] == [5, 25, 50, 100]
     assert rollout.guards == [{"metric": "errors", "allowed": 0.005, "limit": None},
                               {"metric": "ttft_p95", "allowed": 0.1, "limit": None}]
     assert (rollout.alpha, rollout.min_canary_requests, rollout.step_timeout_s) == (0.02, 200, 900)
