@@ -34,6 +34,7 @@ WITHIN_PRIOR_SD = 0.3
 MIN_CONCENTRATION = 2.0
 DISPERSION_PRIOR_DF = 4
 RATIO_SEARCH = (1e-4, 1e4)
+TINY = 1e-290  # below this a tail mass is taken in log space
 
 
 class Side(StrEnum):
@@ -62,11 +63,30 @@ def centred_concentration(theta0, ratio, ratio_sd=PRIOR_RATIO_SD):
 
 
 def _log_tail(a, b, theta0, side):
-    """Return log P(theta on `side` of theta0) for theta ~ Beta(a, b); -inf when it underflows."""
+    """Return log P(theta on `side` of theta0) for theta ~ Beta(a, b); -inf when even its log underflows.
+
+    betainc is fast but floors at the smallest subnormal; a mass that small is taken in log space instead.
+    """
     if side == Side.BOTH:
         return 0.0
     mass = betaincc(a, b, theta0) if side == Side.ABOVE else betainc(a, b, theta0)
-    return math.log(mass) if mass > 0 else -math.inf
+    if mass > TINY:
+        return math.log(mass)
+    return _log_lower_tail(b, a, 1.0 - theta0) if side == Side.ABOVE else _log_lower_tail(a, b, theta0)
+
+
+def _log_lower_tail(a, b, x, max_terms=100_000):
+    """Return log I_x(a, b), the regularized incomplete beta function, for a tail too small for a float:
+    x^a (1 - x)^b / (a B(a, b)) times the hypergeometric series sum_n (a + b)_n / (a + 1)_n x^n
+    (Abramowitz & Stegun 26.5.23), summed in floats because its terms start at 1 and shrink."""
+    total, term, n = 1.0, 1.0, 0
+    while n < max_terms:
+        term *= (a + b + n) / (a + 1 + n) * x
+        total += term
+        n += 1
+        if term < 1e-17 * total:
+            break
+    return a * math.log(x) + b * math.log1p(-x) - math.log(a) - betaln(a, b) + math.log(total)
 
 
 def log_e_value(hits, misses, theta0, side, ratio_sd=PRIOR_RATIO_SD, k=None, centre=None):
