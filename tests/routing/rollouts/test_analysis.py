@@ -289,3 +289,25 @@ def test_every_verdict_is_storable_as_strict_json():
     for window in cases:
         stored = json.loads(json.dumps(judge(window, [ERRORS, TTFT]).as_dict(), allow_nan=False))
         assert stored["metrics"][0]["evidence"]["progress"]["fail"] >= 0
+
+
+def test_the_baselines_own_variation_is_pearsons_chi_square_shrunk_toward_one():
+    from routing.rollouts.analysis import baseline_dispersion
+
+    # Hand-computed: 2 and 0 failures in two minutes of 100 at a 1 % rate: each minute is 1 away from its
+    # expected 1 with variance 0.99, chi-square 2 / 0.99 on 1 degree of freedom; shrunk by 4: (4 + 2.0202) / 5.
+    assert baseline_dispersion([(2, 100), (0, 100)]) == pytest.approx((4 + 2 / 0.99) / 5)
+    assert baseline_dispersion([(1, 100), (1, 100)]) == 1.0
+    assert baseline_dispersion([(0, 100), (0, 100)]) == 1.0  # no events: nothing to say
+
+
+def test_thin_traffic_can_roll_back_on_the_canarys_own_rate_against_the_baselines_history():
+    from routing.rollouts.analysis import _own_rate_fail
+
+    minutes = [Minute(2, 10, 0, 90), Minute(2, 10, 1, 90), Minute(2, 10, 0, 90)]  # 6 of 30 canary requests fail
+    proven = _own_rate_fail(minutes, events=9, requests=900, allowed=0.01, alpha=0.0067, phi=1.0)
+    assert proven > math.log(100)
+    clean = [Minute(0, 10, 0, 90)] * 3
+    assert _own_rate_fail(clean, events=9, requests=900, allowed=0.01, alpha=0.0067, phi=1.0) < 0
+    # A baseline that failed as often over its look-back leaves nothing to prove.
+    assert _own_rate_fail(minutes, events=180, requests=900, allowed=0.01, alpha=0.0067, phi=1.0) < math.log(10)
