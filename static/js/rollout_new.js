@@ -121,9 +121,9 @@
     document.getElementById("forecast-warnings").replaceChildren();
   }
 
-  let asked = 0;
+  let asked = 0; // bumped at every change: an answer to an older form is never drawn on the rows of a newer one
   async function preview() {
-    const mine = ++asked;
+    const mine = asked;
     try {
       const response = await fetch(form.dataset.preview, { method: "POST", body: new FormData(form), credentials: "same-origin",
         headers: { Accept: "application/json", "X-CSRFToken": W.csrfToken() } });
@@ -144,6 +144,7 @@
 
   /* Called after any change of the form. */
   function changed() {
+    asked += 1;
     if (form.dataset.preview) previewSoon();
   }
 
