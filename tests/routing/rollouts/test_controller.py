@@ -341,7 +341,10 @@ def test_one_rollouts_error_never_stops_the_others_ticks(monkeypatch, caplog):
     assert f"rollout {broken.pk}: tick failed" in caplog.text
 
 
-def test_a_bad_minute_on_the_canarys_provider_holds_the_step_and_says_incident_once():
+def test_a_bad_minute_on_the_canarys_provider_holds_the_step_and_says_incident_once(
+        django_capture_on_commit_callbacks, monkeypatch):
+    published = []
+    monkeypatch.setattr(controller.live, "timeline_event", published.append)
     w = world()
     rollout = running(w)
     traffic(w.route, w.canary, 100, errors=50)  # this minute: half the canary's requests fail
@@ -349,8 +352,10 @@ def test_a_bad_minute_on_the_canarys_provider_holds_the_step_and_says_incident_o
     age(rollout)
     traffic(w.route, w.canary, 100, errors=1)
     traffic(w.route, w.stable, 900, errors=9)
-    assert tick(rollout.pk) == S.RUNNING
-    assert tick(rollout.pk) == S.RUNNING
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tick(rollout.pk) == S.RUNNING
+        assert tick(rollout.pk) == S.RUNNING
+    assert len([e for e in published if "canary provider incident" in e.message]) == 1  # pushed live, once
     incidents = Event.objects.filter(kind=EventKind.ROLLOUT, message__contains="canary provider incident")
     assert incidents.count() == 1
     assert rollout.verdicts.first().evidence["incident"] is True
