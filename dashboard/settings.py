@@ -290,7 +290,16 @@ GATEWAY_MAX_BODY_BYTES = env_int("WEATHERVANE_GATEWAY_MAX_BODY", 4 * 1024 * 1024
 GATEWAY_DEADLINE_S = env_float("WEATHERVANE_GATEWAY_DEADLINE", 120.0, minimum=1.0)
 # Mirrored requests of a rollout's shadow step in flight per gateway process; more are dropped (counted).
 GATEWAY_SHADOW_MAX_IN_FLIGHT = env_int("WEATHERVANE_GATEWAY_SHADOW_MAX_IN_FLIGHT", 8, minimum=1)
+# A deployment's first-token timeout: its explicit override, else a multiple of its recent p99 time to first
+# token (probes and traffic, once MIN_SAMPLES are in) between FLOOR and CEILING, else this fixed value.
 GATEWAY_FIRST_TOKEN_TIMEOUT_S = env_float("WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT", 20.0, minimum=0.5)
+GATEWAY_FIRST_TOKEN_MULTIPLE = env_float("WEATHERVANE_GATEWAY_FIRST_TOKEN_MULTIPLE", 4.0, minimum=1.0)
+GATEWAY_FIRST_TOKEN_FLOOR_S = env_float("WEATHERVANE_GATEWAY_FIRST_TOKEN_FLOOR", 5.0, minimum=0.5)
+GATEWAY_FIRST_TOKEN_CEILING_S = env_float("WEATHERVANE_GATEWAY_FIRST_TOKEN_CEILING", 90.0, minimum=0.5)
+GATEWAY_FIRST_TOKEN_MIN_SAMPLES = env_int("WEATHERVANE_GATEWAY_FIRST_TOKEN_MIN_SAMPLES", 20, minimum=1)
+if GATEWAY_FIRST_TOKEN_FLOOR_S > GATEWAY_FIRST_TOKEN_CEILING_S:
+    raise ImproperlyConfigured("WEATHERVANE_GATEWAY_FIRST_TOKEN_FLOOR must not exceed "
+                               "WEATHERVANE_GATEWAY_FIRST_TOKEN_CEILING.")
 GATEWAY_LOG_SUCCESS_SAMPLE = env_float("WEATHERVANE_GATEWAY_LOG_SAMPLE", 0.01, minimum=0.0)
 GATEWAY_LOG_BODIES = env_bool("WEATHERVANE_GATEWAY_LOG_BODIES", False)
 GATEWAY_FLUSH_INTERVAL_S = env_float("WEATHERVANE_GATEWAY_FLUSH_INTERVAL", 5.0, minimum=0.1)

@@ -23,7 +23,7 @@ from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult, Source
-from routing import tokens
+from routing import first_token, tokens
 from routing.audit import actor_name
 from routing.models import ApiToken, Deployment, Event, Route
 from routing.outcomes import Outcome
@@ -124,7 +124,8 @@ def overview_json(request):
 
 
 def deployment_data(deployment, window, now=None):
-    """Return one deployment's charts over `window`, its keys' health and recent probes."""
+    """Return one deployment's charts over `window`, its keys' health, recent probes and the first-token timeout
+    the gateway applies to it."""
     now = now or timezone.now()
     probes = metrics.probe_health([deployment.pk]).get(deployment.pk, [])
     state, reason = metrics.deployment_health(deployment, probes, _circuit(deployment))
@@ -139,6 +140,7 @@ def deployment_data(deployment, window, now=None):
         "totals": totals, "series": series,
         "keys": [metrics.key_health(k, probes) for k in deployment.provider.keys.order_by("label")],
         "probes": [_probe_row(r) for r in _recent_probes(deployment)],
+        "first_token": first_token.in_effect(deployment).as_dict(),
         "at": now.isoformat(),
     }
 

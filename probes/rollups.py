@@ -343,6 +343,21 @@ def _point(start, delta, count, bucket, until):
     return {"t": epoch_ms(start), "start": start.isoformat(), **delta.figures(), "rps": count / seconds}
 
 
+def ttft_by_deployment(since, deployment_ids=None):
+    """Return {deployment id: merged time-to-first-token sketch} of probes and traffic from `since`.
+
+    Reads only the ttft column: the gateways call it every minute or so to learn first-token timeouts.
+    """
+    rows = Rollup.objects.filter(minute__gte=minute_of(since)).exclude(source=Source.SHADOW)
+    if deployment_ids is not None:
+        rows = rows.filter(deployment_id__in=list(deployment_ids))
+    merged = defaultdict(sketch.new)
+    for deployment_id, ttft in rows.values_list("deployment_id", "ttft"):
+        if ttft and ttft.get("count"):
+            merged[deployment_id].merge(sketch.from_json(ttft))
+    return dict(merged)
+
+
 def traffic_by_route(route_id, since, until=None):
     """Return {deployment id: figures} of one route's own gateway traffic over [since, until).
 

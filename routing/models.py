@@ -219,8 +219,9 @@ class Deployment(models.Model):
     context_window = models.PositiveIntegerField(null=True, blank=True)
     first_token_timeout = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
-        help_text="Seconds from sending a streamed request to its first content event; empty: the site default "
-                  "(WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT). Slower fails over before the client sees anything.")
+        help_text="Seconds from sending a streamed request to its first content event; empty: learned from its "
+                  "measured time to first token (WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT until enough is known). "
+                  "Slower fails over before the client sees anything.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -11,7 +11,7 @@ from rest_framework import serializers
 from rest_framework.validators import UniqueValidator
 
 from dashboard.roles import BODIES_PERMISSION, can_view_bodies
-from routing import endpoints, weights
+from routing import endpoints, first_token, weights
 from routing.models import (
     ApiKey,
     AuditEvent,
@@ -153,15 +153,41 @@ class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
         return super().update(instance, validated_data)
 
 
+class FirstTokenTimeoutSerializer(serializers.Serializer):
+    """The first-token timeout the gateway applies to a deployment, and where it comes from."""
+
+    seconds = serializers.FloatField()
+    source = serializers.ChoiceField(choices=first_token.TimeoutSource.choices)
+    detail = serializers.CharField(help_text='"override", "learned from N requests" or "default until enough is '
+                                             'known"')
+    samples = serializers.IntegerField(help_text="First tokens measured over the last hour (probes and traffic)")
+    ttft_p99_ms = serializers.FloatField(allow_null=True, help_text="Their p99, ms (null without any)")
+
+
 class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     provider = _name_field(Provider)
+    first_token_timeout_in_effect = serializers.SerializerMethodField(
+        help_text="The first-token timeout the gateway applies: the override, else learned from the measured "
+                  "time to first token, else the default until enough is known.")
 
     class Meta:
         model = Deployment
         fields = [
             "name", "provider", "upstream_model", "display_name", "input_price_per_mtok", "output_price_per_mtok",
-            "context_window", "enabled", "created_at", "updated_at",
+            "context_window", "first_token_timeout", "first_token_timeout_in_effect", "enabled", "created_at",
+            "updated_at",
         ]
+        extra_kwargs = {"first_token_timeout": {"help_text": "Seconds (0.5-600) a stream may take to its first "
+                                                             "content before the gateway fails over; null: learned "
+                                                             "from measurements (see first_token_timeout_in_effect)."}}
+
+    @extend_schema_field(FirstTokenTimeoutSerializer)
+    def get_first_token_timeout_in_effect(self, deployment):
+        # One read of the rollups per response, however many deployments it lists.
+        learned = self.context.get("first_token_learned")
+        if learned is None:
+            learned = self.context["first_token_learned"] = first_token.learned()
+        return first_token.effective(deployment.first_token_timeout, learned.get(deployment.pk)).as_dict()
 
 
 class RouteTargetSerializer(StrictFieldsMixin, serializers.Serializer):

@@ -518,12 +518,13 @@ class Proxy:
         continuing = resume is not None
         body = call.body_for(target) if resume is None else resume.body_for(call, target)
         try:
+            if call.stream:
+                response, events, buffer = await open_stream(self.session, target, key, body, call.request_id)
+                return await self.relay_stream(call, target, key, response, events, buffer, started, send, resume)
             response = await upstream.post(self.session, getattr(target, call.url_of), body, key.auth,
                                            target.timeout, call.request_id)
             if response.status >= 300:
                 raise await upstream.failure(response, key.secret)
-            if call.stream:
-                return await self.relay_stream(call, target, key, response, started, send, resume)
             await self.relay_body(call, target, key, response, started, send)
             return None
         except UpstreamError as err:
@@ -599,37 +600,10 @@ class Proxy:
 
     # --- streaming ------------------------------------------------------------------
 
-    async def _first_events(self, response, target, started):
-        """Read until the first content event (or the stream's end); return (events, rest).
-
-        Nothing has reached the client yet, so everything here may still fail
-        over: an early error, a malformed start, or no content within the
-        target's first-token timeout (a role-only chunk does not count).
-        Raises UpstreamError.
-        """
-        buffer, held = b"", []
-        opening = StreamReader()  # the same rules as the relay's reader, for the events before the commit
-        try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + target.first_token_timeout
-                                          - (perf_counter() - started)):
-                while True:
-                    chunk = await upstream.read_chunk(response)
-                    if not chunk:
-                        if held:
-                            return held, buffer  # a stream with no content at all: relayed, and judged, as it is
-                        raise UpstreamError(Outcome.TRUNCATED, "the stream ended before its first event", True)
-                    events, buffer = sse.split_events(buffer + chunk)
-                    held.extend(events)
-                    if _opens_the_answer(opening, events):
-                        return held, buffer
-        except TimeoutError:
-            message = f"no first token within {target.first_token_timeout:g} s"
-            raise UpstreamError(Outcome.TIMEOUT, message, True) from None
-
-    async def relay_stream(self, call, target, key, response, started, send, resume=None):
-        """Relay a stream (the rest of the broken one `resume`, when given); return a Continuation when it
-        broke in a way the next target may finish, else None."""
-        events, buffer = await self._first_events(response, target, started)
+    async def relay_stream(self, call, target, key, response, events, buffer, started, send, resume=None):
+        """Relay a stream opened by `open_stream` (its first `events` and the rest of its `buffer`), the rest of
+        the broken one `resume` when given; return a Continuation when it broke in a way the next target may
+        finish, else None."""
         now = perf_counter()
         call.upstream_s += now - started
         cap = self.config.max_malformed_events
@@ -709,6 +683,51 @@ class Proxy:
         elif err.outcome == Outcome.RATE_LIMITED:
             wait = err.retry_after if err.retry_after is not None else DEFAULT_COOLING_S
             self.keys.cool(key, min(wait, MAX_COOLING_S), err.message)
+
+
+async def open_stream(session, target, key, body, request_id):
+    """Send a streamed chat request and read it up to its first content; return (response, events, rest).
+
+    Connecting, the headers and the events before the first content must all
+    fit the target's first-token timeout (a role-only chunk does not count),
+    so a silent upstream fails over as soon as a slow first token does.
+    Nothing has reached the client yet: every failure here may still fail
+    over. Raises UpstreamError (the response, if any, closed).
+    """
+    response = None
+    try:
+        async with asyncio.timeout(target.first_token_timeout):
+            response = await upstream.post(session, target.chat_url, body, key.auth, target.stream_timeout,
+                                           request_id)
+            if response.status >= 300:
+                raise await upstream.failure(response, key.secret)
+            events, buffer = await _first_events(response)
+            return response, events, buffer
+    except TimeoutError:
+        if response is not None:
+            response.close()
+        raise UpstreamError(Outcome.TIMEOUT, f"no first token within {target.first_token_timeout:g} s",
+                            True) from None
+    except BaseException:
+        if response is not None:
+            response.close()
+        raise
+
+
+async def _first_events(response):
+    """Read until the first content event (or the stream's end); return (events, rest). Raises UpstreamError."""
+    buffer, held = b"", []
+    opening = StreamReader()  # the same rules as the relay's reader, for the events before the commit
+    while True:
+        chunk = await upstream.read_chunk(response)
+        if not chunk:
+            if held:
+                return held, buffer  # a stream with no content at all: relayed, and judged, as it is
+            raise UpstreamError(Outcome.TRUNCATED, "the stream ended before its first event", True)
+        events, buffer = sse.split_events(buffer + chunk)
+        held.extend(events)
+        if _opens_the_answer(opening, events):
+            return held, buffer
 
 
 def _opens_the_answer(reader, events):

@@ -27,7 +27,9 @@ from django.db import close_old_connections, connections, reset_queries
 from django.db.models import Prefetch
 
 from dashboard.redis_guard import Outage, client_options
+from routing import first_token
 from routing.crypto import SecretUnreadable
+from routing.first_token import TimeoutSource
 from routing.models import (
     ApiKey,
     Deployment,
@@ -111,13 +113,15 @@ class Target:
     embeddings_url: str
     timeout: aiohttp.ClientTimeout
     read_timeout: float
-    first_token_timeout: float
+    first_token_timeout: float  # seconds: the deployment's override, learned or default (routing.first_token)
     price_in: float  # per token
     price_out: float
     keys: tuple
     max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
     context_window: int | None = None  # tokens of prompt + completion; None: unknown, never skipped for it
     fallback: int = 0  # position in the route's fallback chain (1 first); 0 for a weighted target
+    # The timeouts of a stream: its reads may wait as long as the first token may (a thinking model is silent).
+    stream_timeout: aiohttp.ClientTimeout | None = None
 
     def cost(self, tokens_in, tokens_out):
         return tokens_in * self.price_in + tokens_out * self.price_out
@@ -173,6 +177,8 @@ class Snapshot:
     keys: dict = field(default_factory=dict)  # provider key id -> KeyInfo
     deployments: dict = field(default_factory=dict)  # deployment id -> name
     circuits: dict = field(default_factory=dict)  # deployment id -> (state, since epoch, reason), as persisted
+    first_token: dict = field(default_factory=dict)  # deployment id -> first_token.FirstTokenTimeout in effect
+    trial_targets: dict = field(default_factory=dict)  # deployment id -> a Target of it, for the circuit trials
 
     def routes_for(self, client_key):
         """Return the sorted names of the routes `client_key` may use."""
@@ -248,9 +254,19 @@ def _blocked(base_url):
     return None
 
 
-def _target(row, keys, fallback=0):
+def _stream_timeout(provider, in_effect):
+    """Return the aiohttp timeouts of a stream: a deployment known (learned, or set) to think longer than its
+    provider's read timeout may be silent that long, before its first token and between chunks."""
+    read = provider.read_timeout
+    if in_effect.source != TimeoutSource.DEFAULT:
+        read = max(read, in_effect.seconds)
+    return aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout, sock_read=read)
+
+
+def _target(row, keys, timeouts, fallback=0):
     deployment, provider = row.deployment, row.deployment.provider
     base = provider.base_url.rstrip("/")
+    in_effect = timeouts[deployment.pk]
     return Target(
         deployment_id=deployment.pk, deployment=deployment.name, provider_id=provider.pk, provider=provider.name,
         upstream_model=deployment.upstream_model, weight=0 if fallback else row.weight,
@@ -258,10 +274,11 @@ def _target(row, keys, fallback=0):
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=provider.connect_timeout,
                                       sock_read=provider.read_timeout),
         read_timeout=provider.read_timeout,
-        first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
+        first_token_timeout=in_effect.seconds,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
         keys=keys.get(provider.pk, ()), max_concurrency=provider.max_concurrency,
         context_window=deployment.context_window, fallback=fallback,
+        stream_timeout=_stream_timeout(provider, in_effect),
     )
 
 
@@ -278,14 +295,14 @@ def _shadow_steps():
     return steps
 
 
-def _shadow(route, keys, shadows):
+def _shadow(route, keys, shadows, timeouts):
     canary_id, share = shadows[route.pk]
     row = next((t for t in route.targets.all() if t.deployment_id == canary_id), None)
     if row is None or not (row.deployment.enabled and row.deployment.provider.enabled):
         return None
     if _blocked(row.deployment.provider.base_url):
         return None
-    return Shadow(_target(row, keys), share)
+    return Shadow(_target(row, keys, timeouts), share)
 
 
 def _servable(route, rows, what):
@@ -300,11 +317,11 @@ def _servable(route, rows, what):
     return rows
 
 
-def _route(route, keys, down, shadows=None):
+def _route(route, keys, down, timeouts, shadows=None):
     rows = _servable(route, [t for t in route.targets.all() if t.weight > 0], "target")
     healthy = [t for t in rows if t.deployment_id not in down]
     # Probes see every target down: keep them all rather than send nothing.
-    targets = tuple(_target(t, keys) for t in (healthy or rows))
+    targets = tuple(_target(t, keys, timeouts) for t in (healthy or rows))
     totals, running = [], 0
     for target in targets:
         running += target.weight
@@ -312,10 +329,10 @@ def _route(route, keys, down, shadows=None):
     weighted = {t.deployment_id for t in targets}
     links = _servable(route, [f for f in route.fallbacks.all() if f.deployment_id not in weighted], "fallback")
     up = [f for f in links if f.deployment_id not in down] or links
-    fallbacks = tuple(_target(f, keys, position) for position, f in enumerate(up, start=1))
+    fallbacks = tuple(_target(f, keys, timeouts, position) for position, f in enumerate(up, start=1))
     windows = any(t.context_window for t in (*targets, *fallbacks))
     rollout = route.pk in shadows if shadows else False
-    shadow = _shadow(route, keys, shadows) if rollout and shadows[route.pk] else None
+    shadow = _shadow(route, keys, shadows, timeouts) if rollout and shadows[route.pk] else None
     return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals),
                      continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows, shadow=shadow,
                      sticky=not rollout)
@@ -329,20 +346,41 @@ def _client_keys():
     return keys
 
 
-def build(version=1):
-    """Return a fresh Snapshot read from the database (sync; call it off the event loop)."""
+def first_token_timeouts(learned):
+    """Return {deployment id: FirstTokenTimeout} of every deployment, from `learned` (first_token.learned())."""
+    overrides = Deployment.objects.values_list("id", "first_token_timeout")
+    return {pk: first_token.effective(override, learned.get(pk)) for pk, override in overrides}
+
+
+def _trial_targets(routes):
+    """Return {deployment id: a Target of it} over every route's targets and fallbacks (the first one met)."""
+    found = {}
+    for route in routes.values():
+        for target in (*route.targets, *route.fallbacks):
+            found.setdefault(target.deployment_id, target)
+    return found
+
+
+def build(version=1, learned=None):
+    """Return a fresh Snapshot read from the database (sync; call it off the event loop).
+
+    `learned` is first_token.learned() when the caller has it at hand (read from the rollups when None).
+    """
     stamp = fingerprint()
     down = probe_down_deployments()
     keys = _keys_by_provider()
+    timeouts = first_token_timeouts(first_token.learned() if learned is None else learned)
     ordered = RouteTarget.objects.select_related("deployment__provider").order_by("deployment__name")
     targets = Prefetch("targets", queryset=ordered)
     chains = Prefetch("fallbacks", queryset=RouteFallback.objects.select_related("deployment__provider"))
     shadows = _shadow_steps()
-    routes = {r.name: _route(r, keys, down, shadows) for r in Route.objects.prefetch_related(targets, chains)}
+    routes = {r.name: _route(r, keys, down, timeouts, shadows)
+              for r in Route.objects.prefetch_related(targets, chains)}
     by_id = {info.id: info for infos in keys.values() for info in infos}
     names = dict(Deployment.objects.values_list("id", "name"))
     circuits = {c.deployment_id: (c.state, c.since.timestamp(), c.reason) for c in DeploymentCircuit.objects.all()}
-    return Snapshot(version, stamp, routes, _client_keys(), time.time(), down, by_id, names, circuits)
+    return Snapshot(version, stamp, routes, _client_keys(), time.time(), down, by_id, names, circuits, timeouts,
+                    _trial_targets(routes))
 
 
 # --- keeping it fresh ------------------------------------------------------------
@@ -365,12 +403,14 @@ class SnapshotStore:
         self._threads = []
         self._version = 0
         self.db_answered_at = None  # time.monotonic() of the last successful config read (readiness)
+        self.learned = None  # first_token.learned(), re-read every first_token.LEARN_EVERY_S
+        self._learned_at = -first_token.LEARN_EVERY_S
         self.redis_listening = False  # subscribed to the change notices (readiness)
 
     def load(self):
         """Build and install a snapshot now (sync); return it."""
         self._version += 1
-        snapshot = build(self._version)
+        snapshot = build(self._version, self._learn(force=self.learned is None))
         self.db_answered_at = time.monotonic()
         previous, self.current = self.current, snapshot
         if self.on_swap is not None:
@@ -417,11 +457,26 @@ class SnapshotStore:
             reset_queries()
             stamp = fingerprint()
             self.db_answered_at = time.monotonic()
-            if notified or stamp != self.current.fingerprint:
+            if notified or stamp != self.current.fingerprint or self._timeouts_moved():
                 self.load()
         except Exception:  # keep serving the last good snapshot
             log.warning("gateway snapshot refresh failed; still serving version %s", self.current.version,
                         exc_info=True)
+
+    def _learn(self, force=False):
+        """Return first_token.learned(), read again when it is older than first_token.LEARN_EVERY_S."""
+        now = time.monotonic()
+        if force or now - self._learned_at >= first_token.LEARN_EVERY_S:
+            self.learned, self._learned_at = first_token.learned(), now
+        return self.learned
+
+    def _timeouts_moved(self):
+        """Return True when newly learned first-token timeouts differ from the snapshot's (a rebuild applies them)."""
+        if time.monotonic() - self._learned_at < first_token.LEARN_EVERY_S:
+            return False
+        timeouts = first_token_timeouts(self._learn())
+        current = self.current.first_token
+        return any(current.get(pk) is None or current[pk].seconds != t.seconds for pk, t in timeouts.items())
 
     def _listen_loop(self):
         import redis
