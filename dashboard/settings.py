@@ -313,8 +313,9 @@ GATEWAY_MAX_RETRY_WAIT_S = env_float("WEATHERVANE_GATEWAY_MAX_RETRY_WAIT", 10.0,
 # Malformed events skipped in one stream before it counts as broken.
 GATEWAY_MAX_MALFORMED_EVENTS = env_int("WEATHERVANE_GATEWAY_MAX_MALFORMED_EVENTS", 3, minimum=0, maximum=1000)
 GATEWAY_BREAKER_FAILURES = env_int("WEATHERVANE_GATEWAY_BREAKER_FAILURES", 5, minimum=1)
-GATEWAY_BREAKER_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_COOLDOWN", 5.0, minimum=0.1)
-GATEWAY_BREAKER_MAX_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_MAX_COOLDOWN", 30.0, minimum=0.1)
+# Short: while a circuit is open the gateway's own one-token trials test it, so waiting costs clients nothing.
+GATEWAY_BREAKER_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_COOLDOWN", 1.0, minimum=0.1)
+GATEWAY_BREAKER_MAX_COOLDOWN_S = env_float("WEATHERVANE_GATEWAY_BREAKER_MAX_COOLDOWN", 4.0, minimum=0.1)
 # Safety net behind the change notices: how often each gateway process checks the config for changes.
 GATEWAY_SNAPSHOT_POLL_S = env_float("WEATHERVANE_GATEWAY_SNAPSHOT_POLL", 1.0, minimum=0.1)
 GATEWAY_LIMITS_PREFIX = env_str("WEATHERVANE_GATEWAY_LIMITS_PREFIX", "weathervane")

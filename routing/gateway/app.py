@@ -43,6 +43,7 @@ from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
 from routing.gateway.shadow import Shadows
 from routing.gateway.snapshot import SnapshotStore
+from routing.gateway.trials import Trials
 from routing.outcomes import Outcome
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class Gateway:
         self.breakers = Breakers(config.breaker, on_change=self.recorder.circuit_changed)
         self.budget = RetryBudget(ratio=config.retry_budget)
         self.keys = KeyRing(self.recorder)
+        self.trials = Trials(self.breakers, self.keys, self.store)
         self.limits = None
         self.session = None
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
@@ -218,6 +220,7 @@ class Gateway:
             self.limits = Limits(config.redis_url or None, config.limits_prefix, config.redis_timeout_s,
                                  config.limits_recheck_s, self.recorder.metrics)
             self.proxy.start(self.session, self.limits)
+            self.trials.start(self.session)
             self.store.start()
             self.recorder.start()
             self.started = True
@@ -235,6 +238,7 @@ class Gateway:
             return
         self.started = False
         self.shadows.cancel()
+        self.trials.cancel()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.store.stop)
         await loop.run_in_executor(None, self.recorder.stop)

@@ -2,13 +2,18 @@
 
 Closed: traffic flows; the breaker opens after `consecutive` failures in a
 row, or when at least `min_requests` requests in the current window failed
-at `failure_rate` or more. Open: no traffic until the cooldown ends, then
-half-open: one trial request at a time. A trial that succeeds closes the
-circuit and resets the cooldown; one that fails reopens it with the cooldown
-doubled (up to `max_cooldown_s`, 30 s by default), so a target that stays
-broken is tried less often, yet one that recovers gets its traffic back within
-one capped cooldown. A successful probe of an open deployment ends its
-cooldown at once (the probes report it half-open; `adopt` takes that over).
+at `failure_rate` or more. Open: no client traffic. Each time its cooldown
+ends, the gateway sends the deployment a trial of its own (trials.py: one
+token, nothing a client waits for): success closes the circuit and resets
+the cooldown, failure keeps it open with the cooldown doubled (up to
+`max_cooldown_s`, 4 s by default), so a recovered deployment has its traffic
+back within seconds whether or not clients send anything. A trial that says
+nothing about the deployment (a 429, a 4xx, no usable key) makes the circuit
+half-open: the next client request is the trial, one at a time. Without
+the gateway's trials (`Breakers.trials` False: a Proxy used on its own), an
+open circuit turns half-open when its cooldown ends, as well. A successful
+probe of an open deployment ends its cooldown at once (the probes report it
+half-open; `adopt` takes that over).
 
 When every target of a route is open the gateway ignores the breakers for
 that request (see app.py, "panic mode"): trying a possibly-recovered target
@@ -33,8 +38,8 @@ class BreakerPolicy:
     failure_rate: float = 0.5
     min_requests: int = 20
     window_s: float = 30.0
-    cooldown_s: float = 5.0
-    max_cooldown_s: float = 30.0
+    cooldown_s: float = 1.0
+    max_cooldown_s: float = 4.0
     trial_timeout_s: float = 30.0
 
 
@@ -108,6 +113,33 @@ class CircuitBreaker:
         reason = self._trip_reason(why)
         return self._open(now, reason) if reason else False
 
+    def trial_due(self, now):
+        """Return True when the cooldown of an open circuit is over: time for the gateway's own trial."""
+        return self.state == CircuitState.OPEN and now >= self.open_until
+
+    def trial_failed(self, now, why):
+        """The gateway's own trial failed: stay open, the cooldown doubled (capped). Nothing changes state, so
+        nothing is reported: a deployment that stays down is not a new event every few seconds."""
+        if self.state != CircuitState.OPEN:  # closed or half-open meanwhile: a failure like any other
+            return self.failure(now, why)
+        self.consecutive += 1
+        self._count(now, failed=True)
+        self.cooldown = min(self.cooldown * 2, self.policy.max_cooldown_s)
+        self.open_until = now + self.cooldown
+        return False
+
+    def trial_inconclusive(self, now, why):
+        """The gateway's trial said nothing about the deployment: half-open, the next request is the trial.
+
+        Returns True when that changed the state.
+        """
+        if self.state != CircuitState.OPEN:
+            return False
+        self.state, self.trial_at = CircuitState.HALF_OPEN, None
+        self.reason = f"the gateway's trial was inconclusive ({why}); the next request is the trial"[:300]
+        self.changed_at = time.time()
+        return True
+
     def _trip_reason(self, why):
         policy = self.policy
         if self.consecutive >= policy.consecutive:
@@ -152,6 +184,7 @@ class Breakers:
         self.on_change = on_change
         self.clock = clock
         self.by_deployment = {}
+        self.trials = False  # True while trials.Trials tests open circuits: then no client request is a trial
 
     def _get(self, deployment_id):
         breaker = self.by_deployment.get(deployment_id)
@@ -164,15 +197,34 @@ class Breakers:
         breaker = self.by_deployment.get(deployment_id)
         if breaker is None or breaker.state == CircuitState.CLOSED:
             return True
+        if self.trials and breaker.state == CircuitState.OPEN:  # the gateway's own trial will test it
+            return False
         return breaker.available(self.clock())
 
     def begin(self, deployment_id):
         """Note that a request goes to the deployment now (it becomes the trial of a half-open circuit)."""
         breaker = self.by_deployment.get(deployment_id)
         if breaker is not None and breaker.state != CircuitState.CLOSED:
+            if self.trials and breaker.state == CircuitState.OPEN:  # panic mode: a try, not a trial
+                return
             allowed, changed = breaker.allow(self.clock())
             if changed:
                 self._report(deployment_id, breaker)
+
+    def due_trials(self):
+        """Return the ids of the deployments whose open circuit has cooled down: each is due a trial."""
+        now = self.clock()
+        return [deployment_id for deployment_id, breaker in self.by_deployment.items() if breaker.trial_due(now)]
+
+    def trial_failed(self, deployment_id, why):
+        breaker = self._get(deployment_id)
+        if breaker.trial_failed(self.clock(), why):
+            self._report(deployment_id, breaker)
+
+    def trial_inconclusive(self, deployment_id, why):
+        breaker = self.by_deployment.get(deployment_id)
+        if breaker is not None and breaker.trial_inconclusive(self.clock(), why):
+            self._report(deployment_id, breaker)
 
     def state(self, deployment_id):
         breaker = self.by_deployment.get(deployment_id)

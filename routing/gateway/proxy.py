@@ -12,6 +12,8 @@ fail over to another target by weight, and after every weighted target to
 the route's fallbacks in order. Targets whose context window cannot hold
 the request are skipped before the call; a context-length error fails over
 to a target with a larger window, or ends in a 400 saying none has one. A stream
+must open (connect, headers, first content) within its target's first-token
+timeout (routing.first_token), else it fails over. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
 and no [DONE]. On a route that opted in (`continue_streams`), a stream that

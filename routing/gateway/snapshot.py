@@ -2,8 +2,10 @@
 
 Each gateway process serves from a `Snapshot`: routes with their weighted
 targets and their ordered fallback chain (deployment, provider URL and
-timeouts, upstream model, context window, prices, keys with their secrets
-decrypted in memory only), and the gateway keys by hash.
+timeouts, the first-token timeout in effect, upstream model, context window,
+prices, keys with their secrets decrypted in memory only), and the gateway
+keys by hash. The learned first-token timeouts (routing.first_token) are
+re-read every LEARN_EVERY_S in the refresher thread; a changed one rebuilds.
 No request queries the database. A request takes `store.current` once and
 finishes on it even if a newer snapshot replaces it meanwhile.
 
