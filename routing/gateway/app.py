@@ -157,7 +157,7 @@ class Gateway:
         self.breakers = Breakers(config.breaker, on_change=self.recorder.circuit_changed)
         self.budget = RetryBudget(ratio=config.retry_budget)
         self.keys = KeyRing(self.recorder)
-        self.trials = Trials(self.breakers, self.keys, self.store)
+        self.trials = Trials(self.breakers, self.keys, self.store, self.recorder.metrics)
         self.limits = None
         self.session = None
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)

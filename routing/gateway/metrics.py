@@ -102,6 +102,7 @@ class Metrics:
         self.concurrency = None  # proxy.ProviderSlots: in-flight, waits and overflows per provider
         self.fallbacks = {}  # (route, deployment) -> requests a fallback answered
         self.shadows = {}  # (result,) -> mirrored requests of a rollout's shadow step: sent, dropped (too many)
+        self.trials = {}  # (deployment, result) -> the gateway's own trials of open circuits (trials.py)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -143,6 +144,9 @@ class Metrics:
 
     def shadowed(self, result):
         _bump(self.shadows, (result,))
+
+    def trial(self, deployment, result):
+        _bump(self.trials, (deployment, result))
 
     def circuit_changed(self, deployment, state):
         self.circuits[deployment] = CIRCUIT_VALUES.get(state, 0)
@@ -186,6 +190,10 @@ class Metrics:
         yield self._counter("weathervane_gateway_shadow_requests",
                             "Requests mirrored to a shadow step's canary (sent) or not (dropped: too many in flight)",
                             ["result"], self.shadows)
+        yield self._counter("weathervane_gateway_circuit_trials",
+                            "The gateway's own one-token trials of open circuits, by deployment and result "
+                            "(closed: it answered; failed; inconclusive: the next request is the trial)",
+                            ["deployment", "result"], self.trials)
         yield GaugeMetricFamily("weathervane_gateway_snapshot_version", "Config snapshot this process serves",
                                 value=self.snapshot_version)
         yield CounterMetricFamily("weathervane_gateway_limits_fallback",

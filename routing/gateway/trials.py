@@ -42,10 +42,11 @@ def trial_body(target):
 class Trials:
     """Sends the trials of one gateway process's open circuits (started on its event loop)."""
 
-    def __init__(self, breakers, keys, store, tick_s=TICK_S):
+    def __init__(self, breakers, keys, store, metrics, tick_s=TICK_S):
         self.breakers = breakers
         self.keys = keys
         self.store = store
+        self.metrics = metrics
         self.tick_s = tick_s
         self.session = None
         self.in_flight = set()  # deployment ids with a trial under way
@@ -93,16 +94,17 @@ class Trials:
         try:
             key = self._key(target)
             if key is None:
-                self.breakers.trial_inconclusive(deployment_id, "no usable key")
+                self._inconclusive(target, "no usable key")
                 return
             self.sent += 1
             request_id = f"trial-{deployment_id}-{next(self._ids)}"
             try:
                 response, _, _ = await open_stream(self.session, target, key, trial_body(target), request_id)
             except UpstreamError as err:
-                self._failed(deployment_id, err)
+                self._failed(target, err)
                 return
             response.close()  # one token was all it had to show
+            self.metrics.trial(target.deployment, "closed")
             self.breakers.success(deployment_id)
         finally:
             self.in_flight.discard(deployment_id)
@@ -111,8 +113,13 @@ class Trials:
         now = time.time()
         return next((key for key in target.keys if self.keys.usable(key, now)), None)
 
-    def _failed(self, deployment_id, err):
-        if err.outcome in DEPLOYMENT_FAILURES:
-            self.breakers.trial_failed(deployment_id, err.message)
-        else:
-            self.breakers.trial_inconclusive(deployment_id, err.outcome)
+    def _failed(self, target, err):
+        if err.outcome not in DEPLOYMENT_FAILURES:
+            self._inconclusive(target, err.outcome)
+            return
+        self.metrics.trial(target.deployment, "failed")
+        self.breakers.trial_failed(target.deployment_id, err.message)
+
+    def _inconclusive(self, target, why):
+        self.metrics.trial(target.deployment, "inconclusive")
+        self.breakers.trial_inconclusive(target.deployment_id, why)

@@ -110,6 +110,14 @@ def test_a_malformed_variable_stops_the_start_naming_it_without_echoing_password
     assert "hunter2" not in output
 
 
+def test_a_first_token_floor_above_its_ceiling_stops_the_start_naming_both(tmp_path):
+    result = manage("check", data_dir=tmp_path, WEATHERVANE_GATEWAY_FIRST_TOKEN_FLOOR="60",
+                    WEATHERVANE_GATEWAY_FIRST_TOKEN_CEILING="30")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "WEATHERVANE_GATEWAY_FIRST_TOKEN_FLOOR must not exceed WEATHERVANE_GATEWAY_FIRST_TOKEN_CEILING" in output
+
+
 # --- HTTPS with DEBUG=false -------------------------------------------------------------------
 
 PASSWORD = "a-long-trial-password-4821"

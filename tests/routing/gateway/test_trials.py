@@ -1,6 +1,7 @@
 """A recovered deployment gets its traffic back within seconds, whether or not clients send anything: while its
 circuit is open, the gateway tests it with one-token trials of its own, never with a client's request."""
 
+import re
 import time
 
 import httpx
@@ -8,7 +9,7 @@ import pytest
 
 from routing.gateway.breaker import BreakerPolicy, Breakers
 from routing.models import CircuitState, Deployment, DeploymentCircuit, RouteFallback
-from tests.routing.gateway.helpers import client_key, make_provider, make_route, wait_until
+from tests.routing.gateway.helpers import client_key, make_provider, make_route, scrape, wait_until
 
 BODY = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -96,6 +97,12 @@ def trial_attempts(sim, model):
     return [a for a in sim.simulator.attempts(model) if a.max_tokens == 1 and a.stream]
 
 
+def trials_counted(metrics, result):
+    """Return weathervane_gateway_circuit_trials_total of the primary for `result` in a /metrics text."""
+    found = re.search(rf'circuit_trials_total{{deployment="primary",result="{result}"}} (\S+)', metrics)
+    return float(found[1]) if found else 0.0
+
+
 def primary_with_fallback(sim):
     provider = make_provider(sim)
     route = make_route("r", provider, {"primary": ("outage", 100)})
@@ -105,7 +112,7 @@ def primary_with_fallback(sim):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_recovered_primary_closes_its_circuit_without_any_client_request(sim, serve_gateway):
+def test_a_recovered_primary_closes_its_circuit_without_any_client_request(sim, serve_gateway, metrics_token):
     sim.simulator.configure("outage", error_rate=1.0, error_status=503)
     primary = primary_with_fallback(sim)
     key = client_key()
@@ -133,6 +140,8 @@ def test_a_recovered_primary_closes_its_circuit_without_any_client_request(sim, 
     assert "x-weathervane-fallback" not in response.headers
     assert wait_until(lambda: DeploymentCircuit.objects.filter(deployment=primary,
                                                                state=CircuitState.CLOSED).exists())
+    metrics = scrape(gateway).text
+    assert trials_counted(metrics, "failed") >= failed_trials and trials_counted(metrics, "closed") == 1
 
 
 @pytest.mark.django_db(transaction=True)
