@@ -8,7 +8,7 @@
 #   5. rollout verdicts: the analysis and the controller's decisions vs a Flagger-style rule on realistic
 #      simulated streams (bench/rollout_verdicts.py; 400 rollouts per case, about an hour of one core;
 #      ROLLOUTS_FAST=1 runs 60)
-#   6. the 16-fault scorecard of issue 9 on the default settings (bench/faults.py, about a minute)
+#   6. the 16-fault scorecard of issue 9 on the default settings (bench/faults.py, about two minutes)
 #   7. alert delivery: enqueue -> signed webhook on loopback, 200 notifications paced and in a burst
 #      (bench/alert_delivery.py, embedded mode, ~30 s)
 #   8. alert rules: 1,000 mixed rules over 200 deployments' rollups, one tick on one worker (bench/alert_rules.py)
