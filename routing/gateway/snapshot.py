@@ -122,7 +122,7 @@ class Target:
     max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
     context_window: int | None = None  # tokens of prompt + completion; None: unknown, never skipped for it
     fallback: int = 0  # position in the route's fallback chain (1 first); 0 for a weighted target
-    # The timeouts of a stream: its reads may wait as long as the first token may (a thinking model is silent).
+    # The timeouts of a stream: a deployment known to think long (learned or set) may be silent as long.
     stream_timeout: aiohttp.ClientTimeout | None = None
 
     def cost(self, tokens_in, tokens_out):
