@@ -19,9 +19,12 @@ Requests are not independent: a provider's bad spell puts many failures in a
 minute on one arm. So the minute is the unit of variation: the counts are
 weighed by 1/phi, phi being the minute-to-minute over-dispersion of the split
 (sequential.dispersion, a quasi-binomial correction), and a rollback must
-survive leaving out the canary's worst minute, so one minute's incident on the
+survive leaving out the canary's worst minute when that minute is an outlier
+among the canary's own minutes (OUTLIER_P), so one minute's incident on the
 canary's provider holds the step ("canary provider incident") instead of
-proving a regression.
+proving a regression, while a canary that is bad in every minute (thin traffic:
+a few requests a minute, the worst holding two of its six failures) is not
+made to prove it twice.
 
 Errors and 429s: "+0.5 pp" is the ratio (baseline rate + 0.5 pp) / baseline
 rate at the baseline's observed rate (or, to pass, the canary's own rate proven
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import TextChoices
 from scipy.stats import beta as beta_dist
+from scipy.stats import binom
 
 from probes import sketch
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
@@ -71,6 +75,7 @@ MIN_CANARY_REQUESTS = 100
 MIN_THRESHOLD_SAMPLE = 200  # baseline timings before a latency threshold is trusted
 REFERENCE_MINUTES = 30  # the baseline's look-back before a step (thresholds, its own variation, its long-run rate)
 TAIL_QUANTILES = (0.5, 0.95)
+OUTLIER_P = 0.01  # a canary minute is an incident when its events are this unlikely at the rest's rate (Bonferroni)
 OWN_PRIOR_K = 4.0  # the own-rate rollback route's prior: wide, centred on four times its limit (thin traffic, big
 # regressions are what it is for)
 OWN_ROUTE_EVENTS = 5  # baseline events under which a rate may also pass on the canary's own rate
@@ -171,6 +176,7 @@ class CountTest:
     log_pass: float
     worst: int | None  # index of the minute that weighs most against the canary
     log_worst: float = -math.inf  # the failure e-value of that minute alone
+    outlier: bool = False  # that minute is an outlier among the canary's (is_outlier): the rollback leaves it out
 
     @property
     def totals(self):
@@ -238,11 +244,12 @@ def count_test(minutes, boundary, within_centre=1.0, own_limit=None, phi_floor=1
     worst = _worst_minute(minutes, share, boundary)
     if worst is None:
         return CountTest(minutes, boundary, phi, log_fail, log_fail, log_pass, None)
-    robust = _without(minutes, worst, boundary, phi_floor)
+    outlier = is_outlier(minutes, worst)
+    robust = _without(minutes, worst, boundary, phi_floor) if outlier else log_fail
     alone = minutes[worst]
     log_worst = log_e_beyond(alone.canary, alone.baseline, alone.canary_n / (alone.canary_n + alone.baseline_n),
                             boundary) if alone.baseline_n else -math.inf
-    return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst)
+    return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst, outlier)
 
 
 def _worst_minute(minutes, share, boundary):
@@ -250,6 +257,22 @@ def _worst_minute(minutes, share, boundary):
     theta = share_of(boundary, share)
     excess = [(m.canary - (m.canary + m.baseline) * theta, i) for i, m in enumerate(minutes) if m.canary]
     return max(excess)[1] if excess else None
+
+
+def is_outlier(minutes, index, p=OUTLIER_P):
+    """Whether minute `index` holds more canary events than the canary's other minutes make believable.
+
+    The upper tail of Binomial(its requests, the rest's rate) at its events, below p over the number of minutes
+    (it is the worst of them: Bonferroni). The rest's rate is (events + 1) / (requests + 2), so a canary with
+    no other events still has one. A single minute is never an outlier (there is nothing to compare it with).
+    """
+    if len(minutes) < 2:
+        return False
+    m = minutes[index]
+    rest_events = sum(x.canary for x in minutes) - m.canary
+    rest_requests = sum(x.canary_n for x in minutes) - m.canary_n
+    rate = (rest_events + 1) / (rest_requests + 2)
+    return float(binom.sf(m.canary - 1, m.canary_n, rate)) < p / len(minutes)
 
 
 def _without(minutes, index, boundary, phi_floor):
@@ -365,9 +388,9 @@ def _judge_rate(guard, window, alpha, carried):
     history = [rate_events(d, guard.metric) for d in window.history()]
     events, requests = sum(e for e, _ in history), sum(n for _, n in history)
     base_rate = (events + 0.5) / (requests + 1)  # never 0, so the ratio stays finite
-    phi_b = baseline_dispersion(history)
+    phi_b = arm_dispersion(history)
     test = count_test(minutes, 1 + guard.allowed / base_rate, own_limit=guard.allowed or None, phi_floor=phi_b)
-    rest = minutes if test.worst is None else minutes[:test.worst] + minutes[test.worst + 1:]
+    rest = minutes[:test.worst] + minutes[test.worst + 1:] if test.outlier else minutes
     own = _own_rate_fail(minutes, events, requests, guard.allowed, alpha, test.phi)
     own_robust = _own_rate_fail(rest, events, requests, guard.allowed, alpha, test.phi)
     test.log_fail = _log_mix(test.log_fail, own)
@@ -380,10 +403,13 @@ def _judge_rate(guard, window, alpha, carried):
 
 def _own_rate_fail(minutes, events, requests, allowed, alpha, phi):
     """The second route to a rollback, for thin traffic: the canary's own rate proven above the baseline's
-    look-back rate (its upper confidence bound at alpha, counts weighed by phi) plus the allowance."""
+    look-back rate (its upper confidence bound at alpha) plus the allowance. Against a fixed rate no common
+    cause cancels, so the counts are weighed by the canary's own minute-to-minute over-dispersion (its
+    provider's bad spells) when that is more than phi."""
     c, cn = sum(m.canary for m in minutes), sum(m.canary_n for m in minutes)
     if not requests or not cn:
         return -math.inf
+    phi = max(phi, arm_dispersion([(m.canary, m.canary_n) for m in minutes]))
     upper = float(beta_dist.ppf(1 - alpha, events / phi + 1, (requests - events) / phi + 1))
     limit = min(upper + allowed, 0.999)
     return log_e_value(c / phi, (cn - c) / phi, limit, Side.ABOVE, k=OWN_PRIOR_K, centre=min(4 * limit, 0.9))
@@ -395,9 +421,10 @@ def rate_events(delta, metric):
     return events, delta.count
 
 
-def baseline_dispersion(history):
-    """Return the over-dispersion of the baseline's own events from minute to minute (Pearson's chi-square over
-    its degrees of freedom around its long-run rate, shrunk like sequential.dispersion; at least 1)."""
+def arm_dispersion(history):
+    """Return the over-dispersion of one arm's own events from minute to minute, given (events, requests) per
+    minute: Pearson's chi-square over its degrees of freedom around the arm's rate over them, shrunk like
+    sequential.dispersion; at least 1."""
     useful = [(e, n) for e, n in history if n]
     events, requests = sum(e for e, _ in useful), sum(n for _, n in useful)
     if len(useful) < 2 or not events or events == requests:
