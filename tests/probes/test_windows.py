@@ -2,13 +2,16 @@
 OpenRouter's context_length), else the model catalogue; each shown with where it came from."""
 
 from datetime import timedelta
+from unittest import mock
 
 import httpx
 import pytest
 import respx
+from django.core.management import call_command
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
-from probes import windows
+from probes import tasks, windows
 from routing.models import ApiKey, Deployment, Provider, WindowSource
 from routing.windows import catalogue_window
 from tests.probes.conftest import BAD_KEY, GOOD_KEY
@@ -121,6 +124,16 @@ def test_each_deployment_is_checked_once_per_period_and_again_after_its_model_ch
 
     deployment.refresh_from_db()
     assert deployment.window() == (32768, WindowSource.PROVIDER)
+
+
+def test_beat_checks_windows_every_minute_and_its_task_runs_the_sweep(simulator, deploy):
+    simulator.simulator.configure("served", context_window=8192)
+    deployment = deploy("served")
+    call_command("setup_probe_schedule", stdout=mock.Mock())
+
+    assert PeriodicTask.objects.get(task="probes.tasks.check_windows").interval.every == 60
+    assert tasks.check_windows() == 1
+    assert Deployment.objects.get(pk=deployment.pk).window() == (8192, WindowSource.PROVIDER)
 
 
 def test_a_check_is_due_again_after_the_period(simulator, deploy, settings):
