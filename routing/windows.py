@@ -23,7 +23,10 @@ STATED = (
     re.compile(r"maximum (?:context|input) length (?:is|of) (\d[\d,]*) tokens", re.I),  # OpenAI, vLLM, OpenRouter
     # Anthropic: "prompt is too long: 210000 tokens > 200000 maximum"
     re.compile(r"\d[\d,]* tokens? > (\d[\d,]*) maximum", re.I),
-    re.compile(r"context (?:window|length) (?:is|of) (\d[\d,]*)(?: tokens)?", re.I),
+    # Mistral: "too large for model with 32768 maximum context length"
+    re.compile(r"(\d[\d,]*) maximum context length", re.I),
+    # Not "context length of N": some providers say so of the request, not the model.
+    re.compile(r"context (?:window|length) is (\d[\d,]*)|context window of (\d[\d,]*)", re.I),
     re.compile(r"max_model_len[= ](?:is )?(\d[\d,]*)", re.I),
 )
 CATALOGUE = "genai-prices"
@@ -72,7 +75,7 @@ def stated_window(message):
     for pattern in STATED:
         found = pattern.search(message or "")
         if found:
-            return _tokens(found.group(1))
+            return _tokens(next(group for group in found.groups() if group is not None))
     return None
 
 
