@@ -67,7 +67,6 @@ class Case:
     fallback: dict = field(default_factory=dict)
     continue_streams: bool = False
     expect: str = "the fallback's answer"
-    context_windows: tuple = (None, None)  # Deployment.context_window of primary and fallback
     play: str = "stream"  # stream | content_filter | recovery | accounting
 
 
@@ -88,8 +87,9 @@ CASES = [
          expect="the primary's answer, the bad event skipped"),
     Case("stream without [DONE]", {"fault": "no_done"}, continue_streams=True,
          expect="the primary's answer, [DONE] added"),
-    Case("context-length 400", {"context_window": 40}, context_windows=(40, 128_000),
-         expect="the fallback's answer (its window is larger), else the 400 in OpenAI's shape"),
+    Case("context-length 400", {"context_window": 40},
+         expect="the fallback's answer (nobody typed a window: the primary's 400 fails over to the fallback, "
+                "whose window is unknown), else the 400 in OpenAI's shape"),
     Case("content-filter 400", {"content_filter": True}, play="content_filter",
          expect="the provider's 400 passed through, tried once, the circuit untouched"),
     Case("fallback refuses an assistant prefill", {"fault": "cut_midway", "fault_after_tokens": 40},
@@ -106,13 +106,13 @@ CASES = [
 # --- setting up --------------------------------------------------------------------------
 
 
-def deployment(name, base_url, model, context_window):
+def deployment(name, base_url, model):
     provider = Provider.objects.create(name=f"{name}-provider", base_url=base_url)  # default timeouts
     key = ApiKey(provider=provider, label="main")
     key.set_secret(f"sk-bench-{name}")
     key.save()
-    return Deployment.objects.create(name=name, provider=provider, upstream_model=model, context_window=context_window,
-                                     input_price_per_mtok=1, output_price_per_mtok=2)
+    return Deployment.objects.create(name=name, provider=provider, upstream_model=model, input_price_per_mtok=1,
+                                     output_price_per_mtok=2)
 
 
 def seed(cases, base_url):
@@ -123,8 +123,7 @@ def seed(cases, base_url):
         route_name = f"c{number:02d}"
         primary, fallback = f"{route_name}-primary", f"{route_name}-fallback"
         route = Route.objects.create(name=route_name, continue_streams=case.continue_streams)
-        first, second = (deployment(name, base_url, name, window)
-                         for name, window in zip((primary, fallback), case.context_windows, strict=True))
+        first, second = (deployment(name, base_url, name) for name in (primary, fallback))
         RouteTarget.objects.create(route=route, deployment=first, weight=100)
         RouteFallback.objects.create(route=route, deployment=second, position=1)
         plan[case.name] = (route_name, f"session-{number}", primary, fallback)

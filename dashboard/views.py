@@ -25,7 +25,7 @@ from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult, Source
 from routing import tokens
 from routing.audit import actor_name
-from routing.models import ApiToken, Deployment, Event, Route
+from routing.models import ApiToken, Deployment, Event, Route, WindowSource
 from routing.outcomes import Outcome
 from routing.rollouts import controller
 from routing.rollouts.models import LOCKING_STATES
@@ -139,8 +139,31 @@ def deployment_data(deployment, window, now=None):
         "totals": totals, "series": series,
         "keys": [metrics.key_health(k, probes) for k in deployment.provider.keys.order_by("label")],
         "probes": [_probe_row(r) for r in _recent_probes(deployment)],
+        "context": context_window_data(deployment),
         "at": now.isoformat(),
     }
+
+
+def context_window_data(deployment):
+    """Return the deployment's context window in use, where it came from, and what every source says."""
+    tokens, source = deployment.window()
+    details = {
+        WindowSource.TYPED: "typed by staff (always wins)",
+        WindowSource.LEARNED: _learned_detail(deployment),
+        WindowSource.PROVIDER: "the provider's GET /models",
+        WindowSource.CATALOGUE: deployment.catalogue_entry,
+    }
+    rows = [{"source": s, "label": WindowSource(s).label, "tokens": t, "detail": details[s] if t else "",
+             "used": s == source} for s, t in deployment.windows().items()]
+    checked = deployment.windows_checked_at
+    return {"tokens": tokens, "source": source, "source_label": WindowSource(source).label, "sources": rows,
+            "note": deployment.windows_note, "checked_at": checked.isoformat() if checked else None}
+
+
+def _learned_detail(deployment):
+    if not deployment.learned_window_at:
+        return deployment.learned_window_error
+    return f"{deployment.learned_window_error} ({deployment.learned_window_at:%Y-%m-%d %H:%M} UTC)"
 
 
 def _recent_probes(deployment):

@@ -6,7 +6,8 @@ and enqueues `run_probe` with a countdown to the slot's due time, so probes
 are spread over their interval. `run_probe` claims its slot, so a message
 delivered twice (a second beat, a worker killed before acking) still leaves
 exactly one result. `recheck_keys` (same period) hands out the re-checks of
-invalid and suspect keys that are due, each claimed the same way.
+invalid and suspect keys that are due, each claimed the same way; `check_windows` asks
+providers and the catalogue for the context windows nobody typed (probes.windows).
 """
 
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from probes import rechecks, runner
+from probes import rechecks, runner, windows
 from probes.loadtest import jobs
 
 # A dispatch covers two beat periods, so one late or lost tick skips nothing.
@@ -62,6 +63,13 @@ def recheck_keys():
 def recheck_key(key_id):
     """Re-check one key with a one-token probe, if still due and not claimed elsewhere."""
     rechecks.recheck(key_id)
+
+
+@shared_task(ignore_result=True, expires=60, soft_time_limit=300, time_limit=330)
+def check_windows():
+    """Ask each provider's model list and the catalogue for the windows of the deployments that are due
+    (probes.windows). Returns how many were checked."""
+    return windows.run_due()
 
 
 @shared_task(ignore_result=True, acks_late=True, expires=3600)

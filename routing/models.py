@@ -206,6 +206,24 @@ class ApiKey(models.Model):
         return f"{text}: {self.state_reason}" if self.state_reason else text
 
 
+class WindowSource(models.TextChoices):
+    """Where a deployment's context window comes from, strongest first (Deployment.window)."""
+
+    TYPED = "typed", "typed"
+    LEARNED = "learned_from_error", "learned from the provider's error"
+    PROVIDER = "provider_metadata", "provider metadata"
+    CATALOGUE = "catalogue", "catalogue"
+    UNKNOWN = "unknown", "unknown"
+
+
+# The columns behind each source, in the order they win: a typed value always does.
+WINDOW_COLUMNS = (("context_window", WindowSource.TYPED), ("learned_window", WindowSource.LEARNED),
+                  ("provider_window", WindowSource.PROVIDER), ("catalogue_window", WindowSource.CATALOGUE))
+# What a change of model or provider makes stale: the windows found for the old one.
+DISCOVERED_WINDOW_FIELDS = ("learned_window", "learned_window_at", "learned_window_error", "provider_window",
+                            "catalogue_window", "catalogue_entry", "windows_checked_at", "windows_note")
+
+
 class Deployment(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator],
                             help_text="Identifier used in route weights")
@@ -216,7 +234,26 @@ class Deployment(models.Model):
                                                validators=[MinValueValidator(0)])
     output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"),
                                                 validators=[MinValueValidator(0)])
-    context_window = models.PositiveIntegerField(null=True, blank=True)
+    context_window = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Tokens of prompt + completion, typed; it always wins. Empty: discovered (the provider's error, "
+                  "its GET /models, the model catalogue) or unknown.")
+    # Discovered windows (probes.windows, and the gateway for a provider's error); never typed.
+    learned_window = models.PositiveIntegerField(null=True, blank=True, editable=False,
+                                                 help_text="The window a provider's context-length error stated")
+    learned_window_at = models.DateTimeField(null=True, blank=True, editable=False)
+    learned_window_error = models.CharField(max_length=300, blank=True, editable=False,
+                                            help_text="The provider's words it was learned from")
+    provider_window = models.PositiveIntegerField(null=True, blank=True, editable=False,
+                                                  help_text="The window the provider's GET /models reports")
+    catalogue_window = models.PositiveIntegerField(null=True, blank=True, editable=False,
+                                                   help_text="The window the model catalogue knows for the model")
+    catalogue_entry = models.CharField(max_length=200, blank=True, editable=False,
+                                       help_text="The catalogue and the entry it matched")
+    windows_checked_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                              help_text="When probes.windows last asked the provider and catalogue")
+    windows_note = models.CharField(max_length=300, blank=True, editable=False,
+                                    help_text="What that check found, or why it could not ask")
     first_token_timeout = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
         help_text="Seconds from sending a streamed request to its first content event; empty: the site default "
@@ -230,6 +267,63 @@ class Deployment(models.Model):
 
     def __str__(self):
         return self.name
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        if "provider_id" in field_names and "upstream_model" in field_names:  # not when deferred (.only())
+            instance._loaded_model = instance.provider_id, instance.upstream_model
+        return instance
+
+    def save(self, *args, **kwargs):
+        """Save; a new model or provider forgets the windows discovered for the old one (checked again soon)."""
+        loaded = getattr(self, "_loaded_model", None)
+        if loaded is not None and loaded != (self.provider_id, self.upstream_model):
+            for name in DISCOVERED_WINDOW_FIELDS:
+                setattr(self, name, "" if name in ("learned_window_error", "catalogue_entry", "windows_note")
+                        else None)
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], *DISCOVERED_WINDOW_FIELDS}
+        super().save(*args, **kwargs)
+        self._loaded_model = self.provider_id, self.upstream_model
+
+    def window(self):
+        """Return (tokens, WindowSource) of the context window the gateway holds requests to: typed, else learned
+        from the provider's error, else the provider's metadata, else the catalogue; (None, UNKNOWN) when none
+        says."""
+        for column, source in WINDOW_COLUMNS:
+            tokens = getattr(self, column)
+            if tokens:
+                return tokens, source
+        return None, WindowSource.UNKNOWN
+
+    def windows(self):
+        """Return {source: tokens or None} of every source, typed included (what the page and the API show)."""
+        return {source.value: getattr(self, column) for column, source in WINDOW_COLUMNS}
+
+    @classmethod
+    def learn_window(cls, deployment_id, tokens, error, actor):
+        """Save the window a provider's context-length error stated (`error`: its words, already redacted).
+
+        Returns the timeline Event, or None when the deployment already had that learned window (or is gone).
+        """
+        now = timezone.now()
+        # updated_at moves too: the gateway's snapshot fingerprint sees the change.
+        changed = cls.objects.filter(pk=deployment_id).exclude(learned_window=tokens).update(
+            learned_window=tokens, learned_window_at=now, learned_window_error=storable(error, 300), updated_at=now)
+        if not changed:
+            return None
+        from routing.signals import config_changed
+
+        deployment = cls.objects.get(pk=deployment_id)
+        typed = f" (its typed {deployment.context_window} still applies)" if deployment.context_window else ""
+        event = Event.objects.create(
+            kind=EventKind.CONTEXT_WINDOW, deployment=deployment, data={"tokens": tokens, "actor": actor,
+                                                                        "error": storable(error, 300)},
+            message=f"Context window of {deployment} learned from the provider's error: {tokens} tokens{typed}"[:500])
+        transaction.on_commit(lambda: _publish_event(event))
+        config_changed()
+        return event
 
     def price_for(self, prompt_tokens, completion_tokens):
         """Return the cost in currency units of one call with this usage."""
@@ -439,6 +533,7 @@ class EventKind(models.TextChoices):
     KEY_SUSPECT = "key_suspect", "Key suspect"
     PROVIDER_URL = "provider_url", "Provider endpoint changed"
     ROLLOUT = "rollout", "Rollout changed"
+    CONTEXT_WINDOW = "context_window", "Context window learned"
 
 
 class Event(models.Model):

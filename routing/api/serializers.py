@@ -24,6 +24,7 @@ from routing.models import (
     RequestLog,
     Route,
     RouteTarget,
+    WindowSource,
     name_validator,
     secret_validator,
 )
@@ -153,15 +154,39 @@ class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
         return super().update(instance, validated_data)
 
 
+WINDOW_HELP = ("Tokens of prompt + completion the gateway holds requests to. Reads the window in use (see "
+               "context_window_source); writing a number types it (a typed window always wins), null clears the "
+               "typed one so a discovered window applies.")
+
+
 class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     provider = _name_field(Provider)
+    context_window_source = serializers.SerializerMethodField(
+        help_text="Where context_window comes from: typed, learned_from_error (the provider's own context-length "
+                  "error), provider_metadata (its GET /models), catalogue, or unknown (never held against it).")
+    context_windows = serializers.SerializerMethodField(
+        help_text="The window each source knows (null: it says nothing), strongest first.")
 
     class Meta:
         model = Deployment
         fields = [
             "name", "provider", "upstream_model", "display_name", "input_price_per_mtok", "output_price_per_mtok",
-            "context_window", "enabled", "created_at", "updated_at",
+            "context_window", "context_window_source", "context_windows", "enabled", "created_at", "updated_at",
         ]
+        extra_kwargs = {"context_window": {"help_text": WINDOW_HELP, "min_value": 1}}
+
+    @extend_schema_field(serializers.ChoiceField(choices=WindowSource.choices))
+    def get_context_window_source(self, deployment):
+        return deployment.window()[1]
+
+    @extend_schema_field(serializers.DictField(child=serializers.IntegerField(allow_null=True)))
+    def get_context_windows(self, deployment):
+        return deployment.windows()
+
+    def to_representation(self, deployment):
+        data = super().to_representation(deployment)
+        data["context_window"] = deployment.window()[0]  # the window in use, typed or discovered
+        return data
 
 
 class RouteTargetSerializer(StrictFieldsMixin, serializers.Serializer):

@@ -11,7 +11,10 @@ makes the key suspect and tries another key. After a target's retries,
 fail over to another target by weight, and after every weighted target to
 the route's fallbacks in order. Targets whose context window cannot hold
 the request are skipped before the call; a context-length error fails over
-to a target with a larger window, or ends in a 400 saying none has one. A stream
+to a target with a larger window or one whose window is still unknown (never
+the same deployment), or ends in a 400 saying none is left; the window the
+error states is learned (`Proxy.on_window`), so the next request too long for
+it skips that deployment without a call. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
 and no [DONE]. On a route that opted in (`continue_streams`), a stream that
@@ -34,6 +37,7 @@ from routing.gateway.limits import context_tokens, estimate_tokens
 from routing.gateway.retry import backoff
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome, UpstreamError, redact_bytes
 from routing.streams import SKIPPED, StreamReader
+from routing.windows import stated_window
 
 SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
@@ -171,12 +175,15 @@ class Call:
     def fits(self, target):
         """Return True when `target`'s context window can hold this request (an unknown window is assumed to).
 
-        After an upstream said the request is too long, only a known, larger window fits.
+        After an upstream said the request is too long, a known window fits only when it is larger than the
+        one that refused it; an unknown one may still hold it.
         """
         window = target.context_window
-        if self.too_long_at is not None:
-            return window is not None and window > self.too_long_at and sum(self.context_need()) <= window
-        return window is None or sum(self.context_need()) <= window
+        if window is None:
+            return True
+        if self.too_long_at is not None and window <= self.too_long_at:
+            return False
+        return sum(self.context_need()) <= window
 
     def deadline_struck(self):
         """Return True when the request's deadline has passed (what cancelled it, if anything did)."""
@@ -247,6 +254,8 @@ class Proxy:
         self.limits = None
         self.slots = ProviderSlots(config.concurrency_wait_s)
         self.resting = {}  # deployment id -> monotonic time until which its 503's Retry-After asked us to stay away
+        self.on_window = None  # on_window(target, tokens, error): a provider's error stated the deployment's window
+        self.windows_stated = {}  # deployment id -> the window its errors last stated (reported once)
 
     def start(self, session, limits):
         self.session, self.limits = session, limits
@@ -388,7 +397,10 @@ class Proxy:
         if err.outcome in DEPLOYMENT_FAILURES:
             self.breakers.failure(target.deployment_id, err.message)
         if err.too_long:  # the request's fault, not the deployment's; a larger window may hold it
-            call.too_long_at = max(call.too_long_at or 0, target.context_window or 0)
+            stated = stated_window(err.message)
+            if stated is not None:
+                self._window_stated(target, stated, err.message)
+            call.too_long_at = max(call.too_long_at or 0, stated or 0, target.context_window or 0)
             return Next.LARGER_WINDOW
         if not err.retryable:
             return Next.RELAY_ERROR
@@ -410,6 +422,13 @@ class Proxy:
         if not await self._sleep_within_deadline(call, backoff(retries + 1, self.rng)):
             return Next.FAIL_OVER
         return Next.RETRY
+
+    def _window_stated(self, target, tokens, error):
+        """Report the window a provider's error stated for `target`, once per new value."""
+        if self.windows_stated.get(target.deployment_id) == tokens or self.on_window is None:
+            return
+        self.windows_stated[target.deployment_id] = tokens
+        self.on_window(target, tokens, error)
 
     async def _after_429(self, call, target, key, err, retries):
         wait = err.retry_after if err.retry_after is not None else DEFAULT_COOLING_S

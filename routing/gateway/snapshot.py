@@ -2,8 +2,9 @@
 
 Each gateway process serves from a `Snapshot`: routes with their weighted
 targets and their ordered fallback chain (deployment, provider URL and
-timeouts, upstream model, context window, prices, keys with their secrets
-decrypted in memory only), and the gateway keys by hash.
+timeouts, upstream model, context window (typed, else discovered: see
+`Deployment.window`), prices, keys with their secrets decrypted in memory
+only), and the gateway keys by hash.
 No request queries the database. A request takes `store.current` once and
 finishes on it even if a newer snapshot replaces it meanwhile.
 
@@ -18,7 +19,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,6 +39,7 @@ from routing.models import (
     Route,
     RouteFallback,
     RouteTarget,
+    WindowSource,
 )
 from routing.netguard import UpstreamBlocked, check_host
 
@@ -117,6 +119,7 @@ class Target:
     keys: tuple
     max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
     context_window: int | None = None  # tokens of prompt + completion; None: unknown, never skipped for it
+    window_source: str = WindowSource.UNKNOWN  # where context_window came from (a typed one is never learned over)
     fallback: int = 0  # position in the route's fallback chain (1 first); 0 for a weighted target
 
     def cost(self, tokens_in, tokens_out):
@@ -204,7 +207,8 @@ def fingerprint():
         list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
         list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model",
                                                            "provider_id", "first_token_timeout",
-                                                           "context_window")),
+                                                           "context_window", "learned_window", "provider_window",
+                                                           "catalogue_window")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
         _shadow_steps(),
@@ -251,6 +255,7 @@ def _blocked(base_url):
 def _target(row, keys, fallback=0):
     deployment, provider = row.deployment, row.deployment.provider
     base = provider.base_url.rstrip("/")
+    window, source = deployment.window()
     return Target(
         deployment_id=deployment.pk, deployment=deployment.name, provider_id=provider.pk, provider=provider.name,
         upstream_model=deployment.upstream_model, weight=0 if fallback else row.weight,
@@ -261,7 +266,7 @@ def _target(row, keys, fallback=0):
         first_token_timeout=deployment.first_token_timeout or settings.GATEWAY_FIRST_TOKEN_TIMEOUT_S,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
         keys=keys.get(provider.pk, ()), max_concurrency=provider.max_concurrency,
-        context_window=deployment.context_window, fallback=fallback,
+        context_window=window, window_source=source, fallback=fallback,
     )
 
 
@@ -321,6 +326,22 @@ def _route(route, keys, down, shadows=None):
                      sticky=not rollout)
 
 
+def with_learned_window(snapshot, deployment_id, tokens):
+    """Return `snapshot` with the window `tokens` a provider's error stated on every target of the deployment
+    whose window was not typed (the gateway's own copy until the saved window comes back in a rebuild)."""
+    def learned(target):
+        if target.deployment_id != deployment_id or target.window_source == WindowSource.TYPED:
+            return target
+        return replace(target, context_window=tokens, window_source=WindowSource.LEARNED)
+
+    routes = {}
+    for name, route in snapshot.routes.items():
+        targets, fallbacks = tuple(map(learned, route.targets)), tuple(map(learned, route.fallbacks))
+        windows = any(t.context_window for t in (*targets, *fallbacks))
+        routes[name] = replace(route, targets=targets, fallbacks=fallbacks, windows=windows)
+    return replace(snapshot, routes=routes)
+
+
 def _client_keys():
     keys = {}
     for key in GatewayKey.objects.filter(enabled=True).prefetch_related("routes"):
@@ -366,16 +387,27 @@ class SnapshotStore:
         self._version = 0
         self.db_answered_at = None  # time.monotonic() of the last successful config read (readiness)
         self.redis_listening = False  # subscribed to the change notices (readiness)
+        self._swap = threading.Lock()
 
     def load(self):
         """Build and install a snapshot now (sync); return it."""
         self._version += 1
         snapshot = build(self._version)
         self.db_answered_at = time.monotonic()
-        previous, self.current = self.current, snapshot
+        with self._swap:
+            previous, self.current = self.current, snapshot
         if self.on_swap is not None:
             self.on_swap(previous, snapshot)
         return snapshot
+
+    def patch(self, change):
+        """Install change(current snapshot): what this process learned before the database says it too.
+
+        A rebuild from the database replaces it; one built before the change was saved may drop it for a
+        moment (a wasted upstream call at worst), until the rebuild after the save.
+        """
+        with self._swap:
+            self.current = change(self.current)
 
     def start(self):
         """Start the refresher thread (and the Redis listener with REDIS_URL)."""

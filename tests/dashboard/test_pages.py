@@ -103,6 +103,28 @@ def test_the_deployment_page_has_charts_window_choices_keys_and_recent_probes(se
     assert "primary" in page and "sk-…1234" in page
 
 
+def test_the_deployment_page_shows_its_context_window_and_where_it_came_from(seeded, viewer_user):
+    from routing.models import Deployment
+
+    Deployment.objects.filter(name="canary").update(provider_window=32768, catalogue_window=16000,
+                                                    catalogue_entry="genai-prices 0.2.5: openai gpt-x",
+                                                    windows_note="the provider's GET /models reports 32768 tokens")
+    unknown = signed_in(viewer_user).get("/deployments/stable/")
+    response = signed_in(viewer_user).get("/deployments/canary/")
+
+    page = response.content.decode()
+    assert "32768 tokens" in page and "from provider metadata" in page
+    assert "genai-prices 0.2.5: openai gpt-x" in page and "reports 32768 tokens" in page
+    context = initial_data(response)["context"]
+    assert (context["tokens"], context["source"]) == (32768, "provider_metadata")
+    assert [row["source"] for row in context["sources"] if row["used"]] == ["provider_metadata"]
+    assert initial_data(unknown)["context"]["source"] == "unknown"
+    assert "never held against it" in unknown.content.decode()
+    Deployment.objects.filter(name="canary").update(learned_window=20000, learned_window_error="HTTP 400: max 20000")
+    fresh = signed_in(viewer_user).get("/dashboard-data/deployments/canary/").json()["context"]
+    assert (fresh["tokens"], fresh["source_label"]) == (20000, "learned from the provider's error")
+
+
 def test_no_page_reveals_a_provider_secret(seeded, admin_user):
     client = signed_in(admin_user)
     for url in PAGES + DATA:

@@ -447,6 +447,48 @@ def test_keys_filter_by_provider_name_and_state(viewer_api, registry):
     assert [k["label"] for k in viewer_api.get(f"{API}/keys/", {"state": "active"}).json()["results"]] == ["main"]
 
 
+def test_a_deployment_shows_its_context_window_and_its_source(viewer_api, registry):
+    Deployment.objects.filter(name="stable").update(catalogue_window=128000, provider_window=64000)
+
+    body = viewer_api.get(f"{API}/deployments/stable").json()
+    unknown = viewer_api.get(f"{API}/deployments/canary").json()
+
+    assert (body["context_window"], body["context_window_source"]) == (64000, "provider_metadata")
+    assert body["context_windows"] == {"typed": None, "learned_from_error": None, "provider_metadata": 64000,
+                                       "catalogue": 128000}
+    assert (unknown["context_window"], unknown["context_window_source"]) == (None, "unknown")
+
+
+def test_a_typed_context_window_wins_and_null_gives_the_discovered_one_back(admin_api, registry):
+    Deployment.objects.filter(name="stable").update(learned_window=4096)
+
+    typed = patch(admin_api, "/deployments/stable", {"context_window": 8000})
+    cleared = patch(admin_api, "/deployments/stable", {"context_window": None})
+
+    assert (typed.json()["context_window"], typed.json()["context_window_source"]) == (8000, "typed")
+    assert (cleared.json()["context_window"], cleared.json()["context_window_source"]) == (4096, "learned_from_error")
+
+
+@pytest.mark.parametrize("value", [0, -5, "4096", 1.5])
+def test_a_context_window_that_is_not_a_whole_number_of_tokens_is_refused_naming_it(admin_api, registry, value):
+    before = everything()
+
+    response = patch(admin_api, "/deployments/stable", {"context_window": value})
+
+    assert response.status_code == 400 and "context_window" in response.json()
+    assert everything() == before
+
+
+@pytest.mark.parametrize("field", ["learned_window", "provider_window", "catalogue_window"])
+def test_discovered_windows_cannot_be_written(admin_api, registry, field):
+    before = everything()
+
+    response = patch(admin_api, "/deployments/stable", {field: 100})
+
+    assert response.status_code == 400 and field in response.json()
+    assert everything() == before
+
+
 def test_deployments_filter_by_provider(viewer_api, registry):
     assert viewer_api.get(f"{API}/deployments/", {"provider": "sim"}).json()["count"] == 2
     assert viewer_api.get(f"{API}/deployments/", {"provider": "other"}).json()["count"] == 0
