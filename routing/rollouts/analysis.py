@@ -71,6 +71,10 @@ ALPHA = 0.01
 # because a wrong pass only moves the canary to a step with more traffic, where the rollback side keeps
 # watching with the evidence carried, and the next step must pass again on its own traffic.
 PASS_ALPHA = 0.05
+# A step after a passed one needs this share of the pass bar (in logs) from its own traffic: earlier steps' pass
+# evidence covers the rest (a product of e-values over consecutive steps is one), and the own share is the
+# "this step's traffic is not against the canary" that a regression starting at a later step cannot meet.
+STEP_PASS_SHARE = 0.5
 MIN_CANARY_REQUESTS = 100
 MIN_THRESHOLD_SAMPLE = 200  # baseline timings before a latency threshold is trusted
 REFERENCE_MINUTES = 30  # the baseline's look-back before a step (thresholds, its own variation, its long-run rate)
@@ -195,10 +199,12 @@ class MetricVerdict:
     evidence: dict = field(default_factory=dict)
     log_fail: float = 0.0
     incident: bool = False
+    log_pass: float = 0.0  # pass evidence so far (in logs, earlier passed steps' included)
 
     def as_dict(self):
         return {"metric": str(self.metric), "verdict": str(self.verdict), "sentence": self.sentence,
-                "evidence": self.evidence, "log_fail": max(self.log_fail, -700.0), "incident": self.incident}
+                "evidence": self.evidence, "log_fail": max(self.log_fail, -700.0),
+                "log_pass": max(self.log_pass, -700.0), "incident": self.incident}
 
 
 @dataclass
@@ -340,22 +346,23 @@ def tail_minutes(window, metric, q, allowed, value):
 # --- judging ---------------------------------------------------------------------------
 
 
-def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None):
+def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None, carried_pass=None):
     """Return the Judgement of a StepWindow under guards.
 
-    carried maps a metric to the failure log e-value of the rollout's earlier steps. Fail if any guard
+    carried maps a metric to the failure log e-value of the rollout's earlier steps, carried_pass to their pass
+    log e-value (the steps that passed; this step then needs STEP_PASS_SHARE of the bar itself). Fail if any guard
     fails (from the first canary request on), pass if every guard passes and the canary has at least
     min_canary_requests, otherwise inconclusive. Raises ValueError without guards.
     """
     if not guards:
         raise ValueError("a rollout needs at least one guard")
-    carried = carried or {}
+    carried, carried_pass = carried or {}, carried_pass or {}
     canary_n, baseline_n = window.requests()
     if not canary_n or not baseline_n:
         return _no_traffic(guards, canary_n, carried)
     levels = guard_levels(guards, alpha)
-    metrics = [judge_metric(guard, window, levels[guard.metric] or alpha, carried.get(guard.metric, 0.0))
-               for guard in guards]
+    metrics = [judge_metric(guard, window, levels[guard.metric] or alpha, carried.get(guard.metric, 0.0),
+                            carried_pass.get(guard.metric, 0.0)) for guard in guards]
     verdict = _overall(metrics)
     if verdict == Verdict.PASS and canary_n < min_canary_requests:
         return Judgement(Verdict.INCONCLUSIVE, _waiting_sentence(canary_n, min_canary_requests), metrics)
@@ -370,18 +377,18 @@ def guard_levels(guards, alpha=ALPHA):
             for g in guards}
 
 
-def judge_metric(guard, window, alpha, carried=0.0):
+def judge_metric(guard, window, alpha, carried=0.0, carried_pass=0.0):
     """Return the MetricVerdict of one guard at level alpha (its share of the budget)."""
     if guard.metric in RATE_METRICS:
-        verdict = _judge_rate(guard, window, alpha, carried)
+        verdict = _judge_rate(guard, window, alpha, carried, carried_pass)
     elif guard.metric in TAIL_METRICS:
-        verdict = _judge_tail(guard, window, alpha, carried)
+        verdict = _judge_tail(guard, window, alpha, carried, carried_pass)
     else:
         verdict = _judge_mean(guard, window)
     return _apply_limit(guard, window, verdict, alpha)
 
 
-def _judge_rate(guard, window, alpha, carried):
+def _judge_rate(guard, window, alpha, carried, carried_pass=0.0):
     """Errors or 429s. The baseline's rate, its variation and the own-rate route to a rollback come from its
     look-back; the split of each minute's events is the main test."""
     minutes = rate_minutes(window, guard.metric)
@@ -395,7 +402,7 @@ def _judge_rate(guard, window, alpha, carried):
     own_robust = _own_rate_fail(rest, events, requests, guard.allowed, alpha, test.phi)
     test.log_fail = _log_mix(test.log_fail, own)
     test.log_fail_robust = _log_mix(test.log_fail_robust, own_robust)
-    verdict = _decide(guard.metric, test, carried, alpha)
+    verdict = _decide(guard.metric, test, carried, alpha, carried_pass)
     verdict.evidence.update(_rate_evidence(guard, test, base_rate))
     verdict.sentence = _rate_sentence(guard, verdict)
     return verdict
@@ -434,7 +441,7 @@ def arm_dispersion(history):
     return max(1.0, (DISPERSION_PRIOR_DF + chi2) / (DISPERSION_PRIOR_DF + len(useful) - 1))
 
 
-def _judge_tail(guard, window, alpha, carried):
+def _judge_tail(guard, window, alpha, carried, carried_pass=0.0):
     """Every quantile of TAIL_QUANTILES at alpha / their number: fail if one fails, pass if all pass."""
     level = alpha / len(TAIL_QUANTILES)
     parts = []
@@ -448,7 +455,7 @@ def _judge_tail(guard, window, alpha, carried):
         # No floor from the baseline's own variation here: latency moves with who is asking (prompt sizes,
         # sessions), which both arms share when requests are assigned one by one; the split shows the rest.
         parts.append((q, value, count_test(minutes, 1.0, within_centre=(1 + guard.allowed) ** -3)))
-    decided = [(q, value, _decide(guard.metric, test, carried, level)) for q, value, test in parts]
+    decided = [(q, value, _decide(guard.metric, test, carried, level, carried_pass)) for q, value, test in parts]
     verdict = _combine_quantiles(guard.metric, decided, alpha)
     verdict.evidence.update(_tail_evidence(guard, parts, decided))
     verdict.sentence = _tail_sentence(guard, verdict, parts)
@@ -471,28 +478,32 @@ def _combine_quantiles(metric, decided, alpha):
         overall = Verdict.INCONCLUSIVE
     level = math.log(len(verdicts) / alpha)
     log_fail = max(v.log_fail for v in verdicts)  # what the next step carries (the quantiles' Bonferroni covers it)
+    log_pass = min(v.log_pass for v in verdicts)  # every quantile showed at least this much
     progress = {"fail": max(v.evidence["progress"]["fail"] for v in verdicts),
                 "pass": min(v.evidence["progress"]["pass"] for v in verdicts)}
     incident = any(v.incident for v in verdicts) and overall != Verdict.FAIL
     evidence = {"progress": progress, "alpha": alpha, "fail_threshold": math.exp(level),
-                "pass_threshold": 1 / PASS_ALPHA, "e_fail": _e(log_fail),
+                "pass_threshold": max(v.evidence["pass_threshold"] for v in verdicts), "e_fail": _e(log_fail),
                 "e_pass": min(v.evidence["e_pass"] for v in verdicts),
                 "phi": max(v.evidence["phi"] for v in verdicts),
                 "carried": any(v.evidence["carried"] for v in verdicts)}
-    return MetricVerdict(metric, overall, "", evidence, log_fail, incident)
+    return MetricVerdict(metric, overall, "", evidence, log_fail, incident, log_pass)
 
 
-def _decide(metric, test, carried, alpha):
+def _decide(metric, test, carried, alpha, carried_pass=0.0):
     """Return the MetricVerdict (sentence still empty) of a CountTest at level alpha.
 
     The rollback side adds the carried evidence of earlier steps to the robust e-value (the worst minute
-    left out, over-dispersion weighed in); the pass side is this step's own.
+    left out, over-dispersion weighed in). The pass side needs the whole bar from this step's own traffic, or,
+    after passed steps, what their evidence leaves of it and at least STEP_PASS_SHARE of it (the product over
+    consecutive steps is an e-value; the own share is the step earning its own pass).
     """
     level, pass_level = math.log(1 / alpha), math.log(1 / PASS_ALPHA)
     log_fail = max(carried, 0.0) + test.log_fail_robust
+    needed = pass_level - min(max(carried_pass, 0.0), (1 - STEP_PASS_SHARE) * pass_level)
     if log_fail >= level:
         verdict = Verdict.FAIL
-    elif test.log_pass >= pass_level:
+    elif test.log_pass >= needed:
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
@@ -500,9 +511,10 @@ def _decide(metric, test, carried, alpha):
     # provider had a bad spell.
     incident = verdict != Verdict.FAIL and test.log_worst >= level and test.log_fail_robust <= 0
     evidence = {"e_fail": _e(log_fail), "e_pass": _e(test.log_pass), "alpha": alpha, "fail_threshold": 1 / alpha,
-                "pass_threshold": 1 / PASS_ALPHA, "phi": test.phi, "carried": carried > 0, "incident": incident,
-                "progress": {"fail": _progress(log_fail, level), "pass": _progress(test.log_pass, pass_level)}}
-    return MetricVerdict(metric, verdict, "", evidence, log_fail, incident)
+                "pass_threshold": math.exp(needed), "phi": test.phi, "carried": carried > 0 or carried_pass > 0,
+                "incident": incident,
+                "progress": {"fail": _progress(log_fail, level), "pass": _progress(test.log_pass, needed)}}
+    return MetricVerdict(metric, verdict, "", evidence, log_fail, incident, max(carried_pass, 0.0) + test.log_pass)
 
 
 def _progress(log_value, level):

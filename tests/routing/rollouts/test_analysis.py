@@ -225,18 +225,18 @@ def test_the_mean_limits_wait_for_the_minimum_sample():
     assert judge(StepWindow([canary], [RollupDelta(count=200, ok=200)]), [cost]).verdict == Verdict.FAIL
 
 
-def test_failure_evidence_carries_over_but_each_step_earns_its_own_pass():
+def test_failure_evidence_carries_over_from_step_to_step():
     step = _window([(60, 2)] * 5, [(540, 3)] * 5)
     alone = judge(step, [ERRORS])
     assert alone.verdict == Verdict.INCONCLUSIVE
     together = judge(step, [ERRORS], carried={Metric.ERRORS: alone.metrics[0].log_fail + math.log(50)})
     assert together.verdict == Verdict.FAIL
     assert together.metrics[0].sentence.endswith("; with earlier steps' evidence)")
-    # A clean step passes on its own traffic; nothing of an earlier pass is carried (there is nothing to carry).
+    # A clean step passes on its own traffic and hands both kinds of evidence on.
     clean = _window([(3000, 30)] * 5, [(3000, 30)] * 5)
     assert judge(clean, [ERRORS]).verdict == Verdict.PASS
     assert set(judge(clean, [ERRORS]).metrics[0].as_dict()) == {"metric", "verdict", "sentence", "evidence",
-                                                                  "log_fail", "incident"}
+                                                                  "log_fail", "log_pass", "incident"}
 
 
 def test_the_budget_is_split_by_weight_over_the_tested_guards_only():
@@ -346,3 +346,21 @@ def test_the_own_rate_route_weighs_the_canarys_bad_spells():
     assert arm_dispersion([(m.canary, m.canary_n) for m in spells]) == pytest.approx((4 + 54 / 2.85) / 9)
     args = {"events": 9, "requests": 16_200, "allowed": 0.01, "alpha": 0.0067, "phi": 1.0}
     assert _own_rate_fail(spells, **args) < _own_rate_fail(even, **args) - 2
+
+
+def test_a_step_after_passed_ones_needs_half_the_pass_bar_from_its_own_traffic():
+    # An identical canary, 3 minutes of 1,000 requests at 1 %: its own pass e-value is 6.74, short of 1 / 0.05.
+    window = _window([(1000, 10)] * 3, [(9000, 90)] * 3)
+    alone = judge(window, [ERRORS]).metrics[0]
+    assert alone.verdict == Verdict.INCONCLUSIVE and alone.evidence["e_pass"] == pytest.approx(6.736, abs=0.01)
+    # After steps that showed e = 20 (log 3.0), the step needs e^(ln 20 - 0.5 ln 20) = sqrt(20) = 4.47 itself.
+    after = judge(window, [ERRORS], carried_pass={Metric.ERRORS: 3.0})
+    assert after.verdict == Verdict.PASS
+    assert after.metrics[0].evidence["pass_threshold"] == pytest.approx(math.sqrt(20))
+    assert after.metrics[0].log_pass == pytest.approx(3.0 + math.log(6.736), abs=0.01)  # what the next step gets
+    # Less carried covers less: ln 20 - 0.7 leaves e >= 20 / e^0.7 = 9.93 for this step.
+    partly = judge(window, [ERRORS], carried_pass={Metric.ERRORS: 0.7}).metrics[0]
+    assert partly.verdict == Verdict.INCONCLUSIVE and partly.evidence["pass_threshold"] == pytest.approx(9.93, abs=0.01)
+    # However much earlier steps showed, a step whose own traffic is against the canary never passes.
+    worse = judge(_window([(1000, 14)] * 3, [(9000, 90)] * 3), [ERRORS], carried_pass={Metric.ERRORS: 50.0})
+    assert worse.verdict != Verdict.PASS
