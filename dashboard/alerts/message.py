@@ -59,8 +59,10 @@ class Message:
         return plain(asdict(self))
 
     def subject(self):
-        """One line for an email subject or a chat title: `[FIRING] gpt-demo error rate`."""
-        return f"[{self.status.upper()}] {self.title}"
+        """One line for an email subject or a chat title: `[FIRING] gpt-demo error rate` (a title that already
+        starts with its status, as the engine's `[FIRING:2] …` do, is not tagged twice)."""
+        tag = f"[{self.status.upper()}"
+        return self.title if self.title.startswith(tag) else f"{tag}] {self.title}"
 
     def as_text(self):
         """The plain-text body of chat and email channels: the text, one line per alert, the page's address."""
