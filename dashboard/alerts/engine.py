@@ -24,7 +24,7 @@ from dashboard import live
 
 from . import delivery, sources
 from .matching import Inhibitions, fingerprint, matches_all
-from .message import AlertItem, Message
+from .message import AlertItem, Message, page_url
 from .models import (
     OPEN_STATES,
     SEVERITY_RANK,
@@ -368,7 +368,7 @@ class GroupWrites:
 
     def save(self):
         AlertGroup.objects.bulk_create(self.created)
-        AlertGroup.objects.bulk_update(self.changed, ["notified", "last_sent_at"], batch_size=200)
+        AlertGroup.objects.bulk_update(self.changed, ["notified", "last_sent_at", "channels_told"], batch_size=200)
         for chunk in _chunks(self.deleted):
             AlertGroup.objects.filter(pk__in=chunk).delete()
 
@@ -391,17 +391,31 @@ def _flush_group(group, policy, key, shared, current, now, writes):
     if not firing and not resolved:
         writes.deleted.append(group.pk)
         return None
+    channel_ids = [c.pk for c in policy.channels.all() if c.enabled]
     if not _due(group, policy, firing, resolved, notified, now):
-        _change(group, writes, notified=notified)
-        return None
+        told, newcomers = _newcomers(group, channel_ids, firing)
+        _change(group, writes, notified=notified, channels_told=told)
+        if not newcomers:
+            return None
+        return build_message(group, [current[fp][1] for fp in sorted(firing)], now), newcomers
     message = build_message(group, [current[fp][1] for fp in sorted(firing | resolved)], now)
     remaining = {fp: FIRING for fp in firing}
     if remaining:
-        _change(group, writes, notified=remaining, last_sent_at=now)
+        _change(group, writes, notified=remaining, last_sent_at=now, channels_told=channel_ids)
     else:
         writes.deleted.append(group.pk)
-    channel_ids = [c.pk for c in policy.channels.all() if c.enabled]
     return (message, channel_ids) if channel_ids else None
+
+
+def _newcomers(group, channel_ids, firing):
+    """Return (the channels told of a group that is not due, those of `channel_ids` to tell now): a channel added
+    to the policy (or enabled again) while the group fires hears what fires at once, not at the next repeat."""
+    if group.last_sent_at is None:
+        return group.channels_told, []  # its first notification, after the group's wait, goes to every channel
+    if group.channels_told is None:
+        return channel_ids, []  # sent before the channels told were recorded: its policy's count as told
+    newcomers = [pk for pk in channel_ids if pk not in group.channels_told] if firing else []
+    return group.channels_told + newcomers, newcomers
 
 
 def _change(group, writes, **values):
@@ -433,9 +447,8 @@ def build_message(group, alerts, now):
     subject = ", ".join(f"{k}={v}" for k, v in group.labels.items() if v) or group.policy.name
     title = f"[{status.upper()}{f':{count}' if count > 1 else ''}] {items[0].rule if count == 1 else subject}"
     text = "\n".join(f"{i.status.upper()} ({i.severity}): {i.summary}" for i in items)
-    url = f"{settings.PUBLIC_URL.rstrip('/')}/alerts/" if settings.PUBLIC_URL else "/alerts/"
     return Message(group_key=f"{group.policy.name}:{{{group.key}}}", status=status, severity=severity,
-                   title=title[:200], text=text, labels=dict(group.labels), alerts=items, url=url, sent_at=now)
+                   title=title[:200], text=text, labels=dict(group.labels), alerts=items, url=page_url(), sent_at=now)
 
 
 def _summary(alert):

@@ -274,6 +274,9 @@ class AlertGroup(models.Model):
     created_at = models.DateTimeField()
     last_sent_at = models.DateTimeField(null=True, blank=True)
     notified = models.JSONField(default=dict, help_text="{fingerprint: status} as last sent")
+    # The channel ids told of this group: a channel added to the policy while it fires is told at the next tick.
+    # None: a group sent before this was recorded (its policy's channels then count as told).
+    channels_told = models.JSONField(null=True, blank=True, default=None)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["policy", "key"], name="one_group_per_policy_key")]
