@@ -315,8 +315,9 @@ def _notify(firing, now, rules):
     told_elsewhere = _successor_policies(firing, policies)
     for status, alerts in ((RESOLVED, recent_resolved), (FIRING, [a for a in firing if not a.suppressed])):
         for alert in alerts:
+            successor_policies = told_elsewhere(alert) if status == RESOLVED else set()
             for policy in route(alert.labels, policies):
-                if status == RESOLVED and policy.pk in told_elsewhere(alert):
+                if policy.pk in successor_policies:
                     continue  # its successor (degraded → down) is this policy's news, not its end
                 key, shared = group_of(policy, alert.labels)
                 members.setdefault((policy.pk, key), (policy, shared, {}))[2][alert.fingerprint] = (status, alert)
