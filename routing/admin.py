@@ -217,8 +217,12 @@ class DeploymentAdmin(AuditedAdmin):
     list_display = ["name", "provider", "upstream_model", "input_price_per_mtok", "output_price_per_mtok", "enabled"]
     list_filter = ["enabled", "provider"]
     search_fields = ["name", "upstream_model", "display_name"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["prefill", "prefill_checked_at", "prefill_detail", "created_at", "updated_at"]
     list_select_related = ["provider"]
+
+    @admin.display(description="Prefill support")
+    def prefill(self, deployment):
+        return deployment.prefill.label
 
 
 # --- Routes and their split ---------------------------------------------------------------
