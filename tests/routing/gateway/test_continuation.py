@@ -153,6 +153,14 @@ def test_an_error_event_mid_stream_is_continued(sim, route):
     assert sim.simulator.attempts("fast")[0].prefill == FIRST_PART
 
 
+def test_a_malformed_event_past_the_cap_is_continued(sim, route):
+    gateway, key, session = route("malformed_chunk", max_malformed_events=0)  # the first malformed one breaks it
+    response = stream(gateway, key, session)
+
+    assert_one_whole_answer(response)
+    assert sim.simulator.attempts("fast")[0].prefill == FIRST_PART
+
+
 def test_the_usage_the_client_asked_for_comes_once_under_the_same_id_and_sums_both_attempts(sim, route):
     gateway, key, session = route("cut_midway")
     response = stream(gateway, key, session, stream_options={"include_usage": True})
@@ -164,6 +172,9 @@ def test_the_usage_the_client_asked_for_comes_once_under_the_same_id_and_sums_bo
     # both prompts were billed (the second one holds the prefill too)
     assert usage["prompt_tokens"] == traffic("faulty")["tokens_in"] + traffic("second")["tokens_in"]
     assert traffic("second")["tokens_in"] > traffic("faulty")["tokens_in"] > 0
+    metrics = scrape(gateway).text  # each deployment's own tokens, not the sum on the one that finished
+    assert 'weathervane_gateway_tokens_total{deployment="faulty",direction="out"} 3.0' in metrics
+    assert f'weathervane_gateway_tokens_total{{deployment="second",direction="out"}} {TOKENS - 3}.0' in metrics
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     row = wait_until(lambda: RequestLog.objects.filter(route_name="r").first(), timeout=5)
     assert (row.tokens_in, row.tokens_out) == (usage["prompt_tokens"], usage["completion_tokens"])
