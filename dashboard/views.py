@@ -147,7 +147,7 @@ def deployment_data(deployment, window, now=None):
 def _prefill(deployment):
     """Return whether the deployment continues an assistant prefill, as its probe last found (probes.prefill)."""
     support = deployment.prefill
-    checked = deployment.prefill_checked_at if deployment.prefill_model == deployment.upstream_model else None
+    checked = deployment.prefill_checked
     return {"support": support.value, "label": support.label, "detail": deployment.prefill_detail,
             "checked_at": checked.isoformat() if checked else None}
 

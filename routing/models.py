@@ -256,6 +256,11 @@ class Deployment(models.Model):
             return PrefillSupport.UNKNOWN
         return PrefillSupport(self.prefill_support)
 
+    @property
+    def prefill_checked(self):
+        """Return when the prefill verdict in effect was reached (None: never, or only for another model)."""
+        return self.prefill_checked_at if self.prefill_model == self.upstream_model else None
+
     def price_for(self, prompt_tokens, completion_tokens):
         """Return the cost in currency units of one call with this usage."""
         cost = self.input_price_per_mtok * prompt_tokens + self.output_price_per_mtok * completion_tokens

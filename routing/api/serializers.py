@@ -161,7 +161,8 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         source="prefill", choices=PrefillSupport.choices, read_only=True,
         help_text="Whether it continues a final assistant message, as the prefill probe found for its current "
                   "upstream model: verified, refused or unknown. Routes continue broken streams onto verified ones.")
-    prefill_checked_at = serializers.DateTimeField(read_only=True, help_text="When the prefill probe last ran")
+    prefill_checked_at = serializers.DateTimeField(source="prefill_checked", read_only=True, allow_null=True,
+                                                   help_text="When the prefill probe last ran (null: never)")
     prefill_detail = serializers.CharField(read_only=True, help_text="What the prefill probe saw")
 
     class Meta:

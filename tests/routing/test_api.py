@@ -281,9 +281,15 @@ def test_a_deployment_shows_its_prefill_support_read_only(admin_api, viewer_api,
     shown = viewer_api.get(f"{API}/deployments/stable").json()
     assert shown["prefill_support"] == "verified" and "tok4" in shown["prefill_detail"]
 
+    Deployment.objects.filter(name="stable").update(prefill_checked_at=timezone.now())
+    assert viewer_api.get(f"{API}/deployments/stable").json()["prefill_checked_at"] is not None
+
     refused = patch(admin_api, "/deployments/stable", {"prefill_support": "refused"})
     assert refused.status_code == 200  # read-only fields are ignored, as created_at is
     assert Deployment.objects.get(name="stable").prefill_support == "verified"  # only the probe writes it
+
+    moved = patch(admin_api, "/deployments/stable", {"upstream_model": "another-model"}).json()
+    assert moved["prefill_support"] == "unknown" and moved["prefill_checked_at"] is None  # a verdict about the old
 
 
 def test_replacing_a_routes_targets_is_validated_and_audited_as_a_weights_change(admin_api, registry):
