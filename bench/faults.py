@@ -7,7 +7,11 @@ own route "primary 100 %, fallback on failure": the faulty deployment is the rou
 (weight 100) and a healthy one its fallback chain, so the first attempt always hits the fault, and a
 failover or continuation lands on the fallback.
 Every deployment has its own provider (and key), as primary and fallback do in real life, so a 429 cooling
-one key does not touch the other. Routes with a mid-stream fault opt in to continuation.
+one key does not touch the other. No route sets `continue_streams`: the default ("auto") continues a broken
+stream on targets whose prefill support a probe verified, and the seed step runs that probe
+(probes.prefill.check, the real request through the simulator) on every fallback, with its case's personality,
+before the simulator's log is cleared: a fallback that continues a prefill is verified, the one that refuses it
+(accepts_prefill false) is found refusing and is never sent one.
 
 Each fault is judged from what the client received:
   answered   a whole, correct answer: status 200, the expected text exactly once, one [DONE]; or, where the
@@ -49,6 +53,7 @@ import httpx  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
+from probes import prefill  # noqa: E402
 from routing.gateway.app import Gateway  # noqa: E402
 from routing.gateway.serve import GatewayServer  # noqa: E402
 from routing.models import ApiKey, Deployment, GatewayKey, Provider, Route, RouteFallback, RouteTarget  # noqa: E402
@@ -65,7 +70,6 @@ class Case:
     name: str
     primary: dict
     fallback: dict = field(default_factory=dict)
-    continue_streams: bool = False
     expect: str = "the fallback's answer"
     play: str = "stream"  # stream | content_filter | recovery | accounting
 
@@ -80,12 +84,12 @@ CASES = [
     Case("20 s first token", {"fault": "slow_first_token", "fault_delay_s": 20},
          expect="an answer, never a wait beyond the 20 s first-token timeout"),
     Case("stream cut after 40 of 60 tokens", {"fault": "cut_midway", "fault_after_tokens": 40},
-         continue_streams=True, expect="the whole answer, continued on the fallback"),
+         expect="the whole answer, continued on the fallback"),
     Case("stream stalls mid-way", {"fault": "stall", "fault_after_tokens": 30, "fault_delay_s": 90},
-         continue_streams=True, expect="the whole answer, continued on the fallback after the 30 s idle timeout"),
-    Case("malformed chunk", {"fault": "malformed_chunk"}, continue_streams=True,
+         expect="the whole answer, continued on the fallback after the 30 s idle timeout"),
+    Case("malformed chunk", {"fault": "malformed_chunk"},
          expect="the primary's answer, the bad event skipped"),
-    Case("stream without [DONE]", {"fault": "no_done"}, continue_streams=True,
+    Case("stream without [DONE]", {"fault": "no_done"},
          expect="the primary's answer, [DONE] added"),
     Case("context-length 400", {"context_window": 40},
          expect="the fallback's answer (nobody typed a window: the primary's 400 fails over to the fallback, "
@@ -93,7 +97,7 @@ CASES = [
     Case("content-filter 400", {"content_filter": True}, play="content_filter",
          expect="the provider's 400 passed through, tried once, the circuit untouched"),
     Case("fallback refuses an assistant prefill", {"fault": "cut_midway", "fault_after_tokens": 40},
-         {"accepts_prefill": False}, continue_streams=True, expect="the error event (an explicit error)"),
+         {"accepts_prefill": False}, expect="the error event (an explicit error), no prefill sent to the fallback"),
     Case("primary fails, then recovers", {"schedule": [{"after_s": 0, "until_s": RECOVERY_OUTAGE_S,
                                                         "error_rate_delta": 1}]}, play="recovery",
          expect=f"every request answered; the primary serves again within one cooldown (30 s) of recovering "
@@ -122,7 +126,7 @@ def seed(cases, base_url):
     for number, case in enumerate(cases, 1):
         route_name = f"c{number:02d}"
         primary, fallback = f"{route_name}-primary", f"{route_name}-fallback"
-        route = Route.objects.create(name=route_name, continue_streams=case.continue_streams)
+        route = Route.objects.create(name=route_name)  # continue_streams: the default
         first, second = (deployment(name, base_url, name) for name in (primary, fallback))
         RouteTarget.objects.create(route=route, deployment=first, weight=100)
         RouteFallback.objects.create(route=route, deployment=second, position=1)
@@ -188,6 +192,8 @@ class Bench:
         served = response.headers.get("x-weathervane-deployment", "-").rsplit("-", 1)[-1]
         prefills = [a.prefill for a in self.simulator.attempts(fallback) if a.prefill]
         note = f"; the fallback was sent a {len(prefills[0].split())}-token prefill" if prefills else ""
+        if f": x-weathervane-continued-by: {fallback}\n" in response.text:
+            note += " and is named in the stream as the one that continued it"
         return verdict, f"{detail}; header names the {served}{note}"
 
     def play_content_filter(self, route, session, primary, fallback):
@@ -242,10 +248,23 @@ class Bench:
 # --- running and reporting ----------------------------------------------------------------
 
 
+def check_prefill(cases, plan, simulator):
+    """Run the prefill probe on every case's fallback, as its personality answers, then forget its requests (the
+    cases count what the upstreams saw). Returns {fallback: verdict}."""
+    verdicts = {}
+    for case in cases:
+        _, _, _, fallback = plan[case.name]
+        simulator.set_model(fallback, personality_from(case.fallback))
+        verdicts[fallback] = prefill.check(Deployment.objects.get(name=fallback).pk)
+    simulator.reset()
+    return verdicts
+
+
 def run(cases):
     call_command("migrate", verbosity=0)
     with SimulatorServer(Simulator(seed=9)) as sim:
         key, plan = seed(cases, sim.base_url)
+        check_prefill(cases, plan, sim.simulator)
         server = GatewayServer(Gateway()).start()
         try:
             bench = Bench(server, sim.simulator, key, plan)
@@ -272,8 +291,8 @@ def section(rows, wall_s):
         f"{RESULTS_START}\n## Fault scorecard (`bench/faults.py`)\n\n"
         f"Run {at} on {os.cpu_count()} cores ({platform.python_implementation()} {platform.python_version()}), "
         f"{wall_s:.0f} s wall time, the gateway on its default settings against the simulator. Each fault on its "
-        "own route: the faulty deployment at weight 100 and a healthy one as its fallback chain (continuation on "
-        "for the mid-stream faults); the outage of the recovery case is "
+        "own route: the faulty deployment at weight 100 and a healthy one as its fallback chain (continuation "
+        "by default, onto fallbacks the prefill probe verified in the seed step); the outage of the recovery case is "
         f"{RECOVERY_OUTAGE_S:g} s instead of a minute, with the default circuit (5 failures, 5 s cooldown doubling "
         "to at most 30 s).\n\n"
         f"**{counts['answered']} answered correctly, {counts['safe']} safe explicit errors, {counts['wrong']} wrong** "

@@ -224,6 +224,14 @@ DISCOVERED_WINDOW_FIELDS = ("learned_window", "learned_window_at", "learned_wind
                             "catalogue_window", "catalogue_entry", "windows_checked_at", "windows_note")
 
 
+class PrefillSupport(models.TextChoices):
+    """Whether a deployment continues an assistant prefill, as the prefill probe (probes.prefill) last saw it."""
+
+    VERIFIED = "verified", "Verified"  # its answer continued the given text
+    REFUSED = "refused", "Refused"  # a 4xx, or an answer that started afresh: a continuation would repeat text
+    UNKNOWN = "unknown", "Unknown"  # never checked, inconclusive (a timeout, a 5xx), or checked for another model
+
+
 class Deployment(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator],
                             help_text="Identifier used in route weights")
@@ -259,6 +267,16 @@ class Deployment(models.Model):
         help_text="Seconds from sending a streamed request to its first content event; empty: the site default "
                   "(WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT). Slower fails over before the client sees anything.")
     enabled = models.BooleanField(default=True)
+    # Written by the prefill probe only (probes.prefill), never by a form: what it found, for which model, when.
+    prefill_support = models.CharField(
+        max_length=10, choices=PrefillSupport.choices, default=PrefillSupport.UNKNOWN, editable=False,
+        help_text="Whether it continues a final assistant message (checked by a probe)")
+    prefill_model = models.CharField(max_length=200, blank=True, editable=False,
+                                     help_text="The upstream model the prefill check was made with")
+    prefill_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    prefill_detail = models.CharField(max_length=300, blank=True, editable=False)
+    prefill_due_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                          help_text="When the prefill check runs next (also its claim while it runs)")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -325,6 +343,18 @@ class Deployment(models.Model):
         config_changed()
         return event
 
+    @property
+    def prefill(self):
+        """Return the PrefillSupport in effect: a verdict about another upstream model says nothing (unknown)."""
+        if self.prefill_model != self.upstream_model:
+            return PrefillSupport.UNKNOWN
+        return PrefillSupport(self.prefill_support)
+
+    @property
+    def prefill_checked(self):
+        """Return when the prefill verdict in effect was reached (None: never, or only for another model)."""
+        return self.prefill_checked_at if self.prefill_model == self.upstream_model else None
+
     def price_for(self, prompt_tokens, completion_tokens):
         """Return the cost in currency units of one call with this usage."""
         cost = self.input_price_per_mtok * prompt_tokens + self.output_price_per_mtok * completion_tokens
@@ -342,15 +372,30 @@ class RouteManager(models.Manager):
         return super().get_queryset().filter(archived_at__isnull=True)
 
 
+class ContinueStreams(models.TextChoices):
+    """Which targets may finish a stream that broke after content reached the client (routing.gateway.proxy)."""
+
+    AUTO = "auto", "Auto: on targets whose prefill support a probe verified"
+    ON = "on", "On: on every target not seen refusing a prefill"
+    OFF = "off", "Off: a broken stream ends with an error event"
+
+    def allows(self, support):
+        """Return True when a deployment with PrefillSupport `support` may be sent a continuation."""
+        if self == ContinueStreams.AUTO:
+            return support == PrefillSupport.VERIFIED
+        return self == ContinueStreams.ON and support != PrefillSupport.REFUSED
+
+
 class Route(models.Model):
     name = models.CharField(max_length=100, validators=[name_validator],
                             help_text="The model name clients ask the gateway for")
     description = models.TextField(blank=True)
-    continue_streams = models.BooleanField(
-        default=False, verbose_name="continue broken streams",
+    continue_streams = models.CharField(
+        max_length=4, choices=ContinueStreams.choices, default=ContinueStreams.AUTO,
+        verbose_name="continue broken streams",
         help_text="When a stream breaks after content reached the client, continue it on another target by sending "
-                  "the text so far as an assistant prefill. Turn on only when every target of the route continues "
-                  "a final assistant message (others should refuse it with a 400).")
+                  "the text so far as an assistant prefill. Auto: only on targets whose probe verified they continue "
+                  "it; on: also on targets not checked yet (never on one seen refusing); off: never.")
     version = models.PositiveIntegerField(default=1, editable=False,
                                           help_text="Bumped on every change; used for conflict detection")
     created_at = models.DateTimeField(auto_now_add=True)

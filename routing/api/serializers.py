@@ -15,11 +15,13 @@ from routing import endpoints, weights
 from routing.models import (
     ApiKey,
     AuditEvent,
+    ContinueStreams,
     Deployment,
     DeploymentCircuit,
     Event,
     GatewayKey,
     KeyState,
+    PrefillSupport,
     Provider,
     RequestLog,
     Route,
@@ -166,12 +168,20 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
                   "error), provider_metadata (its GET /models), catalogue, or unknown (never held against it).")
     context_windows = serializers.SerializerMethodField(
         help_text="The window each source knows (null: it says nothing), strongest first.")
+    prefill_support = serializers.ChoiceField(
+        source="prefill", choices=PrefillSupport.choices, read_only=True,
+        help_text="Whether it continues a final assistant message, as the prefill probe found for its current "
+                  "upstream model: verified, refused or unknown. Routes continue broken streams onto verified ones.")
+    prefill_checked_at = serializers.DateTimeField(source="prefill_checked", read_only=True, allow_null=True,
+                                                   help_text="When the prefill probe last ran (null: never)")
+    prefill_detail = serializers.CharField(read_only=True, help_text="What the prefill probe saw")
 
     class Meta:
         model = Deployment
         fields = [
             "name", "provider", "upstream_model", "display_name", "input_price_per_mtok", "output_price_per_mtok",
-            "context_window", "context_window_source", "context_windows", "enabled", "created_at", "updated_at",
+            "context_window", "context_window_source", "context_windows", "enabled", "prefill_support",
+            "prefill_checked_at", "prefill_detail", "created_at", "updated_at",
         ]
         extra_kwargs = {"context_window": {"help_text": WINDOW_HELP, "min_value": 1}}
 
@@ -204,7 +214,28 @@ def fallbacks_field(help_text=FALLBACKS_HELP, **kwargs):
                                  help_text=help_text, **kwargs)
 
 
+class ContinueStreamsField(serializers.ChoiceField):
+    """Route.continue_streams: "auto", "on" or "off". true and false, the field's earlier (boolean) form, still
+    mean "on" and "off"; anything else is refused."""
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=ContinueStreams.choices, **kwargs)
+
+    def to_internal_value(self, data):
+        if type(data) is bool:
+            return ContinueStreams.ON if data else ContinueStreams.OFF
+        if type(data) is not str:
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
+CONTINUE_STREAMS_HELP = ("Where a stream that breaks after content reached the client is continued from an assistant "
+                         "prefill: auto (default) on targets whose prefill probe verified it; on: also on targets not "
+                         "checked yet (never one seen refusing); off: never (the stream ends with an error event).")
+
+
 class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    continue_streams = ContinueStreamsField(required=False, help_text=CONTINUE_STREAMS_HELP)
     targets = RouteTargetSerializer(
         many=True, required=False, min_length=1, error_messages={"min_length": NO_TARGETS},
         help_text="Deployments and their weights (summing to 100). On update, the given list replaces the targets.",

@@ -31,6 +31,7 @@ from dashboard.redis_guard import Outage, client_options
 from routing.crypto import SecretUnreadable
 from routing.models import (
     ApiKey,
+    ContinueStreams,
     Deployment,
     DeploymentCircuit,
     GatewayKey,
@@ -141,7 +142,10 @@ class RouteInfo:
     version: int
     targets: tuple  # weight > 0, enabled, not blocked; probe-down ones left out unless all are
     totals: tuple  # cumulative weights of `targets`
-    continue_streams: bool = False  # a broken stream continues on another target (proxy.Continuation)
+    # A broken stream may be continued on another target (proxy.Continuation): the route's ContinueStreams allows
+    # it on one of its targets or fallbacks (precomputed: the relay keeps the text it sends only then).
+    continue_streams: bool = False
+    no_continuation: frozenset = frozenset()  # deployment ids never sent a continuation (unverified or refusing)
     fallbacks: tuple = ()  # Targets (weight 0, `fallback` = position) tried in order after every weighted one
     windows: bool = False  # some target or fallback has a known context window (the only case that costs a check)
     shadow: Shadow | None = None  # None unless a running rollout is at a shadow step (the rule)
@@ -208,7 +212,7 @@ def fingerprint():
         list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model",
                                                            "provider_id", "first_token_timeout",
                                                            "context_window", "learned_window", "provider_window",
-                                                           "catalogue_window")),
+                                                           "catalogue_window", "prefill_support", "prefill_model")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
         _shadow_steps(),
@@ -321,9 +325,19 @@ def _route(route, keys, down, shadows=None):
     windows = any(t.context_window for t in (*targets, *fallbacks))
     rollout = route.pk in shadows if shadows else False
     shadow = _shadow(route, keys, shadows) if rollout and shadows[route.pk] else None
+    eligible, refused = _continuation(route, (*(healthy or rows), *up))
     return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals),
-                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows, shadow=shadow,
-                     sticky=not rollout)
+                     continue_streams=eligible, no_continuation=refused, fallbacks=fallbacks, windows=windows,
+                     shadow=shadow, sticky=not rollout)
+
+
+def _continuation(route, rows):
+    """Return (whether a broken stream may be continued, frozenset of deployment ids never sent a continuation)
+    for the route's serving `rows` (targets and fallbacks), by its ContinueStreams and their prefill support."""
+    mode = ContinueStreams(route.continue_streams)
+    allowed = {row.deployment_id for row in rows if mode.allows(row.deployment.prefill)}
+    others = frozenset(row.deployment_id for row in rows) - allowed
+    return bool(allowed) and len(rows) > 1, others
 
 
 def with_learned_window(snapshot, deployment_id, tokens):
