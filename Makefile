@@ -20,8 +20,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # The settings default to production; the demo asks for its own explicitly
-# (plain http on loopback, the simulator as a private upstream, debug pages).
-DEMO   := DEBUG=true
+# (plain http on loopback, the simulator as a private upstream, debug pages,
+# notifications linking to the address it serves).
+DEMO   := DEBUG=true WEATHERVANE_PUBLIC_URL=http://$(HOST):$(PORT)
 
 run: install
 	$(DEMO) $(PY) manage.py migrate --noinput

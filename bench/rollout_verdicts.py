@@ -259,7 +259,8 @@ def weathervane(world, case):
         window = minutes.window(int(started // 60), (now - 1) // 60)
         judgement = analysis.judge(window, guards, alpha=rollout.alpha,
                                    min_canary_requests=rollout.min_canary_requests,
-                                   carried=controller.carried_evidence(rollout))
+                                   carried=controller.carried_evidence(rollout),
+                                   carried_pass=controller.carried_pass_evidence(rollout))
         incidents += judgement.incident
         decision = controller.decide(rollout, judgement, window.requests()[0], EPOCH + timedelta(seconds=now))
         if decision == controller.Decision.ROLL_BACK:

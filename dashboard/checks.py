@@ -27,6 +27,14 @@ def production_setup(app_configs, **kwargs):
                  "they may hold personal data.",
             id="weathervane.W006",
         ))
+    if not settings.PUBLIC_URL:
+        problems.append(Warning(
+            "WEATHERVANE_PUBLIC_URL is not set: alert notifications link to the alerts page by a bare path, which "
+            "a mail or chat reader cannot open.",
+            hint="Set WEATHERVANE_PUBLIC_URL to this server's address as people reach it, e.g. "
+                 "https://weathervane.example.com.",
+            id="weathervane.W007",
+        ))
     return problems
 
 

@@ -30,6 +30,13 @@ def may(user, permissions):
     return user.is_superuser or (user.is_staff and user.has_perms(permissions))
 
 
+def model_permissions(model, action):
+    """Return the permissions `action` ("add", "change" or "delete") of `model` needs: what the API asks of a POST,
+    a PUT or PATCH, a DELETE on its viewset (routing.api.permissions), and what a page's form asks too."""
+    opts = model._meta
+    return [f"{opts.app_label}.{action}_{opts.model_name}"]
+
+
 def can_move_weights(user):
     return may(user, [WEIGHTS_PERMISSION])
 

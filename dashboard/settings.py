@@ -248,6 +248,10 @@ PROBE_THREADS = env_int("WEATHERVANE_PROBE_THREADS", 8, minimum=1)  # embedded s
 # Invalid keys are re-checked after KEY_RECHECK_BASE_S, doubling after each failed re-check up to KEY_RECHECK_MAX_S.
 KEY_RECHECK_BASE_S = env_int("WEATHERVANE_KEY_RECHECK_BASE", 60, minimum=1)
 KEY_RECHECK_MAX_S = env_int("WEATHERVANE_KEY_RECHECK_MAX", 3600, minimum=1)
+# Context windows nobody typed are asked of each provider's GET /models and the catalogue this often (probes.windows).
+WINDOW_CHECK_EVERY_S = env_int("WEATHERVANE_WINDOW_CHECK_EVERY", 21600, minimum=60)
+# Each deployment's prefill support (probes.prefill) is checked again this often, and when its upstream model changes.
+PREFILL_RECHECK_S = env_int("WEATHERVANE_PREFILL_RECHECK", 86400, minimum=60)
 ALERT_TICK_EVERY_S = env_int("WEATHERVANE_ALERT_TICK_EVERY", 5, minimum=1)  # alert evaluation period (both modes)
 ALERT_RESOLVED_KEEP_DAYS = env_int("WEATHERVANE_ALERT_RESOLVED_KEEP_DAYS", 7, minimum=1)  # resolved alerts kept
 PUBLIC_URL = env_url("WEATHERVANE_PUBLIC_URL", ("http", "https"))  # absolute links in notifications

@@ -25,7 +25,7 @@ from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult, Source
 from routing import first_token, tokens
 from routing.audit import actor_name
-from routing.models import ApiToken, Deployment, Event, Route
+from routing.models import ApiToken, ContinueStreams, Deployment, Event, Route, WindowSource
 from routing.outcomes import Outcome
 from routing.rollouts import controller
 from routing.rollouts.models import LOCKING_STATES
@@ -139,10 +139,42 @@ def deployment_data(deployment, window, now=None):
         "span_ms": int(metrics.SPAN[window].total_seconds() * 1000),
         "totals": totals, "series": series,
         "keys": [metrics.key_health(k, probes) for k in deployment.provider.keys.order_by("label")],
+        "prefill": _prefill(deployment),
         "probes": [_probe_row(r) for r in _recent_probes(deployment)],
         "first_token": first_token.in_effect(deployment).as_dict(),
+        "context": context_window_data(deployment),
         "at": now.isoformat(),
     }
+
+
+def context_window_data(deployment):
+    """Return the deployment's context window in use, where it came from, and what every source says."""
+    tokens, source = deployment.window()
+    details = {
+        WindowSource.TYPED: "typed by staff (always wins)",
+        WindowSource.LEARNED: _learned_detail(deployment),
+        WindowSource.PROVIDER: "the provider's GET /models",
+        WindowSource.CATALOGUE: deployment.catalogue_entry,
+    }
+    rows = [{"source": s, "label": WindowSource(s).label, "tokens": t, "detail": details[s] if t else "",
+             "used": s == source} for s, t in deployment.windows().items()]
+    checked = deployment.windows_checked_at
+    return {"tokens": tokens, "source": source, "source_label": WindowSource(source).label, "sources": rows,
+            "note": deployment.windows_note, "checked_at": checked.isoformat() if checked else None}
+
+
+def _learned_detail(deployment):
+    if not deployment.learned_window_at:
+        return deployment.learned_window_error
+    return f"{deployment.learned_window_error} ({deployment.learned_window_at:%Y-%m-%d %H:%M} UTC)"
+
+
+def _prefill(deployment):
+    """Return whether the deployment continues an assistant prefill, as its probe last found (probes.prefill)."""
+    support = deployment.prefill
+    checked = deployment.prefill_checked
+    return {"support": support.value, "label": support.label, "detail": deployment.prefill_detail,
+            "checked_at": checked.isoformat() if checked else None}
 
 
 def _recent_probes(deployment):
@@ -211,7 +243,7 @@ def _route_row(route, since, health, seconds):
     total = sum(traffic[t.deployment_id]["count"] for t in targets)
     return {
         "name": route.name, "description": route.description, "version": route.version,
-        "continue_streams": route.continue_streams,
+        "continue_streams": route.continue_streams, "continues_on": _continues_on(route, targets),
         "targets": [_target_row(t, traffic[t.deployment_id], health[t.deployment_id], total, seconds) for t in targets],
         "fallbacks": [_fallback_row(f) for f in route.fallbacks.all()],
         "history": _history(route),
@@ -227,6 +259,16 @@ def _active_rollout(route):
         return None
     return {"id": rollout.pk, "state": rollout.state, "canary": rollout.canary.name,
             "locking": rollout.state in LOCKING_STATES}
+
+
+def _continues_on(route, targets):
+    """Return the names of the route's deployments a broken stream may be continued on (its continue_streams and
+    their prefill support, as the gateway's snapshot decides)."""
+    mode = ContinueStreams(route.continue_streams)
+    deployments = [t.deployment for t in targets if t.weight > 0] + [f.deployment for f in route.fallbacks.all()]
+    if len(deployments) < 2:  # a lone target has nobody to continue its streams
+        return []
+    return [d.name for d in deployments if mode.allows(d.prefill)]
 
 
 def _fallback_row(link):

@@ -129,6 +129,45 @@ def open_stream(request):
         raise UpstreamError(Outcome.CONNECT_ERROR, _describe(exc), retryable=True) from None
 
 
+MAX_LIST_BODY = 8 * 1024 * 1024  # a model list (OpenRouter's is a few MB); past this it is not read
+
+
+def get_json(url, secret=None, timeout_s=10.0, connect_timeout_s=5.0):
+    """Return the JSON of a GET (a provider's model list) through the same seam as a probe.
+
+    Raises UpstreamError (its message redacted of `secret`) for no answer, a non-2xx status, a body past
+    MAX_LIST_BODY or one that is not JSON.
+    """
+    timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s))
+    headers = {"accept": "application/json"}
+    if secret:
+        headers["authorization"] = f"Bearer {secret}"
+    try:
+        with client().stream("GET", url, headers=headers, timeout=timeout) as response:
+            body = _read_bounded(response, MAX_LIST_BODY + 1)
+    except httpx.TimeoutException:
+        raise UpstreamError(Outcome.TIMEOUT, f"no answer within {timeout_s:g} s", retryable=True) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(Outcome.CONNECT_ERROR, redact(_describe(exc), (secret,)), retryable=True) from None
+    if response.status_code >= 300:
+        raise http_failure(response.status_code, response.headers, body[:MAX_ERROR_BODY], (secret,))
+    if len(body) > MAX_LIST_BODY:
+        raise UpstreamError(Outcome.MALFORMED, f"the answer is larger than {MAX_LIST_BODY} bytes", retryable=False)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UpstreamError(Outcome.MALFORMED, "the answer is not JSON", retryable=False) from None
+
+
+def _read_bounded(response, limit):
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body)
+
+
 def _describe(exc):
     return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
 

@@ -6,9 +6,10 @@ task calls. Every few seconds it re-reads the targets, so edits, pauses and
 new deployments take effect without a restart. Each target's slots are
 spread over its interval (see probes.slots). At each re-read it also hands
 the pool one tick of the staged rollouts (routing.rollouts.controller.tick_all),
-one sweep of the key re-checks (probes.rechecks.run_due), each only when
-the previous one has finished, and every ALERT_TICK_EVERY_S one tick of the
-alert engine (dashboard.alerts.engine).
+one sweep of the key re-checks (probes.rechecks.run_due) and one of the
+context-window checks (probes.windows.run_due) and prefill checks
+(probes.prefill.run_due), each only when the previous one has finished, and
+every ALERT_TICK_EVERY_S one tick of the alert engine (dashboard.alerts.engine).
 
     from probes import scheduler
     scheduler.start()   # idempotent; scheduler.stop() ends it
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import close_old_connections, reset_queries
 
-from probes import rechecks, runner, slots
+from probes import prefill, rechecks, runner, slots, windows
 from probes.models import ProbeTarget
 from probes.signals import ensure_all_targets
 
@@ -46,6 +47,8 @@ class Scheduler:
         self._thread = None
         self._pool = None
         self._rechecking = None  # the Future of the key re-check sweep under way
+        self._checking_windows = None  # the Future of the context-window sweep under way
+        self._checking_prefill = None  # the Future of the prefill check sweep under way
 
     def start(self):
         if self._thread is not None and self._thread.is_alive():
@@ -80,6 +83,10 @@ class Scheduler:
                 self._pool.submit(self._tick_rollouts)
                 if self._rechecking is None or self._rechecking.done():
                     self._rechecking = self._pool.submit(self._recheck_keys)
+                if self._checking_windows is None or self._checking_windows.done():
+                    self._checking_windows = self._pool.submit(self._check_windows)
+                if self._checking_prefill is None or self._checking_prefill.done():
+                    self._checking_prefill = self._pool.submit(self._check_prefill)
                 next_refresh = now + self.refresh_s * 1000
             due = self._alerts_due_ms
             if now >= next_alerts or (due is not None and now >= due):
@@ -154,6 +161,20 @@ class Scheduler:
             rechecks.run_due()
         except Exception:  # a broken re-check must not stop the probes
             log.exception("key re-check failed")
+        finally:
+            close_old_connections()
+            reset_queries()
+
+    def _check_windows(self):
+        try:
+            windows.run_due()
+        except Exception:  # a provider's odd model list must not stop the probes
+            log.exception("context-window check failed")
+    def _check_prefill(self):
+        try:
+            prefill.run_due()
+        except Exception:  # a broken check must not stop the probes
+            log.exception("prefill check failed")
         finally:
             close_old_connections()
             reset_queries()

@@ -214,11 +214,23 @@ class ApiKeyAdmin(AuditedAdmin):
 
 @admin.register(Deployment)
 class DeploymentAdmin(AuditedAdmin):
-    list_display = ["name", "provider", "upstream_model", "input_price_per_mtok", "output_price_per_mtok", "enabled"]
+    list_display = ["name", "provider", "upstream_model", "input_price_per_mtok", "output_price_per_mtok",
+                    "window_in_use", "enabled"]
     list_filter = ["enabled", "provider"]
     search_fields = ["name", "upstream_model", "display_name"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["window_in_use", "learned_window", "learned_window_error", "learned_window_at",
+                       "provider_window", "catalogue_window", "catalogue_entry", "windows_checked_at", "windows_note",
+                       "prefill", "prefill_checked_at", "prefill_detail", "created_at", "updated_at"]
     list_select_related = ["provider"]
+
+    @admin.display(description="context window in use")
+    def window_in_use(self, deployment):
+        tokens, source = deployment.window()
+        return f"{tokens} tokens ({source.label})" if tokens else source.label
+
+    @admin.display(description="Prefill support")
+    def prefill(self, deployment):
+        return deployment.prefill.label
 
 
 # --- Routes and their split ---------------------------------------------------------------

@@ -206,6 +206,32 @@ class ApiKey(models.Model):
         return f"{text}: {self.state_reason}" if self.state_reason else text
 
 
+class WindowSource(models.TextChoices):
+    """Where a deployment's context window comes from, strongest first (Deployment.window)."""
+
+    TYPED = "typed", "typed"
+    LEARNED = "learned_from_error", "learned from the provider's error"
+    PROVIDER = "provider_metadata", "provider metadata"
+    CATALOGUE = "catalogue", "catalogue"
+    UNKNOWN = "unknown", "unknown"
+
+
+# The columns behind each source, in the order they win: a typed value always does.
+WINDOW_COLUMNS = (("context_window", WindowSource.TYPED), ("learned_window", WindowSource.LEARNED),
+                  ("provider_window", WindowSource.PROVIDER), ("catalogue_window", WindowSource.CATALOGUE))
+# What a change of model or provider makes stale: the windows found for the old one.
+DISCOVERED_WINDOW_FIELDS = ("learned_window", "learned_window_at", "learned_window_error", "provider_window",
+                            "catalogue_window", "catalogue_entry", "windows_checked_at", "windows_note")
+
+
+class PrefillSupport(models.TextChoices):
+    """Whether a deployment continues an assistant prefill, as the prefill probe (probes.prefill) last saw it."""
+
+    VERIFIED = "verified", "Verified"  # its answer continued the given text
+    REFUSED = "refused", "Refused"  # a 4xx, or an answer that started afresh: a continuation would repeat text
+    UNKNOWN = "unknown", "Unknown"  # never checked, inconclusive (a timeout, a 5xx), or checked for another model
+
+
 class Deployment(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator],
                             help_text="Identifier used in route weights")
@@ -216,13 +242,42 @@ class Deployment(models.Model):
                                                validators=[MinValueValidator(0)])
     output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"),
                                                 validators=[MinValueValidator(0)])
-    context_window = models.PositiveIntegerField(null=True, blank=True)
+    context_window = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Tokens of prompt + completion, typed; it always wins. Empty: discovered (the provider's error, "
+                  "its GET /models, the model catalogue) or unknown.")
+    # Discovered windows (probes.windows, and the gateway for a provider's error); never typed.
+    learned_window = models.PositiveIntegerField(null=True, blank=True, editable=False,
+                                                 help_text="The window a provider's context-length error stated")
+    learned_window_at = models.DateTimeField(null=True, blank=True, editable=False)
+    learned_window_error = models.CharField(max_length=300, blank=True, editable=False,
+                                            help_text="The provider's words it was learned from")
+    provider_window = models.PositiveIntegerField(null=True, blank=True, editable=False,
+                                                  help_text="The window the provider's GET /models reports")
+    catalogue_window = models.PositiveIntegerField(null=True, blank=True, editable=False,
+                                                   help_text="The window the model catalogue knows for the model")
+    catalogue_entry = models.CharField(max_length=200, blank=True, editable=False,
+                                       help_text="The catalogue and the entry it matched")
+    windows_checked_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                              help_text="When probes.windows last asked the provider and catalogue")
+    windows_note = models.CharField(max_length=300, blank=True, editable=False,
+                                    help_text="What that check found, or why it could not ask")
     first_token_timeout = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.5), MaxValueValidator(600)],
         help_text="Seconds from sending a streamed request to its first content event; empty: learned from its "
                   "measured time to first token (WEATHERVANE_GATEWAY_FIRST_TOKEN_TIMEOUT until enough is known). "
                   "Slower fails over before the client sees anything.")
     enabled = models.BooleanField(default=True)
+    # Written by the prefill probe only (probes.prefill), never by a form: what it found, for which model, when.
+    prefill_support = models.CharField(
+        max_length=10, choices=PrefillSupport.choices, default=PrefillSupport.UNKNOWN, editable=False,
+        help_text="Whether it continues a final assistant message (checked by a probe)")
+    prefill_model = models.CharField(max_length=200, blank=True, editable=False,
+                                     help_text="The upstream model the prefill check was made with")
+    prefill_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    prefill_detail = models.CharField(max_length=300, blank=True, editable=False)
+    prefill_due_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                          help_text="When the prefill check runs next (also its claim while it runs)")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -231,6 +286,75 @@ class Deployment(models.Model):
 
     def __str__(self):
         return self.name
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        if "provider_id" in field_names and "upstream_model" in field_names:  # not when deferred (.only())
+            instance._loaded_model = instance.provider_id, instance.upstream_model
+        return instance
+
+    def save(self, *args, **kwargs):
+        """Save; a new model or provider forgets the windows discovered for the old one (checked again soon)."""
+        loaded = getattr(self, "_loaded_model", None)
+        if loaded is not None and loaded != (self.provider_id, self.upstream_model):
+            for name in DISCOVERED_WINDOW_FIELDS:
+                setattr(self, name, "" if name in ("learned_window_error", "catalogue_entry", "windows_note")
+                        else None)
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], *DISCOVERED_WINDOW_FIELDS}
+        super().save(*args, **kwargs)
+        self._loaded_model = self.provider_id, self.upstream_model
+
+    def window(self):
+        """Return (tokens, WindowSource) of the context window the gateway holds requests to: typed, else learned
+        from the provider's error, else the provider's metadata, else the catalogue; (None, UNKNOWN) when none
+        says."""
+        for column, source in WINDOW_COLUMNS:
+            tokens = getattr(self, column)
+            if tokens:
+                return tokens, source
+        return None, WindowSource.UNKNOWN
+
+    def windows(self):
+        """Return {source: tokens or None} of every source, typed included (what the page and the API show)."""
+        return {source.value: getattr(self, column) for column, source in WINDOW_COLUMNS}
+
+    @classmethod
+    def learn_window(cls, deployment_id, tokens, error, actor):
+        """Save the window a provider's context-length error stated (`error`: its words, already redacted).
+
+        Returns the timeline Event, or None when the deployment already had that learned window (or is gone).
+        """
+        now = timezone.now()
+        # updated_at moves too: the gateway's snapshot fingerprint sees the change.
+        changed = cls.objects.filter(pk=deployment_id).exclude(learned_window=tokens).update(
+            learned_window=tokens, learned_window_at=now, learned_window_error=storable(error, 300), updated_at=now)
+        if not changed:
+            return None
+        from routing.signals import config_changed
+
+        deployment = cls.objects.get(pk=deployment_id)
+        typed = f" (its typed {deployment.context_window} still applies)" if deployment.context_window else ""
+        event = Event.objects.create(
+            kind=EventKind.CONTEXT_WINDOW, deployment=deployment, data={"tokens": tokens, "actor": actor,
+                                                                        "error": storable(error, 300)},
+            message=f"Context window of {deployment} learned from the provider's error: {tokens} tokens{typed}"[:500])
+        transaction.on_commit(lambda: _publish_event(event))
+        config_changed()
+        return event
+
+    @property
+    def prefill(self):
+        """Return the PrefillSupport in effect: a verdict about another upstream model says nothing (unknown)."""
+        if self.prefill_model != self.upstream_model:
+            return PrefillSupport.UNKNOWN
+        return PrefillSupport(self.prefill_support)
+
+    @property
+    def prefill_checked(self):
+        """Return when the prefill verdict in effect was reached (None: never, or only for another model)."""
+        return self.prefill_checked_at if self.prefill_model == self.upstream_model else None
 
     def price_for(self, prompt_tokens, completion_tokens):
         """Return the cost in currency units of one call with this usage."""
@@ -249,15 +373,30 @@ class RouteManager(models.Manager):
         return super().get_queryset().filter(archived_at__isnull=True)
 
 
+class ContinueStreams(models.TextChoices):
+    """Which targets may finish a stream that broke after content reached the client (routing.gateway.proxy)."""
+
+    AUTO = "auto", "Auto: on targets whose prefill support a probe verified"
+    ON = "on", "On: on every target not seen refusing a prefill"
+    OFF = "off", "Off: a broken stream ends with an error event"
+
+    def allows(self, support):
+        """Return True when a deployment with PrefillSupport `support` may be sent a continuation."""
+        if self == ContinueStreams.AUTO:
+            return support == PrefillSupport.VERIFIED
+        return self == ContinueStreams.ON and support != PrefillSupport.REFUSED
+
+
 class Route(models.Model):
     name = models.CharField(max_length=100, validators=[name_validator],
                             help_text="The model name clients ask the gateway for")
     description = models.TextField(blank=True)
-    continue_streams = models.BooleanField(
-        default=False, verbose_name="continue broken streams",
+    continue_streams = models.CharField(
+        max_length=4, choices=ContinueStreams.choices, default=ContinueStreams.AUTO,
+        verbose_name="continue broken streams",
         help_text="When a stream breaks after content reached the client, continue it on another target by sending "
-                  "the text so far as an assistant prefill. Turn on only when every target of the route continues "
-                  "a final assistant message (others should refuse it with a 400).")
+                  "the text so far as an assistant prefill. Auto: only on targets whose probe verified they continue "
+                  "it; on: also on targets not checked yet (never on one seen refusing); off: never.")
     version = models.PositiveIntegerField(default=1, editable=False,
                                           help_text="Bumped on every change; used for conflict detection")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -440,6 +579,7 @@ class EventKind(models.TextChoices):
     KEY_SUSPECT = "key_suspect", "Key suspect"
     PROVIDER_URL = "provider_url", "Provider endpoint changed"
     ROLLOUT = "rollout", "Rollout changed"
+    CONTEXT_WINDOW = "context_window", "Context window learned"
 
 
 class Event(models.Model):

@@ -33,7 +33,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from dashboard.alerts import senders
-from dashboard.alerts.message import Message, Status
+from dashboard.alerts.message import Message, Status, page_url
 from dashboard.alerts.models import Channel, Delivery, DeliveryOutcome
 from routing import crypto
 from routing.outcomes import redact, storable
@@ -84,7 +84,7 @@ def send_test(channel):
         group_key="weathervane-test", status=Status.FIRING, severity="info",
         title="Test notification from Weathervane",
         text=f"If you can read this, the alert channel '{channel.name}' works.",
-        labels={"channel": channel.name}, sent_at=now,
+        labels={"channel": channel.name}, url=page_url("/alerts/channels/"), sent_at=now,
     )
     return attempt(channel.pk, message, 1, uuid.uuid4().hex, test=True)
 

@@ -24,7 +24,7 @@ from dashboard import live
 
 from . import delivery, sources
 from .matching import Inhibitions, fingerprint, matches_all
-from .message import AlertItem, Message
+from .message import AlertItem, Message, page_url
 from .models import (
     OPEN_STATES,
     SEVERITY_RANK,
@@ -140,6 +140,7 @@ def _update_alerts(rules, observed, now):
     open_alerts = {row["fingerprint"]: row for row in Alert.objects.filter(state__in=OPEN_STATES)
                    .values(*ALERT_FIELDS)}
     seen, new, rewritten, fired = set(), [], [], []
+    successors = Successors()
     for rule in rules:
         for observation in observed.get(rule.pk, ()):
             labels = alert_labels(rule, observation.labels)
@@ -156,18 +157,71 @@ def _update_alerts(rules, observed, now):
                                  fired_at=now if state == FIRING else None, summary=summary,
                                  value=observation.value))
             else:
+                state = FIRING if _due_to_fire(row, rule, now) or row["state"] == FIRING else AlertState.PENDING
                 if row["summary"] != summary or row["value"] != observation.value:
                     rewritten.append((summary, observation.value, row["pk"]))
                 if _due_to_fire(row, rule, now):
                     fired.append(row["pk"])
+            successors.add(rule.kind, labels, state, summary)
     gone = [row for fp, row in open_alerts.items() if fp not in seen]
     for chunk in _chunks([row["pk"] for row in gone if row["state"] == AlertState.PENDING]):
         Alert.objects.filter(pk__in=chunk).delete()
-    _update([row["pk"] for row in gone if row["state"] == FIRING], state=RESOLVED, resolved_at=now, suppressed="",
-            suppressed_by="")
+    _end([row["pk"] for row in gone if row["state"] == FIRING], successors, now)
     _update(fired, state=FIRING, fired_at=now)
     Alert.objects.bulk_create(new)
     _rewrite(rewritten)
+
+
+def subject_of(kind, labels):
+    """Return what an alert of a state condition is about, as (kind, subject labels), or None for other kinds.
+    Alerts with one subject in different states (degraded, down) are one thing that changed."""
+    if kind not in sources.STATE_LABELS:
+        return None
+    return kind, tuple(labels.get(name, "") for name in sources.SUBJECT_LABELS)
+
+
+def state_of(kind, labels):
+    return labels.get(sources.STATE_LABELS[kind], "")
+
+
+class Successors:
+    """The states each subject of a state condition holds this tick: {subject: {state: (firing?, summary)}}."""
+
+    def __init__(self):
+        self.found = defaultdict(dict)
+
+    def add(self, kind, labels, alert_state, summary):
+        subject = subject_of(kind, labels)
+        if subject is not None:
+            state = state_of(kind, labels)
+            firing = alert_state == FIRING or self.found[subject].get(state, (False,))[0]
+            self.found[subject][state] = (firing, summary)
+
+    def of(self, kind, labels):
+        """Return (firing?, summary) of the state that follows an alert with `labels`, or None when none does."""
+        subject = subject_of(kind, labels)
+        if subject is None:
+            return None
+        others = [held for state, held in self.found.get(subject, {}).items() if state != state_of(kind, labels)]
+        return max(others, key=lambda held: held[0], default=None)
+
+
+def _end(ids, successors, now):
+    """End the firing alerts `ids`, whose condition no longer holds. One whose subject moved to another state hands
+    over: it keeps firing while that state is pending, and once it fires is resolved as superseded (not told as
+    resolved where the successor is told, see _notify). The others are resolved."""
+    rows = [row for chunk in _chunks(ids) for row in Alert.objects.filter(pk__in=chunk)
+            .values_list("pk", "labels", "rule__kind")] if ids else []
+    resolved, superseded = [], defaultdict(list)
+    for pk, labels, kind in rows:
+        follows = successors.of(kind, labels)
+        if follows is None:
+            resolved.append(pk)
+        elif follows[0]:
+            superseded[f"now {follows[1]}"[:200]].append(pk)
+    _update(resolved, state=RESOLVED, resolved_at=now, suppressed="", suppressed_by="")
+    for by, chunk in superseded.items():
+        _update(chunk, state=RESOLVED, resolved_at=now, suppressed=Suppression.SUPERSEDED, suppressed_by=by)
 
 
 def _rewrite(rows):
@@ -258,9 +312,13 @@ def _notify(firing, now, rules):
     stored = {(g.policy_id, g.key): g for g in AlertGroup.objects.all()}
     recent_resolved = _resolved_news(stored.values(), now, rules)
     members = {}  # (policy id, key) → (policy, shared labels, {fingerprint: (status, alert)})
+    told_elsewhere = _successor_policies(firing, policies)
     for status, alerts in ((RESOLVED, recent_resolved), (FIRING, [a for a in firing if not a.suppressed])):
         for alert in alerts:
+            successor_policies = told_elsewhere(alert) if status == RESOLVED else set()
             for policy in route(alert.labels, policies):
+                if policy.pk in successor_policies:
+                    continue  # its successor (degraded → down) is this policy's news, not its end
                 key, shared = group_of(policy, alert.labels)
                 members.setdefault((policy.pk, key), (policy, shared, {}))[2][alert.fingerprint] = (status, alert)
     outbox, writes = [], GroupWrites()
@@ -271,6 +329,26 @@ def _notify(firing, now, rules):
             outbox.append(sent)
     writes.save()
     return outbox
+
+
+def _successor_policies(firing, policies):
+    """Return a function: a resolved alert → the ids of the policies that take the firing alert that superseded
+    it (an empty set for an alert that was not superseded)."""
+    states = defaultdict(list)  # subject → labels of its firing alerts
+    for alert in firing:
+        subject = subject_of(alert.rule.kind, alert.labels)
+        if subject is not None:
+            states[subject].append(alert.labels)
+
+    def policies_of(alert):
+        if alert.suppressed != Suppression.SUPERSEDED:
+            return set()
+        kind = alert.rule.kind
+        followers = [labels for labels in states.get(subject_of(kind, alert.labels), ())
+                     if state_of(kind, labels) != state_of(kind, alert.labels)]
+        return {policy.pk for labels in followers for policy in route(labels, policies)}
+
+    return policies_of
 
 
 def _resolved_news(groups, now, rules):
@@ -291,7 +369,7 @@ class GroupWrites:
 
     def save(self):
         AlertGroup.objects.bulk_create(self.created)
-        AlertGroup.objects.bulk_update(self.changed, ["notified", "last_sent_at"], batch_size=200)
+        AlertGroup.objects.bulk_update(self.changed, ["notified", "last_sent_at", "channels_told"], batch_size=200)
         for chunk in _chunks(self.deleted):
             AlertGroup.objects.filter(pk__in=chunk).delete()
 
@@ -314,17 +392,31 @@ def _flush_group(group, policy, key, shared, current, now, writes):
     if not firing and not resolved:
         writes.deleted.append(group.pk)
         return None
+    channel_ids = [c.pk for c in policy.channels.all() if c.enabled]
     if not _due(group, policy, firing, resolved, notified, now):
-        _change(group, writes, notified=notified)
-        return None
+        told, newcomers = _newcomers(group, channel_ids, firing)
+        _change(group, writes, notified=notified, channels_told=told)
+        if not newcomers:
+            return None
+        return build_message(group, [current[fp][1] for fp in sorted(firing)], now), newcomers
     message = build_message(group, [current[fp][1] for fp in sorted(firing | resolved)], now)
     remaining = {fp: FIRING for fp in firing}
     if remaining:
-        _change(group, writes, notified=remaining, last_sent_at=now)
+        _change(group, writes, notified=remaining, last_sent_at=now, channels_told=channel_ids)
     else:
         writes.deleted.append(group.pk)
-    channel_ids = [c.pk for c in policy.channels.all() if c.enabled]
     return (message, channel_ids) if channel_ids else None
+
+
+def _newcomers(group, channel_ids, firing):
+    """Return (the channels told of a group that is not due, those of `channel_ids` to tell now): a channel added
+    to the policy (or enabled again) while the group fires hears what fires at once, not at the next repeat."""
+    if group.last_sent_at is None:
+        return group.channels_told, []  # its first notification, after the group's wait, goes to every channel
+    if group.channels_told is None:
+        return channel_ids, []  # sent before the channels told were recorded: its policy's count as told
+    newcomers = [pk for pk in channel_ids if pk not in group.channels_told] if firing else []
+    return group.channels_told + newcomers, newcomers
 
 
 def _change(group, writes, **values):
@@ -346,7 +438,7 @@ def _due(group, policy, firing, resolved, notified, now):
 
 def build_message(group, alerts, now):
     """Return the Message of one group notification of `alerts` (firing ones first, then resolved)."""
-    items = tuple(AlertItem(rule=a.rule.name, status=a.state, severity=a.rule.severity, summary=a.summary,
+    items = tuple(AlertItem(rule=a.rule.name, status=a.state, severity=a.rule.severity, summary=_summary(a),
                             labels=dict(a.labels), started_at=a.fired_at or a.started_at, ended_at=a.resolved_at)
                   for a in sorted(alerts, key=lambda a: (a.state != FIRING, SEVERITY_RANK[a.rule.severity])))
     firing = [i for i in items if i.status == FIRING]
@@ -356,9 +448,15 @@ def build_message(group, alerts, now):
     subject = ", ".join(f"{k}={v}" for k, v in group.labels.items() if v) or group.policy.name
     title = f"[{status.upper()}{f':{count}' if count > 1 else ''}] {items[0].rule if count == 1 else subject}"
     text = "\n".join(f"{i.status.upper()} ({i.severity}): {i.summary}" for i in items)
-    url = f"{settings.PUBLIC_URL.rstrip('/')}/alerts/" if settings.PUBLIC_URL else "/alerts/"
     return Message(group_key=f"{group.policy.name}:{{{group.key}}}", status=status, severity=severity,
-                   title=title[:200], text=text, labels=dict(group.labels), alerts=items, url=url, sent_at=now)
+                   title=title[:200], text=text, labels=dict(group.labels), alerts=items, url=page_url(), sent_at=now)
+
+
+def _summary(alert):
+    """An alert's sentence; a superseded one's says what it became (told where its successor is not)."""
+    if alert.suppressed == Suppression.SUPERSEDED:
+        return f"{alert.summary}; {alert.suppressed_by}"[:500]
+    return alert.summary
 
 
 # --- live ----------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ side reaches into the other's models beyond `Channel`.
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 
+from django.conf import settings
 from django.db import models
 
 
@@ -42,7 +43,7 @@ class Message:
     text: str
     labels: dict[str, str]  # the labels the group shares
     alerts: tuple[AlertItem, ...] = field(default_factory=tuple)
-    url: str = ""  # the alerts page, absolute when WEATHERVANE_PUBLIC_URL-like settings allow
+    url: str = ""  # the alerts page (page_url): absolute when WEATHERVANE_PUBLIC_URL is set
     sent_at: datetime | None = None
 
     def as_json(self):
@@ -59,8 +60,10 @@ class Message:
         return plain(asdict(self))
 
     def subject(self):
-        """One line for an email subject or a chat title: `[FIRING] gpt-demo error rate`."""
-        return f"[{self.status.upper()}] {self.title}"
+        """One line for an email subject or a chat title: `[FIRING] gpt-demo error rate` (a title that already
+        starts with its status, as the engine's `[FIRING:2] …` do, is not tagged twice)."""
+        tag = f"[{self.status.upper()}"
+        return self.title if self.title.startswith(tag) else f"{tag}] {self.title}"
 
     def as_text(self):
         """The plain-text body of chat and email channels: the text, one line per alert, the page's address."""
@@ -77,6 +80,12 @@ class Message:
         data = dict(data)
         data["alerts"] = tuple(AlertItem(**_datetimes(AlertItem, item)) for item in data.get("alerts", ()))
         return cls(**_datetimes(cls, data))
+
+
+def page_url(path="/alerts/"):
+    """Return the address of a dashboard page for a notification: absolute under WEATHERVANE_PUBLIC_URL (a mail or
+    chat reader has no server to resolve a path against); the bare path when it is unset (check --deploy warns)."""
+    return f"{settings.PUBLIC_URL.rstrip('/')}{path}" if settings.PUBLIC_URL else path
 
 
 def _datetimes(cls, data):

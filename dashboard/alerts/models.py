@@ -204,6 +204,9 @@ class Suppression(models.TextChoices):
     SILENCED = "silenced", "Silenced"
     INHIBITED = "inhibited", "Inhibited"
     MAINTENANCE = "maintenance", "In a maintenance window"
+    # A resolved alert whose subject moved to another state that now fires (degraded → down): its end is told
+    # only where that successor is not (dashboard/alerts/engine.py); `suppressed_by` says what it became.
+    SUPERSEDED = "superseded", "Superseded by another state of its subject"
 
 
 OPEN_STATES = (AlertState.PENDING, AlertState.FIRING)
@@ -211,7 +214,8 @@ OPEN_STATES = (AlertState.PENDING, AlertState.FIRING)
 
 class Alert(models.Model):
     """One rule's condition holding for one label set: pending → firing → resolved (a pending one that clears
-    is deleted, as in Prometheus). `suppressed` says why a firing alert is not being sent."""
+    is deleted, as in Prometheus). `suppressed` says why a firing alert is not being sent (or, for a resolved
+    one, that another state of its subject took over)."""
 
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
     fingerprint = models.CharField(max_length=64, db_index=True)
@@ -270,6 +274,9 @@ class AlertGroup(models.Model):
     created_at = models.DateTimeField()
     last_sent_at = models.DateTimeField(null=True, blank=True)
     notified = models.JSONField(default=dict, help_text="{fingerprint: status} as last sent")
+    # The channel ids told of this group: a channel added to the policy while it fires is told at the next tick.
+    # None: a group sent before this was recorded (its policy's channels then count as told).
+    channels_told = models.JSONField(null=True, blank=True, default=None)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["policy", "key"], name="one_group_per_policy_key")]

@@ -32,6 +32,10 @@ ROLLOUT_EVENTS = {"preflight_failed": RolloutState.ABORTED, "rolled_back": Rollo
 ROLLOUT_HELD = ("awaiting_approval", "paused", "stuck")
 ROLLOUT_STATES = (*ROLLOUT_EVENTS, *ROLLOUT_HELD)
 DEFAULT_HOLD_S = 3600
+# Conditions that are a state of their subject (a deployment's health, a key's state): the state is a label, so
+# each state is an alert of its own, and the engine hands one over to the next (degraded → down) rather than
+# telling the first as resolved.
+STATE_LABELS = {ConditionKind.DEPLOYMENT_HEALTH: "health", ConditionKind.KEY_STATE: "key_state"}
 STUCK_GRACE_S = 60  # a tick every few seconds pauses a timed-out step well within this
 
 
@@ -95,8 +99,8 @@ def deployment_health(rules, now):
     targets = _targets()
     for rule in rules:
         states = rule.params.get("states") or [HealthState.DOWN]
-        yield rule, [Observation(_target_labels(t), f"{t} is {t.health}: {t.health_reason}".rstrip(": "),
-                                 since=t.health_since)
+        yield rule, [Observation({**_target_labels(t), "health": t.health},
+                                 f"{t} is {t.health}: {t.health_reason}".rstrip(": "), since=t.health_since)
                      for t in targets if t.health in states]
 
 
@@ -125,7 +129,7 @@ def key_state(rules, now):
                 .select_related("provider"))
     for rule in rules:
         states = rule.params.get("states") or [KeyState.INVALID, KeyState.RATE_LIMITED]
-        yield rule, [Observation({"provider": k.provider.name, "key": k.label},
+        yield rule, [Observation({"provider": k.provider.name, "key": k.label, "key_state": k.state},
                                  f"key {k} is {k.get_state_display().lower()}: {k.state_reason}".rstrip(": "))
                      for k in keys if k.state in states and _still_limited(k, now)]
 

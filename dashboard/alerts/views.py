@@ -9,7 +9,9 @@ from datetime import timedelta
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
@@ -17,11 +19,14 @@ from django.views.decorators.http import require_POST
 from dashboard.alerts import delivery
 from dashboard.alerts.api.views import TEST_PERMISSION
 from dashboard.alerts.models import Channel, DeliveryOutcome
+from dashboard.roles import may, model_permissions
 from dashboard.views import _json, _page, dashboard_view
+from routing import deletion
+from routing.api.base import AuditContext, save_audited
 from routing.audit import actor_name, record, snapshot
 from routing.models import AuditAction
 
-from . import tasks
+from . import form, preview, tasks
 from .api import serializers
 from .matching import MAX_SILENCE, MatcherInvalid, SilenceInvalid, format_matchers, parse_matchers
 from .models import (
@@ -45,7 +50,7 @@ def channels(request):
 @dashboard_view
 def send_test(request, pk):
     """Send a test notification now, audit it, and go back to the page that asked, which shows the outcome."""
-    if not (request.user.is_staff and request.user.has_perm(TEST_PERMISSION)):
+    if not may(request.user, [TEST_PERMISSION]):
         raise PermissionDenied("Only staff who may change alert channels can send test notifications.")
     channel = get_object_or_404(Channel, pk=pk)
     row = delivery.send_test_as(request.user, channel, reason="test notification from the dashboard")
@@ -115,10 +120,17 @@ def _silence_form(request):
     return {"matchers": format_matchers(matchers), "hours": 2, "reason": ""}
 
 
+def _may_edit(user):
+    """{"channels" | "rules" | "policies": {"add", "change", "delete": bool}}: the controls the page shows, by the
+    API's permissions."""
+    return {what: {action: may(user, model_permissions(f.model, action)) for action in ("add", "change", "delete")}
+            for what, f in form.FORMS.items()}
+
+
 @dashboard_view
 def alerts(request):
     return _page(request, "alerts/alerts.html", alerts_data(), form=_silence_form(request),
-                 can_silence=request.user.has_perm("alerts.add_silence"))
+                 can_silence=may(request.user, ["alerts.add_silence"]), may_edit=_may_edit(request.user))
 
 
 @dashboard_view
@@ -127,7 +139,7 @@ def alerts_json(request):
 
 
 def _require(request, permission):
-    if not (request.user.is_staff and request.user.has_perm(permission)):
+    if not may(request.user, [permission]):
         raise PermissionDenied("Only staff with the right permission can change silences; viewers can look.")
 
 
@@ -197,3 +209,80 @@ def expire_silence(request, pk):
                    before=before, after=snapshot(silence), reason="expired from the alerts page")
     tasks.tick_soon()
     return redirect("alerts")
+
+
+# --- channels, rules and policies: the forms (the API's serializers validate, the API's permissions gate) --------
+
+PAGE_REASON = "from the alerts page"
+ANCHORS = {"channels": "alert-channels", "rules": "rules-title", "policies": "policies-title"}  # on /alerts/
+
+
+def _require_may(user, model, action):
+    if not may(user, model_permissions(model, action)):
+        raise PermissionDenied(f"Only staff allowed to {action} {model._meta.verbose_name_plural} may do this "
+                               "(as through the API); viewers can look.")
+
+
+def _audit(user):
+    return AuditContext(actor_name(user), user, PAGE_REASON)
+
+
+@dashboard_view
+def edit_config(request, what, pk=None):
+    """A channel's, rule's or policy's form (`what`), new or of `pk`; a valid POST saves it as the API does (its
+    serializer, its audit row) and goes back to the alerts page; an invalid one answers 400 with each error by
+    its field, and changes nothing."""
+    kind = form.FORMS[what]
+    instance = get_object_or_404(kind.model, pk=pk) if pk else None
+    _require_may(request.user, kind.model, "change" if instance else "add")
+    if request.method != "POST":
+        return _form_page(request, what, instance, kind.initial(instance))
+    checked = form.check(kind, request.POST, instance, context={"audit": _audit(request.user)})
+    if checked.errors:
+        return _form_page(request, what, instance, checked.state, checked.errors, status=400)
+    saved = save_audited(checked.serializer, _audit(request.user))
+    tasks.tick_soon()
+    messages.success(request, f"Saved {kind.noun} '{saved}'.")
+    return redirect(f"{reverse('alerts')}#{ANCHORS[what]}")
+
+
+def _form_page(request, what, instance, state, errors=None, status=200):
+    kind = form.FORMS[what]
+    response = render(request, kind.template, {
+        "what": what, "anchor": ANCHORS[what], "instance": instance, "state": state, "errors": errors or {},
+        "error_lines": form.error_lines(errors or {}), "choices": kind.choices(),
+        "can_delete": instance is not None and may(request.user, model_permissions(kind.model, "delete"))})
+    response.status_code = status
+    return response
+
+
+@require_POST
+@dashboard_view
+def delete_config(request, what, pk):
+    """Delete a channel, rule or policy as the API's DELETE does (audited; 409 when something still needs it)."""
+    kind = form.FORMS[what]
+    _require_may(request.user, kind.model, "delete")
+    instance = get_object_or_404(kind.model, pk=pk)
+    try:
+        deletion.delete(instance, actor=actor_name(request.user), user=request.user, reason=PAGE_REASON)
+    except deletion.InUse as refused:
+        return _form_page(request, what, instance, kind.initial(instance), {"form": [str(refused)]}, status=409)
+    tasks.tick_soon()
+    messages.success(request, f"Deleted {kind.noun} '{instance}'.")
+    return redirect(f"{reverse('alerts')}#{ANCHORS[what]}")
+
+
+@require_POST
+@dashboard_view
+def preview_config(request, what, pk=None):
+    """What the rule or policy form as it stands would catch now (dashboard.alerts.preview), or 400 with
+    {errors: ["Field: message"]}. Nothing is saved."""
+    kind = form.FORMS[what]
+    instance = get_object_or_404(kind.model, pk=pk) if pk else None
+    _require_may(request.user, kind.model, "change" if instance else "add")
+    checked = form.check(kind, request.POST, instance, context={"audit": _audit(request.user)})
+    if checked.errors:
+        return JsonResponse({"errors": form.error_lines(checked.errors)}, status=400)
+    if what == "rules":
+        return _json(preview.rule_catches(checked.serializer.validated_data, timezone.now()))
+    return _json(preview.policy_catches(checked.serializer.validated_data, instance))

@@ -60,19 +60,26 @@ class AuditedModelViewSet(BodySizeLimitMixin, viewsets.ModelViewSet):
         record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=after, reason=reason)
 
     def perform_create(self, serializer):
-        with transaction.atomic():
-            obj = serializer.save()
-            self._record(AuditAction.CREATE, obj, None, snapshot(obj))
+        save_audited(serializer, self.audit_context())
 
     def perform_update(self, serializer):
-        with transaction.atomic():
-            before = snapshot(serializer.instance)
-            obj = serializer.save()
-            self._record(AuditAction.UPDATE, obj, before, snapshot(obj))
+        save_audited(serializer, self.audit_context())
 
     def perform_destroy(self, instance):
         audit = self.audit_context()
         deletion.delete(instance, actor=audit.actor, user=audit.user, reason=audit.reason)
+
+
+def save_audited(serializer, audit):
+    """Save a validated serializer (a create, or an update of its instance) with its AuditEvent in one
+    transaction; return the object. The API's viewsets and the pages' forms both save here."""
+    with transaction.atomic():
+        before = snapshot(serializer.instance) if serializer.instance is not None else None
+        obj = serializer.save()
+        action = AuditAction.CREATE if before is None else AuditAction.UPDATE
+        record(action=action, obj=obj, actor=audit.actor, user=audit.user, before=before, after=snapshot(obj),
+               reason=audit.reason)
+    return obj
 
 
 class ReadOnlyViewSet(BodySizeLimitMixin, viewsets.ReadOnlyModelViewSet):

@@ -10,7 +10,13 @@ every permission; viewers hold none.
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from dashboard.roles import WEIGHTS_PERMISSION, can_move_weights, is_viewer, may  # noqa: F401  (the API's names)
+from dashboard.roles import (  # noqa: F401  (the API's names)
+    WEIGHTS_PERMISSION,
+    can_move_weights,
+    is_viewer,
+    may,
+    model_permissions,
+)
 
 METHOD_ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
 
@@ -24,8 +30,7 @@ def required_permissions(view, method):
     queryset = getattr(view, "queryset", None)
     if queryset is None or method not in METHOD_ACTIONS:
         return None  # nothing to derive from: only superusers may write
-    opts = queryset.model._meta
-    return [f"{opts.app_label}.{METHOD_ACTIONS[method]}_{opts.model_name}"]
+    return model_permissions(queryset.model, METHOD_ACTIONS[method])
 
 
 class ModelPermissionsViewerReads(BasePermission):

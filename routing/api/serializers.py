@@ -15,15 +15,18 @@ from routing import endpoints, first_token, weights
 from routing.models import (
     ApiKey,
     AuditEvent,
+    ContinueStreams,
     Deployment,
     DeploymentCircuit,
     Event,
     GatewayKey,
     KeyState,
+    PrefillSupport,
     Provider,
     RequestLog,
     Route,
     RouteTarget,
+    WindowSource,
     name_validator,
     secret_validator,
 )
@@ -164,20 +167,39 @@ class FirstTokenTimeoutSerializer(serializers.Serializer):
     ttft_p99_ms = serializers.FloatField(allow_null=True, help_text="Their p99, ms (null without any)")
 
 
+WINDOW_HELP = ("Tokens of prompt + completion the gateway holds requests to. Reads the window in use (see "
+               "context_window_source); writing a number types it (a typed window always wins), null clears the "
+               "typed one so a discovered window applies.")
+
+
 class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     provider = _name_field(Provider)
     first_token_timeout_in_effect = serializers.SerializerMethodField(
         help_text="The first-token timeout the gateway applies: the override, else learned from the measured "
                   "time to first token, else the default until enough is known.")
+    context_window_source = serializers.SerializerMethodField(
+        help_text="Where context_window comes from: typed, learned_from_error (the provider's own context-length "
+                  "error), provider_metadata (its GET /models), catalogue, or unknown (never held against it).")
+    context_windows = serializers.SerializerMethodField(
+        help_text="The window each source knows (null: it says nothing), strongest first.")
+    prefill_support = serializers.ChoiceField(
+        source="prefill", choices=PrefillSupport.choices, read_only=True,
+        help_text="Whether it continues a final assistant message, as the prefill probe found for its current "
+                  "upstream model: verified, refused or unknown. Routes continue broken streams onto verified ones.")
+    prefill_checked_at = serializers.DateTimeField(source="prefill_checked", read_only=True, allow_null=True,
+                                                   help_text="When the prefill probe last ran (null: never)")
+    prefill_detail = serializers.CharField(read_only=True, help_text="What the prefill probe saw")
 
     class Meta:
         model = Deployment
         fields = [
             "name", "provider", "upstream_model", "display_name", "input_price_per_mtok", "output_price_per_mtok",
-            "context_window", "first_token_timeout", "first_token_timeout_in_effect", "enabled", "created_at",
-            "updated_at",
+            "context_window", "context_window_source", "context_windows", "first_token_timeout",
+            "first_token_timeout_in_effect", "enabled", "prefill_support", "prefill_checked_at", "prefill_detail",
+            "created_at", "updated_at",
         ]
-        extra_kwargs = {"first_token_timeout": {"help_text": "Seconds (0.5-600) a stream may take to its first "
+        extra_kwargs = {"context_window": {"help_text": WINDOW_HELP, "min_value": 1},
+                        "first_token_timeout": {"help_text": "Seconds (0.5-600) a stream may take to its first "
                                                              "content before the gateway fails over; null: learned "
                                                              "from measurements (see first_token_timeout_in_effect)."}}
 
@@ -188,6 +210,19 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         if learned is None:
             learned = self.context["first_token_learned"] = first_token.learned()
         return first_token.effective(deployment.first_token_timeout, learned.get(deployment.pk)).as_dict()
+
+    @extend_schema_field(serializers.ChoiceField(choices=WindowSource.choices))
+    def get_context_window_source(self, deployment):
+        return deployment.window()[1]
+
+    @extend_schema_field(serializers.DictField(child=serializers.IntegerField(allow_null=True)))
+    def get_context_windows(self, deployment):
+        return deployment.windows()
+
+    def to_representation(self, deployment):
+        data = super().to_representation(deployment)
+        data["context_window"] = deployment.window()[0]  # the window in use, typed or discovered
+        return data
 
 
 class RouteTargetSerializer(StrictFieldsMixin, serializers.Serializer):
@@ -205,7 +240,28 @@ def fallbacks_field(help_text=FALLBACKS_HELP, **kwargs):
                                  help_text=help_text, **kwargs)
 
 
+class ContinueStreamsField(serializers.ChoiceField):
+    """Route.continue_streams: "auto", "on" or "off". true and false, the field's earlier (boolean) form, still
+    mean "on" and "off"; anything else is refused."""
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=ContinueStreams.choices, **kwargs)
+
+    def to_internal_value(self, data):
+        if type(data) is bool:
+            return ContinueStreams.ON if data else ContinueStreams.OFF
+        if type(data) is not str:
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
+CONTINUE_STREAMS_HELP = ("Where a stream that breaks after content reached the client is continued from an assistant "
+                         "prefill: auto (default) on targets whose prefill probe verified it; on: also on targets not "
+                         "checked yet (never one seen refusing); off: never (the stream ends with an error event).")
+
+
 class RouteSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    continue_streams = ContinueStreamsField(required=False, help_text=CONTINUE_STREAMS_HELP)
     targets = RouteTargetSerializer(
         many=True, required=False, min_length=1, error_messages={"min_length": NO_TARGETS},
         help_text="Deployments and their weights (summing to 100). On update, the given list replaces the targets.",

@@ -42,8 +42,9 @@ from routing.gateway.proxy import NOSNIFF, Call, Proxy, common_headers, describe
 from routing.gateway.recorder import Record, Recorder
 from routing.gateway.retry import RetryBudget
 from routing.gateway.shadow import Shadows
-from routing.gateway.snapshot import SnapshotStore
+from routing.gateway.snapshot import SnapshotStore, with_learned_window
 from routing.gateway.trials import Trials
+from routing.models import WindowSource
 from routing.outcomes import Outcome
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class Gateway:
         self.limits = None
         self.session = None
         self.proxy = Proxy(config, self.keys, self.breakers, self.budget, self.rng, config.log_bodies)
+        self.proxy.on_window = self._window_stated
         self.recorder.metrics.concurrency = self.proxy.slots
         self.shadows = Shadows(self.proxy, self.recorder, self.rng, config.shadow_max_in_flight, config.deadline_s)
         self.watches = ClientWatches()
@@ -250,11 +252,19 @@ class Gateway:
     def _on_swap(self, previous, snapshot):
         """Adopt a new snapshot's names, key states and circuits (runs in the refresher thread)."""
         self.keys.adopt(snapshot)
+        self.proxy.windows_stated.clear()  # a changed deployment may state its window anew
         self.recorder.deployment_names = snapshot.deployments
         self.recorder.route_names = {route.id: name for name, route in snapshot.routes.items()}
         self.recorder.metrics.snapshot_version = snapshot.version
         if snapshot.circuits and self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.breakers.adopt, snapshot.circuits)
+
+    def _window_stated(self, target, tokens, error):
+        """A provider's context-length error stated `target`'s window: save it (off the hot path) and, unless
+        a typed window rules, use it in this process at once, so the next request too long for it skips it."""
+        self.recorder.window_learned(target.deployment_id, tokens, error)
+        if target.window_source != WindowSource.TYPED:
+            self.store.patch(lambda current: with_learned_window(current, target.deployment_id, tokens))
 
     # --- responses -------------------------------------------------------------------
 

@@ -126,11 +126,18 @@ class Metrics:
             self._series(self.ttft, (route, deployment), LATENCY_BUCKETS).observe(record.ttft_ms / 1000)
         if record.overhead_ms is not None:
             self.overhead.observe(record.overhead_ms / 1000)
-        if record.tokens_in or record.tokens_out:
-            _bump(self.tokens, (deployment, "in"), record.tokens_in)
-            _bump(self.tokens, (deployment, "out"), record.tokens_out)
-        if record.cost:
-            _bump(self.cost, deployment, record.cost)
+        if record.continuation is not None:  # a broken stream and its continuation: each deployment its own usage
+            for attempt in record.tried:
+                self._usage(attempt.target.deployment, attempt.tokens_in, attempt.tokens_out, attempt.cost)
+        else:
+            self._usage(deployment, record.tokens_in, record.tokens_out, record.cost)
+
+    def _usage(self, deployment, tokens_in, tokens_out, cost):
+        if tokens_in or tokens_out:
+            _bump(self.tokens, (deployment, "in"), tokens_in)
+            _bump(self.tokens, (deployment, "out"), tokens_out)
+        if cost:
+            _bump(self.cost, deployment, cost)
 
     @staticmethod
     def _series(table, labels, bounds):

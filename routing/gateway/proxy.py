@@ -11,14 +11,19 @@ makes the key suspect and tries another key. After a target's retries,
 fail over to another target by weight, and after every weighted target to
 the route's fallbacks in order. Targets whose context window cannot hold
 the request are skipped before the call; a context-length error fails over
-to a target with a larger window, or ends in a 400 saying none has one. A stream
-must open (connect, headers, first content) within its target's first-token
-timeout (routing.first_token), else it fails over. A stream
+to a target with a larger window or one whose window is still unknown (never
+the same deployment), or ends in a 400 saying none is left; the window the
+error states is learned (`Proxy.on_window`), so the next request too long for
+it skips that deployment without a call. A stream must open (connect,
+headers, first content) within its target's first-token timeout
+(routing.first_token), else it fails over. A stream
 is committed (200 sent) only after its first event was read; after that
 nothing is retried, and a stream that breaks ends with an SSE error event
-and no [DONE]. On a route that opted in (`continue_streams`), a stream that
-breaks after content reached the client is first continued on the next
-target, with the text relayed so far as an assistant prefill (`Continuation`).
+and no [DONE]. Unless its route says otherwise (`continue_streams`: by
+default only onto targets whose probe verified they continue a prefill), a
+stream that breaks after content reached the client is first continued on the
+next such target, with the text relayed so far as an assistant prefill
+(`Continuation`); the client's usage and the request's cost then sum both.
 """
 
 import asyncio
@@ -36,6 +41,7 @@ from routing.gateway.limits import context_tokens, estimate_tokens
 from routing.gateway.retry import backoff
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome, UpstreamError, redact_bytes
 from routing.streams import SKIPPED, StreamReader
+from routing.windows import stated_window
 
 SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 DEFAULT_COOLING_S = 2.0  # a 429 without Retry-After cools the key this long
@@ -173,12 +179,15 @@ class Call:
     def fits(self, target):
         """Return True when `target`'s context window can hold this request (an unknown window is assumed to).
 
-        After an upstream said the request is too long, only a known, larger window fits.
+        After an upstream said the request is too long, a known window fits only when it is larger than the
+        one that refused it; an unknown one may still hold it.
         """
         window = target.context_window
-        if self.too_long_at is not None:
-            return window is not None and window > self.too_long_at and sum(self.context_need()) <= window
-        return window is None or sum(self.context_need()) <= window
+        if window is None:
+            return True
+        if self.too_long_at is not None and window <= self.too_long_at:
+            return False
+        return sum(self.context_need()) <= window
 
     def deadline_struck(self):
         """Return True when the request's deadline has passed (what cancelled it, if anything did)."""
@@ -249,6 +258,8 @@ class Proxy:
         self.limits = None
         self.slots = ProviderSlots(config.concurrency_wait_s)
         self.resting = {}  # deployment id -> monotonic time until which its 503's Retry-After asked us to stay away
+        self.on_window = None  # on_window(target, tokens, error): a provider's error stated the deployment's window
+        self.windows_stated = {}  # deployment id -> the window its errors last stated (reported once)
 
     def start(self, session, limits):
         self.session, self.limits = session, limits
@@ -390,7 +401,10 @@ class Proxy:
         if err.outcome in DEPLOYMENT_FAILURES:
             self.breakers.failure(target.deployment_id, err.message)
         if err.too_long:  # the request's fault, not the deployment's; a larger window may hold it
-            call.too_long_at = max(call.too_long_at or 0, target.context_window or 0)
+            stated = stated_window(err.message)
+            if stated is not None:
+                self._window_stated(target, stated, err.message)
+            call.too_long_at = max(call.too_long_at or 0, stated or 0, target.context_window or 0)
             return Next.LARGER_WINDOW
         if not err.retryable:
             return Next.RELAY_ERROR
@@ -412,6 +426,13 @@ class Proxy:
         if not await self._sleep_within_deadline(call, backoff(retries + 1, self.rng)):
             return Next.FAIL_OVER
         return Next.RETRY
+
+    def _window_stated(self, target, tokens, error):
+        """Report the window a provider's error stated for `target`, once per new value."""
+        if self.windows_stated.get(target.deployment_id) == tokens or self.on_window is None:
+            return
+        self.windows_stated[target.deployment_id] = tokens
+        self.on_window(target, tokens, error)
 
     async def _after_429(self, call, target, key, err, retries):
         wait = err.retry_after if err.retry_after is not None else DEFAULT_COOLING_S
@@ -615,29 +636,37 @@ class Proxy:
             call.committed = True
             relay = StreamRelay(call, target, key, started, cap)
         else:
-            relay = ContinuationRelay(call, target, key, started, cap, resume.relay)
+            relay = ContinuationRelay(call, target, key, started, cap, resume)
         call.response = response
         outcome, problem = await relay.run(response, events, buffer, send)
         if outcome == Outcome.OK:
             call.stop_watching()  # before reading on: once the response is sent, receive() reports a "disconnect"
             await _read_to_end(response)
-        self._finish_stream(call, target, key, relay, outcome, problem)
-        return Continuation(relay, outcome, problem) if relay.resumable else None
+        attempt = self._finish_stream(call, target, key, relay, outcome, problem)
+        if resume is not None and outcome == Outcome.OK:
+            resume.add_to(call.record)
+        return Continuation(relay, attempt, problem) if relay.resumable else None
 
     def _finish_stream(self, call, target, key, relay, outcome, problem):
+        """Book a relayed stream's attempt and return its Try. A broken one that may be continued is charged
+        the usage it reported, else an estimate (the prompt, and one token per chunk relayed): it was billed."""
         attempt = Try(target, key, outcome, 200, (perf_counter() - relay.started) * 1000, problem,
                       type(relay) is ContinuationRelay)
         attempt.ttft_ms, attempt.tps = relay.ttft_ms, relay.tokens_per_s()
         call.record.ttft_ms = relay.client_ttft_ms
         if outcome == Outcome.OK:
             self._succeeded(call, target, key, attempt, relay.usage)
-            return
+            return attempt
+        if relay.resumable:
+            attempt.tokens_in, attempt.tokens_out = relay.usage or (call.context_need()[0], relay.content_chunks)
+            attempt.cost = target.cost(attempt.tokens_in, attempt.tokens_out)
         call.finish(outcome, 200, target, key.id, problem)
         call.tried.append(attempt)
         if outcome in DEPLOYMENT_FAILURES:
             self.breakers.failure(target.deployment_id, problem)
+        return attempt
 
-    # --- continuing a broken stream (routes with continue_streams) -------------------
+    # --- continuing a broken stream (onto the targets the route's continue_streams allows) -----------
 
     async def continue_stream(self, call, failed, broken, send):
         """Finish the stream that broke on `failed` on the next target, from a prefill of what was relayed.
@@ -651,8 +680,10 @@ class Proxy:
             await broken.relay.end_broken(send, broken.problem)
 
     async def _continue(self, call, failed, broken, send):
-        """Return how the continuation went (Continued)."""
+        """Return how the continuation went (Continued). Targets the route does not continue on (unverified,
+        or seen refusing a prefill: snapshot.RouteInfo.no_continuation) are never sent one."""
         call.given_up.add(failed.deployment_id)
+        call.given_up.update(call.route.no_continuation)
         target = self.pick_target(call)
         while target is not None and not call.client_gone:
             if len(call.tried) >= self.config.max_attempts or not self.breakers.available(target.deployment_id):
@@ -845,6 +876,10 @@ class StreamRelay:
         return self.reader.usage
 
     @property
+    def content_chunks(self):
+        return self.reader.content_chunks
+
+    @property
     def finished(self):
         return bool(self.reader.finish_reason)
 
@@ -912,35 +947,63 @@ class ContinuationRelay(StreamRelay):
     Its chunks are restamped with the id, model and created fields the client
     already saw, its opening role-only chunk is dropped, and it is never
     continued again: if it breaks too, its own error event ends the stream.
+    Before its first event the client gets an SSE comment naming the
+    continuing deployment (`: x-weathervane-continued-by: <name>`: the
+    headers, sent before the break, name the first one), and its usage chunk
+    carries the sum of both attempts' usage (the broken one's as charged).
     """
 
-    __slots__ = ()
+    __slots__ = ("earlier", "own_usage", "announce")
 
     def __init__(self, call, target, key, started, max_malformed, broken):
         super().__init__(call, target, key, started, max_malformed)
         self.kept = None
-        self.stamp = broken.stamp
-        self.client_ttft_ms = broken.client_ttft_ms
+        self.stamp = broken.relay.stamp
+        self.client_ttft_ms = broken.relay.client_ttft_ms
+        self.earlier = broken.attempt  # the broken attempt's Try, with the usage it was charged
+        self.own_usage = None  # the continuing target's own (prompt, completion) tokens, as it reported them
+        self.announce = CONTINUED_BY % target.deployment.encode()
+
+    @property
+    def usage(self):
+        return self.own_usage
 
     def _first_token(self, now):
         self.first_content = now
         self.ttft_ms = (now - self.started) * 1000
 
     def _select(self, events):
-        return super()._select([event for event in map(self._restamp, events) if event is not None])
+        data, problem = super()._select([event for event in map(self._restamp, events) if event is not None])
+        if data and self.announce:
+            data, self.announce = self.announce + data, None
+        return data, problem
 
     def _restamp(self, event):
         """Return the event as the client's stream carries it, or None to drop it."""
         try:
             payload = sse.parse(sse.event_data(event))
+            usage = sse.usage_of(payload)
         except sse.Malformed:
-            return event  # skipped and counted by _select
+            return event  # skipped and counted, or judged malformed, by _select
         if type(payload) is not dict or "error" in payload:
             return event
         if sse.is_role_only(payload):
             return None
         payload.update(self.stamp)
+        if usage is not None:
+            self.own_usage = usage
+            payload["usage"] = self._summed(payload["usage"], usage)
         return sse.event(payload)
+
+    def _summed(self, reported, usage):
+        """Return the usage object the client gets: both attempts' tokens (other fields as reported)."""
+        prompt = usage[0] + self.earlier.tokens_in
+        completion = usage[1] + self.earlier.tokens_out
+        return {**reported, "prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+
+CONTINUED_BY = b": x-weathervane-continued-by: %s\n\n"
 
 
 class Continuation:
@@ -949,14 +1012,21 @@ class Continuation:
     `body_for` is the original request plus an assistant message holding the
     text relayed so far (a prefill); max_tokens is lowered by the chunks
     relayed (about one token each), so the whole answer keeps the client's cap.
+    `attempt` is the broken attempt's Try (its usage as charged).
     """
 
-    __slots__ = ("relay", "outcome", "problem", "text", "chunks")
+    __slots__ = ("relay", "attempt", "problem", "text", "chunks")
 
-    def __init__(self, relay, outcome, problem):
-        self.relay, self.outcome, self.problem = relay, outcome, problem
+    def __init__(self, relay, attempt, problem):
+        self.relay, self.attempt, self.problem = relay, attempt, problem
         self.text = "".join(relay.kept)
         self.chunks = len(relay.kept)
+
+    def add_to(self, record):
+        """Add the broken attempt's usage to a request record the continuation answered: it pays for both."""
+        record.tokens_in += self.attempt.tokens_in
+        record.tokens_out += self.attempt.tokens_out
+        record.cost += self.attempt.cost
 
     def body_for(self, call, target):
         request = dict(call.request, model=target.upstream_model, stream=True)

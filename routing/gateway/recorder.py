@@ -9,7 +9,8 @@ request: the flusher thread writes the deltas, the log rows,
 `GatewayKey.last_used_at` and the state changes the gateway decided (keys
 invalid or cooling, circuits; each with its Event, an audit row where a
 person would expect one, and a live timeline push) every
-GATEWAY_FLUSH_INTERVAL_S.
+GATEWAY_FLUSH_INTERVAL_S; so is a context window a provider's error stated
+(`Deployment.learn_window`).
 """
 
 import logging
@@ -30,6 +31,7 @@ from routing.gateway.metrics import Metrics
 from routing.models import (
     ApiKey,
     CircuitState,
+    Deployment,
     DeploymentCircuit,
     Event,
     EventKind,
@@ -145,6 +147,9 @@ class Recorder:
 
     def key_recovered(self, key):
         self.changes.append(("key_active", key.id, "", time.time()))
+
+    def window_learned(self, deployment_id, tokens, error):
+        self.changes.append(("window_learned", deployment_id, error, time.time(), tokens))
 
     def circuit_changed(self, deployment_id, state, reason, at):
         name = self.deployment_names.get(deployment_id, str(deployment_id))
@@ -376,6 +381,12 @@ def _apply_circuit(change):
     transaction.on_commit(lambda: live.timeline_event(event))
 
 
+def _apply_window_learned(change):
+    _, deployment_id, error, _, tokens = change
+    with transaction.atomic():
+        Deployment.learn_window(deployment_id, tokens, error, ACTOR)
+
+
 APPLY = {"key_invalid": _apply_key_invalid, "key_suspect": _apply_key_suspect,
          "key_trusted": _apply_key_trusted, "key_cooling": _apply_key_cooling, "key_active": _apply_key_active,
-         "circuit": _apply_circuit}
+         "circuit": _apply_circuit, "window_learned": _apply_window_learned}

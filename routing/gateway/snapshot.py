@@ -2,10 +2,11 @@
 
 Each gateway process serves from a `Snapshot`: routes with their weighted
 targets and their ordered fallback chain (deployment, provider URL and
-timeouts, the first-token timeout in effect, upstream model, context window,
-prices, keys with their secrets decrypted in memory only), and the gateway
-keys by hash. The learned first-token timeouts (routing.first_token) are
-re-read every LEARN_EVERY_S in the refresher thread; a changed one rebuilds.
+timeouts, the first-token timeout in effect, upstream model, context window
+(typed, else discovered: see `Deployment.window`), prices, keys with their
+secrets decrypted in memory only), and the gateway keys by hash. The learned
+first-token timeouts (routing.first_token) are re-read every LEARN_EVERY_S in
+the refresher thread; a changed one rebuilds.
 No request queries the database. A request takes `store.current` once and
 finishes on it even if a newer snapshot replaces it meanwhile.
 
@@ -20,7 +21,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,6 +35,7 @@ from routing.crypto import SecretUnreadable
 from routing.first_token import TimeoutSource
 from routing.models import (
     ApiKey,
+    ContinueStreams,
     Deployment,
     DeploymentCircuit,
     GatewayKey,
@@ -42,6 +44,7 @@ from routing.models import (
     Route,
     RouteFallback,
     RouteTarget,
+    WindowSource,
 )
 from routing.netguard import UpstreamBlocked, check_host
 
@@ -121,6 +124,7 @@ class Target:
     keys: tuple
     max_concurrency: int | None = None  # the provider's in-flight limit per gateway process (None: unlimited)
     context_window: int | None = None  # tokens of prompt + completion; None: unknown, never skipped for it
+    window_source: str = WindowSource.UNKNOWN  # where context_window came from (a typed one is never learned over)
     fallback: int = 0  # position in the route's fallback chain (1 first); 0 for a weighted target
     # The timeouts of a stream: a deployment known to think long (learned or set) may be silent as long.
     stream_timeout: aiohttp.ClientTimeout | None = None
@@ -144,7 +148,10 @@ class RouteInfo:
     version: int
     targets: tuple  # weight > 0, enabled, not blocked; probe-down ones left out unless all are
     totals: tuple  # cumulative weights of `targets`
-    continue_streams: bool = False  # a broken stream continues on another target (proxy.Continuation)
+    # A broken stream may be continued on another target (proxy.Continuation): the route's ContinueStreams allows
+    # it on one of its targets or fallbacks (precomputed: the relay keeps the text it sends only then).
+    continue_streams: bool = False
+    no_continuation: frozenset = frozenset()  # deployment ids never sent a continuation (unverified or refusing)
     fallbacks: tuple = ()  # Targets (weight 0, `fallback` = position) tried in order after every weighted one
     windows: bool = False  # some target or fallback has a known context window (the only case that costs a check)
     shadow: Shadow | None = None  # None unless a running rollout is at a shadow step (the rule)
@@ -212,7 +219,8 @@ def fingerprint():
         list(GatewayKey.routes.through.objects.order_by("id").values_list("gatewaykey_id", "route_id")),
         list(Deployment.objects.order_by("id").values_list("id", "updated_at", "enabled", "name", "upstream_model",
                                                            "provider_id", "first_token_timeout",
-                                                           "context_window")),
+                                                           "context_window", "learned_window", "provider_window",
+                                                           "catalogue_window", "prefill_support", "prefill_model")),
         list(DeploymentCircuit.objects.order_by("deployment_id").values_list("deployment_id", "state", "since")),
         sorted(probe_down_deployments()),
         _shadow_steps(),
@@ -269,6 +277,7 @@ def _target(row, keys, timeouts, fallback=0):
     deployment, provider = row.deployment, row.deployment.provider
     base = provider.base_url.rstrip("/")
     in_effect = timeouts[deployment.pk]
+    window, source = deployment.window()
     return Target(
         deployment_id=deployment.pk, deployment=deployment.name, provider_id=provider.pk, provider=provider.name,
         upstream_model=deployment.upstream_model, weight=0 if fallback else row.weight,
@@ -279,7 +288,7 @@ def _target(row, keys, timeouts, fallback=0):
         first_token_timeout=in_effect.seconds,
         price_in=float(deployment.input_price_per_mtok) / 1e6, price_out=float(deployment.output_price_per_mtok) / 1e6,
         keys=keys.get(provider.pk, ()), max_concurrency=provider.max_concurrency,
-        context_window=deployment.context_window, fallback=fallback,
+        context_window=window, window_source=source, fallback=fallback,
         stream_timeout=_stream_timeout(provider, in_effect),
     )
 
@@ -335,9 +344,35 @@ def _route(route, keys, down, timeouts, shadows=None):
     windows = any(t.context_window for t in (*targets, *fallbacks))
     rollout = route.pk in shadows if shadows else False
     shadow = _shadow(route, keys, shadows, timeouts) if rollout and shadows[route.pk] else None
+    eligible, refused = _continuation(route, (*(healthy or rows), *up))
     return RouteInfo(route.pk, route.name, route.version, targets, tuple(totals),
-                     continue_streams=route.continue_streams, fallbacks=fallbacks, windows=windows, shadow=shadow,
-                     sticky=not rollout)
+                     continue_streams=eligible, no_continuation=refused, fallbacks=fallbacks, windows=windows,
+                     shadow=shadow, sticky=not rollout)
+
+
+def _continuation(route, rows):
+    """Return (whether a broken stream may be continued, frozenset of deployment ids never sent a continuation)
+    for the route's serving `rows` (targets and fallbacks), by its ContinueStreams and their prefill support."""
+    mode = ContinueStreams(route.continue_streams)
+    allowed = {row.deployment_id for row in rows if mode.allows(row.deployment.prefill)}
+    others = frozenset(row.deployment_id for row in rows) - allowed
+    return bool(allowed) and len(rows) > 1, others
+
+
+def with_learned_window(snapshot, deployment_id, tokens):
+    """Return `snapshot` with the window `tokens` a provider's error stated on every target of the deployment
+    whose window was not typed (the gateway's own copy until the saved window comes back in a rebuild)."""
+    def learned(target):
+        if target.deployment_id != deployment_id or target.window_source == WindowSource.TYPED:
+            return target
+        return replace(target, context_window=tokens, window_source=WindowSource.LEARNED)
+
+    routes = {}
+    for name, route in snapshot.routes.items():
+        targets, fallbacks = tuple(map(learned, route.targets)), tuple(map(learned, route.fallbacks))
+        windows = any(t.context_window for t in (*targets, *fallbacks))
+        routes[name] = replace(route, targets=targets, fallbacks=fallbacks, windows=windows)
+    return replace(snapshot, routes=routes)
 
 
 def _client_keys():
@@ -408,16 +443,27 @@ class SnapshotStore:
         self.learned = None  # first_token.learned(), re-read every first_token.LEARN_EVERY_S
         self._learned_at = -first_token.LEARN_EVERY_S
         self.redis_listening = False  # subscribed to the change notices (readiness)
+        self._swap = threading.Lock()
 
     def load(self):
         """Build and install a snapshot now (sync); return it."""
         self._version += 1
         snapshot = build(self._version, self._learn(force=self.learned is None))
         self.db_answered_at = time.monotonic()
-        previous, self.current = self.current, snapshot
+        with self._swap:
+            previous, self.current = self.current, snapshot
         if self.on_swap is not None:
             self.on_swap(previous, snapshot)
         return snapshot
+
+    def patch(self, change):
+        """Install change(current snapshot): what this process learned before the database says it too.
+
+        A rebuild from the database replaces it; one built before the change was saved may drop it for a
+        moment (a wasted upstream call at worst), until the rebuild after the save.
+        """
+        with self._swap:
+            self.current = change(self.current)
 
     def start(self):
         """Start the refresher thread (and the Redis listener with REDIS_URL)."""

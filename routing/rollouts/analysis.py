@@ -19,9 +19,12 @@ Requests are not independent: a provider's bad spell puts many failures in a
 minute on one arm. So the minute is the unit of variation: the counts are
 weighed by 1/phi, phi being the minute-to-minute over-dispersion of the split
 (sequential.dispersion, a quasi-binomial correction), and a rollback must
-survive leaving out the canary's worst minute, so one minute's incident on the
+survive leaving out the canary's worst minute when that minute is an outlier
+among the canary's own minutes (OUTLIER_P), so one minute's incident on the
 canary's provider holds the step ("canary provider incident") instead of
-proving a regression.
+proving a regression, while a canary that is bad in every minute (thin traffic:
+a few requests a minute, the worst holding two of its six failures) is not
+made to prove it twice.
 
 Errors and 429s: "+0.5 pp" is the ratio (baseline rate + 0.5 pp) / baseline
 rate at the baseline's observed rate (or, to pass, the canary's own rate proven
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import TextChoices
 from scipy.stats import beta as beta_dist
+from scipy.stats import binom
 
 from probes import sketch
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
@@ -67,10 +71,15 @@ ALPHA = 0.01
 # because a wrong pass only moves the canary to a step with more traffic, where the rollback side keeps
 # watching with the evidence carried, and the next step must pass again on its own traffic.
 PASS_ALPHA = 0.05
+# A step after a passed one needs this share of the pass bar (in logs) from its own traffic: earlier steps' pass
+# evidence covers the rest (a product of e-values over consecutive steps is one), and the own share is the
+# "this step's traffic is not against the canary" that a regression starting at a later step cannot meet.
+STEP_PASS_SHARE = 0.5
 MIN_CANARY_REQUESTS = 100
 MIN_THRESHOLD_SAMPLE = 200  # baseline timings before a latency threshold is trusted
 REFERENCE_MINUTES = 30  # the baseline's look-back before a step (thresholds, its own variation, its long-run rate)
 TAIL_QUANTILES = (0.5, 0.95)
+OUTLIER_P = 0.01  # a canary minute is an incident when its events are this unlikely at the rest's rate (Bonferroni)
 OWN_PRIOR_K = 4.0  # the own-rate rollback route's prior: wide, centred on four times its limit (thin traffic, big
 # regressions are what it is for)
 OWN_ROUTE_EVENTS = 5  # baseline events under which a rate may also pass on the canary's own rate
@@ -171,6 +180,7 @@ class CountTest:
     log_pass: float
     worst: int | None  # index of the minute that weighs most against the canary
     log_worst: float = -math.inf  # the failure e-value of that minute alone
+    outlier: bool = False  # that minute is an outlier among the canary's (is_outlier): the rollback leaves it out
 
     @property
     def totals(self):
@@ -189,10 +199,12 @@ class MetricVerdict:
     evidence: dict = field(default_factory=dict)
     log_fail: float = 0.0
     incident: bool = False
+    log_pass: float = 0.0  # pass evidence so far (in logs, earlier passed steps' included)
 
     def as_dict(self):
         return {"metric": str(self.metric), "verdict": str(self.verdict), "sentence": self.sentence,
-                "evidence": self.evidence, "log_fail": max(self.log_fail, -700.0), "incident": self.incident}
+                "evidence": self.evidence, "log_fail": max(self.log_fail, -700.0),
+                "log_pass": max(self.log_pass, -700.0), "incident": self.incident}
 
 
 @dataclass
@@ -238,11 +250,12 @@ def count_test(minutes, boundary, within_centre=1.0, own_limit=None, phi_floor=1
     worst = _worst_minute(minutes, share, boundary)
     if worst is None:
         return CountTest(minutes, boundary, phi, log_fail, log_fail, log_pass, None)
-    robust = _without(minutes, worst, boundary, phi_floor)
+    outlier = is_outlier(minutes, worst)
+    robust = _without(minutes, worst, boundary, phi_floor) if outlier else log_fail
     alone = minutes[worst]
     log_worst = log_e_beyond(alone.canary, alone.baseline, alone.canary_n / (alone.canary_n + alone.baseline_n),
                             boundary) if alone.baseline_n else -math.inf
-    return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst)
+    return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst, outlier)
 
 
 def _worst_minute(minutes, share, boundary):
@@ -250,6 +263,22 @@ def _worst_minute(minutes, share, boundary):
     theta = share_of(boundary, share)
     excess = [(m.canary - (m.canary + m.baseline) * theta, i) for i, m in enumerate(minutes) if m.canary]
     return max(excess)[1] if excess else None
+
+
+def is_outlier(minutes, index, p=OUTLIER_P):
+    """Whether minute `index` holds more canary events than the canary's other minutes make believable.
+
+    The upper tail of Binomial(its requests, the rest's rate) at its events, below p over the number of minutes
+    (it is the worst of them: Bonferroni). The rest's rate is (events + 1) / (requests + 2), so a canary with
+    no other events still has one. A single minute is never an outlier (there is nothing to compare it with).
+    """
+    if len(minutes) < 2:
+        return False
+    m = minutes[index]
+    rest_events = sum(x.canary for x in minutes) - m.canary
+    rest_requests = sum(x.canary_n for x in minutes) - m.canary_n
+    rate = (rest_events + 1) / (rest_requests + 2)
+    return float(binom.sf(m.canary - 1, m.canary_n, rate)) < p / len(minutes)
 
 
 def _without(minutes, index, boundary, phi_floor):
@@ -317,22 +346,23 @@ def tail_minutes(window, metric, q, allowed, value):
 # --- judging ---------------------------------------------------------------------------
 
 
-def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None):
+def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None, carried_pass=None):
     """Return the Judgement of a StepWindow under guards.
 
-    carried maps a metric to the failure log e-value of the rollout's earlier steps. Fail if any guard
+    carried maps a metric to the failure log e-value of the rollout's earlier steps, carried_pass to their pass
+    log e-value (the steps that passed; this step then needs STEP_PASS_SHARE of the bar itself). Fail if any guard
     fails (from the first canary request on), pass if every guard passes and the canary has at least
     min_canary_requests, otherwise inconclusive. Raises ValueError without guards.
     """
     if not guards:
         raise ValueError("a rollout needs at least one guard")
-    carried = carried or {}
+    carried, carried_pass = carried or {}, carried_pass or {}
     canary_n, baseline_n = window.requests()
     if not canary_n or not baseline_n:
         return _no_traffic(guards, canary_n, carried)
     levels = guard_levels(guards, alpha)
-    metrics = [judge_metric(guard, window, levels[guard.metric] or alpha, carried.get(guard.metric, 0.0))
-               for guard in guards]
+    metrics = [judge_metric(guard, window, levels[guard.metric] or alpha, carried.get(guard.metric, 0.0),
+                            carried_pass.get(guard.metric, 0.0)) for guard in guards]
     verdict = _overall(metrics)
     if verdict == Verdict.PASS and canary_n < min_canary_requests:
         return Judgement(Verdict.INCONCLUSIVE, _waiting_sentence(canary_n, min_canary_requests), metrics)
@@ -347,32 +377,32 @@ def guard_levels(guards, alpha=ALPHA):
             for g in guards}
 
 
-def judge_metric(guard, window, alpha, carried=0.0):
+def judge_metric(guard, window, alpha, carried=0.0, carried_pass=0.0):
     """Return the MetricVerdict of one guard at level alpha (its share of the budget)."""
     if guard.metric in RATE_METRICS:
-        verdict = _judge_rate(guard, window, alpha, carried)
+        verdict = _judge_rate(guard, window, alpha, carried, carried_pass)
     elif guard.metric in TAIL_METRICS:
-        verdict = _judge_tail(guard, window, alpha, carried)
+        verdict = _judge_tail(guard, window, alpha, carried, carried_pass)
     else:
         verdict = _judge_mean(guard, window)
     return _apply_limit(guard, window, verdict, alpha)
 
 
-def _judge_rate(guard, window, alpha, carried):
+def _judge_rate(guard, window, alpha, carried, carried_pass=0.0):
     """Errors or 429s. The baseline's rate, its variation and the own-rate route to a rollback come from its
     look-back; the split of each minute's events is the main test."""
     minutes = rate_minutes(window, guard.metric)
     history = [rate_events(d, guard.metric) for d in window.history()]
     events, requests = sum(e for e, _ in history), sum(n for _, n in history)
     base_rate = (events + 0.5) / (requests + 1)  # never 0, so the ratio stays finite
-    phi_b = baseline_dispersion(history)
+    phi_b = arm_dispersion(history)
     test = count_test(minutes, 1 + guard.allowed / base_rate, own_limit=guard.allowed or None, phi_floor=phi_b)
-    rest = minutes if test.worst is None else minutes[:test.worst] + minutes[test.worst + 1:]
+    rest = minutes[:test.worst] + minutes[test.worst + 1:] if test.outlier else minutes
     own = _own_rate_fail(minutes, events, requests, guard.allowed, alpha, test.phi)
     own_robust = _own_rate_fail(rest, events, requests, guard.allowed, alpha, test.phi)
     test.log_fail = _log_mix(test.log_fail, own)
     test.log_fail_robust = _log_mix(test.log_fail_robust, own_robust)
-    verdict = _decide(guard.metric, test, carried, alpha)
+    verdict = _decide(guard.metric, test, carried, alpha, carried_pass)
     verdict.evidence.update(_rate_evidence(guard, test, base_rate))
     verdict.sentence = _rate_sentence(guard, verdict)
     return verdict
@@ -380,10 +410,13 @@ def _judge_rate(guard, window, alpha, carried):
 
 def _own_rate_fail(minutes, events, requests, allowed, alpha, phi):
     """The second route to a rollback, for thin traffic: the canary's own rate proven above the baseline's
-    look-back rate (its upper confidence bound at alpha, counts weighed by phi) plus the allowance."""
+    look-back rate (its upper confidence bound at alpha) plus the allowance. Against a fixed rate no common
+    cause cancels, so the counts are weighed by the canary's own minute-to-minute over-dispersion (its
+    provider's bad spells) when that is more than phi."""
     c, cn = sum(m.canary for m in minutes), sum(m.canary_n for m in minutes)
     if not requests or not cn:
         return -math.inf
+    phi = max(phi, arm_dispersion([(m.canary, m.canary_n) for m in minutes]))
     upper = float(beta_dist.ppf(1 - alpha, events / phi + 1, (requests - events) / phi + 1))
     limit = min(upper + allowed, 0.999)
     return log_e_value(c / phi, (cn - c) / phi, limit, Side.ABOVE, k=OWN_PRIOR_K, centre=min(4 * limit, 0.9))
@@ -395,9 +428,10 @@ def rate_events(delta, metric):
     return events, delta.count
 
 
-def baseline_dispersion(history):
-    """Return the over-dispersion of the baseline's own events from minute to minute (Pearson's chi-square over
-    its degrees of freedom around its long-run rate, shrunk like sequential.dispersion; at least 1)."""
+def arm_dispersion(history):
+    """Return the over-dispersion of one arm's own events from minute to minute, given (events, requests) per
+    minute: Pearson's chi-square over its degrees of freedom around the arm's rate over them, shrunk like
+    sequential.dispersion; at least 1."""
     useful = [(e, n) for e, n in history if n]
     events, requests = sum(e for e, _ in useful), sum(n for _, n in useful)
     if len(useful) < 2 or not events or events == requests:
@@ -407,7 +441,7 @@ def baseline_dispersion(history):
     return max(1.0, (DISPERSION_PRIOR_DF + chi2) / (DISPERSION_PRIOR_DF + len(useful) - 1))
 
 
-def _judge_tail(guard, window, alpha, carried):
+def _judge_tail(guard, window, alpha, carried, carried_pass=0.0):
     """Every quantile of TAIL_QUANTILES at alpha / their number: fail if one fails, pass if all pass."""
     level = alpha / len(TAIL_QUANTILES)
     parts = []
@@ -421,7 +455,7 @@ def _judge_tail(guard, window, alpha, carried):
         # No floor from the baseline's own variation here: latency moves with who is asking (prompt sizes,
         # sessions), which both arms share when requests are assigned one by one; the split shows the rest.
         parts.append((q, value, count_test(minutes, 1.0, within_centre=(1 + guard.allowed) ** -3)))
-    decided = [(q, value, _decide(guard.metric, test, carried, level)) for q, value, test in parts]
+    decided = [(q, value, _decide(guard.metric, test, carried, level, carried_pass)) for q, value, test in parts]
     verdict = _combine_quantiles(guard.metric, decided, alpha)
     verdict.evidence.update(_tail_evidence(guard, parts, decided))
     verdict.sentence = _tail_sentence(guard, verdict, parts)
@@ -444,28 +478,32 @@ def _combine_quantiles(metric, decided, alpha):
         overall = Verdict.INCONCLUSIVE
     level = math.log(len(verdicts) / alpha)
     log_fail = max(v.log_fail for v in verdicts)  # what the next step carries (the quantiles' Bonferroni covers it)
+    log_pass = min(v.log_pass for v in verdicts)  # every quantile showed at least this much
     progress = {"fail": max(v.evidence["progress"]["fail"] for v in verdicts),
                 "pass": min(v.evidence["progress"]["pass"] for v in verdicts)}
     incident = any(v.incident for v in verdicts) and overall != Verdict.FAIL
     evidence = {"progress": progress, "alpha": alpha, "fail_threshold": math.exp(level),
-                "pass_threshold": 1 / PASS_ALPHA, "e_fail": _e(log_fail),
+                "pass_threshold": max(v.evidence["pass_threshold"] for v in verdicts), "e_fail": _e(log_fail),
                 "e_pass": min(v.evidence["e_pass"] for v in verdicts),
                 "phi": max(v.evidence["phi"] for v in verdicts),
                 "carried": any(v.evidence["carried"] for v in verdicts)}
-    return MetricVerdict(metric, overall, "", evidence, log_fail, incident)
+    return MetricVerdict(metric, overall, "", evidence, log_fail, incident, log_pass)
 
 
-def _decide(metric, test, carried, alpha):
+def _decide(metric, test, carried, alpha, carried_pass=0.0):
     """Return the MetricVerdict (sentence still empty) of a CountTest at level alpha.
 
     The rollback side adds the carried evidence of earlier steps to the robust e-value (the worst minute
-    left out, over-dispersion weighed in); the pass side is this step's own.
+    left out, over-dispersion weighed in). The pass side needs the whole bar from this step's own traffic, or,
+    after passed steps, what their evidence leaves of it and at least STEP_PASS_SHARE of it (the product over
+    consecutive steps is an e-value; the own share is the step earning its own pass).
     """
     level, pass_level = math.log(1 / alpha), math.log(1 / PASS_ALPHA)
     log_fail = max(carried, 0.0) + test.log_fail_robust
+    needed = pass_level - min(max(carried_pass, 0.0), (1 - STEP_PASS_SHARE) * pass_level)
     if log_fail >= level:
         verdict = Verdict.FAIL
-    elif test.log_pass >= pass_level:
+    elif test.log_pass >= needed:
         verdict = Verdict.PASS
     else:
         verdict = Verdict.INCONCLUSIVE
@@ -473,9 +511,10 @@ def _decide(metric, test, carried, alpha):
     # provider had a bad spell.
     incident = verdict != Verdict.FAIL and test.log_worst >= level and test.log_fail_robust <= 0
     evidence = {"e_fail": _e(log_fail), "e_pass": _e(test.log_pass), "alpha": alpha, "fail_threshold": 1 / alpha,
-                "pass_threshold": 1 / PASS_ALPHA, "phi": test.phi, "carried": carried > 0, "incident": incident,
-                "progress": {"fail": _progress(log_fail, level), "pass": _progress(test.log_pass, pass_level)}}
-    return MetricVerdict(metric, verdict, "", evidence, log_fail, incident)
+                "pass_threshold": math.exp(needed), "phi": test.phi, "carried": carried > 0 or carried_pass > 0,
+                "incident": incident,
+                "progress": {"fail": _progress(log_fail, level), "pass": _progress(test.log_pass, needed)}}
+    return MetricVerdict(metric, verdict, "", evidence, log_fail, incident, max(carried_pass, 0.0) + test.log_pass)
 
 
 def _progress(log_value, level):

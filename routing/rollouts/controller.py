@@ -336,13 +336,19 @@ def judge_step(rollout):
         guards = [g for g in guards if g.metric not in UNSTREAMED] or guards
     window = step_window(rollout, rollout.step_started_at, source)
     judgement = analysis.judge(window, guards, alpha=rollout.alpha, min_canary_requests=rollout.min_canary_requests,
-                               carried=carried_evidence(rollout))
+                               carried=carried_evidence(rollout), carried_pass=carried_pass_evidence(rollout))
     return judgement, window
 
 
 def carried_evidence(rollout):
-    """Return {Metric: failure log e-value of earlier steps} (older rows stored [log_fail, log_pass])."""
+    """Return {Metric: failure log e-value of earlier steps} (rows store [log_fail, log_pass]; some a bare
+    log_fail)."""
     return {analysis.Metric(m): float(v[0] if isinstance(v, list) else v) for m, v in rollout.carried.items()}
+
+
+def carried_pass_evidence(rollout):
+    """Return {Metric: pass log e-value of the earlier, passed steps} (none for rows that stored only log_fail)."""
+    return {analysis.Metric(m): float(v[1]) for m, v in rollout.carried.items() if isinstance(v, list)}
 
 
 class Decision(StrEnum):
@@ -370,8 +376,9 @@ def decide(rollout, judgement, canary_requests, now):
 
 
 def next_carried(judgement):
-    """Return the failure evidence a passed step hands to the next: never below none (an e-detector over steps)."""
-    return {str(m.metric): max(m.log_fail, 0.0) for m in judgement.metrics}
+    """Return the evidence a passed step hands to the next, {metric: [log_fail, log_pass]}: failure evidence
+    never below none (an e-detector over steps), and the pass evidence of the steps so far."""
+    return {str(m.metric): [max(m.log_fail, 0.0), max(m.log_pass, 0.0)] for m in judgement.metrics}
 
 
 def _tick_running(rollout, now):

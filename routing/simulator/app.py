@@ -280,9 +280,16 @@ class Simulator:
         if not self._key_ok(key):
             await _unauthorized(exchange, key)
             return
-        names = self.model_names()
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "simulator"} for name in names]
+        data = [self._model_entry(name) for name in self.model_names()]
         await exchange.reply(200, orjson.dumps({"object": "list", "data": data}))
+
+    def _model_entry(self, name):
+        """Return one model as GET /v1/models lists it; one with a context window reports it as vLLM does."""
+        entry = {"id": name, "object": "model", "created": 0, "owned_by": "simulator"}
+        window = self.personality(name).context_window
+        if window is not None:
+            entry["max_model_len"] = window
+        return entry
 
 
 async def _unauthorized(exchange, key):

@@ -234,10 +234,11 @@ def _fault_personalities():
     return {f"fault-{fault.value.replace('_', '-')}": Personality(fault=fault) for fault in Fault}
 
 
+# The demo's models have windows (reported by GET /v1/models as vLLM does), so its deployments show one discovered.
 PERSONALITIES = {
-    "steady": Personality(latency_median_ms=40, latency_p99_ms=80, tokens_per_s=200),
-    "heavy-tailed": Personality(latency_median_ms=60, latency_p99_ms=900),
-    "flaky": Personality(latency_median_ms=50, error_rate=0.15, rate_429=0.1),
+    "steady": Personality(latency_median_ms=40, latency_p99_ms=80, tokens_per_s=200, context_window=128_000),
+    "heavy-tailed": Personality(latency_median_ms=60, latency_p99_ms=900, context_window=32_768),
+    "flaky": Personality(latency_median_ms=50, error_rate=0.15, rate_429=0.1, context_window=16_384),
     "fast": Personality(),
     "no-prefill": Personality(accepts_prefill=False),
     **_fault_personalities(),

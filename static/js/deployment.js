@@ -168,9 +168,33 @@
     return row;
   }
 
+  function applyContext(context) {
+    const box = document.getElementById("context-window");
+    box.querySelector("[data-field=context_tokens]").textContent = context.tokens ? `${context.tokens} tokens` : "unknown";
+    box.querySelector("[data-field=context_source]").textContent = context.tokens
+      ? `from ${context.source_label}` : "no source says yet: never held against it";
+    box.querySelector("[data-field=context_note]").textContent = context.note || "";
+    document.getElementById("context-rows").replaceChildren(...context.sources.map((source) => {
+      const row = document.createElement("tr");
+      row.dataset.source = source.source;
+      if (source.used) row.className = "used";
+      const name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = source.label + (source.used ? " (in use)" : "");
+      row.append(name);
+      for (const text of [source.tokens ?? "–", source.detail]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      return row;
+    }));
+  }
+
   function apply(fresh) {
     data = fresh;
     setState(fresh.state, fresh.reason);
+    applyContext(fresh.context);
     applyTotals(fresh.totals);
     const keys = document.getElementById("key-rows");
     if (keys) keys.replaceChildren(...fresh.keys.map(keyRow));

@@ -478,7 +478,8 @@ def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
     page.on("console",
             lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
     for path in ("/", "/routes/", "/deployments/stable/", "/timeline/", "/rollouts/", f"/rollouts/{rollout.pk}/",
-                 "/rollouts/new/?route=chat", "/admin/", "/api/docs/"):
+                 "/rollouts/new/?route=chat", "/alerts/", "/alerts/channels/new/", "/alerts/rules/new/",
+                 "/alerts/policies/new/", "/admin/", "/api/docs/"):
         page.goto(path)
         page.wait_for_load_state("networkidle")
     page.goto("/routes/")
@@ -748,3 +749,116 @@ def test_an_open_routes_page_disables_the_sliders_when_a_rollout_takes_the_wheel
     assert admin.locator(slider).is_enabled()
     assert admin.evaluate("() => window.notReloaded") is True  # followed live, nothing typed is lost
     admin.context.close()
+
+
+def _tick(now=None):
+    """Run one alert tick here, waiting out one that a page's change started on the scheduler's thread."""
+    from dashboard.alerts import engine
+
+    _wait_for(lambda: engine.tick(now) is not None)
+
+
+def _wait_for(condition, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+
+
+def test_staff_set_up_a_webhook_a_rule_and_a_policy_on_the_alerts_page_and_a_silence_there_is_honoured(
+        chromium, app_url, world, settings, monkeypatch):
+    import json
+
+    from django.utils import timezone
+
+    from dashboard.alerts import delivery
+    from dashboard.alerts.models import Alert, AlertRule, Channel, NotificationPolicy
+    from probes import scheduler
+    from probes.models import ProbeTarget
+    from tests.dashboard.alerts.receivers import Receiver
+
+    settings.PROBES_IN_PROCESS = settings.ALERT_DELIVERY_IN_PROCESS = True
+    settings.ALLOW_PRIVATE_UPSTREAMS = True  # the receiver listens on 127.0.0.1
+    settings.PUBLIC_URL = app_url
+    monkeypatch.setattr(scheduler, "_scheduler", TickingScheduler())
+    with Receiver(200) as hook:
+        admin = signed_in_page(chromium, app_url, "alice", "/alerts/")
+        admin.click("#new-channel")
+        admin.fill("#id_name", "ops hook")
+        admin.select_option("#id_kind", "webhook")
+        admin.fill("#id_target", f"{hook.url}/weathervane")
+        admin.fill("#id_secret", "whsec-0123456789abcdef")
+        admin.click("#save")
+        admin.wait_for_selector("table.channels tr:has-text('ops hook')")
+
+        admin.click("#new-rule")
+        admin.fill("#id_name", "canary down")
+        admin.select_option("#id_kind", "deployment_health")
+        assert admin.locator('fieldset.params[data-kind="ttft_p95"]').is_hidden()
+        admin.check('input[name="param-deployment_health-states"][value="down"]')
+        admin.fill("#id_for_s", "0")
+        admin.select_option("#id_severity", "critical")
+        admin.locator("#preview").filter(has_text="Holds for nothing now.").wait_for(timeout=10_000)
+        admin.click("#save")
+        admin.wait_for_selector("table.rules tr:has-text('canary down')")
+
+        admin.click("#new-policy")
+        admin.fill("#id_name", "canary to the hook")
+        admin.fill("#id_order", "1")
+        admin.fill("#id_matchers", 'deployment="canary"')
+        admin.check('input[name="channels"][value="ops hook"]')
+        admin.fill("#id_group_by", "alertname")
+        admin.fill("#id_group_wait_s", "0")
+        admin.fill("#id_group_interval_s", "60")
+        admin.fill("#id_repeat_interval_s", "60")
+        admin.click("#save")
+        admin.wait_for_selector("table.policies tr:has-text('canary to the hook')")
+        assert NotificationPolicy.objects.get(name="canary to the hook").channels.get() == Channel.objects.get()
+
+        # The fault: the probes mark the canary down; the next tick fires and the webhook hears it.
+        ProbeTarget.objects.filter(deployment__name="canary").update(health="down", health_reason="3 failures")
+        _tick()
+        _wait_for(lambda: len(hook.received) == 1)
+        told = json.loads(hook.received[0].body)
+        assert told["status"] == "firing" and told["alerts"][0]["summary"] == "canary is down: 3 failures"
+        assert told["url"] == f"{app_url}/alerts/"
+        firing = admin.locator("table.alerts[data-group=firing] tbody tr").first
+        firing.filter(has_text="canary is down").wait_for(timeout=10_000)
+
+        firing.get_by_role("link", name="Silence…").click()
+        admin.wait_for_selector("#silence-matchers[value*=canary]")
+        admin.fill("#silence-reason", "known: the canary is being replaced")
+        admin.click("#silence-form button[type=submit]")
+        admin.wait_for_selector("table.alerts[data-group=firing] tr.quiet:has-text('silenced')", timeout=10_000)
+
+        # Honoured: the canary recovers and fails again, the repeat falls due; nothing more reaches the webhook.
+        ProbeTarget.objects.filter(deployment__name="canary").update(health="up", health_reason="")
+        _tick()
+        ProbeTarget.objects.filter(deployment__name="canary").update(health="down", health_reason="5 failures")
+        _tick()
+        _tick(timezone.now() + timedelta(seconds=120))
+        delivery.worker().run_due()
+        time.sleep(1)
+        assert len(hook.received) == 1
+        assert Alert.objects.get(state="firing").suppressed == "silenced"
+        admin.context.close()
+
+    viewer = signed_in_page(chromium, app_url, "victor", "/alerts/")
+    assert viewer.locator("#new-channel, #new-rule, #new-policy").count() == 0
+    assert viewer.locator("a:text-is('Edit')").count() == 0
+    rule, policy, channel = (model.objects.get().pk for model in (AlertRule, NotificationPolicy, Channel))
+    answers = viewer.evaluate("""async ([rule, policy, channel]) => {
+        const post = (url) => fetch(url, {method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/x-www-form-urlencoded', 'X-CSRFToken': Weathervane.csrfToken()},
+            body: 'name=x&kind=webhook'});
+        const urls = ['/alerts/channels/new/', `/alerts/channels/${channel}/edit/`,
+                      `/alerts/channels/${channel}/delete/`,
+                      '/alerts/rules/new/', `/alerts/rules/${rule}/edit/`, `/alerts/rules/${rule}/delete/`,
+                      '/alerts/rules/preview/', '/alerts/policies/new/', `/alerts/policies/${policy}/edit/`,
+                      `/alerts/policies/${policy}/delete/`, '/alerts/policies/preview/'];
+        return Promise.all(urls.map(async (url) => (await post(url)).status));
+    }""", [rule, policy, channel])
+    assert answers == [403] * 11
+    assert Channel.objects.get().name == "ops hook" and NotificationPolicy.objects.filter(name="canary to the hook")
+    viewer.context.close()

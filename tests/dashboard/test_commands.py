@@ -14,7 +14,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
-from routing.models import ApiKey, AuditEvent, GatewayKey, Provider, Route, hash_gateway_key
+from probes import windows
+from routing.models import ApiKey, AuditEvent, Deployment, GatewayKey, Provider, Route, WindowSource, hash_gateway_key
+from routing.simulator import Simulator, SimulatorServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +39,19 @@ def test_seed_demo_creates_the_demo_once_and_prints_its_secrets_once():
     assert "nothing changed" in again.getvalue()
     assert password not in again.getvalue() and gateway_key not in again.getvalue()
     assert Provider.objects.count() == 3 and GatewayKey.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_demos_deployments_get_their_context_windows_from_the_simulator_with_none_typed(settings):
+    settings.ALLOW_PRIVATE_UPSTREAMS = True
+    with SimulatorServer(Simulator()) as simulator:
+        call_command("seed_demo", stdout=StringIO(), simulator_url=simulator.base_url)
+        assert set(Deployment.objects.values_list("context_window", flat=True)) == {None}
+        windows.run_due()
+
+    found = {d.name: d.window() for d in Deployment.objects.all()}
+    assert {source for _, source in found.values()} == {WindowSource.PROVIDER}
+    assert all(tokens > 0 for tokens, _ in found.values())
 
 
 def _try_it(**options):

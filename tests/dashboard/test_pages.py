@@ -5,11 +5,12 @@ import re
 
 import pytest
 from django.db import transaction
+from django.db.models import F
 from django.test import Client
 from django.utils import timezone
 
 from routing import weights
-from routing.models import Route
+from routing.models import Deployment, Route
 
 PAGES = ["/", "/deployments/stable/", "/routes/", "/timeline/"]
 DATA = ["/dashboard-data/overview/", "/dashboard-data/deployments/stable/", "/dashboard-data/routes/",
@@ -103,6 +104,28 @@ def test_the_deployment_page_has_charts_window_choices_keys_and_recent_probes(se
     assert "primary" in page and "sk-…1234" in page
 
 
+def test_the_deployment_page_shows_its_context_window_and_where_it_came_from(seeded, viewer_user):
+    from routing.models import Deployment
+
+    Deployment.objects.filter(name="canary").update(provider_window=32768, catalogue_window=16000,
+                                                    catalogue_entry="genai-prices 0.2.5: openai gpt-x",
+                                                    windows_note="the provider's GET /models reports 32768 tokens")
+    unknown = signed_in(viewer_user).get("/deployments/stable/")
+    response = signed_in(viewer_user).get("/deployments/canary/")
+
+    page = response.content.decode()
+    assert "32768 tokens" in page and "from provider metadata" in page
+    assert "genai-prices 0.2.5: openai gpt-x" in page and "reports 32768 tokens" in page
+    context = initial_data(response)["context"]
+    assert (context["tokens"], context["source"]) == (32768, "provider_metadata")
+    assert [row["source"] for row in context["sources"] if row["used"]] == ["provider_metadata"]
+    assert initial_data(unknown)["context"]["source"] == "unknown"
+    assert "never held against it" in unknown.content.decode()
+    Deployment.objects.filter(name="canary").update(learned_window=20000, learned_window_error="HTTP 400: max 20000")
+    fresh = signed_in(viewer_user).get("/dashboard-data/deployments/canary/").json()["context"]
+    assert (fresh["tokens"], fresh["source_label"]) == (20000, "learned from the provider's error")
+
+
 def test_no_page_reveals_a_provider_secret(seeded, admin_user):
     client = signed_in(admin_user)
     for url in PAGES + DATA:
@@ -134,13 +157,29 @@ def test_the_routes_page_puts_weight_and_live_traffic_side_by_side(seeded, admin
     assert "canary 10→20%" in page and "more canary" in page
 
 
-def test_the_routes_page_says_whether_a_route_continues_broken_streams(seeded, admin_user):
+def test_the_routes_page_says_where_a_route_continues_broken_streams(seeded, admin_user):
     page = signed_in(admin_user).get("/routes/").content.decode()
-    assert "Broken streams: end with an error event" in page
-    Route.objects.filter(pk=seeded["route"].pk).update(continue_streams=True)
+    assert "Broken streams: end with an error event until a probe verifies" in page  # the default, none verified
+    Deployment.objects.filter(name="canary").update(prefill_support="verified", prefill_model=F("upstream_model"))
     response = signed_in(admin_user).get("/routes/")
-    assert "Broken streams: continued on another target" in response.content.decode()
-    assert initial_data(response)["routes"][0]["continue_streams"] is True
+    assert "Broken streams: continued from an assistant prefill on canary (prefill verified" in \
+        response.content.decode()
+    assert initial_data(response)["routes"][0]["continues_on"] == ["canary"]
+    Route.objects.filter(pk=seeded["route"].pk).update(continue_streams="off")
+    response = signed_in(admin_user).get("/routes/")
+    assert "Broken streams: end with an error event (continuation off)" in response.content.decode()
+    assert initial_data(response)["routes"][0]["continue_streams"] == "off"
+
+
+def test_the_deployment_page_shows_its_prefill_support(seeded, admin_user):
+    page = signed_in(admin_user).get("/deployments/canary/").content.decode()
+    assert "Continues an assistant prefill: <strong>unknown</strong> (not checked yet)" in page
+    Deployment.objects.filter(name="canary").update(prefill_support="refused", prefill_model=F("upstream_model"),
+                                                    prefill_checked_at=timezone.now(),
+                                                    prefill_detail="refused the prefill (400): no final assistant")
+    response = signed_in(admin_user).get("/deployments/canary/")
+    assert "Continues an assistant prefill: <strong>refused</strong>, checked" in response.content.decode()
+    assert initial_data(response)["prefill"]["detail"] == "refused the prefill (400): no final assistant"
 
 
 def test_a_deployment_serving_two_routes_counts_each_routes_own_traffic(seeded, admin_user):

@@ -75,6 +75,7 @@ def production(**overrides):
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
         "WEATHERVANE_FERNET_KEYS": Fernet.generate_key().decode(),
+        "WEATHERVANE_PUBLIC_URL": "https://example.com",
     } | overrides
 
 
@@ -89,6 +90,13 @@ def test_production_without_redis_warns_about_the_in_memory_channel_layer(tmp_pa
     del variables["REDIS_URL"]
     result = manage("check", "--deploy", data_dir=tmp_path, **variables)
     assert "weathervane.W001" in result.stdout + result.stderr
+
+
+def test_production_without_a_public_url_warns_that_notifications_cannot_link_back(tmp_path):
+    variables = production()
+    del variables["WEATHERVANE_PUBLIC_URL"]
+    result = manage("check", "--deploy", data_dir=tmp_path, **variables)
+    assert "weathervane.W007" in result.stdout + result.stderr and "WEATHERVANE_PUBLIC_URL" in result.stderr
 
 
 def test_production_with_request_bodies_logged_warns(tmp_path):

@@ -61,6 +61,16 @@ def test_it_re_checks_a_suspect_key_by_itself(make_target, scheduler):
     assert "a probe confirmed the 401" in ApiKey.objects.get(pk=key.pk).state_reason
 
 
+def test_it_finds_a_new_deployments_context_window_by_itself(make_target, simulator, scheduler):
+    from routing.models import Deployment, WindowSource
+
+    simulator.simulator.configure("windowed", context_window=6000)
+    target = make_target("windowed", enabled=False)
+    scheduler.start()
+    assert wait_for(lambda: Deployment.objects.get(pk=target.deployment_id).window()
+                    == (6000, WindowSource.PROVIDER), timeout=10)
+
+
 def test_stop_ends_the_thread(scheduler):
     scheduler.start()
     assert scheduler.running

@@ -301,3 +301,16 @@ def test_a_new_route_gets_its_fallbacks_from_the_add_page(browser, route):
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Route.objects.get(name="solo").fallback_chain() == [canary.name]
     assert AuditEvent.objects.get(object_type="route", action="create").after["fallbacks"] == ["canary"]
+
+
+def test_a_deployment_shows_its_context_window_in_use_and_where_it_came_from(browser, route):
+    stable = Deployment.objects.get(name="stable")
+    Deployment.objects.filter(pk=stable.pk).update(learned_window=20000, provider_window=32768,
+                                                   learned_window_error="HTTP 400: maximum context length is 20000")
+
+    page = browser.get(url(Deployment, "change", stable.pk)).content.decode()
+    listing = browser.get(url(Deployment, "changelist")).content.decode()
+
+    assert "20000 tokens (learned from the provider&#x27;s error)" in page
+    assert "maximum context length is 20000" in page and "32768" in page
+    assert "20000 tokens (learned from the provider&#x27;s error)" in listing and "unknown" in listing

@@ -247,21 +247,49 @@ def test_a_route_update_honours_if_match_and_bumps_the_version(admin_api, regist
     assert AuditEvent.objects.get(action="update").after["description"] == "chat traffic"
 
 
-def test_a_route_opts_in_to_continuing_broken_streams_audited(admin_api, viewer_api, registry):
-    assert viewer_api.get(f"{API}/routes/chat").json()["continue_streams"] is False
+def test_a_route_continues_broken_streams_where_verified_by_default_and_its_choice_is_audited(
+        admin_api, viewer_api, registry):
+    assert viewer_api.get(f"{API}/routes/chat").json()["continue_streams"] == "auto"
 
-    updated = patch(admin_api, "/routes/chat", {"continue_streams": True})
+    updated = patch(admin_api, "/routes/chat", {"continue_streams": "off"})
 
-    assert updated.status_code == 200 and updated.json()["continue_streams"] is True
+    assert updated.status_code == 200 and updated.json()["continue_streams"] == "off"
     event = AuditEvent.objects.get(action="update")
-    assert event.before["continue_streams"] is False and event.after["continue_streams"] is True
+    assert event.before["continue_streams"] == "auto" and event.after["continue_streams"] == "off"
 
 
-def test_a_non_boolean_continue_streams_is_refused_naming_the_field(admin_api, registry):
+@pytest.mark.parametrize(("sent", "stored"), [(True, "on"), (False, "off"), ("on", "on")])
+def test_the_earlier_boolean_continue_streams_still_works(admin_api, registry, sent, stored):
+    updated = patch(admin_api, "/routes/chat", {"continue_streams": sent})
+    assert updated.status_code == 200 and updated.json()["continue_streams"] == stored
+
+
+@pytest.mark.parametrize("value", ["sometimes", "", 1, None, ["on"]])
+def test_a_continue_streams_that_is_not_a_choice_is_refused_naming_the_field(admin_api, registry, value):
     before = everything()
-    response = patch(admin_api, "/routes/chat", {"continue_streams": "sometimes"})
+    response = patch(admin_api, "/routes/chat", {"continue_streams": value})
     assert response.status_code == 400 and "continue_streams" in response.json()
     assert everything() == before
+
+
+def test_a_deployment_shows_its_prefill_support_read_only(admin_api, viewer_api, registry):
+    from django.db.models import F
+
+    assert viewer_api.get(f"{API}/deployments/stable").json()["prefill_support"] == "unknown"
+    Deployment.objects.filter(name="stable").update(prefill_support="verified", prefill_model=F("upstream_model"),
+                                                    prefill_detail="continued the prefill: 'tok4 tok5'")
+    shown = viewer_api.get(f"{API}/deployments/stable").json()
+    assert shown["prefill_support"] == "verified" and "tok4" in shown["prefill_detail"]
+
+    Deployment.objects.filter(name="stable").update(prefill_checked_at=timezone.now())
+    assert viewer_api.get(f"{API}/deployments/stable").json()["prefill_checked_at"] is not None
+
+    refused = patch(admin_api, "/deployments/stable", {"prefill_support": "refused"})
+    assert refused.status_code == 200  # read-only fields are ignored, as created_at is
+    assert Deployment.objects.get(name="stable").prefill_support == "verified"  # only the probe writes it
+
+    moved = patch(admin_api, "/deployments/stable", {"upstream_model": "another-model"}).json()
+    assert moved["prefill_support"] == "unknown" and moved["prefill_checked_at"] is None  # a verdict about the old
 
 
 def test_replacing_a_routes_targets_is_validated_and_audited_as_a_weights_change(admin_api, registry):
@@ -445,6 +473,48 @@ def test_keys_filter_by_provider_name_and_state(viewer_api, registry):
     spare.save()
     assert [k["label"] for k in viewer_api.get(f"{API}/keys/", {"provider": "other"}).json()["results"]] == ["spare"]
     assert [k["label"] for k in viewer_api.get(f"{API}/keys/", {"state": "active"}).json()["results"]] == ["main"]
+
+
+def test_a_deployment_shows_its_context_window_and_its_source(viewer_api, registry):
+    Deployment.objects.filter(name="stable").update(catalogue_window=128000, provider_window=64000)
+
+    body = viewer_api.get(f"{API}/deployments/stable").json()
+    unknown = viewer_api.get(f"{API}/deployments/canary").json()
+
+    assert (body["context_window"], body["context_window_source"]) == (64000, "provider_metadata")
+    assert body["context_windows"] == {"typed": None, "learned_from_error": None, "provider_metadata": 64000,
+                                       "catalogue": 128000}
+    assert (unknown["context_window"], unknown["context_window_source"]) == (None, "unknown")
+
+
+def test_a_typed_context_window_wins_and_null_gives_the_discovered_one_back(admin_api, registry):
+    Deployment.objects.filter(name="stable").update(learned_window=4096)
+
+    typed = patch(admin_api, "/deployments/stable", {"context_window": 8000})
+    cleared = patch(admin_api, "/deployments/stable", {"context_window": None})
+
+    assert (typed.json()["context_window"], typed.json()["context_window_source"]) == (8000, "typed")
+    assert (cleared.json()["context_window"], cleared.json()["context_window_source"]) == (4096, "learned_from_error")
+
+
+@pytest.mark.parametrize("value", [0, -5, "4096", 1.5])
+def test_a_context_window_that_is_not_a_whole_number_of_tokens_is_refused_naming_it(admin_api, registry, value):
+    before = everything()
+
+    response = patch(admin_api, "/deployments/stable", {"context_window": value})
+
+    assert response.status_code == 400 and "context_window" in response.json()
+    assert everything() == before
+
+
+@pytest.mark.parametrize("field", ["learned_window", "provider_window", "catalogue_window"])
+def test_discovered_windows_cannot_be_written(admin_api, registry, field):
+    before = everything()
+
+    response = patch(admin_api, "/deployments/stable", {field: 100})
+
+    assert response.status_code == 400 and field in response.json()
+    assert everything() == before
 
 
 def test_deployments_filter_by_provider(viewer_api, registry):

@@ -185,6 +185,17 @@ def test_models_lists_built_ins_and_configured_names(http, sim):
     assert {"my-model", "steady", "fast", "flaky", "heavy-tailed", "fault-cut-midway"} <= set(names)
 
 
+def test_models_report_a_context_window_as_vllm_does_and_none_for_a_model_without_one(http, sim):
+    sim.configure("narrow", context_window=40)
+    sim.configure("boundless")
+
+    listed = {model["id"]: model for model in http.get("/models").json()["data"]}
+
+    assert listed["narrow"]["max_model_len"] == 40
+    assert "max_model_len" not in listed["boundless"]
+    assert listed["steady"]["max_model_len"] == sim.personality("steady").context_window  # the demo's models
+
+
 # Refusals
 
 
@@ -547,7 +558,8 @@ def test_simulate_reads_personalities_from_a_json_config(tmp_path):
 
     models = read_config(str(path))
 
-    assert models["gpt-sim"] == Personality(latency_median_ms=40, latency_p99_ms=80, tokens_per_s=200, error_rate=0.5)
+    assert models["gpt-sim"] == Personality(latency_median_ms=40, latency_p99_ms=80, tokens_per_s=200, error_rate=0.5,
+                                            context_window=128_000)
     assert models["quick"] == Personality()
 
 

@@ -86,8 +86,8 @@ class Command(BaseCommand):
             dep = Deployment.objects.create(
                 name=deployment, provider=provider, upstream_model=personality,
                 display_name=f"{personality} (simulated)",
-                input_price_per_mtok=price_in, output_price_per_mtok=price_out, context_window=128000,
-            )
+                input_price_per_mtok=price_in, output_price_per_mtok=price_out,
+            )  # no context window typed: the probes read it from the simulator's GET /v1/models
             self._created(dep)
         route = Route.objects.create(name=ROUTE, description="Demo route: steady baseline with a heavy-tailed canary")
         for deployment, weight in SPLIT.items():

@@ -11,6 +11,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 SCHEDULE = (
     ("probes: dispatch due probes", "probes.tasks.dispatch_due_probes", lambda: settings.PROBE_DISPATCH_EVERY_S),
     ("probes: re-check keys", "probes.tasks.recheck_keys", lambda: settings.PROBE_DISPATCH_EVERY_S),
+    ("probes: check context windows", "probes.tasks.check_windows", lambda: 60),
+    ("probes: check prefill support", "probes.tasks.check_prefill", lambda: settings.PROBE_DISPATCH_EVERY_S),
     ("probes: prune old data", "probes.tasks.prune_old_data", lambda: 3600),
     ("rollouts: tick", "routing.rollouts.tasks.tick_rollouts", lambda: settings.ROLLOUT_TICK_EVERY_S),
     ("alerts: tick", "dashboard.alerts.tasks.tick_alerts", lambda: settings.ALERT_TICK_EVERY_S),

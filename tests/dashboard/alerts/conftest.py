@@ -72,7 +72,9 @@ def make_rule(name="deployment down", kind="deployment_health", params=None, for
                                     for_s=for_s, severity=severity, labels=labels or {})
 
 
-def set_health(deployment, state, reason="3 consecutive failures"):
+def set_health(deployment, state, reason="3 consecutive failures", since=None):
+    """Set the deployment's probe verdict; `since`: when the probes reached it (as probes.health records it)."""
     from probes.models import ProbeTarget
 
-    ProbeTarget.objects.filter(deployment=deployment).update(health=state, health_reason=reason)
+    extra = {"health_since": since} if since is not None else {}
+    ProbeTarget.objects.filter(deployment=deployment).update(health=state, health_reason=reason, **extra)

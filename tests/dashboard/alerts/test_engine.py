@@ -211,3 +211,35 @@ def test_for_counts_from_when_the_probes_marked_the_deployment_down_not_from_the
     engine.tick(clock.advance(10))
     assert states() == [("canary", "firing")]
     assert engine.next_due() is None
+
+
+def test_a_channel_attached_to_a_policy_while_alerts_fire_receives_them_at_the_next_tick(world, policy, channel,
+                                                                                           sent, clock):
+    from dashboard.alerts.models import Channel, ChannelKind
+
+    make_rule()
+    set_health(world.canary, "down")
+    engine.tick(clock())
+    engine.tick(clock.advance(30))
+    assert [ids for _, ids in sent] == [[channel.pk]]
+    pager = Channel(name="pager", kind=ChannelKind.WEBHOOK)
+    pager.set_target("https://pager.example.test/hook-token-456")
+    pager.save()
+    policy.channels.add(pager)
+    engine.tick(clock.advance(5))  # long before the group's interval or its repeat
+    assert [ids for _, ids in sent] == [[channel.pk], [pager.pk]]
+    assert sent[1][0].status == "firing" and "canary is down" in sent[1][0].text
+    engine.tick(clock.advance(5))
+    assert len(sent) == 2  # told once
+    engine.tick(clock.advance(3600))  # the repeat goes to both
+    assert sent[2][1] == [channel.pk, pager.pk]
+
+
+def test_a_group_sent_before_channels_were_recorded_is_not_sent_again_to_them(world, policy, channel, sent, clock):
+    make_rule()
+    set_health(world.canary, "down")
+    engine.tick(clock())
+    engine.tick(clock.advance(30))
+    AlertGroup.objects.update(channels_told=None)  # as the migration leaves the groups of an older version
+    engine.tick(clock.advance(5))
+    assert len(sent) == 1 and AlertGroup.objects.get().channels_told == [channel.pk]

@@ -45,8 +45,8 @@ def test_rule_labels_narrow_the_subjects_and_free_labels_travel_with_the_alert(w
     make_rule(labels={"deployment": "stable", "team": "ml"})
     engine.tick(clock())
     alert = Alert.objects.get()
-    assert alert.labels == {"provider": "sim", "deployment": "stable", "team": "ml", "alertname": "deployment down",
-                            "severity": "critical", "kind": "deployment_health"}
+    assert alert.labels == {"provider": "sim", "deployment": "stable", "health": "down", "team": "ml",
+                            "alertname": "deployment down", "severity": "critical", "kind": "deployment_health"}
 
 
 def test_an_open_circuit_holds_until_it_closes(world, policy, sent, clock):

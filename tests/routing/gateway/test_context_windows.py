@@ -6,7 +6,7 @@ import pytest
 
 from probes.models import Rollup
 from routing.gateway.breaker import BreakerPolicy
-from routing.models import Deployment, RouteFallback
+from routing.models import Deployment, Event, EventKind, RouteFallback, WindowSource
 from tests.routing.gateway.helpers import client_key, make_provider, make_route, post_chat, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -120,7 +120,8 @@ def test_context_length_errors_never_count_against_the_deployment(sim, windowed)
     for _ in range(5):
         assert post_chat(gateway, key, "r", max_tokens=8, messages=LONG).status_code == 200
 
-    assert models_seen(sim) == ["tight", "large-model"] * 5  # the primary's circuit never opened
+    # Refused once (one counted failure would open its circuit); its window, learned then, skips it after.
+    assert models_seen(sim) == ["tight"] + ["large-model"] * 5
     primary = Deployment.objects.get(name="primary")
     assert gateway.gateway.breakers.state(primary.pk) == "closed"
     assert wait_until(lambda: Rollup.objects.filter(deployment__name="roomy", count=5).exists())
@@ -140,3 +141,78 @@ def test_an_upstream_context_error_without_a_larger_window_is_a_400_saying_so(si
     assert "no other target has a larger context window" in error["message"]
     assert "maximum context length is 20 tokens" in error["message"]  # what the upstream said
     assert models_seen(sim) == ["tight"]
+
+
+# --- windows nobody typed (issue 20, item 3) ------------------------------------------
+
+
+@pytest.fixture
+def untyped(sim, serve_gateway):
+    """A route "primary 100, one fallback in its chain", no window typed anywhere; the primary's provider
+    refuses above 40 tokens. Returns (gateway, key); serve_gateway options pass through."""
+
+    def start(**options):
+        sim.simulator.configure("narrow", context_window=40)
+        sim.simulator.configure("wide")
+        provider = make_provider(sim, read_timeout=0.5)
+        route = make_route("r", provider, {"primary": ("narrow", 100)})
+        backup = Deployment.objects.create(name="backup", provider=provider, upstream_model="wide")
+        RouteFallback.objects.create(route=route, deployment=backup, position=1)
+        return serve_gateway(**options), client_key()
+
+    return start
+
+
+def test_with_no_window_typed_a_prompt_too_long_for_the_primary_is_answered_by_the_fallback(sim, untyped):
+    gateway, key = untyped()
+
+    response = post_chat(gateway, key, "r", max_tokens=8, messages=LONG)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-weathervane-fallback"] == "backup"
+    assert models_seen(sim) == ["narrow", "wide"]  # the primary refused once and was never sent it again
+
+
+def test_the_providers_error_teaches_the_primarys_window_so_the_next_long_prompt_skips_it(sim, untyped):
+    gateway, key = untyped(flush_interval_s=60)  # nothing saved yet: the process uses what it learned at once
+
+    post_chat(gateway, key, "r", max_tokens=8, messages=LONG)
+    again = post_chat(gateway, key, "r", max_tokens=8, messages=LONG)
+    short = post_chat(gateway, key, "r", max_tokens=8)
+
+    assert again.status_code == 200 and again.headers["x-weathervane-deployment"] == "backup"
+    assert again.headers["x-weathervane-attempts"] == "1"  # no wasted upstream call
+    assert short.headers["x-weathervane-deployment"] == "primary"  # a prompt that fits still goes there
+    assert models_seen(sim) == ["narrow", "wide", "wide", "narrow"]
+    gateway.gateway.recorder.flush()
+    primary = Deployment.objects.get(name="primary")
+    assert primary.window() == (40, WindowSource.LEARNED)
+    assert "maximum context length is 40 tokens" in primary.learned_window_error
+    event = Event.objects.get(kind=EventKind.CONTEXT_WINDOW, deployment=primary)
+    assert "40 tokens" in event.message
+
+
+def test_a_learned_window_comes_back_from_the_database_in_every_gateway(sim, untyped, serve_gateway):
+    first, key = untyped()
+    post_chat(first, key, "r", max_tokens=8, messages=LONG)
+    assert wait_until(lambda: Deployment.objects.get(name="primary").learned_window == 40)
+    second = serve_gateway()  # a process that never saw the error
+
+    response = post_chat(second, key, "r", max_tokens=8, messages=LONG)
+
+    assert response.headers["x-weathervane-attempts"] == "1"
+    assert models_seen(sim) == ["narrow", "wide", "wide"]
+
+
+def test_a_typed_window_wins_over_the_one_the_provider_stated(sim, untyped):
+    gateway, key = untyped()
+    Deployment.objects.filter(name="primary").update(context_window=4096)
+    gateway.gateway.store.load()
+
+    for _ in range(2):
+        assert post_chat(gateway, key, "r", max_tokens=8, messages=LONG).status_code == 200
+
+    assert models_seen(sim) == ["narrow", "wide"] * 2  # the typed 4,096 still sends it there
+    assert wait_until(lambda: Deployment.objects.get(name="primary").learned_window == 40)
+    assert Deployment.objects.get(name="primary").window() == (4096, WindowSource.TYPED)
+    assert Event.objects.filter(kind=EventKind.CONTEXT_WINDOW).count() == 1

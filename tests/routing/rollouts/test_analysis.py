@@ -225,18 +225,18 @@ def test_the_mean_limits_wait_for_the_minimum_sample():
     assert judge(StepWindow([canary], [RollupDelta(count=200, ok=200)]), [cost]).verdict == Verdict.FAIL
 
 
-def test_failure_evidence_carries_over_but_each_step_earns_its_own_pass():
+def test_failure_evidence_carries_over_from_step_to_step():
     step = _window([(60, 2)] * 5, [(540, 3)] * 5)
     alone = judge(step, [ERRORS])
     assert alone.verdict == Verdict.INCONCLUSIVE
     together = judge(step, [ERRORS], carried={Metric.ERRORS: alone.metrics[0].log_fail + math.log(50)})
     assert together.verdict == Verdict.FAIL
     assert together.metrics[0].sentence.endswith("; with earlier steps' evidence)")
-    # A clean step passes on its own traffic; nothing of an earlier pass is carried (there is nothing to carry).
+    # A clean step passes on its own traffic and hands both kinds of evidence on.
     clean = _window([(3000, 30)] * 5, [(3000, 30)] * 5)
     assert judge(clean, [ERRORS]).verdict == Verdict.PASS
     assert set(judge(clean, [ERRORS]).metrics[0].as_dict()) == {"metric", "verdict", "sentence", "evidence",
-                                                                  "log_fail", "incident"}
+                                                                  "log_fail", "log_pass", "incident"}
 
 
 def test_the_budget_is_split_by_weight_over_the_tested_guards_only():
@@ -291,14 +291,14 @@ def test_every_verdict_is_storable_as_strict_json():
         assert stored["metrics"][0]["evidence"]["progress"]["fail"] >= 0
 
 
-def test_the_baselines_own_variation_is_pearsons_chi_square_shrunk_toward_one():
-    from routing.rollouts.analysis import baseline_dispersion
+def test_an_arms_own_variation_is_pearsons_chi_square_shrunk_toward_one():
+    from routing.rollouts.analysis import arm_dispersion
 
     # Hand-computed: 2 and 0 failures in two minutes of 100 at a 1 % rate: each minute is 1 away from its
     # expected 1 with variance 0.99, chi-square 2 / 0.99 on 1 degree of freedom; shrunk by 4: (4 + 2.0202) / 5.
-    assert baseline_dispersion([(2, 100), (0, 100)]) == pytest.approx((4 + 2 / 0.99) / 5)
-    assert baseline_dispersion([(1, 100), (1, 100)]) == 1.0
-    assert baseline_dispersion([(0, 100), (0, 100)]) == 1.0  # no events: nothing to say
+    assert arm_dispersion([(2, 100), (0, 100)]) == pytest.approx((4 + 2 / 0.99) / 5)
+    assert arm_dispersion([(1, 100), (1, 100)]) == 1.0
+    assert arm_dispersion([(0, 100), (0, 100)]) == 1.0  # no events: nothing to say
 
 
 def test_thin_traffic_can_roll_back_on_the_canarys_own_rate_against_the_baselines_history():
@@ -311,3 +311,56 @@ def test_thin_traffic_can_roll_back_on_the_canarys_own_rate_against_the_baseline
     assert _own_rate_fail(clean, events=9, requests=900, allowed=0.01, alpha=0.0067, phi=1.0) < 0
     # A baseline that failed as often over its look-back leaves nothing to prove.
     assert _own_rate_fail(minutes, events=180, requests=900, allowed=0.01, alpha=0.0067, phi=1.0) < math.log(10)
+
+
+def test_the_worst_minute_is_left_out_only_when_it_is_an_outlier_among_the_canarys_own():
+    from routing.rollouts.analysis import is_outlier
+
+    # Thin traffic, a canary bad in every minute: the worst holds 2 of 3; the rest fail 4 of 12, a rate of
+    # (4 + 1) / (12 + 2) = 0.357; P(X >= 2 | 3, 0.357) = 3 x 0.357^2 x 0.643 + 0.357^3 = 0.291: not an outlier.
+    thin = [Minute(2, 3, 0, 27), Minute(1, 3, 0, 27), Minute(0, 3, 1, 27), Minute(1, 3, 0, 27), Minute(0, 3, 0, 27)]
+    assert not is_outlier(thin, 0)
+    # A burst: 8 of 60 in one minute, 1 of 180 in the rest (rate 2 / 182); P(X >= 8 | 60, 0.011) ~ 5e-7.
+    burst = [Minute(8, 60, 0, 540), Minute(0, 60, 1, 540), Minute(1, 60, 0, 540), Minute(0, 60, 0, 540)]
+    assert is_outlier(burst, 0)
+    assert not is_outlier([Minute(8, 60, 0, 540)], 0)  # one minute: nothing to compare it with
+
+
+def test_a_thin_canary_failing_in_every_minute_is_not_made_to_prove_it_without_its_worst_minute():
+    # 0.5 requests/s on the route, a 10 % step: 3 canary requests a minute, 2 of every 9 failing.
+    canary = [(3, 2), (3, 0), (3, 1), (3, 1), (3, 0), (3, 2), (3, 1), (3, 0), (3, 1), (3, 1)]
+    window = _window(canary, [(27, 0)] * 9 + [(27, 1)], reference=[_minute(27, 0)] * 25 + [_minute(27, 1)] * 5)
+    test = count_test(rate_minutes(window, Metric.ERRORS), boundary=2.0)
+    assert not test.outlier and test.log_fail_robust == test.log_fail
+    assert judge(window, [Guard(Metric.ERRORS, allowed=0.01)]).verdict == Verdict.FAIL
+
+
+def test_the_own_rate_route_weighs_the_canarys_bad_spells():
+    from routing.rollouts.analysis import _own_rate_fail, arm_dispersion
+
+    # The same 18 failures of 360, even over six minutes or in three of them (spells): the spells' chi-square
+    # over the canary's own rate (0.05) is 6 x (6 or 0 - 3)^2 / 2.85 = 54 / 2.85 = 18.95 on 5 degrees of freedom,
+    # shrunk by 4: phi = (4 + 18.95) / 9 = 2.55, so the spells count as 18 / 2.55 failures.
+    even = [Minute(3, 60, 0, 540)] * 6
+    spells = [Minute(6, 60, 0, 540), Minute(0, 60, 0, 540)] * 3
+    assert arm_dispersion([(m.canary, m.canary_n) for m in spells]) == pytest.approx((4 + 54 / 2.85) / 9)
+    args = {"events": 9, "requests": 16_200, "allowed": 0.01, "alpha": 0.0067, "phi": 1.0}
+    assert _own_rate_fail(spells, **args) < _own_rate_fail(even, **args) - 2
+
+
+def test_a_step_after_passed_ones_needs_half_the_pass_bar_from_its_own_traffic():
+    # An identical canary, 3 minutes of 1,000 requests at 1 %: its own pass e-value is 6.74, short of 1 / 0.05.
+    window = _window([(1000, 10)] * 3, [(9000, 90)] * 3)
+    alone = judge(window, [ERRORS]).metrics[0]
+    assert alone.verdict == Verdict.INCONCLUSIVE and alone.evidence["e_pass"] == pytest.approx(6.736, abs=0.01)
+    # After steps that showed e = 20 (log 3.0), the step needs e^(ln 20 - 0.5 ln 20) = sqrt(20) = 4.47 itself.
+    after = judge(window, [ERRORS], carried_pass={Metric.ERRORS: 3.0})
+    assert after.verdict == Verdict.PASS
+    assert after.metrics[0].evidence["pass_threshold"] == pytest.approx(math.sqrt(20))
+    assert after.metrics[0].log_pass == pytest.approx(3.0 + math.log(6.736), abs=0.01)  # what the next step gets
+    # Less carried covers less: ln 20 - 0.7 leaves e >= 20 / e^0.7 = 9.93 for this step.
+    partly = judge(window, [ERRORS], carried_pass={Metric.ERRORS: 0.7}).metrics[0]
+    assert partly.verdict == Verdict.INCONCLUSIVE and partly.evidence["pass_threshold"] == pytest.approx(9.93, abs=0.01)
+    # However much earlier steps showed, a step whose own traffic is against the canary never passes.
+    worse = judge(_window([(1000, 14)] * 3, [(9000, 90)] * 3), [ERRORS], carried_pass={Metric.ERRORS: 50.0})
+    assert worse.verdict != Verdict.PASS

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0014_requestlog_view_request_bodies'),
+        ('routing', '0017_deployment_prefill'),
     ]
 
     operations = [
