@@ -29,7 +29,8 @@ def learning(settings, monkeypatch):
 def start(sim, serve_gateway, model, read_timeout=10.0):
     provider = make_provider(sim, read_timeout=read_timeout)
     make_route("r", provider, {"primary": (model, 50), "healthy": ("fast", 50)})
-    return serve_gateway(deadline_s=5.0), client_key(), session_going_first_to("primary", WEIGHTS)
+    key = client_key()  # before the gateway starts: its first snapshot knows the key
+    return serve_gateway(deadline_s=5.0), key, session_going_first_to("primary", WEIGHTS)
 
 
 def ask(gateway, key, session):
