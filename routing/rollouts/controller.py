@@ -335,9 +335,15 @@ def judge_step(rollout):
         source = Source.SHADOW
         guards = [g for g in guards if g.metric not in UNSTREAMED] or guards
     window = step_window(rollout, rollout.step_started_at, source)
-    judgement = analysis.judge(window, guards, alpha=rollout.alpha, min_canary_requests=rollout.min_canary_requests,
-                               carried=carried_evidence(rollout), carried_pass=carried_pass_evidence(rollout))
-    return judgement, window
+    return judge_window(rollout, window, guards), window
+
+
+def judge_window(rollout, window, guards):
+    """Return the Judgement of the current step's window: the rollout's alpha and minimum sample, the evidence
+    its earlier steps carried, and the pass level of this step (analysis.pass_alpha_of)."""
+    return analysis.judge(window, guards, alpha=rollout.alpha, min_canary_requests=rollout.min_canary_requests,
+                          carried=carried_evidence(rollout), carried_pass=carried_pass_evidence(rollout),
+                          pass_alpha=analysis.pass_alpha_of(rollout.plan, rollout.step))
 
 
 def carried_evidence(rollout):

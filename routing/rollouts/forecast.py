@@ -30,11 +30,13 @@ def forecast_plan(route, plan, guards, step_timeout_s=1800, min_canary_requests=
     guards = [g if isinstance(g, analysis.Guard) else analysis.Guard(**g) for g in guards]
     recent = _recent(route, now or timezone.now())
     rps = recent.count / WINDOW.total_seconds()
-    steps, warnings = [], []
+    steps, warnings, carried = [], [], 0.0
     for index, step in enumerate(plan):
         if step.get("pause") or step.get("weight") == 100:
             continue
-        entry = _step(index, step, rps, guards, recent, step_timeout_s, min_canary_requests)
+        level = analysis.pass_bar(analysis.pass_alpha_of(plan, index), carried)
+        carried += level  # an unchanged canary passes about when its step reaches its bar
+        entry = _step(index, step, rps, guards, recent, step_timeout_s, min_canary_requests, level)
         steps.append(entry)
         if not entry["decides_in_time"]:
             warnings.append(_warning(entry, rps, step_timeout_s))
@@ -51,11 +53,11 @@ def _recent(route, now):
     return total
 
 
-def _step(index, step, rps, guards, recent, timeout_s, min_canary_requests):
+def _step(index, step, rps, guards, recent, timeout_s, min_canary_requests, level):
     weight = step.get("weight") or step.get("shadow") or 0
     share = weight / 100
     canary_rps = rps * share
-    needed = [{"metric": str(g.metric), "requests_needed": requests_needed(g, share, recent)} for g in guards]
+    needed = [{"metric": str(g.metric), "requests_needed": requests_needed(g, share, recent, level)} for g in guards]
     counts = [n["requests_needed"] for n in needed]
     worst = None if None in counts else max([*counts, min_canary_requests, step.get("min_requests", 0)])
     for entry in needed:
@@ -75,14 +77,16 @@ def _seconds(requests, canary_rps):
     return math.ceil(requests / canary_rps)
 
 
-def requests_needed(guard, share, recent):
+def requests_needed(guard, share, recent, level=None):
     """Return the canary requests an unchanged canary needs to pass `guard` at `share` of the traffic (0 for a
-    limit-only guard), or None when no number up to MAX_REQUESTS would do."""
+    limit-only guard), or None when no number up to MAX_REQUESTS would do. level: the step's pass bar in logs
+    (analysis.pass_bar; default a step passing on its own at PASS_ALPHA)."""
     if guard.metric in analysis.LIMIT_ONLY_METRICS:
         return 0
     if not 0 < share < 1:
         return None
-    level = math.log(1 / analysis.PASS_ALPHA)  # the pass side is an intersection-union test: no split
+    if level is None:  # the pass side is an intersection-union test: no split
+        level = math.log(1 / analysis.PASS_ALPHA)
     if guard.metric in analysis.RATE_METRICS:
         return _smallest(lambda n: _rate_pass(guard, share, recent, n), level)
     needs = [_smallest(lambda n, q=q: _tail_pass(guard, share, recent, q, n), level) for q in analysis.TAIL_QUANTILES]

@@ -76,3 +76,20 @@ def test_the_dry_run_refuses_what_create_refuses_naming_the_field(admin_api):
     response = admin_api.post(URL, GOOD | {"plan": [{"weight": 0}]}, format="json")
     assert response.status_code == 400
     assert "plan" in response.json()
+
+
+def test_each_step_is_forecast_at_its_own_pass_bar():
+    w = world()
+    traffic(w.route, w.stable, 900, errors=9)
+    guards = [{"metric": "errors", "allowed": 0.005}]
+    recent = forecast._recent(w.route, forecast.timezone.now())
+    guard = analysis.Guard(analysis.Metric.ERRORS, allowed=0.005)
+    plan = [{"weight": 10, "min_dwell_s": 60, "min_requests": 0}, {"weight": 50, "min_dwell_s": 60,
+                                                                    "min_requests": 0}, {"weight": 100}]
+    first, second = forecast.forecast_plan(w.route, plan, guards)["steps"]
+    # The first step passes at STEP_PASS_ALPHA (a larger share follows): e >= 4; the second promotes: the product
+    # must reach 20, so it needs 20 / 4 = 5 itself (more than sqrt(20): half the bar).
+    assert first["requests_needed"] == forecast.requests_needed(guard, 0.1, recent, math.log(4))
+    assert second["requests_needed"] == forecast.requests_needed(guard, 0.5, recent, math.log(5))
+    alone = forecast.forecast_plan(w.route, [plan[0], plan[2]], guards)["steps"][0]  # 10 % then promotion
+    assert alone["requests_needed"] == forecast.requests_needed(guard, 0.1, recent) > first["requests_needed"]
