@@ -28,8 +28,8 @@ def forecast_plan(route, plan, guards, step_timeout_s=1800, min_canary_requests=
                   now=None):
     """Return {"route_rps", "window_s", "steps": [...], "warnings": [...]} for a plan on `route` (see module)."""
     guards = [g if isinstance(g, analysis.Guard) else analysis.Guard(**g) for g in guards]
-    recent = _recent(route, now or timezone.now())
-    rps = recent.count / WINDOW.total_seconds()
+    recent, span_s = _recent(route, now or timezone.now())
+    rps = recent.count / span_s
     steps, warnings, carried = [], [], 0.0
     for index, step in enumerate(plan):
         if step.get("pause") or step.get("weight") == 100:
@@ -43,14 +43,20 @@ def forecast_plan(route, plan, guards, step_timeout_s=1800, min_canary_requests=
     if not recent.count:
         warnings.insert(0, f"route {route.name!r} had no traffic in the last {WINDOW.seconds // 60} minutes: "
                            "no step can decide until it has some")
-    return {"route_rps": round(rps, 3), "window_s": int(WINDOW.total_seconds()), "steps": steps, "warnings": warnings}
+    return {"route_rps": round(rps, 3), "window_s": int(span_s), "steps": steps, "warnings": warnings}
 
 
 def _recent(route, now):
-    total = rollups.RollupDelta()
+    """Return (RollupDelta, seconds) of the route's traffic over the last WINDOW: the seconds from its first
+    minute with traffic in it (a route younger than WINDOW is not diluted by minutes before it existed), at
+    least one minute."""
+    total, first = rollups.RollupDelta(), None
     for row in rollups.select_rows(source=Source.TRAFFIC, since=now - WINDOW, route_id=route.pk):
         total.merge(rollups.RollupDelta.of_row(row))
-    return total
+        first = row.minute if first is None else min(first, row.minute)
+    if first is None:
+        return total, WINDOW.total_seconds()
+    return total, min(max((now - first).total_seconds(), 60.0), WINDOW.total_seconds())
 
 
 def _step(index, step, rps, guards, recent, timeout_s, min_canary_requests, level):

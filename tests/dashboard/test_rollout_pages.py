@@ -309,10 +309,10 @@ def test_the_detail_page_offers_only_the_gates_its_user_may_press_as_the_api_dec
 
 
 def test_the_form_s_preview_is_the_api_s_dry_run_of_the_form_as_typed_with_each_step_s_row(admin_user, admin_api):
-    from tests.routing.rollouts.helpers import traffic
+    from tests.routing.rollouts.helpers import past_traffic
 
     w = world()
-    traffic(w.route, w.stable, 900, errors=9)  # the route's recent traffic: 1 request a second over 15 minutes
+    past_traffic(w.route, w.stable, 900, errors=9)  # the route's recent traffic: 1 request a second over 15 minutes
     fields = {"route": "chat", "canary": "canary", "plan_template": "custom", "step-0-weight": "10",
               "step-1-kind": "pause", "step-2-weight": "50", "step-3-weight": "100",
               "guard-errors-on": "on", "guard-errors-allowed": "0.5", "step_timeout_s": "600"}
