@@ -261,7 +261,11 @@ def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
     assert tick(rollout.pk) == S.ROLLED_BACK
     gate(rollout.pk, "retry", reason="fixed", actor="admin")
     probe_results(w.canary, [Outcome.OK] * 3)
-    assert tick(rollout.pk) == S.RUNNING
+    # The minute the first attempt ended in holds its failing canary traffic: the new attempt's first step begins
+    # after it, or it would be rolled back on the old attempt's failures.
+    ended = rollout.transitions.filter(to_state=S.ROLLED_BACK).get().at
+    assert tick(rollout.pk, now=ended) == S.PREFLIGHT
+    assert tick(rollout.pk, now=ended.replace(second=0, microsecond=0) + timedelta(minutes=1)) == S.RUNNING
     rollout.refresh_from_db()
     assert (rollout.step, rollout.carried) == (0, {})
     assert w.route.weights() == {"canary": 10, "stable": 90}
