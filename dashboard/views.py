@@ -7,6 +7,7 @@ the viewer group only looks, anyone else signed in gets 403.
 """
 
 from functools import wraps
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -17,7 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dashboard import metrics
+from dashboard import metrics, timeline
 from dashboard.roles import can_draft_rollouts, can_move_weights, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
@@ -25,13 +26,12 @@ from probes.loadtest.profiles import ProfileKind
 from probes.models import HealthState, ProbeResult
 from routing import tokens
 from routing.audit import actor_name
-from routing.models import ApiToken, Deployment, Event, Route, WindowSource
+from routing.models import ApiToken, Deployment, EventKind, Route, WindowSource
 from routing.outcomes import Outcome
 from routing.rollouts import controller
 from routing.rollouts.models import LOCKING_STATES
 from routing.weights import describe_chain_change, weights_history
 
-TIMELINE_SIZE = 100
 HISTORY_SIZE = 10
 RECENT_PROBES = 20
 
@@ -308,20 +308,30 @@ def routes_json(request):
 # --- Timeline -------------------------------------------------------------------
 
 
-def timeline_data():
-    """Return the latest TIMELINE_SIZE operational events, newest first."""
-    events = Event.objects.select_related("route", "deployment", "api_key")[:TIMELINE_SIZE]
-    return {"events": [e.payload() for e in events]}
+def timeline_data(params=None):
+    """Return one page of the timeline for query `params` (dashboard.timeline: filters, cursor, folded runs);
+    raise timeline.BadQuery naming a bad parameter."""
+    return timeline.page(timeline.parse(params or {}))
 
 
 @dashboard_view
-def timeline(request):
-    return _page(request, "dashboard/timeline.html", timeline_data())
+def timeline_page(request):
+    try:
+        data = timeline_data(request.GET)
+    except timeline.BadQuery as problem:
+        return HttpResponseBadRequest(str(problem), content_type="text/plain; charset=utf-8")
+    return _page(request, "dashboard/timeline.html", data, groups=timeline.groups(data["events"]),
+                 query=urlencode(data["filters"]), kinds=EventKind.choices,
+                 routes=Route.objects.values_list("name", flat=True),
+                 deployments=Deployment.objects.order_by("name").values_list("name", flat=True))
 
 
 @dashboard_view
 def timeline_json(request):
-    return _json(timeline_data())
+    try:
+        return _json(timeline_data(request.GET))
+    except timeline.BadQuery as problem:
+        return JsonResponse(problem.errors, status=400)
 
 
 # --- Load tests -------------------------------------------------------------------
