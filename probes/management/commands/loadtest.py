@@ -18,7 +18,6 @@ from probes.loadtest.profiles import ProfileKind
 from probes.loadtest.prompts import PromptSource
 from probes.loadtest.runner import RunStatus
 
-DEFAULT_GATEWAY = "http://127.0.0.1:8000/v1"
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
@@ -47,7 +46,8 @@ class Command(BaseCommand):
         target = parser.add_argument_group("target")
         target.add_argument("--route", help="A route, through the gateway (weights, limits and retries apply)")
         target.add_argument("--deployment", help="One deployment directly, with one of its provider's keys")
-        target.add_argument("--gateway-url", default=os.environ.get("WEATHERVANE_GATEWAY_URL", DEFAULT_GATEWAY))
+        target.add_argument("--gateway-url", help="Default: $WEATHERVANE_GATEWAY_URL, else the gateway a running "
+                            "`serve` on this data directory bound (any port), else " + jobs.DEFAULT_CLI_GATEWAY)
         target.add_argument("--gateway-key", default=os.environ.get("WEATHERVANE_GATEWAY_KEY", ""),
                             help="Default: $WEATHERVANE_GATEWAY_KEY, else a key made for the run and disabled after")
         load = parser.add_argument_group("load")
@@ -140,7 +140,7 @@ class Command(BaseCommand):
                 bar.update(task, completed=progress["done"], description=progress["phase"] or "running",
                            figures=figures)
 
-            job = jobs.Job(run, options["gateway_url"], options["gateway_key"], on_tick=tick)
+            job = jobs.Job(run, options["gateway_url"] or jobs.cli_gateway_url(), options["gateway_key"], on_tick=tick)
             return job.run()
 
     def _verdict(self, run):
