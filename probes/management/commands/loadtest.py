@@ -17,6 +17,7 @@ from probes.loadtest.api.serializers import LoadTestSettingsSerializer
 from probes.loadtest.profiles import ProfileKind
 from probes.loadtest.prompts import PromptSource
 from probes.loadtest.runner import RunStatus
+from routing import formats
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
@@ -167,7 +168,7 @@ def summary_table(run):
     for column in ("metric", "avg", "p50", "p90", "p95", "p99", "p99.9"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in doc["latency_rows"]:
-        table.add_row(row["label"], *(_ms(v) for v in row["values"]))
+        table.add_row(row["label"], *(formats.ms(v) for v in row["values"]))
     table.add_section()
     for label, value in _figures(summary):
         table.add_row(label, value)
@@ -184,26 +185,16 @@ def _figures(summary):
     rate = summary.get("success_rate")
     return [
         ("requests", f"{summary.get('count', 0)} ({summary.get('ok', 0)} ok)"),
-        ("success rate", f"{rate * 100:.2f} %" if rate is not None else "–"),
-        ("requests/s", f"{summary.get('rps', 0):.2f}"),
+        ("success rate", formats.pct(rate)),
+        ("requests/s", formats.rate(summary.get("rps", 0))),
         ("output tokens/s", f"{summary.get('output_tps', 0):.1f}"),
-        ("goodput", _pct(summary.get("goodput_ratio")) if summary.get("slos") else "no SLOs"),
+        ("goodput", formats.pct(summary.get("goodput_ratio")) if summary.get("slos") else "no SLOs"),
         ("cost per 1,000 requests", _dollars(summary.get("cost_per_1k"))),
     ]
 
 
 def _dollars(value):
     return "–" if value is None else f"${value:.4f}"
-
-
-def _ms(value):
-    if value is None:
-        return "–"
-    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.1f} ms"
-
-
-def _pct(value):
-    return "–" if value is None else f"{value * 100:.1f} %"
 
 
 def _plain(value):
