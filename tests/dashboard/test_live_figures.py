@@ -122,3 +122,9 @@ def test_a_ratio_reads_the_same_everywhere(value, text):
 @pytest.mark.parametrize("value, text", [(12.0, "12"), (12345.6, "12,346"), (0, "0"), (None, "–")])
 def test_a_count_reads_as_a_whole_number(value, text):
     assert formats.whole(value) == text
+
+
+def test_the_overview_links_each_route_to_its_own_section_of_the_routes_page(seeded, viewer_user):
+    page = signed_in(viewer_user).get("/").content.decode()
+    assert '<a href="/routes/#route:chat">chat</a>' in page
+    assert 'id="route:chat"' in signed_in(viewer_user).get("/routes/").content.decode()
