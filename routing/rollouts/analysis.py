@@ -52,6 +52,7 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
 from probes import sketch
+from routing import formats
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
 
 from .choices import Verdict  # noqa: F401  (analysis.Verdict is its public name too)
@@ -636,8 +637,8 @@ def _no_traffic(guards, canary_n, carried):
 
 
 def _waiting_sentence(canary_n, minimum):
-    return (f"every guard within its allowed regression, but only {canary_n:,} of the {minimum:,} canary requests "
-            f"a pass needs: holding")
+    return (f"every guard within its allowed regression, but only {_count(canary_n)} of the {_count(minimum)} "
+            f"canary requests a pass needs: holding")
 
 
 def _overall_sentence(metrics):
@@ -679,8 +680,8 @@ def _rate_sentence(guard, verdict):
     ev = verdict.evidence
     name = "errors" if guard.metric == Metric.ERRORS else "429s"
     c, b = ev["canary"], ev["baseline"]
-    counts = (f"canary {name} {c['events']:,} of {c['requests']:,} ({_pct(c['rate'])}) vs baseline "
-              f"{b['events']:,} of {b['requests']:,} ({_pct(b['rate'])})")
+    counts = (f"canary {name} {_count(c['events'])} of {_count(c['requests'])} ({_pct(c['rate'])}) vs baseline "
+              f"{_count(b['events'])} of {_count(b['requests'])} ({_pct(b['rate'])})")
     return f"{counts} ({_reason(ev, verdict, f'+{guard.allowed * 100:g} pp')})"
 
 
@@ -688,8 +689,8 @@ def _tail_sentence(guard, verdict, parts):
     pieces = []
     for q, value, test in parts:
         c, cn, b, bn = test.totals
-        pieces.append(f"{_quantile_name(q)} {value:,.0f} ms: canary {c:,} of {cn:,} slower than "
-                      f"{value * (1 + guard.allowed):,.0f} ms vs baseline {b:,} of {bn:,} slower than it")
+        pieces.append(f"{_quantile_name(q)} {value:,.0f} ms: canary {_count(c)} of {_count(cn)} slower than "
+                      f"{value * (1 + guard.allowed):,.0f} ms vs baseline {_count(b)} of {_count(bn)} slower than it")
     allowed = f"+{guard.allowed * 100:g} %"
     return f"{guard.metric.label}: " + "; ".join(pieces) + f" ({_reason(verdict.evidence, verdict, allowed)})"
 
@@ -723,7 +724,12 @@ def _limit_text(metric, value):
 
 
 def _pct(value):
-    return f"{value * 100:.1f} %" if value is not None else "n/a"
+    return formats.pct(value) if value is not None else "n/a"
+
+
+def _count(value):
+    """A count in a sentence, whole: sketch counts are floats, and "12.0 of 340.0" reads as a measurement."""
+    return formats.whole(value)
 
 
 def _e(log_value):
@@ -732,11 +738,11 @@ def _e(log_value):
 
 
 def _num(value):
-    """Return a number for a sentence: 2,900 or 4.2e+07 or 0.31."""
+    """Return a number for a sentence: 2,900 or 4.2e+07 or 45 or 0.31 (never 1e+02)."""
     if value is None:
         return "n/a"
     if value >= 1e6:
         return f"{value:.2g}"
-    if value >= 100:
-        return f"{value:,.0f}"
+    if value >= 10:
+        return formats.whole(value)
     return f"{value:.2g}"

@@ -887,3 +887,58 @@ def test_staff_set_up_a_webhook_a_rule_and_a_policy_on_the_alerts_page_and_a_sil
     assert answers == [403] * 11
     assert Channel.objects.get().name == "ops hook" and NotificationPolicy.objects.filter(name="canary to the hook")
     viewer.context.close()
+
+
+def test_the_maintenance_windows_table_lays_out_as_a_table_beside_the_deployment_window_picker(
+        chromium, app_url, world):
+    from dashboard.alerts.models import MaintenanceWindow
+
+    MaintenanceWindow.objects.create(name="upgrade", starts_at=world.route.created_at,
+                                     ends_at=world.route.created_at + timedelta(hours=1),
+                                     matchers=[{"name": "provider", "op": "=", "value": "simulator"}])
+    page = signed_in_page(chromium, app_url, "alice", "/alerts/")
+    table = page.locator("table.windows")
+    assert table.evaluate("t => getComputedStyle(t).display") == "table"
+    # Every cell sits under its column's heading: the header and the row are equally wide, cell for cell.
+    widths = table.evaluate("""t => [...t.rows].map((row) => [...row.cells]
+        .map((c) => Math.round(c.getBoundingClientRect().left)))""")
+    assert len(widths) == 2 and widths[0] == widths[1], widths
+    assert table.evaluate("t => t.getBoundingClientRect().width") > 600  # as wide as the page's other tables
+    page.goto("/deployments/stable/")
+    assert page.locator("#windows").evaluate("n => getComputedStyle(n).display") == "inline-flex"
+    page.context.close()
+
+
+def test_the_routes_page_charts_each_targets_traffic_per_minute_and_keeps_it_live(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "victor", "/routes/")
+    chart = """() => Chart.getChart(document.querySelector('canvas[data-route="chat"]')).data.datasets
+        .map((d) => [d.label, d.data.length, d.data.filter((v) => Math.abs(v - 0.3) < 1e-9).length])"""
+    datasets = page.evaluate(chart)
+    assert [d[0] for d in datasets] == ["canary", "stable"] and all(d[1] == 31 for d in datasets)
+    assert datasets[1][2] >= 28  # 18 requests a minute for the last half hour: 0.3/s a bar
+    assert page.locator("tr[data-deployment=stable] [data-field=rps]").inner_text().endswith("/s")
+    page.context.close()
+
+
+def test_a_flapping_run_on_the_timeline_opens_to_every_event_and_grows_live(chromium, app_url, world):
+    from dashboard import live
+    from routing.models import Event, EventKind
+
+    canary = world.route.targets.get(weight=10).deployment
+    for n in range(12):
+        Event.objects.create(kind=EventKind.HEALTH, deployment=canary, message=f"canary flap {n}")
+    page = signed_in_page(chromium, app_url, "victor", "/timeline/?deployment=canary")
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    run = page.locator("#timeline > li").first
+    assert run.locator("summary").inner_text() == "×12"
+    assert not page.locator("text=canary flap 0").is_visible()
+    run.locator("summary").click()
+    assert page.locator("text=canary flap 0").is_visible()
+    assert run.locator("a.object").first.get_attribute("href") == "/deployments/canary/"
+    live.timeline_event(Event.objects.create(kind=EventKind.HEALTH, deployment=canary, message="canary flap 12"))
+    page.wait_for_selector("#timeline > li:first-child summary:has-text('×13')", timeout=5000)
+    assert "canary flap 12" in page.locator("#timeline > li").first.locator(".message").first.inner_text()
+    assert page.locator("#timeline > li").count() == 1  # the weights change is not the canary's: filtered out
+    assert violations == []
+    page.context.close()
