@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# The built-in simulator listens on the next port, so `make run PORT=9000` needs nothing else
+# (WEATHERVANE_SIMULATOR_PORT, from the environment or the command line, overrides it).
+WEATHERVANE_SIMULATOR_PORT ?= $(shell expr $(PORT) + 1)
 # The scaled pass of `make test` runs against the machine's real services.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/weathervane
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/13
@@ -22,7 +25,7 @@ $(STAMP): requirements.txt
 # The settings default to production; the demo asks for its own explicitly
 # (plain http on loopback, the simulator as a private upstream, debug pages,
 # notifications linking to the address it serves).
-DEMO   := DEBUG=true WEATHERVANE_PUBLIC_URL=http://$(HOST):$(PORT)
+DEMO   := DEBUG=true WEATHERVANE_PUBLIC_URL=http://$(HOST):$(PORT) WEATHERVANE_SIMULATOR_PORT=$(WEATHERVANE_SIMULATOR_PORT)
 
 run: install
 	$(DEMO) $(PY) manage.py migrate --noinput

@@ -257,10 +257,7 @@ def weathervane(world, case):
         canary, failed, ttft, tpot = world.requests(now - LOOK_S, weight, step)
         minutes.fold((now - LOOK_S) // 60, canary, failed, ttft, tpot)
         window = minutes.window(int(started // 60), (now - 1) // 60)
-        judgement = analysis.judge(window, guards, alpha=rollout.alpha,
-                                   min_canary_requests=rollout.min_canary_requests,
-                                   carried=controller.carried_evidence(rollout),
-                                   carried_pass=controller.carried_pass_evidence(rollout))
+        judgement = controller.judge_window(rollout, window, guards)
         incidents += judgement.incident
         decision = controller.decide(rollout, judgement, window.requests()[0], EPOCH + timedelta(seconds=now))
         if decision == controller.Decision.ROLL_BACK:

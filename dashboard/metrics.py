@@ -14,13 +14,16 @@ from django.utils import timezone
 from probes.models import HealthState, ProbeTarget, Source
 from probes.rollups import (
     BUCKET,
-    EMPTY,  # noqa: F401  (the dashboard's name for it)
+    EMPTY,
     SPAN,
+    SPEED_RULE,  # noqa: F401  (what the pages say about tokens/s)
     Window,
     epoch_ms,
     figures_by,
     floor_to,
+    measurable_speed,  # noqa: F401  (the dashboard's name for it)
     merge_rows,
+    minute_of,
     parse_window,  # noqa: F401  (the dashboard's name for it)
     read_window,
     select_rows,
@@ -32,6 +35,9 @@ REFRESH_S = {Window.M5: 10, Window.M15: 10, Window.H1: 15, Window.H24: 60, Windo
 
 TILE_SPAN = timedelta(minutes=15)
 SPARK_SPAN = timedelta(minutes=30)
+MINUTE = timedelta(minutes=1)
+RATE_SPAN = MINUTE  # "Requests/s" and "Live share": the last 60 seconds, so a rate reads as traffic is now
+ROUTE_CHART_SPAN = timedelta(minutes=30)  # a route's split and traffic over time, per minute
 ROLLOUT_SPAN = timedelta(minutes=30)  # a rollout's charts: the last half hour of its route, per minute
 ROLLOUT_CHART_FIELDS = ("t", "count", "p50_ms", "p95_ms", "ttft_p50_ms", "ttft_p95_ms")
 HEALTH_RANK = {HealthState.UNKNOWN: 0, HealthState.UP: 1, HealthState.DEGRADED: 2, HealthState.DOWN: 3}
@@ -41,6 +47,67 @@ def figures_by_deployment(deployment_ids, since, source=None, route_id=None):
     """Return {deployment id: merged figures} over [since, now); missing ids get empty figures."""
     figures = figures_by(select_rows(list(deployment_ids), source, since, route_id=route_id))
     return {pk: figures.get(pk, dict(EMPTY)) for pk in deployment_ids}
+
+
+def route_rows(route_id, since):
+    """Return one route's own gateway traffic rows from `since` (a list: several figures read them)."""
+    return list(select_rows(source=Source.TRAFFIC, since=since, route_id=route_id))
+
+
+def figures_by_deployment_of(rows, deployment_ids, since):
+    """Return {deployment id: merged figures} of the `rows` from `since`'s minute; missing ids get empty figures."""
+    figures = figures_by([row for row in rows if row.minute >= minute_of(since)])
+    return {pk: figures.get(pk, dict(EMPTY)) for pk in deployment_ids}
+
+
+NO_ROUTE_TRAFFIC = {**EMPTY, "rps": 0.0}
+
+
+def route_figures(now, span=TILE_SPAN):
+    """Return {route id: figures of its gateway traffic over `span`, with `rps` over the last minute}."""
+    rows = list(select_rows(source=Source.TRAFFIC, since=now - span))
+    figures = figures_by([row for row in rows if row.route_id is not None], "route_id")
+    recent = last_minute(rows, now, "route_id")
+    return {route_id: {**found, "rps": rate_per_s(recent[route_id])} for route_id, found in figures.items()}
+
+
+def last_minute(rows, now, dimension="deployment_id"):
+    """Return {value of `dimension`: requests in the 60 s before `now`} of per-minute rows.
+
+    Rows count calendar minutes, so the current minute counts whole and the previous one by the part of it
+    that lies within the last 60 s (exact for steady traffic): 60 requests a minute read 60, at any second.
+    """
+    current = floor_to(now, MINUTE)
+    overlap = 1 - (now - current) / MINUTE
+    counts = defaultdict(float)
+    for row in rows:
+        if row.minute >= current:
+            counts[getattr(row, dimension)] += row.count
+        elif row.minute >= current - MINUTE:
+            counts[getattr(row, dimension)] += row.count * overlap
+    return counts
+
+
+def rate_per_s(count):
+    """Requests per second of a last_minute() count."""
+    return count / RATE_SPAN.total_seconds()
+
+
+def route_chart(rows, names, now, span=ROUTE_CHART_SPAN):
+    """Return {since_ms, step_ms, t: [minute epoch ms], targets: {name: [requests/s]}} of one route's traffic
+    rows per minute over `span` (oldest first, every minute present; the current one over its elapsed part).
+    `names` maps deployment id to name; the stacked bars are the route's traffic, their layers its split."""
+    first = floor_to(now - span, MINUTE)
+    minutes = [first + n * MINUTE for n in range(int((floor_to(now, MINUTE) - first) / MINUTE) + 1)]
+    counts = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        if row.minute >= first and row.deployment_id in names:
+            counts[names[row.deployment_id]][row.minute] += row.count
+    seconds = [max(1.0, min(60.0, (now - m).total_seconds())) for m in minutes]
+    return {"since_ms": epoch_ms(first), "step_ms": int(MINUTE.total_seconds() * 1000),
+            "t": [epoch_ms(m) for m in minutes],
+            "targets": {name: [counts[name][m] / s for m, s in zip(minutes, seconds, strict=True)]
+                        for name in sorted(names.values())}}
 
 
 def series(deployment_id, window, now=None):

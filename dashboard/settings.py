@@ -381,6 +381,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # An operation's default tag is its path's first part after /api/v1/ (probe-targets, alerts, load-tests…), not
+    # "v1" for every view that names no tag of its own.
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "routing.api.schema.readable_tags"],
     # One schema name per choice set, however many fields use it ("state" means different things).
     "ENUM_NAME_OVERRIDES": {
         "KeyStateEnum": "routing.models.KeyState",

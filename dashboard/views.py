@@ -7,6 +7,7 @@ the viewer group only looks, anyone else signed in gets 403.
 """
 
 from functools import wraps
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -17,21 +18,20 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dashboard import metrics
+from dashboard import metrics, timeline
 from dashboard.roles import can_draft_rollouts, can_move_weights, is_viewer
 from probes.loadtest import reports as loadtest_reports
 from probes.loadtest.models import LoadTestRun
 from probes.loadtest.profiles import ProfileKind
-from probes.models import HealthState, ProbeResult, Source
+from probes.models import HealthState, ProbeResult
 from routing import first_token, tokens
 from routing.audit import actor_name
-from routing.models import ApiToken, ContinueStreams, Deployment, Event, Route, WindowSource
+from routing.models import ApiToken, ContinueStreams, Deployment, EventKind, Route, WindowSource
 from routing.outcomes import Outcome
 from routing.rollouts import controller
 from routing.rollouts.models import LOCKING_STATES
 from routing.weights import describe_chain_change, weights_history
 
-TIMELINE_SIZE = 100
 HISTORY_SIZE = 10
 RECENT_PROBES = 20
 
@@ -84,9 +84,10 @@ def overview_data(now=None):
     stats = metrics.figures_by_deployment(ids, now - metrics.TILE_SPAN)
     sparks = metrics.sparklines(ids, now)
     health = _health(deployments)
+    traffic = metrics.route_figures(now)
     return {
         "deployments": [_tile(d, stats[d.pk], sparks[d.pk], *health[d.pk]) for d in deployments],
-        "routes": [_split(route) for route in Route.objects.prefetch_related("targets__deployment")],
+        "routes": [_split(route, traffic) for route in Route.objects.prefetch_related("targets__deployment")],
         "at": now.isoformat(),
     }
 
@@ -102,17 +103,22 @@ def _tile(deployment, stats, spark, state, reason):
     }
 
 
-def _split(route):
+def _split(route, traffic):
+    """A route's split with its traffic: requests/s over the last minute, deployment error rate and p95 over
+    15 minutes (metrics.route_figures), and its active rollout."""
     targets = sorted(route.targets.all(), key=lambda t: (-t.weight, t.deployment.name))
+    figures = traffic.get(route.pk, metrics.NO_ROUTE_TRAFFIC)
     return {"name": route.name, "version": route.version,
-            "targets": [{"deployment": t.deployment.name, "weight": t.weight} for t in targets]}
+            "targets": [{"deployment": t.deployment.name, "weight": t.weight} for t in targets],
+            "rps": figures["rps"], "error_rate": figures["error_rate"], "p95": figures["p95_ms"],
+            "rollout": _active_rollout(route)}
 
 
 @dashboard_view
 def overview(request):
     data = overview_data()
     problems = [t for t in data["deployments"] if t["state"] in (HealthState.DOWN, HealthState.DEGRADED)]
-    return _page(request, "dashboard/overview.html", data, problems=problems)
+    return _page(request, "dashboard/overview.html", data, problems=problems, speed_rule=metrics.SPEED_RULE)
 
 
 @dashboard_view
@@ -185,7 +191,8 @@ def _probe_row(result):
     return {
         "at": result.started_at.isoformat(), "key": result.api_key.label if result.api_key else "",
         "outcome": result.outcome, "ok": result.outcome == Outcome.OK, "status": result.status_code,
-        "ttft_ms": result.ttft_ms, "total_ms": result.total_ms, "tps": result.tokens_per_s, "error": result.error,
+        "ttft_ms": result.ttft_ms, "total_ms": result.total_ms,
+        "tps": metrics.measurable_speed(result.tokens_per_s, result.tokens_out), "error": result.error,
     }
 
 
@@ -206,7 +213,7 @@ def deployment_detail(request, name):
     if bad:
         return bad
     return _page(request, "dashboard/deployment.html", deployment_data(deployment, window),
-                 deployment=deployment, windows=metrics.Window.choices)
+                 deployment=deployment, windows=metrics.Window.choices, speed_rule=metrics.SPEED_RULE)
 
 
 @dashboard_view
@@ -220,34 +227,37 @@ def deployment_json(request, name):
 
 
 def routes_data(now=None):
-    """Return every route's targets with weight and real traffic over the same window, its fallbacks and recent
-    changes, and every deployment's name (what a fallback may be)."""
+    """Return every route's targets with weight and real traffic, its fallbacks and recent changes, and every
+    deployment's name (what a fallback may be). Share and requests/s cover the last minute; errors and latency
+    the last 15 minutes; `chart` is each route's traffic per target and minute over the last half hour."""
     now = now or timezone.now()
     routes = list(Route.objects.prefetch_related("targets__deployment__provider", "fallbacks__deployment__provider"))
     deployments = {t.deployment.pk: t.deployment for r in routes for t in r.targets.all()}
     window = metrics.Window.M15
-    since = now - metrics.SPAN[window]
     health = _health(list(deployments.values()))
-    seconds = metrics.SPAN[window].total_seconds()
     return {
         "window": window.value, "window_label": window.label, "at": now.isoformat(),
-        "routes": [_route_row(r, since, health, seconds) for r in routes],
+        "routes": [_route_row(r, now, health) for r in routes],
         "deployments": list(Deployment.objects.order_by("name").values_list("name", flat=True)),  # fallback choices
     }
 
 
-def _route_row(route, since, health, seconds):
+def _route_row(route, now, health):
     """One route with its own traffic per target (a deployment serving two routes is counted in each once)."""
     targets = sorted(route.targets.all(), key=lambda t: t.deployment.name)
-    traffic = metrics.figures_by_deployment([t.deployment_id for t in targets], since, Source.TRAFFIC, route.pk)
-    total = sum(traffic[t.deployment_id]["count"] for t in targets)
+    rows = metrics.route_rows(route.pk, now - metrics.ROUTE_CHART_SPAN)
+    traffic = metrics.figures_by_deployment_of(rows, [t.deployment_id for t in targets], now - metrics.TILE_SPAN)
+    recent = metrics.last_minute(rows, now)
+    total = sum(recent[t.deployment_id] for t in targets)
     return {
         "name": route.name, "description": route.description, "version": route.version,
         "continue_streams": route.continue_streams, "continues_on": _continues_on(route, targets),
-        "targets": [_target_row(t, traffic[t.deployment_id], health[t.deployment_id], total, seconds) for t in targets],
+        "targets": [_target_row(t, traffic[t.deployment_id], health[t.deployment_id], recent[t.deployment_id], total)
+                    for t in targets],
         "fallbacks": [_fallback_row(f) for f in route.fallbacks.all()],
         "history": _history(route),
         "rollout": _active_rollout(route),
+        "chart": metrics.route_chart(rows, {t.deployment_id: t.deployment.name for t in targets}, now),
     }
 
 
@@ -277,14 +287,15 @@ def _fallback_row(link):
             "enabled": deployment.enabled and deployment.provider.enabled}
 
 
-def _target_row(target, figures, health, total, seconds):
+def _target_row(target, figures, health, recent, total):
+    """`recent`: the target's requests over the last minute, of `total` on its route; `figures`: 15 minutes'."""
     deployment = target.deployment
     return {
         "deployment": deployment.name, "weight": target.weight,
         "enabled": deployment.enabled and deployment.provider.enabled,
         "state": health[0], "state_label": HealthState(health[0]).label,
-        "share": figures["count"] / total if total else None, "count": figures["count"],
-        "rps": figures["count"] / seconds, "error_rate": figures["error_rate"],
+        "share": recent / total if total else None, "count": figures["count"],
+        "rps": metrics.rate_per_s(recent), "error_rate": figures["error_rate"],
         "p50": figures["p50_ms"], "p95": figures["p95_ms"],
     }
 
@@ -318,20 +329,30 @@ def routes_json(request):
 # --- Timeline -------------------------------------------------------------------
 
 
-def timeline_data():
-    """Return the latest TIMELINE_SIZE operational events, newest first."""
-    events = Event.objects.select_related("route", "deployment", "api_key")[:TIMELINE_SIZE]
-    return {"events": [e.payload() for e in events]}
+def timeline_data(params=None):
+    """Return one page of the timeline for query `params` (dashboard.timeline: filters, cursor, folded runs);
+    raise timeline.BadQuery naming a bad parameter."""
+    return timeline.page(timeline.parse(params or {}))
 
 
 @dashboard_view
-def timeline(request):
-    return _page(request, "dashboard/timeline.html", timeline_data())
+def timeline_page(request):
+    try:
+        data = timeline_data(request.GET)
+    except timeline.BadQuery as problem:
+        return HttpResponseBadRequest(str(problem), content_type="text/plain; charset=utf-8")
+    return _page(request, "dashboard/timeline.html", data, groups=timeline.groups(data["events"]),
+                 query=urlencode(data["filters"]), kinds=EventKind.choices,
+                 routes=Route.objects.values_list("name", flat=True),
+                 deployments=Deployment.objects.order_by("name").values_list("name", flat=True))
 
 
 @dashboard_view
 def timeline_json(request):
-    return _json(timeline_data())
+    try:
+        return _json(timeline_data(request.GET))
+    except timeline.BadQuery as problem:
+        return JsonResponse(problem.errors, status=400)
 
 
 # --- Load tests -------------------------------------------------------------------

@@ -22,6 +22,12 @@ from probes.models import Rollup, Source
 from routing.outcomes import Outcome, client_errors, deployment_errors
 
 MAX_TOKENS = 10**9  # per request: a larger usage report is an upstream's bug, not a bill
+# Tokens per second is shown only for answers long enough to measure one: at least this many output tokens,
+# generated over at least this long (a short answer's speed is its chunking, e.g. 8 tokens "at 102,647/s").
+SPEED_MIN_TOKENS = 16
+SPEED_MIN_SECONDS = 0.25
+SPEED_RULE = (f"too short to measure a speed (fewer than {SPEED_MIN_TOKENS} output tokens, or generated in under "
+              f"{SPEED_MIN_SECONDS * 1000:.0f} ms)")
 
 
 class Window(models.TextChoices):
@@ -179,9 +185,19 @@ class RollupDelta:
             **_error_figures(self.errors, self.count),
             "p50_ms": lat[0.5], "p95_ms": lat[0.95], "p99_ms": lat[0.99],
             "ttft_p50_ms": ttft[0.5], "ttft_p95_ms": ttft[0.95],
-            "tokens_per_s": self.tps_sum / self.tps_count if self.tps_count else None,
+            "tokens_per_s": measurable_speed(self.tps_sum / self.tps_count if self.tps_count else None,
+                                             self.tokens_out / self.ok if self.ok else 0),
             "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": str(self.cost),
         }
+
+
+def measurable_speed(tokens_per_s, tokens_out):
+    """Return `tokens_per_s`, or None when the answer (or the average answer) it describes is too short to
+    measure one: fewer than SPEED_MIN_TOKENS output tokens, or generated in under SPEED_MIN_SECONDS at that
+    speed. The probes' few-token answers and one-chunk answers land here."""
+    if not tokens_per_s or tokens_out < SPEED_MIN_TOKENS or tokens_out / tokens_per_s < SPEED_MIN_SECONDS:
+        return None
+    return tokens_per_s
 
 
 def _error_figures(errors, count):

@@ -16,7 +16,7 @@ from django.utils import timezone
 from dashboard import live
 from probes import health, measure, slots
 from probes.models import NoUsableKey, ProbeBudget, ProbeResult, ProbeSlot, ProbeTarget, ProbeUsage, Rollup, Source
-from probes.rollups import Aggregator, save_deltas
+from probes.rollups import Aggregator, measurable_speed, save_deltas
 from routing.crypto import SecretUnreadable
 from routing.models import KeyState
 from routing.outcomes import Outcome
@@ -157,7 +157,8 @@ def publish(result):
     live.probe_result(live.ProbeResult(
         target=result.target_id, deployment=result.deployment.name,
         api_key=result.api_key.label if result.api_key_id else None, outcome=result.outcome,
-        latency_ms=result.total_ms, ttft_ms=result.ttft_ms, tps=result.tokens_per_s,
+        latency_ms=result.total_ms, ttft_ms=result.ttft_ms,
+        tps=measurable_speed(result.tokens_per_s, result.tokens_out),
         model_swapped=result.model_swapped, at=result.started_at.isoformat(), recorded_at=timezone.now().isoformat(),
     ))
 

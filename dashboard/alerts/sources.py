@@ -18,7 +18,17 @@ from django.db.models.functions import Cast
 
 from probes import rollups, runner, sketch
 from probes.models import HealthState, ProbeTarget, Rollup, Source
-from routing.models import ApiKey, CircuitState, Deployment, DeploymentCircuit, KeyState, Provider, Route
+from routing.models import (
+    ApiKey,
+    CircuitState,
+    Deployment,
+    DeploymentCircuit,
+    Event,
+    EventKind,
+    KeyState,
+    Provider,
+    Route,
+)
 from routing.outcomes import DEPLOYMENT_FAILURES
 from routing.rollouts.models import Rollout, RolloutState, RolloutTransition
 
@@ -28,8 +38,9 @@ SUBJECT_LABELS = ("provider", "deployment", "route", "key")
 ROLLOUT_EVENTS = {"preflight_failed": RolloutState.ABORTED, "rolled_back": RolloutState.ROLLED_BACK,
                   "promoted": RolloutState.PROMOTED}
 # Held while they last: waiting for an approval, paused (by a human, or by a step's timeout), stuck (a running
-# step past its timeout that no tick has paused: the rollout scheduler is not running).
-ROLLOUT_HELD = ("awaiting_approval", "paused", "stuck")
+# step past its timeout that no tick has paused: the rollout scheduler is not running), a canary provider incident
+# (one bad minute on the canary alone: the step holds, nothing is proven; while that step runs).
+ROLLOUT_HELD = ("awaiting_approval", "paused", "stuck", "canary_incident")
 ROLLOUT_STATES = (*ROLLOUT_EVENTS, *ROLLOUT_HELD)
 DEFAULT_HOLD_S = 3600
 # Conditions that are a state of their subject (a deployment's health, a key's state): the state is a label, so
@@ -161,6 +172,7 @@ def _held_rollouts(now):
     rollouts = Rollout.objects.filter(state__in=states).select_related("route", "canary")
     paused_why = dict(RolloutTransition.objects.filter(rollout__state=RolloutState.PAUSED, to_state=RolloutState.PAUSED)
                       .order_by("at", "id").values_list("rollout_id", "reason"))  # the latest pause's reason wins
+    incidents = _incidents([ro for ro in rollouts if ro.state == RolloutState.RUNNING])
     held = {}
     for ro in rollouts:
         if ro.state == RolloutState.AWAITING_APPROVAL:
@@ -171,10 +183,28 @@ def _held_rollouts(now):
             name = "stuck"
             why = (f"step {ro.step + 1} is {_overdue_s(ro, now):.0f} s past its {ro.step_timeout_s} s timeout "
                    "and no tick has paused it")
+        elif ro.pk in incidents:
+            name, why = "canary_incident", incidents[ro.pk]
         else:
             continue
         held[ro.pk] = (name, _rollout_observation(ro, name, why))
     return held
+
+
+def _incidents(running):
+    """Return {rollout id: the incident's timeline message} of running rollouts whose current step saw a canary
+    provider incident (routing.rollouts.controller puts one event on the timeline per step)."""
+    started = {ro.pk: ro.step_started_at for ro in running if ro.step_started_at}
+    if not started:
+        return {}
+    events = Event.objects.filter(kind=EventKind.ROLLOUT, data__incident=True, created_at__gte=min(started.values()),
+                                  deployment_id__in=[ro.canary_id for ro in running])
+    found = {}
+    for data, message, at in events.order_by("created_at").values_list("data", "message", "created_at"):
+        pk = data.get("rollout")
+        if pk in started and at >= started[pk]:
+            found[pk] = message.split(": ", 1)[-1]
+    return found
 
 
 def _overdue_s(rollout, now):

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,12 +45,39 @@ KEY_READY_TIMEOUT_S = 10.0
 _served_gateway = {"url": ""}  # the /v1 of the address `serve` bound in this process
 
 
+DEFAULT_CLI_GATEWAY = "http://127.0.0.1:8000/v1"
+SERVED_FILE = "served-gateway"  # in the data directory: the /v1 of the address a running `serve` bound
+
+
 def serve_gateway_at(host, port):
-    """Note the address `manage.py serve` bound: runs started here reach the embedded gateway there."""
+    """Note the address `manage.py serve` bound: runs started here reach the embedded gateway there, and so do
+    `manage.py loadtest` runs on the same data directory (cli_gateway_url)."""
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     local = f"[{local}]" if ":" in local else local
     _served_gateway["url"] = f"http://{local}:{port}/v1"
+    _served_file().write_text(_served_gateway["url"] + "\n", encoding="utf-8")
     return _served_gateway["url"]
+
+
+def stop_serving_gateway():
+    """Forget the served address (`serve` stopped): the CLI falls back to its default again."""
+    _served_file().unlink(missing_ok=True)
+
+
+def cli_gateway_url():
+    """Return where `manage.py loadtest` sends route runs when not told: WEATHERVANE_GATEWAY_URL, else the gateway
+    a running `serve` on this data directory bound (whatever its port), else DEFAULT_CLI_GATEWAY."""
+    if django_settings.GATEWAY_URL:
+        return django_settings.GATEWAY_URL
+    try:
+        served = _served_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        served = ""
+    return served if served.startswith("http://") else DEFAULT_CLI_GATEWAY
+
+
+def _served_file():
+    return Path(django_settings.DATA_DIR) / SERVED_FILE
 
 
 def gateway_url():

@@ -124,3 +124,13 @@ class LockableTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return build_bearer_security_scheme_object(header_name="Authorization", token_prefix="Token")
+
+
+def readable_tags(result, generator, request, public):
+    """A drf-spectacular postprocessing hook: tags taken from paths read as words ("probe-targets" → "probe
+    targets"), like the ones views name themselves ("gateway keys")."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "tags" in operation:
+                operation["tags"] = [tag.replace("-", " ") for tag in operation["tags"]]
+    return result

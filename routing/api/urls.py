@@ -11,6 +11,7 @@ class RegistryRouter(DefaultRouter):
     detail actions before the plain detail URL, because names may contain "/"."""
 
     include_format_suffixes = False  # a ".json" suffix would be ambiguous with dotted names
+    include_root_view = False  # GET /api/v1/ lists every app's collections (dashboard/urls.py)
 
     def __init__(self):
         super().__init__()

@@ -124,10 +124,11 @@ class EventFilter(TimeWindowFilter):
     kind = filters.ChoiceFilter(choices=EventKind.choices)
     route = filters.CharFilter(field_name="route__name", help_text="Route name")
     deployment = filters.CharFilter(field_name="deployment__name", help_text="Deployment name")
+    actor = filters.CharFilter(field_name="data__actor", help_text="Who made the change (a user, system:<part>)")
 
     class Meta:
         model = Event
-        fields = ["kind", "route", "deployment", "api_key", "since", "until"]
+        fields = ["kind", "route", "deployment", "actor", "api_key", "since", "until"]
 
 
 class RequestLogFilter(TimeWindowFilter):

@@ -52,6 +52,7 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import binom
 
 from probes import sketch
+from routing import formats
 from routing.outcomes import DEPLOYMENT_FAILURES, Outcome
 
 from .choices import Verdict  # noqa: F401  (analysis.Verdict is its public name too)
@@ -71,6 +72,9 @@ ALPHA = 0.01
 # because a wrong pass only moves the canary to a step with more traffic, where the rollback side keeps
 # watching with the evidence carried, and the next step must pass again on its own traffic.
 PASS_ALPHA = 0.05
+# A step whose pass does not promote (a larger share follows, where the rollback side keeps watching with the
+# evidence carried) passes at this looser level; the promotion still needs the whole product at PASS_ALPHA.
+STEP_PASS_ALPHA = 0.25
 # A step after a passed one needs this share of the pass bar (in logs) from its own traffic: earlier steps' pass
 # evidence covers the rest (a product of e-values over consecutive steps is one), and the own share is the
 # "this step's traffic is not against the canary" that a regression starting at a later step cannot meet.
@@ -346,11 +350,13 @@ def tail_minutes(window, metric, q, allowed, value):
 # --- judging ---------------------------------------------------------------------------
 
 
-def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None, carried_pass=None):
+def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, carried=None, carried_pass=None,
+          pass_alpha=PASS_ALPHA):
     """Return the Judgement of a StepWindow under guards.
 
     carried maps a metric to the failure log e-value of the rollout's earlier steps, carried_pass to their pass
-    log e-value (the steps that passed; this step then needs STEP_PASS_SHARE of the bar itself). Fail if any guard
+    log e-value (the steps that passed; this step then needs STEP_PASS_SHARE of the bar itself); pass_alpha is the
+    pass side's level (PASS_ALPHA for the step whose pass promotes, STEP_PASS_ALPHA before). Fail if any guard
     fails (from the first canary request on), pass if every guard passes and the canary has at least
     min_canary_requests, otherwise inconclusive. Raises ValueError without guards.
     """
@@ -362,7 +368,7 @@ def judge(window, guards, alpha=ALPHA, min_canary_requests=MIN_CANARY_REQUESTS, 
         return _no_traffic(guards, canary_n, carried)
     levels = guard_levels(guards, alpha)
     metrics = [judge_metric(guard, window, levels[guard.metric] or alpha, carried.get(guard.metric, 0.0),
-                            carried_pass.get(guard.metric, 0.0)) for guard in guards]
+                            carried_pass.get(guard.metric, 0.0), pass_alpha) for guard in guards]
     verdict = _overall(metrics)
     if verdict == Verdict.PASS and canary_n < min_canary_requests:
         return Judgement(Verdict.INCONCLUSIVE, _waiting_sentence(canary_n, min_canary_requests), metrics)
@@ -377,18 +383,18 @@ def guard_levels(guards, alpha=ALPHA):
             for g in guards}
 
 
-def judge_metric(guard, window, alpha, carried=0.0, carried_pass=0.0):
+def judge_metric(guard, window, alpha, carried=0.0, carried_pass=0.0, pass_alpha=PASS_ALPHA):
     """Return the MetricVerdict of one guard at level alpha (its share of the budget)."""
     if guard.metric in RATE_METRICS:
-        verdict = _judge_rate(guard, window, alpha, carried, carried_pass)
+        verdict = _judge_rate(guard, window, alpha, carried, carried_pass, pass_alpha)
     elif guard.metric in TAIL_METRICS:
-        verdict = _judge_tail(guard, window, alpha, carried, carried_pass)
+        verdict = _judge_tail(guard, window, alpha, carried, carried_pass, pass_alpha)
     else:
         verdict = _judge_mean(guard, window)
     return _apply_limit(guard, window, verdict, alpha)
 
 
-def _judge_rate(guard, window, alpha, carried, carried_pass=0.0):
+def _judge_rate(guard, window, alpha, carried, carried_pass=0.0, pass_alpha=PASS_ALPHA):
     """Errors or 429s. The baseline's rate, its variation and the own-rate route to a rollback come from its
     look-back; the split of each minute's events is the main test."""
     minutes = rate_minutes(window, guard.metric)
@@ -402,7 +408,7 @@ def _judge_rate(guard, window, alpha, carried, carried_pass=0.0):
     own_robust = _own_rate_fail(rest, events, requests, guard.allowed, alpha, test.phi)
     test.log_fail = _log_mix(test.log_fail, own)
     test.log_fail_robust = _log_mix(test.log_fail_robust, own_robust)
-    verdict = _decide(guard.metric, test, carried, alpha, carried_pass)
+    verdict = _decide(guard.metric, test, carried, alpha, carried_pass, pass_alpha)
     verdict.evidence.update(_rate_evidence(guard, test, base_rate))
     verdict.sentence = _rate_sentence(guard, verdict)
     return verdict
@@ -441,7 +447,7 @@ def arm_dispersion(history):
     return max(1.0, (DISPERSION_PRIOR_DF + chi2) / (DISPERSION_PRIOR_DF + len(useful) - 1))
 
 
-def _judge_tail(guard, window, alpha, carried, carried_pass=0.0):
+def _judge_tail(guard, window, alpha, carried, carried_pass=0.0, pass_alpha=PASS_ALPHA):
     """Every quantile of TAIL_QUANTILES at alpha / their number: fail if one fails, pass if all pass."""
     level = alpha / len(TAIL_QUANTILES)
     parts = []
@@ -455,7 +461,8 @@ def _judge_tail(guard, window, alpha, carried, carried_pass=0.0):
         # No floor from the baseline's own variation here: latency moves with who is asking (prompt sizes,
         # sessions), which both arms share when requests are assigned one by one; the split shows the rest.
         parts.append((q, value, count_test(minutes, 1.0, within_centre=(1 + guard.allowed) ** -3)))
-    decided = [(q, value, _decide(guard.metric, test, carried, level, carried_pass)) for q, value, test in parts]
+    decided = [(q, value, _decide(guard.metric, test, carried, level, carried_pass, pass_alpha))
+               for q, value, test in parts]
     verdict = _combine_quantiles(guard.metric, decided, alpha)
     verdict.evidence.update(_tail_evidence(guard, parts, decided))
     verdict.sentence = _tail_sentence(guard, verdict, parts)
@@ -490,7 +497,7 @@ def _combine_quantiles(metric, decided, alpha):
     return MetricVerdict(metric, overall, "", evidence, log_fail, incident, log_pass)
 
 
-def _decide(metric, test, carried, alpha, carried_pass=0.0):
+def _decide(metric, test, carried, alpha, carried_pass=0.0, pass_alpha=PASS_ALPHA):
     """Return the MetricVerdict (sentence still empty) of a CountTest at level alpha.
 
     The rollback side adds the carried evidence of earlier steps to the robust e-value (the worst minute
@@ -498,9 +505,9 @@ def _decide(metric, test, carried, alpha, carried_pass=0.0):
     after passed steps, what their evidence leaves of it and at least STEP_PASS_SHARE of it (the product over
     consecutive steps is an e-value; the own share is the step earning its own pass).
     """
-    level, pass_level = math.log(1 / alpha), math.log(1 / PASS_ALPHA)
+    level = math.log(1 / alpha)
     log_fail = max(carried, 0.0) + test.log_fail_robust
-    needed = pass_level - min(max(carried_pass, 0.0), (1 - STEP_PASS_SHARE) * pass_level)
+    needed = pass_bar(pass_alpha, carried_pass)
     if log_fail >= level:
         verdict = Verdict.FAIL
     elif test.log_pass >= needed:
@@ -515,6 +522,20 @@ def _decide(metric, test, carried, alpha, carried_pass=0.0):
                 "incident": incident,
                 "progress": {"fail": _progress(log_fail, level), "pass": _progress(test.log_pass, needed)}}
     return MetricVerdict(metric, verdict, "", evidence, log_fail, incident, max(carried_pass, 0.0) + test.log_pass)
+
+
+def pass_bar(pass_alpha, carried_pass=0.0):
+    """Return the log e-value a step's own traffic must show to pass at pass_alpha after earlier steps showed
+    carried_pass: what they leave of log(1 / pass_alpha), and never less than STEP_PASS_SHARE of it."""
+    level = math.log(1 / pass_alpha)
+    return level - min(max(carried_pass, 0.0), (1 - STEP_PASS_SHARE) * level)
+
+
+def pass_alpha_of(plan, index):
+    """Return the pass side's level for plan step `index`: PASS_ALPHA when its pass promotes (the next step is
+    100 % or there is none), STEP_PASS_ALPHA when a larger share or a human's approval follows."""
+    following = plan[index + 1:index + 2]
+    return PASS_ALPHA if not following or following[0].get("weight") == 100 else STEP_PASS_ALPHA
 
 
 def _progress(log_value, level):
@@ -616,8 +637,8 @@ def _no_traffic(guards, canary_n, carried):
 
 
 def _waiting_sentence(canary_n, minimum):
-    return (f"every guard within its allowed regression, but only {canary_n:,} of the {minimum:,} canary requests "
-            f"a pass needs: holding")
+    return (f"every guard within its allowed regression, but only {_count(canary_n)} of the {_count(minimum)} "
+            f"canary requests a pass needs: holding")
 
 
 def _overall_sentence(metrics):
@@ -659,8 +680,8 @@ def _rate_sentence(guard, verdict):
     ev = verdict.evidence
     name = "errors" if guard.metric == Metric.ERRORS else "429s"
     c, b = ev["canary"], ev["baseline"]
-    counts = (f"canary {name} {c['events']:,} of {c['requests']:,} ({_pct(c['rate'])}) vs baseline "
-              f"{b['events']:,} of {b['requests']:,} ({_pct(b['rate'])})")
+    counts = (f"canary {name} {_count(c['events'])} of {_count(c['requests'])} ({_pct(c['rate'])}) vs baseline "
+              f"{_count(b['events'])} of {_count(b['requests'])} ({_pct(b['rate'])})")
     return f"{counts} ({_reason(ev, verdict, f'+{guard.allowed * 100:g} pp')})"
 
 
@@ -668,8 +689,8 @@ def _tail_sentence(guard, verdict, parts):
     pieces = []
     for q, value, test in parts:
         c, cn, b, bn = test.totals
-        pieces.append(f"{_quantile_name(q)} {value:,.0f} ms: canary {c:,} of {cn:,} slower than "
-                      f"{value * (1 + guard.allowed):,.0f} ms vs baseline {b:,} of {bn:,} slower than it")
+        pieces.append(f"{_quantile_name(q)} {value:,.0f} ms: canary {_count(c)} of {_count(cn)} slower than "
+                      f"{value * (1 + guard.allowed):,.0f} ms vs baseline {_count(b)} of {_count(bn)} slower than it")
     allowed = f"+{guard.allowed * 100:g} %"
     return f"{guard.metric.label}: " + "; ".join(pieces) + f" ({_reason(verdict.evidence, verdict, allowed)})"
 
@@ -703,7 +724,12 @@ def _limit_text(metric, value):
 
 
 def _pct(value):
-    return f"{value * 100:.1f} %" if value is not None else "n/a"
+    return formats.pct(value) if value is not None else "n/a"
+
+
+def _count(value):
+    """A count in a sentence, whole: sketch counts are floats, and "12.0 of 340.0" reads as a measurement."""
+    return formats.whole(value)
 
 
 def _e(log_value):
@@ -712,11 +738,11 @@ def _e(log_value):
 
 
 def _num(value):
-    """Return a number for a sentence: 2,900 or 4.2e+07 or 0.31."""
+    """Return a number for a sentence: 2,900 or 4.2e+07 or 45 or 0.31 (never 1e+02)."""
     if value is None:
         return "n/a"
     if value >= 1e6:
         return f"{value:.2g}"
-    if value >= 100:
-        return f"{value:,.0f}"
+    if value >= 10:
+        return formats.whole(value)
     return f"{value:.2g}"

@@ -283,10 +283,18 @@ def _tick_preflight(rollout, now):
     if failed:
         reason = f"preflight failed: probe {failed[0].get_outcome_display()} {failed[0].error}".strip()
         return _transition(rollout, S.ABORTED, actor=rollout.actor, reason=reason, evidence=evidence)
-    if len(results) >= rollout.preflight_probes:
+    if len(results) >= rollout.preflight_probes and _past_last_attempt(rollout, now):
         reason = f"preflight passed: {len(results)} of {rollout.preflight_probes} probes ok"
         return _enter_step(rollout, 0, actor=rollout.actor, reason=reason, evidence=evidence)
     return None
+
+
+def _past_last_attempt(rollout, now):
+    """Whether a retried rollout's first step may begin: not in the minute its earlier attempt ended in. The
+    verdicts read whole minutes of rollups, so that minute holds the earlier attempt's canary traffic (the one
+    that was rolled back), which the new attempt must not be judged on."""
+    ended = rollout.transitions.filter(to_state__in=(S.ROLLED_BACK, S.ABORTED)).order_by("at").last()
+    return ended is None or now >= ended.at.replace(second=0, microsecond=0) + timedelta(minutes=1)
 
 
 def _tick_rolling_back(rollout, now):
@@ -335,9 +343,15 @@ def judge_step(rollout):
         source = Source.SHADOW
         guards = [g for g in guards if g.metric not in UNSTREAMED] or guards
     window = step_window(rollout, rollout.step_started_at, source)
-    judgement = analysis.judge(window, guards, alpha=rollout.alpha, min_canary_requests=rollout.min_canary_requests,
-                               carried=carried_evidence(rollout), carried_pass=carried_pass_evidence(rollout))
-    return judgement, window
+    return judge_window(rollout, window, guards), window
+
+
+def judge_window(rollout, window, guards):
+    """Return the Judgement of the current step's window: the rollout's alpha and minimum sample, the evidence
+    its earlier steps carried, and the pass level of this step (analysis.pass_alpha_of)."""
+    return analysis.judge(window, guards, alpha=rollout.alpha, min_canary_requests=rollout.min_canary_requests,
+                          carried=carried_evidence(rollout), carried_pass=carried_pass_evidence(rollout),
+                          pass_alpha=analysis.pass_alpha_of(rollout.plan, rollout.step))
 
 
 def carried_evidence(rollout):

@@ -28,34 +28,42 @@ def forecast_plan(route, plan, guards, step_timeout_s=1800, min_canary_requests=
                   now=None):
     """Return {"route_rps", "window_s", "steps": [...], "warnings": [...]} for a plan on `route` (see module)."""
     guards = [g if isinstance(g, analysis.Guard) else analysis.Guard(**g) for g in guards]
-    recent = _recent(route, now or timezone.now())
-    rps = recent.count / WINDOW.total_seconds()
-    steps, warnings = [], []
+    recent, span_s = _recent(route, now or timezone.now())
+    rps = recent.count / span_s
+    steps, warnings, carried = [], [], 0.0
     for index, step in enumerate(plan):
         if step.get("pause") or step.get("weight") == 100:
             continue
-        entry = _step(index, step, rps, guards, recent, step_timeout_s, min_canary_requests)
+        level = analysis.pass_bar(analysis.pass_alpha_of(plan, index), carried)
+        carried += level  # an unchanged canary passes about when its step reaches its bar
+        entry = _step(index, step, rps, guards, recent, step_timeout_s, min_canary_requests, level)
         steps.append(entry)
         if not entry["decides_in_time"]:
             warnings.append(_warning(entry, rps, step_timeout_s))
     if not recent.count:
         warnings.insert(0, f"route {route.name!r} had no traffic in the last {WINDOW.seconds // 60} minutes: "
                            "no step can decide until it has some")
-    return {"route_rps": round(rps, 3), "window_s": int(WINDOW.total_seconds()), "steps": steps, "warnings": warnings}
+    return {"route_rps": round(rps, 3), "window_s": int(span_s), "steps": steps, "warnings": warnings}
 
 
 def _recent(route, now):
-    total = rollups.RollupDelta()
+    """Return (RollupDelta, seconds) of the route's traffic over the last WINDOW: the seconds from its first
+    minute with traffic in it (a route younger than WINDOW is not diluted by minutes before it existed), at
+    least one minute."""
+    total, first = rollups.RollupDelta(), None
     for row in rollups.select_rows(source=Source.TRAFFIC, since=now - WINDOW, route_id=route.pk):
         total.merge(rollups.RollupDelta.of_row(row))
-    return total
+        first = row.minute if first is None else min(first, row.minute)
+    if first is None:
+        return total, WINDOW.total_seconds()
+    return total, min(max((now - first).total_seconds(), 60.0), WINDOW.total_seconds())
 
 
-def _step(index, step, rps, guards, recent, timeout_s, min_canary_requests):
+def _step(index, step, rps, guards, recent, timeout_s, min_canary_requests, level):
     weight = step.get("weight") or step.get("shadow") or 0
     share = weight / 100
     canary_rps = rps * share
-    needed = [{"metric": str(g.metric), "requests_needed": requests_needed(g, share, recent)} for g in guards]
+    needed = [{"metric": str(g.metric), "requests_needed": requests_needed(g, share, recent, level)} for g in guards]
     counts = [n["requests_needed"] for n in needed]
     worst = None if None in counts else max([*counts, min_canary_requests, step.get("min_requests", 0)])
     for entry in needed:
@@ -75,14 +83,16 @@ def _seconds(requests, canary_rps):
     return math.ceil(requests / canary_rps)
 
 
-def requests_needed(guard, share, recent):
+def requests_needed(guard, share, recent, level=None):
     """Return the canary requests an unchanged canary needs to pass `guard` at `share` of the traffic (0 for a
-    limit-only guard), or None when no number up to MAX_REQUESTS would do."""
+    limit-only guard), or None when no number up to MAX_REQUESTS would do. level: the step's pass bar in logs
+    (analysis.pass_bar; default a step passing on its own at PASS_ALPHA)."""
     if guard.metric in analysis.LIMIT_ONLY_METRICS:
         return 0
     if not 0 < share < 1:
         return None
-    level = math.log(1 / analysis.PASS_ALPHA)  # the pass side is an intersection-union test: no split
+    if level is None:  # the pass side is an intersection-union test: no split
+        level = math.log(1 / analysis.PASS_ALPHA)
     if guard.metric in analysis.RATE_METRICS:
         return _smallest(lambda n: _rate_pass(guard, share, recent, n), level)
     needs = [_smallest(lambda n, q=q: _tail_pass(guard, share, recent, q, n), level) for q in analysis.TAIL_QUANTILES]

@@ -49,7 +49,9 @@ class Rollout(models.Model):
     step = models.PositiveSmallIntegerField(default=0)
     step_started_at = models.DateTimeField(null=True, blank=True)
     preflight_started_at = models.DateTimeField(null=True, blank=True)
-    thresholds = models.JSONField(default=dict, blank=True, help_text="The baseline's p95s frozen for this step")
+    thresholds = models.JSONField(default=dict, blank=True, help_text=(
+        "Baseline p95s that versions before December 2026 froze for a step; no longer written (thresholds are "
+        "re-derived at every look from the baseline's look-back), kept as history"))
     carried = models.JSONField(default=dict, blank=True, help_text="{metric: [log_fail, log_pass]} of earlier steps")
     ticks = models.PositiveIntegerField(default=0, help_text="Claimed ticks; a tick advances only its own number")
     lease_until = models.DateTimeField(null=True, blank=True)

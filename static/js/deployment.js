@@ -56,7 +56,7 @@
       dots("probe", COLORS.probe), dots("failed probe", COLORS.failed)], W.ms, "ms"),
     ttft: makeChart("chart-ttft", [line("p50", COLORS.p50), line("p95", COLORS.p95), dots("probe", COLORS.probe)], W.ms, "ms"),
     errors: makeChart("chart-errors", [line("error rate", COLORS.failed, { fill: "origin", backgroundColor: "rgba(185,28,28,.15)" })],
-      (v) => v.toFixed(v < 10 ? 1 : 0) + " %", "%"),
+      W.percent, "%"),
     rps: makeChart("chart-rps", [line("requests/s", COLORS.rps, { stepped: "before" })], W.rate, "/s"),
   };
 

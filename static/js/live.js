@@ -1,5 +1,6 @@
 /* Shared by every dashboard page: the live socket (reconnect with backoff,
-   backfill on every (re)connect), number and time formats in the viewer's
+   backfill on every (re)connect), number formats (the same as routing/formats.py,
+   line for line: "5.2 %", "120 ms", "0.40/s", "12,345"), times in the viewer's
    locale and time zone, and small fetch helpers. */
 (function () {
   "use strict";
@@ -13,18 +14,27 @@
   const dayFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
   const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 
+  function missing(value) {
+    return value === null || value === undefined || !Number.isFinite(Number(value));
+  }
+
   function ms(value) {
-    if (value === null || value === undefined) return DASH;
+    if (missing(value)) return DASH;
     if (value >= 1000) return (value / 1000).toFixed(2) + " s";
     return value < 10 ? value.toFixed(1) + " ms" : Math.round(value) + " ms";
   }
 
   function pct(ratio) {
-    return ratio === null || ratio === undefined ? DASH : (ratio * 100).toFixed(1) + " %";
+    return missing(ratio) ? DASH : (ratio * 100).toFixed(1) + " %";
+  }
+
+  /* A value already in percent (a chart's axis or tooltip): 5.23 → "5.2 %". */
+  function percent(value) {
+    return missing(value) ? DASH : Number(value).toFixed(1) + " %";
   }
 
   function rate(value) {
-    if (value === null || value === undefined) return DASH;
+    if (missing(value)) return DASH;
     if (value === 0) return "0/s";
     if (value < 0.01) return "< 0.01/s"; // not "0.00/s": there was traffic
     return value < 10 ? value.toFixed(2) + "/s" : value.toFixed(1) + "/s";
@@ -51,8 +61,9 @@
     };
   }
 
+  /* A count or a figure shown whole: 12345.6 → "12,346". */
   function whole(value) {
-    return value === null || value === undefined ? DASH : String(Math.round(value));
+    return missing(value) ? DASH : Math.round(value).toLocaleString("en-US");
   }
 
   /* Rewrite every <time datetime> under root into the viewer's time zone. */
@@ -175,7 +186,7 @@
   }
 
   window.Weathervane = {
-    ms, pct, rate, whole, axisTicks, localizeTimes, timeElement, initialData, csrfToken, getJSON, connect, throttle,
+    ms, pct, percent, rate, whole, axisTicks, localizeTimes, timeElement, initialData, csrfToken, getJSON, connect, throttle,
     timeFormat, shortFormat, dayFormat, fullFormat,
   };
 

@@ -20,7 +20,7 @@
     if (progress.planned) bar.max = progress.planned;
     bar.value = progress.done || 0;
     document.getElementById("lt-done").textContent = progress.done || 0;
-    document.getElementById("lt-rps").textContent = (progress.rps || 0).toFixed(1);
+    document.getElementById("lt-rps").textContent = W.rate(progress.rps || 0);
     document.getElementById("lt-errors").textContent = progress.errors || 0;
     document.getElementById("lt-elapsed").textContent = (progress.elapsed_s || 0).toFixed(1);
   }

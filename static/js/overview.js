@@ -102,6 +102,21 @@
     row.querySelector(".split-text").replaceWith(splitText(targets));
   }
 
+  /* A route's traffic: requests/s over the last minute, errors and p95 over 15 minutes, its active rollout. */
+  function applyRouteFigures(route) {
+    const row = document.querySelector(`#split-rows tr[data-route="${CSS.escape(route.name)}"]`);
+    if (!row) return;
+    field(row, "rps", W.rate(route.rps));
+    field(row, "error_rate", W.pct(route.error_rate));
+    field(row, "p95", W.ms(route.p95));
+    const cell = row.querySelector("[data-field=rollout]");
+    if (!route.rollout) return cell.replaceChildren("–");
+    const link = document.createElement("a");
+    link.href = `/rollouts/${route.rollout.id}/`;
+    link.textContent = `#${route.rollout.id} of ${route.rollout.canary}`;
+    cell.replaceChildren(link, ` (${route.rollout.state})`);
+  }
+
   function apply(fresh) {
     const known = (data.deployments || []).map((d) => d.name).join("\n");
     const now = (fresh.deployments || []).map((d) => d.name).join("\n");
@@ -114,7 +129,10 @@
     data = fresh;
     fresh.deployments.forEach((d) => applyTile(tileOf(d.name), d));
     applyProblems(fresh.deployments);
-    fresh.routes.forEach((r) => applySplit(r.name, Object.fromEntries(r.targets.map((t) => [t.deployment, t.weight]))));
+    fresh.routes.forEach((r) => {
+      applySplit(r.name, Object.fromEntries(r.targets.map((t) => [t.deployment, t.weight])));
+      applyRouteFigures(r);
+    });
   }
 
   async function refresh() {

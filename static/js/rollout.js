@@ -48,7 +48,7 @@
     });
   }
 
-  const percent = (v) => v.toFixed(v < 10 ? 1 : 0) + " %";
+  const percent = W.percent;
   const charts = {
     latency: makeChart("chart-latency", [["p50_ms", "p50"], ["p95_ms", "p95"]], W.ms, "ms"),
     ttft: makeChart("chart-ttft", [["ttft_p50_ms", "p50"], ["ttft_p95_ms", "p95"]], W.ms, "ms"),

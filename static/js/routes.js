@@ -444,6 +444,7 @@
     }
     const history = section.querySelector("[data-field=history]");
     if (route.history.length) history.replaceChildren(...route.history.map(historyRow));
+    drawChart(route);
   }
 
   /* The route's rollout line: a banner while it holds the wheel, a note while paused, nothing without one. */
@@ -477,6 +478,46 @@
     form.dataset.locked = String(locked);
     form.querySelector("fieldset").disabled = locked;
     form.querySelectorAll("fieldset input, fieldset button").forEach((control) => { control.disabled = locked; });
+  }
+
+  // --- Split and traffic over time: requests/s per target and minute, stacked ----------
+
+  const PALETTE = ["#2563eb", "#d97706", "#0f766e", "#7c3aed", "#dc2626", "#64748b"];
+  const charts = new Map();
+
+  function chartData(chart) {
+    return {
+      labels: chart.t.map((t) => W.shortFormat.format(new Date(t))),
+      datasets: Object.entries(chart.targets).map(([name, values], i) => ({
+        label: name, data: values, backgroundColor: PALETTE[i % PALETTE.length], borderWidth: 0,
+      })),
+    };
+  }
+
+  function drawChart(route) {
+    const canvas = document.querySelector(`canvas[data-route="${CSS.escape(route.name)}"]`);
+    if (!canvas || !window.Chart || !route.chart) return;
+    const shown = charts.get(route.name);
+    if (shown) {
+      shown.data = chartData(route.chart);
+      shown.update("none");
+      return;
+    }
+    charts.set(route.name, new window.Chart(canvas, {
+      type: "bar",
+      data: chartData(route.chart),
+      options: {
+        animation: false, responsive: true, maintainAspectRatio: false,
+        scales: {
+          x: { stacked: true, ticks: { maxTicksLimit: 8, maxRotation: 0 } },
+          y: { stacked: true, beginAtZero: true, ticks: { callback: W.axisTicks("/s") } },
+        },
+        plugins: {
+          legend: { position: "bottom", labels: { boxWidth: 12 } },
+          tooltip: { callbacks: { label: (item) => `${item.dataset.label}: ${W.rate(item.parsed.y)}` } },
+        },
+      },
+    }));
   }
 
   async function refresh() {
@@ -518,6 +559,7 @@
     const route = routeOf(form.dataset.route);
     if (route) form.base = baseKey(form, isChainForm(form) ? chainOf(route) : splitOf(route));
   });
+  (data.routes || []).forEach(drawChart);
   W.connect({ onBatch, onConnect: refresh });
   window.WeathervaneRoutes = { drained }; // exposed for checks in the browser console and tests
 })();

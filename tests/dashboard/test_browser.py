@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from django.conf import settings
 from django.db import connections
@@ -491,6 +492,7 @@ def test_no_page_breaks_the_content_security_policy(chromium, app_url, world):
 
 # --- a staged rollout, watched end to end ----------------------------------------------------
 
+STEADY = {"latency_median_ms": 10, "latency_p99_ms": 20}  # the demo's baseline, fast (a busy machine's noise is more)
 DEGRADE_AT_S = 1000.0  # simulated seconds: the canary slows down when the test moves the clock past this
 
 
@@ -520,8 +522,8 @@ def demo_rollout(shared_db, settings, admin_user, viewer_user, serve_gateway):
 
     settings.ALLOW_PRIVATE_UPSTREAMS = True
     clock = SteppedClock()
-    models = {"steady": Personality(latency_median_ms=10, latency_p99_ms=20),
-              "heavy-tailed": Personality(latency_median_ms=10, latency_p99_ms=20,
+    models = {"steady": Personality(**STEADY),
+              "heavy-tailed": Personality(**STEADY,
                                           schedule=[Change(after_s=DEGRADE_AT_S, latency_scale=30)])}
     with SimulatorServer(Simulator(models=models, seed=7, clock=clock)) as server:
         call_command("seed_demo", simulator_url=server.base_url, stdout=StringIO())
@@ -541,7 +543,7 @@ def demo_rollout(shared_db, settings, admin_user, viewer_user, serve_gateway):
         for sender in senders:
             sender.start()
         scheduler = Scheduler(threads=2, refresh_s=0.5).start()
-        yield SimpleNamespace(rollout=rollout, clock=clock)
+        yield SimpleNamespace(rollout=rollout, clock=clock, simulator_url=server.base_url.removesuffix("/v1"))
         scheduler.stop()
         stop.set()
         for sender in senders:
@@ -571,8 +573,8 @@ def _routes_weight(page, deployment):
     return page.locator(f'tr[data-deployment="{deployment}"] [data-field=weight] .num')
 
 
-@pytest.mark.timeout(330)
-def test_the_seeded_demo_rollout_of_a_degrading_canary_rolls_back_by_itself_and_every_browser_sees_it(
+@pytest.mark.timeout(600)
+def test_the_seeded_demo_rollout_rolls_back_by_itself_every_browser_sees_it_and_a_fixed_canary_promotes(
         chromium, app_url, demo_rollout):
     from routing.models import Route
     from routing.rollouts.models import Rollout
@@ -622,6 +624,29 @@ def test_the_seeded_demo_rollout_of_a_degrading_canary_rolls_back_by_itself_and_
     assert _routes_weight(viewer_routes, "steady-gpt").inner_text() == "100%"
     assert viewer_routes.evaluate("() => window.notReloaded") is True
     assert Route.objects.get(name="gpt-demo").weights() == {"steady-gpt": 100, "tail-gpt": 0, "flaky-gpt": 0}
+
+    # The README's promote flow: the simulated model made to behave like the baseline (here the fixture's own
+    # baseline personality; the README names the built-in it copies), then Retry; the steps pass on their own
+    # traffic up to the pause, a human approves, and tail-gpt is promoted.
+    answer = httpx.put(f"{demo_rollout.simulator_url}/_sim/models/heavy-tailed", json=STEADY)
+    assert answer.status_code == 200, answer.text
+    admin.reload()
+    admin.locator("#reason-retry").fill("tail fixed")
+    admin.locator("button[data-gate=retry]").click()
+    try:
+        admin.wait_for_selector("#rollout-state:text-is('awaiting_approval')", timeout=300_000)
+    except Exception:
+        last = Rollout.objects.get(pk=rollout.pk).verdicts.first()
+        pytest.fail(f"not awaiting approval: {last} {last and last.sentence}\n"
+                    f"{admin.locator('#transitions').inner_text()}")
+    passed = admin.locator("#transitions").inner_text()
+    assert "step 1 (25%) passed" in passed and "step 2 (50%) passed" in passed
+    admin.reload()
+    admin.locator("#reason-approve").fill("numbers look right")
+    admin.locator("button[data-gate=approve]").click()
+    admin.wait_for_selector("#rollout-state:text-is('promoted')", timeout=60_000)
+    _routes_weight(viewer_routes, "tail-gpt").filter(has_text="100%").wait_for(timeout=10_000)
+    assert Route.objects.get(name="gpt-demo").weights() == {"steady-gpt": 0, "tail-gpt": 100, "flaky-gpt": 0}
     admin.context.close()
     viewer.context.close()
 
@@ -862,3 +887,58 @@ def test_staff_set_up_a_webhook_a_rule_and_a_policy_on_the_alerts_page_and_a_sil
     assert answers == [403] * 11
     assert Channel.objects.get().name == "ops hook" and NotificationPolicy.objects.filter(name="canary to the hook")
     viewer.context.close()
+
+
+def test_the_maintenance_windows_table_lays_out_as_a_table_beside_the_deployment_window_picker(
+        chromium, app_url, world):
+    from dashboard.alerts.models import MaintenanceWindow
+
+    MaintenanceWindow.objects.create(name="upgrade", starts_at=world.route.created_at,
+                                     ends_at=world.route.created_at + timedelta(hours=1),
+                                     matchers=[{"name": "provider", "op": "=", "value": "simulator"}])
+    page = signed_in_page(chromium, app_url, "alice", "/alerts/")
+    table = page.locator("table.windows")
+    assert table.evaluate("t => getComputedStyle(t).display") == "table"
+    # Every cell sits under its column's heading: the header and the row are equally wide, cell for cell.
+    widths = table.evaluate("""t => [...t.rows].map((row) => [...row.cells]
+        .map((c) => Math.round(c.getBoundingClientRect().left)))""")
+    assert len(widths) == 2 and widths[0] == widths[1], widths
+    assert table.evaluate("t => t.getBoundingClientRect().width") > 600  # as wide as the page's other tables
+    page.goto("/deployments/stable/")
+    assert page.locator("#windows").evaluate("n => getComputedStyle(n).display") == "inline-flex"
+    page.context.close()
+
+
+def test_the_routes_page_charts_each_targets_traffic_per_minute_and_keeps_it_live(chromium, app_url, world):
+    page = signed_in_page(chromium, app_url, "victor", "/routes/")
+    chart = """() => Chart.getChart(document.querySelector('canvas[data-route="chat"]')).data.datasets
+        .map((d) => [d.label, d.data.length, d.data.filter((v) => Math.abs(v - 0.3) < 1e-9).length])"""
+    datasets = page.evaluate(chart)
+    assert [d[0] for d in datasets] == ["canary", "stable"] and all(d[1] == 31 for d in datasets)
+    assert datasets[1][2] >= 28  # 18 requests a minute for the last half hour: 0.3/s a bar
+    assert page.locator("tr[data-deployment=stable] [data-field=rps]").inner_text().endswith("/s")
+    page.context.close()
+
+
+def test_a_flapping_run_on_the_timeline_opens_to_every_event_and_grows_live(chromium, app_url, world):
+    from dashboard import live
+    from routing.models import Event, EventKind
+
+    canary = world.route.targets.get(weight=10).deployment
+    for n in range(12):
+        Event.objects.create(kind=EventKind.HEALTH, deployment=canary, message=f"canary flap {n}")
+    page = signed_in_page(chromium, app_url, "victor", "/timeline/?deployment=canary")
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    run = page.locator("#timeline > li").first
+    assert run.locator("summary").inner_text() == "×12"
+    assert not page.locator("text=canary flap 0").is_visible()
+    run.locator("summary").click()
+    assert page.locator("text=canary flap 0").is_visible()
+    assert run.locator("a.object").first.get_attribute("href") == "/deployments/canary/"
+    live.timeline_event(Event.objects.create(kind=EventKind.HEALTH, deployment=canary, message="canary flap 12"))
+    page.wait_for_selector("#timeline > li:first-child summary:has-text('×13')", timeout=5000)
+    assert "canary flap 12" in page.locator("#timeline > li").first.locator(".message").first.inner_text()
+    assert page.locator("#timeline > li").count() == 1  # the weights change is not the canary's: filtered out
+    assert violations == []
+    page.context.close()

@@ -309,10 +309,10 @@ def test_the_detail_page_offers_only_the_gates_its_user_may_press_as_the_api_dec
 
 
 def test_the_form_s_preview_is_the_api_s_dry_run_of_the_form_as_typed_with_each_step_s_row(admin_user, admin_api):
-    from tests.routing.rollouts.helpers import traffic
+    from tests.routing.rollouts.helpers import past_traffic
 
     w = world()
-    traffic(w.route, w.stable, 900, errors=9)  # the route's recent traffic: 1 request a second over 15 minutes
+    past_traffic(w.route, w.stable, 900, errors=9)  # the route's recent traffic: 1 request a second over 15 minutes
     fields = {"route": "chat", "canary": "canary", "plan_template": "custom", "step-0-weight": "10",
               "step-1-kind": "pause", "step-2-weight": "50", "step-3-weight": "100",
               "guard-errors-on": "on", "guard-errors-allowed": "0.5", "step_timeout_s": "600"}
@@ -335,3 +335,13 @@ def test_the_preview_of_an_invalid_form_answers_its_errors_by_field_and_viewers_
     assert answer.json()["errors"]["steps"] == {"0": ["weight: Ensure this value is greater than or equal to 1."]}
     assert answer.json()["errors"]["guards"] == ["This list may not be empty."]
     assert browser(viewer_user).post("/rollouts/new/preview/", {"route": "chat"}).status_code == 403
+
+
+def test_an_absurd_dwell_typed_in_the_form_is_named_beside_its_step_and_creates_nothing(admin_user):
+    world()
+    response = browser(admin_user).post("/rollouts/new/", {
+        "route": "chat", "canary": "canary", "plan_template": "custom",
+        "step-0-weight": "20", "step-0-min_dwell_s": "1" + "0" * 30, "step-1-weight": "100",
+        "guard-errors-on": "on", "guard-errors-allowed": "1"})
+    assert response.status_code == 400 and not Rollout.objects.exists()
+    assert 'id="error-step-0" role="alert"><li>min_dwell_s: At most 604800 s (7 days).' in response.content.decode()

@@ -39,6 +39,7 @@ class Command(BaseCommand):
                 verbosity=0,
             ).run()
         finally:
+            self._load_tests_elsewhere()
             if traffic is not None:
                 traffic.stop()
             gateway.close()  # the last rollups, request-log rows and key/circuit changes are saved
@@ -89,3 +90,8 @@ class Command(BaseCommand):
         scheduler.start()
         self.stdout.write("Probes running in-process")
         return scheduler
+
+    def _load_tests_elsewhere(self):
+        from probes.loadtest import jobs
+
+        jobs.stop_serving_gateway()

@@ -18,6 +18,8 @@ MAX_DURATION_S = 3600
 MAX_CONCURRENCY = 512
 MAX_RATE = 10_000
 MAX_JSONL_CHARS = 5_000_000
+MAX_SEED = 2**32 - 1
+MAX_SLO_MS = 600_000  # the longest request timeout: a slower answer never completes
 RESULT_FIELDS = ("thresholds", "client_limited", "client_limited_reason", "generator_cpu_share", "cancelled", "phases")
 
 
@@ -32,7 +34,7 @@ class LoadTestSettingsSerializer(StrictFieldsMixin, serializers.Serializer):
     concurrency = serializers.ListField(child=StrictIntegerField(min_value=1, max_value=MAX_CONCURRENCY),
                                         min_length=1, max_length=10, default=[4])
     rate = serializers.FloatField(min_value=0.01, max_value=MAX_RATE, required=False, help_text="Requests per second")
-    seed = StrictIntegerField(min_value=0, default=0, help_text="Seed of the Poisson arrivals")
+    seed = StrictIntegerField(min_value=0, max_value=MAX_SEED, default=0, help_text="Seed of the Poisson arrivals")
     stages = serializers.ListField(child=serializers.ListField(child=serializers.FloatField(min_value=0), min_length=2,
                                                                max_length=2),
                                    max_length=20, default=list, help_text="[[duration s, target rate/s], ...]")
@@ -48,7 +50,7 @@ class LoadTestSettingsSerializer(StrictFieldsMixin, serializers.Serializer):
     timeout_s = serializers.FloatField(min_value=1, max_value=600, default=60)
     thresholds = serializers.ListField(child=serializers.CharField(max_length=200), max_length=20, default=list)
     abort_on_fail = serializers.BooleanField(default=False)
-    slos = serializers.DictField(child=serializers.FloatField(min_value=0), default=dict,
+    slos = serializers.DictField(child=serializers.FloatField(min_value=0, max_value=MAX_SLO_MS), default=dict,
                                  help_text="{ttft|itl|tpot|e2e: max ms} for goodput")
 
     def validate_thresholds(self, value):
@@ -68,6 +70,8 @@ class LoadTestSettingsSerializer(StrictFieldsMixin, serializers.Serializer):
     def validate_stages(self, value):
         if any(duration <= 0 for duration, _ in value):
             raise serializers.ValidationError("Every stage needs a duration above 0 s.")
+        if any(duration > MAX_DURATION_S for duration, _ in value):
+            raise serializers.ValidationError(f"A stage lasts at most {MAX_DURATION_S} s (the run's time cap).")
         if any(rate > MAX_RATE for _, rate in value):
             raise serializers.ValidationError(f"A stage's rate is at most {MAX_RATE}/s.")
         return value

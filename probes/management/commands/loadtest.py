@@ -17,8 +17,8 @@ from probes.loadtest.api.serializers import LoadTestSettingsSerializer
 from probes.loadtest.profiles import ProfileKind
 from probes.loadtest.prompts import PromptSource
 from probes.loadtest.runner import RunStatus
+from routing import formats
 
-DEFAULT_GATEWAY = "http://127.0.0.1:8000/v1"
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
@@ -47,7 +47,8 @@ class Command(BaseCommand):
         target = parser.add_argument_group("target")
         target.add_argument("--route", help="A route, through the gateway (weights, limits and retries apply)")
         target.add_argument("--deployment", help="One deployment directly, with one of its provider's keys")
-        target.add_argument("--gateway-url", default=os.environ.get("WEATHERVANE_GATEWAY_URL", DEFAULT_GATEWAY))
+        target.add_argument("--gateway-url", help="Default: $WEATHERVANE_GATEWAY_URL, else the gateway a running "
+                            "`serve` on this data directory bound (any port), else " + jobs.DEFAULT_CLI_GATEWAY)
         target.add_argument("--gateway-key", default=os.environ.get("WEATHERVANE_GATEWAY_KEY", ""),
                             help="Default: $WEATHERVANE_GATEWAY_KEY, else a key made for the run and disabled after")
         load = parser.add_argument_group("load")
@@ -140,7 +141,7 @@ class Command(BaseCommand):
                 bar.update(task, completed=progress["done"], description=progress["phase"] or "running",
                            figures=figures)
 
-            job = jobs.Job(run, options["gateway_url"], options["gateway_key"], on_tick=tick)
+            job = jobs.Job(run, options["gateway_url"] or jobs.cli_gateway_url(), options["gateway_key"], on_tick=tick)
             return job.run()
 
     def _verdict(self, run):
@@ -167,7 +168,7 @@ def summary_table(run):
     for column in ("metric", "avg", "p50", "p90", "p95", "p99", "p99.9"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in doc["latency_rows"]:
-        table.add_row(row["label"], *(_ms(v) for v in row["values"]))
+        table.add_row(row["label"], *(formats.ms(v) for v in row["values"]))
     table.add_section()
     for label, value in _figures(summary):
         table.add_row(label, value)
@@ -184,26 +185,16 @@ def _figures(summary):
     rate = summary.get("success_rate")
     return [
         ("requests", f"{summary.get('count', 0)} ({summary.get('ok', 0)} ok)"),
-        ("success rate", f"{rate * 100:.2f} %" if rate is not None else "–"),
-        ("requests/s", f"{summary.get('rps', 0):.2f}"),
+        ("success rate", formats.pct(rate)),
+        ("requests/s", formats.rate(summary.get("rps", 0))),
         ("output tokens/s", f"{summary.get('output_tps', 0):.1f}"),
-        ("goodput", _pct(summary.get("goodput_ratio")) if summary.get("slos") else "no SLOs"),
+        ("goodput", formats.pct(summary.get("goodput_ratio")) if summary.get("slos") else "no SLOs"),
         ("cost per 1,000 requests", _dollars(summary.get("cost_per_1k"))),
     ]
 
 
 def _dollars(value):
     return "–" if value is None else f"${value:.4f}"
-
-
-def _ms(value):
-    if value is None:
-        return "–"
-    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.1f} ms"
-
-
-def _pct(value):
-    return "–" if value is None else f"{value * 100:.1f} %"
 
 
 def _plain(value):

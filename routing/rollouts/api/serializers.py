@@ -13,13 +13,22 @@ from ..analysis import DEFAULT_GUARDS, Guard, Metric
 from ..models import ACTIVE_STATES, Rollout, RolloutTransition, RolloutVerdict
 
 MAX_STEPS = 20
+# Bounds of what a plan may ask for: a week is the longest a step may run (step_timeout_s), ten million the most
+# canary requests a rollout may wait for (min_canary_requests). Beyond them a value is a typo, not a plan.
+MAX_STEP_S = 7 * 86400
+MAX_REQUESTS = 10**7
+MAX_ALLOWED = 10.0  # +1000 % on a p95: anything more guards nothing
+MAX_LIMIT = 1e9  # a p99 of 11 days, a billion tokens/s or dollars per request
 
 
 class StepSerializer(StrictFieldsMixin, serializers.Serializer):
     weight = StrictIntegerField(required=False, min_value=1, max_value=100, help_text="Canary weight, 1-100")
-    min_dwell_s = StrictIntegerField(required=False, min_value=0, default=0, help_text="Least seconds at this weight")
-    min_requests = StrictIntegerField(required=False, min_value=0, default=0,
-                                      help_text="Least canary requests at this weight")
+    min_dwell_s = StrictIntegerField(required=False, min_value=0, max_value=MAX_STEP_S, default=0,
+                                     help_text="Least seconds at this weight (at most 604800: 7 days)",
+                                     error_messages={"max_value": "At most {max_value} s (7 days)."})
+    min_requests = StrictIntegerField(required=False, min_value=0, max_value=MAX_REQUESTS, default=0,
+                                      help_text="Least canary requests at this weight (at most 10,000,000)",
+                                      error_messages={"max_value": "At most {max_value} requests."})
     pause = serializers.BooleanField(required=False, default=False, help_text="Wait here for a human's approval")
     shadow = StrictIntegerField(required=False, min_value=1, max_value=100,
                                 help_text="Mirror this % of the route's requests to the canary, answers discarded")
@@ -36,10 +45,10 @@ class StepSerializer(StrictFieldsMixin, serializers.Serializer):
 
 class GuardSerializer(StrictFieldsMixin, serializers.Serializer):
     metric = serializers.ChoiceField(choices=Metric.choices)
-    allowed = serializers.FloatField(required=False, allow_null=True, default=None,
+    allowed = serializers.FloatField(required=False, allow_null=True, default=None, max_value=MAX_ALLOWED,
                                      help_text="Allowed regression: points for rates (0.005 = +0.5 pp), "
-                                               "relative for p95s (0.1 = +10%)")
-    limit = serializers.FloatField(required=False, allow_null=True, default=None,
+                                               "relative for p95s (0.1 = +10%, at most 10 = +1000 %)")
+    limit = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=MAX_LIMIT,
                                    help_text="Absolute limit: a rate, a p99 in ms, a minimum tokens/s or a cost")
 
     def validate(self, data):
@@ -77,8 +86,8 @@ class RolloutSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         fields = ["id", "route", "canary", "state", "step", "plan", "guards", "alpha", "min_canary_requests",
                   "step_timeout_s", "preflight_probes", "baseline", "created_by", "created_at", "updated_at"]
         read_only_fields = ["state", "step", "baseline", "created_by", "created_at", "updated_at"]
-        extra_kwargs = {"min_canary_requests": {"min_value": 10, "max_value": 10**7},
-                        "step_timeout_s": {"min_value": 10, "max_value": 7 * 86400},
+        extra_kwargs = {"min_canary_requests": {"min_value": 10, "max_value": MAX_REQUESTS},
+                        "step_timeout_s": {"min_value": 10, "max_value": MAX_STEP_S},
                         "preflight_probes": {"min_value": 1, "max_value": 20}}
 
     def to_internal_value(self, data):

@@ -210,3 +210,31 @@ def test_by_default_a_running_step_past_its_timeout_that_no_tick_paused_fires_as
     alert = Alert.objects.get()
     assert alert.labels["event"] == "stuck" and alert.state == "firing"
     assert "step 1 is 179 s past its 600 s timeout and no tick has paused it" in alert.summary
+
+
+def test_by_default_a_canary_provider_incident_fires_while_its_step_runs(world, policy, clock):
+    from routing.rollouts import analysis, controller
+
+    default_rule("rollout needs attention")
+    rollout = Rollout.objects.create(route=world.route, canary=world.canary, plan=[{"weight": 50}], guards=[],
+                                     state=RolloutState.RUNNING, step_started_at=clock() - timedelta(minutes=5),
+                                     baseline={"stable": 90, "canary": 10})
+    engine.tick(clock())
+    assert not Alert.objects.exists()
+    window = analysis.StepWindow(
+        [rollups.RollupDelta(count=80, ok=80 - e, errors={"server_error": e}) for e in (1, 40, 1, 0, 1)],
+        [rollups.RollupDelta(count=720, ok=713, errors={"server_error": 7})] * 5)
+    judgement = analysis.judge(window, [analysis.Guard(analysis.Metric.ERRORS, allowed=0.005)])
+    assert judgement.incident
+    controller._note_incident(rollout, judgement)
+    engine.tick(clock.advance(5))
+    alert = Alert.objects.get()
+    assert alert.labels["event"] == "canary_incident" and alert.state == "firing"
+    assert alert.summary.startswith(f"{rollout}: canary incident: canary provider incident at step 1, holding")
+    # The next step is another step: the incident was the last one's.
+    from routing.models import Event
+
+    noted = Event.objects.get(data__incident=True).created_at
+    Rollout.objects.filter(pk=rollout.pk).update(step=1, step_started_at=noted + timedelta(seconds=1))
+    engine.tick(clock.advance(5))
+    assert Alert.objects.get().state == "resolved"

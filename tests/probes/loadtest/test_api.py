@@ -161,6 +161,19 @@ def test_bad_input_is_refused_naming_the_field_and_starts_nothing(admin_api, reg
     assert not LoadTestRun.objects.exists()
 
 
+@pytest.mark.parametrize("body, field, says", [
+    ({"stages": [[1e30, 5]], "profile": "stages"}, "stages", "A stage lasts at most 3600 s"),
+    ({"slos": {"ttft": 1e30}}, "slos", "less than or equal to 600000"),
+    ({"seed": 10**30}, "seed", "less than or equal to 4294967295"),
+    ({"duration_s": 1e30}, "duration_s", "less than or equal to 3600"),
+    ({"timeout_s": 1e30}, "timeout_s", "less than or equal to 600"),
+])
+def test_absurd_durations_are_refused_with_their_bound(admin_api, registry, body, field, says):
+    response = admin_api.post(URL, {"deployment": "cheap", **body, "confirm": True}, format="json")
+    assert response.status_code == 400 and says in str(response.json()[field])
+    assert not LoadTestRun.objects.exists()
+
+
 def test_a_run_left_running_by_a_stopped_server_does_not_block_new_ones(admin_api, registry):
     from datetime import timedelta
 

@@ -86,3 +86,20 @@ def test_bad_settings_are_refused_naming_the_field_and_send_nothing(demo, args, 
         loadtest(*args)
     assert refused.value.returncode == 2
     assert not LoadTestRun.objects.exists()
+
+
+def test_without_a_gateway_url_a_route_run_goes_to_the_port_serve_runs_on(demo, settings):
+    from urllib.parse import urlsplit
+
+    from probes.loadtest import jobs
+
+    settings.GATEWAY_URL = ""
+    assert jobs.cli_gateway_url() == "http://127.0.0.1:8000/v1"  # no server running: the documented default
+    jobs.serve_gateway_at("0.0.0.0", urlsplit(demo.base_url).port)  # `serve` on any port, any interface
+    loadtest("--route", "chat", "--requests", "5", "--max-tokens", "8")
+    assert LoadTestRun.objects.get().summary()["ok"] == 5
+    settings.GATEWAY_URL = "https://gateway.example.com/v1"
+    assert jobs.cli_gateway_url() == "https://gateway.example.com/v1"  # WEATHERVANE_GATEWAY_URL comes first
+    settings.GATEWAY_URL = ""
+    jobs.stop_serving_gateway()  # serve stopped
+    assert jobs.cli_gateway_url() == "http://127.0.0.1:8000/v1"

@@ -45,6 +45,14 @@ def traffic(route, deployment, requests, errors=0, error_kind=Outcome.SERVER_ERR
     rollups.save_deltas(agg.drain())
 
 
+def past_traffic(route, deployment, requests, errors=0, minutes=15):
+    """Record `requests` evenly over the `minutes` whole minutes before this one (the route's recent traffic, as
+    the forecast reads it); return this minute's start."""
+    traffic(route, deployment, requests, errors=errors, minutes=minutes)
+    Rollup.objects.filter(route=route).update(minute=F("minute") - timedelta(minutes=minutes))
+    return timezone.now().replace(second=0, microsecond=0)
+
+
 def age(rollout, minutes=1):
     """Move the route's recorded traffic and the rollout's step `minutes` into the past (time passing)."""
     Rollup.objects.filter(route=rollout.route).update(minute=F("minute") - timedelta(minutes=minutes))

@@ -364,3 +364,21 @@ def test_a_step_after_passed_ones_needs_half_the_pass_bar_from_its_own_traffic()
     # However much earlier steps showed, a step whose own traffic is against the canary never passes.
     worse = judge(_window([(1000, 14)] * 3, [(9000, 90)] * 3), [ERRORS], carried_pass={Metric.ERRORS: 50.0})
     assert worse.verdict != Verdict.PASS
+
+
+def test_the_pass_level_is_looser_before_the_step_that_promotes():
+    from routing.rollouts.analysis import pass_alpha_of, pass_bar
+
+    plan = [{"weight": 10}, {"weight": 25}, {"weight": 50}, {"weight": 100}]
+    assert [pass_alpha_of(plan, i) for i in range(3)] == [0.25, 0.25, 0.05]
+    assert pass_alpha_of([{"weight": 10}, {"weight": 50}], 1) == 0.05  # the last step's pass promotes
+    assert pass_alpha_of([{"weight": 10}, {"pause": True}, {"weight": 100}], 0) == 0.25  # a human approves next
+    # The bar in logs: ln 4 alone; ln 20 alone; after ln 4 was shown, ln 20 - ln 4 = ln 5; never below ln 20 / 2.
+    assert pass_bar(0.25) == pytest.approx(math.log(4))
+    assert pass_bar(0.05) == pytest.approx(math.log(20))
+    assert pass_bar(0.05, math.log(4)) == pytest.approx(math.log(5))
+    assert pass_bar(0.05, 10.0) == pytest.approx(math.log(20) / 2)
+    # The same evidence (an identical canary's e = 6.74) passes a first step of four but not a promotion.
+    window = _window([(1000, 10)] * 3, [(9000, 90)] * 3)
+    assert judge(window, [ERRORS], pass_alpha=0.25).verdict == Verdict.PASS
+    assert judge(window, [ERRORS], pass_alpha=0.05).verdict == Verdict.INCONCLUSIVE

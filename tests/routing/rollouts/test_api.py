@@ -161,3 +161,25 @@ def test_a_second_rollout_of_a_busy_route_cannot_start(w, admin_api):
     refused = post(admin_api, f"{URL}/{second.pk}/start", {"reason": "two"})
     assert refused.status_code == 409 and f"rollout {first.pk}" in refused.json()["detail"]
     assert Rollout.objects.get(pk=second.pk).state == RolloutState.DRAFT
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"plan": [{"weight": 10, "min_dwell_s": 10**30}]}, "plan", "At most 604800 s (7 days)."),
+    ({"plan": [{"weight": 10, "min_dwell_s": 7 * 86400 + 1}]}, "plan", "At most 604800 s (7 days)."),
+    ({"plan": [{"shadow": 10, "min_dwell_s": 10**30}, {"weight": 10}]}, "plan", "At most 604800 s"),
+    ({"plan": [{"weight": 10, "min_requests": 10**30}]}, "plan", "At most 10000000 requests."),
+    ({"step_timeout_s": 10**30}, "step_timeout_s", "less than or equal to 604800"),
+    ({"min_canary_requests": 10**30}, "min_canary_requests", "less than or equal to 10000000"),
+    ({"guards": [{"metric": "ttft_p95", "allowed": 1e30}]}, "guards", "less than or equal to 10"),
+    ({"guards": [{"metric": "ttft_p95", "allowed": 0.1, "limit": 1e30}]}, "guards", "less than or equal to 1"),
+])
+def test_absurd_durations_and_sizes_are_refused_with_their_bound(w, admin_api, change, field, words):
+    response = post(admin_api, f"{URL}/", GOOD | change)
+    assert response.status_code == 400, response.json()
+    assert field in response.json() and words in str(response.json()[field])
+    assert not Rollout.objects.exists()
+
+
+def test_a_week_long_dwell_is_still_a_plan(w, admin_api):
+    plan = [{"weight": 10, "min_dwell_s": 7 * 86400, "min_requests": 10**7}]
+    assert post(admin_api, f"{URL}/", GOOD | {"plan": plan}).status_code == 201

@@ -261,7 +261,11 @@ def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
     assert tick(rollout.pk) == S.ROLLED_BACK
     gate(rollout.pk, "retry", reason="fixed", actor="admin")
     probe_results(w.canary, [Outcome.OK] * 3)
-    assert tick(rollout.pk) == S.RUNNING
+    # The minute the first attempt ended in holds its failing canary traffic: the new attempt's first step begins
+    # after it, or it would be rolled back on the old attempt's failures.
+    ended = rollout.transitions.filter(to_state=S.ROLLED_BACK).get().at
+    assert tick(rollout.pk, now=ended) == S.PREFLIGHT
+    assert tick(rollout.pk, now=ended.replace(second=0, microsecond=0) + timedelta(minutes=1)) == S.RUNNING
     rollout.refresh_from_db()
     assert (rollout.step, rollout.carried) == (0, {})
     assert w.route.weights() == {"canary": 10, "stable": 90}
@@ -386,3 +390,26 @@ def test_while_a_rollout_runs_session_ids_are_ignored_so_each_request_draws_its_
     assert not snapshot.build().routes["chat"].sticky  # sticky users would give the arms different users
     gate(rollout.pk, "abort", reason="enough", actor="admin")
     assert snapshot.build().routes["chat"].sticky
+
+
+def test_a_step_before_the_promotion_passes_at_the_looser_level_and_hands_its_evidence_on():
+    from probes.rollups import RollupDelta
+    from routing.rollouts import analysis
+
+    def minutes(requests, errors):
+        return [RollupDelta(count=requests, ok=requests - errors, errors={"server_error": errors})] * 3
+
+    # An identical canary, e = 6.74 within +0.5 pp: enough for 10 % -> 25 %, not for the promotion.
+    window = analysis.StepWindow(minutes(1000, 10), minutes(9000, 90))
+    guards = [analysis.Guard(analysis.Metric.ERRORS, allowed=0.005)]
+    plan = [{"weight": 10}, {"weight": 25}, {"weight": 100}]
+    rollout = Rollout(plan=plan, guards=[{"metric": "errors", "allowed": 0.005}], alpha=0.01, step=0, carried={})
+    first = controller.judge_window(rollout, window, guards)
+    assert first.verdict == analysis.Verdict.PASS
+    rollout.carried, rollout.step = controller.next_carried(first), 1
+    assert controller.carried_pass_evidence(rollout)[analysis.Metric.ERRORS] == pytest.approx(1.908, abs=0.01)
+    # At the promoting step the same traffic again makes the product 6.74^2 = 45 >= 20, and its own 6.74 is more
+    # than sqrt(20): promoted. Without the first step's evidence it would hold.
+    assert controller.judge_window(rollout, window, guards).verdict == analysis.Verdict.PASS
+    rollout.carried = {}
+    assert controller.judge_window(rollout, window, guards).verdict == analysis.Verdict.INCONCLUSIVE

@@ -7,7 +7,7 @@ import pytest
 from probes.rollups import RollupDelta
 from routing.rollouts import analysis, forecast
 
-from .helpers import GUARDS, PLAN, traffic, world
+from .helpers import GUARDS, PLAN, past_traffic, world
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/rollouts/preview/"
@@ -35,10 +35,11 @@ def test_the_requests_needed_are_where_an_unchanged_canarys_pass_e_value_crosses
 
 def test_a_plan_that_cannot_decide_at_the_routes_traffic_is_flagged_before_it_starts():
     w = world()
-    traffic(w.route, w.stable, 900, errors=9)  # 1 request a second over the last 15 minutes
+    now = past_traffic(w.route, w.stable, 900, errors=9, minutes=15)  # 1 request a second over 15 minutes
     plan = [{"weight": 10, "min_dwell_s": 60, "min_requests": 0}, {"weight": 50, "min_dwell_s": 60,
                                                                     "min_requests": 0}, {"weight": 100}]
-    result = forecast.forecast_plan(w.route, plan, [{"metric": "errors", "allowed": 0.005}], step_timeout_s=1800)
+    result = forecast.forecast_plan(w.route, plan, [{"metric": "errors", "allowed": 0.005}], step_timeout_s=1800,
+                                    now=now)
     assert result["route_rps"] == 1.0
     first, second = result["steps"]
     assert (first["label"], first["canary_rps"]) == ("10 %", 0.1)
@@ -47,6 +48,13 @@ def test_a_plan_that_cannot_decide_at_the_routes_traffic_is_flagged_before_it_st
     assert result["warnings"][0].startswith(f"step 1 (10 %) needs about {first['requests_needed']:,} canary requests")
     assert "past its 30 min timeout" in result["warnings"][0]
     assert second["seconds"] < first["seconds"]
+
+
+def test_a_young_route_is_read_over_the_minutes_it_has_existed():
+    w = world()
+    now = past_traffic(w.route, w.stable, 300, errors=3, minutes=5)  # 1 request a second, for 5 minutes
+    assert forecast.forecast_plan(w.route, PLAN, GUARDS, now=now)["route_rps"] == 1.0  # not 300 / 900 s
+    assert forecast.forecast_plan(w.route, PLAN, GUARDS, now=now)["window_s"] == 300
 
 
 def test_a_route_without_recent_traffic_says_so():
@@ -60,7 +68,7 @@ def test_a_route_without_recent_traffic_says_so():
 
 def test_the_dry_run_answers_the_forecast_and_saves_nothing(admin_api):
     w = world()
-    traffic(w.route, w.stable, 9000, errors=90)
+    past_traffic(w.route, w.stable, 9000, errors=90)
     response = admin_api.post(URL, GOOD, format="json")
     assert response.status_code == 200, response.json()
     body = response.json()
@@ -76,3 +84,20 @@ def test_the_dry_run_refuses_what_create_refuses_naming_the_field(admin_api):
     response = admin_api.post(URL, GOOD | {"plan": [{"weight": 0}]}, format="json")
     assert response.status_code == 400
     assert "plan" in response.json()
+
+
+def test_each_step_is_forecast_at_its_own_pass_bar():
+    w = world()
+    past_traffic(w.route, w.stable, 900, errors=9)
+    guards = [{"metric": "errors", "allowed": 0.005}]
+    recent, _ = forecast._recent(w.route, forecast.timezone.now())
+    guard = analysis.Guard(analysis.Metric.ERRORS, allowed=0.005)
+    plan = [{"weight": 10, "min_dwell_s": 60, "min_requests": 0}, {"weight": 50, "min_dwell_s": 60,
+                                                                    "min_requests": 0}, {"weight": 100}]
+    first, second = forecast.forecast_plan(w.route, plan, guards)["steps"]
+    # The first step passes at STEP_PASS_ALPHA (a larger share follows): e >= 4; the second promotes: the product
+    # must reach 20, so it needs 20 / 4 = 5 itself (more than sqrt(20): half the bar).
+    assert first["requests_needed"] == forecast.requests_needed(guard, 0.1, recent, math.log(4))
+    assert second["requests_needed"] == forecast.requests_needed(guard, 0.5, recent, math.log(5))
+    alone = forecast.forecast_plan(w.route, [plan[0], plan[2]], guards)["steps"][0]  # 10 % then promotion
+    assert alone["requests_needed"] == forecast.requests_needed(guard, 0.1, recent) > first["requests_needed"]
