@@ -182,9 +182,9 @@ class CountTest:
     log_fail: float
     log_fail_robust: float
     log_pass: float
-    worst: int | None  # index of the minute that weighs most against the canary
-    log_worst: float = -math.inf  # the failure e-value of that minute alone
-    outlier: bool = False  # that minute is an outlier among the canary's (is_outlier): the rollback leaves it out
+    worst: tuple | None  # (start, stop) of the minute or two adjacent minutes that weigh most against the canary
+    log_worst: float = -math.inf  # the failure e-value of those minutes alone
+    outlier: bool = False  # they are the whole window or an outlier among the canary's: the rollback leaves them out
 
     @property
     def totals(self):
@@ -251,43 +251,54 @@ def count_test(minutes, boundary, within_centre=1.0, own_limit=None, phi_floor=1
     if own_limit and b <= OWN_ROUTE_EVENTS:
         own = log_e_value(c / split, (cn - c) / split, own_limit, Side.BELOW)
         log_pass = _log_mean(log_pass, own)
-    worst = _worst_minute(minutes, share, boundary)
+    worst = _worst_span(minutes, share, boundary)
     if worst is None:
         return CountTest(minutes, boundary, phi, log_fail, log_fail, log_pass, None)
-    outlier = is_outlier(minutes, worst)
+    # A span that is the whole window may be all incident: nothing shows it is not, so it is left out.
+    outlier = worst[1] - worst[0] >= len(minutes) or is_outlier(minutes, worst)
     robust = _without(minutes, worst, boundary, phi_floor) if outlier else log_fail
-    alone = minutes[worst]
-    log_worst = log_e_beyond(alone.canary, alone.baseline, alone.canary_n / (alone.canary_n + alone.baseline_n),
-                            boundary) if alone.baseline_n else -math.inf
+    c, cn, b, bn = _sums(minutes[worst[0]:worst[1]])
+    log_worst = log_e_beyond(c, b, cn / (cn + bn), boundary) if bn else -math.inf
     return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst, outlier)
 
 
-def _worst_minute(minutes, share, boundary):
-    """Return the index of the minute with the most canary events beyond what the boundary expects, or None."""
+def _sums(minutes):
+    return tuple(sum(getattr(m, name) for m in minutes) for name in ("canary", "canary_n", "baseline", "baseline_n"))
+
+
+def _worst_span(minutes, share, boundary):
+    """Return (start, stop) of the one minute or two adjacent minutes (a bad spell of up to a minute can fall
+    across a minute's edge) with the most canary events beyond what the boundary expects, or None."""
     theta = share_of(boundary, share)
-    excess = [(m.canary - (m.canary + m.baseline) * theta, i) for i, m in enumerate(minutes) if m.canary]
-    return max(excess)[1] if excess else None
+    excess = [m.canary - (m.canary + m.baseline) * theta if m.canary else -math.inf for m in minutes]
+    spans = [(excess[i], (i, i + 1)) for i in range(len(minutes))]
+    spans += [(excess[i] + excess[i + 1], (i, i + 2)) for i in range(len(minutes) - 1)
+              if excess[i] > -math.inf and excess[i + 1] > 0]
+    best = max(spans, default=(-math.inf, None))
+    return best[1] if best[0] > -math.inf else None
 
 
-def is_outlier(minutes, index, p=OUTLIER_P):
-    """Whether minute `index` holds more canary events than the canary's other minutes make believable.
+def is_outlier(minutes, span, p=OUTLIER_P):
+    """Whether the minutes of `span` (start, stop) hold more canary events than the canary's other minutes
+    make believable.
 
-    The upper tail of Binomial(its requests, the rest's rate) at its events, below p over the number of minutes
-    (it is the worst of them: Bonferroni). The rest's rate is (events + 1) / (requests + 2), so a canary with
-    no other events still has one. A single minute is never an outlier (there is nothing to compare it with).
+    The upper tail of Binomial(the span's requests, the rest's rate) at its events, below p over the number of
+    spans it was the worst of (Bonferroni: 2n - 1 for n minutes). The rest's rate is (events + 1) /
+    (requests + 2), so a canary with no other events still has one. A span with nothing else beside it is never
+    an outlier (there is nothing to compare it with).
     """
-    if len(minutes) < 2:
+    start, stop = span
+    if stop - start >= len(minutes):
         return False
-    m = minutes[index]
-    rest_events = sum(x.canary for x in minutes) - m.canary
-    rest_requests = sum(x.canary_n for x in minutes) - m.canary_n
+    c, cn, _, _ = _sums(minutes[start:stop])
+    rest_events, rest_requests, _, _ = _sums(minutes[:start] + minutes[stop:])
     rate = (rest_events + 1) / (rest_requests + 2)
-    return float(binom.sf(m.canary - 1, m.canary_n, rate)) < p / len(minutes)
+    return float(binom.sf(c - 1, cn, rate)) < p / (2 * len(minutes) - 1)
 
 
-def _without(minutes, index, boundary, phi_floor):
-    """Return the failure log e-value of the window without minute `index` (-inf when nothing is left)."""
-    rest = minutes[:index] + minutes[index + 1:]
+def _without(minutes, span, boundary, phi_floor):
+    """Return the failure log e-value of the window without the minutes of `span` (-inf when nothing is left)."""
+    rest = minutes[:span[0]] + minutes[span[1]:]
     c, cn, b, bn = (sum(getattr(m, name) for m in rest) for name in ("canary", "canary_n", "baseline", "baseline_n"))
     if not cn or not bn:
         return -math.inf
@@ -403,7 +414,7 @@ def _judge_rate(guard, window, alpha, carried, carried_pass=0.0, pass_alpha=PASS
     base_rate = (events + 0.5) / (requests + 1)  # never 0, so the ratio stays finite
     phi_b = arm_dispersion(history)
     test = count_test(minutes, 1 + guard.allowed / base_rate, own_limit=guard.allowed or None, phi_floor=phi_b)
-    rest = minutes[:test.worst] + minutes[test.worst + 1:] if test.outlier else minutes
+    rest = minutes[:test.worst[0]] + minutes[test.worst[1]:] if test.outlier else minutes
     own = _own_rate_fail(minutes, events, requests, guard.allowed, alpha, test.phi)
     own_robust = _own_rate_fail(rest, events, requests, guard.allowed, alpha, test.phi)
     test.log_fail = _log_mix(test.log_fail, own)

@@ -319,11 +319,26 @@ def test_the_worst_minute_is_left_out_only_when_it_is_an_outlier_among_the_canar
     # Thin traffic, a canary bad in every minute: the worst holds 2 of 3; the rest fail 4 of 12, a rate of
     # (4 + 1) / (12 + 2) = 0.357; P(X >= 2 | 3, 0.357) = 3 x 0.357^2 x 0.643 + 0.357^3 = 0.291: not an outlier.
     thin = [Minute(2, 3, 0, 27), Minute(1, 3, 0, 27), Minute(0, 3, 1, 27), Minute(1, 3, 0, 27), Minute(0, 3, 0, 27)]
-    assert not is_outlier(thin, 0)
-    # A burst: 8 of 60 in one minute, 1 of 180 in the rest (rate 2 / 182); P(X >= 8 | 60, 0.011) ~ 5e-7.
+    assert not is_outlier(thin, (0, 1))
+    # A burst: 8 of 60 in one minute, 1 of 180 in the rest (rate 2 / 182); P(X >= 8 | 60, 0.011) ~ 5e-7, under
+    # 0.01 over the 7 spans of one or two minutes it was the worst of.
     burst = [Minute(8, 60, 0, 540), Minute(0, 60, 1, 540), Minute(1, 60, 0, 540), Minute(0, 60, 0, 540)]
-    assert is_outlier(burst, 0)
-    assert not is_outlier([Minute(8, 60, 0, 540)], 0)  # one minute: nothing to compare it with
+    assert is_outlier(burst, (0, 1))
+    assert not is_outlier([Minute(8, 60, 0, 540)], (0, 1))  # one minute: nothing to compare it with
+    # ... so a single minute, however bad, is left out of the rollback side: it may be all incident.
+    alone = count_test([Minute(10, 36, 1, 272)], boundary=2.0)
+    assert alone.outlier and alone.log_fail > math.log(1000) and alone.log_fail_robust == -math.inf
+
+
+def test_a_bad_spell_across_a_minutes_edge_is_left_out_as_one():
+    # A 30 s spell from 0:45 to 1:15: 10 failures of 36 in the first minute, 5 of 32 in the second.
+    spell = [Minute(10, 36, 1, 272), Minute(5, 32, 0, 270)]
+    test = count_test(spell, boundary=2.0)
+    assert test.worst == (0, 2) and test.outlier and test.log_fail_robust == -math.inf  # nothing else to go on
+    clean = [Minute(0, 30, 1, 270)] * 3
+    later = count_test(spell + clean, boundary=2.0)
+    assert later.worst == (0, 2) and later.outlier and later.log_fail_robust < 0
+    assert later.log_fail > math.log(150)  # left in, it would roll back (errors alone: 1 / 150)
 
 
 def test_a_thin_canary_failing_in_every_minute_is_not_made_to_prove_it_without_its_worst_minute():

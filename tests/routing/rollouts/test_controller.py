@@ -96,8 +96,8 @@ def test_a_healthy_canary_steps_up_and_is_promoted_at_the_end():
 def test_a_failing_canary_is_rolled_back_at_once_with_the_verdict_as_reason():
     w = world()
     rollout = running(w)
-    traffic(w.route, w.canary, 200, errors=40, minutes=2)
-    traffic(w.route, w.stable, 1800, errors=18, minutes=2)
+    traffic(w.route, w.canary, 200, errors=40, minutes=3)
+    traffic(w.route, w.stable, 1800, errors=18, minutes=3)
     assert tick(rollout.pk) == S.ROLLED_BACK
     rollout.refresh_from_db()
     assert w.route.weights() == {"canary": 0, "stable": 100}
@@ -256,8 +256,8 @@ def test_a_preflight_cannot_be_paused_so_no_resume_ever_skips_it():
 def test_a_retried_rollout_preflights_again_and_starts_from_its_first_step():
     w = world()
     rollout = running(w)
-    traffic(w.route, w.canary, 200, errors=40, minutes=2)
-    traffic(w.route, w.stable, 1800, errors=18, minutes=2)
+    traffic(w.route, w.canary, 200, errors=40, minutes=3)
+    traffic(w.route, w.stable, 1800, errors=18, minutes=3)
     assert tick(rollout.pk) == S.ROLLED_BACK
     gate(rollout.pk, "retry", reason="fixed", actor="admin")
     probe_results(w.canary, [Outcome.OK] * 3)
@@ -337,8 +337,8 @@ def test_one_rollouts_error_never_stops_the_others_ticks(monkeypatch, caplog):
         return real(rollout)
 
     monkeypatch.setattr(controller, "judge_step", judge_step)
-    traffic(second.route, second.canary, 200, errors=40, minutes=2)
-    traffic(second.route, second.stable, 1800, errors=18, minutes=2)
+    traffic(second.route, second.canary, 200, errors=40, minutes=3)
+    traffic(second.route, second.stable, 1800, errors=18, minutes=3)
     assert controller.tick_all() == 1
     assert Rollout.objects.get(pk=healthy.pk).state == S.ROLLED_BACK
     assert Rollout.objects.get(pk=broken.pk).state == S.RUNNING  # its lease expires; the next tick retries it

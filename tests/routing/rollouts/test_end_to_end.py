@@ -52,9 +52,10 @@ def test_a_slow_canary_is_rolled_back_by_itself_and_the_gateway_drains_it(settin
         with ThreadPoolExecutor(6) as pool:
             assert set(pool.map(lambda _: served_by(gateway, key), range(260))) == {"canary", "stable"}
             assert wait_until(lambda: _canary_requests(route) >= 60, timeout=10)
-            age(rollout)  # a minute passes: a rollback needs more than one minute's evidence
-            list(pool.map(lambda _: served_by(gateway, key), range(260)))
-        assert wait_until(lambda: _canary_requests(route) >= 160, timeout=10)
+            for seen in (160, 260):  # minutes pass: a rollback needs more than two adjacent minutes' evidence
+                age(rollout)
+                list(pool.map(lambda _: served_by(gateway, key), range(260)))
+                assert wait_until(lambda seen=seen: _canary_requests(route) >= seen, timeout=10)
         assert tick(rollout.pk) == RolloutState.ROLLED_BACK
 
         rollout.refresh_from_db()
