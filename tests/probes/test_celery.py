@@ -182,10 +182,9 @@ def wait_for(check, timeout, every=0.3):
 def test_beat_and_a_worker_run_scheduled_probes_once_per_slot(world, processes, simulator):
     env, database = world
     ids = create_targets(env, simulator.base_url, {"quick": {"interval_s": 5}})
-    processes.start("beat", "beat", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-                    "--pidfile", str(processes.tmp_path / "beat.pid"))
-    processes.start("beat2", "beat", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-                    "--pidfile", str(processes.tmp_path / "beat2.pid"))  # a second beat must not double the probes
+    # The configured scheduler (dashboard.beat), as the README's `celery -A dashboard beat` runs it.
+    processes.start("beat", "beat", "--pidfile", str(processes.tmp_path / "beat.pid"))
+    processes.start("beat2", "beat", "--pidfile", str(processes.tmp_path / "beat2.pid"))  # must not double the probes
     processes.worker("w1")
     sql = "SELECT slot, outcome, lag_ms FROM probes_proberesult WHERE target_id = ? ORDER BY slot"
     rows = wait_for(lambda: len(database.rows(sql, (ids["quick"],))) >= 3 and database.rows(sql, (ids["quick"],)),

@@ -1,0 +1,186 @@
+"""Background work rides out outages by itself: a real Celery worker through a stop of its Redis broker, and
+celery beat through a database outage (and a start while the database is down), with no restart by hand.
+
+The broker is a redis-server of the test's own (tests/services.py) so the test may stop it; the database is
+a throwaway one on the PostgreSQL server, reached through a relay (tests/sockets.py) that the test takes down,
+as a stopped server would be, without stopping the server other tests share. Under CI=true a missing
+PostgreSQL, Redis or redis-server fails these tests instead of skipping them.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from celery import Celery
+
+from tests.conftest import require_service
+from tests.probes.test_celery import ROOT, Processes, create_targets, simulator, wait_for  # noqa: F401
+from tests.services import RedisServer
+from tests.sockets import Relay
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.scaled, pytest.mark.timeout(120)]
+
+SERVER_URL = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+OUTAGE_S = 10
+
+
+def _admin(statement):
+    import psycopg
+
+    with psycopg.connect(urlunsplit(urlsplit(SERVER_URL)._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    """Return (env for subprocesses without a broker, database name): a migrated throwaway database."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"wv_outage_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings", "WEATHERVANE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "DATABASE_URL": urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}")),
+        "WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS": "true", "WEATHERVANE_PROBES_IN_PROCESS": "false",
+        "WEATHERVANE_PROBE_DISPATCH_EVERY": "1", "WEATHERVANE_CELERY_QUEUE": f"wv-outage-{uuid.uuid4().hex[:8]}",
+        "PYTHONPATH": str(ROOT),
+    })
+    env.setdefault("WEATHERVANE_FERNET_KEYS", _fernet_key())
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, timeout=120)
+    yield env, name
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _fernet_key():
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def rows(env, sql, params=()):
+    import psycopg
+
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def send_probe(broker_url, queue, target_id):
+    """Send run_probe for a fresh slot (retrying the publish while the broker is coming back); return the slot."""
+    slot = int(time.time() * 1000)
+    app = Celery(broker=broker_url)
+    app.send_task("probes.tasks.run_probe", args=[target_id, slot], queue=queue,
+                  retry=True, retry_policy={"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5})
+    app.close()
+    return slot
+
+
+def test_a_worker_rides_out_a_stop_of_its_redis_broker_and_runs_a_task_sent_after(database, simulator,  # noqa: F811
+                                                                                 tmp_path):
+    env, _ = database
+    queue = env["WEATHERVANE_CELERY_QUEUE"]
+    target = create_targets(env, simulator.base_url, {"quick": {"interval_s": 3600, "enabled": False}})["quick"]
+    result = "SELECT outcome FROM probes_proberesult WHERE target_id = %s AND slot = %s"
+    with RedisServer(tmp_path) as broker:
+        processes = Processes({**env, "CELERY_BROKER_URL": broker.url}, tmp_path)
+        # As the README runs it (threads, gossip, mingle and heartbeats on), on this test's queue.
+        worker = processes.start("worker", "worker", "-P", "threads", "-c", "4", "-Q", queue, "--hostname=w@%h")
+        log = tmp_path / "worker.log"
+        try:
+            before = send_probe(broker.url, queue, target)
+            assert wait_for(lambda: rows(env, result, (target, before)), timeout=30), log.read_text()[-3000:]
+
+            broker.stop()
+            time.sleep(OUTAGE_S)
+            assert worker.poll() is None, log.read_text()[-3000:]
+            broker.start()  # empty: the task is sent after Redis is back, nothing was queued before
+
+            after = send_probe(broker.url, queue, target)
+            assert wait_for(lambda: rows(env, result, (target, after)), timeout=40), log.read_text()[-3000:]
+            assert rows(env, result, (target, after)) == [("ok",)]
+            assert worker.poll() is None
+        finally:
+            processes.stop_all()
+
+
+def start_beat(processes, name):
+    return processes.start(name, "beat", "--pidfile", str(processes.tmp_path / f"{name}.pid"))  # the README's beat
+
+
+def sent(client, queue):
+    """Messages beat has queued so far (no worker consumes them here)."""
+    return client.llen(queue)
+
+
+def beat_lines(path, text):
+    return [line for line in path.read_text().splitlines() if text in line]
+
+
+def test_beat_keeps_scheduling_through_a_database_outage_and_logs_it_once(database, tmp_path):
+    env, _ = database
+    subprocess.run([sys.executable, "manage.py", "setup_probe_schedule"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    queue = env["WEATHERVANE_CELERY_QUEUE"]
+    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", urlsplit(SERVER_URL).port or 5432)) as relay:
+        relayed = _with_credentials(env["DATABASE_URL"], relay.port)
+        processes = Processes({**env, "CELERY_BROKER_URL": broker.url, "DATABASE_URL": relayed}, tmp_path)
+        client = redis.Redis.from_url(broker.url)
+        beat = start_beat(processes, "beat")
+        log = tmp_path / "beat.log"
+        try:
+            assert wait_for(lambda: sent(client, queue) >= 2, timeout=30), log.read_text()[-3000:]
+            relay.down()
+            at_outage = sent(client, queue)
+            time.sleep(OUTAGE_S)
+            assert beat.poll() is None, log.read_text()[-3000:]
+            # beat sent its entries from memory meanwhile: the one-second dispatch about once a second
+            assert sent(client, queue) >= at_outage + OUTAGE_S // 2, log.read_text()[-3000:]
+            relay.up()
+            at_return = sent(client, queue)
+            assert wait_for(lambda: beat_lines(log, "answers celery beat's schedule again"), timeout=15), \
+                log.read_text()[-3000:]
+            assert wait_for(lambda: sent(client, queue) >= at_return + 3, timeout=15)
+            assert beat.poll() is None
+        finally:
+            processes.stop_all()
+    assert len(beat_lines(log, "The database is unavailable to celery beat's schedule")) == 1, log.read_text()
+    assert len(beat_lines(log, "answers celery beat's schedule again")) == 1
+    assert "Traceback" not in log.read_text()
+
+
+def test_beat_started_while_the_database_is_down_starts_scheduling_once_it_answers(database, tmp_path):
+    env, _ = database
+    subprocess.run([sys.executable, "manage.py", "setup_probe_schedule"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    queue = env["WEATHERVANE_CELERY_QUEUE"]
+    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", urlsplit(SERVER_URL).port or 5432)) as relay:
+        relay.down()
+        processes = Processes({**env, "CELERY_BROKER_URL": broker.url, "WEATHERVANE_DB_WAIT": "1",
+                               "DATABASE_URL": _with_credentials(env["DATABASE_URL"], relay.port)}, tmp_path)
+        client = redis.Redis.from_url(broker.url)
+        beat = start_beat(processes, "beat")
+        log = tmp_path / "beat.log"
+        try:
+            time.sleep(6)
+            assert beat.poll() is None, log.read_text()[-3000:]
+            assert sent(client, queue) == 0  # nothing read, nothing sent
+            relay.up()
+            assert wait_for(lambda: sent(client, queue) >= 2, timeout=20), log.read_text()[-3000:]
+            assert beat.poll() is None
+        finally:
+            processes.stop_all()
+    assert len(beat_lines(log, "The database is unavailable to celery beat's schedule")) == 1, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def _with_credentials(url, port):
+    """`url` with its host and port replaced by the relay's (user and password kept)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
