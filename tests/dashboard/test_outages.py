@@ -2,6 +2,7 @@
 elsewhere), never an HTML 500; logged once per outage and once when it ends. Other errors stay 500s."""
 
 import logging
+import os
 
 import pytest
 from django.db import OperationalError, connection
@@ -88,3 +89,116 @@ def test_other_errors_are_still_500s(admin_api, monkeypatch, fresh_outage):
     admin_api.raise_request_exception = False
     assert admin_api.get("/api/v1/routes/").status_code == 500
     assert not outages.REQUESTS.down
+
+
+# --- for real: the control plane (Daphne) with its PostgreSQL taken away and given back ----------------------
+
+TOKEN_SCRIPT = """
+import django
+django.setup()
+from django.contrib.auth.models import User
+from routing.models import ApiToken
+user = User.objects.create_user("ops", "ops@example.com", "correct-horse-battery", is_staff=True, is_superuser=True)
+print(ApiToken.objects.create(user, name="outage test")[1])
+"""
+
+
+@pytest.fixture
+def control_plane_behind_a_relay(tmp_path):
+    """Yield (base URL, API token, Relay, server log path): `manage.py serve` on a migrated throwaway PostgreSQL
+    database that it reaches through a relay the test can take down."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.conftest import require_service
+    from tests.probes.test_celery_outages import _admin
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    server = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+    name = f"wv_api_outage_{uuid.uuid4().hex[:8]}"
+    direct = urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield from _serve_behind_a_relay(tmp_path, server, direct)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _serve_behind_a_relay(tmp_path, server, direct):
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    from cryptography.fernet import Fernet
+
+    from tests.dashboard.test_settings import BASE_DIR, free_port, get_when_up, settings_env
+    from tests.probes.test_celery_outages import _with_credentials
+    from tests.sockets import Relay
+
+    env = settings_env(tmp_path, DATABASE_URL=direct, WEATHERVANE_FERNET_KEYS=Fernet.generate_key().decode(),
+                       DEBUG="true", WEATHERVANE_DEMO_TRAFFIC_RPS="0", DJANGO_SETTINGS_MODULE="dashboard.settings")
+    run = {"cwd": BASE_DIR, "check": True, "capture_output": True, "text": True, "timeout": 120}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], env=env, **run)
+    token = subprocess.run([sys.executable, "-c", TOKEN_SCRIPT], env=env, **run).stdout.strip().splitlines()[-1]
+    port = free_port()
+    with Relay(("127.0.0.1", urlsplit(server).port or 5432)) as relay:
+        log = tmp_path / "serve.log"
+        env["DATABASE_URL"] = _with_credentials(direct, relay.port)
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, "manage.py", "serve", "--no-simulator", "--no-probes",
+                                        "--port", str(port)], cwd=BASE_DIR, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT)
+        try:
+            assert get_when_up(f"http://127.0.0.1:{port}/livez").status_code == 200
+            yield f"http://127.0.0.1:{port}", token, relay, log
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+def _lines(log, text):
+    return [line for line in log.read_text().splitlines() if text in line]
+
+
+@pytest.mark.postgres
+@pytest.mark.scaled
+@pytest.mark.timeout(120)
+def test_a_real_database_outage_gets_json_503s_a_ready_control_plane_and_one_log_line_each_way(
+        control_plane_behind_a_relay):
+    import time
+
+    import httpx
+
+    base, token, relay, log = control_plane_behind_a_relay
+    auth = {"Authorization": f"Token {token}"}
+    assert httpx.get(f"{base}/api/v1/routes/", headers=auth, timeout=10).status_code == 200
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ready"}  # as a load balancer asks, all along
+
+    relay.down()  # as a stopped PostgreSQL: open connections cut, new ones refused
+    answers = [httpx.get(f"{base}/api/v1/routes/", headers=auth, timeout=10) for _ in range(5)]
+    assert {a.status_code for a in answers} == {503}
+    assert answers[-1].headers["content-type"] == "application/json"
+    assert answers[-1].json() == {"detail": "The database is unavailable; try again shortly."}
+    assert answers[-1].headers["retry-after"] == "5"
+    deadline = time.monotonic() + 10  # the config poll notices within a few seconds
+    while "degraded" not in httpx.get(f"{base}/readyz").json() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    ready = httpx.get(f"{base}/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "degraded": ["database"]})
+    time.sleep(2)  # more failed polls and requests: still one line each
+
+    relay.up()
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{base}/api/v1/routes/", headers=auth, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{base}/readyz").json() != {"status": "ready"} and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ready"}
+    for use in ("the control plane's requests", "the gateway's config refresh"):
+        assert len(_lines(log, f"The database is unavailable to {use}")) == 1, log.read_text()[-3000:]
+        assert len(_lines(log, f"answers {use} again")) == 1, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+    assert "Service Unavailable" not in log.read_text()
+    assert token not in log.read_text()
