@@ -184,3 +184,29 @@ def _with_credentials(url, port):
     credentials = parts.netloc.rpartition("@")[0]
     netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def test_beat_rides_out_a_stop_of_its_broker_and_logs_it_once(database, tmp_path):
+    env, _ = database
+    subprocess.run([sys.executable, "manage.py", "setup_probe_schedule"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, timeout=60)
+    queue = env["WEATHERVANE_CELERY_QUEUE"]
+    with RedisServer(tmp_path) as broker:
+        processes = Processes({**env, "CELERY_BROKER_URL": broker.url}, tmp_path)
+        beat = start_beat(processes, "beat")
+        log = tmp_path / "beat.log"
+        try:
+            assert wait_for(lambda: sent(redis.Redis.from_url(broker.url), queue) >= 2, timeout=30), \
+                log.read_text()[-3000:]
+            broker.stop()
+            time.sleep(OUTAGE_S)
+            assert beat.poll() is None, log.read_text()[-3000:]
+            broker.start()  # empty again (no persistence): count what beat sends from now on
+            assert wait_for(lambda: sent(redis.Redis.from_url(broker.url), queue) >= 3, timeout=20), \
+                log.read_text()[-3000:]
+            assert beat.poll() is None
+        finally:
+            processes.stop_all()
+    assert len(beat_lines(log, "The broker is unavailable to celery beat")) == 1, log.read_text()[-3000:]
+    assert len(beat_lines(log, "The broker answers celery beat again")) == 1, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
