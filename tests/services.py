@@ -1,18 +1,55 @@
-"""A Redis server of a test's own, on a free loopback port, that the test may stop and start again.
+"""Services of a test's own for outage tests: a Redis server on a free loopback port that the test may stop and
+start again, and a throwaway database on the PostgreSQL server (reached through tests/sockets.Relay to take it
+away without stopping the server everyone shares).
 
-Tests of outages cannot stop the Redis that other tests (and other engineers' suites) share; this one
-belongs to the test. `redis-server` missing skips the test locally and fails it under CI=true, like the
-shared services (tests/conftest.py).
+`redis-server` or PostgreSQL missing skips the test locally and fails it under CI=true, like the shared
+services (tests/conftest.py).
 """
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+import uuid
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, require_service
+
+POSTGRES_URL = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+POSTGRES_PORT = urlsplit(POSTGRES_URL).port or 5432
+
+
+def _postgres_admin(statement):
+    import psycopg
+
+    with psycopg.connect(urlunsplit(urlsplit(POSTGRES_URL)._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@contextmanager
+def throwaway_database(prefix, create=True):
+    """Yield the URL of a fresh database on the PostgreSQL server (`create=False`: only its name is reserved,
+    something else creates it); dropped at the end."""
+    require_service("PostgreSQL", "127.0.0.1", POSTGRES_PORT)
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    if create:
+        _postgres_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def via_port(url, port):
+    """`url` with its host and port replaced by 127.0.0.1:`port` (a relay's), user and password kept."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def free_port():

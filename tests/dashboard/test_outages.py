@@ -2,7 +2,6 @@
 elsewhere), never an HTML 500; logged once per outage and once when it ends. Other errors stay 500s."""
 
 import logging
-import os
 
 import pytest
 from django.db import OperationalError, connection
@@ -107,32 +106,20 @@ print(ApiToken.objects.create(user, name="outage test")[1])
 def control_plane_behind_a_relay(tmp_path):
     """Yield (base URL, API token, Relay, server log path): `manage.py serve` on a migrated throwaway PostgreSQL
     database that it reaches through a relay the test can take down."""
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
+    from tests.services import throwaway_database
 
-    from tests.conftest import require_service
-    from tests.probes.test_celery_outages import _admin
-
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    server = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
-    name = f"wv_api_outage_{uuid.uuid4().hex[:8]}"
-    direct = urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield from _serve_behind_a_relay(tmp_path, server, direct)
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database("wv_api_outage") as url:
+        yield from _serve_behind_a_relay(tmp_path, url)
 
 
-def _serve_behind_a_relay(tmp_path, server, direct):
+def _serve_behind_a_relay(tmp_path, direct):
     import subprocess
     import sys
-    from urllib.parse import urlsplit
 
     from cryptography.fernet import Fernet
 
     from tests.dashboard.test_settings import BASE_DIR, free_port, get_when_up, settings_env
-    from tests.probes.test_celery_outages import _with_credentials
+    from tests.services import POSTGRES_PORT, via_port
     from tests.sockets import Relay
 
     env = settings_env(tmp_path, DATABASE_URL=direct, WEATHERVANE_FERNET_KEYS=Fernet.generate_key().decode(),
@@ -141,9 +128,9 @@ def _serve_behind_a_relay(tmp_path, server, direct):
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], env=env, **run)
     token = subprocess.run([sys.executable, "-c", TOKEN_SCRIPT], env=env, **run).stdout.strip().splitlines()[-1]
     port = free_port()
-    with Relay(("127.0.0.1", urlsplit(server).port or 5432)) as relay:
+    with Relay(("127.0.0.1", POSTGRES_PORT)) as relay:
         log = tmp_path / "serve.log"
-        env["DATABASE_URL"] = _with_credentials(direct, relay.port)
+        env["DATABASE_URL"] = via_port(direct, relay.port)
         with open(log, "w") as out:
             process = subprocess.Popen([sys.executable, "manage.py", "serve", "--no-simulator", "--no-probes",
                                         "--port", str(port)], cwd=BASE_DIR, env=env, stdout=out,

@@ -6,25 +6,22 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from tests.conftest import IN_CI, require_service
+from tests.conftest import IN_CI
+from tests.services import RedisServer, free_port, throwaway_database
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "docs" / "scaled"
 README = (ROOT / "README.md").read_text()
 SECTION = README[README.index("## Scaled deployment"):README.index("## Security\n")]
 BLOCK = re.search(r"```bash\n(.*?)```", SECTION, re.S).group(1)
-SERVER_URL = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
 
 
 def exports(text=BLOCK):
@@ -142,22 +139,6 @@ def test_every_unit_restarts_its_process_always_and_runs_the_readmes_command():
 # --- check --deploy says what the README says ---------------------------------------------------------------
 
 
-def _admin(statement):
-    import psycopg
-
-    with psycopg.connect(urlunsplit(urlsplit(SERVER_URL)._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(statement)
-
-
-@pytest.fixture
-def throwaway_database():
-    """The URL of a database of this test's own on the PostgreSQL server (dropped at the end)."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    name = f"wv_recipe_{uuid.uuid4().hex[:8]}"
-    yield name, urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}"))
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _filled(values, database_url, tmp_path):
     """The README's values with its "…" secrets generated and the addresses of this machine's services."""
     import secrets
@@ -182,9 +163,12 @@ def check_deploy(variables):
 
 @pytest.mark.postgres
 @pytest.mark.scaled
-def test_check_deploy_reports_what_the_readme_says(throwaway_database, tmp_path):
-    _, database_url = throwaway_database
-    _admin(f'CREATE DATABASE "{throwaway_database[0]}"')
+def test_check_deploy_reports_what_the_readme_says(tmp_path):
+    with throwaway_database("wv_recipe") as database_url:
+        _check_deploy_reports_what_the_readme_says(database_url, tmp_path)
+
+
+def _check_deploy_reports_what_the_readme_says(database_url, tmp_path):
     production = _filled(exports(), database_url, tmp_path)
     assert check_deploy(production) == set()  # "no issues when configured as above"
 
@@ -198,12 +182,6 @@ def test_check_deploy_reports_what_the_readme_says(throwaway_database, tmp_path)
 
 
 # --- the recipe, end to end ---------------------------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def require_honcho():
@@ -236,13 +214,11 @@ def get(url, **options):
 @pytest.mark.redis
 @pytest.mark.scaled
 @pytest.mark.timeout(300)
-def test_make_scaled_trial_brings_the_whole_stack_up_and_ctrl_c_stops_it(throwaway_database, tmp_path):
-    from tests.services import RedisServer
-
+def test_make_scaled_trial_brings_the_whole_stack_up_and_ctrl_c_stops_it(tmp_path):
     require_honcho()
-    _, database_url = throwaway_database  # the recipe creates it
     control, gateway = free_port(), free_port()
-    with RedisServer(tmp_path) as redis:
+    # The recipe creates the database itself.
+    with throwaway_database("wv_recipe", create=False) as database_url, RedisServer(tmp_path) as redis:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "WEATHERVANE_"))}
         env |= {"DATABASE_URL": database_url, "REDIS_URL": redis.url, "WEATHERVANE_DATA_DIR": str(tmp_path / "data"),
                 "TRIAL_CONTROL_PORT": str(control), "TRIAL_GATEWAY_PORT": str(gateway),

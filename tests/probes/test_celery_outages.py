@@ -12,49 +12,36 @@ import subprocess
 import sys
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 from celery import Celery
 
-from tests.conftest import require_service
 from tests.probes.test_celery import ROOT, Processes, create_targets, simulator, wait_for  # noqa: F401
-from tests.services import RedisServer
+from tests.services import POSTGRES_PORT, RedisServer, throwaway_database, via_port
 from tests.sockets import Relay
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.scaled, pytest.mark.timeout(120)]
 
-SERVER_URL = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
 OUTAGE_S = 10
-
-
-def _admin(statement):
-    import psycopg
-
-    with psycopg.connect(urlunsplit(urlsplit(SERVER_URL)._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(statement)
 
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
-    """Return (env for subprocesses without a broker, database name): a migrated throwaway database."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    name = f"wv_outage_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "dashboard.settings", "WEATHERVANE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "DATABASE_URL": urlunsplit(urlsplit(SERVER_URL)._replace(path=f"/{name}")),
-        "WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS": "true", "WEATHERVANE_PROBES_IN_PROCESS": "false",
-        "WEATHERVANE_PROBE_DISPATCH_EVERY": "1", "WEATHERVANE_CELERY_QUEUE": f"wv-outage-{uuid.uuid4().hex[:8]}",
-        "PYTHONPATH": str(ROOT),
-    })
-    env.setdefault("WEATHERVANE_FERNET_KEYS", _fernet_key())
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, timeout=120)
-    yield env, name
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """Return (env for subprocesses without a broker, database URL): a migrated throwaway database."""
+    with throwaway_database("wv_outage") as url:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DATABASE_URL": url,
+            "WEATHERVANE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+            "WEATHERVANE_ALLOW_PRIVATE_UPSTREAMS": "true", "WEATHERVANE_PROBES_IN_PROCESS": "false",
+            "WEATHERVANE_PROBE_DISPATCH_EVERY": "1", "WEATHERVANE_CELERY_QUEUE": f"wv-outage-{uuid.uuid4().hex[:8]}",
+            "PYTHONPATH": str(ROOT),
+        })
+        env.setdefault("WEATHERVANE_FERNET_KEYS", _fernet_key())
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL, timeout=120)
+        yield env, url
 
 
 def _fernet_key():
@@ -126,8 +113,8 @@ def test_beat_keeps_scheduling_through_a_database_outage_and_logs_it_once(databa
     subprocess.run([sys.executable, "manage.py", "setup_probe_schedule"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, timeout=60)
     queue = env["WEATHERVANE_CELERY_QUEUE"]
-    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", urlsplit(SERVER_URL).port or 5432)) as relay:
-        relayed = _with_credentials(env["DATABASE_URL"], relay.port)
+    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", POSTGRES_PORT)) as relay:
+        relayed = via_port(env["DATABASE_URL"], relay.port)
         processes = Processes({**env, "CELERY_BROKER_URL": broker.url, "DATABASE_URL": relayed}, tmp_path)
         client = redis.Redis.from_url(broker.url)
         beat = start_beat(processes, "beat")
@@ -158,10 +145,10 @@ def test_beat_started_while_the_database_is_down_starts_scheduling_once_it_answe
     subprocess.run([sys.executable, "manage.py", "setup_probe_schedule"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, timeout=60)
     queue = env["WEATHERVANE_CELERY_QUEUE"]
-    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", urlsplit(SERVER_URL).port or 5432)) as relay:
+    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", POSTGRES_PORT)) as relay:
         relay.down()
         processes = Processes({**env, "CELERY_BROKER_URL": broker.url, "WEATHERVANE_DB_WAIT": "1",
-                               "DATABASE_URL": _with_credentials(env["DATABASE_URL"], relay.port)}, tmp_path)
+                               "DATABASE_URL": via_port(env["DATABASE_URL"], relay.port)}, tmp_path)
         client = redis.Redis.from_url(broker.url)
         beat = start_beat(processes, "beat")
         log = tmp_path / "beat.log"
@@ -176,14 +163,6 @@ def test_beat_started_while_the_database_is_down_starts_scheduling_once_it_answe
             processes.stop_all()
     assert len(beat_lines(log, "The database is unavailable to celery beat's schedule")) == 1, log.read_text()
     assert "Traceback" not in log.read_text()
-
-
-def _with_credentials(url, port):
-    """`url` with its host and port replaced by the relay's (user and password kept)."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def test_beat_rides_out_a_stop_of_its_broker_and_logs_it_once(database, tmp_path):

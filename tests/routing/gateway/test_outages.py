@@ -1,6 +1,7 @@
 """Outages the gateway rides out: Redis stopped for real (a redis-server of the test's own) and a database that
 stops answering. The gateway stays ready and keeps serving, names the dependency as degraded in /readyz and
-/metrics, and logs each outage once when it starts and once when it ends."""
+/metrics, and logs each outage once when it starts and once when it ends. The same as the scaled mode runs the
+gateway: test_outages_scaled.py."""
 
 import logging
 import time
@@ -32,7 +33,6 @@ def outage_lines(caplog, dependency):
     return [m for m in lines if "is unavailable to" in m], [m for m in lines if "again (unavailable for" in m]
 
 
-@pytest.mark.scaled
 def test_a_stopped_redis_leaves_the_gateway_ready_and_serving_and_is_logged_once(sim, serve_gateway, metrics_token,
                                                                                 tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger=snapshot.__name__)
@@ -85,3 +85,4 @@ def test_a_database_outage_is_logged_once_when_it_starts_and_once_when_it_ends(s
     started, ended = outage_lines(caplog, "The database")
     assert len(started) == 1 and len(ended) == 1, (started, ended)
     assert not any(r.exc_info for r in caplog.records if r.name == snapshot.__name__)
+
