@@ -189,3 +189,34 @@ def test_beat_rides_out_a_stop_of_its_broker_and_logs_it_once(database, tmp_path
     assert len(beat_lines(log, "The broker is unavailable to celery beat")) == 1, log.read_text()[-3000:]
     assert len(beat_lines(log, "The broker answers celery beat again")) == 1, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
+
+
+def test_a_worker_rides_out_a_database_outage_and_logs_it_once(database, simulator, tmp_path):  # noqa: F811
+    env, _ = database
+    queue = env["WEATHERVANE_CELERY_QUEUE"]
+    target = create_targets(env, simulator.base_url, {"quick": {"interval_s": 3600, "enabled": False}})["quick"]
+    result = "SELECT outcome FROM probes_proberesult WHERE target_id = %s AND slot = %s"
+    with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", POSTGRES_PORT)) as relay:
+        processes = Processes({**env, "CELERY_BROKER_URL": broker.url,
+                               "DATABASE_URL": via_port(env["DATABASE_URL"], relay.port)}, tmp_path)
+        worker = processes.start("worker", "worker", "-P", "threads", "-c", "4", "-Q", queue, "--hostname=w@%h")
+        log = tmp_path / "worker.log"
+        try:
+            before = send_probe(broker.url, queue, target)
+            assert wait_for(lambda: rows(env, result, (target, before)), timeout=30), log.read_text()[-3000:]
+            relay.down()
+            app = Celery(broker=broker.url)
+            for _ in range(OUTAGE_S):  # the ticks beat would send meanwhile, one a second
+                app.send_task("probes.tasks.dispatch_due_probes", queue=queue)
+                time.sleep(1)
+            app.close()
+            assert worker.poll() is None, log.read_text()[-3000:]
+            relay.up()
+            after = send_probe(broker.url, queue, target)
+            assert wait_for(lambda: rows(env, result, (target, after)), timeout=40), log.read_text()[-3000:]
+        finally:
+            processes.stop_all()
+    text = log.read_text()
+    assert len([line for line in text.splitlines() if "unavailable to the Celery worker's tasks" in line]) == 1, text
+    assert len([line for line in text.splitlines() if "answers the Celery worker's tasks again" in line]) == 1, text
+    assert "Traceback" not in text
