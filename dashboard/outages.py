@@ -5,7 +5,7 @@ A loop that polls every second (the gateway's config refresh, its change-notice 
 schedule check) would otherwise write a warning with a traceback every second per process for as long as a
 dependency is down, and bury the one line that says what happened.
 
-    DATABASE_DOWN = OutageLog(log, "the database", "the gateway's config refresh")
+    DATABASE_DOWN = OutageLog(log, "The database", "the gateway's config refresh")
     try:
         ...
     except DatabaseError as exc:
