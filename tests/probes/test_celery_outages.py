@@ -17,7 +17,7 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.probes.test_celery import ROOT, Processes, create_targets, simulator, wait_for  # noqa: F401
+from tests.probes.test_celery import KEY, ROOT, Processes, simulator, wait_for  # noqa: F401
 from tests.services import POSTGRES_PORT, RedisServer, throwaway_database, via_port
 from tests.sockets import Relay
 
@@ -57,6 +57,28 @@ def rows(env, sql, params=()):
         return conn.execute(sql, params).fetchall()
 
 
+TARGET_SCRIPT = """
+import sys, uuid, django
+django.setup()
+from probes.models import ProbeTarget
+from routing.models import ApiKey, Deployment, Provider
+suffix = uuid.uuid4().hex[:6]
+provider = Provider.objects.create(name=f"sim-{suffix}", base_url=sys.argv[1])
+key = ApiKey(provider=provider, label="main"); key.set_secret(sys.argv[2]); key.save()
+deployment = Deployment.objects.create(name=f"quick-{suffix}", provider=provider, upstream_model="quick")
+ProbeTarget.objects.filter(deployment=deployment).update(interval_s=3600, enabled=False)
+print(ProbeTarget.objects.get(deployment=deployment).pk)
+"""
+
+
+def create_target(env, base_url):
+    """Create a deployment of the simulator's "quick" model, its probes paused; return its probe target's id."""
+    out = subprocess.run([sys.executable, "-c", TARGET_SCRIPT, base_url, KEY], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return int(out.stdout.split()[-1])
+
+
 def send_probe(broker_url, queue, target_id):
     """Send run_probe for a fresh slot (retrying the publish while the broker is coming back); return the slot."""
     slot = int(time.time() * 1000)
@@ -71,7 +93,7 @@ def test_a_worker_rides_out_a_stop_of_its_redis_broker_and_runs_a_task_sent_afte
                                                                                  tmp_path):
     env, _ = database
     queue = env["WEATHERVANE_CELERY_QUEUE"]
-    target = create_targets(env, simulator.base_url, {"quick": {"interval_s": 3600, "enabled": False}})["quick"]
+    target = create_target(env, simulator.base_url)
     result = "SELECT outcome FROM probes_proberesult WHERE target_id = %s AND slot = %s"
     with RedisServer(tmp_path) as broker:
         processes = Processes({**env, "CELERY_BROKER_URL": broker.url}, tmp_path)
@@ -194,7 +216,7 @@ def test_beat_rides_out_a_stop_of_its_broker_and_logs_it_once(database, tmp_path
 def test_a_worker_rides_out_a_database_outage_and_logs_it_once(database, simulator, tmp_path):  # noqa: F811
     env, _ = database
     queue = env["WEATHERVANE_CELERY_QUEUE"]
-    target = create_targets(env, simulator.base_url, {"quick": {"interval_s": 3600, "enabled": False}})["quick"]
+    target = create_target(env, simulator.base_url)
     result = "SELECT outcome FROM probes_proberesult WHERE target_id = %s AND slot = %s"
     with RedisServer(tmp_path) as broker, Relay(("127.0.0.1", POSTGRES_PORT)) as relay:
         processes = Processes({**env, "CELERY_BROKER_URL": broker.url,
