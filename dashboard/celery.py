@@ -1,10 +1,16 @@
-"""The Celery app for the scaled mode (probes run as Celery tasks)."""
+"""The Celery app for the scaled mode (probes run as Celery tasks).
+
+Imported with the `dashboard` package (dashboard/__init__.py), so every process that queues a task (the
+control plane's alert deliveries and ticks too, not only workers and beat) sends it through this app's
+broker, not Celery's unconfigured default.
+"""
 
 import logging
 import os
 
 from celery import Celery, Task, signals
 from django.db import InterfaceError, OperationalError
+from kombu.transport import TRANSPORT_ALIASES
 
 from dashboard.outages import OutageLog
 
@@ -25,6 +31,9 @@ class WeathervaneTask(Task):
 
     throws = DATABASE_DOWN
 
+
+# redis:// and rediss:// brokers through kombu's Redis transport without its crash on a lost broker.
+TRANSPORT_ALIASES.update(redis="dashboard.broker:Transport", rediss="dashboard.broker:Transport")
 
 app = Celery("weathervane", task_cls=WeathervaneTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")

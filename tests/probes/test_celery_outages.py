@@ -65,15 +65,15 @@ from routing.models import ApiKey, Deployment, Provider
 suffix = uuid.uuid4().hex[:6]
 provider = Provider.objects.create(name=f"sim-{suffix}", base_url=sys.argv[1])
 key = ApiKey(provider=provider, label="main"); key.set_secret(sys.argv[2]); key.save()
-deployment = Deployment.objects.create(name=f"quick-{suffix}", provider=provider, upstream_model="quick")
+deployment = Deployment.objects.create(name=f"{sys.argv[3]}-{suffix}", provider=provider, upstream_model=sys.argv[3])
 ProbeTarget.objects.filter(deployment=deployment).update(interval_s=3600, enabled=False)
 print(ProbeTarget.objects.get(deployment=deployment).pk)
 """
 
 
-def create_target(env, base_url):
-    """Create a deployment of the simulator's "quick" model, its probes paused; return its probe target's id."""
-    out = subprocess.run([sys.executable, "-c", TARGET_SCRIPT, base_url, KEY], cwd=ROOT, env=env,
+def create_target(env, base_url, model="quick"):
+    """Create a deployment of the simulator's `model`, its probes paused; return its probe target's id."""
+    out = subprocess.run([sys.executable, "-c", TARGET_SCRIPT, base_url, KEY, model], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     return int(out.stdout.split()[-1])
@@ -115,6 +115,35 @@ def test_a_worker_rides_out_a_stop_of_its_redis_broker_and_runs_a_task_sent_afte
             assert worker.poll() is None
         finally:
             processes.stop_all()
+
+
+def test_a_worker_with_a_task_under_way_rides_out_a_stop_of_its_broker(database, simulator,  # noqa: F811
+                                                                        tmp_path):
+    """Closing the lost connection made kombu put the task under way back on the queue through it: the worker
+    exited ("Unrecoverable error"). dashboard/broker.py keeps it alive; the task finishes and is recorded."""
+    env, _ = database
+    queue = env["WEATHERVANE_CELERY_QUEUE"]
+    slow = create_target(env, simulator.base_url, "slow")  # answers after about 2.5 s
+    quick = create_target(env, simulator.base_url)
+    result = "SELECT outcome FROM probes_proberesult WHERE target_id = %s AND slot = %s"
+    with RedisServer(tmp_path) as broker:
+        processes = Processes({**env, "CELERY_BROKER_URL": broker.url}, tmp_path)
+        worker = processes.start("worker", "worker", "-P", "threads", "-c", "4", "-Q", queue, "--hostname=w@%h")
+        log = tmp_path / "worker.log"
+        try:
+            under_way = send_probe(broker.url, queue, slow)
+            assert wait_for(lambda: simulator.simulator.attempts("slow"), timeout=30), log.read_text()[-3000:]
+            broker.stop()  # while the probe waits for its answer
+            time.sleep(OUTAGE_S)
+            assert worker.poll() is None, log.read_text()[-3000:]
+            assert rows(env, result, (slow, under_way)) == [("ok",)]  # finished and recorded meanwhile
+            broker.start()
+            after = send_probe(broker.url, queue, quick)
+            assert wait_for(lambda: rows(env, result, (quick, after)), timeout=40), log.read_text()[-3000:]
+            assert worker.poll() is None
+        finally:
+            processes.stop_all()
+    assert "Unrecoverable error" not in log.read_text()
 
 
 def start_beat(processes, name):
@@ -242,3 +271,14 @@ def test_a_worker_rides_out_a_database_outage_and_logs_it_once(database, simulat
     assert len([line for line in text.splitlines() if "unavailable to the Celery worker's tasks" in line]) == 1, text
     assert len([line for line in text.splitlines() if "answers the Celery worker's tasks again" in line]) == 1, text
     assert "Traceback" not in text
+
+
+def test_tasks_queued_by_any_django_process_go_through_the_configured_broker(settings):
+    """The control plane queues alert deliveries and ticks: through Celery's default app they went to an AMQP
+    broker on localhost that does not exist."""
+    from dashboard.alerts.tasks import deliver_notification, tick_alerts
+    from probes.tasks import run_probe
+
+    for task in (tick_alerts, deliver_notification, run_probe):
+        assert task.app.main == "weathervane"
+        assert task.app.conf.broker_url == settings.CELERY_BROKER_URL
