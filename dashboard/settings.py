@@ -161,11 +161,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Background work rides out broker outages by itself (README "Scaled deployment"): a worker or beat retries
-# the broker for ever, at start too; a task running when the connection dropped cannot be acknowledged on
-# it, so it goes back to the queue (every task is safe to run twice) instead of being lost or run late.
+# the broker for ever, at start too. A task under way when the connection dropped runs to its end (the
+# threads pool cannot cancel it); its message, unacknowledged, comes back after the visibility timeout, and
+# every task is safe to run twice.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BEAT_SCHEDULER = "dashboard.beat:DatabaseScheduler"  # django-celery-beat's, riding out database outages
 CELERY_TIMEZONE = "UTC"
 
