@@ -206,7 +206,7 @@ def test_a_worker_killed_mid_probe_leaves_exactly_one_result_for_the_slot(world,
     ids = create_targets(env, simulator.base_url, {"slow": {"interval_s": 3600, "timeout_s": 4, "enabled": False}})
     victim = processes.worker("victim", pool="solo")
     slot = int(time.time() * 1000)
-    app = Celery(broker=BROKER)
+    app = Celery(broker=BROKER, set_as_current=False)  # the project's app stays the current one
     app.send_task("probes.tasks.run_probe", args=[ids["slow"], slot], queue=env["WEATHERVANE_CELERY_QUEUE"])
     victim_log = processes.tmp_path / "victim.log"
     assert wait_for(lambda: simulator.simulator.attempts("slow"), timeout=30), victim_log.read_text()

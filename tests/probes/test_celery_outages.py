@@ -82,7 +82,7 @@ def create_target(env, base_url, model="quick"):
 def send_probe(broker_url, queue, target_id):
     """Send run_probe for a fresh slot (retrying the publish while the broker is coming back); return the slot."""
     slot = int(time.time() * 1000)
-    app = Celery(broker=broker_url)
+    app = Celery(broker=broker_url, set_as_current=False)  # the tasks' own app stays the current one
     app.send_task("probes.tasks.run_probe", args=[target_id, slot], queue=queue,
                   retry=True, retry_policy={"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5})
     app.close()
@@ -256,7 +256,7 @@ def test_a_worker_rides_out_a_database_outage_and_logs_it_once(database, simulat
             before = send_probe(broker.url, queue, target)
             assert wait_for(lambda: rows(env, result, (target, before)), timeout=30), log.read_text()[-3000:]
             relay.down()
-            app = Celery(broker=broker.url)
+            app = Celery(broker=broker.url, set_as_current=False)
             for _ in range(OUTAGE_S):  # the ticks beat would send meanwhile, one a second
                 app.send_task("probes.tasks.dispatch_due_probes", queue=queue)
                 time.sleep(1)
@@ -273,12 +273,23 @@ def test_a_worker_rides_out_a_database_outage_and_logs_it_once(database, simulat
     assert "Traceback" not in text
 
 
-def test_tasks_queued_by_any_django_process_go_through_the_configured_broker(settings):
+QUEUED_FROM_DJANGO = """
+import django
+django.setup()
+from dashboard.alerts.tasks import deliver_notification, tick_alerts
+from probes.tasks import run_probe
+for task in (tick_alerts, deliver_notification, run_probe):
+    print(task.app.main, task.app.conf.broker_url, task.app.connection_for_write().transport_cls)
+"""
+
+
+def test_tasks_queued_by_any_django_process_go_through_the_configured_broker(tmp_path):
     """The control plane queues alert deliveries and ticks: through Celery's default app they went to an AMQP
     broker on localhost that does not exist."""
-    from dashboard.alerts.tasks import deliver_notification, tick_alerts
-    from probes.tasks import run_probe
-
-    for task in (tick_alerts, deliver_notification, run_probe):
-        assert task.app.main == "weathervane"
-        assert task.app.conf.broker_url == settings.CELERY_BROKER_URL
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env |= {"DJANGO_SETTINGS_MODULE": "dashboard.settings", "REDIS_URL": "redis://127.0.0.1:6379/14",
+            "WEATHERVANE_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", QUEUED_FROM_DJANGO], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["weathervane redis://127.0.0.1:6379/14 redis"] * 3
