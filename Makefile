@@ -12,7 +12,7 @@ WEATHERVANE_SIMULATOR_PORT ?= $(shell expr $(PORT) + 1)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/weathervane
 TEST_REDIS_URL    ?= redis://127.0.0.1:6379/13
 
-.PHONY: install run test lint test-embedded test-scaled bench browser clean
+.PHONY: install run scaled-trial test lint test-embedded test-scaled bench browser clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ run: install
 	$(DEMO) $(PY) manage.py migrate --noinput
 	$(DEMO) $(PY) manage.py seed_demo --server-url http://$(HOST):$(PORT)
 	$(DEMO) $(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+# The whole scaled stack on this machine (PostgreSQL and Redis running here): README "Try it on one machine".
+scaled-trial: install
+	bash scripts/scaled-trial.sh $(PY)
 
 browser:
 	bash scripts/install-chromium.sh

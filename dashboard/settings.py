@@ -92,7 +92,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
+    "axes.middleware.AxesMiddleware",  # turns a locked-out login into the lockout page
+    "dashboard.outages.DatabaseUnavailableMiddleware",  # last: a database outage is a 503, not a 500
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -153,12 +154,19 @@ else:
 
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", ("redis", "rediss", "amqp", "amqps", "memory"), REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = None
+CELERY_RESULT_EXPIRES = None  # no results are stored: beat needs no celery.backend_cleanup entry
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Background work rides out broker outages by itself (README "Scaled deployment"): a worker or beat retries
+# the broker for ever, at start too. A task under way when the connection dropped runs to its end (the
+# threads pool cannot cancel it); its message, unacknowledged, comes back after the visibility timeout, and
+# every task is safe to run twice.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BEAT_SCHEDULER = "dashboard.beat:DatabaseScheduler"  # django-celery-beat's, riding out database outages
 CELERY_TIMEZONE = "UTC"
 
 # --- Secrets at rest ---------------------------------------------------------
@@ -259,6 +267,9 @@ PUBLIC_URL = env_url("WEATHERVANE_PUBLIC_URL", ("http", "https"))  # absolute li
 # (a short timeout also needs frequent sweeps for such messages).
 _VISIBILITY_TIMEOUT = env_int("WEATHERVANE_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A broker that stops answering (a hung host, a dropped route) is noticed within seconds, not minutes.
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
     "visibility_timeout": _VISIBILITY_TIMEOUT,
     "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 2)),
     "unacked_restore_throttle": 1 if _VISIBILITY_TIMEOUT < 300 else 10,

@@ -106,3 +106,91 @@ class SilentServer:
             pass
         finally:
             sink.close()
+
+
+class Relay:
+    """A loopback TCP relay to a real server that a test can take down and bring back: a database outage
+    without stopping the server other tests share.
+
+    `down()` closes every relayed connection and stops listening (new connections are refused, as by a
+    stopped server); `up()` listens on the same port again. Use it as a context manager; `port` is fixed.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self._listener = self._listen(0)
+        self.port = self._listener.getsockname()[1]
+        self._open = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self.up()
+        return self
+
+    def __exit__(self, *exc):
+        self._stopped.set()
+        self.down()
+
+    def _listen(self, port):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        return listener
+
+    def up(self):
+        if self._listener is None:
+            self._listener = self._listen(self.port)
+        self._thread = threading.Thread(target=self._accept, args=(self._listener,), daemon=True)
+        self._thread.start()
+
+    def down(self):
+        listener, self._listener = self._listener, None
+        if self._thread is not None:
+            self._thread.join(2)
+            self._thread = None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener):
+        while self._listener is listener and not self._stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                sink.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

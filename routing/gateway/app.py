@@ -29,6 +29,7 @@ from time import perf_counter
 
 import orjson
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from routing.gateway import errors, health, upstream
@@ -155,6 +156,7 @@ class Gateway:
         self.rng = rng or random.Random()
         self.recorder = Recorder(config.flush_interval_s, config.log_sample, config.log_bodies, rng=self.rng)
         self.store = SnapshotStore(config.poll_s, config.redis_url, config.local_notices, on_swap=self._on_swap)
+        self.recorder.metrics.dependencies = lambda: health.dependencies(self)
         self.breakers = Breakers(config.breaker, on_change=self.recorder.circuit_changed)
         self.budget = RetryBudget(ratio=config.retry_budget)
         self.keys = KeyRing(self.recorder)
@@ -215,6 +217,8 @@ class Gateway:
             self.loop = asyncio.get_running_loop()
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.store.load)
+            except (OperationalError, InterfaceError) as exc:  # the database is down: the refresher keeps trying
+                self.store.database.failed(exc)
             except Exception:  # e.g. not migrated yet: serve nothing, the refresher keeps trying
                 log.exception("gateway could not load its first config snapshot")
             self.session = upstream.new_session()

@@ -100,6 +100,7 @@ class Metrics:
         self.limits_falling_back = 0  # 1 while they are there
         self.limits_redis_errors = 0  # rate-limit commands Redis failed or did not answer in time
         self.concurrency = None  # proxy.ProviderSlots: in-flight, waits and overflows per provider
+        self.dependencies = None  # () -> {"database": up, "redis": up}: health.dependencies of the gateway
         self.fallbacks = {}  # (route, deployment) -> requests a fallback answered
         self.shadows = {}  # (result,) -> mirrored requests of a rollout's shadow step: sent, dropped (too many)
         self.trials = {}  # (deployment, result) -> the gateway's own trials of open circuits (trials.py)
@@ -212,8 +213,20 @@ class Metrics:
         yield GaugeMetricFamily("weathervane_gateway_limits_fallback_active",
                                 "1 while the rate limits are per process because Redis failed, else 0",
                                 value=self.limits_falling_back)
+        if self.dependencies is not None:
+            yield self._dependencies(self.dependencies())
         if self.concurrency is not None:
             yield from self._concurrency(self.concurrency)
+
+    @staticmethod
+    def _dependencies(states):
+        up = GaugeMetricFamily("weathervane_gateway_dependency_up",
+                               "1 while a dependency answers this process (database: the config poll; redis: the "
+                               "change-notice subscription), else 0: /readyz names the ones down as degraded",
+                               labels=["dependency"])
+        for name, answering in states.items():
+            up.add_metric([name], 1 if answering else 0)
+        return up
 
     def _concurrency(self, slots):
         in_flight = GaugeMetricFamily("weathervane_gateway_provider_in_flight",

@@ -20,10 +20,19 @@ import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 
-from django.db import DatabaseError, OperationalError, close_old_connections, connections, reset_queries, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    reset_queries,
+    transaction,
+)
 from django.utils import timezone
 
 from dashboard import live
+from dashboard.outages import OutageLog
 from probes import rollups
 from probes.models import Source
 from routing.gateway import snapshot
@@ -96,6 +105,7 @@ class Recorder:
         self.log_sample = log_sample
         self.log_bodies = log_bodies
         self.metrics = Metrics()
+        self.database = OutageLog(log, "The database", "the gateway's rollup and request-log writes")
         self.changes = deque()
         self.aggregator = rollups.Aggregator(Source.TRAFFIC)
         self.shadows = rollups.Aggregator(Source.SHADOW)  # a shadow step's mirrored requests, both arms
@@ -231,31 +241,39 @@ class Recorder:
             close_old_connections()
             reset_queries()  # DEBUG keeps a thread's queries until a request starts: none does in this thread
             self._apply_changes()
-            self._write_rollups()
+            written = self._write_rollups()
             self._write_log()
             self._write_last_used()
             self._prune()
+        except (OperationalError, InterfaceError) as exc:
+            self.database.failed(exc)  # logged once per outage; everything unsaved waits for the next flush
         except Exception:
             log.warning("gateway flush failed; will retry", exc_info=True)
+        else:
+            if written:
+                self.database.answered()
 
     def _write_rollups(self):
         """Save each delta on its own: one that cannot be saved never blocks the ones after it.
 
         While the database is unreachable (OperationalError) the rest go back
         for the next flush; a delta the database refuses (e.g. its deployment
-        was deleted) is logged, dropped and counted.
+        was deleted) is logged, dropped and counted. Return False when the
+        database was unreachable.
         """
         with self._lock:
             deltas = self.aggregator.drain() + self.shadows.drain()
         saved = []
+        reachable = True
         for done, delta in enumerate(deltas):
             try:
                 rollups.save_delta(delta)
-            except OperationalError:
+            except OperationalError as exc:
                 with self._lock:
                     for unsaved in deltas[done:]:
                         self.aggregator.put_back(unsaved)
-                log.warning("gateway rollups not saved (database unavailable); will retry", exc_info=True)
+                self.database.failed(exc)  # logged once per outage; retried at the next flush
+                reachable = False
                 break
             except DatabaseError:
                 self.metrics.dropped("rollup")
@@ -265,6 +283,7 @@ class Recorder:
         for route_id, deployment_id, minute in {(d.route_id, d.deployment_id, d.minute) for d in saved
                                                 if d.source == Source.TRAFFIC}:
             self._push_traffic_point(route_id, deployment_id, minute)
+        return reachable
 
     def _push_traffic_point(self, route_id, deployment_id, minute):
         stats = rollups.window_stats(deployment_id, Source.TRAFFIC, minute, minute + timedelta(minutes=1),

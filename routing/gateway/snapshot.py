@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from django.conf import settings
-from django.db import close_old_connections, connections, reset_queries
+from django.db import InterfaceError, OperationalError, close_old_connections, connections, reset_queries
 from django.db.models import Prefetch
 
+from dashboard.outages import OutageLog
 from dashboard.redis_guard import Outage, client_options
 from routing import first_token
 from routing.crypto import SecretUnreadable
@@ -443,6 +444,8 @@ class SnapshotStore:
         self.learned = None  # first_token.learned(), re-read every first_token.LEARN_EVERY_S
         self._learned_at = -first_token.LEARN_EVERY_S
         self.redis_listening = False  # subscribed to the change notices (readiness)
+        self.database = OutageLog(log, "The database", "the gateway's config refresh")
+        self.redis = OutageLog(log, "Redis", "the gateway's change notices")
         self._swap = threading.Lock()
 
     def load(self):
@@ -507,9 +510,13 @@ class SnapshotStore:
             self.db_answered_at = time.monotonic()
             if notified or stamp != self.current.fingerprint or self._timeouts_moved():
                 self.load()
-        except Exception:  # keep serving the last good snapshot
+        except (OperationalError, InterfaceError) as exc:  # keep serving the last good snapshot
+            self.database.failed(exc)
+        except Exception:
             log.warning("gateway snapshot refresh failed; still serving version %s", self.current.version,
                         exc_info=True)
+        else:
+            self.database.answered()
 
     def _learn(self, force=False):
         """Return first_token.learned(), read again when it is older than first_token.LEARN_EVERY_S."""
@@ -536,13 +543,14 @@ class SnapshotStore:
                 pubsub.subscribe(CHANNEL)
                 self.changed.set()  # catch up on anything missed while not listening
                 self.redis_listening = True
+                self.redis.answered()
                 while not self._stop.is_set():
                     if pubsub.get_message(timeout=0.5) is not None:
                         self.changed.set()
                 pubsub.close()
                 client.close()
-            except Exception:
+            except Exception as exc:
                 self.redis_listening = False
-                log.warning("gateway lost its Redis change-notice subscription; retrying", exc_info=True)
+                self.redis.failed(exc)  # logged once per outage; retried every second
                 self._stop.wait(1.0)
         self.redis_listening = False

@@ -182,10 +182,9 @@ def wait_for(check, timeout, every=0.3):
 def test_beat_and_a_worker_run_scheduled_probes_once_per_slot(world, processes, simulator):
     env, database = world
     ids = create_targets(env, simulator.base_url, {"quick": {"interval_s": 5}})
-    processes.start("beat", "beat", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-                    "--pidfile", str(processes.tmp_path / "beat.pid"))
-    processes.start("beat2", "beat", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-                    "--pidfile", str(processes.tmp_path / "beat2.pid"))  # a second beat must not double the probes
+    # The configured scheduler (dashboard.beat), as the README's `celery -A dashboard beat` runs it.
+    processes.start("beat", "beat", "--pidfile", str(processes.tmp_path / "beat.pid"))
+    processes.start("beat2", "beat", "--pidfile", str(processes.tmp_path / "beat2.pid"))  # must not double the probes
     processes.worker("w1")
     sql = "SELECT slot, outcome, lag_ms FROM probes_proberesult WHERE target_id = ? ORDER BY slot"
     rows = wait_for(lambda: len(database.rows(sql, (ids["quick"],))) >= 3 and database.rows(sql, (ids["quick"],)),
@@ -207,7 +206,7 @@ def test_a_worker_killed_mid_probe_leaves_exactly_one_result_for_the_slot(world,
     ids = create_targets(env, simulator.base_url, {"slow": {"interval_s": 3600, "timeout_s": 4, "enabled": False}})
     victim = processes.worker("victim", pool="solo")
     slot = int(time.time() * 1000)
-    app = Celery(broker=BROKER)
+    app = Celery(broker=BROKER, set_as_current=False)  # the project's app stays the current one
     app.send_task("probes.tasks.run_probe", args=[ids["slow"], slot], queue=env["WEATHERVANE_CELERY_QUEUE"])
     victim_log = processes.tmp_path / "victim.log"
     assert wait_for(lambda: simulator.simulator.attempts("slow"), timeout=30), victim_log.read_text()

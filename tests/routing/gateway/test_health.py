@@ -1,4 +1,5 @@
-"""/livez, /readyz and /health on both servers: unauthenticated, cheap, and naming what is missing."""
+"""/livez, /readyz and /health on both servers: unauthenticated, cheap, naming what is missing, and ready
+through the outages a loaded snapshot rides out (naming them degraded)."""
 
 import time
 
@@ -29,24 +30,35 @@ def test_a_running_gateway_is_alive_and_ready_without_credentials(serve_gateway)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_database_that_stops_answering_makes_a_ready_gateway_unready(serve_gateway, monkeypatch):  # noqa: F811
+def test_a_database_that_stops_answering_leaves_a_ready_gateway_ready_and_degraded(serve_gateway, monkeypatch,
+                                                                                 metrics_token):
     from django.db import OperationalError
 
     from routing.gateway import snapshot
+    from tests.routing.gateway.helpers import scrape
 
-    root = serve_gateway().base_url.removesuffix("/v1")
-    assert httpx.get(f"{root}/readyz").status_code == 200
+    gateway = serve_gateway()
+    root = gateway.base_url.removesuffix("/v1")
+    assert httpx.get(f"{root}/readyz").json() == {"status": "ready"}
+    assert 'weathervane_gateway_dependency_up{dependency="database"} 1.0' in scrape(gateway).text
 
     def stopped():
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(snapshot, "fingerprint", stopped)
     deadline = time.monotonic() + 10
-    while httpx.get(f"{root}/readyz").status_code == 200 and time.monotonic() < deadline:
+    while "degraded" not in httpx.get(f"{root}/readyz").json() and time.monotonic() < deadline:
         time.sleep(0.2)
     ready = httpx.get(f"{root}/readyz")
-    assert (ready.status_code, ready.json()["missing"]) == (503, ["database"])  # the last snapshot is still served
+    # The last snapshot is still served: a load balancer must keep sending traffic here.
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "degraded": ["database"]})
+    assert 'weathervane_gateway_dependency_up{dependency="database"} 0.0' in scrape(gateway).text
     assert httpx.get(f"{root}/livez").status_code == 200
+    monkeypatch.undo()  # the database answers again: no longer degraded
+    deadline = time.monotonic() + 10
+    while "degraded" in httpx.get(f"{root}/readyz").json() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert httpx.get(f"{root}/readyz").json() == {"status": "ready"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -72,7 +84,8 @@ def test_the_gateway_with_a_stopped_database_and_redis_is_alive_but_not_ready(tm
         assert get_when_up(f"http://127.0.0.1:{port}/livez").status_code == 200
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503
-        assert ready.json() == {"status": "not ready", "missing": ["database", "config snapshot", "redis"]}
+        assert ready.json() == {"status": "not ready", "missing": ["config snapshot"],
+                                "degraded": ["database", "redis"]}
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 503
     finally:
         log = stop(server)
@@ -85,7 +98,8 @@ def test_the_control_plane_over_plain_http_with_a_stopped_database_says_so_inste
     try:
         assert get_when_up(f"http://127.0.0.1:{port}/livez").json() == {"status": "alive"}
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
-        assert (ready.status_code, ready.json()["missing"]) == (503, ["database", "config snapshot"])
+        assert (ready.status_code, ready.json()["missing"]) == (503, ["config snapshot"])
+        assert ready.json()["degraded"] == ["database"]
         assert httpx.get(f"http://127.0.0.1:{port}/login/").status_code == 301  # pages still go to HTTPS
     finally:
         stop(server)
