@@ -19,12 +19,13 @@ Requests are not independent: a provider's bad spell puts many failures in a
 minute on one arm. So the minute is the unit of variation: the counts are
 weighed by 1/phi, phi being the minute-to-minute over-dispersion of the split
 (sequential.dispersion, a quasi-binomial correction), and a rollback must
-survive leaving out the canary's worst minute when that minute is an outlier
-among the canary's own minutes (OUTLIER_P), so one minute's incident on the
-canary's provider holds the step ("canary provider incident") instead of
-proving a regression, while a canary that is bad in every minute (thin traffic:
-a few requests a minute, the worst holding two of its six failures) is not
-made to prove it twice.
+survive leaving out the canary's worst minute or two adjacent minutes (a spell
+across a minute's edge) when they are an outlier among the canary's own
+minutes (OUTLIER_P) or all there is, so one spell on the canary's provider
+holds the step ("canary provider incident") instead of proving a regression,
+while a canary that is bad in every minute (thin traffic: a few requests a
+minute, the worst holding two of its six failures) is not made to prove it
+twice.
 
 Errors and 429s: "+0.5 pp" is the ratio (baseline rate + 0.5 pp) / baseline
 rate at the baseline's observed rate (or, to pass, the canary's own rate proven
@@ -511,7 +512,7 @@ def _combine_quantiles(metric, decided, alpha):
 def _decide(metric, test, carried, alpha, carried_pass=0.0, pass_alpha=PASS_ALPHA):
     """Return the MetricVerdict (sentence still empty) of a CountTest at level alpha.
 
-    The rollback side adds the carried evidence of earlier steps to the robust e-value (the worst minute
+    The rollback side adds the carried evidence of earlier steps to the robust e-value (the worst minutes
     left out, over-dispersion weighed in). The pass side needs the whole bar from this step's own traffic, or,
     after passed steps, what their evidence leaves of it and at least STEP_PASS_SHARE of it (the product over
     consecutive steps is an e-value; the own share is the step earning its own pass).
@@ -717,7 +718,7 @@ def _reason(ev, verdict, allowed):
     elif verdict.verdict == Verdict.PASS:
         reason = f"within {allowed}: e-value {_num(ev.get('e_pass', 0))} of {_num(ev['pass_threshold'])}"
     elif verdict.incident:
-        reason = f"worse only in one minute: a provider incident, not a proven regression ({worse})"
+        reason = f"worse only in one spell of a minute or two: a provider incident, not a proven regression ({worse})"
     else:
         pct = f"{ev['progress']['fail'] * 100:.0f} % of the way to a rollback, {ev['progress']['pass'] * 100:.0f} %"
         reason = f"between: not clearly beyond {allowed}, not yet shown within it ({pct} to a pass)"

@@ -75,7 +75,7 @@ def test_one_bad_minute_on_the_canary_is_an_incident_not_a_regression():
     assert judgement.verdict == Verdict.INCONCLUSIVE
     assert judgement.incident
     assert judgement.sentence.endswith(": canary provider incident, holding")
-    assert "worse only in one minute" in judgement.metrics[0].sentence
+    assert "worse only in one spell of a minute or two" in judgement.metrics[0].sentence
     # The same failures spread over every minute are a regression.
     spread = judge(_window([(80, 9)] * 5, [(720, 7)] * 5), [ERRORS])
     assert spread.verdict == Verdict.FAIL and not spread.incident
