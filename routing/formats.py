@@ -47,3 +47,15 @@ def rate(value):
 def whole(value):
     """A count or a figure shown whole: 12345.6 → "12,346", 12.0 → "12" (never "12.0")."""
     return DASH if _missing(value) else f"{round(value):,}"
+
+
+def number(text):
+    """A number typed in a page's form, read back: `text` as an int or a finite float, else as typed (the
+    serializer then names the field)."""
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        return value if math.isfinite(value) else text
+    return text

@@ -6,10 +6,11 @@ Secrets (a channel's target and signing secret) are never put back on a page: an
 keeps the stored one) and a refused form asks for them again.
 """
 
-import math
 from dataclasses import dataclass, field
 
 from rest_framework import serializers as drf
+
+from routing.formats import number
 
 from .api import serializers as s
 from .matching import MatcherInvalid, format_matchers, parse_matchers
@@ -32,17 +33,6 @@ class Checked:
     state: dict
     serializer: drf.Serializer
     errors: dict = field(default_factory=dict)
-
-
-def number(text):
-    """Return `text` as an int or a finite float, else as typed (the serializer then names the field)."""
-    for kind in (int, float):
-        try:
-            value = kind(text)
-        except ValueError:
-            continue
-        return value if math.isfinite(value) else text
-    return text
 
 
 def _listed(text):

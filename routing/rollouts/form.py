@@ -6,8 +6,9 @@ Units on the form are the ones people say: allowed regressions in points (rates)
 in percent; the API takes fractions (0.005 = +0.5 pp, 0.1 = +10 %).
 """
 
-import math
 from dataclasses import dataclass, field
+
+from routing.formats import number
 
 from .analysis import DEFAULT_GUARDS, LIMIT_ONLY_METRICS, RATE_METRICS, Metric
 from .api.serializers import MAX_STEPS
@@ -115,7 +116,7 @@ def body(state):
     guards = [g for g in state.guards if g["on"]]
     data = {"route": state.route, "canary": state.canary, "plan": [step for _, step in steps],
             "guards": [_guard(g) for g in guards]}
-    data |= {name: _number(value) for name, value in state.numbers.items() if value}
+    data |= {name: number(value) for name, value in state.numbers.items() if value}
     return data, Layout([n for n, _ in steps], [g["metric"] for g in guards])
 
 
@@ -126,8 +127,8 @@ def _filled(row):
 def _step(row):
     if row["kind"] == "pause":
         return {"pause": True}
-    step = {"weight": _number(row["weight"])} if row["weight"] else {}
-    return step | {name: _number(row[name] or "0") for name in ("min_dwell_s", "min_requests")}
+    step = {"weight": number(row["weight"])} if row["weight"] else {}
+    return step | {name: number(row[name] or "0") for name in ("min_dwell_s", "min_requests")}
 
 
 def _guard(row):
@@ -139,19 +140,8 @@ def _guard(row):
     return guard
 
 
-def _number(text):
-    """Return `text` as an int or a finite float, else as typed (the serializer then names the field)."""
-    for kind in (int, float):
-        try:
-            value = kind(text)
-        except ValueError:
-            continue
-        return value if math.isfinite(value) else text
-    return text
-
-
 def _scaled(text, divisor):
-    value = _number(text)
+    value = number(text)
     return value if isinstance(value, str) or divisor == 1 else round(value / divisor, 12)
 
 
