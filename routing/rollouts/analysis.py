@@ -185,7 +185,7 @@ class CountTest:
     log_pass: float
     worst: tuple | None  # (start, stop) of the minute or two adjacent minutes that weigh most against the canary
     log_worst: float = -math.inf  # the failure e-value of those minutes alone
-    outlier: bool = False  # they are the whole window or an outlier among the canary's: the rollback leaves them out
+    outlier: bool = False  # nothing beside them to compare, or an outlier among the canary's: left out of a rollback
 
     @property
     def totals(self):
@@ -255,10 +255,11 @@ def count_test(minutes, boundary, within_centre=1.0, own_limit=None, phi_floor=1
     worst = _worst_span(minutes, share, boundary)
     if worst is None:
         return CountTest(minutes, boundary, phi, log_fail, log_fail, log_pass, None)
-    # A span that is the whole window may be all incident: nothing shows it is not, so it is left out.
-    outlier = worst[1] - worst[0] >= len(minutes) or is_outlier(minutes, worst)
-    robust = _without(minutes, worst, boundary, phi_floor) if outlier else log_fail
+    # A span with less canary traffic beside it than in it (the whole window, or a first minute and a sliver of
+    # the next) may be all incident: nothing shows it is not, so it is left out.
     c, cn, b, bn = _sums(minutes[worst[0]:worst[1]])
+    outlier = sum(m.canary_n for m in minutes) - cn < cn or is_outlier(minutes, worst)
+    robust = _without(minutes, worst, boundary, phi_floor) if outlier else log_fail
     log_worst = log_e_beyond(c, b, cn / (cn + bn), boundary) if bn else -math.inf
     return CountTest(minutes, boundary, phi, log_fail, min(log_fail, robust), log_pass, worst, log_worst, outlier)
 

@@ -339,6 +339,9 @@ def test_a_bad_spell_across_a_minutes_edge_is_left_out_as_one():
     later = count_test(spell + clean, boundary=2.0)
     assert later.worst == (0, 2) and later.outlier and later.log_fail_robust < 0
     assert later.log_fail > math.log(150)  # left in, it would roll back (errors alone: 1 / 150)
+    # Ten seconds into the next minute, four clean requests beside 64 say nothing: the minute is still left out.
+    sliver = count_test([Minute(15, 64, 1, 536), Minute(0, 4, 0, 79)], boundary=2.0)
+    assert sliver.worst == (0, 1) and sliver.outlier and sliver.log_fail_robust <= 0
 
 
 def test_a_thin_canary_failing_in_every_minute_is_not_made_to_prove_it_without_its_worst_minute():
